@@ -1,0 +1,17 @@
+"""modelseal: protect the intellectual property in trained neural networks.
+
+Watermarks (trigger-set), per-user fingerprints (DeepMarks), model recognition without changing the
+model (characteristic examples, TAFA), parameter locks (AdvParams), verdicts with p-values on weights,
+ONNX files or remote endpoints, and a robustness benchmark against removal attacks.
+"""
+
+from . import attacks, data, methods, models, stats, train
+from .api import trace, unlock, verify
+from .errors import ModelSealError
+from .keys import Key
+from .suspect import Suspect
+from .verdict import Verdict
+
+__version__ = "0.1.0"
+__all__ = ["attacks", "data", "methods", "models", "stats", "train", "verify", "trace", "unlock", "Key",
+           "Suspect", "Verdict", "ModelSealError", "__version__"]

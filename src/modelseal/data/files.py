@@ -1,0 +1,2 @@
+"""On-disk data formats (filled in by the loaders work)."""
+LOADERS: dict = {}

@@ -1,0 +1,1 @@
+"""Protection methods of this family; see modelseal.methods for the registry."""

@@ -1,0 +1,176 @@
+"""`Key`: the secret a protection method learns, as one safetensors file.
+
+A key holds named tensors (trigger images, projections, positions, ...) and JSON metadata in the
+safetensors header: the format version, the method, its parameters, the signature of the model it
+belongs to (input shape, output size), the creation time and a SHA-256 digest over everything but the
+creation time. Nothing executable is ever read: the header is parsed as JSON and checked before the
+tensors are decoded, and every failure ends in `KeyFormatError` or `KeyIntegrityError`.
+
+The same seed gives the same tensors, parameters and digest. The creation time is taken from
+`SOURCE_DATE_EPOCH` when set (the reproducible-builds convention), so with it the bytes are equal too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, check_writable
+
+FORMAT_VERSION = 1
+_META_KEY = "modelseal"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def _now() -> str:
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde and sde.isdigit():
+        t = _dt.datetime.fromtimestamp(int(sde), tz=_dt.timezone.utc)
+    else:
+        t = _dt.datetime.now(tz=_dt.timezone.utc).replace(microsecond=0)
+    return t.isoformat()
+
+
+@dataclass
+class Key:
+    """The secret of one protection: `method`, its `params`, the model `signature` and `tensors`."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    signature: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=_now)
+    format: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+
+    # ------------------------------------------------------------------ content
+    def digest(self) -> str:
+        """SHA-256 over format, method, params, signature and every tensor (name, dtype, shape, bytes)."""
+        h = hashlib.sha256()
+        head = {"format": self.format, "method": self.method, "params": self.params,
+                "signature": self.signature}
+        h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+        for name in sorted(self.tensors):
+            t = self.tensors[name]
+            h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+            h.update(_tensor_bytes(t))
+        return h.hexdigest()
+
+    def check_signature(self, input_shape: tuple[int, ...] | None = None,
+                        output_size: int | None = None) -> None:
+        """Raise KeyMismatchError if the key was made for a model of another input shape or output size."""
+        want_in = self.signature.get("input_shape")
+        if input_shape is not None and want_in is not None and list(input_shape) != list(want_in):
+            raise KeyMismatchError(
+                f"this {self.method} key belongs to a model with input shape {tuple(want_in)}, "
+                f"but the suspect takes {tuple(input_shape)}; use the key made for this model")
+        want_out = self.signature.get("output_size")
+        if output_size is not None and want_out is not None and int(output_size) != int(want_out):
+            raise KeyMismatchError(
+                f"this {self.method} key belongs to a model with {want_out} outputs, "
+                f"but the suspect has {output_size}; use the key made for this model")
+
+    # ------------------------------------------------------------------ bytes
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        meta = {"format": self.format, "method": self.method, "params": self.params,
+                "signature": self.signature, "created": self.created, "digest": self.digest()}
+        return save(dict(sorted(self.tensors.items())),
+                    metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, method: str | None = None, source: str = "key") -> Key:
+        meta = read_header_metadata(data, source, KeyFormatError).get(_META_KEY)
+        if meta is None:
+            raise KeyFormatError(f"{source} is a safetensors file but not a modelseal key (no '{_META_KEY}' metadata)")
+        try:
+            info = json.loads(meta)
+            fmt = info["format"]
+            kmethod = info["method"]
+            params, signature = info["params"], info["signature"]
+            created, digest = info["created"], info["digest"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise KeyFormatError(f"{source}: malformed modelseal metadata ({e.__class__.__name__}: {e})") from None
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise KeyFormatError(f"{source}: format version must be an integer, got {fmt!r}")
+        if fmt > FORMAT_VERSION:
+            raise KeyFormatError(f"{source} has key format {fmt}, newer than this modelseal reads "
+                                 f"({FORMAT_VERSION}); upgrade modelseal")
+        if fmt < 1:
+            raise KeyFormatError(f"{source}: invalid key format version {fmt}")
+        if not isinstance(kmethod, str) or not isinstance(params, dict) or not isinstance(signature, dict):
+            raise KeyFormatError(f"{source}: malformed modelseal metadata (method/params/signature types)")
+        if method is not None and kmethod != method:
+            raise KeyFormatError(f"{source} is a '{kmethod}' key, expected a '{method}' key")
+        tensors = _load_tensors(data, source)
+        key = cls(method=kmethod, params=params, tensors=tensors, signature=signature,
+                  created=str(created), format=fmt)
+        if key.digest() != digest:
+            raise KeyIntegrityError(f"{source} has been altered: its content does not match its SHA-256 digest")
+        return key
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        path = Path(path)
+        check_writable(path, force)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(self.to_bytes())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, method: str | None = None) -> Key:
+        path = Path(path)
+        if not path.is_file():
+            raise KeyFormatError(f"key file {path} does not exist")
+        return cls.from_bytes(path.read_bytes(), method=method, source=str(path))
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
+        return f"Key(method={self.method!r}, params={self.params!r}, tensors={shapes}, signature={self.signature!r})"
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.contiguous().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict[str, str]:
+    """Parse a safetensors header as JSON without decoding tensors; return its `__metadata__`."""
+    if len(data) < 8:
+        raise err(f"{source} is truncated or empty: not a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n == 0 or n > _MAX_HEADER or 8 + n > len(data):
+        raise err(f"{source} is truncated or not a safetensors file (header length {n}, file {len(data)} bytes)")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise err(f"{source}: safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise err(f"{source}: safetensors header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise err(f"{source}: safetensors metadata must map strings to strings")
+    return meta
+
+
+def _load_tensors(data: bytes, source: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    try:
+        return load(data)
+    except Exception as e:  # safetensors raises its own error types on malformed input
+        raise KeyFormatError(f"{source}: tensors could not be decoded ({e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'malformed'})") from None

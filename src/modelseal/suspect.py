@@ -1,0 +1,222 @@
+"""`Suspect`: the one door to a model under judgement.
+
+A suspect is a PyTorch module (white-box), a modelseal model file (white-box, loaded without pickle),
+an `.onnx` file run by onnxruntime (black-box), or an `http(s)://` Open Inference Protocol endpoint
+(black-box, see `modelseal.remote`). `predict(x)` returns raw outputs on the CPU, batched; `labels(x)`
+the top class; `queries` counts inputs asked about; `module` is None when black-box. A query budget
+(`max_queries`) is enforced before any input is sent, and NaN/inf outputs are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ModelSealError, SuspectError, WhiteBoxRequired
+
+
+class QueryBudgetExceeded(SuspectError):
+    """The verdict would need more queries than the budget allows."""
+
+
+class Backend(Protocol):
+    input_shape: tuple[int, ...] | None
+    label_only: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class _TorchBackend:
+    label_only = False
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...] | None, device: Any = None):
+        from .models import spec_of
+        from .train import model_device, resolve_device
+
+        self.module = module
+        if device is not None:
+            module.to(resolve_device(device))
+        self.device = model_device(module)
+        spec = spec_of(module)
+        self.input_shape = tuple(input_shape or (spec["input_shape"] if spec else ())) or None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        was = self.module.training
+        self.module.eval()
+        try:
+            return self.module(x.to(self.device)).float().cpu()
+        finally:
+            self.module.train(was)
+
+
+class _OnnxBackend:
+    label_only = False
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover - a declared dependency
+            raise SuspectError("ONNX suspects need onnxruntime (pip install onnxruntime)") from None
+        if not path.is_file():
+            raise SuspectError(f"ONNX file {path} does not exist")
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if len(head) < 2:
+            raise SuspectError(f"{path} is empty; expected an ONNX model")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise SuspectError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0][:200]}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise SuspectError(f"{path}: expected an ONNX model with one input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        dims = inputs[0].shape[1:]
+        self.input_shape = tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().cpu().numpy().astype(np.float32)
+        try:
+            out = self.session.run(None, {self.input_name: arr})[0]
+        except Exception as e:
+            raise SuspectError(f"ONNX model failed on a batch of shape {tuple(arr.shape)}: "
+                               f"{str(e).splitlines()[0][:200]}") from None
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+class Suspect:
+    """A model under judgement, white-box (`module` set) or black-box (`module` is None)."""
+
+    def __init__(self, source: nn.Module | Backend, *, input_shape: tuple[int, ...] | None = None,
+                 batch_size: int = 256, max_queries: int | None = None, device: Any = None,
+                 name: str | None = None):
+        if isinstance(source, nn.Module):
+            self._backend: Any = _TorchBackend(source, input_shape, device)
+            self.module: nn.Module | None = source
+        elif callable(source):
+            self._backend = source
+            self.module = None
+        else:
+            raise SuspectError(f"a Suspect wraps an nn.Module, a file or a URL, not {type(source).__name__}")
+        if input_shape is not None:
+            self._backend.input_shape = tuple(input_shape)
+        if batch_size < 1:
+            raise SuspectError("batch_size must be >= 1")
+        self.batch_size = batch_size
+        self.max_queries = max_queries
+        self.queries = 0
+        self.name = name or type(source).__name__
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def load(cls, source: str | os.PathLike | nn.Module | Suspect, **kw: Any) -> Suspect:
+        """From a module, a modelseal `.safetensors` model file, an `.onnx` file or an http(s) URL."""
+        if isinstance(source, Suspect):
+            return source
+        if isinstance(source, nn.Module):
+            return cls(source, **kw)
+        s = str(source)
+        if s.startswith(("http://", "https://")):
+            try:
+                from .remote import RemoteBackend
+            except ImportError:
+                raise SuspectError("remote suspects need modelseal.remote, which this install lacks") from None
+            return cls(RemoteBackend(s, **{k: kw.pop(k) for k in list(kw) if k in RemoteBackend.OPTIONS}),
+                       name=s, **kw)
+        path = Path(s)
+        if not path.exists():
+            raise SuspectError(f"suspect {path} does not exist (expected a .safetensors model, an .onnx file "
+                               "or an http(s):// URL)")
+        if path.suffix.lower() == ".onnx":
+            return cls(_OnnxBackend(path), name=path.name, **kw)
+        from .errors import ModelError
+        from .models import load_model
+
+        try:
+            module = load_model(path)
+        except ModelError as e:
+            raise SuspectError(str(e)) from None
+        return cls(module, name=path.name, **kw)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return self._backend.input_shape
+
+    @property
+    def label_only(self) -> bool:
+        return bool(getattr(self._backend, "label_only", False))
+
+    @property
+    def white_box(self) -> bool:
+        return self.module is not None
+
+    def require_module(self, method: str) -> nn.Module:
+        if self.module is None:
+            raise WhiteBoxRequired(f"{method} needs the suspect's weights (white-box), but {self.name} is "
+                                   "black-box; give a modelseal model file or a module")
+        return self.module
+
+    def require_outputs(self, method: str) -> None:
+        if self.label_only:
+            raise SuspectError(f"{method} needs the suspect's raw outputs, but {self.name} returns labels only")
+
+    def remaining(self) -> int | None:
+        return None if self.max_queries is None else max(0, self.max_queries - self.queries)
+
+    # ----------------------------------------------------------------- queries
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a batch `x` (first dimension = examples), on the CPU, float32."""
+        if not isinstance(x, torch.Tensor):
+            raise SuspectError(f"predict takes a tensor, got {type(x).__name__}")
+        shape = self.input_shape
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            raise SuspectError(f"{self.name} takes inputs of shape {tuple(shape)}, got {tuple(x.shape[1:])}; "
+                               "is the key for this model?")
+        if self.max_queries is not None and self.queries + len(x) > self.max_queries:
+            raise QueryBudgetExceeded(f"query budget of {self.max_queries} would be exceeded "
+                                      f"({self.queries} used, {len(x)} more asked)")
+        outs = []
+        for i in range(0, len(x), self.batch_size):
+            xb = x[i : i + self.batch_size]
+            out = self._backend(xb)
+            self.queries += len(xb)
+            if not isinstance(out, torch.Tensor) or out.shape[:1] != xb.shape[:1]:
+                raise SuspectError(f"{self.name} answered {len(xb)} inputs with a malformed output")
+            if torch.is_floating_point(out) and not torch.isfinite(out).all():
+                raise SuspectError(f"{self.name} returned NaN or infinite outputs")
+            outs.append(out)
+        if not outs:
+            return torch.empty(0)
+        return torch.cat(outs)
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Top-class labels for `x` (works for label-only endpoints too)."""
+        out = self.predict(x)
+        if self.label_only or out.dim() == 1:
+            return out.long().reshape(-1)
+        return out.reshape(len(out), -1).argmax(1)
+
+    def output_size(self) -> int | None:
+        spec = getattr(self.module, "modelseal_spec", None) if self.module is not None else None
+        return int(spec["output_size"]) if spec else None
+
+    def __repr__(self) -> str:
+        kind = "white-box" if self.white_box else "black-box"
+        return f"Suspect({self.name}, {kind}, queries={self.queries})"
+
+
+def as_suspect(x: Any) -> Suspect:
+    if isinstance(x, Suspect):
+        return x
+    if isinstance(x, (nn.Module, str, os.PathLike)):
+        return Suspect.load(x)
+    raise ModelSealError(f"cannot judge a {type(x).__name__}; give a Suspect, an nn.Module, a file or a URL")

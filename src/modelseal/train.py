@@ -1,0 +1,184 @@
+"""The one training loop: `fit` and `evaluate`, for classification and regression.
+
+Tensors stay on the device, data is materialised once, batches are drawn with a seeded generator, and
+the loop fits on one screen. Methods never copy it; they use its hooks:
+
+- `extra_loss(model, x, y) -> Tensor`: a term added to every step's loss (DeepMarks' embedding loss);
+- `extra_batch(step) -> (x, y) | None`: examples appended to every batch (trigger-set images);
+- `stop(model, epoch) -> bool`: early stopping after an epoch (trigger accuracy at 100 %);
+- `params`: train only these parameters (fine-tuning the last layer).
+
+Deterministic on the CPU for a given seed; mixed precision (bf16 autocast) on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from .data import CLASSIFICATION, REGRESSION, as_tensors, meta_of
+from .errors import DataError, ModelSealError
+
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+ExtraBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelSealError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def task_of(data: Dataset, y: torch.Tensor | None = None) -> str:
+    meta = meta_of(data)
+    if meta is not None and meta.task in (CLASSIFICATION, REGRESSION):
+        return meta.task
+    if y is None:
+        y = as_tensors(data)[1]
+    return CLASSIFICATION if not torch.is_floating_point(y) else REGRESSION
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    if task == CLASSIFICATION:
+        return F.cross_entropy(out.float(), y)
+    return F.mse_loss(out.float().reshape(y.shape), y.float())
+
+
+def make_progress(progress: Any, transient: bool = True):
+    """A rich Progress for `progress=True`, the one handed in, or a null context when off."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if progress is True:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=transient)
+    if progress is False:
+        return None
+    return progress
+
+
+def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64,
+        optimizer: str = "adam", weight_decay: float = 0.0, seed: int = 0,
+        device: str | torch.device | None = None, params: Iterable[nn.Parameter] | None = None,
+        extra_loss: ExtraLoss | None = None, extra_batch: ExtraBatch | None = None,
+        stop: Callable[[nn.Module, int], bool] | None = None, max_steps: int | None = None,
+        progress: Any = None, description: str = "train") -> dict[str, Any]:
+    """Train `model` in place on `data` (any map-style dataset of (x, y)); returns a history dict.
+
+    `device=None` keeps the model where it is (moving it to CUDA when 'auto' is asked for and present).
+    """
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise ModelSealError(f"fit needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    x_all, y_all = as_tensors(data)
+    if len(x_all) == 0:
+        raise DataError("cannot train on an empty data set")
+    task = task_of(data, y_all)
+    dev = model_device(model) if device is None else resolve_device(device)
+    model.to(dev)
+    x_all, y_all = x_all.to(dev), y_all.to(dev)
+    seed_everything(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if not trainable:
+        raise ModelSealError("no trainable parameters were given to fit")
+    if optimizer == "adam":
+        opt = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        raise ModelSealError(f"unknown optimizer '{optimizer}'; use 'adam' or 'sgd'")
+    amp = dev.type == "cuda"
+    n = len(x_all)
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+    history: dict[str, Any] = {"loss": [], "epochs": 0, "steps": 0, "samples": 0, "task": task}
+    bar = make_progress(progress)
+    ctx = bar if bar is not None else contextlib.nullcontext()
+    step = 0
+    with ctx:
+        tid = bar.add_task(description, total=epochs * steps_per_epoch, info="") if bar is not None else None
+        for epoch in range(epochs):
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(dev)
+            total, count = 0.0, 0
+            for i in range(0, n, batch_size):
+                idx = perm[i : i + batch_size]
+                xb, yb = x_all[idx], y_all[idx]
+                if extra_batch is not None:
+                    extra = extra_batch(step)
+                    if extra is not None:
+                        xb = torch.cat([xb, extra[0].to(dev, xb.dtype)])
+                        yb = torch.cat([yb, extra[1].to(dev, yb.dtype)])
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    out = model(xb)
+                    loss = _loss(out, yb, task)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, xb, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(xb)
+                count += len(xb)
+                step += 1
+                if bar is not None:
+                    bar.advance(tid)
+                if max_steps is not None and step >= max_steps:
+                    break
+            history["loss"].append(float(total / max(count, 1)))
+            history["epochs"] = epoch + 1
+            history["samples"] += count
+            if bar is not None:
+                bar.update(tid, info=f"epoch {epoch + 1} loss {history['loss'][-1]:.4f}")
+            if (stop is not None and stop(model, epoch)) or (max_steps is not None and step >= max_steps):
+                break
+    history["steps"] = step
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Raw outputs of `model` on `x`, batched, in eval mode, returned on the CPU."""
+    dev = model_device(model)
+    was = model.training
+    model.eval()
+    outs = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
+    """Accuracy in [0, 1] for classification; R^2 for regression."""
+    x, y = as_tensors(data)
+    if len(x) == 0:
+        raise DataError("cannot evaluate on an empty data set")
+    out = predict(model, x, batch_size)
+    if task_of(data, y) == CLASSIFICATION:
+        return float((out.argmax(1) == y.cpu()).float().mean())
+    y = y.float().reshape(out.shape)
+    ss_res = ((out - y) ** 2).sum()
+    ss_tot = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
+    return float(1.0 - ss_res / ss_tot)

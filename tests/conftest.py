@@ -1,0 +1,58 @@
+"""Shared fixtures: embedded data and trained models, trained once per test session.
+
+Models are trained with fixed seeds so every test sees the same owner and the same independent
+models. `owner_cnn` and friends are returned as fresh deep copies, so a test may change them freely.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+import modelseal as ms
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    # Keep the parsed-data cache of the developer's machine if there is one; CI starts clean either way.
+    os.environ.setdefault("MODELSEAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return ms.data.load("mnist5k", seed=0)
+
+
+@pytest.fixture(scope="session")
+def _owner_cnn(mnist):
+    model = ms.models.build("cnn", mnist.meta, seed=0)
+    ms.train.fit(model, mnist.owner, epochs=5, seed=0, progress=False)
+    return model
+
+
+@pytest.fixture
+def owner_cnn(_owner_cnn):
+    """The owner's CNN: 5 epochs on the owner split (about 92 % test accuracy)."""
+    return copy.deepcopy(_owner_cnn)
+
+
+@pytest.fixture(scope="session")
+def _independent(mnist):
+    models = []
+    for arch, seed in [("cnn", 1), ("cnn", 2), ("cnn", 3), ("mlp", 1), ("mlp", 2)]:
+        m = ms.models.build(arch, mnist.meta, seed=100 + seed)
+        ms.train.fit(m, mnist.attacker, epochs=5, seed=100 + seed, progress=False)
+        models.append(m)
+    return models
+
+
+@pytest.fixture
+def independent_models(_independent):
+    """Five models trained independently on the attacker split: 3 CNN seeds and 2 MLP seeds."""
+    return [copy.deepcopy(m) for m in _independent]
