@@ -106,8 +106,7 @@ class Suspect:
             self.module = None
         else:
             raise SuspectError(f"a Suspect wraps an nn.Module, a file or a URL, not {type(source).__name__}")
-        if input_shape is not None:
-            self._backend.input_shape = tuple(input_shape)
+        self._input_shape = tuple(input_shape) if input_shape is not None else None
         if batch_size < 1:
             raise SuspectError("batch_size must be >= 1")
         self.batch_size = batch_size
@@ -149,7 +148,7 @@ class Suspect:
     # ----------------------------------------------------------------- properties
     @property
     def input_shape(self) -> tuple[int, ...] | None:
-        return self._backend.input_shape
+        return self._input_shape or getattr(self._backend, "input_shape", None)
 
     @property
     def label_only(self) -> bool:

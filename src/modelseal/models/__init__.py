@@ -25,13 +25,19 @@ def names() -> list[str]:
 
 
 def build(name: str, meta: Any = None, *, input_shape: tuple[int, ...] | None = None,
-          num_classes: int | None = None, seed: int | None = None, **kw: Any) -> nn.Module:
-    """A fresh model `name` for inputs of `meta.input_shape` and `meta.num_classes` outputs."""
+          num_classes: int | None = None, seed: int | None = None,
+          bounds: tuple[float, float] | None = None, **kw: Any) -> nn.Module:
+    """A fresh model `name` for inputs of `meta.input_shape` and `meta.num_classes` outputs.
+
+    `seed` fixes the initial weights without touching the global random state. The input bounds
+    (from `meta.bounds`, default [0, 1]) are kept in the spec so a saved model knows its input box.
+    """
     if name not in ARCHITECTURES:
         raise ModelError(f"unknown architecture '{name}'; known: {', '.join(names())}")
     if meta is not None:
         input_shape = input_shape or tuple(getattr(meta, "input_shape", None) or meta.shape)
         num_classes = num_classes or getattr(meta, "num_classes", None)
+        bounds = bounds or getattr(meta, "bounds", None)
     if input_shape is None or num_classes is None:
         raise ModelError(f"build('{name}') needs a Meta, or input_shape= and num_classes=")
     input_shape = tuple(int(s) for s in input_shape)
@@ -43,7 +49,8 @@ def build(name: str, meta: Any = None, *, input_shape: tuple[int, ...] | None = 
     else:
         model = ctor(input_shape, int(num_classes), **kw)
     model.modelseal_spec = {"name": name, "kwargs": dict(kw), "input_shape": list(input_shape),
-                            "output_size": int(num_classes)}
+                            "output_size": int(num_classes),
+                            "bounds": [float(b) for b in (bounds or (0.0, 1.0))]}
     return model
 
 

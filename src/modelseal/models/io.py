@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,8 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
         head = f.read(8)
         if len(head) == 8:
             n = int.from_bytes(head, "little")
-            head += f.read(min(n, 100 * 1024 * 1024))
-    size = path.stat().st_size
-    meta = read_header_metadata(head + b"\0" * max(0, min(size, len(head) + 1) - len(head)), str(path), ModelError) \
-        if len(head) >= 8 else read_header_metadata(head, str(path), ModelError)
+            head += f.read(min(n, 100 * 1024 * 1024 + 1))
+    meta = read_header_metadata(head, str(path), ModelError)
     raw = meta.get(_META_KEY)
     if raw is None:
         raise ModelError(f"{path} is a safetensors file without modelseal architecture metadata; "
@@ -85,7 +84,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("kwargs", {}).items()}
     try:
         model = build(spec["name"], input_shape=tuple(spec["input_shape"]),
-                      num_classes=int(spec["output_size"]), **kwargs)
+                      num_classes=int(spec["output_size"]), bounds=tuple(spec.get("bounds", (0.0, 1.0))),
+                      **kwargs)
     except ModelError:
         raise
     except Exception as e:
@@ -122,9 +122,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     dummy = torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype)
     tmp = path.with_name(path.name + ".tmp.onnx")
     try:
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+        with warnings.catch_warnings():
+            # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from None
     finally:
         model.train(was)
     os.replace(tmp, path)

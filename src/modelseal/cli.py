@@ -1,0 +1,500 @@
+"""The `modelseal` command line: the only place that parses arguments or prints for a person.
+
+Every command takes --device, --seed and --json; long work shows a progress bar on a terminal; no
+output file is overwritten without --force. Methods and attacks are reached through their registries,
+and their parameters through `--set NAME=VALUE` (VALUE is read as JSON when it parses, else a string).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import attacks as attack_registry
+from . import methods as method_registry
+from .errors import ModelSealError, check_writable
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="modelseal: watermark, fingerprint, lock and judge neural networks.")
+watermark_app = typer.Typer(no_args_is_help=True, help="Embed watermarks.")
+fingerprint_app = typer.Typer(no_args_is_help=True, help="Extract fingerprints (the model is not changed).")
+deepmarks_app = typer.Typer(no_args_is_help=True, help="Per-user fingerprints (DeepMarks).")
+app.add_typer(watermark_app, name="watermark")
+app.add_typer(fingerprint_app, name="fingerprint")
+app.add_typer(deepmarks_app, name="deepmarks")
+
+out = Console()
+err = Console(stderr=True)
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="method/attack parameter NAME=VALUE")]
+DataOpt = Annotated[str, typer.Option("--data", help="data set: mnist5k, digits, diabetes, sample-images, "
+                                                     "idx:DIR, cifar10:DIR, cifar100:DIR, npz:PATH, folder:DIR")]
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ModelSealError(f"--set expects NAME=VALUE, got {item!r}")
+        try:
+            params[name.strip().replace("-", "_")] = json.loads(value)
+        except ValueError:
+            params[name.strip().replace("-", "_")] = value
+    return params
+
+
+def _construct(cls: type, params: dict[str, Any]) -> Any:
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ModelSealError(f"bad parameter for {cls.name}: {e}") from None
+
+
+def _progress(as_json: bool):
+    from .train import make_progress
+
+    return make_progress(False if as_json else None)
+
+
+def _device(device: str):
+    from .train import resolve_device
+
+    return resolve_device(device)
+
+
+def _load_model(path: Path, device: str):
+    from .models import load_model
+
+    return load_model(path, device=_device(device))
+
+
+def _emit(as_json: bool, payload: dict[str, Any], human) -> None:
+    if as_json:
+        from .verdict import _jsonable
+
+        sys.stdout.write(json.dumps(_jsonable(payload), indent=2) + "\n")
+    else:
+        human()
+
+
+def _split(splits, name: str):
+    if name not in ("owner", "attacker", "test"):
+        raise ModelSealError(f"--split must be owner, attacker or test, not {name!r}")
+    return getattr(splits, name)
+
+
+# --------------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    out_path: Annotated[Path, typer.Option("--out", help="model file to write (.safetensors)")],
+    data: DataOpt = "mnist5k",
+    arch: Annotated[str, typer.Option("--arch", help="mlp | cnn | resnet18 | wrn")] = "cnn",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    split: Annotated[str, typer.Option(help="which split to train on: owner | attacker")] = "owner",
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Train a model from the zoo on a data split and save it."""
+    from . import data as data_mod
+    from . import models, train as train_mod
+
+    try:
+        check_writable(out_path, force)
+        splits = data_mod.load(data, seed=seed)
+        model = models.build(arch, splits.meta, seed=seed).to(_device(device))
+        t0 = time.perf_counter()
+        hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed,
+                             progress=_progress(as_json), description=f"train {arch}")
+        seconds = time.perf_counter() - t0
+        acc = train_mod.evaluate(model, splits.test)
+        models.save_model(model, out_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    metric = "accuracy" if splits.meta.task == "classification" else "r2"
+    payload = {"model": str(out_path), "arch": arch, "data": data, "epochs": hist["epochs"],
+               f"test_{metric}": acc, "seconds": seconds}
+    _emit(as_json, payload, lambda: out.print(
+        f"trained {arch} on {data} ({hist['epochs']} epochs, {seconds:.1f} s): test {metric} {acc:.4f} -> {out_path}"))
+
+
+# -------------------------------------------------------------------------------------------- attack
+@app.command()
+def attack(
+    name: Annotated[str, typer.Argument(help="attack name (see --list)")] = "",
+    model_path: Annotated[Optional[Path], typer.Argument(help="model file to attack")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="attacked model file to write")] = None,
+    data: DataOpt = "mnist5k",
+    split: Annotated[str, typer.Option(help="data the attacker holds: attacker | owner | test")] = "attacker",
+    other: Annotated[Optional[list[Path]], typer.Option("--other", help="other models (collusion: average)")] = None,
+    set_: SetOpt = None, list_: Annotated[bool, typer.Option("--list", help="list attacks")] = False,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Apply a removal attack (fine-tuning, pruning, quantization, distillation, averaging ...)."""
+    from . import data as data_mod
+    from . import models, train as train_mod
+
+    if list_ or not name:
+        _emit(as_json, {"attacks": attack_registry.names()},
+              lambda: out.print("attacks: " + ", ".join(attack_registry.names())))
+        return
+    try:
+        if model_path is None or out_path is None:
+            raise ModelSealError("attack needs a MODEL file and --out PATH")
+        check_writable(out_path, force)
+        cls = attack_registry.get(name)
+        params = {"seed": seed, **_params(set_)}
+        if other:
+            params["others"] = [_load_model(p, device) for p in other]
+        atk = _construct(cls, params)
+        splits = data_mod.load(data, seed=0)
+        model = _load_model(model_path, device)
+        before = train_mod.evaluate(model, splits.test)
+        t0 = time.perf_counter()
+        kw = {"progress": _progress(as_json)} if "progress" in cls.apply.__code__.co_varnames else {}
+        attacked = atk.apply(model, _split(splits, split), **kw)
+        seconds = time.perf_counter() - t0
+        after = train_mod.evaluate(attacked, splits.test)
+        models.save_model(attacked, out_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    payload = {"attack": name, "params": {k: v for k, v in params.items() if k != "others"},
+               "test_metric_before": before, "test_metric_after": after, "seconds": seconds, "out": str(out_path)}
+    _emit(as_json, payload, lambda: out.print(
+        f"{name}: test metric {before:.4f} -> {after:.4f} ({seconds:.1f} s) -> {out_path}"))
+
+
+# -------------------------------------------------------------------------------- watermark / fingerprint
+@watermark_app.command("embed")
+def watermark_embed(
+    model_path: Annotated[Path, typer.Argument(help="owner model file")],
+    out_path: Annotated[Path, typer.Option("--out", help="watermarked model file to write")],
+    key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
+    method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
+    data: DataOpt = "mnist5k", set_: SetOpt = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Embed a watermark: writes the marked model and the secret key."""
+    from . import data as data_mod
+    from . import models, train as train_mod
+
+    try:
+        check_writable(out_path, force)
+        check_writable(key_path, force)
+        wm = _construct(method_registry.get(method), {"seed": seed, **_params(set_)})
+        if not hasattr(wm, "embed"):
+            raise ModelSealError(f"'{method}' is not a watermark; use `modelseal fingerprint extract` or `lock`")
+        splits = data_mod.load(data, seed=0)
+        model = _load_model(model_path, device)
+        before = train_mod.evaluate(model, splits.test)
+        marked, key = wm.embed(model, splits.owner, progress=_progress(as_json))
+        after = train_mod.evaluate(marked, splits.test)
+        models.save_model(marked, out_path, force=force)
+        key.save(key_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    payload = {"method": method, "test_metric_before": before, "test_metric_after": after,
+               "model": str(out_path), "key": str(key_path), "digest": key.digest()}
+    _emit(as_json, payload, lambda: out.print(
+        f"{method}: test metric {before:.4f} -> {after:.4f}; model -> {out_path}, key -> {key_path} "
+        f"(sha256 {key.digest()[:16]}...)"))
+
+
+@fingerprint_app.command("extract")
+def fingerprint_extract(
+    model_path: Annotated[Path, typer.Argument(help="owner model file")],
+    key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
+    method: Annotated[str, typer.Option(help="tafa | c-examples")] = "tafa",
+    variant: Annotated[Optional[str], typer.Option(help="c-examples variant: c | rc | ltrc")] = None,
+    reference: Annotated[Optional[list[Path]], typer.Option(
+        "--reference", help="independent reference models that calibrate the null (c-examples)")] = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Extract a fingerprint from a model without changing it, and without any data."""
+    from .data import InputSpec
+
+    try:
+        check_writable(key_path, force)
+        params = {"seed": seed, **_params(set_)}
+        if variant is not None:
+            params["variant"] = variant
+        fp = _construct(method_registry.get(method), params)
+        if not hasattr(fp, "extract"):
+            raise ModelSealError(f"'{method}' is not a fingerprint; use `modelseal watermark embed` or `lock`")
+        model = _load_model(model_path, device)
+        spec = model.modelseal_spec
+        bounds = tuple(spec.get("bounds", (0.0, 1.0)))
+        kw: dict[str, Any] = {"progress": _progress(as_json)}
+        if reference:
+            kw["references"] = [_load_model(p, device) for p in reference]
+        t0 = time.perf_counter()
+        key = fp.extract(model, InputSpec(tuple(spec["input_shape"]), bounds), **kw)
+        seconds = time.perf_counter() - t0
+        key.save(key_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    payload = {"method": method, "key": str(key_path), "digest": key.digest(), "seconds": seconds,
+               "params": key.params}
+    _emit(as_json, payload, lambda: out.print(
+        f"{method}: fingerprint extracted in {seconds:.1f} s -> {key_path} (sha256 {key.digest()[:16]}...)"))
+
+
+# ------------------------------------------------------------------------------------------ deepmarks
+@deepmarks_app.command("distribute")
+def deepmarks_distribute(
+    model_path: Annotated[Path, typer.Argument(help="owner model file")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for one model file per user")],
+    key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
+    users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
+    data: DataOpt = "mnist5k", set_: SetOpt = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
+    from . import data as data_mod
+    from . import models, train as train_mod
+
+    try:
+        check_writable(key_path, force)
+        manifest_path = out_dir / "manifest.json"
+        check_writable(manifest_path, force)
+        dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
+        splits = data_mod.load(data, seed=0)
+        model = _load_model(model_path, device)
+        copies, key = dm.distribute(model, splits.owner, progress=_progress(as_json))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for j, m in enumerate(copies):
+            p = out_dir / f"user-{j:03d}.safetensors"
+            models.save_model(m, p, force=force)
+            rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
+        key.save(key_path, force=force)
+        manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+    except ModelSealError as e:
+        _fail(e)
+    _emit(as_json, manifest, lambda: out.print(
+        f"deepmarks: {len(rows)} copies -> {out_dir} (test metric {min(r['test_metric'] for r in rows):.4f}"
+        f"..{max(r['test_metric'] for r in rows):.4f}); key -> {key_path}"))
+
+
+@app.command()
+def trace(
+    key_path: Annotated[Path, typer.Argument(help="deepmarks key")],
+    suspect: Annotated[str, typer.Argument(help="suspect model file")],
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
+) -> None:
+    """Name the users whose copies a suspect model was made from."""
+    from .api import trace as trace_fn
+    from .suspect import Suspect
+
+    try:
+        result = trace_fn(Suspect.load(suspect), key_path)
+    except ModelSealError as e:
+        _fail(e)
+    payload = result.to_dict() if hasattr(result, "to_dict") else {"accused": list(result.accused)}
+    _emit(as_json, payload, lambda: out.print(
+        f"accused users: {list(result.accused) or 'none'}" +
+        (f"  (p-values {', '.join(f'{p:.2g}' for p in result.p_values.values())})"
+         if getattr(result, "p_values", None) and isinstance(result.p_values, dict) else "")))
+
+
+# -------------------------------------------------------------------------------------- verify/commit
+@app.command()
+def verify(
+    key_path: Annotated[Path, typer.Argument(help="secret key (.seal)")],
+    suspect: Annotated[str, typer.Argument(help="suspect: model file, .onnx file, or http(s):// endpoint")],
+    commitment: Annotated[Optional[Path], typer.Option(help="public commitment to check the key against")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="significance level (default: the method's)")] = None,
+    max_queries: Annotated[Optional[int], typer.Option(help="query budget for the suspect")] = None,
+    token_env: Annotated[str, typer.Option(help="env var holding a bearer token for http suspects")] =
+        "MODELSEAL_TOKEN",
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
+) -> None:
+    """Judge a suspect model with a key. Exits 0 with the verdict; the verdict is data, not an exit code."""
+    from .api import verify as verify_fn
+    from .keys import Key
+    from .suspect import Suspect
+
+    try:
+        key = Key.load(key_path)
+        kw: dict[str, Any] = {}
+        if alpha is not None:
+            kw["alpha"] = alpha
+        if max_queries is not None:
+            kw["max_queries"] = max_queries
+        if commitment is not None:
+            cls = method_registry.get(key.method)
+            if not hasattr(cls, "load_commitment"):
+                raise ModelSealError(f"'{key.method}' keys have no commitments")
+            kw["commitment"] = cls.load_commitment(commitment)
+        load_kw: dict[str, Any] = {}
+        if suspect.startswith(("http://", "https://")):
+            load_kw["token_env"] = token_env
+        elif not suspect.endswith(".onnx"):
+            load_kw["device"] = _device(device)
+        s = Suspect.load(suspect, **load_kw)
+        verdict = verify_fn(s, key, **kw)
+    except ModelSealError as e:
+        _fail(e)
+    _emit(as_json, verdict.to_dict(), lambda: out.print(verdict.summary()))
+
+
+@app.command()
+def commit(
+    key_path: Annotated[Path, typer.Argument(help="secret trigger-set key")],
+    out_path: Annotated[Path, typer.Option("--out", help="public commitment file to write (JSON)")],
+    as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Write the public commitment of a key (safe to publish and timestamp)."""
+    from .keys import Key
+
+    try:
+        check_writable(out_path, force)
+        key = Key.load(key_path)
+        cls = method_registry.get(key.method)
+        if not hasattr(cls, "commitment"):
+            raise ModelSealError(f"'{key.method}' keys have no commitments; commit takes a trigger-set key")
+        public = cls.commitment(key)
+        cls.save_commitment(public, out_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    _emit(as_json, {"commitment": str(out_path)}, lambda: out.print(f"commitment -> {out_path}"))
+
+
+# ---------------------------------------------------------------------------------------- lock/unlock
+@app.command()
+def lock(
+    model_path: Annotated[Path, typer.Argument(help="model file to lock")],
+    out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
+    key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
+    data: DataOpt = "mnist5k", set_: SetOpt = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Lock a model with adversarially perturbed parameters (AdvParams)."""
+    from . import data as data_mod
+    from . import models, train as train_mod
+
+    try:
+        check_writable(out_path, force)
+        check_writable(key_path, force)
+        locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
+        splits = data_mod.load(data, seed=0)
+        model = _load_model(model_path, device)
+        before = train_mod.evaluate(model, splits.test)
+        locked, key = locker.lock(model, splits.owner, progress=_progress(as_json))
+        after = train_mod.evaluate(locked, splits.test)
+        models.save_model(locked, out_path, force=force)
+        key.save(key_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
+    payload = {"test_metric_before": before, "test_metric_locked": after, "changed_params": changed,
+               "model": str(out_path), "key": str(key_path)}
+    _emit(as_json, payload, lambda: out.print(
+        f"locked: test metric {before:.4f} -> {after:.4f} ({changed} parameters changed); "
+        f"model -> {out_path}, key -> {key_path}"))
+
+
+@app.command()
+def unlock(
+    model_path: Annotated[Path, typer.Argument(help="locked model file")],
+    key_path: Annotated[Path, typer.Argument(help="unlock key")],
+    out_path: Annotated[Path, typer.Option("--out", help="restored model file to write")],
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Restore a locked model bit-exactly."""
+    from . import models
+    from .api import unlock as unlock_fn
+
+    try:
+        check_writable(out_path, force)
+        restored = unlock_fn(_load_model(model_path, "cpu"), key_path)
+        models.save_model(restored, out_path, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    _emit(as_json, {"model": str(out_path)}, lambda: out.print(f"unlocked -> {out_path}"))
+
+
+# ------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    model_path: Annotated[Path, typer.Argument(help="modelseal model file or .onnx file")],
+    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    name: Annotated[str, typer.Option(help="model name in the URL /v2/models/NAME")] = "model",
+    label_only: Annotated[bool, typer.Option(help="answer with the top class only")] = False,
+    token_env: Annotated[Optional[str], typer.Option(help="env var with a bearer token to require")] = None,
+) -> None:
+    """Serve a model over the Open Inference Protocol (KServe v2) for tests and demos."""
+    import os
+
+    try:
+        from .serve import run
+    except ImportError as e:
+        _fail(ModelSealError(f"serving needs the server extra: {e}"))
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        _fail(ModelSealError(f"--token-env {token_env} is set but the variable is empty"))
+    try:
+        run(model_path, host=host, port=port, name=name, label_only=label_only, token=token)
+    except ModelSealError as e:
+        _fail(e)
+
+
+# --------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the database and the report")] =
+        Path("demo-out"),
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """The main job: protect an owner CNN on mnist5k with every method, attack it, and judge."""
+    from .demo import run_demo
+
+    try:
+        result = run_demo(out_dir, device=device, seed=seed, force=force, progress=_progress(as_json))
+    except ModelSealError as e:
+        _fail(e)
+    if as_json:
+        _emit(True, result, lambda: None)
+        return
+    table = Table(title=f"modelseal demo on mnist5k ({result['seconds']:.0f} s)")
+    for col in ("protection", "model", "test acc", "verdict", "p-value / detail"):
+        table.add_column(col)
+    for r in result["rows"]:
+        table.add_row(r["protection"], r["model"], f"{r['accuracy']:.3f}", r["verdict"], r["detail"])
+    out.print(table)
+    out.print(f"results -> {result['out_dir']}")
+
+
+@app.command("methods")
+def list_methods(as_json: JsonOpt = False) -> None:
+    """List the registered protection methods and attacks."""
+    payload = {"methods": method_registry.names(), "attacks": attack_registry.names()}
+    _emit(as_json, payload, lambda: out.print(
+        f"methods: {', '.join(payload['methods'])}\nattacks: {', '.join(payload['attacks'])}"))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

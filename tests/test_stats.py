@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from modelseal import stats
+from modelseal.verdict import Verdict
+
+
+def test_binomial_tail_matches_scipy_and_edges():
+    assert stats.binomial_tail(6, 6, 0.1) == pytest.approx(1e-6)
+    assert stats.binomial_tail(5, 20, 0.1) == pytest.approx(st.binom.sf(4, 20, 0.1))
+    assert stats.binomial_tail(0, 10, 0.3) == 1.0
+    assert stats.binomial_tail(11, 10, 0.3) == 0.0
+    with pytest.raises(ValueError):
+        stats.binomial_tail(1, 10, 1.5)
+
+
+def test_min_queries():
+    assert stats.min_queries(0.1, 1e-6) == 6
+    assert stats.min_queries(0.5, 0.05) == 5
+
+
+def test_permutation_pvalue_has_plus_one_correction():
+    assert stats.permutation_pvalue(10.0, np.zeros(99)) == pytest.approx(0.01)
+    assert stats.permutation_pvalue(-1.0, np.zeros(9)) == 1.0
+    with pytest.raises(ValueError):
+        stats.permutation_pvalue(1.0, [])
+
+
+def test_threshold_and_auc_and_uniqueness():
+    null = np.arange(100.0)
+    assert stats.threshold_from_null(null, 0.05) >= 94
+    assert stats.roc_auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert stats.roc_auc([0.1], [0.9]) == 0.0
+    assert stats.uniqueness_score([0.9, 1.0], [0.1, 0.3]) == pytest.approx(0.75)
+
+
+def test_verdict_to_dict_and_validation():
+    v = Verdict("x", True, 1.0, 0.5, 1e-7, queries=6, details={"a": np.float32(1.5)})
+    d = v.to_dict()
+    assert d["owned"] is True and d["details"]["a"] == 1.5 and d["queries"] == 6
+    assert "OWNED" in v.summary()
+    with pytest.raises(ValueError):
+        Verdict("x", False, 0.0, 0.5, float("nan"))
