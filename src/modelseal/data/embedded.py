@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor, Meta]:
         try:
             with np.load(cache, allow_pickle=False) as z:
                 arr = z["x"], z["y"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
             arr = None  # a corrupt cache is rebuilt from the shipped CSV
     if arr is None:
         with gzip.open(_mnist_csv(), "rt") as f:

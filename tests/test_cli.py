@@ -1,0 +1,65 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import modelseal as ms
+from modelseal.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    r = runner.invoke(app, ["train", "--data", "digits", "--arch", "mlp", "--epochs", "3",
+                            "--out", str(d / "owner.safetensors"), "--json"])
+    assert r.exit_code == 0, r.output
+    return d, json.loads(r.stdout)
+
+
+def test_train_writes_a_loadable_model_and_json(trained):
+    d, payload = trained
+    assert payload["test_accuracy"] > 0.5 and payload["epochs"] == 3
+    assert ms.models.load_model(d / "owner.safetensors").modelseal_spec["name"] == "mlp"
+
+
+def test_train_refuses_to_overwrite_without_force(trained):
+    d, _ = trained
+    before = (d / "owner.safetensors").read_bytes()
+    r = runner.invoke(app, ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1",
+                            "--out", str(d / "owner.safetensors")])
+    assert r.exit_code == 2 and "--force" in r.output
+    assert (d / "owner.safetensors").read_bytes() == before
+
+
+def test_attack_prune_from_the_command_line(trained):
+    d, _ = trained
+    r = runner.invoke(app, ["attack", "prune", str(d / "owner.safetensors"), "--data", "digits",
+                            "--set", "amount=0.5", "--out", str(d / "pruned.safetensors"), "--json"])
+    assert r.exit_code == 0, r.output
+    payload = json.loads(r.stdout)
+    assert payload["params"]["amount"] == 0.5
+    m = ms.models.load_model(d / "pruned.safetensors")
+    w = [p for n, p in m.named_parameters() if n.endswith("weight")]
+    zeros = sum(int((p == 0).sum()) for p in w)
+    assert zeros == round(0.5 * sum(p.numel() for p in w))
+
+
+def test_unknown_names_and_bad_set_end_in_one_line_errors(trained):
+    d, _ = trained
+    r = runner.invoke(app, ["attack", "nosuch", str(d / "owner.safetensors"), "--out", str(d / "x.safetensors")])
+    assert r.exit_code == 2 and "unknown attack" in r.output
+    r = runner.invoke(app, ["attack", "prune", str(d / "owner.safetensors"), "--set", "amount",
+                            "--out", str(d / "y.safetensors")])
+    assert r.exit_code == 2 and "NAME=VALUE" in r.output
+    r = runner.invoke(app, ["train", "--data", "nosuch", "--out", str(d / "z.safetensors")])
+    assert r.exit_code == 2 and "known:" in r.output
+    r = runner.invoke(app, ["verify", str(d / "missing.seal"), str(d / "owner.safetensors")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_methods_and_attack_list():
+    r = runner.invoke(app, ["methods", "--json"])
+    assert r.exit_code == 0
+    assert "prune" in json.loads(r.stdout)["attacks"]
