@@ -12,11 +12,15 @@ import importlib.util
 
 from torch import nn
 
-from ..errors import RegistryError
+from ..errors import ModelSealError, RegistryError
 
 _REGISTRY: dict[str, type] = {}
 _MODULES = ["modelseal.attacks.finetune", "modelseal.attacks.pruning", "modelseal.attacks.weights",
             "modelseal.attacks.distill"]
+
+
+class AttackError(ModelSealError):
+    """An attack was configured with bad parameters or given unusable data or models."""
 
 
 class Attack:

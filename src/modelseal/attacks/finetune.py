@@ -1,0 +1,138 @@
+"""Fine-tuning attacks FTLL / FTAL / RTLL / RTAL (Adi et al., USENIX Security 2018, "Turning your weakness
+into a strength").
+
+Deviations: the attacker's data is any map-style dataset, of which a seeded `fraction` is used (this also
+covers the key-free recovery "fine-tune with 1/5/10 % of the data"); training goes through
+`modelseal.train.fit` with Adam. In the last-layer modes BatchNorm layers are held in eval mode so that
+nothing but the head changes (the paper's models had no BatchNorm to worry about).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data import TensorData, as_tensors, meta_of
+from ..models import last_linear
+from ..train import fit
+from . import Attack, AttackError, register
+
+MODES = ("ftll", "ftal", "rtll", "rtal")
+
+
+def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
+    """Raise AttackError unless `value` is a (finite) number in the given range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        kind = "an integer" if integer else "a number"
+        raise AttackError(f"{name} must be {kind} in {rng}, got {value!r}")
+
+
+def require_data(data: Dataset | None, attack: str) -> Dataset:
+    if data is None:
+        raise AttackError(f"attack '{attack}' trains and needs data: pass apply(model, data)")
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise AttackError(f"attack '{attack}' needs a map-style dataset of (x, y), got "
+                          f"{type(data).__name__}") from None
+    if n == 0:
+        raise AttackError(f"attack '{attack}' was given an empty data set")
+    return data
+
+
+def data_fraction(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """A seeded random `fraction` of `data` (the data itself when fraction is 1)."""
+    if fraction >= 1.0:
+        return data
+    if isinstance(data, TensorData):
+        return data.subset(float(fraction), seed)
+    x, y = as_tensors(data)
+    k = max(1, min(len(x), int(round(fraction * len(x)))))
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]
+    return TensorData(x[idx], y[idx], meta_of(data))
+
+
+def reinit(module: nn.Module, seed: int) -> None:
+    """Re-initialise every sub-module of `module` that can reset itself, reproducibly for `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+
+
+@register("finetune")
+@dataclass
+class FineTune(Attack):
+    """Fine-tune the last layer (ftll) or all layers (ftal), optionally after re-initialising the last
+    layer (rtll, rtal), on a `fraction` of the attacker's data."""
+
+    mode: str = "ftal"
+    epochs: int = 5
+    lr: float = 1e-3
+    fraction: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+    device: str | None = None
+    progress: Any = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise AttackError(f"unknown fine-tuning mode '{self.mode}'; use one of {', '.join(MODES)}")
+        check_number("epochs", self.epochs, 0, integer=True)
+        check_number("lr", self.lr, 0, lo_open=True)
+        check_number("fraction", self.fraction, 0, 1, lo_open=True)
+        check_number("batch_size", self.batch_size, 1, integer=True)
+
+    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
+        out = self.copy_model(model)
+        _, head = last_linear(out)
+        if self.mode.startswith("rt"):
+            reinit(head, self.seed)
+        if self.mode.endswith("ll"):
+            train_last_layer(out, head, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                             seed=self.seed, device=self.device, progress=self.progress,
+                             description=f"attack {self.mode}")
+        else:
+            fit(out, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
+                device=self.device, progress=self.progress, description=f"attack {self.mode}")
+        return out
+
+
+def _hold_eval(module: nn.Module, _inputs: Any) -> None:
+    module.eval()
+
+
+def train_last_layer(model: nn.Module, head: nn.Module, data: Dataset, **fit_kw: Any) -> dict[str, Any]:
+    """Train only `head`: other parameters are frozen and BatchNorm statistics are kept as they are."""
+    head_params = {id(p) for p in head.parameters()}
+    frozen = [p for p in model.parameters() if id(p) not in head_params and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    # fit puts the whole model in train mode; this keeps BatchNorm layers from updating running stats.
+    hooks = [m.register_forward_pre_hook(_hold_eval)
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        return fit(model, data, params=list(head.parameters()), **fit_kw)
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)

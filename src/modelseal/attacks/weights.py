@@ -1,0 +1,164 @@
+"""Data-free weight attacks: k-bit quantization, Gaussian weight noise, collusion by averaging, and the
+key-free recovery "reset outliers" against parameter locking.
+
+Papers: uniform affine quantization (Jacob et al., CVPR 2018); averaging colluders' copies (Chen et al.,
+DeepMarks, ICMR 2019); weight noise and outlier resetting are the generic attacks of the watermark-
+robustness literature (e.g. Uchida et al., ICMR 2017) and of AdvParams' threat model (Xue et al., 2021).
+
+Deviations: quantization is simulated (weights stay float, each tensor takes at most 2**bits values
+between its own min and max); noise and outlier resetting act on every floating parameter tensor with
+more than one entry, BatchNorm's included; averaging also averages floating buffers (BatchNorm running
+statistics) and keeps the input's integer buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import Attack, AttackError, register
+from .finetune import check_number
+from .pruning import prunable
+
+
+@register("quantize")
+@dataclass
+class Quantize(Attack):
+    """Round each Conv/Linear weight and bias tensor to `bits`-bit uniform levels between its min and max."""
+
+    bits: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("bits", self.bits, 1, 32, integer=True)
+
+    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        out = self.copy_model(model)
+        levels = 2 ** int(self.bits) - 1
+        with torch.no_grad():
+            for _, m in prunable(out):
+                for p in (m.weight, getattr(m, "bias", None)):
+                    if isinstance(p, torch.Tensor) and torch.is_floating_point(p) and p.numel() > 0:
+                        p.copy_(quantize_tensor(p, levels))
+        return out
+
+
+def quantize_tensor(t: torch.Tensor, levels: int) -> torch.Tensor:
+    """`t` rounded to `levels + 1` evenly spaced values from its min to its max (computed in float64)."""
+    w = t.detach().double()
+    lo, hi = w.min(), w.max()
+    if not bool(hi > lo):
+        return t.detach().clone()
+    scale = (hi - lo) / levels
+    return (torch.round((w - lo) / scale) * scale + lo).clamp(lo, hi).to(t.dtype)
+
+
+@register("noise")
+@dataclass
+class Noise(Attack):
+    """Add Gaussian noise to every floating parameter tensor: std `std`, times the tensor's own std when
+    `relative`."""
+
+    std: float = 0.01
+    relative: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("std", self.std, 0)
+        if not isinstance(self.relative, bool):
+            raise AttackError(f"relative must be True or False, got {self.relative!r}")
+
+    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        out = self.copy_model(model)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        with torch.no_grad():
+            for _, p in out.named_parameters():
+                if not torch.is_floating_point(p) or p.numel() < 2:
+                    continue
+                sigma = float(self.std) * (float(p.detach().float().std()) if self.relative else 1.0)
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * sigma
+                p.add_(noise.to(p.device, p.dtype))
+        return out
+
+
+@register("average")
+@dataclass
+class Average(Attack):
+    """Collusion: the (weighted) elementwise mean of the model's parameters and floating buffers with those
+    of `others`, all of one architecture."""
+
+    others: Sequence[nn.Module] = field(default_factory=list)
+    weights: Sequence[float] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.others, nn.Module):
+            self.others = [self.others]
+        if not self.others or not all(isinstance(m, nn.Module) for m in self.others):
+            raise AttackError("average needs others=[model, ...]: at least one other copy to average with")
+        if self.weights is not None:
+            ws = list(self.weights)
+            for w in ws:
+                check_number("each averaging weight", w, 0)
+            if len(ws) != len(self.others) + 1:
+                raise AttackError(f"average got {len(ws)} weights for {len(self.others) + 1} models; "
+                                  "give one weight per model, the attacked model first")
+            if sum(ws) <= 0:
+                raise AttackError("averaging weights must not all be zero")
+
+    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        out = self.copy_model(model)
+        models = [out, *self.others]
+        ws = [1.0] * len(models) if self.weights is None else [float(w) for w in self.weights]
+        total = sum(ws)
+        states = [m.state_dict() for m in models]
+        base = states[0]
+        for i, sd in enumerate(states[1:], 1):
+            if set(sd) != set(base):
+                diff = sorted(set(sd) ^ set(base))[:3]
+                raise AttackError(f"model {i} to average has other layers than the attacked model "
+                                  f"(e.g. {diff}); all copies must share one architecture")
+            for k, v in sd.items():
+                if v.shape != base[k].shape:
+                    raise AttackError(f"model {i} to average has '{k}' of shape {tuple(v.shape)}, the "
+                                      f"attacked model {tuple(base[k].shape)}; all copies must share one "
+                                      "architecture")
+        with torch.no_grad():
+            for k, v in base.items():
+                if not torch.is_floating_point(v):
+                    continue
+                acc = torch.zeros_like(v, dtype=torch.float64)
+                for w, sd in zip(ws, states, strict=True):
+                    acc += sd[k].detach().to(v.device, torch.float64) * (w / total)
+                v.copy_(acc.to(v.dtype))
+        return out
+
+
+@register("reset-outliers")
+@dataclass
+class ResetOutliers(Attack):
+    """Key-free recovery: in each parameter tensor, reset the values more than `z` standard deviations
+    from the tensor's mean to that mean."""
+
+    z: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("z", self.z, 0, lo_open=True)
+
+    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        out = self.copy_model(model)
+        with torch.no_grad():
+            for _, p in out.named_parameters():
+                if not torch.is_floating_point(p) or p.numel() < 2:
+                    continue
+                w = p.detach().double()
+                mean, std = w.mean(), w.std()
+                outliers = (w - mean).abs() > self.z * std
+                if bool(outliers.any()):
+                    p.copy_(torch.where(outliers, mean, w).to(p.dtype))
+        return out
