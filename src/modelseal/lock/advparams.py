@@ -1,0 +1,316 @@
+"""AdvParams parameter locking: Xue, Wu, Wang, Zhang, Liu, "AdvParams: An Active DNN Intellectual Property
+Protection Technique via Adversarial Perturbation Based Parameter Encryption", IEEE TETC 2022
+(arXiv 2105.13697).
+
+The owner perturbs a handful of weights in the loss-increasing direction until the model is useless, and
+keeps their positions and original values as the key; with the key the model is restored bit-for-bit.
+
+Where modelseal deviates from the paper, and why:
+
+- Greedy single-parameter steps: each step recomputes the loss gradient and moves the one not-yet-chosen
+  weight with the largest |gradient| by `eps` x (its layer's max - min) towards higher loss. The paper
+  perturbs a few parameters per iteration with an FGSM-like step; one at a time spends the budget where
+  the current (already perturbed) model is weakest and makes the choice deterministic for a seed.
+- Every move is clipped inside the layer's ORIGINAL [min, max], so no locked value is an outlier of its
+  layer (the paper's stealthiness constraint); a weight already at that edge in the wanted direction
+  cannot move and is skipped, and every weight is chosen at most once.
+- The gradient is taken on one seeded batch of `batch_size` examples of the given data, and accuracy is
+  checked after every step on a second, disjoint seeded batch of the same size (the same batch when the
+  data are too small for two), so the stop criterion is not measured on the examples the gradient
+  overfits. The paper uses a small clean set too; its sizes and split are not fixed here.
+- The key stores the original values in the tensors' own dtype (exact bits, so unlock is a write-back,
+  not `w + d - d`) and SHA-256 digests of the whole original and locked state dicts: unlock refuses a
+  model that is not the one this key locked, and checks that the restored state is the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data import as_tensors
+from ..errors import (
+    DataError,
+    KeyFormatError,
+    KeyIntegrityError,
+    KeyMismatchError,
+    ModelError,
+    ModelSealError,
+)
+from ..keys import Key
+from ..methods import register
+from ..models import signature_of
+from ..train import CLASSIFICATION, model_device, task_of
+
+_EDGE_MARGIN = 0.01
+_PERTURBABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def state_digest(model: nn.Module | dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every state-dict tensor in sorted name order: name, dtype, shape and raw bytes."""
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().contiguous().cpu()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check(name: str, value: Any, lo: float, hi: float | None = None, *, lo_open: bool = False,
+           integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {'inf' if hi is None else hi}]"
+        raise ModelSealError(f"advparams: {name} must be {'an integer' if integer else 'a number'} in {rng}, "
+                             f"got {value!r}")
+
+
+@register("advparams")
+@dataclass
+class AdvParams:
+    """Lock a model by adversarially perturbing at most `max_params` weights; unlock it with the key.
+
+    `eps`: step as a fraction of the layer's value range. `target_accuracy`: stop once accuracy on the
+    check batch is at or below this. `layers`: module or parameter names that may be perturbed (default
+    every Conv/Linear weight).
+    """
+
+    max_params: int = 50
+    eps: float = 0.5
+    target_accuracy: float = 0.1
+    batch_size: int = 256
+    layers: Sequence[str] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check("max_params", self.max_params, 1, integer=True)
+        _check("eps", self.eps, 0, lo_open=True)
+        _check("target_accuracy", self.target_accuracy, 0, 1)
+        _check("batch_size", self.batch_size, 1, integer=True)
+        _check("seed", self.seed, 0, integer=True)
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+        if self.layers is not None and (not self.layers or not all(isinstance(s, str) for s in self.layers)):
+            raise ModelSealError("advparams: layers must be a non-empty list of module or parameter names "
+                                 "(or None for every Conv/Linear weight)")
+
+    # ------------------------------------------------------------------ lock
+    def _targets(self, model: nn.Module) -> list[str]:
+        params = dict(model.named_parameters())
+        if self.layers is None:
+            names = [f"{n}.weight" if n else "weight" for n, m in model.named_modules()
+                     if isinstance(m, _PERTURBABLE)]
+            if not names:
+                raise ModelError("advparams found no Conv or Linear layer to perturb; name the tensors "
+                                 "with layers=[...]")
+            return names
+        modules = dict(model.named_modules())
+        names = []
+        for want in self.layers:
+            if want in params:
+                names.append(want)
+            elif want in modules and isinstance(getattr(modules[want], "weight", None), nn.Parameter):
+                names.append(f"{want}.weight" if want else "weight")
+            else:
+                raise ModelError(f"advparams: layer '{want}' is neither a parameter nor a module with a "
+                                 f"weight in this model; pick from {', '.join(list(params)[:8])}, ...")
+        names = list(dict.fromkeys(names))
+        for n in names:
+            if not torch.is_floating_point(params[n]):
+                raise ModelError(f"advparams: parameter '{n}' is not a floating tensor and cannot be "
+                                 "perturbed; leave it out of layers")
+        return names
+
+    def lock(self, model: nn.Module, data: Dataset, progress: Any = None) -> tuple[nn.Module, Key]:
+        """A locked copy of `model` and the Key that unlocks it. No retraining; `model` is left untouched."""
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"advparams.lock needs a torch nn.Module, got {type(model).__name__}")
+        try:
+            x_all, y_all = as_tensors(data)
+        except ModelSealError:
+            raise
+        except Exception as e:
+            raise DataError(f"advparams.lock needs a data set of (x, y) pairs "
+                            f"({e.__class__.__name__}: {e})") from None
+        if len(x_all) == 0:
+            raise DataError("advparams.lock was given an empty data set; pass a few hundred clean examples")
+        task = task_of(data, y_all)
+        signature = signature_of(model, tuple(x_all.shape[1:]))
+        original_digest = state_digest(model)
+
+        locked = copy.deepcopy(model)
+        locked.eval()
+        dev = model_device(locked)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        perm = torch.randperm(len(x_all), generator=gen)
+        b = int(self.batch_size)
+        grad_idx = perm[:b]
+        check_idx = perm[b : 2 * b] if len(perm) >= 2 * b else grad_idx
+        xg, yg = x_all[grad_idx].to(dev), y_all[grad_idx].to(dev)
+        xc, yc = x_all[check_idx].to(dev), y_all[check_idx].to(dev)
+
+        names = self._targets(locked)
+        params = dict(locked.named_parameters())
+        tensors = [params[n] for n in names]
+        lo = [t.detach().min() for t in tensors]
+        hi = [t.detach().max() for t in tensors]
+        chosen = [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
+        originals = [t.detach().clone() for t in tensors]
+
+        def score() -> float:
+            with torch.no_grad():
+                out = locked(xc)
+                if task == CLASSIFICATION:
+                    return float((out.argmax(1) == yc).float().mean())
+                y = yc.float().reshape(out.shape)
+                ss_tot = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
+                return float(1.0 - ((out.float() - y) ** 2).sum() / ss_tot)
+
+        def loss_fn(out: torch.Tensor) -> torch.Tensor:
+            if task == CLASSIFICATION:
+                return F.cross_entropy(out.float(), yg)
+            return F.mse_loss(out.float().reshape(yg.shape), yg.float())
+
+        acc_before = score()
+        acc = acc_before
+        steps: list[float] = []
+        bar_ctx = None
+        if progress is not None and progress is not False and hasattr(progress, "add_task"):
+            bar_ctx = progress.add_task("advparams lock", total=int(self.max_params), info="")
+        req = [t.requires_grad for t in tensors]
+        for t in tensors:
+            t.requires_grad_(True)
+        try:
+            while len(steps) < int(self.max_params) and acc > float(self.target_accuracy):
+                grads = torch.autograd.grad(loss_fn(locked(xg)), tensors, allow_unused=True)
+                best: tuple[float, int, int] | None = None
+                for i, (t, g) in enumerate(zip(tensors, grads, strict=True)):
+                    if g is None:
+                        continue
+                    w = t.detach()
+                    # A weight at its layer's edge in the loss-increasing direction cannot move: skip it.
+                    edge = (hi[i] - lo[i]) * _EDGE_MARGIN
+                    stuck = ((g > 0) & (w >= hi[i] - edge)) | ((g < 0) & (w <= lo[i] + edge)) | (g == 0)
+                    s = g.abs().masked_fill(chosen[i] | stuck, -1.0)
+                    j = int(s.reshape(-1).argmax())
+                    v = float(s.reshape(-1)[j])
+                    if v > 0 and (best is None or v > best[0]):
+                        best = (v, i, j)
+                if best is None:
+                    break
+                _, i, j = best
+                t = tensors[i]
+                with torch.no_grad():
+                    flat = t.view(-1) if t.is_contiguous() else None
+                    g = grads[i].reshape(-1)[j]
+                    step = self.eps * (hi[i] - lo[i]) * torch.sign(g)
+                    cur = t.reshape(-1)[j]
+                    # Clipped moves stop a seeded sliver short of the edge: several weights equal to the
+                    # layer's exact min or max would themselves be a tell.
+                    margin = (hi[i] - lo[i]) * _EDGE_MARGIN * (1.0 - float(torch.rand((), generator=gen)))
+                    target = cur + step.to(cur.dtype)
+                    new = torch.minimum(torch.maximum(target, lo[i] + margin), hi[i] - margin)
+                    if flat is not None:
+                        flat[j] = new
+                    else:
+                        tmp = t.detach().reshape(-1).clone()
+                        tmp[j] = new
+                        t.copy_(tmp.view_as(t))
+                    chosen[i].view(-1)[j] = True
+                acc = score()
+                steps.append(acc)
+                if bar_ctx is not None:
+                    progress.update(bar_ctx, advance=1, info=f"accuracy {acc:.3f}")
+        finally:
+            for t, r in zip(tensors, req, strict=True):
+                t.requires_grad_(r)
+
+        key_tensors: dict[str, torch.Tensor] = {}
+        used: list[str] = []
+        for i, name in enumerate(names):
+            pos = chosen[i].reshape(-1).nonzero().reshape(-1).cpu()
+            if len(pos) == 0:
+                continue
+            k = len(used)
+            used.append(name)
+            key_tensors[f"position.{k}"] = pos.to(torch.int64)
+            key_tensors[f"original.{k}"] = originals[i].reshape(-1)[pos.to(originals[i].device)].cpu()
+        if acc > float(self.target_accuracy):
+            warnings.warn(f"advparams stopped at accuracy {acc:.3f} on the check batch after {len(steps)} "
+                          f"parameters, above the target {self.target_accuracy}; raise max_params or eps",
+                          stacklevel=2)
+        n_total = sum(p.numel() for p in locked.parameters())
+        key = Key(
+            method="advparams",
+            params={
+                "tensors": used,
+                "changed": len(steps),
+                "total_params": int(n_total),
+                "max_params": int(self.max_params), "eps": float(self.eps),
+                "target_accuracy": float(self.target_accuracy), "batch_size": b, "seed": int(self.seed),
+                "layers": list(names),
+                "check_accuracy_before": acc_before, "check_accuracy_after": acc,
+                "target_reached": bool(acc <= float(self.target_accuracy)),
+                "original_digest": original_digest,
+                "locked_digest": state_digest(locked),
+            },
+            tensors=key_tensors,
+            signature=signature,
+        )
+        return locked, key
+
+    # ------------------------------------------------------------------ unlock
+    def unlock(self, locked: nn.Module, key: Key) -> nn.Module:
+        """A copy of `locked` with every perturbed weight restored bit-for-bit; `locked` is left untouched."""
+        if not isinstance(key, Key):
+            raise KeyFormatError(f"advparams.unlock needs a modelseal Key, got {type(key).__name__}")
+        if key.method != "advparams":
+            raise KeyFormatError(f"this is a '{key.method}' key; unlock takes an advparams key")
+        if not isinstance(locked, nn.Module):
+            raise ModelError(f"advparams.unlock needs a torch nn.Module, got {type(locked).__name__}")
+        p = key.params
+        names = p.get("tensors")
+        want_locked, want_orig = p.get("locked_digest"), p.get("original_digest")
+        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                or not isinstance(want_locked, str) or not isinstance(want_orig, str)):
+            raise KeyFormatError("advparams key is malformed: it lacks the tensor names or the digests")
+        if state_digest(locked) != want_locked:
+            raise KeyMismatchError("this advparams key belongs to another model, or the locked model was "
+                                   "modified after locking; use the key made when this model was locked")
+        out = copy.deepcopy(locked)
+        sd = out.state_dict()
+        with torch.no_grad():
+            for k, name in enumerate(names):
+                pos, orig = key.tensors.get(f"position.{k}"), key.tensors.get(f"original.{k}")
+                if name not in sd or pos is None or orig is None:
+                    raise KeyFormatError(f"advparams key is malformed: entry {k} ('{name}') is incomplete")
+                t = sd[name]
+                if (pos.dtype != torch.int64 or pos.dim() != 1 or orig.shape != pos.shape
+                        or orig.dtype != t.dtype or (len(pos) and (pos.min() < 0 or pos.max() >= t.numel()))):
+                    raise KeyFormatError(f"advparams key is malformed: positions/values of '{name}' do not "
+                                         "fit the model")
+                flat = t.detach().reshape(-1).clone()
+                flat[pos.to(flat.device)] = orig.to(flat.device)
+                t.copy_(flat.view_as(t))
+        if state_digest(out) != want_orig:
+            raise KeyIntegrityError("unlocking did not reproduce the original weights (digest differs): "
+                                    "the key's values have been altered; use the original key file")
+        return out

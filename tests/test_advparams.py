@@ -1,0 +1,185 @@
+"""AdvParams: a few in-range weight changes wreck the model; the key restores it bit-for-bit, and only it."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import modelseal as ms
+from modelseal.data import TensorData
+from modelseal.errors import (
+    DataError,
+    KeyFormatError,
+    KeyIntegrityError,
+    KeyMismatchError,
+    ModelError,
+    ModelSealError,
+)
+from modelseal.keys import Key
+from modelseal.lock.advparams import AdvParams, state_digest
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def locked_pair(_owner_cnn, mnist):
+    owner = copy.deepcopy(_owner_cnn)
+    before = _state(owner)
+    locked, key = ms.methods.get("advparams")().lock(owner, mnist.owner)
+    return owner, before, locked, key
+
+
+def test_lock_breaks_accuracy_with_few_params(locked_pair, mnist):
+    owner, _, locked, key = locked_pair
+    assert ms.train.evaluate(owner, mnist.test) > 0.85
+    changed = sum(int((a != b).sum()) for a, b in zip(owner.state_dict().values(),
+                                                      locked.state_dict().values(), strict=True))
+    assert 1 <= changed <= 50
+    assert changed == key.params["changed"]
+    assert key.params["target_reached"] is True
+    assert ms.train.evaluate(locked, mnist.test) <= 0.20
+
+
+def test_input_model_not_mutated(locked_pair):
+    owner, before, locked, _ = locked_pair
+    assert _equal(_state(owner), before)
+    assert locked is not owner
+
+
+def test_locked_values_inside_original_layer_range(locked_pair):
+    owner, _, locked, key = locked_pair
+    sd_o, sd_l = owner.state_dict(), locked.state_dict()
+    for name in sd_o:
+        a, b = sd_o[name], sd_l[name]
+        if torch.equal(a, b):
+            continue
+        assert name in key.params["tensors"]
+        assert float(b.min()) >= float(a.min()) and float(b.max()) <= float(a.max())
+
+
+def test_unlock_is_bit_exact(locked_pair):
+    owner, _, locked, key = locked_pair
+    locked_before = _state(locked)
+    restored = ms.methods.get("advparams")().unlock(locked, key)
+    assert _equal(_state(restored), _state(owner))
+    assert _equal(_state(locked), locked_before)  # unlock leaves the locked model alone
+    assert restored is not locked
+
+
+def test_top_level_unlock_and_key_roundtrip(locked_pair, tmp_path):
+    owner, _, locked, key = locked_pair
+    path = key.save(tmp_path / "lock.seal")
+    loaded = Key.load(path, method="advparams")
+    assert loaded.digest() == key.digest()
+    restored = ms.unlock(locked, loaded)
+    assert _equal(_state(restored), _state(owner))
+    restored2 = ms.unlock(locked, str(path))
+    assert state_digest(restored2) == key.params["original_digest"]
+
+
+def test_wrong_key_refused(locked_pair, mnist):
+    owner, _, locked, key = locked_pair
+    other = ms.models.build("cnn", mnist.meta, seed=5)  # another model of the same architecture
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, other_key = AdvParams(max_params=3, target_accuracy=0.0, batch_size=64).lock(other, mnist.owner)
+        _, key2 = AdvParams(max_params=3, target_accuracy=0.0, batch_size=64, seed=7).lock(owner, mnist.owner)
+    with pytest.raises(KeyMismatchError, match="another model"):
+        ms.unlock(locked, other_key)
+    # A key from the same owner made with another seed locks different weights: refused too.
+    with pytest.raises(KeyMismatchError):
+        ms.unlock(locked, key2)
+    # The locked model modified after locking (e.g. fine-tuned) is refused as well.
+    tweaked = copy.deepcopy(locked)
+    with torch.no_grad():
+        next(tweaked.parameters()).view(-1)[0] += 1e-3
+    with pytest.raises(KeyMismatchError):
+        ms.unlock(tweaked, key)
+
+
+def test_tampered_key_refused(locked_pair, tmp_path):
+    _, _, locked, key = locked_pair
+    # Tampered file: the key's own digest catches it on load.
+    bad_tensors = dict(key.tensors)
+    bad_tensors["original.0"] = bad_tensors["original.0"].clone()
+    bad_tensors["original.0"][0] += 0.5
+    path = key.save(tmp_path / "good.seal")
+    raw = bytearray(path.read_bytes())
+    forged = Key(method=key.method, params=key.params, tensors=bad_tensors, signature=key.signature,
+                 created=key.created).to_bytes()
+    # Splice the forged tensors under the genuine header digest: same length, different values.
+    assert len(forged) == len(raw)
+    start = len(raw) - sum(t.numel() * t.element_size() for t in key.tensors.values())
+    raw[start:] = forged[start:]
+    (tmp_path / "bad.seal").write_bytes(bytes(raw))
+    with pytest.raises(KeyIntegrityError):
+        Key.load(tmp_path / "bad.seal")
+    # A re-digested forgery (values changed in memory) is caught by the original-state digest.
+    with pytest.raises(KeyIntegrityError, match="altered"):
+        ms.unlock(locked, forged_key := Key.from_bytes(forged))
+    assert forged_key.digest() != key.digest()
+    # A key whose digests were stripped is malformed.
+    stripped = Key(method="advparams", params={"tensors": key.params["tensors"]}, tensors=key.tensors)
+    with pytest.raises(KeyFormatError):
+        ms.unlock(locked, stripped)
+
+
+@pytest.mark.filterwarnings("ignore:advparams stopped")
+def test_same_seed_same_key(_owner_cnn, mnist):
+    kw = dict(max_params=4, target_accuracy=0.0, batch_size=64, seed=3)
+    _, k1 = AdvParams(**kw).lock(_owner_cnn, mnist.owner)
+    l2, k2 = AdvParams(**kw).lock(copy.deepcopy(_owner_cnn), mnist.owner)
+    assert k1.params["changed"] == 4
+    k2.created = k1.created
+    assert k1.digest() == k2.digest()
+    _, k3 = AdvParams(**{**kw, "seed": 4}).lock(_owner_cnn, mnist.owner)
+    assert k3.params["locked_digest"] != k1.params["locked_digest"]
+
+
+def test_layers_restricts_perturbation(_owner_cnn, mnist):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3 conv weights will not reach the target; that is expected here
+        locked, key = AdvParams(max_params=3, batch_size=64, layers=["features.0"]).lock(
+            _owner_cnn, mnist.owner)
+    assert key.params["tensors"] == ["features.0.weight"]
+    changed = [n for n, v in locked.state_dict().items() if not torch.equal(v, _owner_cnn.state_dict()[n])]
+    assert changed == ["features.0.weight"]
+    with pytest.raises(ModelError, match="nope"):
+        AdvParams(layers=["nope"]).lock(_owner_cnn, mnist.owner)
+
+
+def test_budget_not_reached_warns(_owner_cnn, mnist):
+    with pytest.warns(UserWarning, match="above the target"):
+        _, key = AdvParams(max_params=1, target_accuracy=0.0, batch_size=32).lock(_owner_cnn, mnist.owner)
+    assert key.params["target_reached"] is False and key.params["changed"] == 1
+
+
+@pytest.mark.parametrize("kw", [{"max_params": 0}, {"max_params": 2.5}, {"eps": 0}, {"eps": -1.0},
+                                {"eps": float("nan")}, {"target_accuracy": 1.5}, {"batch_size": 0},
+                                {"seed": -1}, {"layers": []}, {"max_params": True}])
+def test_bad_parameters(kw):
+    with pytest.raises(ModelSealError):
+        AdvParams(**kw)
+
+
+def test_bad_inputs(_owner_cnn, mnist, locked_pair):
+    empty = TensorData(mnist.owner.x[:0], mnist.owner.y[:0], mnist.meta)
+    with pytest.raises(DataError, match="empty"):
+        AdvParams().lock(_owner_cnn, empty)
+    with pytest.raises(ModelError):
+        AdvParams().lock("not a model", mnist.owner)  # type: ignore[arg-type]
+    _, _, locked, _ = locked_pair
+    with pytest.raises(KeyFormatError):
+        AdvParams().unlock(locked, "key")  # type: ignore[arg-type]
+    with pytest.raises(KeyFormatError, match="advparams"):
+        AdvParams().unlock(locked, Key(method="trigger-set"))
