@@ -287,3 +287,11 @@ def test_average_weight_count_checked(owner_cnn, peers):
         attacks.get("average")(others=peers, weights=[1, 1])
     with pytest.raises(AttackError):
         attacks.get("average")(others=peers, weights=[1, -1, 1])
+
+
+def test_ftll_keeps_batchnorm_statistics(mnist):
+    net = ms.models.build("resnet18", mnist.meta, seed=0, width=4)
+    before = _state(net)
+    out = attacks.get("finetune")(mode="ftll", epochs=1).apply(net, mnist.attacker.subset(64, seed=0))
+    assert _changed(before, _state(out)) == {"fc.weight", "fc.bias"}
+    assert all(p.requires_grad for p in out.parameters())
