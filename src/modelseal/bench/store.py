@@ -1,0 +1,154 @@
+"""SQLite results store: one database (`results.sqlite`) per run directory, committed after every result,
+so an interrupted run loses nothing that finished and a re-run skips what is already there.
+
+Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or R^2 for regression):
+
+- `meta(key TEXT PRIMARY KEY, value TEXT)`: `scenario` (the TOML text), `scenario_name`, `data`,
+  `created`, `modelseal_version`, `schema_version`.
+- `artifacts(artifact_id TEXT PRIMARY KEY, kind TEXT, label TEXT, info TEXT JSON, wall_s REAL)`: prepared
+  models and keys: kind `owner`, `negative`, `reference` (info: spec, accuracy) and `protection`
+  (info: protection label, method, family, seed, protected accuracy, unlocked accuracy for locks,
+  number of copies for deepmarks). Their weights and keys are cached next to the database in `cache/`.
+- `cells(cell_id TEXT PRIMARY KEY, ...)`: one row per protection x attack variant x seed. `cell_id` is a
+  hash of the cell's parameters and the owner's spec. Columns: protection, method, family
+  (watermark | fingerprint | deepmarks | lock), attack (label incl. swept values), attack_name,
+  attack_params JSON, swept (name of the swept parameter or NULL), strength (its value), seed,
+  status (`ok` | `skipped` | `error`), owner_acc, protected_acc, attacked_acc, unlocked_acc (locks),
+  owned (0/1; for locks: the accuracy stays more than 5 points below the owner's), score, p_value,
+  threshold, queries, removed (0/1: not owned while attacked_acc >= owner_acc - 0.05), colluders JSON
+  (deepmarks: the users whose copies were attacked), accused JSON, colluders_found, innocents_accused,
+  detail JSON (method details or the reason for skipped/error), wall_s, finished_at.
+- `negatives(neg_id TEXT PRIMARY KEY, ...)`: one row per protection x seed x negative model: protection,
+  method, family, seed, negative (label like `mlp#1`), arch, accuracy, status, owned, score, p_value,
+  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+CELL_COLUMNS = ["cell_id", "protection", "method", "family", "attack", "attack_name", "attack_params", "swept",
+                "strength", "seed", "status", "owner_acc", "protected_acc", "attacked_acc", "unlocked_acc",
+                "owned", "score", "p_value", "threshold", "queries", "removed", "colluders", "accused",
+                "colluders_found", "innocents_accused", "detail", "wall_s", "finished_at"]
+NEG_COLUMNS = ["neg_id", "protection", "method", "family", "seed", "negative", "arch", "accuracy", "status",
+               "owned", "score", "p_value", "queries", "accused", "innocents_accused", "detail", "wall_s",
+               "finished_at"]
+JSON_COLUMNS = {"attack_params", "colluders", "accused", "detail", "info"}
+# Columns that legitimately differ between two runs of the same scenario.
+VOLATILE = {"wall_s", "finished_at"}
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS artifacts (artifact_id TEXT PRIMARY KEY, kind TEXT, label TEXT, info TEXT,
+                                      wall_s REAL);
+CREATE TABLE IF NOT EXISTS cells ({", ".join(c + (" TEXT PRIMARY KEY" if c == "cell_id" else "")
+                                              for c in CELL_COLUMNS)});
+CREATE TABLE IF NOT EXISTS negatives ({", ".join(c + (" TEXT PRIMARY KEY" if c == "neg_id" else "")
+                                                  for c in NEG_COLUMNS)});
+"""
+
+
+def _enc(col: str, v: Any) -> Any:
+    if col in JSON_COLUMNS:
+        return None if v is None else json.dumps(v, sort_keys=True, default=str)
+    if isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def _dec(col: str, v: Any) -> Any:
+    if col in JSON_COLUMNS and v is not None:
+        return json.loads(v)
+    return v
+
+
+class Store:
+    """The results database of one run directory."""
+
+    def __init__(self, path: str | Path):
+        from ..errors import ModelSealError
+
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(str(self.path))
+            self.db.executescript(_DDL)
+            self.db.commit()
+        except sqlite3.DatabaseError as e:
+            raise ModelSealError(f"{self.path} is not a modelseal results database ({e}); "
+                                 "choose another run directory or pass --force") from None
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ meta / artifacts
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self.db.commit()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def put_artifact(self, artifact_id: str, kind: str, label: str, info: dict[str, Any], wall_s: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
+                        (artifact_id, kind, label, json.dumps(info, sort_keys=True, default=str), wall_s))
+        self.db.commit()
+
+    def artifact(self, artifact_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT kind, label, info, wall_s FROM artifacts WHERE artifact_id = ?",
+                              (artifact_id,)).fetchone()
+        if row is None:
+            return None
+        return {"kind": row[0], "label": row[1], "info": json.loads(row[2]), "wall_s": row[3]}
+
+    def artifacts(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT artifact_id, kind, label, info, wall_s FROM artifacts ORDER BY kind, label")
+        return [{"artifact_id": r[0], "kind": r[1], "label": r[2], "info": json.loads(r[3]), "wall_s": r[4]}
+                for r in rows.fetchall()]
+
+    # ------------------------------------------------------------------ results
+    def _put(self, table: str, cols: list[str], row: dict[str, Any]) -> None:
+        row = {**row, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.db.execute(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(cols))})",
+                        [_enc(c, row.get(c)) for c in cols])
+        self.db.commit()
+
+    def put_cell(self, row: dict[str, Any]) -> None:
+        self._put("cells", CELL_COLUMNS, row)
+
+    def put_negative(self, row: dict[str, Any]) -> None:
+        self._put("negatives", NEG_COLUMNS, row)
+
+    def done_cells(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT cell_id FROM cells").fetchall()}
+
+    def done_negatives(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT neg_id FROM negatives").fetchall()}
+
+    def _rows(self, table: str, cols: list[str], order: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}").fetchall()
+        return [{c: _dec(c, v) for c, v in zip(cols, r, strict=False)} for r in rows]
+
+    def cells(self) -> list[dict[str, Any]]:
+        return self._rows("cells", CELL_COLUMNS, "protection, attack_name, strength, attack, seed")
+
+    def negatives(self) -> list[dict[str, Any]]:
+        return self._rows("negatives", NEG_COLUMNS, "protection, seed, negative")
