@@ -103,6 +103,7 @@ def _same(a: ms.Verdict, b: ms.Verdict) -> None:
     assert a.p_value == pytest.approx(b.p_value, rel=1e-6, abs=1e-300)
 
 
+@pytest.mark.slow  # builds one key per method (trains trigger-set, searches c-examples/tafa) once per module
 @pytest.mark.parametrize("which", ["owner", "independent"])
 @pytest.mark.parametrize("name", BLACK_BOX)
 def test_http_verdict_equals_in_process(name, which, keyed, other_mlp, servers):
