@@ -206,7 +206,10 @@ class Suspect:
 
     def output_size(self) -> int | None:
         spec = getattr(self.module, "modelseal_spec", None) if self.module is not None else None
-        return int(spec["output_size"]) if spec else None
+        if spec:
+            return int(spec["output_size"])
+        size = getattr(self._backend, "output_size", None)
+        return int(size) if size else None
 
     def __repr__(self) -> str:
         kind = "white-box" if self.white_box else "black-box"
