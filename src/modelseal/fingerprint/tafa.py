@@ -28,6 +28,15 @@ Where modelseal deviates, and why:
   this, so the entries are bounded and the normal tail holds far out (a Monte Carlo check with
   `permutations` draws is reported in the verdict's details; a Monte Carlo p alone could not go below
   1/(P + 1), far above α = 1e-6). So the default α stays 1e-6.
+- Probes. Each boundary point x0 is queried at x0 + k·s·u, k = -2..2 (5n queries), u the unit crossing
+  direction with box-face coordinates held (no clipping); s = `step_across` × box diagonal. The key
+  also stores which ReLU layer each boundary belongs to (`layers`), for analysis only.
+
+Measured limits (see benchmarks/tafa.py): independent models of the same task score near 0 (z mostly
+< 3); pruned (50 %) and 8-bit copies keep most kinks. Fine-tuning all layers with Adam at lr 1e-3 (the
+from-scratch rate) for 3 epochs moves the LeNet's boundaries on uniform-noise inputs past the probe
+steps and the fingerprint is lost; at lr 3e-4 or below it survives. Small MLPs (regression, VAE
+decoder) survive FTAL at their training rate.
 """
 
 from __future__ import annotations
