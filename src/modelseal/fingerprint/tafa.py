@@ -68,7 +68,8 @@ _STENCIL = (-2, -1, 0, 1, 2)
 class TAFA:
     """Fingerprint a ReLU network from its input box alone; verify from raw outputs of any task.
 
-    `n` boundary points (each queried with two neighbours: 3n queries), `steps` descent steps per point,
+    `n` boundary points (each queried at 5 points along its crossing direction: 5n queries), `steps`
+    descent steps per point,
     `lr` damping of each step, `step_across` the step across a boundary as a fraction of the box
     diagonal, `tol` the largest |pre-activation| (relative to its gradient norm times the box diagonal)
     accepted as "on the boundary", `permutations` Monte Carlo draws reported as a check.
