@@ -14,8 +14,13 @@ Where modelseal deviates from the paper, and why:
 - The nonces are drawn from the seed as well, so the same seed gives the same key and the same digest.
   They hide the images inside the public commitments only as long as the seed stays secret: use a large
   random seed for a real key (the default seed 0 is for reproducible experiments).
-- `pretrained` mode stops as soon as every trigger is learned (then trains `extra_epochs` more, which
-  makes the mark survive fine-tuning); `scratch` mode trains for all `epochs`, since stopping a
+- The paper appends 2 triggers to every batch of 100 on CIFAR-10's 50,000 images, so each trigger is
+  seen about 10 times an epoch. On small data sets that rate would show each trigger less than once an
+  epoch, so by default `k_per_batch` is chosen to show every trigger about 4 times an epoch (at least 2
+  per batch; 13 per batch of 64 for 100 triggers and 2,000 images), which costs about 20 % more per step.
+- `pretrained` mode fine-tunes at lr 3e-3 (Adam) for at most 10 epochs and stops once every trigger is
+  learned plus `extra_epochs` (default 1, which helps the mark survive fine-tuning); `scratch` mode
+  re-initialises the model and trains for all `epochs` (default 5, lr 1e-3), since stopping a
   from-scratch run at the first epoch with 100 % trigger accuracy would leave it under-trained.
 - Verification is sequential (the paper queries all triggers at once): triggers are asked in looks of
   `batch`, in a seeded order. The reported p-value is the exact min-p adjustment over the planned looks:
