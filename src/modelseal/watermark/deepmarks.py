@@ -1,0 +1,300 @@
+"""DeepMarks: per-user fingerprints in the weights with BIBD anti-collusion codes, and colluder tracing.
+
+Chen, Rouhani, Koushanfar, "DeepMarks: A Digital Fingerprinting Framework for Deep Neural Networks"
+(2018, ICMR 2019).
+
+Where modelseal deviates, and why:
+- Each user's copy is the owner model *fine-tuned* for a few epochs with `CE + gamma ||X w - U b_j||^2`
+  (the paper also trains from scratch); distributing 31 copies then costs 31 short fine-tunes.
+- `gamma` (default 1.0: one epoch then leaves |b~ - b_j| <= ~0.25 and accuracy within a point) and the
+  number of projection rows (`M = v`, so U is square and every code vector is reachable) are chosen
+  for our small models, where the entries of U^T X w of a trained layer are ~0.1.
+- Decoding is scale- and offset-free: rather than one fixed threshold on b~ (which pruning or fine-tuning
+  shrink), every threshold between consecutive values of b~ is tried, the AND-ACC rule gives a candidate
+  coalition at each, and the coalition whose mean code vector correlates best with b~ is kept.
+- Accusations carry a p-value (the paper gives none): for a model independent of the secret projection X,
+  b~ = U^T X w is an isotropic Gaussian vector, so the Pearson correlation r between b~ and any fixed
+  code vector has the exact null `r sqrt(v-2) / sqrt(1-r^2) ~ t(v-2)`. The coalition's p-value is that
+  tail times the number of coalitions of at most k - 1 of the issued users (Bonferroni), so an
+  independent model is accused with probability at most alpha. Users are accused only if p <= alpha.
+- The default layer is the first hidden Linear layer with at least M inputs (else the last such
+  convolution): on our small CNN it takes the code with less accuracy loss and faster than a
+  convolution. Any layer with a weight matrix can be named (`layer=`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats as _st
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import KeyMismatchError, ModelError, ModelSealError
+from ..keys import Key
+from ..methods import register
+from ..models import signature_of
+from ..suspect import Suspect, as_suspect
+from ..train import fit
+from ..verdict import DEFAULT_ALPHA, _jsonable
+from .codes import and_acc_accuse, design_for_users
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _channel_mean(weight: torch.Tensor) -> torch.Tensor:
+    """w-bar: the layer's weight averaged over output channels (dim 0), flattened."""
+    return weight.float().mean(0).reshape(-1)
+
+
+def architecture_digest(model: nn.Module) -> str:
+    """SHA-256 over the names and shapes of a model's parameters (its layout, not its values)."""
+    layout = [[n, list(p.shape)] for n, p in model.named_parameters()]
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()
+
+
+def default_layer(model: nn.Module, min_size: int) -> str:
+    """The first hidden Linear layer with at least `min_size` inputs, else the last such convolution,
+    else the last Linear layer: a hidden layer is changed by the fingerprint without hurting accuracy and
+    is not what last-layer fine-tuning (FTLL/RTLL) retrains."""
+    mods = list(model.named_modules())
+    lins = [n for n, m in mods if isinstance(m, nn.Linear)]
+    wide = [n for n, m in mods if isinstance(m, nn.Linear) and m.in_features >= min_size]
+    hidden = [n for n in wide if n != lins[-1]]
+    if hidden:
+        return hidden[0]
+    convs = [n for n, m in mods if isinstance(m, _CONV) and math.prod(m.weight.shape[1:]) >= min_size]
+    if convs:
+        return convs[-1]
+    if wide:
+        return wide[-1]
+    raise ModelError(f"no Linear or convolution layer has at least {min_size} input weights per channel to "
+                     "carry the fingerprint; name a larger layer with layer=... or use fewer users")
+
+
+def _layer_weight(model: nn.Module, name: str, shape: list[int] | None = None,
+                  err: type[ModelSealError] = KeyMismatchError) -> torch.Tensor:
+    mods = dict(model.named_modules())
+    mod = mods.get(name)
+    weight = getattr(mod, "weight", None) if mod is not None else None
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        have = [n for n, m in mods.items() if isinstance(getattr(m, "weight", None), torch.Tensor)
+                and m.weight.dim() >= 2]
+        what = ("use the key made for this model's architecture" if err is KeyMismatchError
+                else "name one of these with layer=...")
+        raise err(f"the model has no layer '{name}' with a weight matrix (layers: "
+                  f"{', '.join(have[:12]) or 'none'}); {what}")
+    if shape is not None and list(weight.shape) != list(shape):
+        raise KeyMismatchError(f"layer '{name}' has weight shape {tuple(weight.shape)}, but the key was made "
+                               f"for {tuple(shape)}; use the key made for this model's architecture")
+    return weight
+
+
+def _log_coalitions(users: int, max_size: int) -> float:
+    """log of the number of coalitions of 1..max_size users out of `users`."""
+    logs = [math.lgamma(users + 1) - math.lgamma(s + 1) - math.lgamma(users - s + 1)
+            for s in range(1, min(max_size, users) + 1)]
+    m = max(logs)
+    return m + math.log(sum(math.exp(x - m) for x in logs))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / den) if den > 1e-12 else 0.0
+
+
+def _corr_log_p(r: float, v: int) -> float:
+    """log P[R >= r] for the Pearson correlation of an isotropic Gaussian vector in R^v with a fixed one."""
+    r = min(r, 1.0 - 1e-15)
+    t = r * math.sqrt(v - 2) / math.sqrt(1.0 - r * r)
+    return float(_st.t.logsf(t, v - 2))
+
+
+@dataclass
+class TraceResult:
+    """Outcome of tracing a suspect with a DeepMarks key.
+
+    `accused`: user ids (0-based, the index of the copy in `distribute`'s list) judged to be the
+    suspect's source; `owned` is true iff anyone is accused. `p_value` is the chance that a model
+    independent of the key fits some coalition of at most `max_colluders` users this well; every
+    accused user carries it in `p_values`. `scores[j]` is the Pearson correlation of the extracted
+    code `extracted` (b~) with user j's code vector b_j (the single-copy check); `best_user` and
+    `single_p_value` are the top of that ranking. `fit` is the correlation of b~ with the mean code of
+    the coalition the AND-ACC decoder found (`candidates`), `bits` the decoded AND code.
+    """
+
+    accused: list[int]
+    owned: bool
+    p_value: float
+    alpha: float
+    p_values: dict[int, float]
+    scores: list[float]
+    best_user: int
+    single_p_value: float
+    fit: float
+    candidates: list[int]
+    bits: list[int]
+    extracted: list[float]
+    threshold: float
+    users: int
+    max_colluders: int
+    method: str = "deepmarks"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _jsonable(asdict(self))
+        d["p_values"] = {str(k): v for k, v in self.p_values.items()}
+        return d
+
+    def summary(self) -> str:
+        if self.accused:
+            who = ", ".join(str(j) for j in self.accused)
+            return (f"deepmarks: accused user(s) {who} (fit {self.fit:.3f}, p = {self.p_value:.3g}, "
+                    f"alpha = {self.alpha:.3g})")
+        return (f"deepmarks: nobody accused (best coalition fit {self.fit:.3f}, p = {self.p_value:.3g}, "
+                f"alpha = {self.alpha:.3g}; best single user {self.best_user}, r = "
+                f"{self.scores[self.best_user]:.3f})")
+
+
+@register("deepmarks")
+@dataclass
+class DeepMarks:
+    """Per-user weight fingerprints with AND-ACC codes: `distribute` copies, `trace` a suspect to its users.
+
+    users: copies to make (picks the smallest projective plane with that many codewords).
+    layer: module name of the layer that carries the fingerprint (None: see `default_layer`).
+    gamma: weight of the embedding loss. rows: projection rows M (None: the code length v).
+    epochs, lr: fine-tuning of each copy. alpha: accusation level. seed: secrets and per-user training.
+    """
+
+    users: int = 31
+    layer: str | None = None
+    gamma: float = 1.0
+    rows: int | None = None
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    alpha: float = DEFAULT_ALPHA
+    seed: int = 0
+
+    def _secrets(self, m: int, n: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(int(self.seed))
+        x = torch.randn(m, n, generator=gen)
+        u, _ = torch.linalg.qr(torch.randn(m, v, generator=gen))
+        return x, u.contiguous()
+
+    def distribute(self, model: nn.Module, data: Dataset, progress: Any = None,
+                   input_shape: tuple[int, ...] | None = None) -> tuple[list[nn.Module], Key]:
+        """One fingerprinted copy per user (fine-tuned from `model`, which is left untouched) and the key."""
+        design = design_for_users(self.users)
+        v, k = design.v, design.k
+        m = v if self.rows is None else int(self.rows)
+        if m < v:
+            raise ModelSealError(f"rows (projection rows M) must be at least the code length {v}, got {m}")
+        if self.gamma <= 0 or self.epochs < 1:
+            raise ModelSealError(f"gamma must be > 0 and epochs >= 1 (got {self.gamma}, {self.epochs})")
+        if not 0 < self.alpha < 1:
+            raise ModelSealError(f"alpha must lie in (0, 1), got {self.alpha}")
+        layer = self.layer if self.layer is not None else default_layer(model, m)
+        weight = _layer_weight(model, layer, err=ModelError)
+        n = math.prod(weight.shape[1:])
+        if n < m:
+            raise ModelError(f"layer '{layer}' has {n} weights per output channel, fewer than the {m} "
+                             "projection rows; pick a larger layer")
+        x_proj, u = self._secrets(m, n, v)
+        codebook = design.codebook(self.users)
+        signature = signature_of(model, input_shape)
+        copies: list[nn.Module] = []
+        for j in range(self.users):
+            target = u @ (2.0 * torch.from_numpy(codebook[j]).float() - 1.0)
+            copy_j = copy.deepcopy(model)
+            loss = self._embedding_loss(layer, x_proj, target)
+            fit(copy_j, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                seed=int(self.seed) * 100_003 + j + 1, extra_loss=loss, progress=progress,
+                description=f"deepmarks user {j + 1}/{self.users}")
+            copies.append(copy_j)
+        params = {"users": int(self.users), "q": design.q, "v": v, "k": k, "rows": m, "layer": layer,
+                  "weight_shape": list(weight.shape), "gamma": float(self.gamma), "epochs": int(self.epochs),
+                  "lr": float(self.lr), "seed": int(self.seed), "alpha": float(self.alpha),
+                  "architecture": architecture_digest(model)}
+        key = Key("deepmarks", params=params, signature=signature,
+                  tensors={"X": x_proj, "U": u, "codebook": torch.from_numpy(codebook)})
+        return copies, key
+
+    def _embedding_loss(self, layer: str, x_proj: torch.Tensor, target: torch.Tensor
+                        ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+        gamma = float(self.gamma)
+        cache: dict[str, torch.Tensor] = {}
+
+        def loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            w = _layer_weight(model, layer)
+            if "x" not in cache:
+                cache["x"], cache["t"] = x_proj.to(w.device), target.to(w.device)
+            # The projection must not run in bf16 (AMP on CUDA): b is read back to a precision of ~0.1.
+            with torch.autocast(w.device.type, enabled=False):
+                r = cache["x"] @ _channel_mean(w) - cache["t"]
+                return gamma * (r * r).sum()
+
+        return loss
+
+    def extract(self, suspect: Suspect | nn.Module, key: Key) -> np.ndarray:
+        """b~ = U^T X w-bar of the suspect's fingerprinted layer (white-box)."""
+        suspect = as_suspect(suspect)
+        module = suspect.require_module("deepmarks")
+        p = key.params
+        key.check_signature(suspect.input_shape, suspect.output_size())
+        weight = _layer_weight(module, p["layer"], p["weight_shape"])
+        x_proj, u = key.tensors["X"].float(), key.tensors["U"].float()
+        with torch.no_grad():
+            wbar = _channel_mean(weight.detach().cpu())
+            if not torch.isfinite(wbar).all():
+                raise ModelError(f"layer '{p['layer']}' of the suspect holds NaN or infinite weights")
+            return (u.T @ (x_proj @ wbar)).double().numpy()
+
+    def trace(self, suspect: Suspect | nn.Module, key: Key, alpha: float | None = None) -> TraceResult:
+        """Accuse the users whose copies the suspect was made from (one copy, or an average of several)."""
+        if key.method != "deepmarks":
+            raise KeyMismatchError(f"trace takes a deepmarks key, got a '{key.method}' key")
+        b = self.extract(suspect, key)
+        p = key.params
+        alpha = float(p.get("alpha", DEFAULT_ALPHA) if alpha is None else alpha)
+        codebook = key.tensors["codebook"].numpy().astype(np.int64)
+        users, v, k = codebook.shape[0], int(p["v"]), int(p["k"])
+        codes = 2.0 * codebook - 1.0
+        scores = [_pearson(b, codes[j]) for j in range(users)]
+        best = int(np.argmax(scores))
+        single_p = min(1.0, users * math.exp(_corr_log_p(scores[best], v)))
+
+        # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
+        order = np.sort(b)
+        best_fit, cands, cut, bits = -2.0, [], float("nan"), np.ones(v, dtype=np.int64)
+        for i in range(v - 1):
+            t = 0.5 * (order[i] + order[i + 1])
+            dec = (b >= t).astype(np.int64)
+            acc = and_acc_accuse(dec, codebook)
+            if not 1 <= len(acc) <= k - 1:
+                continue
+            r = _pearson(b, codes[acc].mean(0))
+            if r > best_fit + 1e-12 or (abs(r - best_fit) <= 1e-12 and len(acc) < len(cands)):
+                best_fit, cands, cut, bits = r, acc, float(t), dec
+        if cands:
+            log_p = _corr_log_p(best_fit, v) + _log_coalitions(users, k - 1)
+            p_value = float(min(1.0, math.exp(min(0.0, log_p))))
+        else:
+            p_value = 1.0
+        accused = cands if p_value <= alpha else []
+        return TraceResult(
+            accused=list(accused), owned=bool(accused), p_value=p_value, alpha=alpha,
+            p_values={j: p_value for j in accused}, scores=scores, best_user=best, single_p_value=single_p,
+            fit=float(best_fit) if cands else 0.0, candidates=list(cands), bits=[int(x) for x in bits],
+            extracted=[float(x) for x in b], threshold=cut, users=users, max_colluders=k - 1,
+            details={"layer": p["layer"], "norm": float(np.linalg.norm(b) / math.sqrt(v))})
