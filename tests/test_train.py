@@ -87,10 +87,10 @@ def test_bad_inputs(mnist):
 
 
 def test_progress_bar_can_be_handed_in(mnist):
+    import io
+
     from rich.console import Console
     from rich.progress import Progress
-
-    import io
 
     buf = io.StringIO()
     with Progress(console=Console(file=buf, force_terminal=True)) as p:

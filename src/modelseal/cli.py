@@ -35,6 +35,8 @@ err = Console(stderr=True)
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
+SecretSeedOpt = Annotated[Optional[int], typer.Option(
+    "--seed", help="seed of the secret (default: a fresh random seed; the key records it)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="method/attack parameter NAME=VALUE")]
@@ -58,6 +60,15 @@ def _params(items: list[str] | None) -> dict[str, Any]:
         except ValueError:
             params[name.strip().replace("-", "_")] = value
     return params
+
+
+def _secret_seed(seed: int | None) -> int:
+    """Keys are secrets derived from their seed: without --seed, draw a fresh one from the OS."""
+    if seed is not None:
+        return seed
+    import secrets
+
+    return secrets.randbits(62)
 
 
 def _construct(cls: type, params: dict[str, Any]) -> Any:
@@ -113,7 +124,8 @@ def train(
 ) -> None:
     """Train a model from the zoo on a data split and save it."""
     from . import data as data_mod
-    from . import models, train as train_mod
+    from . import models
+    from . import train as train_mod
 
     try:
         check_writable(out_path, force)
@@ -148,7 +160,8 @@ def attack(
 ) -> None:
     """Apply a removal attack (fine-tuning, pruning, quantization, distillation, averaging ...)."""
     from . import data as data_mod
-    from . import models, train as train_mod
+    from . import models
+    from . import train as train_mod
 
     if list_ or not name:
         _emit(as_json, {"attacks": attack_registry.names()},
@@ -188,12 +201,14 @@ def watermark_embed(
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
     data: DataOpt = "mnist5k", set_: SetOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Embed a watermark: writes the marked model and the secret key."""
     from . import data as data_mod
-    from . import models, train as train_mod
+    from . import models
+    from . import train as train_mod
 
+    seed = _secret_seed(seed)
     try:
         check_writable(out_path, force)
         check_writable(key_path, force)
@@ -225,11 +240,12 @@ def fingerprint_extract(
     reference: Annotated[Optional[list[Path]], typer.Option(
         "--reference", help="independent reference models that calibrate the null (c-examples)")] = None,
     set_: SetOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Extract a fingerprint from a model without changing it, and without any data."""
     from .data import InputSpec
 
+    seed = _secret_seed(seed)
     try:
         check_writable(key_path, force)
         params = {"seed": seed, **_params(set_)}
@@ -264,12 +280,14 @@ def deepmarks_distribute(
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
     users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
     data: DataOpt = "mnist5k", set_: SetOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
     from . import data as data_mod
-    from . import models, train as train_mod
+    from . import models
+    from . import train as train_mod
 
+    seed = _secret_seed(seed)
     try:
         check_writable(key_path, force)
         manifest_path = out_dir / "manifest.json"
@@ -344,6 +362,7 @@ def verify(
             if not hasattr(cls, "load_commitment"):
                 raise ModelSealError(f"'{key.method}' keys have no commitments")
             kw["commitment"] = cls.load_commitment(commitment)
+            cls.check_commitment(key, kw["commitment"])
         load_kw: dict[str, Any] = {}
         if suspect.startswith(("http://", "https://")):
             load_kw["token_env"] = token_env
@@ -385,12 +404,14 @@ def lock(
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
     data: DataOpt = "mnist5k", set_: SetOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
     from . import data as data_mod
-    from . import models, train as train_mod
+    from . import models
+    from . import train as train_mod
 
+    seed = _secret_seed(seed)
     try:
         check_writable(out_path, force)
         check_writable(key_path, force)

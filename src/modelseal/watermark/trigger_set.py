@@ -517,3 +517,10 @@ def check_commitment(key: Key, public: dict[str, Any]) -> None:
         if _trigger_digest(nons[i], imgs[i], int(labs[i])) != c:
             raise KeyIntegrityError(f"trigger {i} of the key does not match its commitment: its image, "
                                     "label or nonce was changed after committing; use the original key")
+
+
+# The CLI reaches methods only through the registry, so the public-commitment verbs hang off the class.
+TriggerSet.commitment = staticmethod(commitment)
+TriggerSet.save_commitment = staticmethod(save_commitment)
+TriggerSet.load_commitment = staticmethod(load_commitment)
+TriggerSet.check_commitment = staticmethod(check_commitment)
