@@ -1,86 +1,106 @@
-"""The main job behind `modelseal demo`: protect an owner CNN on mnist5k with every registered method,
-attack the protected models, and judge them and independently trained models.
+"""The main job behind `modelseal demo`: run the built-in bench scenario `demo` (an owner CNN on mnist5k,
+every installed protection, a representative attack set, independent models as negatives) and write
+`results.sqlite` and `report.html` to the output folder (never overwritten without force).
 
-Everything is reached through the registries; a method that is not installed is skipped. Results are
-written as JSON to the output folder (never overwritten without force).
+Protections whose method is not installed are dropped from the scenario before it runs.
 """
 
 from __future__ import annotations
 
-import json
+import re
+import shutil
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import attacks, data, methods, models, train
-from .api import trace, unlock, verify
+from . import methods
 from .errors import OutputExistsError
-from .suspect import Suspect
 
-ATTACKS = [("finetune", {"mode": "ftal", "epochs": 2}), ("prune", {"amount": 0.5}), ("quantize", {"bits": 8})]
+OUTPUTS = ("results.sqlite", "report.html", "cache")
 
 
-def _row(protection: str, model: str, acc: float, verdict: str, detail: str) -> dict[str, Any]:
-    return {"protection": protection, "model": model, "accuracy": acc, "verdict": verdict, "detail": detail}
+def demo_scenario_text(seed: int = 0) -> str:
+    """The built-in demo scenario, restricted to installed methods, with `seed` as owner and cell seed."""
+    text = resources.files("modelseal.bench").joinpath("scenarios", "demo.toml").read_text()
+    installed = set(methods.names())
+    blocks = re.split(r"(?m)^(?=\[\[protections\]\])", text)
+    kept = [b for b in blocks if not b.startswith("[[protections]]")
+            or re.search(r'method = "([^"]+)"', b).group(1) in installed]
+    dropped = {re.search(r'method = "([^"]+)"', b).group(1) for b in blocks
+               if b.startswith("[[protections]]")} - installed
+    out = []
+    for b in re.split(r"(?m)^(?=\[\[|\[negatives\])", "".join(kept)):
+        m = re.search(r"(?m)^only = \[(.*)\]$", b)
+        if m:
+            only = [o.strip().strip('"') for o in m.group(1).split(",") if o.strip().strip('"') not in dropped]
+            if not only:
+                continue
+            b = b[:m.start()] + "only = [" + ", ".join(f'"{o}"' for o in only) + "]" + b[m.end():]
+        out.append(b)
+    text = "".join(out)
+    text = re.sub(r"(?m)^seeds = \[.*\]$", f"seeds = [{int(seed)}]", text)
+    return text.replace("[owner]\n", f"[owner]\nseed = {int(seed)}\n", 1)
+
+
+def _verdict_word(c: dict[str, Any]) -> str:
+    if c["status"] != "ok":
+        return c["status"]
+    if c["family"] == "lock":
+        return "lock held" if c["owned"] else "RECOVERED"
+    if c["family"] == "deepmarks":
+        return f"accused {c['accused']}" if c["accused"] else "nobody accused"
+    return "OWNED" if c["owned"] else "not owned"
+
+
+def _detail(c: dict[str, Any]) -> str:
+    if c["status"] != "ok":
+        d = c["detail"] or {}
+        return str(d.get("reason") or d.get("error") or "")
+    if c["family"] == "lock":
+        return f"unlocked acc {c['unlocked_acc']:.3f}" if c["unlocked_acc"] is not None else ""
+    if c["family"] == "deepmarks":
+        return f"colluders {c['colluders']}, p = {c['p_value']:.2g}"
+    return f"p = {c['p_value']:.2g}, {c['queries']} queries" + (" REMOVED" if c["removed"] else "")
 
 
 def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int = 0, force: bool = False,
              progress: Any = None) -> dict[str, Any]:
+    from .bench import parse, report, run
+    from .bench.store import Store
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise OutputExistsError(f"{out_dir} already exists and is not empty; pass --force to overwrite it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = [n for n in OUTPUTS if (out_dir / n).exists()]
+    if existing and not force:
+        raise OutputExistsError(f"{out_dir} already holds demo results ({', '.join(existing)}); "
+                                "pass --force to overwrite them")
+    for n in existing:
+        p = out_dir / n
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
     t0 = time.perf_counter()
-    dev = train.resolve_device(device)
-    splits = data.load("mnist5k", seed=seed)
-    owner = models.build("cnn", splits.meta, seed=seed).to(dev)
-    train.fit(owner, splits.owner, epochs=5, seed=seed, progress=progress, description="owner cnn")
-    owner_acc = train.evaluate(owner, splits.test)
-    rows = [_row("-", "owner cnn", owner_acc, "-", "5 epochs on the owner split")]
-    negative = models.build("cnn", splits.meta, seed=seed + 1000).to(dev)
-    train.fit(negative, splits.attacker, epochs=5, seed=seed + 1000, progress=progress, description="independent")
-    available_attacks = set(attacks.names())
-
-    def attacked(model):
-        for name, params in ATTACKS:
-            if name in available_attacks:
-                yield f"{name} {params}", attacks.get(name)(seed=seed, **params).apply(model, splits.attacker)
-
-    def judge(label: str, key, target, extra_models):
-        for mname, m in [(label, target), *attacked(target), ("independent cnn", negative), *extra_models]:
-            v = verify(Suspect(m), key)
-            rows.append(_row(key.method, mname, train.evaluate(m, splits.test),
-                             "OWNED" if v.owned else "not owned", f"p = {v.p_value:.2g}, {v.queries} queries"))
-
-    names = methods.names()
-    if "trigger-set" in names:
-        marked, key = methods.get("trigger-set")(seed=seed).embed(owner, splits.owner, progress=progress)
-        judge("watermarked", key, marked, [])
-    for fp in ("c-examples", "tafa"):
-        if fp in names:
-            key = methods.get(fp)(seed=seed).extract(owner, splits.meta, progress=progress)
-            judge("owner", key, owner, [])
-    if "deepmarks" in names:
-        copies, key = methods.get("deepmarks")(seed=seed, users=31).distribute(owner, splits.owner,
-                                                                                progress=progress)
-        for label, m in [("copy of user 3", copies[3]), ("independent cnn", negative)]:
-            r = trace(Suspect(m), key)
-            rows.append(_row("deepmarks", label, train.evaluate(m, splits.test),
-                             f"accused {list(r.accused)}" if r.accused else "nobody accused", ""))
-        if "average" in available_attacks:
-            avg = attacks.get("average")(others=[copies[7], copies[12]]).apply(copies[3])
-            r = trace(Suspect(avg), key)
-            rows.append(_row("deepmarks", "average of users 3, 7, 12", train.evaluate(avg, splits.test),
-                             f"accused {list(r.accused)}" if r.accused else "nobody accused", ""))
-    if "advparams" in names:
-        locked, key = methods.get("advparams")(seed=seed).lock(owner, splits.owner, progress=progress)
-        rows.append(_row("advparams", "locked", train.evaluate(locked, splits.test), "-",
-                         f"{len(key.tensors.get('original', []))} parameters changed"))
-        rows.append(_row("advparams", "unlocked", train.evaluate(unlock(locked, key), splits.test), "-",
-                         "bit-exact restore"))
+    sc = parse(demo_scenario_text(seed), "<built-in demo>")
+    dev = "cpu" if device == "auto" else device
+    summary = run(sc, out_dir, backend="local", progress=progress, device=dev)
+    report(out_dir / "results.sqlite", out_dir / "report.html", force=True)
+    with Store(out_dir / "results.sqlite") as s:
+        cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()
+    owner_acc = summary["owner_accuracy"]
+    rows = [{"protection": "-", "model": "owner " + sc.owner["arch"], "accuracy": owner_acc, "verdict": "-",
+             "detail": f"{sc.owner['epochs']} epochs on the owner split"}]
+    for c in cells:
+        acc = c["attacked_acc"] if c["attacked_acc"] is not None else float("nan")
+        rows.append({"protection": c["protection"], "model": "protected" if c["attack"] == "none"
+                     else f"attacked: {c['attack']}", "accuracy": acc, "verdict": _verdict_word(c),
+                     "detail": _detail(c)})
+    for n in negatives:
+        word = n["status"] if n["status"] != "ok" else (
+            ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "deepmarks"
+            else ("OWNED" if n["owned"] else "not owned"))
+        rows.append({"protection": n["protection"], "model": f"independent {n['negative']}",
+                     "accuracy": n["accuracy"], "verdict": word,
+                     "detail": "" if n["p_value"] is None else f"p = {n['p_value']:.2g}"})
     seconds = time.perf_counter() - t0
-    result = {"data": "mnist5k", "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
-              "out_dir": str(out_dir)}
-    (out_dir / "demo.json").write_text(json.dumps(result, indent=2))
-    models.save_model(owner, out_dir / "owner.safetensors", force=True)
-    return result
+    return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
+            "out_dir": str(out_dir), "db": str(out_dir / "results.sqlite"),
+            "report": str(out_dir / "report.html"), "cells": len(cells), "negatives": len(negatives),
+            "prepared": len(artifacts)}

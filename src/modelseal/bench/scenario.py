@@ -21,6 +21,7 @@ models trained on the attacker split) and the seeds. Example::
     [[attacks]]
     name = "prune"           # attack = "..." when the label differs from the registry name
     params = { amount = [0.2, 0.5] }
+    only = ["trigger-set"]   # optional: the protection labels this attack applies to
 
     [negatives]
     count = 2
@@ -72,6 +73,7 @@ class AttackVariant:
     params: dict[str, Any]
     strength: float | None  # value of the (first) swept parameter, for plots
     swept: str | None
+    only: tuple[str, ...] | None = None  # protection labels this attack applies to (None: all)
 
 
 @dataclass
@@ -116,8 +118,9 @@ class Scenario:
                  "label": f"{archs[i % len(archs)]}#{i}"} for i in range(n["count"])]
 
     def reference_specs(self, count: int) -> list[dict[str, Any]]:
-        """Independent models for calibrating c-examples: other seeds than the negatives."""
-        archs = self.negatives["archs"] or [self.owner["arch"]]
+        """Independent models for calibrating c-examples: other seeds than the negatives; they cycle the
+        negatives' architectures from the last one."""
+        archs = list(reversed(self.negatives["archs"])) or [self.owner["arch"]]
         return [{"data": self.data, "data_seed": self.data_seed, "arch": archs[i % len(archs)],
                  "epochs": self.negatives["epochs"] or self.owner["epochs"], "lr": self.negatives["lr"],
                  "batch_size": self.negatives["batch_size"], "seed": 2000 + i,
@@ -242,7 +245,12 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     for i, a in enumerate(c.typed(raw, "attacks", "attacks", list, [])):
         if not isinstance(a, dict):
             raise c.fail("attacks", "must be an array of tables ([[attacks]])", i)
-        c.unknown(a, {"name", "attack", "params"}, "attacks.", i)
+        c.unknown(a, {"name", "attack", "params", "only"}, "attacks.", i)
+        only = c.typed(a, "only", "only", list, None, occ=i)
+        for o in only or []:
+            if o not in labels:
+                raise c.fail("only", f"'{o}' is not a protection label of this scenario; labels: "
+                             f"{', '.join(labels)}", i)
         label = c.typed(a, "name", "name", str, occ=i)
         attack = c.typed(a, "attack", "attack", str, label, occ=i)
         if attack not in known_attacks:
@@ -264,7 +272,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                 raise c.fail("params", f"bad parameters for attack {attack}: {e}", i) from None
             variants.append(AttackVariant(tag, attack, concrete,
                                           None if strength is None else float(strength),
-                                          swept[0] if swept else None))
+                                          swept[0] if swept else None, tuple(only) if only else None))
 
     neg_t = c.typed(raw, "negatives", "negatives", dict, {})
     c.unknown(neg_t, {"count", "archs", "epochs", "lr", "batch_size"}, "negatives.")
@@ -281,6 +289,8 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                   device, threads, text, source)
     for p in protections:
         for v in variants:
+            if v.only is not None and p.label not in v.only:
+                continue
             for s in seeds:
                 cell = Cell(p, v, s)
                 cell.id = _digest({"owner": sc.owner_spec(), **cell.spec()})

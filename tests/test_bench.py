@@ -1,0 +1,169 @@
+"""The robustness benchmark: scenarios, local and Ray runners, resumable SQLite store, HTML report, demo."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from modelseal import bench  # noqa: E402
+from modelseal.bench import runner  # noqa: E402
+from modelseal.bench.bench_attacks import PerturbQueries, jpeg_like  # noqa: E402
+from modelseal.bench.report import SECTIONS  # noqa: E402
+from modelseal.bench.scenario import ScenarioError  # noqa: E402
+from modelseal.bench.store import Store  # noqa: E402
+from modelseal.errors import ModelSealError, OutputExistsError  # noqa: E402
+
+TINY = bench.load("tiny")
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """The tiny scenario run locally, interrupted after 3 cells, then resumed to the end."""
+    out = tmp_path_factory.mktemp("tiny-local")
+    first = bench.run(TINY, out, max_cells=3)
+    second = bench.run(TINY, out)
+    return out, first, second
+
+
+def test_tiny_scenario_expands_cells():
+    # 2 protections x (none + prune 0.3 + prune 0.6 + perturb) x 1 seed
+    assert len(TINY.cells) == 8
+    assert len({c.id for c in TINY.cells}) == 8
+    strengths = sorted(c.attack.strength for c in TINY.cells if c.attack.attack == "prune")
+    assert strengths == [0.3, 0.3, 0.6, 0.6]
+
+
+def test_resume_skips_finished_cells(resumed):
+    out, first, second = resumed
+    assert first["ran"] == 3 and first["pending"] == 5 and first["negatives"] == 0
+    assert second["skipped_finished"] == 3 and second["ran"] == 5 and second["pending"] == 0
+    with Store(out / "results.sqlite") as s:
+        cells, negs = s.cells(), s.negatives()
+        kinds = sorted(a["kind"] for a in s.artifacts())
+    assert len(cells) == 8 and all(c["status"] == "ok" for c in cells)
+    assert len(negs) == 2  # one negative x two protections
+    assert kinds == ["negative", "owner", "protection", "protection"]  # nothing prepared twice
+    # unattacked protected models are detected, the independent model is not
+    assert all(c["owned"] for c in cells if c["attack"] == "none")
+    assert not any(n["owned"] for n in negs)
+    third = bench.run(TINY, out)
+    assert third["ran"] == 0 and third["skipped_finished"] == 8
+
+
+def test_removed_flag_is_consistent(resumed):
+    out, _, _ = resumed
+    with Store(out / "results.sqlite") as s:
+        for c in s.cells():
+            assert c["removed"] == int((not c["owned"]) and c["attacked_acc"] >= c["owner_acc"] - 0.05)
+
+
+@pytest.mark.slow
+def test_ray_backend_gives_identical_rows(resumed, tmp_path):
+    pytest.importorskip("ray")
+    out, _, _ = resumed
+    summary = bench.run(TINY, tmp_path / "ray", backend="ray", num_cpus=2)
+    assert summary["pending"] == 0 and summary["errors"] == 0
+    assert runner.rows_for_comparison(out / "results.sqlite") == \
+        runner.rows_for_comparison(tmp_path / "ray" / "results.sqlite")
+
+
+def test_report_has_every_section_and_images_decode(resumed, tmp_path):
+    out, _, _ = resumed
+    path = bench.report(out / "results.sqlite", tmp_path / "report.html")
+    text = path.read_text()
+    for sec in SECTIONS:
+        assert f"id='{sec}'" in text, sec
+    for col in ("detection rate", "FPR (negatives)", "ROC AUC", "Uniqueness Score", "colluders found",
+                "innocents accused", "locked acc", "unlocked acc", "recovered acc", "mean queries", "fidelity"):
+        assert col in text, col
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert len(images) == 3
+    for b in images:
+        raw = base64.b64decode(b)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        assert mpimg.imread(io.BytesIO(raw), format="png").ndim == 3
+    assert "http" not in text.split("<body>")[1]  # self-contained
+    with pytest.raises(OutputExistsError):
+        bench.report(out / "results.sqlite", path)
+    with pytest.raises(ModelSealError, match="does not exist"):
+        bench.report(tmp_path / "missing.sqlite", tmp_path / "r.html")
+
+
+BAD = [
+    ("name = 'x'\ndata = 'digits'\n[owner\narch = 'mlp'\n", r"line 3"),
+    ("data = 'digits'\n[owner]\narch = 'mlp'\nepochs = 'five'\n[[protections]]\nmethod = 'tafa'\n",
+     r"line 4: key 'owner.epochs': must be int"),
+    ("data = 'digits'\n[owner]\narch = 'mlp'\nepochs = 1\n\n[[protections]]\nmethod = 'nope'\n",
+     r"line 7: key 'method': method 'nope' is not installed"),
+    ("data = 'digits'\n[owner]\narch = 'mlp'\nepochs = 1\n[[protections]]\nmethod = 'tafa'\n"
+     "[[attacks]]\nname = 'prune'\nparams = { amount = 1.5 }\n", r"line 9: key 'params'"),
+    ("data = 'digits'\nbogus = 1\n[owner]\narch = 'mlp'\nepochs = 1\n[[protections]]\nmethod = 'tafa'\n",
+     r"line 2: key 'bogus': unknown key"),
+    ("data = 'digits'\n[owner]\narch = 'mlp'\nepochs = 1\n[[protections]]\nmethod = 'tafa'\n"
+     "[[attacks]]\nname = 'teleport'\n", r"line 8: key 'name': unknown attack 'teleport'"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_malformed_scenario_names_key_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError, match=message) as e:
+        bench.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_scenario_and_unknown_backend(tmp_path):
+    with pytest.raises(ScenarioError, match="does not exist"):
+        bench.load(tmp_path / "nope.toml")
+    with pytest.raises(ModelSealError, match="unknown backend"):
+        runner.make_backend("spark")
+
+
+def test_model_bytes_round_trip():
+    from modelseal import models
+
+    m = models.build("mlp", input_shape=(1, 8, 8), num_classes=10, seed=3)
+    back = runner.model_from_bytes(runner.model_to_bytes(m))
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(m.eval()(x), back(x))
+    with pytest.raises(ModelSealError, match="malformed"):
+        runner.model_from_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+
+
+def test_query_perturbations():
+    x = torch.rand(3, 1, 28, 28)
+    y = jpeg_like(x, 50)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert 0 < (y - x).abs().mean() < 0.1
+    assert torch.allclose(jpeg_like(x, 100), x, atol=0.02)
+    with pytest.raises(ModelSealError):
+        PerturbQueries(kind="blur")
+    from modelseal import models
+
+    m = models.build("mlp", input_shape=(1, 28, 28), num_classes=10, seed=0)
+    s = PerturbQueries(kind="gaussian", std=0.1, seed=1).wrap(m)
+    assert s.module is None  # black-box: white-box methods cannot peek past the perturbation
+    assert s.predict(x).shape == (3, 10) and s.queries == 3
+
+
+def test_demo_refuses_to_overwrite_and_scenario_tracks_installed_methods(tmp_path, monkeypatch):
+    from modelseal import demo, methods
+
+    (tmp_path / "results.sqlite").write_text("x")
+    with pytest.raises(OutputExistsError, match="--force"):
+        demo.run_demo(tmp_path)
+    sc = bench.parse(demo.demo_scenario_text(seed=4))
+    assert sc.seeds == [4] and sc.owner["seed"] == 4 and sc.data == "mnist5k"
+    assert {p.method for p in sc.protections} == set(methods.names())
+    monkeypatch.setattr(methods, "names", lambda: ["trigger-set", "tafa"])
+    sc = bench.parse(demo.demo_scenario_text())
+    assert {p.method for p in sc.protections} == {"trigger-set", "tafa"}
