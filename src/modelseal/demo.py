@@ -98,7 +98,8 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
             else ("OWNED" if n["owned"] else "not owned"))
         rows.append({"protection": n["protection"], "model": f"independent {n['negative']}",
                      "accuracy": n["accuracy"], "verdict": word,
-                     "detail": "" if n["p_value"] is None else f"p = {n['p_value']:.2g}"})
+                     "detail": str((n["detail"] or {}).get("error", "")) if n["p_value"] is None
+                     else f"p = {n['p_value']:.2g}"})
     seconds = time.perf_counter() - t0
     return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
             "out_dir": str(out_dir), "db": str(out_dir / "results.sqlite"),
