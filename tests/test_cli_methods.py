@@ -72,3 +72,17 @@ def test_wrong_method_for_command(owner):
     r = runner.invoke(app, ["watermark", "embed", str(d / "owner.safetensors"), "--method", "tafa",
                             "--out", str(d / "w.safetensors"), "--key", str(d / "w.seal"), "--data", "digits"])
     assert r.exit_code == 2 and "not a watermark" in r.output
+
+
+@pytest.mark.slow
+def test_deepmarks_distribute_and_trace(owner):
+    d = owner
+    manifest = run("deepmarks", "distribute", d / "owner.safetensors", "--users", 31, "--data", "digits",
+                   "--out-dir", d / "copies", "--key", d / "dm.seal", "--seed", 0, "--json")
+    assert len(manifest["users"]) == 31 and (d / "copies" / "manifest.json").is_file()
+    result = run("trace", d / "dm.seal", d / "copies" / "user-005.safetensors", "--json")
+    assert result["accused"] == [5]
+    assert "accused" in run("trace", d / "dm.seal", d / "copies" / "user-002.safetensors")
+    r = runner.invoke(app, ["deepmarks", "distribute", str(d / "owner.safetensors"), "--users", "31",
+                            "--data", "digits", "--out-dir", str(d / "copies"), "--key", str(d / "dm.seal")])
+    assert r.exit_code == 2 and "--force" in r.output

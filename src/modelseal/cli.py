@@ -98,9 +98,9 @@ def _load_model(path: Path, device: str):
 
 def _emit(as_json: bool, payload: dict[str, Any], human) -> None:
     if as_json:
-        from .verdict import _jsonable
+        from .verdict import jsonable
 
-        sys.stdout.write(json.dumps(_jsonable(payload), indent=2) + "\n")
+        sys.stdout.write(json.dumps(jsonable(payload), indent=2) + "\n")
     else:
         human()
 
@@ -326,11 +326,7 @@ def trace(
         result = trace_fn(Suspect.load(suspect), key_path)
     except ModelSealError as e:
         _fail(e)
-    payload = result.to_dict() if hasattr(result, "to_dict") else {"accused": list(result.accused)}
-    _emit(as_json, payload, lambda: out.print(
-        f"accused users: {list(result.accused) or 'none'}" +
-        (f"  (p-values {', '.join(f'{p:.2g}' for p in result.p_values.values())})"
-         if getattr(result, "p_values", None) and isinstance(result.p_values, dict) else "")))
+    _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
 
 
 # -------------------------------------------------------------------------------------- verify/commit

@@ -33,7 +33,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["owned"] = bool(d["owned"])
-        return _jsonable(d)
+        return jsonable(d)
 
     def summary(self) -> str:
         word = "OWNED" if self.owned else "not owned"
@@ -41,11 +41,11 @@ class Verdict:
                 f"alpha = {self.alpha:.3g}, queries = {self.queries})")
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
         return x.item()
     if hasattr(x, "tolist"):

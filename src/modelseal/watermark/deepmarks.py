@@ -44,7 +44,7 @@ from ..methods import register
 from ..models import signature_of
 from ..suspect import Suspect, as_suspect
 from ..train import fit
-from ..verdict import DEFAULT_ALPHA, _jsonable
+from ..verdict import DEFAULT_ALPHA, jsonable
 from .codes import and_acc_accuse, design_for_users
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -151,7 +151,7 @@ class TraceResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _jsonable(asdict(self))
+        d = jsonable(asdict(self))
         d["p_values"] = {str(k): v for k, v in self.p_values.items()}
         return d
 
@@ -173,7 +173,9 @@ class DeepMarks:
     users: copies to make (picks the smallest projective plane with that many codewords).
     layer: module name of the layer that carries the fingerprint (None: see `default_layer`).
     gamma: weight of the embedding loss. rows: projection rows M (None: the code length v).
-    epochs, lr: fine-tuning of each copy. alpha: accusation level. seed: secrets and per-user training.
+    epochs, lr: fine-tuning of each copy; a copy keeps training (up to `max_epochs`) until the code read
+    back from it correlates with its user's code by at least `min_fit`, so small data sets or layers
+    still get a readable fingerprint. alpha: accusation level. seed: secrets and per-user training.
     """
 
     users: int = 31
@@ -181,6 +183,8 @@ class DeepMarks:
     gamma: float = 1.0
     rows: int | None = None
     epochs: int = 1
+    max_epochs: int = 20
+    min_fit: float = 0.99
     lr: float = 1e-3
     batch_size: int = 64
     alpha: float = DEFAULT_ALPHA
@@ -202,6 +206,8 @@ class DeepMarks:
             raise ModelSealError(f"rows (projection rows M) must be at least the code length {v}, got {m}")
         if self.gamma <= 0 or self.epochs < 1:
             raise ModelSealError(f"gamma must be > 0 and epochs >= 1 (got {self.gamma}, {self.epochs})")
+        if not 0 < self.min_fit <= 1:
+            raise ModelSealError(f"min_fit must lie in (0, 1], got {self.min_fit}")
         if not 0 < self.alpha < 1:
             raise ModelSealError(f"alpha must lie in (0, 1), got {self.alpha}")
         layer = self.layer if self.layer is not None else default_layer(model, m)
@@ -218,12 +224,22 @@ class DeepMarks:
             target = u @ (2.0 * torch.from_numpy(codebook[j]).float() - 1.0)
             copy_j = copy.deepcopy(model)
             loss = self._embedding_loss(layer, x_proj, target)
-            fit(copy_j, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                seed=int(self.seed) * 100_003 + j + 1, extra_loss=loss, progress=progress,
+            code = 2.0 * torch.from_numpy(codebook[j]).double() - 1.0
+
+            def embedded(m: nn.Module, epoch: int, code: torch.Tensor = code) -> bool:
+                if epoch + 1 < self.epochs:
+                    return False
+                with torch.no_grad():
+                    b = u.T.double() @ (x_proj.double() @ _channel_mean(_layer_weight(m, layer).cpu()).double())
+                return float(torch.corrcoef(torch.stack([b, code]))[0, 1]) >= self.min_fit
+
+            fit(copy_j, data, epochs=max(self.epochs, self.max_epochs), lr=self.lr, batch_size=self.batch_size,
+                seed=int(self.seed) * 100_003 + j + 1, extra_loss=loss, stop=embedded, progress=progress,
                 description=f"deepmarks user {j + 1}/{self.users}")
             copies.append(copy_j)
         params = {"users": int(self.users), "q": design.q, "v": v, "k": k, "rows": m, "layer": layer,
                   "weight_shape": list(weight.shape), "gamma": float(self.gamma), "epochs": int(self.epochs),
+                  "max_epochs": int(self.max_epochs), "min_fit": float(self.min_fit),
                   "lr": float(self.lr), "seed": int(self.seed), "alpha": float(self.alpha),
                   "architecture": architecture_digest(model)}
         key = Key("deepmarks", params=params, signature=signature,
