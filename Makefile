@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,11 +19,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/modelseal demo
+	$(BIN)/modelseal demo --out demo-out --force
 
 bench: $(STAMP)
 	mkdir -p bench-out
-	for f in benchmarks/*.py; do n=$$(basename $$f .py); echo "== $$n"; $(BIN)/python $$f | tee bench-out/$$n.json || exit 1; done
+	set -o pipefail; for f in benchmarks/*.py; do n=$$(basename $$f .py); echo "== $$n" >&2; \
+		$(BIN)/python $$f | tee bench-out/$$n.json || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

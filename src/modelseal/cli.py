@@ -29,6 +29,8 @@ deepmarks_app = typer.Typer(no_args_is_help=True, help="Per-user fingerprints (D
 app.add_typer(watermark_app, name="watermark")
 app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(deepmarks_app, name="deepmarks")
+bench_app = typer.Typer(no_args_is_help=True, help="Robustness benchmark: run scenarios, write reports.")
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -473,6 +475,46 @@ def serve(
         run(model_path, host=host, port=port, name=name, label_only=label_only, token=token)
     except ModelSealError as e:
         _fail(e)
+
+
+# -------------------------------------------------------------------------------------------- bench
+@bench_app.command("run")
+def bench_run(
+    scenario: Annotated[str, typer.Argument(help="scenario TOML file, or a built-in name: demo, tiny")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/); re-runs resume")],
+    backend: Annotated[str, typer.Option(help="local | ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    max_cells: Annotated[Optional[int], typer.Option(help="stop after this many cells (resume later)")] = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="start over: delete the run's database and cache")] = False,
+) -> None:
+    """Run (or resume) a scenario: protections x attacks x parameters x seeds, stored in SQLite."""
+    from . import bench
+
+    try:
+        summary = bench.run(scenario, out_dir, backend=backend, address=address, force=force,
+                            progress=_progress(as_json), max_cells=max_cells, device=device)
+    except ModelSealError as e:
+        _fail(e)
+    _emit(as_json, summary, lambda: out.print(
+        f"{summary['ran']} cells ran, {summary['skipped_finished']} already finished, {summary['pending']} pending, "
+        f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}"))
+
+
+@bench_app.command("report")
+def bench_report(
+    db: Annotated[Path, typer.Argument(help="results.sqlite of a run")],
+    out_html: Annotated[Path, typer.Option("--out", help="HTML file to write")] = Path("report.html"),
+    as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Write one self-contained HTML report (tables and plots) from a results database."""
+    from . import bench
+
+    try:
+        path = bench.report(db, out_html, force=force)
+    except ModelSealError as e:
+        _fail(e)
+    _emit(as_json, {"report": str(path)}, lambda: out.print(f"report -> {path}"))
 
 
 # --------------------------------------------------------------------------------------------- demo
