@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, check_writable
+from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, write_atomic
 
 FORMAT_VERSION = 1
 _META_KEY = "modelseal"
@@ -121,12 +121,7 @@ class Key:
         return key
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
-        path = Path(path)
-        check_writable(path, force)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self.to_bytes())
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, self.to_bytes(), force)
 
     @classmethod
     def load(cls, path: str | os.PathLike, method: str | None = None) -> Key:

@@ -24,9 +24,10 @@ from torch.utils.data import Dataset
 
 from .. import models
 from ..data import CLASSIFICATION, TensorData, as_tensors, meta_of
+from ..models import reinit
 from ..train import fit, model_device, predict, task_of
 from . import Attack, AttackError, register
-from .finetune import check_number, reinit, require_data
+from .finetune import check_number, require_data
 
 LABELS = ("soft", "hard")
 

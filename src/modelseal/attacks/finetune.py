@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import TensorData, as_tensors, meta_of
-from ..models import last_linear
+from ..models import last_linear, reinit
 from ..train import fit
 from . import Attack, AttackError, register
 
@@ -66,15 +66,6 @@ def data_fraction(data: Dataset, fraction: float, seed: int) -> Dataset:
     k = max(1, min(len(x), int(round(fraction * len(x)))))
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]
     return TensorData(x[idx], y[idx], meta_of(data))
-
-
-def reinit(module: nn.Module, seed: int) -> None:
-    """Re-initialise every sub-module of `module` that can reset itself, reproducibly for `seed`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in module.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
 
 
 @register("finetune")

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelSealError, check_writable
+from ..errors import ModelSealError, check_writable, write_atomic
 from .store import Store
 
 SECTIONS = ["summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection", "plot-scores"]
@@ -265,8 +265,4 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False) -> Pa
     parts.append("<section id='plot-scores'><h2>Score distributions: positives vs negatives</h2>"
                  + _plot_scores(cells, negatives) + "</section>")
     parts.append("</body></html>")
-    tmp = out_html.with_name(out_html.name + ".tmp")
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(parts))
-    tmp.replace(out_html)
-    return out_html
+    return write_atomic(out_html, "".join(parts), force=True)

@@ -17,7 +17,7 @@ from ..errors import ModelError
 from .zoo import ARCHITECTURES
 
 __all__ = ["build", "names", "spec_of", "signature_of", "save_model", "load_model", "export_onnx",
-           "last_linear", "relu_modules"]
+           "last_linear", "relu_modules", "reinit"]
 
 
 def names() -> list[str]:
@@ -81,6 +81,16 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Module]:
     if not found:
         raise ModelError("model has no nn.Linear layer to act as its last layer")
     return found[-1]
+
+
+def reinit(module: nn.Module, seed: int) -> None:
+    """Re-initialise every sub-module of `module` that can reset itself, reproducibly for `seed`,
+    without touching the global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
 
 
 def relu_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

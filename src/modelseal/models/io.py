@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, check_writable
+from ..errors import ModelError, check_writable, write_atomic
 
 _META_KEY = "modelseal_model"
 MODEL_FORMAT = 1
@@ -37,11 +37,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": MODEL_FORMAT, "spec": {**spec, "kwargs": _jsonable_kwargs(spec["kwargs"])},
             "extra": extra or {}}
-    data = save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)}), force)
 
 
 def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -58,11 +58,11 @@ from ..errors import (
     ModelError,
     ModelSealError,
     SuspectError,
-    check_writable,
+    write_atomic,
 )
 from ..keys import Key
 from ..methods import register
-from ..models import signature_of, spec_of
+from ..models import reinit, signature_of, spec_of
 from ..suspect import Suspect, as_suspect
 from ..train import fit, predict
 from ..verdict import DEFAULT_ALPHA, Verdict
@@ -122,7 +122,7 @@ class TriggerSet:
 
         marked = copy.deepcopy(model)
         if self.mode == "scratch":
-            _reinit(marked, self.seed)
+            reinit(marked, self.seed)
         cycle = torch.from_numpy(_rng(self.seed, 4).permutation(self.n))
         steps = -(-len(x_data) // self.batch_size)
         k = self.k_per_batch or max(2, math.ceil(VIEWS_PER_EPOCH * self.n / steps))
@@ -330,14 +330,6 @@ def load_trigger_folder(folder: str | os.PathLike, n: int, input_shape: Sequence
     return torch.from_numpy(lo + (hi - lo) * np.stack(out)).reshape(n, *shape).float().contiguous()
 
 
-def _reinit(model: nn.Module, seed: int) -> None:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
-
-
 # ---------------------------------------------------------------------------------------------- sequential
 class SequentialBinomial:
     """Exact min-p adjustment for looks at cumulative sizes `schedule` under matches ~ Bernoulli(p0).
@@ -445,12 +437,7 @@ def commitment(key: Key) -> dict[str, Any]:
 def save_commitment(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -> Path:
     """Write a commitment (from `commitment(key)`) as JSON; refuses to overwrite without force."""
     _validate_commitment(public, "commitment")
-    path = Path(path)
-    check_writable(path, force)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(public, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(public, indent=1, sort_keys=True) + "\n", force)
 
 
 def load_commitment(path: str | os.PathLike) -> dict[str, Any]:
