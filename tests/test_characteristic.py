@@ -13,7 +13,7 @@ from modelseal.errors import KeyMismatchError, ModelError, ModelSealError
 from modelseal.fingerprint.characteristic import CharacteristicExamples, match_rate, uniqueness
 
 CE = ms.methods.get("c-examples")
-FAST = dict(n=50, steps=100, step_size=0.005, M=4)
+FAST = dict(n=100, steps=100, step_size=0.005, M=4)
 
 
 def _prune(model: nn.Module, amount: float) -> nn.Module:
@@ -49,9 +49,10 @@ def owner(_owner_cnn):
 
 @pytest.fixture(scope="module")
 def references(mnist):
-    """Independent reference models, trained apart from the test negatives (other seeds)."""
+    """Independent reference models trained apart from the test negatives (seeds 201-204, not 101-103):
+    the first two (CNN, MLP) filter the examples at extraction, the last two calibrate the null."""
     out = []
-    for arch, seed in [("cnn", 201), ("mlp", 202)]:
+    for arch, seed in [("cnn", 201), ("mlp", 202), ("cnn", 203), ("mlp", 204)]:
         m = ms.models.build(arch, mnist.meta, seed=seed)
         ms.train.fit(m, mnist.attacker, epochs=5, seed=seed, progress=False)
         out.append(m)
@@ -65,46 +66,99 @@ def keys(owner, mnist):
 
 def test_owner_matches_all(keys, owner):
     for v, key in keys.items():
-        assert key.params["n"] == 50, v
+        assert key.params["n"] == 100, v
         assert match_rate(owner, key) == 1.0
         verdict = ms.verify(owner, key)
         assert verdict.owned and verdict.score == 1.0
         assert verdict.details["calibrated"] is False and "uncalibrated" in verdict.details["note"]
 
 
-@pytest.mark.xfail(strict=False, reason="measured: RC and C match 50%-pruned copies about equally on this "
-                   "MNIST CNN (per-layer 50 %: 0.76 vs 0.74 in one run, equal in another); not yet shown")
 def test_rc_survives_pruning_better_than_c(keys, owner):
+    # The 50 %-pruned copy is layer-wise magnitude pruning (half of every layer's weights); global 50 %
+    # pruning leaves this CNN's labels on both sets intact (both match 1.0), so it cannot tell them apart.
+    # Measured with the defaults (margin 2 for both, RC: 4 noisy copies, delta 0.3, stop only when the
+    # target leads on every copy), n=100: RC 0.98 / 0.87 vs C 0.68 / 0.74 for extraction seeds 0 / 1.
     pruned = _prune(owner, 0.5)
     c, rc = match_rate(pruned, keys["c"]), match_rate(pruned, keys["rc"])
-    assert rc > c, (rc, c)
+    assert rc > c + 0.05, (rc, c)
 
 
+def _transfer(models, key) -> float:
+    return sum(match_rate(m, key) for m in models) / len(models)
+
+
+def test_ltrc_transfers_less_than_rc(keys, independent_models):
+    # LTRC is RC plus the high-pass filter: the filter must cut RC's transfer to independent models.
+    # Measured (n=100, seed 0, 5 independent models): LTRC 0.58 vs RC 0.71.
+    lt, rc = _transfer(independent_models, keys["ltrc"]), _transfer(independent_models, keys["rc"])
+    assert lt < rc - 0.05, (lt, rc)
+
+
+@pytest.mark.xfail(strict=False, reason="not shown on mnist5k: LTRC transfers about as much as C (measured "
+                   "mean over 5 independent models, n=100: 0.58 vs 0.53 with the defaults; 0.51 vs 0.53 at "
+                   "margin 1; 0.42 vs 0.53 at radius 0.2 but then LTRC is less robust than C)")
 def test_ltrc_transfers_less_than_c(keys, independent_models):
-    c = sum(match_rate(m, keys["c"]) for m in independent_models)
-    lt = sum(match_rate(m, keys["ltrc"]) for m in independent_models)
+    lt, c = _transfer(independent_models, keys["ltrc"]), _transfer(independent_models, keys["c"])
     assert lt < c, (lt, c)
 
 
+@pytest.fixture(scope="module")
+def calibrated(owner, mnist, references):
+    return CE(variant="ltrc", n=100).extract(owner, mnist.meta, references=references)
+
+
+@pytest.fixture(scope="module")
+def positives(owner, mnist):
+    return {"ftal": ms.attacks.get("finetune")(mode="ftal", epochs=3).apply(owner, mnist.attacker),
+            "prune30": ms.attacks.get("prune")(amount=0.3).apply(owner),
+            "quant8": ms.attacks.get("quantize")(bits=8).apply(owner)}
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="measured: one independent CNN matches 0.80 of the examples, the 2 "
-                   "references match 0.43 on average, so the calibrated null under-estimates transfer")
-def test_positives_owned_negatives_not(owner, mnist, references, independent_models):
-    key = CE(variant="c", n=100, steps=100, step_size=0.005, eps=0.08).extract(
-        owner, mnist.meta, references=references)
-    assert key.params["calibrated"] and key.params["references"] == 2
-    ftal = copy.deepcopy(owner)
-    ms.train.fit(ftal, mnist.attacker, epochs=3, lr=1e-3, seed=5, progress=False)
-    positives = {"ftal": ftal, "prune30": _prune(owner, 0.3), "quant8": _quantize8(owner)}
-    for name, m in positives.items():
-        v = ms.verify(m, key)
-        assert v.owned, (name, v.summary(), v.details)
+def test_calibrated_null_accuses_no_independent_model(owner, calibrated, independent_models):
+    p = calibrated.params
+    assert p["calibrated"] and p["references"] == 4 and p["null_kind"] == "beta-binomial"
+    assert len(p["reference_rates"]) == 4
     for i, m in enumerate(independent_models):
-        v = ms.verify(m, key)
-        assert not v.owned, (i, v.summary(), v.details)
-    u = uniqueness(key, list(positives.values()), independent_models)
-    assert u["robustness"] > u["transferability"]
+        v = ms.verify(m, calibrated)
+        assert not v.owned and v.p_value > v.alpha, (i, v.summary(), p["reference_rates"])
+        assert v.details["null_kind"] == "beta-binomial"
+    # the same examples against the uncalibrated 1/C null: independent CNNs transfer, so it accuses them;
+    # this is why the Verdict flags that null as uncalibrated
+    naive = ms.Key(method="c-examples", tensors=dict(calibrated.tensors), signature=dict(calibrated.signature),
+                   params={**p, "calibrated": False, "null_kind": "binomial", "null_p0": 0.1, "null_rate": 0.1})
+    assert any(ms.verify(m, naive).owned for m in independent_models)
+
+
+@pytest.mark.slow
+def test_uniqueness_score_of_calibrated_key(calibrated, positives, independent_models):
+    u = uniqueness(calibrated, list(positives.values()), independent_models)
     assert u["uniqueness_score"] == pytest.approx(u["robustness"] - u["transferability"])
+    # measured: robustness 0.94 (FTAL 0.82, pruning 30 % 1.0, 8-bit 1.0), transferability 0.58
+    assert u["robustness"] > u["transferability"] + 0.1, u
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="not reached on mnist5k: independent CNNs match 0.6-0.99 of the "
+                   "examples (every variant), the references disagree (CNN ~0.7, MLP ~0.2), so the honest "
+                   "beta-binomial null cannot reach p <= 1e-6 for the FTAL copy (match ~0.7-0.9)")
+def test_positives_owned(calibrated, positives):
+    pos = {name: ms.verify(m, calibrated) for name, m in positives.items()}
+    assert all(v.owned for v in pos.values()), {k: (v.score, v.p_value) for k, v in pos.items()}
+
+
+def test_beta_binomial_null_is_conservative():
+    from modelseal.fingerprint.characteristic import beta_binomial_null, null_tail
+
+    spread = beta_binomial_null([10, 60], 100)  # references that disagree a lot: large overdispersion
+    tight = beta_binomial_null([30, 31], 100)
+    assert spread["null_rho"] > tight["null_rho"] >= 0.1 and spread["null_p0"] == 0.6
+    # a model matching 80 of 100 is far less surprising when independent models vary a lot
+    assert null_tail(80, 100, spread) > null_tail(80, 100, tight)
+    # never less conservative than the binomial with the same mean
+    assert null_tail(80, 100, tight) >= ms.stats.binomial_tail(80, 100, tight["null_p0"])
+    zero = beta_binomial_null([0, 0], 100)
+    assert 0.01 <= zero["null_p0"] < 0.05 and null_tail(0, 100, zero) == 1.0
 
 
 def test_extraction_never_touches_data(owner, mnist, monkeypatch):
@@ -144,3 +198,15 @@ def test_bad_inputs(owner, mnist, keys):
         ms.verify(wide, keys["c"])
     with pytest.raises(ModelSealError):
         CharacteristicExamples().verify(owner, keys["c"], alpha=2.0)
+
+
+def test_malformed_null_is_refused(keys, owner):
+    from modelseal.errors import KeyFormatError
+
+    k = keys["c"]
+    for bad in ({"null_kind": "uniform"}, {"null_kind": "beta-binomial"},
+                {"null_kind": "beta-binomial", "null_a": -1.0, "null_b": 2.0}):
+        broken = ms.Key(method="c-examples", tensors=dict(k.tensors), signature=dict(k.signature),
+                        params={**k.params, **bad})
+        with pytest.raises(KeyFormatError, match="null"):
+            ms.verify(owner, broken)
