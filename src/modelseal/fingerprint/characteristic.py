@@ -128,6 +128,9 @@ def beta_binomial_null(counts: Sequence[int], n: int, rho_floor: float = _RHO_FL
 
 
 def _quiet(model: Any) -> Suspect:
+    """A reference model as a Suspect without a query budget; a Suspect the caller built keeps its own."""
+    if isinstance(model, Suspect):
+        return model
     s = as_suspect(model)
     s.max_queries = None
     return s
