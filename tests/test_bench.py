@@ -62,7 +62,8 @@ def test_removed_flag_is_consistent(resumed):
     out, _, _ = resumed
     with Store(out / "results.sqlite") as s:
         for c in s.cells():
-            assert c["removed"] == int((not c["owned"]) and c["attacked_acc"] >= c["owner_acc"] - 0.05)
+            assert c["removed"] == int(c["attack"] != "none" and (not c["owned"])
+                                       and c["attacked_acc"] >= c["owner_acc"] - 0.05)
 
 
 @pytest.mark.slow
@@ -167,3 +168,24 @@ def test_demo_refuses_to_overwrite_and_scenario_tracks_installed_methods(tmp_pat
     monkeypatch.setattr(methods, "names", lambda: ["trigger-set", "tafa"])
     sc = bench.parse(demo.demo_scenario_text())
     assert {p.method for p in sc.protections} == {"trigger-set", "tafa"}
+
+
+def test_negative_of_another_architecture_is_not_accused_and_says_why():
+    """A white-box key that cannot apply to an independent model (another architecture) is recorded as no
+    accusation with its reason, not as an error."""
+    import modelseal as ms
+
+    d = ms.data.load("digits", seed=0)
+    owner = ms.models.build("mlp", d.meta, seed=0)
+    ms.train.fit(owner, d.owner, epochs=2, seed=0, progress=False)
+    _, key = ms.methods.get("deepmarks")(users=7, epochs=1, seed=0).distribute(owner, d.owner, progress=False)
+    other = ms.models.build("cnn", d.meta, seed=1)
+    prot = {"label": "deepmarks", "method": "deepmarks", "family": "deepmarks"}
+    neg = {"id": "n0", "label": "cnn#0", "arch": "cnn"}
+    row = runner.job_negative(neg, prot, 0, {}, 0.5, runner.model_to_bytes(other), key.to_bytes(), "cpu", 1)
+    assert row["status"] == "ok" and row["owned"] is False and row["innocents_accused"] == 0
+    assert row["p_value"] is None and "layer" in row["detail"]["not_applicable"]
+    # a negative the key does apply to gets a real verdict with a p-value
+    same = ms.models.build("mlp", d.meta, seed=2)
+    row = runner.job_negative(neg, prot, 0, {}, 0.5, runner.model_to_bytes(same), key.to_bytes(), "cpu", 1)
+    assert row["status"] == "ok" and row["p_value"] is not None and row["innocents_accused"] == 0

@@ -96,10 +96,15 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
         word = n["status"] if n["status"] != "ok" else (
             ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "deepmarks"
             else ("OWNED" if n["owned"] else "not owned"))
+        d = n["detail"] or {}
+        if n["p_value"] is not None:
+            detail = f"p = {n['p_value']:.2g}"
+        elif "not_applicable" in d:
+            detail = "key does not apply to this architecture"
+        else:
+            detail = str(d.get("error", ""))
         rows.append({"protection": n["protection"], "model": f"independent {n['negative']}",
-                     "accuracy": n["accuracy"], "verdict": word,
-                     "detail": str((n["detail"] or {}).get("error", "")) if n["p_value"] is None
-                     else f"p = {n['p_value']:.2g}"})
+                     "accuracy": n["accuracy"], "verdict": word, "detail": detail})
     seconds = time.perf_counter() - t0
     return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
             "out_dir": str(out_dir), "db": str(out_dir / "results.sqlite"),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelSealError, OutputExistsError
+from ..errors import KeyMismatchError, ModelSealError, OutputExistsError
 from . import scenario as scenario_mod
 from .store import Store
 
@@ -215,7 +215,10 @@ def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, 
                 row.update(owned=bool(v.owned), score=float(v.score), p_value=float(v.p_value),
                            threshold=float(v.threshold), queries=int(v.queries),
                            detail=json.loads(json.dumps(v.to_dict().get("details", {}), default=str)))
-            row["removed"] = (not row["owned"]) and row["attacked_acc"] >= owner_acc - REMOVAL_MARGIN
+            # the unattacked cell cannot remove anything: a protected model judged not owned is a missed
+            # detection (owned = 0 in its row), not a removal
+            row["removed"] = (attack is not None and not row["owned"]
+                              and row["attacked_acc"] >= owner_acc - REMOVAL_MARGIN)
     except ModelSealError as e:
         row.update(status="error", detail={"error": f"{type(e).__name__}: {e}"})
     row["wall_s"] = time.perf_counter() - t0
@@ -247,6 +250,11 @@ def job_negative(neg: dict[str, Any], prot: dict[str, Any], seed: int, data_spec
                 row.update(owned=bool(v.owned), score=float(v.score), p_value=float(v.p_value),
                            queries=int(v.queries),
                            detail=json.loads(json.dumps(v.to_dict().get("details", {}), default=str)))
+    except KeyMismatchError as e:
+        # the key cannot be applied to this model (another architecture): no accusation is possible, so this
+        # independent model is not accused; recorded without a score or p-value, with the reason
+        row.update(owned=False, score=None, p_value=None, queries=0, detail={"not_applicable": str(e)},
+                   **({"accused": [], "innocents_accused": 0} if prot["family"] == "deepmarks" else {}))
     except ModelSealError as e:
         row.update(status="error", detail={"error": f"{type(e).__name__}: {e}"})
     row["wall_s"] = time.perf_counter() - t0

@@ -15,12 +15,14 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
   attack_params JSON, swept (name of the swept parameter or NULL), strength (its value), seed,
   status (`ok` | `skipped` | `error`), owner_acc, protected_acc, attacked_acc, unlocked_acc (locks),
   owned (0/1; for locks: the accuracy stays more than 5 points below the owner's), score, p_value,
-  threshold, queries, removed (0/1: not owned while attacked_acc >= owner_acc - 0.05), colluders JSON
-  (deepmarks: the users whose copies were attacked), accused JSON, colluders_found, innocents_accused,
-  detail JSON (method details or the reason for skipped/error), wall_s, finished_at.
+  threshold, queries, removed (0/1: an attack ran, and not owned while attacked_acc >= owner_acc - 0.05),
+  colluders JSON (deepmarks: the users whose copies were attacked), accused JSON, colluders_found,
+  innocents_accused, detail JSON (method details or the reason for skipped/error), wall_s, finished_at.
 - `negatives(neg_id TEXT PRIMARY KEY, ...)`: one row per protection x seed x negative model: protection,
   method, family, seed, negative (label like `mlp#1`), arch, accuracy, status, owned, score, p_value,
-  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at.
+  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at. A key that cannot apply
+  to the negative (another architecture) gives status `ok`, owned 0, no score or p-value and
+  `detail.not_applicable` with the reason: no accusation is made.
 """
 
 from __future__ import annotations
