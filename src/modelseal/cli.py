@@ -98,6 +98,24 @@ def _load_model(path: Path, device: str):
     return load_model(path, device=_device(device))
 
 
+def _protect_and_save(protect, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
+                      force: bool, as_json: bool):
+    """Load the model and data, run `protect(model, owner_split, progress=...) -> (model, key)`, write both
+    files; returns (test metric before, after, key). Shared by `watermark embed` and `lock`."""
+    from . import data as data_mod
+    from . import models
+    from . import train as train_mod
+
+    splits = data_mod.load(data, seed=0)
+    model = _load_model(model_path, device)
+    before = train_mod.evaluate(model, splits.test)
+    protected, key = protect(model, splits.owner, progress=_progress(as_json))
+    after = train_mod.evaluate(protected, splits.test)
+    models.save_model(protected, out_path, force=force)
+    key.save(key_path, force=force)
+    return before, after, key
+
+
 def _emit(as_json: bool, payload: dict[str, Any], human) -> None:
     if as_json:
         from .verdict import jsonable
@@ -206,9 +224,6 @@ def watermark_embed(
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Embed a watermark: writes the marked model and the secret key."""
-    from . import data as data_mod
-    from . import models
-    from . import train as train_mod
 
     seed = _secret_seed(seed)
     try:
@@ -217,13 +232,8 @@ def watermark_embed(
         wm = _construct(method_registry.get(method), {"seed": seed, **_params(set_)})
         if not hasattr(wm, "embed"):
             raise ModelSealError(f"'{method}' is not a watermark; use `modelseal fingerprint extract` or `lock`")
-        splits = data_mod.load(data, seed=0)
-        model = _load_model(model_path, device)
-        before = train_mod.evaluate(model, splits.test)
-        marked, key = wm.embed(model, splits.owner, progress=_progress(as_json))
-        after = train_mod.evaluate(marked, splits.test)
-        models.save_model(marked, out_path, force=force)
-        key.save(key_path, force=force)
+        before, after, key = _protect_and_save(wm.embed, model_path, data, device, out_path, key_path, force,
+                                               as_json)
     except ModelSealError as e:
         _fail(e)
     payload = {"method": method, "test_metric_before": before, "test_metric_after": after,
@@ -405,22 +415,14 @@ def lock(
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
-    from . import data as data_mod
-    from . import models
-    from . import train as train_mod
 
     seed = _secret_seed(seed)
     try:
         check_writable(out_path, force)
         check_writable(key_path, force)
         locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
-        splits = data_mod.load(data, seed=0)
-        model = _load_model(model_path, device)
-        before = train_mod.evaluate(model, splits.test)
-        locked, key = locker.lock(model, splits.owner, progress=_progress(as_json))
-        after = train_mod.evaluate(locked, splits.test)
-        models.save_model(locked, out_path, force=force)
-        key.save(key_path, force=force)
+        before, after, key = _protect_and_save(locker.lock, model_path, data, device, out_path, key_path, force,
+                                               as_json)
     except ModelSealError as e:
         _fail(e)
     changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
