@@ -18,7 +18,7 @@ import time
 import torch
 
 import modelseal as ms
-from modelseal.fingerprint.characteristic import match_rate
+from modelseal.methods.characteristic import match_rate
 
 QUICK = "--quick" in sys.argv
 N = 50 if QUICK else 100

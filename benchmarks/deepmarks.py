@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    dev = ms.train.resolve_device(args.device)
+    dev = ms.runtime.resolve_device(args.device)
 
     data = ms.data.load("mnist5k", seed=0)
     owner = ms.models.build("cnn", data.meta, seed=args.seed).to(dev)

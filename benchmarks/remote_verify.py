@@ -1,7 +1,7 @@
 """Queries and seconds to a verdict over HTTP (Open Inference Protocol, loopback) vs. in-process.
 
 For each black-box method that is implemented (trigger-set, c-examples, tafa): make a key on a small
-MNIST CNN, then verify the same model in-process and through a `modelseal.serve` server on 127.0.0.1.
+MNIST CNN, then verify the same model in-process and through a `modelseal.suspect.serve` server on 127.0.0.1.
 Prints one JSON document. Usage: python benchmarks/remote_verify.py [--epochs 2] [--n 50]
 """
 

@@ -18,7 +18,8 @@ import time
 import torch
 
 import modelseal as ms
-from modelseal.models.vae import VAE, train_vae
+from modelseal.models.vae import VAE
+from modelseal.train import train_vae
 
 QUICK = "--quick" in sys.argv
 attack = ms.attacks.get

@@ -38,7 +38,7 @@ def sync(device):
 
 
 def main() -> None:
-    device = ms.train.resolve_device("auto")
+    device = ms.runtime.resolve_device("auto")
     splits = ms.data.load("mnist5k")
     x, y = splits.owner.x.to(device), splits.owner.y.to(device)
     epochs, batch_size, rounds = 2, 64, 3

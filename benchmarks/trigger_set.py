@@ -18,9 +18,9 @@ import time
 import torch
 
 import modelseal as ms
-import modelseal.watermark.trigger_set as ts
+import modelseal.methods.trigger_set as ts
+from modelseal.methods.trigger_set import trigger_accuracy
 from modelseal.stats import min_queries
-from modelseal.watermark.trigger_set import trigger_accuracy
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from modelseal.errors import (
     ModelSealError,
 )
 from modelseal.keys import Key
-from modelseal.lock.advparams import AdvParams, state_digest
+from modelseal.methods.advparams import AdvParams, state_digest
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -133,11 +133,11 @@ def test_model_bytes_round_trip():
     from modelseal import models
 
     m = models.build("mlp", input_shape=(1, 8, 8), num_classes=10, seed=3)
-    back = runner.model_from_bytes(runner.model_to_bytes(m))
+    back = models.model_from_bytes(models.model_to_bytes(m))
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(m.eval()(x), back(x))
-    with pytest.raises(ModelSealError, match="malformed"):
-        runner.model_from_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(ModelSealError, match="not a safetensors file"):
+        models.model_from_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
 
 
 def test_query_perturbations():
@@ -180,9 +180,9 @@ def test_negative_of_another_architecture_is_not_accused_and_says_why():
     ms.train.fit(owner, d.owner, epochs=2, seed=0, progress=False)
     _, key = ms.methods.get("deepmarks")(users=7, epochs=1, seed=0).distribute(owner, d.owner, progress=False)
     other = ms.models.build("cnn", d.meta, seed=1)
-    prot = {"label": "deepmarks", "method": "deepmarks", "family": "deepmarks"}
+    prot = {"label": "deepmarks", "method": "deepmarks", "family": "per-user"}
     neg = {"id": "n0", "label": "cnn#0", "arch": "cnn"}
-    row = runner.job_negative(neg, prot, 0, {}, 0.5, runner.model_to_bytes(other), key.to_bytes(), "cpu", 1)
+    row = runner.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(other), key.to_bytes(), "cpu", 1)
     assert row["status"] == "ok" and row["owned"] is False and row["innocents_accused"] == 0
     assert row["p_value"] is None and "layer" in row["detail"]["not_applicable"]
     # a negative the key does apply to gets a real verdict with a p-value

@@ -10,7 +10,7 @@ from torch import nn
 
 import modelseal as ms
 from modelseal.errors import KeyMismatchError, ModelError, ModelSealError
-from modelseal.fingerprint.characteristic import CharacteristicExamples, match_rate, uniqueness
+from modelseal.methods.characteristic import CharacteristicExamples, match_rate, uniqueness
 
 CE = ms.methods.get("c-examples")
 FAST = dict(n=100, steps=100, step_size=0.005, M=4)
@@ -148,7 +148,7 @@ def test_positives_owned(calibrated, positives):
 
 
 def test_beta_binomial_null_is_conservative():
-    from modelseal.fingerprint.characteristic import beta_binomial_null, null_tail
+    from modelseal.methods.characteristic import beta_binomial_null, null_tail
 
     spread = beta_binomial_null([10, 60], 100)  # references that disagree a lot: large overdispersion
     tight = beta_binomial_null([30, 31], 100)

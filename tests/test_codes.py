@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from modelseal.errors import ModelSealError
-from modelseal.watermark.codes import PRIMES, and_acc_accuse, design_for_users, projective_plane
+from modelseal.methods.deepmarks.codes import PRIMES, and_acc_accuse, design_for_users, projective_plane
 
 
 @pytest.mark.parametrize("q", PRIMES)

@@ -1,6 +1,6 @@
 """Remote suspects over the Open Inference Protocol, against real uvicorn servers on 127.0.0.1.
 
-Every server here runs in a background thread on a free loopback port (`modelseal.serve.background`)
+Every server here runs in a background thread on a free loopback port (`modelseal.suspect.serve.background`)
 and stops in teardown; misbehaving servers are small Starlette apps defined below.
 """
 
@@ -21,10 +21,10 @@ import pytest
 import torch
 
 import modelseal as ms
-from modelseal import methods, serve
+from modelseal import methods
 from modelseal.errors import ModelSealError, SuspectError
-from modelseal.remote import RemoteBackend
-from modelseal.suspect import QueryBudgetExceeded, Suspect
+from modelseal.suspect import QueryBudgetExceeded, Suspect, serve
+from modelseal.suspect.remote import RemoteBackend
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -234,7 +234,7 @@ def test_transient_errors_are_retried_then_succeed(status, servers, caplog):
 
     app = _fake_app(flaky)
     s = Suspect.load(_url(servers(app)), retries=3, backoff=0.01)
-    with caplog.at_level(logging.INFO, logger="modelseal.remote"):
+    with caplog.at_level(logging.INFO, logger="modelseal.suspect.remote"):
         out = s.predict(torch.zeros(5, 2))
     assert out.shape == (5, 3) and len(app.state.calls) == 3
     assert s.queries == 5

@@ -10,7 +10,8 @@ from torch import nn
 
 import modelseal as ms
 from modelseal.errors import KeyMismatchError, ModelError, RegistryError, SuspectError
-from modelseal.models.vae import VAE, train_vae
+from modelseal.models.vae import VAE
+from modelseal.train import train_vae
 
 TAFA = ms.methods.get("tafa")
 
@@ -234,7 +235,7 @@ def test_bad_parameters_are_refused(reg_case):
 
 def test_pvalue_is_valid_under_the_null():
     # a suspect whose outputs are unrelated to the owner's: p-values roughly uniform
-    from modelseal.fingerprint.tafa import kink_statistic
+    from modelseal.methods.tafa import kink_statistic
 
     gen = torch.Generator().manual_seed(0)
     ps = []

@@ -83,7 +83,7 @@ def test_bad_inputs(mnist):
         ms.train.fit(m, [1, 2, 3], epochs=1)
     if not torch.cuda.is_available():
         with pytest.raises(ModelSealError, match="CUDA"):
-            ms.train.resolve_device("cuda")
+            ms.runtime.resolve_device("cuda")
 
 
 def test_progress_bar_can_be_handed_in(mnist):

@@ -11,8 +11,7 @@ import torch
 import modelseal as ms
 from modelseal.errors import DataError, KeyFormatError, KeyIntegrityError, KeyMismatchError, ModelSealError
 from modelseal.keys import Key
-from modelseal.stats import min_queries
-from modelseal.watermark.trigger_set import (
+from modelseal.methods.trigger_set import (
     check_commitment,
     commitment,
     load_commitment,
@@ -21,6 +20,7 @@ from modelseal.watermark.trigger_set import (
     sequential_test,
     trigger_accuracy,
 )
+from modelseal.stats import min_queries
 
 TS = ms.methods.get("trigger-set")
 

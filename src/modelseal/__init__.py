@@ -5,7 +5,7 @@ model (characteristic examples, TAFA), parameter locks (AdvParams), verdicts wit
 ONNX files or remote endpoints, and a robustness benchmark against removal attacks.
 """
 
-from . import attacks, data, methods, models, stats, train
+from . import attacks, data, methods, models, runtime, stats, train
 from .api import trace, unlock, verify
 from .errors import ModelSealError
 from .keys import Key
@@ -13,5 +13,5 @@ from .suspect import Suspect
 from .verdict import Verdict
 
 __version__ = "0.1.0"
-__all__ = ["attacks", "data", "methods", "models", "stats", "train", "verify", "trace", "unlock", "Key",
+__all__ = ["attacks", "data", "methods", "models", "runtime", "stats", "train", "verify", "trace", "unlock", "Key",
            "Suspect", "Verdict", "ModelSealError", "__version__"]

@@ -1,4 +1,4 @@
-"""Top-level verbs that dispatch on the key's method: `verify`, `trace`, `unlock`."""
+"""Top-level verbs that dispatch on the key's method family: `verify`, `trace`, `unlock`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 from torch import nn
 
 from . import methods
-from .errors import ModelSealError
 from .keys import Key
 from .suspect import Suspect, as_suspect
 from .verdict import Verdict
@@ -18,27 +17,19 @@ def _key(key: Key | str) -> Key:
 
 
 def verify(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verdict:
-    """Judge `suspect` with `key`; the key's method decides how. Returns a Verdict with a p-value."""
-    key = _key(key)
-    cls = methods.get(key.method)
-    if not hasattr(cls, "verify"):
-        raise ModelSealError(f"'{key.method}' keys do not verify suspects")
-    return cls().verify(as_suspect(suspect), key, **kw)
+    """Judge `suspect` with `key` through the judge verb of its method's family. Returns a Verdict."""
+    return methods.judge(as_suspect(suspect), _key(key), **kw)
 
 
-def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any):
-    """Name the users whose fingerprinted copies a suspect came from (DeepMarks)."""
+def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verdict:
+    """Name the users whose fingerprinted copies a suspect came from (per-user methods: DeepMarks)."""
     key = _key(key)
-    cls = methods.get(key.method)
-    if not hasattr(cls, "trace"):
-        raise ModelSealError(f"'{key.method}' keys cannot trace users; trace takes a deepmarks key")
-    return cls().trace(as_suspect(suspect), key, **kw)
+    methods.require_family(key.method, "per-user", "trace")
+    return methods.judge(as_suspect(suspect), key, **kw)
 
 
 def unlock(locked: nn.Module, key: Key | str, **kw: Any) -> nn.Module:
-    """Restore a locked model bit-exactly with its key (AdvParams)."""
+    """Restore a locked model bit-exactly with its key (lock methods: AdvParams)."""
     key = _key(key)
-    cls = methods.get(key.method)
-    if not hasattr(cls, "unlock"):
-        raise ModelSealError(f"'{key.method}' keys do not unlock models; unlock takes an advparams key")
-    return cls().unlock(locked, key, **kw)
+    mi = methods.require_family(key.method, "lock", "unlock")
+    return mi.cls().unlock(locked, key, **kw)

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from . import attacks as attack_registry
 from . import methods as method_registry
-from .errors import ModelSealError, check_writable
+from .errors import ModelSealError
+from .tensorfile import check_writable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="modelseal: watermark, fingerprint, lock and judge neural networks.")
@@ -81,13 +82,13 @@ def _construct(cls: type, params: dict[str, Any]) -> Any:
 
 
 def _progress(as_json: bool):
-    from .train import make_progress
+    from .runtime import make_progress
 
     return make_progress(False if as_json else None)
 
 
 def _device(device: str):
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     return resolve_device(device)
 
@@ -467,7 +468,7 @@ def serve(
     import os
 
     try:
-        from .serve import run
+        from .suspect.serve import run
     except ImportError as e:
         _fail(ModelSealError(f"serving needs the server extra: {e}"))
     token = os.environ.get(token_env) if token_env else None

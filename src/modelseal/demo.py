@@ -48,7 +48,7 @@ def _verdict_word(c: dict[str, Any]) -> str:
         return c["status"]
     if c["family"] == "lock":
         return "lock held" if c["owned"] else "RECOVERED"
-    if c["family"] == "deepmarks":
+    if c["family"] == "per-user":
         return f"accused {c['accused']}" if c["accused"] else "nobody accused"
     return "OWNED" if c["owned"] else "not owned"
 
@@ -59,7 +59,7 @@ def _detail(c: dict[str, Any]) -> str:
         return str(d.get("reason") or d.get("error") or "")
     if c["family"] == "lock":
         return f"unlocked acc {c['unlocked_acc']:.3f}" if c["unlocked_acc"] is not None else ""
-    if c["family"] == "deepmarks":
+    if c["family"] == "per-user":
         return f"colluders {c['colluders']}, p = {c['p_value']:.2g}"
     return f"p = {c['p_value']:.2g}, {c['queries']} queries" + (" REMOVED" if c["removed"] else "")
 
@@ -94,7 +94,7 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
                      "detail": _detail(c)})
     for n in negatives:
         word = n["status"] if n["status"] != "ok" else (
-            ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "deepmarks"
+            ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "per-user"
             else ("OWNED" if n["owned"] else "not owned"))
         d = n["detail"] or {}
         if n["p_value"] is not None:

@@ -42,33 +42,3 @@ class RegistryError(ModelSealError):
 
 class OutputExistsError(ModelSealError):
     """Refusing to overwrite an existing file without force=True / --force."""
-
-
-def check_writable(path, force: bool) -> None:
-    """Raise OutputExistsError if `path` exists and `force` is false."""
-    from pathlib import Path
-
-    p = Path(path)
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} already exists; pass --force (force=True) to overwrite it")
-
-
-def write_atomic(path, data: bytes | str, force: bool = False):
-    """Write `data` to `path` through a temporary file and a rename, so a failure never leaves a
-    half-written file; refuses to overwrite an existing file unless `force`. Returns the Path."""
-    import os
-    from pathlib import Path
-
-    p = Path(path)
-    check_writable(p, force)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p

@@ -16,18 +16,17 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, write_atomic
+from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError
+from .tensorfile import read_header_metadata, tensor_bytes, write_atomic
 
 FORMAT_VERSION = 1
 _META_KEY = "modelseal"
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def _now() -> str:
@@ -63,7 +62,7 @@ class Key:
         for name in sorted(self.tensors):
             t = self.tensors[name]
             h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-            h.update(_tensor_bytes(t))
+            h.update(tensor_bytes(t))
         return h.hexdigest()
 
     def check_signature(self, input_shape: tuple[int, ...] | None = None,
@@ -133,32 +132,6 @@ class Key:
     def __repr__(self) -> str:
         shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
         return f"Key(method={self.method!r}, params={self.params!r}, tensors={shapes}, signature={self.signature!r})"
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.contiguous().cpu()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
-
-
-def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict[str, str]:
-    """Parse a safetensors header as JSON without decoding tensors; return its `__metadata__`."""
-    if len(data) < 8:
-        raise err(f"{source} is truncated or empty: not a safetensors file")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n == 0 or n > _MAX_HEADER or 8 + n > len(data):
-        raise err(f"{source} is truncated or not a safetensors file (header length {n}, file {len(data)} bytes)")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise err(f"{source}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise err(f"{source}: safetensors header is not a JSON object")
-    meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise err(f"{source}: safetensors metadata must map strings to strings")
-    return meta
 
 
 def _load_tensors(data: bytes, source: str) -> dict[str, torch.Tensor]:

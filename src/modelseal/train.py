@@ -13,43 +13,21 @@ Deterministic on the CPU for a given seed; mixed precision (bf16 autocast) on CU
 
 from __future__ import annotations
 
-import contextlib
-import random
-import sys
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import CLASSIFICATION, REGRESSION, as_tensors, meta_of
+from .data import CLASSIFICATION, REGRESSION, Meta, TensorData, as_tensors, meta_of
 from .errors import DataError, ModelSealError
+from .runtime import model_device, resolve_device, seed_everything, track
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ExtraBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelSealError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def task_of(data: Dataset, y: torch.Tensor | None = None) -> str:
@@ -65,20 +43,6 @@ def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     if task == CLASSIFICATION:
         return F.cross_entropy(out.float(), y)
     return F.mse_loss(out.float().reshape(y.shape), y.float())
-
-
-def make_progress(progress: Any, transient: bool = True):
-    """A rich Progress for `progress=True`, the one handed in, or a null context when off."""
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if progress is True:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=transient)
-    if progress is False:
-        return None
-    return progress
 
 
 def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64,
@@ -115,11 +79,8 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
     n = len(x_all)
     steps_per_epoch = (n + batch_size - 1) // batch_size
     history: dict[str, Any] = {"loss": [], "epochs": 0, "steps": 0, "samples": 0, "task": task}
-    bar = make_progress(progress)
-    ctx = bar if bar is not None else contextlib.nullcontext()
     step = 0
-    with ctx:
-        tid = bar.add_task(description, total=epochs * steps_per_epoch, info="") if bar is not None else None
+    with track(progress, epochs * steps_per_epoch, description) as bar:
         for epoch in range(epochs):
             model.train()
             perm = torch.randperm(n, generator=gen).to(dev)
@@ -143,15 +104,13 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
                 total += loss.detach() * len(xb)
                 count += len(xb)
                 step += 1
-                if bar is not None:
-                    bar.advance(tid)
+                bar.advance()
                 if max_steps is not None and step >= max_steps:
                     break
             history["loss"].append(float(total / max(count, 1)))
             history["epochs"] = epoch + 1
             history["samples"] += count
-            if bar is not None:
-                bar.update(tid, info=f"epoch {epoch + 1} loss {history['loss'][-1]:.4f}")
+            bar.update(step, info=f"epoch {epoch + 1} loss {history['loss'][-1]:.4f}")
             if (stop is not None and stop(model, epoch)) or (max_steps is not None and step >= max_steps):
                 break
     history["steps"] = step
@@ -182,3 +141,30 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     ss_res = ((out - y) ** 2).sum()
     ss_tot = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
     return float(1.0 - ss_res / ss_tot)
+
+
+def reconstruction_data(data: Dataset) -> TensorData:
+    """(image, image) pairs of `data`'s images, tagged as regression so `fit` uses the MSE."""
+    x, _ = as_tensors(data)
+    meta = meta_of(data)
+    name = meta.name if meta is not None else "images"
+    bounds = meta.bounds if meta is not None else (0.0, 1.0)
+    size = int(math.prod(x.shape[1:]))
+    return TensorData(x, x.clone(), Meta(f"{name}-recon", tuple(x.shape[1:]), bounds, size, REGRESSION))
+
+
+def train_vae(vae: nn.Module, data: Dataset, *, epochs: int = 20, lr: float = 2e-3, beta: float = 0.05,
+              seed: int = 0, progress: Any = None, **kw: Any) -> dict[str, Any]:
+    """Train a `modelseal.models.vae.VAE` in place on `data`'s images (labels ignored) with the ELBO.
+
+    Returns fit's history."""
+    pixels = int(math.prod(vae.image_shape))
+
+    def kl(model: nn.Module, _x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        return beta * model.last_kl / pixels
+
+    try:
+        return fit(vae, reconstruction_data(data), epochs=epochs, lr=lr, seed=seed, extra_loss=kl,
+                   progress=progress, description="vae", **kw)
+    finally:
+        vae.last_kl = None

@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 from .. import models
 from ..data import CLASSIFICATION, TensorData, as_tensors, meta_of
 from ..models import reinit
-from ..train import fit, model_device, predict, task_of
+from ..runtime import model_device
+from ..train import fit, predict, task_of
 from . import Attack, AttackError, register
 from .finetune import check_number, require_data
 

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 
 from ..data import as_tensors
 from ..errors import ModelError
-from ..train import fit, model_device
+from ..runtime import model_device
+from ..train import fit
 from . import Attack, AttackError, register
 from .finetune import check_number, require_data
 

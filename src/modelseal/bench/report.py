@@ -20,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelSealError, check_writable, write_atomic
+from ..errors import ModelSealError
+from ..tensorfile import check_writable, write_atomic
 from .store import Store
 
 SECTIONS = ["summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection", "plot-scores"]
@@ -109,7 +110,7 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]])
         if cs[0]["method"] == "c-examples" and ok and ns:
             robust = [c["score"] for c in ok if c["attack_name"] != "none"] or [c["score"] for c in ok]
             row["uniqueness"] = stats.uniqueness_score(robust, [n["score"] for n in ns])
-        if fam == "deepmarks":
+        if fam == "per-user":
             row["colluders_found"] = f"{sum(c['colluders_found'] or 0 for c in ok)} / " \
                                      f"{sum(len(c['colluders'] or []) for c in ok)}"
             row["innocents_accused"] = sum(c["innocents_accused"] or 0 for c in ok) + \
@@ -192,7 +193,7 @@ def _plot_scores(cells: list[dict[str, Any]], negatives: list[dict[str, Any]]) -
         ax.set_xticks([0, 1], ["negatives", "positives"])
         ax.set_xlim(-0.5, 1.5)
         ax.set_title(p)
-        ax.set_ylabel("verdict score" + (" (-log10 p)" if any(c["family"] == "deepmarks" and c["protection"] == p
+        ax.set_ylabel("verdict score" + (" (-log10 p)" if any(c["family"] == "per-user" and c["protection"] == p
                                                                for c in cells) else ""))
         ax.legend(fontsize=7)
     return _png(fig)

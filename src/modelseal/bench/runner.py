@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import KeyMismatchError, ModelSealError, OutputExistsError
+from ..models.io import model_from_bytes, model_to_bytes
+from ..runtime import track
 from . import scenario as scenario_mod
 from .store import Store
 
@@ -32,35 +34,6 @@ REMOVAL_MARGIN = 0.05
 
 
 # ============================================================================ model transport
-def model_to_bytes(model: nn.Module) -> bytes:
-    """A model built by `modelseal.models.build` as safetensors bytes with its architecture spec."""
-    from safetensors.torch import save
-
-    spec = getattr(model, "modelseal_spec", None)
-    if spec is None:
-        raise ModelSealError("the bench moves only models built by modelseal.models.build")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    spec = {**spec, "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in spec["kwargs"].items()}}
-    return save(state, metadata={"modelseal_spec": json.dumps(spec, sort_keys=True)})
-
-
-def model_from_bytes(blob: bytes) -> nn.Module:
-    from safetensors.torch import load
-
-    from .. import models
-
-    try:
-        n = int.from_bytes(blob[:8], "little")
-        spec = json.loads(json.loads(blob[8:8 + n])["__metadata__"]["modelseal_spec"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelSealError(f"bench model bytes are malformed ({e})") from None
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
-    model = models.build(spec["name"], input_shape=tuple(spec["input_shape"]), num_classes=spec["output_size"],
-                         bounds=tuple(spec.get("bounds", (0.0, 1.0))), **kwargs)
-    model.load_state_dict(load(blob), strict=True)
-    return model.eval()
-
-
 # ============================================================================ jobs
 @functools.lru_cache(maxsize=4)
 def _splits(name: str, seed: int):
@@ -71,7 +44,7 @@ def _splits(name: str, seed: int):
 
 @contextlib.contextmanager
 def _job_env(seed: int, threads: int):
-    from ..train import seed_everything
+    from ..runtime import seed_everything
 
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -83,7 +56,7 @@ def _job_env(seed: int, threads: int):
 
 
 def _device(name: str) -> torch.device:
-    from ..train import resolve_device
+    from ..runtime import resolve_device
 
     return resolve_device(name)
 
@@ -127,7 +100,7 @@ def job_protect(prot: dict[str, Any], seed: int, data_spec: dict[str, Any], owne
                 kw["references"] = [model_from_bytes(b).to(dev) for b in references]
             key = method.extract(model, splits.meta, **kw)
             out = [model]
-        elif family == "deepmarks":
+        elif family == "per-user":
             out, key = method.distribute(model, splits.owner)
         else:
             locked, key = method.lock(model, splits.owner)
@@ -170,14 +143,14 @@ def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, 
             copies = [model_from_bytes(b).to(dev) for b in models_blob]
             attack = make(cell["attack_name"], cell["attack_params"], seed=seed)
             rng = np.random.default_rng(seed)
-            if isinstance(attack, PerturbQueries) and family in ("deepmarks", "lock"):
+            if isinstance(attack, PerturbQueries) and family in ("per-user", "lock"):
                 return {**row, "status": "skipped", "wall_s": time.perf_counter() - t0,
                         "detail": {"reason": f"{family} judges weights; query perturbation does not apply"}}
-            if isinstance(attack, Collude) and family != "deepmarks":
+            if isinstance(attack, Collude) and family != "per-user":
                 return {**row, "status": "skipped", "wall_s": time.perf_counter() - t0,
                         "detail": {"reason": "collusion averages distributed copies (deepmarks only)"}}
             users = [0]
-            if family == "deepmarks":
+            if family == "per-user":
                 k = int(attack.k) if isinstance(attack, Collude) else 1
                 if k > len(copies):
                     raise ModelSealError(f"collude k={k} exceeds the {len(copies)} distributed copies")
@@ -198,7 +171,7 @@ def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, 
             else:
                 row["attacked_acc"] = float(train.evaluate(attacked, splits.test))
                 suspect = Suspect(attacked)
-            if family == "deepmarks":
+            if family == "per-user":
                 r = trace(suspect, key)
                 accused = sorted(int(u) for u in r.accused)
                 row.update(owned=bool(r.owned), score=_log_p(r.p_value), p_value=float(r.p_value),
@@ -240,7 +213,7 @@ def job_negative(neg: dict[str, Any], prot: dict[str, Any], seed: int, data_spec
         with _job_env(seed, threads):
             key = Key.from_bytes(key_blob)
             model = model_from_bytes(neg_blob).to(_device(device))
-            if prot["family"] == "deepmarks":
+            if prot["family"] == "per-user":
                 r = trace(Suspect(model), key)
                 accused = sorted(int(u) for u in r.accused)
                 row.update(owned=bool(r.owned), score=_log_p(r.p_value), p_value=float(r.p_value), queries=0,
@@ -254,7 +227,7 @@ def job_negative(neg: dict[str, Any], prot: dict[str, Any], seed: int, data_spec
         # the key cannot be applied to this model (another architecture): no accusation is possible, so this
         # independent model is not accused; recorded without a score or p-value, with the reason
         row.update(owned=False, score=None, p_value=None, queries=0, detail={"not_applicable": str(e)},
-                   **({"accused": [], "innocents_accused": 0} if prot["family"] == "deepmarks" else {}))
+                   **({"accused": [], "innocents_accused": 0} if prot["family"] == "per-user" else {}))
     except ModelSealError as e:
         row.update(status="error", detail={"error": f"{type(e).__name__}: {e}"})
     row["wall_s"] = time.perf_counter() - t0
@@ -349,20 +322,6 @@ def _digest(obj: Any) -> str:
     return scenario_mod._digest(obj)
 
 
-def _progress_ctx(progress: Any, total: int):
-    from ..train import make_progress
-
-    p = make_progress(progress)
-    if p is None or not hasattr(p, "add_task"):
-        return contextlib.nullcontext(lambda n=1: None)
-
-    @contextlib.contextmanager
-    def ctx():
-        with p:
-            task = p.add_task("bench cells", total=total, info="")
-            yield lambda n=1: p.advance(task, n)
-
-    return ctx()
 
 
 def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backend: str = "local",
@@ -500,12 +459,12 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         if max_cells is not None:
             cell_calls = cell_calls[:max_cells]
         errors = 0
-        with _progress_ctx(progress, len(cell_calls) + len(neg_jobs)) as advance:
+        with track(progress, len(cell_calls) + len(neg_jobs), "bench cells") as bar:
             for _i, row in be.map(job_cell, cell_calls, shared):
                 store.put_cell(row)
                 errors += row["status"] == "error"
                 ran += 1
-                advance()
+                bar.advance()
             neg_calls = []
             if len(cell_calls) == len(pending):  # a max_cells-limited run leaves the negatives pending too
                 for p, s, n in neg_jobs:
@@ -514,7 +473,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
                                       _Shared(f"k:{p.label}:{s}"), dev, threads))
                 for _i, row in be.map(job_negative, neg_calls, shared):
                     store.put_negative(row)
-                    advance()
+                    bar.advance()
         seconds = time.perf_counter() - t0
         finished = len(store.done_cells() & {c.id for c in sc.cells})
         summary = {"scenario": sc.name, "out_dir": str(out), "db": str(out / DB_NAME), "backend": backend,

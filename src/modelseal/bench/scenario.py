@@ -62,7 +62,7 @@ def _digest(obj: Any) -> str:
 class Protection:
     label: str
     method: str
-    family: str  # watermark | fingerprint | deepmarks | lock
+    family: str  # watermark | fingerprint | per-user | lock (declared at registration)
     params: dict[str, Any]
 
 
@@ -165,18 +165,6 @@ class _Checker:
                                 occ)
 
 
-def family_of(cls: type) -> str:
-    if hasattr(cls, "distribute"):
-        return "deepmarks"
-    if hasattr(cls, "lock"):
-        return "lock"
-    if hasattr(cls, "embed"):
-        return "watermark"
-    if hasattr(cls, "extract"):
-        return "fingerprint"
-    raise ModelSealError(f"method {getattr(cls, 'name', cls)} has no embed/extract/distribute/lock verb")
-
-
 def parse(text: str, source: str = "<scenario>") -> Scenario:
     """Validate a scenario's TOML text and expand its cells."""
     from .. import attacks as attack_registry
@@ -233,7 +221,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         except (TypeError, ModelSealError) as e:
             raise c.fail("params", f"bad parameters for {method}: {e}", i) from None
         label = c.typed(p, "label", "label", str, method, occ=i)
-        protections.append(Protection(label, method, family_of(cls), params))
+        protections.append(Protection(label, method, cls.family, params))
     labels = [p.label for p in protections]
     if len(set(labels)) != len(labels):
         raise c.fail("label", f"protection labels must be unique, got {labels}; add label = \"...\"")

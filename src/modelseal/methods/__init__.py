@@ -1,30 +1,91 @@
-"""Registry of protection methods. `get(name)` returns the class, `names()` lists them.
+"""Registry of protection methods and the one protocol per family.
 
-Methods live in `modelseal.watermark`, `modelseal.fingerprint` and `modelseal.lock`; each registers
-itself with `@register("name")`. The bench, the CLI and the demo reach methods only through here.
+A method registers itself with `@register(name, family=..., access=...)`. Its family fixes its verbs:
+
+- `watermark`: `embed(model, data, progress) -> (model, Key)`; judge `verify(suspect, key, alpha=..) -> Verdict`
+- `fingerprint`: `extract(model, input_spec, progress) -> Key`; judge `verify(suspect, key, alpha=..) -> Verdict`
+- `per-user`: `distribute(model, data, progress) -> (models, Key)`; judge `trace(suspect, key, alpha=..) -> Verdict`
+  (the accused users are in the Verdict)
+- `lock`: `lock(model, data, progress) -> (model, Key)`; no judge verb: `unlock(locked, key) -> model` restores it
+
+`access` says what the judge verb needs of a suspect: `labels`, `outputs` or `white-box` weights.
+Consumers (CLI, bench, demo, report) call `protect`, `judge` and `restore` below, which follow the declared
+family; nothing branches on a method's name or guesses with `hasattr`. A method's verifier parameters (the
+ones that change a decision: alpha, looks, margins, the null) are declared in `verify_params` and always
+come from the caller (see `modelseal.validate`), never from a key.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
+from typing import Any
 
-from ..errors import RegistryError
+from ..errors import ModelSealError, RegistryError
+
+FAMILIES: dict[str, tuple[str, str | None]] = {
+    "watermark": ("embed", "verify"),
+    "fingerprint": ("extract", "verify"),
+    "per-user": ("distribute", "trace"),
+    "lock": ("lock", None),
+}
+ACCESS = ("labels", "outputs", "white-box")
+# the CLI command that runs each family's protect verb, for error messages that name the right command
+COMMANDS = {"watermark": "modelseal watermark embed", "fingerprint": "modelseal fingerprint extract",
+            "per-user": "modelseal deepmarks distribute", "lock": "modelseal lock"}
 
 _REGISTRY: dict[str, type] = {}
 # Where each known method lives: imported on first use so that `import modelseal` stays light.
 _MODULES = {
-    "trigger-set": "modelseal.watermark.trigger_set",
-    "deepmarks": "modelseal.watermark.deepmarks",
-    "c-examples": "modelseal.fingerprint.characteristic",
-    "tafa": "modelseal.fingerprint.tafa",
-    "advparams": "modelseal.lock.advparams",
+    "trigger-set": "modelseal.methods.trigger_set",
+    "deepmarks": "modelseal.methods.deepmarks",
+    "c-examples": "modelseal.methods.characteristic",
+    "tafa": "modelseal.methods.tafa",
+    "advparams": "modelseal.methods.advparams",
 }
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a consumer needs to know about a method without branching on its name."""
+
+    name: str
+    family: str
+    access: str
+    cls: type
+
+    @property
+    def protect_verb(self) -> str:
+        return FAMILIES[self.family][0]
+
+    @property
+    def judge_verb(self) -> str | None:
+        return FAMILIES[self.family][1]
+
+    @property
+    def judges(self) -> bool:
+        return self.judge_verb is not None
+
+    @property
+    def command(self) -> str:
+        return COMMANDS[self.family]
+
+
+def register(name: str, *, family: str, access: str):
+    """Class decorator: register a method under `name` with its family and the access its judge needs."""
+    if family not in FAMILIES:
+        raise RegistryError(f"unknown family '{family}'; use one of {', '.join(FAMILIES)}")
+    if access not in ACCESS:
+        raise RegistryError(f"unknown access '{access}'; use one of {', '.join(ACCESS)}")
+
     def deco(cls: type) -> type:
-        cls.name = name
+        protect, judge = FAMILIES[family]
+        missing = [v for v in (protect, judge) if v is not None and not callable(getattr(cls, v, None))]
+        if missing:
+            raise RegistryError(f"method '{name}' of family '{family}' lacks the verb(s) {', '.join(missing)}")
+        cls.name, cls.family, cls.access = name, family, access
+        cls.verify_params = dict(getattr(cls, "verify_params", {}))
         _REGISTRY[name] = cls
         return cls
 
@@ -32,15 +93,13 @@ def register(name: str):
 
 
 def _available() -> dict[str, str]:
-    out = {}
-    for name, mod in _MODULES.items():
-        if importlib.util.find_spec(mod) is not None:
-            out[name] = mod
-    return out
+    return {name: mod for name, mod in _MODULES.items() if importlib.util.find_spec(mod) is not None}
 
 
 def get(name: str) -> type:
     """The method class registered as `name`."""
+    if not isinstance(name, str):
+        raise RegistryError(f"a method name is a string, got {type(name).__name__}")
     if name not in _REGISTRY:
         mod = _available().get(name)
         if mod is None:
@@ -51,5 +110,67 @@ def get(name: str) -> type:
     return _REGISTRY[name]
 
 
-def names() -> list[str]:
-    return sorted(set(_available()) | set(_REGISTRY))
+def info(name: str) -> MethodInfo:
+    """Family, access and class of the method registered as `name`."""
+    cls = get(name)
+    return MethodInfo(name, cls.family, cls.access, cls)
+
+
+def names(family: str | None = None) -> list[str]:
+    """Registered method names, optionally only those of one family."""
+    every = sorted(set(_available()) | set(_REGISTRY))
+    if family is None:
+        return every
+    return [n for n in every if info(n).family == family]
+
+
+def require_family(name: str, family: str, verb: str) -> MethodInfo:
+    """The method's info, or one clear error naming the command that fits its family."""
+    mi = info(name)
+    if mi.family != family:
+        raise ModelSealError(f"'{name}' is a {mi.family} method, so `{verb}` does not apply to it; "
+                             f"use `{mi.command} --method {name}`")
+    return mi
+
+
+@dataclass
+class Protected:
+    """What every protect verb gives: the protected model(s) (one per user for per-user methods) and the Key."""
+
+    models: list[Any]
+    key: Any
+
+
+def protect(method: Any, model: Any, data: Any = None, input_spec: Any = None, progress: Any = None) -> Protected:
+    """Run `method`'s protect verb by its family. `data` is the owner's training data (watermark, per-user,
+    lock); `input_spec` the input specification (fingerprint; taken from `data` when omitted)."""
+    family = type(method).family
+    if family == "fingerprint":
+        spec = input_spec
+        if spec is None:
+            from ..data import meta_of
+
+            spec = meta_of(data) if data is not None else None
+        if spec is None:
+            raise ModelSealError(f"{type(method).name} needs an input specification (shape, bounds) to extract")
+        return Protected([model], method.extract(model, spec, progress=progress))
+    if data is None:
+        raise ModelSealError(f"{type(method).name} ({family}) needs the owner's training data")
+    if family == "per-user":
+        copies, key = method.distribute(model, data, progress=progress)
+        return Protected(list(copies), key)
+    out, key = getattr(method, FAMILIES[family][0])(model, data, progress=progress)
+    return Protected([out], key)
+
+
+def judge(suspect: Any, key: Any, **verifier: Any) -> Any:
+    """Judge `suspect` with `key` through the judge verb of the key's method family; returns a Verdict."""
+    mi = info(key.method)
+    if not mi.judges:
+        raise ModelSealError(f"'{key.method}' keys do not judge suspects ({mi.family}); "
+                             f"use `modelseal unlock` to restore a locked model")
+    return getattr(mi.cls(), mi.judge_verb)(suspect, key, **verifier)
+
+
+__all__ = ["FAMILIES", "ACCESS", "MethodInfo", "Protected", "register", "get", "info", "names", "protect", "judge",
+           "require_family"]

@@ -17,6 +17,7 @@ from ..errors import ModelError
 from .zoo import ARCHITECTURES
 
 __all__ = ["build", "names", "spec_of", "signature_of", "save_model", "load_model", "export_onnx",
+           "model_to_bytes", "model_from_bytes",
            "last_linear", "relu_modules", "reinit"]
 
 
@@ -97,4 +98,4 @@ def relu_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
 
-from .io import export_onnx, load_model, save_model  # noqa: E402
+from .io import export_onnx, load_model, model_from_bytes, model_to_bytes, save_model  # noqa: E402

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, check_writable, write_atomic
+from ..errors import ModelError
+from ..tensorfile import MAX_HEADER, check_writable, read_header_metadata, write_atomic
 
 _META_KEY = "modelseal_model"
 MODEL_FORMAT = 1
@@ -21,9 +22,8 @@ def _jsonable_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
-               extra: dict[str, Any] | None = None) -> Path:
-    """Write the model's state and architecture spec as one safetensors file."""
+def model_to_bytes(model: nn.Module, extra: dict[str, Any] | None = None) -> bytes:
+    """A zoo model's state and architecture spec as safetensors bytes (the model file format)."""
     from safetensors.torch import save
 
     from . import spec_of
@@ -32,30 +32,24 @@ def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
     if spec is None:
         raise ModelError("only models built by modelseal.models.build can be saved with their architecture; "
                          "export other models with export_onnx")
-    path = Path(path)
-    check_writable(path, force)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": MODEL_FORMAT, "spec": {**spec, "kwargs": _jsonable_kwargs(spec["kwargs"])},
             "extra": extra or {}}
-    return write_atomic(path, save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)}), force)
+    return save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
 
 
-def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The modelseal metadata of a model file, read from the header without decoding tensors."""
-    from ..keys import read_header_metadata
+def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write the model's state and architecture spec as one safetensors file."""
+    check_writable(path, force)
+    return write_atomic(path, model_to_bytes(model, extra), force)
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) == 8:
-            n = int.from_bytes(head, "little")
-            head += f.read(min(n, 100 * 1024 * 1024 + 1))
-    meta = read_header_metadata(head, str(path), ModelError)
+
+def _model_meta(head: bytes, source: str) -> dict[str, Any]:
+    meta = read_header_metadata(head, source, ModelError)
     raw = meta.get(_META_KEY)
     if raw is None:
-        raise ModelError(f"{path} is a safetensors file without modelseal architecture metadata; "
+        raise ModelError(f"{source} is a safetensors file without modelseal architecture metadata; "
                          "save models with modelseal.models.save_model")
     try:
         info = json.loads(raw)
@@ -63,19 +57,32 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(spec, dict) or "name" not in spec:
             raise KeyError("spec")
     except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{path}: malformed modelseal model metadata ({e})") from None
+        raise ModelError(f"{source}: malformed modelseal model metadata ({e})") from None
     if info.get("format", 0) > MODEL_FORMAT:
-        raise ModelError(f"{path} has model format {info['format']}, newer than this modelseal reads")
+        raise ModelError(f"{source} has model format {info['format']}, newer than this modelseal reads")
     return info
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The modelseal metadata of a model file, read from the header without decoding tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8:
+            n = int.from_bytes(head, "little")
+            head += f.read(min(n, MAX_HEADER + 1))
+    return _model_meta(head, str(path))
+
+
+def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the architecture from the header and load the weights (strict: every tensor must match)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from . import build
 
-    info = read_model_meta(path)
+    info = _model_meta(blob, source)
     spec = info["spec"]
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("kwargs", {}).items()}
     try:
@@ -85,19 +92,27 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     except ModelError:
         raise
     except Exception as e:
-        raise ModelError(f"{path}: cannot rebuild architecture {spec.get('name')!r} ({e})") from None
+        raise ModelError(f"{source}: cannot rebuild architecture {spec.get('name')!r} ({e})") from None
     try:
-        state = load_file(str(path))
+        state = load(blob)
     except Exception as e:
-        raise ModelError(f"{path}: weights could not be decoded ({e.__class__.__name__}); the file is corrupt") \
+        raise ModelError(f"{source}: weights could not be decoded ({e.__class__.__name__}); the file is corrupt") \
             from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelError(f"{path}: weights do not fit architecture {spec['name']!r}: "
+        raise ModelError(f"{source}: weights do not fit architecture {spec['name']!r}: "
                          f"{str(e).splitlines()[0]}") from None
     model.modelseal_extra = info.get("extra", {})
     return model.to(device).eval()
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model file written by `save_model` (no pickle: the architecture comes from the header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    return model_from_bytes(path.read_bytes(), str(path), device)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None,

@@ -1,4 +1,4 @@
-"""A small VAE (MLP encoder + the zoo's ReLU `vae-decoder`), trained with `modelseal.train.fit`.
+"""A small VAE (MLP encoder + the zoo's ReLU `vae-decoder`), trained with `modelseal.train.train_vae`.
 
 The decoder (latent -> image) is the generative model that fingerprinting methods such as TAFA judge.
 Training uses `fit` unchanged: the data set is (image, image) pairs (regression, so `fit`'s loss is the
@@ -10,13 +10,10 @@ with variance 0.025; with beta = 1 the MSE is too weak and the posterior collaps
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from ..data import REGRESSION, Meta, TensorData, as_tensors, meta_of
 from . import build
 
 
@@ -48,30 +45,3 @@ class VAE(nn.Module):
         # kept only while training, for fit's extra_loss; a stored graph would block deepcopy
         self.last_kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1).mean() if self.training else None
         return self.decoder(z)
-
-
-def reconstruction_data(data: Dataset) -> TensorData:
-    """(image, image) pairs of `data`'s images, tagged as regression so `fit` uses the MSE."""
-    x, _ = as_tensors(data)
-    meta = meta_of(data)
-    name = meta.name if meta is not None else "images"
-    bounds = meta.bounds if meta is not None else (0.0, 1.0)
-    size = int(math.prod(x.shape[1:]))
-    return TensorData(x, x.clone(), Meta(f"{name}-recon", tuple(x.shape[1:]), bounds, size, REGRESSION))
-
-
-def train_vae(vae: VAE, data: Dataset, *, epochs: int = 20, lr: float = 2e-3, beta: float = 0.05,
-              seed: int = 0, progress: Any = None, **kw: Any) -> dict[str, Any]:
-    """Train `vae` in place on `data`'s images (labels are ignored) with the ELBO; returns fit's history."""
-    from ..train import fit
-
-    pixels = int(math.prod(vae.image_shape))
-
-    def kl(model: nn.Module, _x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
-        return beta * model.last_kl / pixels
-
-    try:
-        return fit(vae, reconstruction_data(data), epochs=epochs, lr=lr, seed=seed, extra_loss=kl,
-                   progress=progress, description="vae", **kw)
-    finally:
-        vae.last_kl = None

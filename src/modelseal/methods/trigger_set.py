@@ -51,21 +51,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import as_tensors, meta_of
-from ..errors import (
-    DataError,
-    KeyFormatError,
-    KeyIntegrityError,
-    ModelError,
-    ModelSealError,
-    SuspectError,
-    write_atomic,
-)
+from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError, ModelSealError, SuspectError
 from ..keys import Key
-from ..methods import register
 from ..models import reinit, signature_of, spec_of
 from ..suspect import Suspect, as_suspect
+from ..tensorfile import write_atomic
 from ..train import fit, predict
 from ..verdict import DEFAULT_ALPHA, Verdict
+from . import register
 
 METHOD = "trigger-set"
 MODES = ("pretrained", "scratch")
@@ -78,7 +71,7 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 
 # ---------------------------------------------------------------------------------------------- method
-@register(METHOD)
+@register(METHOD, family="watermark", access="labels")
 @dataclass
 class TriggerSet:
     """Trigger-set watermark. `embed(model, data) -> (marked, key)`; `verify(suspect, key) -> Verdict`."""

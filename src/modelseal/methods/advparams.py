@@ -25,6 +25,7 @@ Where modelseal deviates from the paper, and why:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -49,9 +50,10 @@ from ..errors import (
     ModelSealError,
 )
 from ..keys import Key
-from ..methods import register
 from ..models import signature_of
-from ..train import CLASSIFICATION, model_device, task_of
+from ..runtime import model_device, track
+from ..train import CLASSIFICATION, task_of
+from . import register
 
 _EDGE_MARGIN = 0.01
 _PERTURBABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -83,7 +85,7 @@ def _check(name: str, value: Any, lo: float, hi: float | None = None, *, lo_open
                              f"got {value!r}")
 
 
-@register("advparams")
+@register("advparams", family="lock", access="white-box")
 @dataclass
 class AdvParams:
     """Lock a model by adversarially perturbing at most `max_params` weights; unlock it with the key.
@@ -192,12 +194,11 @@ class AdvParams:
         acc_before = score()
         acc = acc_before
         steps: list[float] = []
-        bar_ctx = None
-        if progress is not None and progress is not False and hasattr(progress, "add_task"):
-            bar_ctx = progress.add_task("advparams lock", total=int(self.max_params), info="")
         req = [t.requires_grad for t in tensors]
         for t in tensors:
             t.requires_grad_(True)
+        stack = contextlib.ExitStack()
+        bar = stack.enter_context(track(progress, int(self.max_params), "advparams lock"))
         try:
             while len(steps) < int(self.max_params) and acc > float(self.target_accuracy):
                 grads = torch.autograd.grad(loss_fn(locked(xg)), tensors, allow_unused=True)
@@ -237,11 +238,11 @@ class AdvParams:
                     chosen[i].view(-1)[j] = True
                 acc = score()
                 steps.append(acc)
-                if bar_ctx is not None:
-                    progress.update(bar_ctx, advance=1, info=f"accuracy {acc:.3f}")
+                bar.advance(info=f"accuracy {acc:.3f}")
         finally:
             for t, r in zip(tensors, req, strict=True):
                 t.requires_grad_(r)
+            stack.close()
 
         key_tensors: dict[str, torch.Tensor] = {}
         used: list[str] = []

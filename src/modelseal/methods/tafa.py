@@ -46,6 +46,7 @@ decoder) survive FTAL at their training rate.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -58,17 +59,17 @@ from torch import nn
 from ..data import as_input_spec
 from ..errors import ModelError, ModelSealError, SuspectError
 from ..keys import Key
-from ..methods import register
 from ..models import relu_modules, signature_of
+from ..runtime import model_device, track
 from ..suspect import Suspect
-from ..train import model_device
 from ..verdict import DEFAULT_ALPHA, Verdict
+from . import register
 
 # Each fingerprint is queried at x0 + k * step * u for these k (u: unit crossing direction).
 _STENCIL = (-2, -1, 0, 1, 2)
 
 
-@register("tafa")
+@register("tafa", family="fingerprint", access="outputs")
 @dataclass
 class TAFA:
     """Fingerprint a ReLU network from its input box alone; verify from raw outputs of any task.
@@ -115,6 +116,7 @@ class TAFA:
         grads_req = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
+        stack = contextlib.ExitStack()
         try:
             sizes = self._layer_sizes(model, relus, shape, dev)
             live = [i for i, s in enumerate(sizes) if s > 0]
@@ -122,6 +124,7 @@ class TAFA:
                 raise ModelError("tafa found no hidden units before the model's ReLU modules")
             pts, dirs, layers = [], [], []
             need, rounds = self.n, 0
+            bar = stack.enter_context(track(progress, int(self.n), "tafa extract"))
             while need > 0 and rounds < 30:
                 m = max(need * 2, 8)
                 x0, g, lay, ok = self._descend(model, relus, sizes, live, m, shape, lo, hi, diag, gen, dev)
@@ -131,8 +134,7 @@ class TAFA:
                 layers.append(lay[ok][:need])
                 need -= len(x0)
                 rounds += 1
-                if callable(progress):
-                    progress(self.n - need, self.n)
+                bar.update(self.n - need)
             if need > 0:
                 raise ModelError(f"tafa found only {self.n - need} of {self.n} boundary points; the model's "
                                  "ReLUs may be dead on the input box: lower n or check the input bounds")
@@ -145,6 +147,7 @@ class TAFA:
             for p, r in zip(model.parameters(), grads_req, strict=True):
                 p.requires_grad_(r)
             model.train(was)
+            stack.close()
         try:
             sig = signature_of(model, shape)
         except ModelError:

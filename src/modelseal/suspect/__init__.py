@@ -2,7 +2,7 @@
 
 A suspect is a PyTorch module (white-box), a modelseal model file (white-box, loaded without pickle),
 an `.onnx` file run by onnxruntime (black-box), or an `http(s)://` Open Inference Protocol endpoint
-(black-box, see `modelseal.remote`). `predict(x)` returns raw outputs on the CPU, batched; `labels(x)`
+(black-box, see `modelseal.suspect.remote`). `predict(x)` returns raw outputs on the CPU, batched; `labels(x)`
 the top class; `queries` counts inputs asked about; `module` is None when black-box. A query budget
 (`max_queries`) is enforced before any input is sent, and NaN/inf outputs are refused.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelSealError, SuspectError, WhiteBoxRequired
+from ..errors import ModelSealError, SuspectError, WhiteBoxRequired
 
 
 class QueryBudgetExceeded(SuspectError):
@@ -35,8 +35,8 @@ class _TorchBackend:
     label_only = False
 
     def __init__(self, module: nn.Module, input_shape: tuple[int, ...] | None, device: Any = None):
-        from .models import spec_of
-        from .train import model_device, resolve_device
+        from ..models import spec_of
+        from ..runtime import model_device, resolve_device
 
         self.module = module
         if device is not None:
@@ -127,7 +127,7 @@ class Suspect:
             try:
                 from .remote import RemoteBackend
             except ImportError:
-                raise SuspectError("remote suspects need modelseal.remote, which this install lacks") from None
+                raise SuspectError("remote suspects need modelseal.suspect.remote, which this install lacks") from None
             return cls(RemoteBackend(s, **{k: kw.pop(k) for k in list(kw) if k in RemoteBackend.OPTIONS}),
                        name=s, **kw)
         path = Path(s)
@@ -136,8 +136,8 @@ class Suspect:
                                "or an http(s):// URL)")
         if path.suffix.lower() == ".onnx":
             return cls(_OnnxBackend(path), name=path.name, **kw)
-        from .errors import ModelError
-        from .models import load_model
+        from ..errors import ModelError
+        from ..models import load_model
 
         try:
             module = load_model(path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ModelSealError
+from ...errors import ModelSealError
 
 PRIMES = (2, 3, 5, 7, 11, 13)
 

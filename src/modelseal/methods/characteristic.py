@@ -58,10 +58,10 @@ from .. import stats
 from ..data import InputSpec, as_input_spec
 from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError
 from ..keys import Key
-from ..methods import register
+from ..runtime import model_device, track
 from ..suspect import Suspect, as_suspect
-from ..train import make_progress, model_device
 from ..verdict import DEFAULT_ALPHA, Verdict
+from . import register
 
 VARIANTS = ("c", "rc", "ltrc")
 _CP_CONFIDENCE = 1.0 - 1e-3
@@ -148,7 +148,7 @@ def _calibrate(refs: list[Any], x: torch.Tensor, t: torch.Tensor,
     return out
 
 
-@register("c-examples")
+@register("c-examples", family="fingerprint", access="labels")
 @dataclass
 class CharacteristicExamples:
     """Characteristic examples: `extract(model, input_spec)` -> key; `verify(suspect, key)` -> Verdict."""
@@ -232,10 +232,7 @@ class CharacteristicExamples:
         xs: list[torch.Tensor] = []
         ts: list[torch.Tensor] = []
         kept, tried, rounds = 0, 0, 0
-        bar = make_progress(progress)
-        ctx = bar if bar is not None else _Null()
-        with ctx:
-            tid = bar.add_task(f"c-examples {self.variant}", total=int(self.n), info="") if bar else None
+        with track(progress, int(self.n), f"c-examples {self.variant}") as bar:
             while kept < self.n and rounds < self.max_rounds:
                 # ask for enough starts to fill the key at the acceptance rate seen so far
                 rate = max(kept / tried, 0.05) if tried else 1.0
@@ -246,8 +243,7 @@ class CharacteristicExamples:
                 xs.append(x[ok])
                 ts.append(t[ok])
                 kept += int(ok.sum())
-                if bar is not None:
-                    bar.update(tid, completed=min(kept, self.n), info=f"round {rounds}")
+                bar.update(min(kept, self.n), info=f"round {rounds}")
         x = torch.cat(xs)[: self.n]
         t = torch.cat(ts)[: self.n]
         if len(x) == 0:
@@ -386,14 +382,6 @@ def uniqueness(key: Key, positives: Sequence[Any], negatives: Sequence[Any]) -> 
 
 
 # ---------------------------------------------------------------------- helpers
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
 def _grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Input gradient of the targeted cross-entropy, and each example's target logit margin."""
     x = x.detach().requires_grad_(True)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelSealError, SuspectError
-from .suspect import Suspect
+from ..errors import ModelSealError, SuspectError
+from . import Suspect
 
 DEFAULT_HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024 * 1024

@@ -38,13 +38,13 @@ from scipy import stats as _st
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import KeyMismatchError, ModelError, ModelSealError
-from ..keys import Key
-from ..methods import register
-from ..models import signature_of
-from ..suspect import Suspect, as_suspect
-from ..train import fit
-from ..verdict import DEFAULT_ALPHA, jsonable
+from ...errors import KeyMismatchError, ModelError, ModelSealError
+from ...keys import Key
+from ...methods import register
+from ...models import signature_of
+from ...suspect import Suspect, as_suspect
+from ...train import fit
+from ...verdict import DEFAULT_ALPHA, jsonable
 from .codes import and_acc_accuse, design_for_users
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -165,7 +165,7 @@ class TraceResult:
                 f"{self.scores[self.best_user]:.3f})")
 
 
-@register("deepmarks")
+@register("deepmarks", family="per-user", access="white-box")
 @dataclass
 class DeepMarks:
     """Per-user weight fingerprints with AND-ACC codes: `distribute` copies, `trace` a suspect to its users.

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from .errors import SuspectError
+from ..errors import SuspectError
 
 log = logging.getLogger(__name__)
 

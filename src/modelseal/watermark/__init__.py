@@ -1,1 +1,0 @@
-"""Protection methods of this family; see modelseal.methods for the registry."""
