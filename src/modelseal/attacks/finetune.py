@@ -9,7 +9,6 @@ nothing but the head changes (the paper's models had no BatchNorm to worry about
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import validate
 from ..data import TensorData, as_tensors, meta_of
 from ..models import last_linear, reinit
 from ..train import fit
@@ -28,19 +28,7 @@ MODES = ("ftll", "ftal", "rtll", "rtal")
 def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
                  lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
     """Raise AttackError unless `value` is a (finite) number in the given range."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        kind = "an integer" if integer else "a number"
-        raise AttackError(f"{name} must be {kind} in {rng}, got {value!r}")
+    validate.number(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer, error=AttackError)
 
 
 def require_data(data: Dataset | None, attack: str) -> Dataset:

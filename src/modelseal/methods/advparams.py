@@ -29,7 +29,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import validate
 from ..data import as_tensors
 from ..errors import (
     DataError,
@@ -74,15 +74,7 @@ def state_digest(model: nn.Module | dict[str, torch.Tensor]) -> str:
 
 def _check(name: str, value: Any, lo: float, hi: float | None = None, *, lo_open: bool = False,
            integer: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo}, {'inf' if hi is None else hi}]"
-        raise ModelSealError(f"advparams: {name} must be {'an integer' if integer else 'a number'} in {rng}, "
-                             f"got {value!r}")
+    validate.number(f"advparams: {name}", value, lo, hi, lo_open=lo_open, integer=integer)
 
 
 @register("advparams", family="lock", access="white-box")
