@@ -56,12 +56,11 @@ def main() -> dict:
         transfer = sum(neg) / len(neg)
         rob = {name: round(match_rate(m, key), 3) for name, m in attacked.items()}
         t1 = time.perf_counter()
-        ckey = ms.methods.get("c-examples")(variant=variant, n=N).extract(owner, d.meta,
-                                                                          references=references)
+        ckey = ms.methods.get("c-examples")(variant=variant, n=N).extract(owner, d.meta)
         csecs = time.perf_counter() - t1
-        pos_v = {name: ms.verify(m, ckey) for name, m in [("ftal3", ftal), ("prune30", attacked["prune30"]),
-                                                          ("int8", int8)]}
-        neg_v = [ms.verify(m, ckey) for m in negatives]
+        pos_v = {name: ms.verify(m, ckey, references=references)
+                 for name, m in [("ftal3", ftal), ("prune30", attacked["prune30"]), ("int8", int8)]}
+        neg_v = [ms.verify(m, ckey, references=references) for m in negatives]
         out["variants"][variant] = {
             "robustness": rob,
             "transferability": round(transfer, 3),
@@ -77,7 +76,7 @@ def main() -> dict:
                 "negative_scores": [round(v.score, 3) for v in neg_v],
                 "negative_p_values": [float(f"{v.p_value:.3g}") for v in neg_v],
                 "false_positives": sum(v.owned for v in neg_v),
-                "null": {k: ckey.params[k] for k in ("null_kind", "null_p0", "references", "reference_rates",
+                "null": {k: neg_v[0].details.get(k) for k in ("null_kind", "null_p0", "references", "reference_rates",
                                                        "null_rho", "starts")},
                 "seconds_per_fingerprint": round(csecs / N, 4),
             },

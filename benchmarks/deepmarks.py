@@ -86,7 +86,7 @@ def main() -> None:
                 innocents += bad
                 framed += bad > 0
                 exact += acc == set(coal)
-                fits.append(res.fit)
+                fits.append(res.details["fit"])
             row[name] = {"coalitions": len(use), "colluders_found": found / (size * len(use)),
                          "all_found_exactly": exact / len(use), "innocents_accused": innocents,
                          "coalitions_with_an_innocent_accused": framed, "mean_fit": float(np.mean(fits))}

@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from modelseal import bench  # noqa: E402
-from modelseal.bench import runner  # noqa: E402
-from modelseal.bench.bench_attacks import PerturbQueries, jpeg_like  # noqa: E402
+from modelseal.attacks.queries import PerturbQueries, jpeg_like  # noqa: E402
+from modelseal.bench import backends, driver, jobs  # noqa: E402
 from modelseal.bench.report import SECTIONS  # noqa: E402
 from modelseal.bench.scenario import ScenarioError  # noqa: E402
 from modelseal.bench.store import Store  # noqa: E402
@@ -72,8 +72,8 @@ def test_ray_backend_gives_identical_rows(resumed, tmp_path):
     out, _, _ = resumed
     summary = bench.run(TINY, tmp_path / "ray", backend="ray", num_cpus=2)
     assert summary["pending"] == 0 and summary["errors"] == 0
-    assert runner.rows_for_comparison(out / "results.sqlite") == \
-        runner.rows_for_comparison(tmp_path / "ray" / "results.sqlite")
+    assert driver.rows_for_comparison(out / "results.sqlite") == \
+        driver.rows_for_comparison(tmp_path / "ray" / "results.sqlite")
 
 
 def test_report_has_every_section_and_images_decode(resumed, tmp_path):
@@ -126,7 +126,7 @@ def test_missing_scenario_and_unknown_backend(tmp_path):
     with pytest.raises(ScenarioError, match="does not exist"):
         bench.load(tmp_path / "nope.toml")
     with pytest.raises(ModelSealError, match="unknown backend"):
-        runner.make_backend("spark")
+        backends.make_backend("spark")
 
 
 def test_model_bytes_round_trip():
@@ -140,6 +140,12 @@ def test_model_bytes_round_trip():
         models.model_from_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
 
 
+def models_suspect(m):
+    from modelseal import Suspect
+
+    return Suspect(m)
+
+
 def test_query_perturbations():
     x = torch.rand(3, 1, 28, 28)
     y = jpeg_like(x, 50)
@@ -151,7 +157,7 @@ def test_query_perturbations():
     from modelseal import models
 
     m = models.build("mlp", input_shape=(1, 28, 28), num_classes=10, seed=0)
-    s = PerturbQueries(kind="gaussian", std=0.1, seed=1).wrap(m)
+    s = PerturbQueries(kind="gaussian", std=0.1, seed=1).wrap(models_suspect(m))
     assert s.module is None  # black-box: white-box methods cannot peek past the perturbation
     assert s.predict(x).shape == (3, 10) and s.queries == 3
 
@@ -182,10 +188,10 @@ def test_negative_of_another_architecture_is_not_accused_and_says_why():
     other = ms.models.build("cnn", d.meta, seed=1)
     prot = {"label": "deepmarks", "method": "deepmarks", "family": "per-user"}
     neg = {"id": "n0", "label": "cnn#0", "arch": "cnn"}
-    row = runner.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(other), key.to_bytes(), "cpu", 1)
+    row = jobs.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(other), key.to_bytes(), "cpu", 1)
     assert row["status"] == "ok" and row["owned"] is False and row["innocents_accused"] == 0
     assert row["p_value"] is None and "layer" in row["detail"]["not_applicable"]
     # a negative the key does apply to gets a real verdict with a p-value
     same = ms.models.build("mlp", d.meta, seed=2)
-    row = runner.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(same), key.to_bytes(), "cpu", 1)
+    row = jobs.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(same), key.to_bytes(), "cpu", 1)
     assert row["status"] == "ok" and row["p_value"] is not None and row["innocents_accused"] == 0

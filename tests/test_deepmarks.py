@@ -49,8 +49,8 @@ def test_each_single_copy_is_traced_to_exactly_its_user(distributed):
     for j, c in enumerate(copies):
         res = ms.trace(c, key)
         assert res.accused == [j] and res.owned
-        assert res.best_user == j and res.single_p_value <= 1e-6
-        assert res.p_values[j] <= key.params["alpha"]
+        assert res.details["best_user"] == j and res.details["single_p_value"] <= 1e-6
+        assert res.details["p_values"][str(j)] <= res.alpha == 1e-6
 
 
 @pytest.mark.parametrize("size", [2, 3, 4, 5])
@@ -60,7 +60,7 @@ def test_averaging_colluders_accuses_all_of_them_and_no_innocent(distributed, si
     for _ in range(20):
         coal = sorted(rng.choice(31, size=size, replace=False).tolist())
         res = ms.trace(average([copies[j] for j in coal]), key)
-        assert res.accused == coal, (coal, res.accused, res.fit, res.p_value)
+        assert res.accused == coal, (coal, res.accused, res.details['fit'], res.p_value)
 
 
 def test_independent_models_and_the_owner_accuse_nobody(distributed, independent_models, _owner_cnn):
@@ -69,7 +69,7 @@ def test_independent_models_and_the_owner_accuse_nobody(distributed, independent
     assert len(cnns) == 3
     for m in [*cnns, _owner_cnn]:
         res = ms.trace(m, key)
-        assert res.accused == [] and not res.owned and res.p_value > key.params["alpha"]
+        assert res.accused == [] and not res.owned and res.p_value > res.alpha
 
 
 def test_key_round_trips_through_a_file(distributed, tmp_path):
@@ -78,7 +78,7 @@ def test_key_round_trips_through_a_file(distributed, tmp_path):
     loaded = Key.load(tmp_path / "dm.seal", method="deepmarks")
     assert ms.trace(copies[7], loaded).accused == [7]
     d = ms.trace(copies[7], loaded).to_dict()
-    assert d["accused"] == [7] and "7" in d["p_values"]
+    assert d["accused"] == [7] and "7" in d["details"]["p_values"]
 
 
 def test_key_for_another_architecture_is_refused(distributed, independent_models, mnist):
@@ -116,7 +116,7 @@ def test_too_many_users_is_refused_before_training(owner_cnn, mnist):
         DeepMarks(users=184).distribute(owner_cnn, mnist.owner)
 
 
-@pytest.mark.parametrize("kw", [{"rows": 5}, {"gamma": 0.0}, {"epochs": 0}, {"alpha": 2.0}])
+@pytest.mark.parametrize("kw", [{"rows": 5}, {"gamma": 0.0}, {"epochs": 0}])
 def test_bad_parameters_are_refused(owner_cnn, mnist, kw):
     with pytest.raises(ModelSealError):
         DeepMarks(users=7, **kw).distribute(owner_cnn, mnist.owner)

@@ -90,7 +90,7 @@ def keyed(mnist, _owner_cnn):
             elif name == "c-examples":
                 cache[name] = (owner, cls(variant="c", n=30, steps=30).extract(owner, mnist.meta))
             else:
-                cache[name] = (owner, cls(n=30, permutations=200).extract(owner, mnist.meta))
+                cache[name] = (owner, cls(n=30).extract(owner, mnist.meta))
         return cache[name]
 
     return get

@@ -229,7 +229,7 @@ def test_key_for_another_model_is_refused(reg_case):
 
 def test_bad_parameters_are_refused(reg_case):
     _, owner, _ = reg_case
-    with pytest.raises(ms.ModelSealError, match="n >= 3"):
+    with pytest.raises(ms.ModelSealError, match="n must be an integer"):
         TAFA(n=1).extract(owner, ms.data.InputSpec((10,), (0.0, 1.0)))
 
 

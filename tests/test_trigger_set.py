@@ -17,10 +17,9 @@ from modelseal.methods.trigger_set import (
     load_commitment,
     make_triggers,
     save_commitment,
-    sequential_test,
     trigger_accuracy,
 )
-from modelseal.stats import min_queries
+from modelseal.stats import min_queries, sequential_test
 
 TS = ms.methods.get("trigger-set")
 
@@ -120,8 +119,10 @@ def test_commitment_round_trip_and_verify(wm, tmp_path):
     check_commitment(key, loaded)
     v = ms.verify(marked, key, commitment=path)
     assert v.owned and v.details["commitment_checked"]
-    # The commitments hide the triggers: no image or label appears in the public file.
-    assert "images" not in path.read_text() and "labels" not in path.read_text()
+    # The commitments hide the triggers: no image, label or seed appears in the public file, only digests.
+    text = path.read_text()
+    assert len(text) < 20_000 and "seed" not in loaded["params"]
+    assert str(key.tensors["labels"].tolist()[:10])[1:-1] not in text
 
 
 @pytest.mark.parametrize("what, index", [("images", 7), ("labels", 42), ("nonces", 99)])
@@ -155,9 +156,9 @@ def test_commitment_for_another_key_refused(wm, mnist):
     ('{"type": "something"}', "'type'"),
     ('{"type": "modelseal-commitment", "format": 99}', "newer"),
     ('{"type": "modelseal-commitment", "format": 1, "method": "trigger-set", "created": "x", '
-     '"signature": {"input_shape": [1], "output_size": 2}, "commitments": ["abc"]}', "commitment 0"),
+     '"signature": {"input_shape": [1], "output_size": 2}, "commitments": ["abc"]}', "SHA-256"),
     ('{"type": "modelseal-commitment", "format": 1, "method": "trigger-set", "created": "x", '
-     '"signature": {"input_shape": [1]}, "commitments": []}', "signature"),
+     '"signature": {"input_shape": [1]}, "commitments": []}', "commitments"),
 ])
 def test_bad_commitment_file(tmp_path, content, msg):
     p = tmp_path / "c.json"
@@ -237,8 +238,6 @@ def test_scratch_mode_reinitialises(mnist):
     (dict(mode="fancy"), "unknown trigger-set mode"),
     (dict(k_per_batch=0), "k_per_batch"),
     (dict(lr=-1.0), "lr"),
-    (dict(alpha=2.0), "alpha"),
-    (dict(batch=0), "batch"),
 ])
 def test_bad_parameters(mnist, kw, msg):
     model = ms.models.build("mlp", mnist.meta, seed=0, hidden=(16,))

@@ -6,12 +6,12 @@ ONNX files or remote endpoints, and a robustness benchmark against removal attac
 """
 
 from . import attacks, data, methods, models, runtime, stats, train
+from ._version import __version__
 from .api import trace, unlock, verify
 from .errors import ModelSealError
 from .keys import Key
 from .suspect import Suspect
 from .verdict import Verdict
 
-__version__ = "0.1.0"
 __all__ = ["attacks", "data", "methods", "models", "runtime", "stats", "train", "verify", "trace", "unlock", "Key",
            "Suspect", "Verdict", "ModelSealError", "__version__"]

@@ -1,35 +1,101 @@
-"""Top-level verbs that dispatch on the key's method family: `verify`, `trace`, `unlock`."""
+"""Top-level verbs that dispatch on the key's method family: `verify`, `trace`, `unlock`.
+
+`verify` judges one suspect with one key, or with several keys at once (one fused verdict).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from . import methods
+from . import methods, stats, validate
+from .errors import ModelSealError
 from .keys import Key
 from .suspect import Suspect, as_suspect
-from .verdict import Verdict
+from .verdict import DEFAULT_ALPHA, Verdict
+
+FUSION_RULE = "Holm-Bonferroni (valid under any dependence between the tests)"
 
 
-def _key(key: Key | str) -> Key:
+def _key(key: Key | str | os.PathLike) -> Key:
     return key if isinstance(key, Key) else Key.load(key)
 
 
-def verify(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verdict:
-    """Judge `suspect` with `key` through the judge verb of its method's family. Returns a Verdict."""
-    return methods.judge(as_suspect(suspect), _key(key), **kw)
+def verify(suspect: Suspect | nn.Module | str, key: Key | str | Sequence[Key | str], *,
+           commitment: Any = None, evidence: str | os.PathLike | None = None, force: bool = False,
+           **verifier: Any) -> Verdict:
+    """Judge `suspect` with `key` through the judge verb of its method's family. Returns a Verdict.
+
+    `verifier` holds the verifier's rule: `alpha` (default 1e-6) and the method's own test parameters
+    (`modelseal methods NAME` lists them); a key never sets them. `commitment` (dict or path) must be
+    opened by the key first. `evidence` writes the transcript a third party re-checks with
+    `modelseal check` (refuses to overwrite without `force`).
+
+    Given a list of keys, every key judges the suspect and the result is one fused Verdict (method
+    "fused") whose p-value is the Holm-Bonferroni minimum over the keys' p-values; `details["verdicts"]`
+    holds each key's verdict. `commitment` and `evidence` are then lists, one entry per key (or None).
+    """
+    if isinstance(key, (list, tuple)):
+        return _fused(suspect, list(key), commitment, evidence, force, verifier)
+    s = as_suspect(suspect)
+    k = _key(key)
+    v = methods.judge(s, k, commitment=commitment, **verifier)
+    if evidence is not None:
+        from . import evidence as _evidence
+
+        _evidence.write(evidence, v, k, s, force=force)
+        v.details["evidence"] = str(evidence)
+    return v
+
+
+def _fused(suspect: Any, keys: list, commitments: Any, evidences: Any, force: bool,
+           verifier: dict[str, Any]) -> Verdict:
+    if not keys:
+        raise ModelSealError("verify needs at least one key")
+    n = len(keys)
+    commitments = list(commitments) if isinstance(commitments, (list, tuple)) else [commitments] * n
+    evidences = list(evidences) if isinstance(evidences, (list, tuple)) else [None] * n
+    if len(commitments) != n or len(evidences) != n:
+        raise ModelSealError("give one commitment and one evidence path per key (or none)")
+    alpha = validate.alpha(verifier.get("alpha", DEFAULT_ALPHA))
+    s = as_suspect(suspect)
+    loaded = [_key(k) for k in keys]
+    verdicts = []
+    for k, c, e in zip(loaded, commitments, evidences, strict=True):
+        # each key is judged at the fused alpha; its own method's other parameters pass through when it takes them
+        params = {p: v for p, v in verifier.items() if p in methods.info(k.method).cls.verify_params}
+        verdicts.append(verify(s, k, commitment=c, evidence=e, force=force, **params))
+    judged = [v for v in verdicts if v.judged]
+    adjusted = stats.holm([v.p_value for v in judged]) if judged else []
+    p = min(adjusted) if adjusted else 1.0
+    owned = bool(judged) and p <= alpha
+    details = {"rule": FUSION_RULE, "keys": n, "judged": len(judged),
+               "verdicts": [v.to_dict() for v in verdicts],
+               "adjusted_p_values": adjusted}
+    if not judged:
+        details["not_judged"] = "none of the keys could judge this suspect"
+    return Verdict("fused", owned=owned, score=-_log10(p), threshold=-_log10(alpha), p_value=p, alpha=alpha,
+                   queries=sum(v.queries for v in verdicts), details=details, judged=bool(judged))
+
+
+def _log10(p: float) -> float:
+    import math
+
+    return math.log10(max(p, 1e-300))
 
 
 def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verdict:
     """Name the users whose fingerprinted copies a suspect came from (per-user methods: DeepMarks)."""
     key = _key(key)
     methods.require_family(key.method, "per-user", "trace")
-    return methods.judge(as_suspect(suspect), key, **kw)
+    return verify(suspect, key, **kw)
 
 
 def unlock(locked: nn.Module, key: Key | str, **kw: Any) -> nn.Module:
     """Restore a locked model bit-exactly with its key (lock methods: AdvParams)."""
     key = _key(key)
-    mi = methods.require_family(key.method, "lock", "unlock")
-    return mi.cls().unlock(locked, key, **kw)
+    methods.require_family(key.method, "lock", "unlock")
+    return methods.restore(locked, key, **kw)

@@ -114,7 +114,19 @@ def _protect_and_save(protect, model_path: Path, data: str, device: str, out_pat
     after = train_mod.evaluate(protected, splits.test)
     models.save_model(protected, out_path, force=force)
     key.save(key_path, force=force)
+    _save_commitment(key, key_path, force)
     return before, after, key
+
+
+def _commitment_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.stem + ".public.json")
+
+
+def _save_commitment(key, key_path: Path, force: bool) -> Path:
+    """Every key gets its public commitment the moment it is made: KEY.public.json beside it."""
+    from . import commitment as commitment_mod
+
+    return commitment_mod.save(method_registry.commit(key), _commitment_path(key_path), force=force)
 
 
 def _emit(as_json: bool, payload: dict[str, Any], human) -> None:
@@ -201,8 +213,8 @@ def attack(
         model = _load_model(model_path, device)
         before = train_mod.evaluate(model, splits.test)
         t0 = time.perf_counter()
-        kw = {"progress": _progress(as_json)} if "progress" in cls.apply.__code__.co_varnames else {}
-        attacked = atk.apply(model, _split(splits, split), **kw)
+        atk.progress = _progress(as_json)
+        attacked = atk.apply(model, _split(splits, split))
         seconds = time.perf_counter() - t0
         after = train_mod.evaluate(attacked, splits.test)
         models.save_model(attacked, out_path, force=force)
@@ -230,9 +242,9 @@ def watermark_embed(
     try:
         check_writable(out_path, force)
         check_writable(key_path, force)
-        wm = _construct(method_registry.get(method), {"seed": seed, **_params(set_)})
-        if not hasattr(wm, "embed"):
-            raise ModelSealError(f"'{method}' is not a watermark; use `modelseal fingerprint extract` or `lock`")
+        check_writable(_commitment_path(key_path), force)
+        mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
+        wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(wm.embed, model_path, data, device, out_path, key_path, force,
                                                as_json)
     except ModelSealError as e:
@@ -250,8 +262,6 @@ def fingerprint_extract(
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="tafa | c-examples")] = "tafa",
     variant: Annotated[Optional[str], typer.Option(help="c-examples variant: c | rc | ltrc")] = None,
-    reference: Annotated[Optional[list[Path]], typer.Option(
-        "--reference", help="independent reference models that calibrate the null (c-examples)")] = None,
     set_: SetOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -261,22 +271,21 @@ def fingerprint_extract(
     seed = _secret_seed(seed)
     try:
         check_writable(key_path, force)
+        check_writable(_commitment_path(key_path), force)
+        mi = method_registry.require_family(method, "fingerprint", "modelseal fingerprint extract")
         params = {"seed": seed, **_params(set_)}
         if variant is not None:
             params["variant"] = variant
-        fp = _construct(method_registry.get(method), params)
-        if not hasattr(fp, "extract"):
-            raise ModelSealError(f"'{method}' is not a fingerprint; use `modelseal watermark embed` or `lock`")
+        fp = _construct(mi.cls, params)
         model = _load_model(model_path, device)
         spec = model.modelseal_spec
         bounds = tuple(spec.get("bounds", (0.0, 1.0)))
-        kw: dict[str, Any] = {"progress": _progress(as_json)}
-        if reference:
-            kw["references"] = [_load_model(p, device) for p in reference]
         t0 = time.perf_counter()
-        key = fp.extract(model, InputSpec(tuple(spec["input_shape"]), bounds), **kw)
+        key = method_registry.protect(fp, model, input_spec=InputSpec(tuple(spec["input_shape"]), bounds),
+                                      progress=_progress(as_json)).key
         seconds = time.perf_counter() - t0
         key.save(key_path, force=force)
+        _save_commitment(key, key_path, force)
     except ModelSealError as e:
         _fail(e)
     payload = {"method": method, "key": str(key_path), "digest": key.digest(), "seconds": seconds,
@@ -303,6 +312,7 @@ def deepmarks_distribute(
     seed = _secret_seed(seed)
     try:
         check_writable(key_path, force)
+        check_writable(_commitment_path(key_path), force)
         manifest_path = out_dir / "manifest.json"
         check_writable(manifest_path, force)
         dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
@@ -316,6 +326,7 @@ def deepmarks_distribute(
             models.save_model(m, p, force=force)
             rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
         key.save(key_path, force=force)
+        _save_commitment(key, key_path, force)
         manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
         manifest_path.write_text(json.dumps(manifest, indent=2))
     except ModelSealError as e:
@@ -329,78 +340,149 @@ def deepmarks_distribute(
 def trace(
     key_path: Annotated[Path, typer.Argument(help="deepmarks key")],
     suspect: Annotated[str, typer.Argument(help="suspect model file")],
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
+    evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from."""
     from .api import trace as trace_fn
     from .suspect import Suspect
 
     try:
-        result = trace_fn(Suspect.load(suspect), key_path)
+        kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
+        if evidence is not None:
+            check_writable(evidence, force)
+        result = trace_fn(Suspect.load(suspect), key_path, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
 
 
 # -------------------------------------------------------------------------------------- verify/commit
-@app.command()
-def verify(
-    key_path: Annotated[Path, typer.Argument(help="secret key (.seal)")],
-    suspect: Annotated[str, typer.Argument(help="suspect: model file, .onnx file, or http(s):// endpoint")],
-    commitment: Annotated[Optional[Path], typer.Option(help="public commitment to check the key against")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="significance level (default: the method's)")] = None,
-    max_queries: Annotated[Optional[int], typer.Option(help="query budget for the suspect")] = None,
-    token_env: Annotated[str, typer.Option(help="env var holding a bearer token for http suspects")] =
-        "MODELSEAL_TOKEN",
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
-) -> None:
-    """Judge a suspect model with a key. Exits 0 with the verdict; the verdict is data, not an exit code."""
-    from .api import verify as verify_fn
-    from .keys import Key
+def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] | None,
+                 reference: list[Path] | None, device: str) -> dict[str, Any]:
+    kw: dict[str, Any] = _params(set_)
+    if alpha is not None:
+        kw["alpha"] = alpha
+    if max_queries is not None:
+        kw["max_queries"] = max_queries
+    if reference:
+        kw["references"] = [_load_model(p, device) for p in reference]
+    return kw
+
+
+def _load_suspect(suspect: str, token_env: str, device: str):
     from .suspect import Suspect
 
+    load_kw: dict[str, Any] = {}
+    if suspect.startswith(("http://", "https://")):
+        load_kw["token_env"] = token_env
+    elif not suspect.endswith(".onnx"):
+        load_kw["device"] = _device(device)
+    return Suspect.load(suspect, **load_kw)
+
+
+@app.command()
+def verify(
+    paths: Annotated[list[str], typer.Argument(
+        help="KEY [KEY ...] SUSPECT: secret key(s) (.seal), then the suspect (model file, .onnx file, or "
+             "http(s):// endpoint); several keys give one fused verdict (Holm-Bonferroni)")],
+    commitment: Annotated[Optional[list[Path]], typer.Option(
+        help="public commitment the key must open (one per key, in order)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
+    max_queries: Annotated[Optional[int], typer.Option(help="query budget for the suspect")] = None,
+    reference: Annotated[Optional[list[Path]], typer.Option(
+        "--reference", help="independent reference model that estimates the null (c-examples; repeat)")] = None,
+    evidence: Annotated[Optional[list[Path]], typer.Option(
+        help="evidence file to write (one per key): the transcript `modelseal check` re-checks")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="verifier test parameter NAME=VALUE (see `modelseal methods`)")] = None,
+    token_env: Annotated[str, typer.Option(help="env var holding a bearer token for http suspects")] =
+        "MODELSEAL_TOKEN",
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0)."""
+    from .api import verify as verify_fn
+
     try:
-        key = Key.load(key_path)
-        kw: dict[str, Any] = {}
-        if alpha is not None:
-            kw["alpha"] = alpha
-        if max_queries is not None:
-            kw["max_queries"] = max_queries
-        if commitment is not None:
-            cls = method_registry.get(key.method)
-            if not hasattr(cls, "load_commitment"):
-                raise ModelSealError(f"'{key.method}' keys have no commitments")
-            kw["commitment"] = cls.load_commitment(commitment)
-            cls.check_commitment(key, kw["commitment"])
-        load_kw: dict[str, Any] = {}
-        if suspect.startswith(("http://", "https://")):
-            load_kw["token_env"] = token_env
-        elif not suspect.endswith(".onnx"):
-            load_kw["device"] = _device(device)
-        s = Suspect.load(suspect, **load_kw)
-        verdict = verify_fn(s, key, **kw)
+        if len(paths) < 2:
+            raise ModelSealError("verify needs KEY [KEY ...] SUSPECT")
+        keys, suspect = [Path(p) for p in paths[:-1]], paths[-1]
+        if commitment and len(commitment) != len(keys):
+            raise ModelSealError(f"give one --commitment per key ({len(keys)}), got {len(commitment)}")
+        if evidence and len(evidence) != len(keys):
+            raise ModelSealError(f"give one --evidence per key ({len(keys)}), got {len(evidence)}")
+        for e in evidence or []:
+            check_writable(e, force)
+        kw = _verifier_kw(alpha, max_queries, set_, reference, device)
+        s = _load_suspect(suspect, token_env, device)
+        if len(keys) == 1:
+            verdict = verify_fn(s, keys[0], commitment=commitment[0] if commitment else None,
+                                evidence=evidence[0] if evidence else None, force=force, **kw)
+        else:
+            verdict = verify_fn(s, keys, commitment=commitment, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
-    _emit(as_json, verdict.to_dict(), lambda: out.print(verdict.summary()))
+    _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
+
+
+def _verdict_text(verdict) -> str:
+    lines = [verdict.summary()]
+    for v in verdict.details.get("verdicts", []):
+        lines.append(f"  {v['method']}: p = {v['p_value']:.3g}" + ("" if v.get("judged", True) else
+                                                                 f" (not judged: {v['details'].get('not_judged')})"))
+    if "verdicts" in verdict.details:
+        lines.append(f"  combined by {verdict.details['rule']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def check(
+    evidence_path: Annotated[Path, typer.Argument(help="evidence file written by `verify --evidence`")],
+    commitment: Annotated[Path, typer.Option(help="the owner's public commitment (JSON)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-check an evidence file against a public commitment: recompute the statistic and p-value from the
+    transcript alone (no model, no secret key) and say whether they agree. Exit 0 if they agree, 1 if not."""
+    from . import evidence as evidence_mod
+
+    try:
+        report = evidence_mod.check(evidence_path, commitment)
+    except ModelSealError as e:
+        _fail(e)
+
+    def human() -> None:
+        r = report["recorded"]
+        if report["agrees"]:
+            out.print(f"{report['method']}: evidence agrees with the commitment: p = {r['p_value']:.3g}, "
+                      f"owned = {r['owned']} at alpha = {r['alpha']:.3g}")
+        else:
+            out.print(f"{report['method']}: evidence does NOT agree:")
+            for p in report["problems"]:
+                out.print(f"  - {p}")
+
+    _emit(as_json, report, human)
+    if not report["agrees"]:
+        raise typer.Exit(1)
 
 
 @app.command()
 def commit(
-    key_path: Annotated[Path, typer.Argument(help="secret trigger-set key")],
+    key_path: Annotated[Path, typer.Argument(help="secret key of any method")],
     out_path: Annotated[Path, typer.Option("--out", help="public commitment file to write (JSON)")],
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Write the public commitment of a key (safe to publish and timestamp)."""
+    """Write the public commitment of a key (safe to publish and timestamp). Keys made by modelseal already
+    have one beside them (KEY.public.json); this re-derives it."""
+    from . import commitment as commitment_mod
     from .keys import Key
 
     try:
         check_writable(out_path, force)
         key = Key.load(key_path)
-        cls = method_registry.get(key.method)
-        if not hasattr(cls, "commitment"):
-            raise ModelSealError(f"'{key.method}' keys have no commitments; commit takes a trigger-set key")
-        public = cls.commitment(key)
-        cls.save_commitment(public, out_path, force=force)
+        commitment_mod.save(method_registry.commit(key), out_path, force=force)
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, {"commitment": str(out_path)}, lambda: out.print(f"commitment -> {out_path}"))
@@ -421,6 +503,7 @@ def lock(
     try:
         check_writable(out_path, force)
         check_writable(key_path, force)
+        check_writable(_commitment_path(key_path), force)
         locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(locker.lock, model_path, data, device, out_path, key_path, force,
                                                as_json)

@@ -1,9 +1,15 @@
-"""Statistics shared by every method: tail probabilities, permutation tests, thresholds from null
-scores, ROC AUC, and the Uniqueness Score of characteristic-example fingerprints."""
+"""Every statistic modelseal uses, in one place: binomial and beta-binomial tails, the Clopper-Pearson
+bound and the conservative beta-binomial null from reference models, the exact sequential binomial test
+(min-p adjustment over planned looks) and its replay from a transcript, correlation tails, the paired
+permutation test with Hoeffding's normal tail, Holm-Bonferroni combination, thresholds from null scores,
+ROC AUC and the Uniqueness Score. Methods compute their features; the decisions are made here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from scipy import stats as _st
@@ -63,3 +69,242 @@ def uniqueness_score(robustness: float | Sequence[float], transferability: float
     transferability is the match rate on independently trained models.
     """
     return float(np.mean(robustness) - np.mean(transferability))
+
+
+# ------------------------------------------------------------------------------------------- binomial family
+def clopper_pearson_upper(matches: int, trials: int, confidence: float = 1.0 - 1e-3) -> float:
+    """One-sided Clopper-Pearson upper confidence bound of a binomial rate."""
+    if trials <= 0 or matches >= trials:
+        return 1.0
+    return float(_st.beta.ppf(confidence, matches + 1, trials - matches))
+
+
+def beta_binomial_tail(matches: int, n: int, a: float, b: float) -> float:
+    """P[BetaBinom(n, a, b) >= matches]."""
+    if matches <= 0:
+        return 1.0
+    if matches > n:
+        return 0.0
+    return float(min(1.0, max(0.0, _st.betabinom.sf(matches - 1, n, a, b))))
+
+
+def beta_binomial_null(counts: Sequence[int], n: int, rho_floor: float = 0.1, floor: float = 0.01,
+                       confidence: float = 1.0 - 1e-3) -> dict[str, float]:
+    """Conservative beta-binomial null from R reference models' match counts out of `n` items each.
+
+    Mean: the largest of the highest single reference rate, the Clopper-Pearson upper bound (at
+    `confidence`) of the pooled rate, and `floor`. Overdispersion rho (the between-model share of the
+    variance): the method-of-moments estimate, never below `rho_floor`. Returns the parameters a, b."""
+    if not counts or n < 1:
+        raise ValueError("need at least one reference count and n >= 1")
+    rates = [c / n for c in counts]
+    pooled = sum(counts) / (n * len(counts))
+    mu = min(0.99, max(max(rates), clopper_pearson_upper(sum(counts), n * len(counts), confidence), floor))
+    rho_hat = 0.0
+    if len(rates) >= 2 and 0 < pooled < 1 and n > 1:
+        m = sum(rates) / len(rates)
+        var = sum((r - m) ** 2 for r in rates) / (len(rates) - 1)
+        rho_hat = (n * var / (pooled * (1 - pooled)) - 1) / (n - 1)
+    rho = min(0.99, max(rho_hat, rho_floor))
+    scale = (1 - rho) / rho
+    return {"null_rate": pooled, "null_p0": mu, "null_rho": rho, "null_rho_estimate": rho_hat,
+            "null_a": mu * scale, "null_b": (1 - mu) * scale}
+
+
+def smallest_significant(n: int, tail, alpha: float) -> int | None:
+    """Smallest count m in 0..n with tail(m) <= alpha, or None when no count reaches alpha."""
+    for m in range(n + 1):
+        if tail(m) <= alpha:
+            return m
+    return None
+
+
+class SequentialBinomial:
+    """Exact min-p adjustment for looks at cumulative sizes `schedule` under matches ~ Bernoulli(p0).
+
+    `adjusted(t)` = P_null[some look has nominal tail P[Binom(n_j, p0) >= S_j] <= t]. Since the reported
+    p-value `adjusted(smallest nominal tail so far)` never falls below `adjusted(min over all looks)`,
+    whose law is super-uniform, it is valid at any (data-dependent) stopping time.
+    """
+
+    def __init__(self, schedule: Sequence[int], p0: float):
+        if not schedule or any(b <= a for a, b in zip([0, *schedule], schedule, strict=False)):
+            raise ValueError("schedule must be strictly increasing positive look sizes")
+        self.schedule, self.p0 = [int(s) for s in schedule], float(p0)
+        # tails[j][c] = P[Binom(n_j, p0) >= c]; the same numbers serve the design and the observations.
+        self.tails = [np.minimum(1.0, _st.binom.sf(np.arange(s + 1) - 1, s, p0)) for s in self.schedule]
+        incs = np.diff([0, *self.schedule])
+        self._pmf = {int(d): _st.binom.pmf(np.arange(d + 1), d, p0) for d in set(incs.tolist())}
+        self._incs = incs.tolist()
+        self.adjusted = lru_cache(maxsize=4096)(self._adjusted)
+
+    def nominal(self, look: int, matches: int) -> float:
+        return float(self.tails[look][matches])
+
+    def _adjusted(self, t: float) -> float:
+        dist = np.ones(1)
+        crossed = 0.0
+        tol = t * (1 + 1e-9)
+        for j, d in enumerate(self._incs):
+            dist = np.convolve(dist, self._pmf[d])
+            c = int(np.argmax(self.tails[j] <= tol)) if self.tails[j][-1] <= tol else len(dist)
+            crossed += float(dist[c:].sum())
+            dist[c:] = 0.0
+        return float(min(1.0, crossed))
+
+
+@lru_cache(maxsize=64)
+def sequential_design(schedule: tuple[int, ...], p0: float) -> SequentialBinomial:
+    return SequentialBinomial(schedule, p0)
+
+
+def sequential_schedule(budget: int, batch: int) -> list[int]:
+    """Look sizes batch, 2*batch, ..., budget."""
+    return list(range(batch, budget, batch)) + [budget]
+
+
+def sequential_test(answer: Callable[[int, int], np.ndarray], budget: int, p0: float, alpha: float,
+                    batch: int) -> dict[str, Any]:
+    """Sequential binomial test: `answer(lo, hi)` returns match booleans of items lo..hi-1 (in order).
+
+    Looks are at batch, 2*batch, ..., budget. Stops when the adjusted p-value <= alpha ("owned"), when
+    alpha can no longer be reached even if every remaining item matched ("futile"), or at the budget.
+    When even `budget` matches out of `budget` cannot reach alpha, nothing is asked and `stop` says so.
+    """
+    if budget < 1:
+        return {"owned": False, "p_value": 1.0, "p_nominal": 1.0, "score": 0.0, "threshold": float("inf"),
+                "matches": 0, "queried": 0, "looks": 0, "planned_looks": 0, "stop": "no query budget",
+                "reachable": False}
+    schedule = sequential_schedule(budget, batch)
+    seq = sequential_design(tuple(schedule), float(p0))
+    base = {"planned_looks": len(schedule), "batch": batch, "budget": budget}
+    if seq.adjusted(seq.nominal(len(schedule) - 1, budget)) > alpha:
+        return {**base, "owned": False, "p_value": 1.0, "p_nominal": 1.0, "score": 0.0,
+                "threshold": float("inf"), "matches": 0, "queried": 0, "looks": 0, "reachable": False,
+                "stop": f"unreachable: even {budget} matches out of {budget} cannot reach alpha = {alpha:g}; "
+                        "raise the query budget"}
+    matches, queried, best = 0, 0, 1.0
+    stop = "budget"
+    for j, size in enumerate(schedule):
+        hits = np.asarray(answer(queried, size), dtype=bool)
+        if hits.shape != (size - queried,):
+            raise ValueError(f"expected {size - queried} answers, got {hits.shape}")
+        matches += int(hits.sum())
+        queried = size
+        nominal = seq.nominal(j, matches)
+        best = min(best, nominal)
+        p_adj = seq.adjusted(best)
+        if p_adj <= alpha:
+            stop = "owned"
+            break
+        if j + 1 < len(schedule):
+            rest = budget - queried
+            if seq.adjusted(min(best, seq.nominal(len(schedule) - 1, matches + rest))) > alpha:
+                stop = "futile"
+                break
+    need = next((c for c in range(queried + 1) if seq.adjusted(min(best, seq.nominal(j, c))) <= alpha), None)
+    return {**base, "owned": p_adj <= alpha, "p_value": p_adj, "p_nominal": nominal, "p_nominal_min": best,
+            "score": matches / queried, "threshold": (need / queried) if need is not None else float("inf"),
+            "matches": matches, "queried": queried, "looks": j + 1, "stop": stop, "reachable": True}
+
+
+def sequential_replay(hits: Sequence[bool], budget: int, p0: float, alpha: float, batch: int) -> dict[str, Any]:
+    """Recompute a sequential test from its recorded answers (a transcript): the same result, or ValueError
+    when the transcript is not what the test would have asked."""
+    arr = np.asarray(hits, dtype=bool)
+
+    def answer(lo: int, hi: int) -> np.ndarray:
+        if hi > len(arr):
+            raise ValueError(f"the transcript holds {len(arr)} answers but the test asks for {hi}")
+        return arr[lo:hi]
+
+    res = sequential_test(answer, budget, p0, alpha, batch)
+    if res["queried"] != len(arr):
+        raise ValueError(f"the transcript holds {len(arr)} answers but the test stops after {res['queried']}")
+    return res
+
+
+# ------------------------------------------------------------------------------------------- correlation
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two vectors (0 when either is constant)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / den) if den > 1e-12 else 0.0
+
+
+def correlation_log_tail(r: float, v: int) -> float:
+    """log P[R >= r] for the Pearson correlation of an isotropic Gaussian vector in R^v with a fixed one."""
+    r = min(r, 1.0 - 1e-15)
+    t = r * math.sqrt(v - 2) / math.sqrt(1.0 - r * r)
+    return float(_st.t.logsf(t, v - 2))
+
+
+def log_count_subsets(total: int, max_size: int) -> float:
+    """log of the number of subsets of 1..max_size items out of `total` (a Bonferroni factor)."""
+    logs = [math.lgamma(total + 1) - math.lgamma(s + 1) - math.lgamma(total - s + 1)
+            for s in range(1, min(max_size, total) + 1)]
+    m = max(logs)
+    return m + math.log(sum(math.exp(x - m) for x in logs))
+
+
+def rank_standardize(a: np.ndarray) -> np.ndarray:
+    """Ranks per column, centred and scaled to unit sd (constant columns become 0)."""
+    r = _st.rankdata(a, axis=0)
+    r = r - r.mean(0, keepdims=True)
+    sd = r.std(0, keepdims=True)
+    return np.where(sd > 0, r / np.where(sd > 0, sd, 1), 0.0)
+
+
+def paired_permutation_test(a: np.ndarray, b: np.ndarray, margin: float = 0.0, permutations: int = 0,
+                            seed: int = 0) -> dict[str, Any]:
+    """Test H0: correlation(rows of a paired with rows of b) <= `margin`, against row permutations.
+
+    `a`, `b` are (n, d) and column-centred. The statistic is the linear permutation statistic
+    S = sum_i <a_i, b_i> = sum_i c[i, i] with c = a b^T doubly centred; its permutation mean (0) and
+    variance (sum c^2 / (n - 1)) are exact, and Hoeffding's combinatorial central limit theorem gives
+    the normal tail used as the p-value (shifted by `margin` times the norm). `permutations` > 0 adds a
+    Monte Carlo p-value against 0 as a check (it cannot go below 1 / (permutations + 1)).
+    """
+    n = a.shape[0]
+    c = a @ b.T
+    stat = float(np.trace(c))
+    var = float((c ** 2).sum() / (n - 1))
+    norm = math.sqrt(float((a ** 2).sum() * (b ** 2).sum()))
+    score = stat / norm if norm > 0 else 0.0
+    if var <= 0:
+        p, z = 1.0, 0.0
+    else:
+        z = (stat - margin * norm) / math.sqrt(var)
+        p = float(min(1.0, max(_st.norm.sf(z), 0.0)))
+    sd = math.sqrt(var) if var > 0 else 0.0
+    out: dict[str, Any] = {"score": score, "p_value": p, "z": z, "z_vs_zero": stat / sd if sd > 0 else 0.0,
+                           "margin": margin, "sd": sd, "norm": norm}
+    if permutations > 0 and var > 0:
+        rng = np.random.default_rng(seed)
+        idx = np.arange(n)
+        null = np.array([c[idx, rng.permutation(n)].sum() for _ in range(permutations)])
+        out["p_monte_carlo_vs_zero"] = permutation_pvalue(stat, null)
+        out["permutations"] = permutations
+    return out
+
+
+def paired_permutation_threshold(margin: float, sd: float, norm: float, alpha: float) -> float:
+    """The score at which `paired_permutation_test`'s p-value equals alpha."""
+    return float(margin + _st.norm.isf(alpha) * sd / norm) if norm > 0 else float("inf")
+
+
+# ------------------------------------------------------------------------------------------- combining
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (valid under any dependence), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return [float(x) for x in adj]

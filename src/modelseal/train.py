@@ -119,13 +119,16 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Raw outputs of `model` on `x`, batched, in eval mode, returned on the CPU."""
+    """Raw outputs of `model` on `x`, batched, in eval mode, without gradients, returned on the CPU."""
     dev = model_device(model)
     was = model.training
     model.eval()
-    outs = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
-    model.train(was)
+    try:
+        outs = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was)
     return torch.cat(outs) if outs else torch.empty(0)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 DEFAULT_ALPHA = 1e-6
@@ -14,7 +14,11 @@ class Verdict:
     """Judgement on a suspect model.
 
     `p_value` is the chance that an independent model scores at least `score`; `owned` is
-    `p_value <= alpha`. `queries` counts the inputs the suspect was asked about.
+    `p_value <= alpha`, where alpha is the verifier's (never the key's). `queries` counts the inputs the
+    suspect was asked about. `accused` lists the users a per-user method names (None for other families).
+    `judged` is False when the method could not reach a decision (e.g. no calibrated null): then
+    `owned` is False and `details["not_judged"]` says why. `transcript` (not printed, not in `to_dict`)
+    holds what the suspect was asked and answered, for an evidence file.
     """
 
     method: str
@@ -25,17 +29,32 @@ class Verdict:
     alpha: float = DEFAULT_ALPHA
     queries: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    accused: list[int] | None = None
+    judged: bool = True
+    transcript: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.p_value <= 1.0) or math.isnan(self.p_value):
             raise ValueError(f"p_value must lie in [0, 1], got {self.p_value}")
+        if self.owned and not self.judged:
+            raise ValueError("a verdict that was not judged cannot be owned")
+        if self.owned and not self.p_value <= self.alpha:
+            raise ValueError(f"owned needs p_value <= alpha, got p = {self.p_value} > alpha = {self.alpha}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "transcript"}
         d["owned"] = bool(d["owned"])
+        if d["accused"] is None:
+            d.pop("accused")
         return jsonable(d)
 
     def summary(self) -> str:
+        if not self.judged:
+            return f"{self.method}: not judged: {self.details.get('not_judged', 'no decision possible')}"
+        if self.accused is not None:
+            who = (f"accused user(s) {', '.join(str(j) for j in self.accused)}" if self.accused
+                   else "nobody accused")
+            return f"{self.method}: {who} (p = {self.p_value:.3g}, alpha = {self.alpha:.3g})"
         word = "OWNED" if self.owned else "not owned"
         return (f"{self.method}: {word} (score {self.score:.4g}, p = {self.p_value:.3g}, "
                 f"alpha = {self.alpha:.3g}, queries = {self.queries})")

@@ -1,7 +1,18 @@
 """Registry of removal and evasion attacks: `get(name)` returns the class, `names()` lists them.
 
 An attack is configured in its constructor and has one verb, `apply(model, data) -> new model`.
-It never mutates its input and is deterministic given its seed. Attacks know nothing of protections.
+It never mutates its input and is deterministic given its seed. Two class attributes say what else it
+needs, so the bench and the CLI call every attack the same way:
+
+- `copies` (default 1): how many distributed copies the attack combines (`collude` averages k of them);
+  `apply_many(models, data)` receives that many (the default calls `apply` on the first);
+- `acts_on` (default "weights"): "queries" for attacks that change what the model is asked rather than
+  the model (`perturb`); `wrap(suspect, meta)` returns the suspect the verifier then queries (the default
+  returns it unchanged).
+
+Training attacks show progress through their `progress` attribute (the runtime's one protocol).
+Attacks defined elsewhere register here too: `overwrite` lives in `modelseal.bench` because it composes a
+protection, and is found by name like the others.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from ..errors import ModelSealError, RegistryError
 
 _REGISTRY: dict[str, type] = {}
 _MODULES = ["modelseal.attacks.finetune", "modelseal.attacks.pruning", "modelseal.attacks.weights",
-            "modelseal.attacks.distill"]
+            "modelseal.attacks.distill", "modelseal.attacks.queries", "modelseal.bench.overwrite"]
 
 
 class AttackError(ModelSealError):
@@ -28,9 +39,22 @@ class Attack:
 
     name = "attack"
     seed: int = 0
+    copies = 1
+    acts_on = "weights"
+    progress = None
 
     def apply(self, model: nn.Module, data=None) -> nn.Module:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def apply_many(self, models: list[nn.Module], data=None) -> nn.Module:
+        """Attack `self.copies` distributed copies at once (default: `apply` on the first)."""
+        if len(models) < self.copies:
+            raise AttackError(f"{self.name} needs {self.copies} copies, got {len(models)}")
+        return self.apply(models[0], data)
+
+    def wrap(self, suspect, meta=None):
+        """The suspect the verifier queries after this attack (default: unchanged)."""
+        return suspect
 
     @staticmethod
     def copy_model(model: nn.Module) -> nn.Module:

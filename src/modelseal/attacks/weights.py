@@ -162,3 +162,28 @@ class ResetOutliers(Attack):
                 if bool(outliers.any()):
                     p.copy_(torch.where(outliers, mean, w).to(p.dtype))
         return out
+
+
+@register("collude")
+@dataclass
+class Collude(Attack):
+    """Collusion of `k` users: the elementwise mean of their `k` distributed copies (`average`)."""
+
+    k: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("k", self.k, 2, 1000, integer=True)
+        self.k = int(self.k)
+
+    @property
+    def copies(self) -> int:  # type: ignore[override]
+        return self.k
+
+    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        raise AttackError(f"collude averages {self.k} distributed copies: call apply_many([copy, ...])")
+
+    def apply_many(self, models: list[nn.Module], data: Dataset | None = None) -> nn.Module:
+        if len(models) != self.k:
+            raise AttackError(f"collude k={self.k} needs {self.k} copies, got {len(models)}")
+        return Average(others=list(models[1:])).apply(models[0])

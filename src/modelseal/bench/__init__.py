@@ -7,8 +7,8 @@ in-process or on Ray, stored in SQLite, and summarised in one self-contained HTM
 
 from __future__ import annotations
 
+from .driver import run
 from .report import report
-from .runner import run
 from .scenario import Scenario, ScenarioError, load, parse
 
 __all__ = ["run", "report", "load", "parse", "Scenario", "ScenarioError"]

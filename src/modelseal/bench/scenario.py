@@ -1,7 +1,7 @@
 """Benchmark scenarios: a TOML file expanded into preparation jobs and cells.
 
 A scenario names the data set, the owner model and its training, the protections (registered methods with
-parameters), the attacks (registered attacks or the bench's composed attacks, see `bench_attacks`) with
+parameters), the attacks (any name in `modelseal.attacks`, `overwrite`, `perturb` and `collude` included) with
 parameter sweeps (any list value is swept; several lists give their product), the negatives (independent
 models trained on the attacker split) and the seeds. Example::
 
@@ -43,15 +43,28 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import validate
 from ..errors import ModelSealError
+from ..verdict import DEFAULT_ALPHA
 
 BUILTIN = ("demo", "tiny")
 TOP_KEYS = {"name", "data", "data_seed", "seeds", "baseline", "device", "threads", "owner", "protections",
-            "attacks", "negatives"}
+            "attacks", "negatives", "alpha"}
 
 
 class ScenarioError(ModelSealError):
     """A scenario file is not valid TOML or does not follow the scenario schema."""
+
+
+def protect_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The protection's parameters that configure the method (its constructor)."""
+    return {k: v for k, v in params.items() if k not in cls.verify_params}
+
+
+def verifier_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The protection's parameters that belong to the verifier (the method's `verify_params`); for
+    `references` the value is the number of independent reference models the bench trains."""
+    return {k: v for k, v in params.items() if k in cls.verify_params}
 
 
 def _digest(obj: Any) -> str:
@@ -106,6 +119,7 @@ class Scenario:
     text: str = ""
     source: str = "<scenario>"
     cells: list[Cell] = field(default_factory=list)
+    alpha: float = DEFAULT_ALPHA  # the verifier's false-accusation rate for every verdict
 
     def owner_spec(self) -> dict[str, Any]:
         return {"data": self.data, "data_seed": self.data_seed, **self.owner}
@@ -170,7 +184,6 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     from .. import attacks as attack_registry
     from .. import methods as method_registry
     from ..errors import RegistryError
-    from . import bench_attacks
 
     try:
         raw = tomllib.loads(text)
@@ -217,7 +230,10 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
             raise c.fail("method", str(e), i) from None
         params = c.typed(p, "params", "params", dict, {}, occ=i)
         try:
-            cls(**{k: v for k, v in params.items() if k != "references"})
+            cls(**protect_params(cls, params))
+            vp = verifier_params(cls, params)
+            if "references" in vp:
+                validate.count("references", vp["references"], 0, 1000)
         except (TypeError, ModelSealError) as e:
             raise c.fail("params", f"bad parameters for {method}: {e}", i) from None
         label = c.typed(p, "label", "label", str, method, occ=i)
@@ -226,7 +242,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     if len(set(labels)) != len(labels):
         raise c.fail("label", f"protection labels must be unique, got {labels}; add label = \"...\"")
 
-    known_attacks = set(attack_registry.names()) | set(bench_attacks.NAMES)
+    known_attacks = set(attack_registry.names())
     variants: list[AttackVariant] = []
     if baseline:
         variants.append(AttackVariant("none", "none", {}, 0.0, None))
@@ -255,7 +271,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
             strength = values[0] if values and isinstance(values[0], (int, float)) else None
             tag = label + ("" if not swept else " " + ",".join(f"{k}={v}" for k, v in zip(swept, values, strict=False)))
             try:
-                bench_attacks.make(attack, concrete, seed=0, check_only=True)
+                attack_registry.get(attack)(**concrete, seed=0)
             except (TypeError, ModelSealError) as e:
                 raise c.fail("params", f"bad parameters for attack {attack}: {e}", i) from None
             variants.append(AttackVariant(tag, attack, concrete,
@@ -273,8 +289,13 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         if a not in model_zoo.names():
             raise c.fail("archs", f"unknown architecture '{a}'; known: {', '.join(model_zoo.names())}")
 
+    alpha = c.typed(raw, "alpha", "alpha", (int, float), DEFAULT_ALPHA)
+    try:
+        alpha = validate.alpha(alpha)
+    except ModelSealError as e:
+        raise c.fail("alpha", str(e)) from None
     sc = Scenario(name, data, data_seed, list(seeds), owner, protections, variants, negatives, baseline,
-                  device, threads, text, source)
+                  device, threads, text, source, alpha=alpha)
     for p in protections:
         for v in variants:
             if v.only is not None and p.label not in v.only:

@@ -9,10 +9,16 @@ A method registers itself with `@register(name, family=..., access=...)`. Its fa
 - `lock`: `lock(model, data, progress) -> (model, Key)`; no judge verb: `unlock(locked, key) -> model` restores it
 
 `access` says what the judge verb needs of a suspect: `labels`, `outputs` or `white-box` weights.
-Consumers (CLI, bench, demo, report) call `protect`, `judge` and `restore` below, which follow the declared
-family; nothing branches on a method's name or guesses with `hasattr`. A method's verifier parameters (the
-ones that change a decision: alpha, looks, margins, the null) are declared in `verify_params` and always
-come from the caller (see `modelseal.validate`), never from a key.
+Consumers (CLI, bench, demo, report) call `protect`, `judge`, `restore` and `commit` below, which follow
+the declared family; nothing branches on a method's name. A method's verifier parameters (the ones that
+change a decision: alpha, looks, margins, the null) are declared in `verify_params` (name -> (default,
+meaning)) and always come from the caller (see `modelseal.validate`), never from a key.
+
+Optional hooks a method class may define: `commitment_extra(key) -> dict` and
+`check_commitment_extra(key, public) -> [differences]` (method-specific commitment fields);
+`recheck(opened, transcript, public) -> {score, p_value, owned}` (recompute a verdict from an evidence
+file; without it the method writes no evidence); `evidence_open(key, transcript)` and
+`evidence_check(opened, public)` (reveal and check less than every key tensor).
 """
 
 from __future__ import annotations
@@ -135,10 +141,12 @@ def require_family(name: str, family: str, verb: str) -> MethodInfo:
 
 @dataclass
 class Protected:
-    """What every protect verb gives: the protected model(s) (one per user for per-user methods) and the Key."""
+    """What every protect verb gives: the protected model(s) (one per user for per-user methods), the Key,
+    and the key's public commitment (made at the same moment)."""
 
     models: list[Any]
     key: Any
+    commitment: dict[str, Any] | None = None
 
 
 def protect(method: Any, model: Any, data: Any = None, input_spec: Any = None, progress: Any = None) -> Protected:
@@ -153,24 +161,86 @@ def protect(method: Any, model: Any, data: Any = None, input_spec: Any = None, p
             spec = meta_of(data) if data is not None else None
         if spec is None:
             raise ModelSealError(f"{type(method).name} needs an input specification (shape, bounds) to extract")
-        return Protected([model], method.extract(model, spec, progress=progress))
+        key = method.extract(model, spec, progress=progress)
+        return Protected([model], key, commit(key))
     if data is None:
         raise ModelSealError(f"{type(method).name} ({family}) needs the owner's training data")
-    if family == "per-user":
-        copies, key = method.distribute(model, data, progress=progress)
-        return Protected(list(copies), key)
     out, key = getattr(method, FAMILIES[family][0])(model, data, progress=progress)
-    return Protected([out], key)
+    return Protected(list(out) if isinstance(out, (list, tuple)) else [out], key, commit(key))
 
 
-def judge(suspect: Any, key: Any, **verifier: Any) -> Any:
-    """Judge `suspect` with `key` through the judge verb of the key's method family; returns a Verdict."""
+def restore(locked: Any, key: Any, **kw: Any) -> Any:
+    """Undo a lock with its key (lock family)."""
+    mi = info(key.method)
+    if mi.family != "lock":
+        raise ModelSealError(f"'{key.method}' is a {mi.family} method; only lock keys restore a model")
+    return mi.cls().unlock(locked, key, **kw)
+
+
+def declared(name: str) -> dict[str, Any]:
+    """A method's default verifier parameters (recorded in commitments as the owner's declared ones)."""
+    return {k: v[0] for k, v in info(name).cls.verify_params.items() if k not in ("references", "max_queries")}
+
+
+def commit(key: Any) -> dict[str, Any]:
+    """The public commitment of `key`: generic digests plus the method's own fields."""
+    from .. import commitment
+
+    cls = info(key.method).cls
+    extra = cls.commitment_extra(key) if getattr(cls, "commitment_extra", None) else None
+    return commitment.make(key, declared=declared(key.method), extra=extra)
+
+
+def commitment_differences(key: Any, public: dict[str, Any]) -> list[str]:
+    from .. import commitment
+
+    diff = commitment.differences(key, public)
+    cls = info(key.method).cls
+    if getattr(cls, "check_commitment_extra", None) and public.get("method") == key.method:
+        diff = diff + cls.check_commitment_extra(key, public)
+    return diff
+
+
+def open_commitment(key: Any, public: dict[str, Any]) -> None:
+    """KeyIntegrityError naming what differs unless `key` opens the commitment `public`."""
+    from ..errors import KeyIntegrityError
+
+    diff = commitment_differences(key, public)
+    if diff:
+        raise KeyIntegrityError("the key does not open its commitment: " + "; ".join(diff))
+
+
+def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> Any:
+    """Judge `suspect` with `key` through the judge verb of the key's method family; returns a Verdict.
+
+    `verifier` holds the verifier's parameters (alpha and the method's `verify_params`); unknown ones are
+    refused. With `commitment` (a dict or a path) the key must first open it.
+    """
+    from .. import commitment as _commitment
+
     mi = info(key.method)
     if not mi.judges:
         raise ModelSealError(f"'{key.method}' keys do not judge suspects ({mi.family}); "
                              f"use `modelseal unlock` to restore a locked model")
-    return getattr(mi.cls(), mi.judge_verb)(suspect, key, **verifier)
+    allowed = mi.cls.verify_params
+    unknown = sorted(set(verifier) - set(allowed))
+    if unknown:
+        raise ModelSealError(f"{key.method} does not take the verifier parameter(s) {', '.join(unknown)}; "
+                             f"it takes: {', '.join(allowed) or 'none'}")
+    public = None
+    if commitment is not None:
+        public = commitment if isinstance(commitment, dict) else _commitment.load(commitment)
+        open_commitment(key, public)
+    v = getattr(mi.cls(), mi.judge_verb)(suspect, key, **verifier)
+    v.details["commitment_checked"] = public is not None
+    if public is not None:
+        used = {k: verifier.get(k, allowed[k][0]) for k in public.get("declared", {}) if k in allowed}
+        differ = {k: {"declared": public["declared"][k], "used": used[k]} for k in used
+                  if public["declared"][k] != used[k]}
+        if differ:
+            v.details["verifier_differs_from_declared"] = differ
+    return v
 
 
 __all__ = ["FAMILIES", "ACCESS", "MethodInfo", "Protected", "register", "get", "info", "names", "protect", "judge",
-           "require_family"]
+           "restore", "commit", "open_commitment", "commitment_differences", "declared", "require_family"]

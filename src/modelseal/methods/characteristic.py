@@ -25,14 +25,17 @@ Where modelseal deviates from (or fixes what the paper leaves open), and why:
   examples transfer, and how much differs a lot from one independent model to the next (measured on mnist5k:
   0.2 to 0.99 for independent CNNs and MLPs on the same key), while per-example matches are only weakly
   correlated across models. So the examples are not independent trials under the null; the model is the unit.
-  With `references=[...]` (independent models, never derived from the owner) the key stores a beta-binomial
-  null: mean = max(highest reference rate, Clopper-Pearson upper bound at confidence 1 - 1e-3 of the pooled
-  rate, 0.01), overdispersion rho = the method-of-moments estimate from the reference rates, never below 0.1.
-  The p-value is that beta-binomial's upper tail. It is honest and therefore demanding: when references
-  disagree (a CNN matching 0.8, an MLP 0.0), rho nears 1 and no match rate can reach alpha = 1e-6.
-  Without references the null is binomial with p = 1/C and `calibrated=False`: **that null is uncalibrated,
-  and an independent model that happens to transfer can be accused** (measured: independent mnist5k CNNs
-  match 0.6-0.99 of the examples, p far below 1e-6 against 1/C); treat such verdicts as indicative only.
+  So the null is estimated by the *verifier* from `references=[...]` passed to `verify` (independent
+  models, never derived from the owner; `modelseal train` on data the owner did not use makes them): a
+  beta-binomial with mean = max(highest reference rate, Clopper-Pearson upper bound at confidence 1 - 1e-3
+  of the pooled rate, 0.01) and overdispersion rho = the method-of-moments estimate from the reference
+  rates, never below 0.1 (`stats.beta_binomial_null`). R references cannot support a p-value below
+  1/(R + 1) (the suspect can at best out-match all of them), so the reported p-value is the larger of the
+  beta-binomial tail and 1/(R + 1): reaching alpha needs R >= 1/alpha - 1 references (999,999 at the
+  default alpha 1e-6 — in practice c-examples accuses only at a larger alpha the verifier chooses).
+  **Without references nothing is judged**: the verdict says "not judged: no reference models" with the
+  match rate and is never `owned` (measured: against a 1/C null 19 of 20 independent 8x8 digits models
+  were accused at alpha 1e-6). The key holds no null and no alpha.
 - The paper's examples come from CIFAR-scale models; on mnist5k the separation the paper reports does not
   hold: independent CNNs trained on other data match as many examples as the owner fine-tuned for 3 epochs
   (FTAL), for every variant and for margin, eps and radius settings tried (see benchmarks/c_examples.py).
@@ -51,31 +54,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy import stats as _st
 from torch import nn
 
-from .. import stats
+from .. import stats, validate
 from ..data import InputSpec, as_input_spec
 from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError
 from ..keys import Key
 from ..runtime import model_device, track
 from ..suspect import Suspect, as_suspect
+from ..train import predict
 from ..verdict import DEFAULT_ALPHA, Verdict
 from . import register
 
 VARIANTS = ("c", "rc", "ltrc")
-_CP_CONFIDENCE = 1.0 - 1e-3
-_NULL_FLOOR = 0.01
-_RHO_FLOOR = 0.1  # least between-model overdispersion assumed for the beta-binomial null
-
-
-def clopper_pearson_upper(matches: int, trials: int, confidence: float = _CP_CONFIDENCE) -> float:
-    """One-sided Clopper-Pearson upper bound of a binomial rate."""
-    if trials <= 0:
-        return 1.0
-    if matches >= trials:
-        return 1.0
-    return float(_st.beta.ppf(confidence, matches + 1, trials - matches))
+MAX_REFERENCES = 1000
 
 
 def high_pass(d: torch.Tensor, radius: float) -> torch.Tensor:
@@ -88,43 +80,11 @@ def high_pass(d: torch.Tensor, radius: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(d) * mask).real
 
 
-def null_tail(matches: int, n: int, params: dict[str, Any]) -> float:
-    """P[an independent model matches >= `matches` of `n` examples] under the key's null: beta-binomial
-    when the key was calibrated on references, else binomial with p = 1/C."""
-    if params.get("null_kind") == "beta-binomial":
-        if matches <= 0:
-            return 1.0
-        a, b = float(params["null_a"]), float(params["null_b"])
-        return float(min(1.0, max(0.0, _st.betabinom.sf(matches - 1, n, a, b))))
-    return stats.binomial_tail(matches, n, float(params["null_p0"]))
-
-
-def _min_rate_for(n: int, params: dict[str, Any], alpha: float) -> float:
-    """Smallest match rate m/n whose null tail is at most alpha (inf when none reaches alpha)."""
-    for m in range(n + 1):
-        if null_tail(m, n, params) <= alpha:
-            return m / n
-    return math.inf
-
-
-def beta_binomial_null(counts: Sequence[int], n: int, rho_floor: float = _RHO_FLOOR) -> dict[str, Any]:
-    """Conservative beta-binomial null from reference models' match counts out of `n` examples.
-
-    Mean: the largest of the highest single reference rate, the Clopper-Pearson upper bound (confidence
-    1 - 1e-3) of the pooled rate and 0.01. Overdispersion rho (the between-model share of the variance):
-    the method-of-moments estimate, never below `rho_floor`."""
-    rates = [c / n for c in counts]
-    pooled = sum(counts) / (n * len(counts))
-    mu = min(0.99, max(max(rates), clopper_pearson_upper(sum(counts), n * len(counts)), _NULL_FLOOR))
-    rho_hat = 0.0
-    if len(rates) >= 2 and 0 < pooled < 1 and n > 1:
-        m = sum(rates) / len(rates)
-        var = sum((r - m) ** 2 for r in rates) / (len(rates) - 1)
-        rho_hat = (n * var / (pooled * (1 - pooled)) - 1) / (n - 1)
-    rho = min(0.99, max(rho_hat, rho_floor))
-    scale = (1 - rho) / rho
-    return {"null_kind": "beta-binomial", "null_rate": pooled, "null_p0": mu, "null_rho": rho,
-            "null_rho_estimate": rho_hat, "null_a": mu * scale, "null_b": (1 - mu) * scale}
+def null_tail(matches: int, n: int, null: dict[str, Any]) -> float:
+    """P[an independent model matches >= `matches` of `n` examples] under a reference null (from
+    `reference_null`): the beta-binomial tail, never below 1/(R + 1) for R references."""
+    tail = stats.beta_binomial_tail(matches, n, float(null["null_a"]), float(null["null_b"]))
+    return max(tail, 1.0 / (int(null["references"]) + 1))
 
 
 def _quiet(model: Any) -> Suspect:
@@ -136,15 +96,11 @@ def _quiet(model: Any) -> Suspect:
     return s
 
 
-def _calibrate(refs: list[Any], x: torch.Tensor, t: torch.Tensor,
-               signature: dict[str, Any]) -> dict[str, Any]:
-    c = int(signature["output_size"])
-    if not refs:
-        return {"calibrated": False, "null_kind": "binomial", "null_rate": 1.0 / c, "null_p0": 1.0 / c,
-                "references": 0, "reference_rates": []}
-    counts = [int((_quiet(r).labels(x) == t).sum()) for r in refs]
-    out = beta_binomial_null(counts, len(x))
-    out.update({"calibrated": True, "references": len(refs), "reference_rates": [m / len(x) for m in counts]})
+def reference_null(counts: Sequence[int], n: int) -> dict[str, Any]:
+    """The verifier's null from R reference models' match counts out of `n` examples."""
+    out = stats.beta_binomial_null(counts, n)
+    out.update({"null_kind": "beta-binomial", "references": len(counts),
+                "reference_rates": [c / n for c in counts], "p_floor": 1.0 / (len(counts) + 1)})
     return out
 
 
@@ -163,10 +119,15 @@ class CharacteristicExamples:
     delta: float = 0.3  # parameter noise std relative to each layer's std (rc, ltrc)
     radius: float = 0.15  # high-pass radius in units of Nyquist (ltrc)
     seed: int = 0
-    alpha: float = DEFAULT_ALPHA
-    references: Sequence[Any] | None = None
     max_rounds: int = 5
     batch_size: int = 256
+
+    # what the verifier sets (never read from a key): name -> (default, meaning)
+    verify_params = {
+        "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
+        "references": (None, "independent models that estimate the null (none: not judged)"),
+        "max_queries": (None, "most examples to ask (default: all of them)"),
+    }
 
     # ------------------------------------------------------------------ checks
     def _check(self) -> None:
@@ -182,8 +143,6 @@ class CharacteristicExamples:
             raise ModelSealError(f"M must be >= 1 and delta >= 0, got M={self.M}, delta={self.delta}")
         if not 0 < self.radius < math.sqrt(2):
             raise ModelSealError(f"radius must lie in (0, 1.41) (units of Nyquist), got {self.radius}")
-        if not 0 < self.alpha < 1:
-            raise ModelSealError(f"alpha must lie strictly between 0 and 1, got {self.alpha}")
         if int(self.max_rounds) < 1 or int(self.batch_size) < 1:
             raise ModelSealError("max_rounds and batch_size must be >= 1")
 
@@ -212,8 +171,7 @@ class CharacteristicExamples:
         return {"input_shape": list(spec.shape), "output_size": c}
 
     # ------------------------------------------------------------------ extraction
-    def extract(self, model: nn.Module, input_spec: Any, references: Sequence[Any] | None = None,
-                progress: Any = None) -> Key:
+    def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """Generate characteristic examples for `model` from noise (no data); returns the key."""
         self._check()
         if not isinstance(model, nn.Module):
@@ -223,10 +181,6 @@ class CharacteristicExamples:
             raise ModelError(f"ltrc filters images in 2-D frequency space; input shape {spec.shape} has no "
                              "two spatial dimensions, use variant 'rc'")
         signature = self._signature(model, spec)
-        refs = list(references if references is not None else (self.references or []))
-
-        for r in refs:
-            _check_suspect_signature(_quiet(r), signature, "reference model")
 
         gen = torch.Generator().manual_seed(int(self.seed))
         xs: list[torch.Tensor] = []
@@ -255,10 +209,9 @@ class CharacteristicExamples:
             "rounds": rounds, "steps": int(self.steps), "step_size": float(self.step_size),
             "margin": float(self.margin), "eps": float(self.eps),
             "M": int(self.M), "delta": float(self.delta), "radius": float(self.radius),
-            "seed": int(self.seed), "alpha": float(self.alpha),
+            "seed": int(self.seed),
             "bounds": list(spec.bounds), "noise": "N(0, (delta*std(layer))^2), fresh per step",
         }
-        params.update(_calibrate(refs, x, t, signature))
         return Key(method="c-examples", params=params,
                    tensors={"examples": x.float(), "targets": t.to(torch.int64)}, signature=signature)
 
@@ -323,41 +276,74 @@ class CharacteristicExamples:
         return x, t, ok
 
     # ------------------------------------------------------------------ verification
-    def verify(self, suspect: Suspect | nn.Module | str, key: Key, alpha: float | None = None,
-               max_queries: int | None = None) -> Verdict:
-        """Match rate of the suspect's labels on the key's (example, target) pairs, with a binomial
-        p-value against the key's null rate."""
-        x, t, p = _unpack(key)
-        alpha = float(p.get("alpha", DEFAULT_ALPHA) if alpha is None else alpha)
-        if not 0 < alpha < 1:
-            raise ModelSealError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+    def verify(self, suspect: Suspect | nn.Module | str, key: Key, alpha: float = DEFAULT_ALPHA,
+               max_queries: int | None = None, references: Sequence[Any] | None = None) -> Verdict:
+        """Match rate of the suspect's labels on the key's (example, target) pairs, judged against the null
+        the verifier's `references` (independent models) give; without references: not judged."""
+        x, t, _ = _unpack(key)
+        alpha = validate.alpha(alpha)
+        refs = list(references or [])
+        if len(refs) > MAX_REFERENCES:
+            raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")
         s = as_suspect(suspect)
         _check_suspect_signature(s, key.signature, "suspect")
         k = len(x)
         if max_queries is not None:
-            if int(max_queries) < 1:
-                raise SuspectError(f"max_queries must be >= 1, got {max_queries}")
-            k = min(k, int(max_queries))
+            k = min(k, validate.count("max_queries", max_queries))
         remaining = s.remaining()
         if remaining is not None:
             k = min(k, remaining)
         if k < 1:
             raise SuspectError("no query budget left to ask the suspect about any characteristic example")
+        counts = []
+        for r in refs:
+            rs = _quiet(r)
+            _check_suspect_signature(rs, key.signature, "reference model")
+            counts.append(int((rs.labels(x[:k]) == t[:k]).sum()))
         before = s.queries
-        matches = int((s.labels(x[:k]) == t[:k]).sum())
-        p0 = float(p["null_p0"])
-        pval = null_tail(matches, k, p)
+        answers = s.labels(x[:k]).reshape(-1).long()
+        matches = int((answers == t[:k]).sum())
         rate = matches / k
-        details = {"variant": p["variant"], "match_rate": rate, "matches": matches, "n": k,
-                   "null_rate": float(p["null_rate"]), "null_p0": p0, "calibrated": bool(p["calibrated"]),
-                   "references": int(p.get("references", 0)),
-                   "null_kind": p.get("null_kind", "binomial")}
-        if not p["calibrated"]:
-            details["note"] = ("null uncalibrated: 1/C; adversarial examples transfer, so independent models "
-                               "can exceed it: extract with references=[...] for a calibrated null")
-        return Verdict(method="c-examples", owned=pval <= alpha, score=rate,
-                       threshold=_min_rate_for(k, p, alpha), p_value=pval, alpha=alpha,
-                       queries=s.queries - before, details=details)
+        transcript = {"verifier": {"alpha": alpha, "n": k, "reference_counts": counts},
+                      "answers": answers.tolist()}
+        details: dict[str, Any] = {"variant": key.params.get("variant"), "match_rate": rate, "matches": matches,
+                                   "n": k, "references": len(refs)}
+        if not refs:
+            details["not_judged"] = (f"no reference models (match rate {rate:.3g}); pass references=[...] "
+                                     "(independent models, e.g. made with `modelseal train` on data the owner "
+                                     "did not use) so the null can be estimated")
+            return Verdict(method="c-examples", owned=False, score=rate, threshold=math.inf, p_value=1.0,
+                           alpha=alpha, queries=s.queries - before, details=details, judged=False,
+                           transcript=transcript)
+        res = judge_counts(matches, k, counts, alpha)
+        details.update(res["null"])
+        return Verdict(method="c-examples", owned=res["p_value"] <= alpha, score=rate,
+                       threshold=res["threshold"], p_value=res["p_value"], alpha=alpha,
+                       queries=s.queries - before, details=details, transcript=transcript)
+
+
+def judge_counts(matches: int, n: int, counts: Sequence[int], alpha: float) -> dict[str, Any]:
+    """p-value and threshold of `matches` out of `n` against the null from reference counts."""
+    null = reference_null(counts, n)
+    m = stats.smallest_significant(n, lambda c: null_tail(c, n, null), alpha)
+    return {"p_value": null_tail(matches, n, null), "threshold": m / n if m is not None else math.inf,
+            "null": null}
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
+            ) -> dict[str, Any]:
+    """Recompute the verdict from an evidence transcript and the opened examples' targets."""
+    v = transcript["verifier"]
+    n = int(v["n"])
+    t = opened["targets"][:n].long()
+    answers = torch.tensor(transcript["answers"], dtype=torch.int64)
+    if len(answers) != n:
+        raise ValueError(f"{len(answers)} answers for {n} examples")
+    matches = int((answers == t).sum())
+    if not v["reference_counts"]:
+        return {"score": matches / n, "p_value": 1.0, "owned": False}
+    res = judge_counts(matches, n, v["reference_counts"], float(v["alpha"]))
+    return {"score": matches / n, "p_value": res["p_value"], "owned": res["p_value"] <= float(v["alpha"])}
 
 
 def match_rate(suspect: Suspect | nn.Module | str, key: Key) -> float:
@@ -394,20 +380,8 @@ def _grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
     return g, tgt - other
 
 
-def _labels(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    out = [_labels_raw(model, x[i : i + batch_size]).reshape(len(x[i : i + batch_size]), -1).argmax(1)
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def _labels_raw(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
-        return model(x.to(model_device(model))).float().cpu()
-    finally:
-        model.train(was)
+def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return predict(model, x).reshape(len(x), -1).argmax(1)
 
 
 def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -418,13 +392,8 @@ def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
                                "c-examples key")
     x, t = key.tensors.get("examples"), key.tensors.get("targets")
     p = key.params
-    if x is None or t is None or len(x) != len(t) or len(x) == 0 or any(
-            k not in p for k in ("null_p0", "null_rate", "calibrated", "variant")):
-        raise KeyFormatError("c-examples key is missing its examples, targets or null rate; re-extract it")
-    if p.get("null_kind", "binomial") not in ("binomial", "beta-binomial") or (
-            p.get("null_kind") == "beta-binomial" and not all(
-                isinstance(p.get(k), (int, float)) and p[k] > 0 for k in ("null_a", "null_b"))):
-        raise KeyFormatError("c-examples key has a malformed null (null_kind, null_a, null_b); re-extract it")
+    if x is None or t is None or x.dim() < 2 or t.dim() != 1 or len(x) != len(t) or len(x) == 0:
+        raise KeyFormatError("c-examples key is missing its examples or targets; re-extract it")
     return x.float(), t.long(), p
 
 
@@ -432,14 +401,14 @@ def _check_suspect_signature(s: Suspect, signature: dict[str, Any], what: str) -
     if s.input_shape is not None and list(s.input_shape) != list(signature["input_shape"]):
         raise KeyMismatchError(f"the key was made for inputs of shape {tuple(signature['input_shape'])}, but "
                                f"the {what} takes {tuple(s.input_shape)}; use the key made for this model")
-    out = s.output_size()
-    if out is None and s.module is not None:
-        # a shape probe on the module itself, not a counted question about a fingerprint
-        try:
-            out = int(_labels_raw(s.module, torch.zeros(1, *signature["input_shape"]))[0].numel())
-        except RuntimeError:
-            raise KeyMismatchError(f"the {what} does not accept the key's inputs; use the key made for "
-                                   "this model") from None
+    try:
+        out = s.output_size(probe_shape=tuple(signature["input_shape"]))
+    except SuspectError:
+        raise KeyMismatchError(f"the {what} does not accept the key's inputs; use the key made for "
+                               "this model") from None
     if out is not None and int(out) != int(signature["output_size"]):
         raise KeyMismatchError(f"the key was made for a model with {signature['output_size']} outputs, but "
                                f"the {what} has {out}; use the key made for this model")
+
+
+CharacteristicExamples.recheck = staticmethod(recheck)

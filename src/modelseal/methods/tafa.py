@@ -53,15 +53,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats as _st
 from torch import nn
 
+from .. import stats, validate
 from ..data import as_input_spec
-from ..errors import ModelError, ModelSealError, SuspectError
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
-from ..suspect import Suspect
+from ..suspect import Suspect, as_suspect
 from ..verdict import DEFAULT_ALPHA, Verdict
 from . import register
 
@@ -87,20 +87,27 @@ class TAFA:
     step_across: float = 0.03
     tol: float = 1e-3
     seed: int = 0
-    alpha: float = DEFAULT_ALPHA
-    permutations: int = 2000
-    margin: float = 0.1
     batch_size: int = 256
+
+    # what the verifier sets (never read from a key): name -> (default, meaning)
+    verify_params = {
+        "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
+        "margin": (0.1, "kink correlation independent models may share; H0 is correlation <= margin"),
+        "permutations": (2000, "Monte Carlo permutations reported as a check (0 to skip; at most 100,000)"),
+        "max_queries": (None, "most inputs the suspect may be asked (the test needs all 5n)"),
+    }
 
     # ------------------------------------------------------------------ extract
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """Boundary points of `model`'s linear regions and the owner's raw outputs there (no data)."""
         if not isinstance(model, nn.Module):
             raise ModelError(f"tafa fingerprints an nn.Module, got {type(model).__name__}")
-        if self.n < 3 or self.steps < 1 or not 0 < self.lr <= 1 or self.step_across <= 0:
-            raise ModelSealError(f"tafa needs n >= 3, steps >= 1, 0 < lr <= 1 and step_across > 0 "
-                                 f"(got n={self.n}, steps={self.steps}, lr={self.lr}, "
-                                 f"step_across={self.step_across})")
+        validate.count("tafa: n", self.n, 3, 100_000)
+        validate.count("tafa: steps", self.steps, 1, 10_000)
+        validate.number("tafa: lr", self.lr, 0.0, 1.0, lo_open=True)
+        validate.number("tafa: step_across", self.step_across, 0.0, 1.0, lo_open=True)
+        validate.number("tafa: tol", self.tol, 0.0, 1.0, lo_open=True)
+        validate.count("tafa: batch_size", self.batch_size, 1, validate.MAX_BATCH)
         spec = as_input_spec(input_spec)
         relus = relu_modules(model)
         if not relus:
@@ -155,8 +162,7 @@ class TAFA:
         sig["output_size"] = int(outputs.shape[1])
         params = {"n": int(self.n), "steps": int(self.steps), "lr": float(self.lr),
                   "step_across": float(self.step_across), "step": float(step), "tol": float(self.tol),
-                  "seed": int(self.seed), "alpha": float(self.alpha), "permutations": int(self.permutations),
-                  "margin": float(self.margin), "bounds": [float(lo), float(hi)]}
+                  "seed": int(self.seed), "bounds": [float(lo), float(hi)]}
         return Key("tafa", params=params, tensors={"inputs": inputs.float(), "outputs": outputs,
                                                    "layers": torch.cat(layers).long()},
                    signature=sig)
@@ -239,25 +245,25 @@ class TAFA:
         return torch.cat(outs)
 
     # ------------------------------------------------------------------ verify
-    def verify(self, suspect: Suspect | nn.Module, key: Key, alpha: float | None = None,
-               max_queries: int | None = None) -> Verdict:
+    def verify(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA,
+               max_queries: int | None = None, margin: float = 0.1, permutations: int = 2000) -> Verdict:
         """Correlate the suspect's output kinks across the owner's boundaries with the owner's."""
-        if not isinstance(suspect, Suspect):
-            suspect = Suspect.load(suspect)
-        if key.method != "tafa":
-            raise ModelSealError(f"this is a '{key.method}' key; tafa.verify needs a tafa key")
-        suspect.require_outputs("tafa")
-        inputs, owner = key.tensors.get("inputs"), key.tensors.get("outputs")
-        k = len(_STENCIL)
-        if inputs is None or owner is None or len(inputs) != len(owner)\
-                or len(inputs) % k or len(inputs) < 3 * k:
-            raise ModelSealError("tafa key is malformed (needs 'inputs' and 'outputs' in groups of five); "
-                                 "extract the key again")
-        key.check_signature(suspect.input_shape, suspect.output_size())
-        alpha = float(key.params.get("alpha", DEFAULT_ALPHA) if alpha is None else alpha)
+        alpha = validate.alpha(alpha)
+        margin = float(validate.number("margin", margin, 0.0, 1.0, hi_open=True))
+        permutations = validate.count("permutations", permutations, 0, validate.MAX_PERMUTATIONS)
         if max_queries is not None:
-            suspect.max_queries = max_queries if suspect.max_queries is None else min(max_queries,
-                                                                                      suspect.max_queries)
+            max_queries = validate.count("max_queries", max_queries)
+        suspect = as_suspect(suspect)
+        inputs, owner = _unpack(key)
+        suspect.require_outputs("tafa")
+        key.check_signature(suspect.input_shape, suspect.output_size())
+        budget = min(x for x in (max_queries, suspect.remaining(), len(inputs) + 1) if x is not None)
+        verifier = {"alpha": alpha, "margin": margin, "permutations": permutations, "seed": int(key.params.get(
+            "seed", 0))}
+        if budget < len(inputs):
+            return Verdict("tafa", owned=False, score=0.0, threshold=math.inf, p_value=1.0, alpha=alpha,
+                           judged=False, details={"not_judged": f"the test asks {len(inputs)} inputs (5 per "
+                                                  f"fingerprint) but only {budget} queries are allowed"})
         before = suspect.queries
         out = suspect.predict(inputs)
         if out.shape[0] != len(inputs):
@@ -266,12 +272,36 @@ class TAFA:
         if out.shape[1] != owner.shape[1]:
             raise SuspectError(f"the suspect gives {out.shape[1]} outputs per input but the key's model gave "
                                f"{owner.shape[1]}; use the key made for this model")
-        stat = kink_statistic(owner.double(), out, permutations=int(key.params.get("permutations", 0)),
-                              seed=int(key.params.get("seed", 0)), margin=float(key.params.get("margin", 0.0)))
+        stat = kink_statistic(owner.double(), out, permutations=permutations, seed=verifier["seed"],
+                              margin=margin)
         return Verdict("tafa", owned=bool(stat["p_value"] <= alpha), score=stat["score"],
                        threshold=stat["threshold"](alpha), p_value=stat["p_value"], alpha=alpha,
                        queries=suspect.queries - before,
-                       details={k: v for k, v in stat.items() if k not in ("threshold", "p_value", "score")})
+                       details={k: v for k, v in stat.items() if k not in ("threshold", "p_value", "score")},
+                       transcript={"verifier": verifier, "answers": out.float()})
+
+
+def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+    if key.method != "tafa":
+        raise KeyMismatchError(f"this is a '{key.method}' key; tafa verification needs a tafa key")
+    inputs, owner = key.tensors.get("inputs"), key.tensors.get("outputs")
+    k = len(_STENCIL)
+    if inputs is None or owner is None or owner.dim() != 2 or len(inputs) != len(owner) \
+            or len(inputs) % k or len(inputs) < 3 * k:
+        raise KeyFormatError("tafa key is malformed (needs 'inputs' and 'outputs' in groups of five); "
+                             "extract the key again")
+    return inputs, owner
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
+            ) -> dict[str, Any]:
+    """Recompute the kink statistic from an evidence transcript (the suspect's answers) and the opened
+    owner outputs."""
+    v = transcript["verifier"]
+    owner = opened["outputs"].double()
+    out = torch.as_tensor(transcript["answers"]).double().reshape(len(owner), -1)
+    stat = kink_statistic(owner, out, permutations=0, seed=int(v["seed"]), margin=float(v["margin"]))
+    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= float(v["alpha"])}
 
 
 def _free_direction(x: torch.Tensor, g: torch.Tensor, lo: float, hi: float, reach: float) -> torch.Tensor:
@@ -303,13 +333,6 @@ def _kinks(outputs: torch.Tensor) -> np.ndarray:
     return (d1 - d2 / 4).numpy()
 
 
-def _rank_centre(a: np.ndarray) -> np.ndarray:
-    r = _st.rankdata(a, axis=0)
-    r = r - r.mean(0, keepdims=True)
-    sd = r.std(0, keepdims=True)
-    return np.where(sd > 0, r / np.where(sd > 0, sd, 1), 0.0)
-
-
 def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int = 0,
                    seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
     """Score, p-value and details of the kink correlation between owner and suspect outputs.
@@ -319,30 +342,15 @@ def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int
     be "significant" against 0. The permutation sd is used around the margin (it barely changes for
     small correlations).
     """
-    a, b = _rank_centre(_kinks(owner)), _rank_centre(_kinks(suspect))
-    n = a.shape[0]
-    c = a @ b.T  # c[i, j] = <owner kink i, suspect kink j>, doubly centred since a, b are column-centred
-    stat = float(np.trace(c))
-    var = float((c ** 2).sum() / (n - 1))
-    norm = math.sqrt(float((a ** 2).sum() * (b ** 2).sum()))
-    score = stat / norm if norm > 0 else 0.0
-    if var <= 0:
-        p, z = 1.0, 0.0
-    else:
-        z = (stat - margin * norm) / math.sqrt(var)
-        p = float(min(1.0, max(_st.norm.sf(z), 0.0)))
-    sd = math.sqrt(var) if var > 0 else 0.0
-    details: dict[str, Any] = {"z": z, "z_vs_zero": stat / sd if sd > 0 else 0.0, "margin": margin,
-                               "fingerprints": n, "outputs_per_input": int(a.shape[1])}
-    if permutations > 0 and var > 0:
-        rng = np.random.default_rng(seed)
-        idx = np.arange(n)
-        null = np.array([c[idx, rng.permutation(n)].sum() for _ in range(permutations)])
-        details["p_monte_carlo_vs_zero"] = float((1 + np.sum(null >= stat)) / (1 + permutations))
-        details["permutations"] = permutations
+    a, b = stats.rank_standardize(_kinks(owner)), stats.rank_standardize(_kinks(suspect))
+    res = stats.paired_permutation_test(a, b, margin=margin, permutations=permutations, seed=seed)
+    sd, norm = res.pop("sd"), res.pop("norm")
+    res.update(fingerprints=int(a.shape[0]), outputs_per_input=int(a.shape[1]))
 
     def threshold(alpha: float) -> float:
-        # the score at which the normal-approximated permutation p-value equals alpha
-        return float(margin + _st.norm.isf(alpha) * sd / norm) if norm > 0 else float("inf")
+        return stats.paired_permutation_threshold(margin, sd, norm, alpha)
 
-    return {"score": score, "p_value": p, "threshold": threshold, **details}
+    return {**res, "threshold": threshold}
+
+
+TAFA.recheck = staticmethod(recheck)

@@ -9,6 +9,7 @@ the top class; `queries` counts inputs asked about; `module` is None when black-
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,6 +114,7 @@ class Suspect:
         self.max_queries = max_queries
         self.queries = 0
         self.name = name or type(source).__name__
+        self.source_path: str | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -135,7 +137,9 @@ class Suspect:
             raise SuspectError(f"suspect {path} does not exist (expected a .safetensors model, an .onnx file "
                                "or an http(s):// URL)")
         if path.suffix.lower() == ".onnx":
-            return cls(_OnnxBackend(path), name=path.name, **kw)
+            out = cls(_OnnxBackend(path), name=path.name, **kw)
+            out.source_path = str(path)
+            return out
         from ..errors import ModelError
         from ..models import load_model
 
@@ -143,7 +147,9 @@ class Suspect:
             module = load_model(path)
         except ModelError as e:
             raise SuspectError(str(e)) from None
-        return cls(module, name=path.name, **kw)
+        out = cls(module, name=path.name, **kw)
+        out.source_path = str(path)
+        return out
 
     # ----------------------------------------------------------------- properties
     @property
@@ -204,12 +210,44 @@ class Suspect:
             return out.long().reshape(-1)
         return out.reshape(len(out), -1).argmax(1)
 
-    def output_size(self) -> int | None:
+    def output_size(self, probe_shape: tuple[int, ...] | None = None) -> int | None:
+        """Outputs per input, from the model's spec or the server's metadata. When unknown and the suspect
+        is white-box, `probe_shape` allows one uncharged shape probe on a zero input (it asks the model
+        nothing the owner's key holds); a model that refuses that shape raises SuspectError."""
         spec = getattr(self.module, "modelseal_spec", None) if self.module is not None else None
         if spec:
             return int(spec["output_size"])
         size = getattr(self._backend, "output_size", None)
-        return int(size) if size else None
+        if size:
+            return int(size)
+        if probe_shape is not None and self.module is not None:
+            try:
+                out = self._backend(torch.zeros(1, *probe_shape))
+            except RuntimeError:
+                raise SuspectError(f"{self.name} does not accept inputs of shape {tuple(probe_shape)}") from None
+            return int(out[0].numel())
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model judged, for an evidence file: SHA-256 of the file it was loaded from,
+        of a module's tensors, or the URL and the model metadata the server gave."""
+        if self.source_path is not None:
+            h = hashlib.sha256()
+            with open(self.source_path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return {"kind": "file", "name": Path(self.source_path).name, "sha256": h.hexdigest()}
+        if self.module is not None:
+            from ..tensorfile import tensor_bytes
+
+            h = hashlib.sha256()
+            for k, t in sorted(self.module.state_dict().items()):
+                h.update(k.encode() + b"\0" + str(t.dtype).encode() + str(list(t.shape)).encode())
+                h.update(tensor_bytes(t))
+            return {"kind": "module", "name": self.name, "sha256_tensors": h.hexdigest()}
+        meta = getattr(self._backend, "metadata", None)
+        return {"kind": "remote" if self.name.startswith(("http://", "https://")) else "callable",
+                "name": self.name, "metadata": meta if isinstance(meta, dict) else None}
 
     def __repr__(self) -> str:
         kind = "white-box" if self.white_box else "black-box"

@@ -29,22 +29,22 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats as _st
 from torch import nn
 from torch.utils.data import Dataset
 
+from ... import stats, validate
 from ...errors import KeyMismatchError, ModelError, ModelSealError
 from ...keys import Key
 from ...methods import register
 from ...models import signature_of
 from ...suspect import Suspect, as_suspect
 from ...train import fit
-from ...verdict import DEFAULT_ALPHA, jsonable
+from ...verdict import DEFAULT_ALPHA, Verdict
 from .codes import and_acc_accuse, design_for_users
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -98,73 +98,6 @@ def _layer_weight(model: nn.Module, name: str, shape: list[int] | None = None,
     return weight
 
 
-def _log_coalitions(users: int, max_size: int) -> float:
-    """log of the number of coalitions of 1..max_size users out of `users`."""
-    logs = [math.lgamma(users + 1) - math.lgamma(s + 1) - math.lgamma(users - s + 1)
-            for s in range(1, min(max_size, users) + 1)]
-    m = max(logs)
-    return m + math.log(sum(math.exp(x - m) for x in logs))
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / den) if den > 1e-12 else 0.0
-
-
-def _corr_log_p(r: float, v: int) -> float:
-    """log P[R >= r] for the Pearson correlation of an isotropic Gaussian vector in R^v with a fixed one."""
-    r = min(r, 1.0 - 1e-15)
-    t = r * math.sqrt(v - 2) / math.sqrt(1.0 - r * r)
-    return float(_st.t.logsf(t, v - 2))
-
-
-@dataclass
-class TraceResult:
-    """Outcome of tracing a suspect with a DeepMarks key.
-
-    `accused`: user ids (0-based, the index of the copy in `distribute`'s list) judged to be the
-    suspect's source; `owned` is true iff anyone is accused. `p_value` is the chance that a model
-    independent of the key fits some coalition of at most `max_colluders` users this well; every
-    accused user carries it in `p_values`. `scores[j]` is the Pearson correlation of the extracted
-    code `extracted` (b~) with user j's code vector b_j (the single-copy check); `best_user` and
-    `single_p_value` are the top of that ranking. `fit` is the correlation of b~ with the mean code of
-    the coalition the AND-ACC decoder found (`candidates`), `bits` the decoded AND code.
-    """
-
-    accused: list[int]
-    owned: bool
-    p_value: float
-    alpha: float
-    p_values: dict[int, float]
-    scores: list[float]
-    best_user: int
-    single_p_value: float
-    fit: float
-    candidates: list[int]
-    bits: list[int]
-    extracted: list[float]
-    threshold: float
-    users: int
-    max_colluders: int
-    method: str = "deepmarks"
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = jsonable(asdict(self))
-        d["p_values"] = {str(k): v for k, v in self.p_values.items()}
-        return d
-
-    def summary(self) -> str:
-        if self.accused:
-            who = ", ".join(str(j) for j in self.accused)
-            return (f"deepmarks: accused user(s) {who} (fit {self.fit:.3f}, p = {self.p_value:.3g}, "
-                    f"alpha = {self.alpha:.3g})")
-        return (f"deepmarks: nobody accused (best coalition fit {self.fit:.3f}, p = {self.p_value:.3g}, "
-                f"alpha = {self.alpha:.3g}; best single user {self.best_user}, r = "
-                f"{self.scores[self.best_user]:.3f})")
-
-
 @register("deepmarks", family="per-user", access="white-box")
 @dataclass
 class DeepMarks:
@@ -187,8 +120,10 @@ class DeepMarks:
     min_fit: float = 0.99
     lr: float = 1e-3
     batch_size: int = 64
-    alpha: float = DEFAULT_ALPHA
     seed: int = 0
+
+    # what the verifier sets (never read from a key): name -> (default, meaning)
+    verify_params = {"alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)")}
 
     def _secrets(self, m: int, n: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -208,8 +143,6 @@ class DeepMarks:
             raise ModelSealError(f"gamma must be > 0 and epochs >= 1 (got {self.gamma}, {self.epochs})")
         if not 0 < self.min_fit <= 1:
             raise ModelSealError(f"min_fit must lie in (0, 1], got {self.min_fit}")
-        if not 0 < self.alpha < 1:
-            raise ModelSealError(f"alpha must lie in (0, 1), got {self.alpha}")
         layer = self.layer if self.layer is not None else default_layer(model, m)
         weight = _layer_weight(model, layer, err=ModelError)
         n = math.prod(weight.shape[1:])
@@ -240,7 +173,7 @@ class DeepMarks:
         params = {"users": int(self.users), "q": design.q, "v": v, "k": k, "rows": m, "layer": layer,
                   "weight_shape": list(weight.shape), "gamma": float(self.gamma), "epochs": int(self.epochs),
                   "max_epochs": int(self.max_epochs), "min_fit": float(self.min_fit),
-                  "lr": float(self.lr), "seed": int(self.seed), "alpha": float(self.alpha),
+                  "lr": float(self.lr), "seed": int(self.seed),
                   "architecture": architecture_digest(model)}
         key = Key("deepmarks", params=params, signature=signature,
                   tensors={"X": x_proj, "U": u, "codebook": torch.from_numpy(codebook)})
@@ -262,55 +195,98 @@ class DeepMarks:
 
         return loss
 
-    def extract(self, suspect: Suspect | nn.Module, key: Key) -> np.ndarray:
-        """b~ = U^T X w-bar of the suspect's fingerprinted layer (white-box)."""
+    def channel_means(self, suspect: Suspect | nn.Module, key: Key) -> torch.Tensor:
+        """w-bar: the suspect's fingerprinted layer averaged over output channels (white-box)."""
         suspect = as_suspect(suspect)
         module = suspect.require_module("deepmarks")
         p = key.params
         key.check_signature(suspect.input_shape, suspect.output_size())
         weight = _layer_weight(module, p["layer"], p["weight_shape"])
-        x_proj, u = key.tensors["X"].float(), key.tensors["U"].float()
         with torch.no_grad():
-            wbar = _channel_mean(weight.detach().cpu())
-            if not torch.isfinite(wbar).all():
-                raise ModelError(f"layer '{p['layer']}' of the suspect holds NaN or infinite weights")
-            return (u.T @ (x_proj @ wbar)).double().numpy()
+            wbar = _channel_mean(weight.detach().cpu()).double()
+        if not torch.isfinite(wbar).all():
+            raise ModelError(f"layer '{p['layer']}' of the suspect holds NaN or infinite weights")
+        return wbar
 
-    def trace(self, suspect: Suspect | nn.Module, key: Key, alpha: float | None = None) -> TraceResult:
-        """Accuse the users whose copies the suspect was made from (one copy, or an average of several)."""
+    def decode(self, suspect: Suspect | nn.Module, key: Key) -> np.ndarray:
+        """b~ = U^T X w-bar of the suspect's fingerprinted layer (white-box): the code read from its weights."""
+        return _project(key, self.channel_means(suspect, key))
+
+    def trace(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA) -> Verdict:
+        """Accuse the users whose copies the suspect was made from (one copy, or an average of several).
+
+        The Verdict's `accused` lists them (0-based, the copy's index in `distribute`'s list); `owned` is
+        true iff anyone is accused; `score` is -log10 p and `threshold` -log10 alpha, so one scale serves
+        every user. `details` holds the per-user p-values, the single-copy correlations (`scores`), the
+        best single user, the coalition fit and the decoded code.
+        """
         if key.method != "deepmarks":
             raise KeyMismatchError(f"trace takes a deepmarks key, got a '{key.method}' key")
-        b = self.extract(suspect, key)
-        p = key.params
-        alpha = float(p.get("alpha", DEFAULT_ALPHA) if alpha is None else alpha)
-        codebook = key.tensors["codebook"].numpy().astype(np.int64)
-        users, v, k = codebook.shape[0], int(p["v"]), int(p["k"])
-        codes = 2.0 * codebook - 1.0
-        scores = [_pearson(b, codes[j]) for j in range(users)]
-        best = int(np.argmax(scores))
-        single_p = min(1.0, users * math.exp(_corr_log_p(scores[best], v)))
+        alpha = validate.alpha(alpha)
+        wbar = self.channel_means(suspect, key)
+        res = decide(_project(key, wbar), key, alpha)
+        return Verdict("deepmarks", owned=bool(res["accused"]), score=_log_p(res["p_value"]),
+                       threshold=_log_p(alpha), p_value=res["p_value"], alpha=alpha, queries=0,
+                       accused=list(res["accused"]), details={k: v for k, v in res.items() if k != "accused"},
+                       transcript={"verifier": {"alpha": alpha}, "answers": wbar.float()})
 
-        # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
-        order = np.sort(b)
-        best_fit, cands, cut, bits = -2.0, [], float("nan"), np.ones(v, dtype=np.int64)
-        for i in range(v - 1):
-            t = 0.5 * (order[i] + order[i + 1])
-            dec = (b >= t).astype(np.int64)
-            acc = and_acc_accuse(dec, codebook)
-            if not 1 <= len(acc) <= k - 1:
-                continue
-            r = _pearson(b, codes[acc].mean(0))
-            if r > best_fit + 1e-12 or (abs(r - best_fit) <= 1e-12 and len(acc) < len(cands)):
-                best_fit, cands, cut, bits = r, acc, float(t), dec
-        if cands:
-            log_p = _corr_log_p(best_fit, v) + _log_coalitions(users, k - 1)
-            p_value = float(min(1.0, math.exp(min(0.0, log_p))))
-        else:
-            p_value = 1.0
-        accused = cands if p_value <= alpha else []
-        return TraceResult(
-            accused=list(accused), owned=bool(accused), p_value=p_value, alpha=alpha,
-            p_values={j: p_value for j in accused}, scores=scores, best_user=best, single_p_value=single_p,
-            fit=float(best_fit) if cands else 0.0, candidates=list(cands), bits=[int(x) for x in bits],
-            extracted=[float(x) for x in b], threshold=cut, users=users, max_colluders=k - 1,
-            details={"layer": p["layer"], "norm": float(np.linalg.norm(b) / math.sqrt(v))})
+
+def _log_p(p: float) -> float:
+    return -math.log10(max(float(p), 1e-300))
+
+
+def _project(key: Key, wbar: torch.Tensor) -> np.ndarray:
+    x_proj, u = key.tensors["X"].double(), key.tensors["U"].double()
+    if x_proj.shape[1] != wbar.numel():
+        raise KeyMismatchError(f"the key projects {x_proj.shape[1]} weights per channel but the layer has "
+                               f"{wbar.numel()}; use the key made for this model")
+    return (u.T @ (x_proj @ wbar.double())).numpy()
+
+
+def decide(b: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
+    """AND-ACC decoding of the read code `b` and the coalition test (stats.correlation_log_tail with a
+    Bonferroni factor over every coalition of at most k - 1 users)."""
+    p = key.params
+    codebook = key.tensors["codebook"].numpy().astype(np.int64)
+    users, v, k = codebook.shape[0], int(p["v"]), int(p["k"])
+    codes = 2.0 * codebook - 1.0
+    scores = [stats.pearson(b, codes[j]) for j in range(users)]
+    best = int(np.argmax(scores))
+    single_p = min(1.0, users * math.exp(stats.correlation_log_tail(scores[best], v)))
+
+    # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
+    order = np.sort(b)
+    best_fit, cands, cut, bits = -2.0, [], float("nan"), np.ones(v, dtype=np.int64)
+    for i in range(v - 1):
+        t = 0.5 * (order[i] + order[i + 1])
+        dec = (b >= t).astype(np.int64)
+        acc = and_acc_accuse(dec, codebook)
+        if not 1 <= len(acc) <= k - 1:
+            continue
+        r = stats.pearson(b, codes[acc].mean(0))
+        if r > best_fit + 1e-12 or (abs(r - best_fit) <= 1e-12 and len(acc) < len(cands)):
+            best_fit, cands, cut, bits = r, acc, float(t), dec
+    if cands:
+        log_p = stats.correlation_log_tail(best_fit, v) + stats.log_count_subsets(users, k - 1)
+        p_value = float(min(1.0, math.exp(min(0.0, log_p))))
+    else:
+        p_value = 1.0
+    accused = [int(j) for j in cands] if p_value <= alpha else []
+    return {"accused": accused, "p_value": p_value, "p_values": {str(j): p_value for j in accused},
+            "scores": scores, "best_user": best, "single_p_value": single_p,
+            "fit": float(best_fit) if cands else 0.0, "candidates": [int(j) for j in cands],
+            "bits": [int(x) for x in bits], "extracted": [float(x) for x in b], "cut": cut, "users": users,
+            "max_colluders": k - 1, "layer": p["layer"], "norm": float(np.linalg.norm(b) / math.sqrt(v))}
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
+            ) -> dict[str, Any]:
+    """Recompute the trace from an evidence transcript (the suspect's channel means) and the opened key."""
+    key = Key("deepmarks", params=public["params"], signature=public["signature"], tensors=opened)
+    alpha = float(transcript["verifier"]["alpha"])
+    res = decide(_project(key, torch.as_tensor(transcript["answers"]).double()), key, alpha)
+    return {"score": _log_p(res["p_value"]), "p_value": res["p_value"], "owned": bool(res["accused"]),
+            "accused": res["accused"]}
+
+
+DeepMarks.recheck = staticmethod(recheck)

@@ -1,0 +1,93 @@
+"""Query-side evasion: `perturb` changes what the model is asked, not the model.
+
+The suspect's owner perturbs every query before the model sees it (Gaussian noise of `std` relative to
+the input range, or a JPEG-like 8x8 block-DCT quantization at `quality`), hoping the verifier's special
+inputs stop working while normal inputs still do. The attack is a Suspect wrapper (`wrap`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..suspect import Suspect
+from . import Attack, AttackError, register
+from .finetune import check_number
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64)
+    m = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m.float()
+
+
+# The JPEG luminance table, scaled by quality as libjpeg does.
+_JPEG_Q = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+
+
+def jpeg_like(x: torch.Tensor, quality: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Quantize 8x8 block DCT coefficients of every channel of images `x` (N, C, H, W) like JPEG does."""
+    lo, hi = bounds
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    q = torch.clamp(torch.floor((_JPEG_Q * scale + 50) / 100), min=1) / 255.0 * (hi - lo)
+    n, ch, h, w = x.shape
+    ph, pw = (-h) % 8, (-w) % 8
+    z = torch.nn.functional.pad(x - lo, (0, pw, 0, ph), mode="replicate")
+    blocks = z.unfold(2, 8, 8).unfold(3, 8, 8)  # n, c, bh, bw, 8, 8
+    d = _dct_matrix()
+    coef = d @ blocks @ d.T
+    coef = torch.round(coef / q) * q
+    back = d.T @ coef @ d
+    out = back.permute(0, 1, 2, 4, 3, 5).reshape(n, ch, h + ph, w + pw)[:, :, :h, :w] + lo
+    return out.clamp(lo, hi)
+
+
+@register("perturb")
+@dataclass
+class PerturbQueries(Attack):
+    """Perturb every query before the model sees it: `kind` 'gaussian' (std, relative to the input range)
+    or 'jpeg' (quality 1..100; inputs must be images N x C x H x W)."""
+
+    kind: str = "gaussian"
+    std: float = 0.1
+    quality: int = 50
+    seed: int = 0
+    acts_on = "queries"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("gaussian", "jpeg"):
+            raise AttackError(f"perturb kind must be 'gaussian' or 'jpeg', got {self.kind!r}")
+        check_number("std", self.std, 0, 10)
+        check_number("quality", self.quality, 1, 100, integer=True)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        lo, hi = bounds
+        if self.kind == "gaussian":
+            noise = torch.randn(x.shape, generator=gen) * self.std * (hi - lo)
+            return (x + noise).clamp(lo, hi)
+        if x.dim() != 4:
+            raise AttackError(f"jpeg perturbation needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
+        return jpeg_like(x, int(self.quality), bounds)
+
+    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
+        """The model is not changed (the queries are): returns it as it is."""
+        return model
+
+    def wrap(self, suspect: Suspect, meta: Any = None) -> Suspect:
+        """A black-box Suspect answering with `suspect`'s outputs on perturbed queries; `meta` (the data's
+        metadata) gives the input bounds (default [0, 1])."""
+        bounds = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def backend(x: torch.Tensor) -> torch.Tensor:
+            return suspect.predict(self.transform(x.detach().cpu().float(), bounds, gen))
+
+        return Suspect(backend, input_shape=suspect.input_shape, name=f"perturb-{self.kind}({suspect.name})")

@@ -1,0 +1,38 @@
+"""`overwrite`: the attacker embeds their own trigger-set watermark into the protected model, trained on the
+attacker's split, hoping to drown the owner's mark. It composes a protection, so it lives in the bench, and
+registers in the one attack registry (`modelseal.attacks.get("overwrite")`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..attacks import Attack, AttackError, register
+from ..attacks.finetune import check_number
+
+
+@register("overwrite")
+@dataclass
+class Overwrite(Attack):
+    """Embed the attacker's own trigger-set mark (`n` triggers) into `model` with the attacker's data."""
+
+    n: int = 50
+    extra_epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("n", self.n, 1, 10_000, integer=True)
+        check_number("extra_epochs", self.extra_epochs, 0, 1000, integer=True)
+
+    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
+        from .. import methods
+
+        if data is None:
+            raise AttackError("overwrite needs the attacker's data")
+        # The attacker's seed must differ from any owner seed: offset it far away.
+        marker = methods.get("trigger-set")(n=int(self.n), extra_epochs=int(self.extra_epochs),
+                                            seed=self.seed + 7919)
+        marked, _ = marker.embed(model, data, progress=self.progress)
+        return marked

@@ -1,0 +1,218 @@
+"""Public commitments to secret keys: written the moment a key is made, opened when a verdict is checked.
+
+A commitment is a JSON file anyone may hold. It names the method, the model signature, the key's public
+parameters and its creation time, and binds every secret part with SHA-256:
+
+- `tensors[name]` = SHA-256(nonce ‖ name ‖ dtype ‖ shape ‖ little-endian bytes) for every key tensor (for
+  fingerprints: the fingerprint inputs and the owner's outputs; for watermarks the triggers; ...);
+- `params_digest` = SHA-256(nonce ‖ canonical JSON of every parameter), so an edited parameter (alpha,
+  permutations, the seed, ...) is caught even where it is not shown;
+- methods may add their own fields (trigger-set adds one commitment per trigger, so a verifier can be
+  shown only the triggers that were asked).
+
+The nonce (32 bytes) is derived from the key's seed and method, so the same seed gives the same
+commitment; it hides the committed content only as long as the seed is secret (use a large random seed
+for a real key). `declared` records the owner's declared verifier parameters for information only: the
+verifier always sets its own (see `modelseal.validate`), and a check reports where they differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import KeyFormatError, KeyIntegrityError
+from .keys import Key
+from .tensorfile import tensor_bytes, write_atomic
+
+TYPE = "modelseal-commitment"
+FORMAT = 2
+HASH = "sha256(nonce[32] || name || dtype || shape || tensor bytes little-endian C-order)"
+SECRET_PARAMS = ("seed",)
+MAX_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 32
+
+
+def nonce_of(key: Key) -> bytes:
+    """The 32-byte commitment nonce of a key, derived from its seed and method."""
+    seed = key.params.get("seed", 0)
+    return hashlib.sha256(b"modelseal-commitment-nonce\0" + key.method.encode() + b"\0"
+                          + json.dumps(seed).encode()).digest()
+
+
+def tensor_digest(nonce: bytes, name: str, t: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(nonce)
+    h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+    h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def params_digest(nonce: bytes, params: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(nonce)
+    h.update(json.dumps(params, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def public_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in SECRET_PARAMS}
+
+
+def make(key: Key, declared: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The public commitment of `key` (a JSON-able dict)."""
+    nonce = nonce_of(key)
+    out = {"type": TYPE, "format": FORMAT, "method": key.method, "signature": dict(key.signature),
+           "created": key.created, "hash": HASH, "params": public_params(key.params),
+           "params_digest": params_digest(nonce, key.params),
+           "tensors": {name: tensor_digest(nonce, name, t) for name, t in sorted(key.tensors.items())},
+           "declared": dict(declared or {})}
+    out.update(extra or {})
+    return json.loads(json.dumps(out, default=str))
+
+
+def differences(key: Key, public: dict[str, Any]) -> list[str]:
+    """What differs between `key` and the commitment `public` (empty when the key opens it)."""
+    validate(public, "commitment")
+    out: list[str] = []
+    if public["method"] != key.method:
+        return [f"method: committed '{public['method']}', the key is '{key.method}'"]
+    for field in ("input_shape", "output_size"):
+        if public["signature"].get(field) != key.signature.get(field):
+            out.append(f"signature.{field}: committed {public['signature'].get(field)!r}, "
+                       f"the key has {key.signature.get(field)!r}")
+    if "tensors" not in public:  # format 1 (trigger-set only): per-trigger commitments, checked by the method
+        return out
+    nonce = nonce_of(key)
+    shown = public.get("params", {})
+    mine = public_params(key.params)
+    for name in sorted(set(shown) | set(mine)):
+        if shown.get(name, "<absent>") != json.loads(json.dumps(mine.get(name, "<absent>"), default=str)):
+            out.append(f"params.{name}: committed {shown.get(name, '<absent>')!r}, the key has "
+                       f"{mine.get(name, '<absent>')!r}")
+    if params_digest(nonce, key.params) != public["params_digest"] and not any(
+            d.startswith("params.") for d in out):
+        out.append("params: a secret parameter (the seed) differs from the committed one")
+    com = public["tensors"]
+    for name in sorted(set(com) | set(key.tensors)):
+        if name not in key.tensors:
+            out.append(f"tensor '{name}': committed but missing from the key")
+        elif name not in com:
+            out.append(f"tensor '{name}': in the key but not committed")
+        elif tensor_digest(nonce, name, key.tensors[name]) != com[name]:
+            out.append(f"tensor '{name}': its content differs from the committed one")
+    return out
+
+
+def check(key: Key, public: dict[str, Any]) -> None:
+    """KeyIntegrityError naming every difference, unless `key` opens `public`."""
+    diff = differences(key, public)
+    if diff:
+        raise KeyIntegrityError("the key does not open its commitment: " + "; ".join(diff))
+
+
+def check_tensors(opened: dict[str, torch.Tensor], nonce: bytes, public: dict[str, Any]) -> None:
+    """Every opened tensor must match its committed digest (for evidence files)."""
+    com = public.get("tensors")
+    if not isinstance(com, dict):
+        raise KeyIntegrityError("the commitment holds no tensor digests (format 1); it cannot check this")
+    for name, t in opened.items():
+        if name not in com:
+            raise KeyIntegrityError(f"opened tensor '{name}' was never committed")
+        if tensor_digest(nonce, name, t) != com[name]:
+            raise KeyIntegrityError(f"opened tensor '{name}' does not match its commitment")
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _depth(x: Any, limit: int) -> int:
+    stack = [(x, 1)]
+    deepest = 0
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > limit:
+            return d
+        if isinstance(v, dict):
+            stack.extend((w, d + 1) for w in v.values())
+        elif isinstance(v, list):
+            stack.extend((w, d + 1) for w in v)
+    return deepest
+
+
+def parse_json(text: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
+               err: type[Exception] = KeyFormatError) -> Any:
+    """JSON from an untrusted file: bounded in size and nesting depth; one clear error otherwise."""
+    if len(text) > max_bytes:
+        raise err(f"{source} is larger than {max_bytes} bytes; not a modelseal file")
+    # a cheap depth bound before the recursive parser sees the text
+    depth = cur = 0
+    for ch in (text.decode("utf-8", "replace") if isinstance(text, bytes) else text):
+        if ch in "[{":
+            cur += 1
+            depth = max(depth, cur)
+            if depth > max_depth:
+                raise err(f"{source} nests deeper than {max_depth} levels; not a modelseal file")
+        elif ch in "]}":
+            cur -= 1
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise err(f"{source} is not valid JSON") from None
+
+
+def validate(public: Any, source: str) -> None:
+    def bad(what: str) -> KeyFormatError:
+        return KeyFormatError(f"{source} is not a modelseal commitment: {what}")
+
+    if not isinstance(public, dict):
+        raise bad("expected a JSON object")
+    if public.get("type") != TYPE:
+        raise bad(f"'type' must be '{TYPE}'")
+    fmt = public.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise bad("'format' must be a positive integer")
+    if fmt > FORMAT:
+        raise KeyFormatError(f"{source} has commitment format {fmt}, newer than this modelseal reads ({FORMAT}); "
+                             "upgrade modelseal")
+    if not isinstance(public.get("method"), str):
+        raise bad("'method' must be a string")
+    sig = public.get("signature")
+    if not isinstance(sig, dict):
+        raise bad("'signature' must be an object")
+    if not isinstance(public.get("created"), str):
+        raise bad("'created' must be a string")
+    if fmt >= 2:
+        if not isinstance(public.get("params"), dict) or not isinstance(public.get("params_digest"), str):
+            raise bad("'params' and 'params_digest' are required")
+        tens = public.get("tensors")
+        if not isinstance(tens, dict) or not all(_is_hex(v) for v in tens.values()):
+            raise bad("'tensors' must map names to SHA-256 hex digests")
+    com = public.get("commitments")
+    if com is not None or fmt == 1:
+        if not isinstance(com, list) or not com or not all(_is_hex(c) for c in com):
+            raise bad("'commitments' must be a non-empty list of SHA-256 hex digests")
+
+
+def _is_hex(c: Any) -> bool:
+    return isinstance(c, str) and len(c) == 64 and all(ch in "0123456789abcdef" for ch in c)
+
+
+def save(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -> Path:
+    validate(public, "commitment")
+    return write_atomic(path, json.dumps(public, indent=1, sort_keys=True) + "\n", force)
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KeyFormatError(f"commitment file {path} does not exist")
+    if path.stat().st_size > MAX_BYTES:
+        raise KeyFormatError(f"{path} is larger than {MAX_BYTES} bytes; not a modelseal commitment")
+    public = parse_json(path.read_bytes(), str(path))
+    validate(public, str(path))
+    return public

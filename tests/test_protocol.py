@@ -1,0 +1,200 @@
+"""One method protocol: layers without upward imports, family/verb errors that name the right command, and a
+test-only method that runs through `bench run`, `verify` and the report with no change elsewhere."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import modelseal as ms
+from modelseal import methods
+from modelseal.cli import app
+from modelseal.verdict import DEFAULT_ALPHA, Verdict
+
+SRC = Path(ms.__file__).parent
+
+# Lowest first. A module may import its own layer and the layers below it, never one above.
+LAYERS = [
+    {"errors", "_version", "validate", "verdict", "tensorfile", "keys", "stats", "commitment"},
+    {"runtime"},
+    {"data"},
+    {"models"},
+    {"train"},
+    {"suspect"},
+    {"attacks"},
+    {"methods"},
+    {"api", "evidence"},
+    {"bench", "demo"},
+    {"cli", "__main__"},
+]
+
+
+def _layer(component: str) -> int:
+    for i, names in enumerate(LAYERS):
+        if component in names:
+            return i
+    raise AssertionError(f"module modelseal.{component} is in no declared layer; add it to LAYERS (and the "
+                         "README's architecture section)")
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = ["modelseal", *rel.parts]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            names = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+            out += [(n, node.lineno) for n in names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+    return [(m, line) for m, line in out if m == "modelseal" or m.startswith("modelseal.")]
+
+
+def test_no_module_imports_upward():
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        if rel.parts == ("__init__.py",):
+            continue  # the package root re-exports the public API
+        own = _layer(rel.parts[0].removesuffix(".py"))
+        for mod, line in _imports(path):
+            parts = mod.split(".")
+            if len(parts) < 2:
+                bad.append(f"{rel}:{line} imports the package root")
+                continue
+            if _layer(parts[1]) > own:
+                bad.append(f"{rel}:{line} imports {mod} (layer {_layer(parts[1])} > {own})")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("args, right", [
+    (["fingerprint", "extract", "M", "--key", "K", "--method", "deepmarks"], "modelseal deepmarks distribute"),
+    (["fingerprint", "extract", "M", "--key", "K", "--method", "trigger-set"], "modelseal watermark embed"),
+    (["fingerprint", "extract", "M", "--key", "K", "--method", "advparams"], "modelseal lock"),
+    (["watermark", "embed", "M", "--out", "O", "--key", "K", "--method", "tafa"], "modelseal fingerprint extract"),
+    (["watermark", "embed", "M", "--out", "O", "--key", "K", "--method", "c-examples"],
+     "modelseal fingerprint extract"),
+    (["watermark", "embed", "M", "--out", "O", "--key", "K", "--method", "deepmarks"],
+     "modelseal deepmarks distribute"),
+])
+def test_family_verb_mismatch_names_the_right_command(tmp_path, args, right):
+    args = [str(tmp_path / a) if a in ("M", "K", "O") else a for a in args]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert right in r.output and "Traceback" not in r.output
+
+
+def test_api_family_mismatch(tmp_path):
+    key = ms.Key("tafa", params={"seed": 0}, signature={"input_shape": [1], "output_size": 1})
+    with pytest.raises(ms.ModelSealError, match="modelseal fingerprint extract"):
+        ms.trace(torch.nn.Linear(1, 1), key)
+    with pytest.raises(ms.ModelSealError, match="modelseal fingerprint extract"):
+        ms.unlock(torch.nn.Linear(1, 1), key)
+
+
+# ------------------------------------------------------------------------------------- a test-only method
+@dataclass
+class OutputBias:
+    """A toy watermark for tests: adds `shift` to the logit of class `target`; judges by how often the suspect
+    answers `target` on random inputs, against the binomial null of rate `null`."""
+
+    target: int = 3
+    shift: float = 20.0
+    n: int = 40
+    seed: int = 0
+
+    verify_params = {"alpha": (DEFAULT_ALPHA, "false-accusation rate"), "null": (0.5, "null match rate")}
+
+    def embed(self, model, data, progress=None):
+        import copy
+
+        from modelseal.models import last_linear, signature_of
+
+        out = copy.deepcopy(model)
+        _, head = last_linear(out)
+        with torch.no_grad():
+            head.bias[self.target] += self.shift
+        gen = torch.Generator().manual_seed(self.seed)
+        shape = tuple(signature_of(model)["input_shape"])
+        key = ms.Key("test-output-bias", params={"target": self.target, "seed": self.seed},
+                     tensors={"x": torch.rand((self.n, *shape), generator=gen)}, signature=signature_of(model))
+        return out, key
+
+    def verify(self, suspect, key, alpha=DEFAULT_ALPHA, null=0.5):
+        from modelseal import stats, validate
+        from modelseal.suspect import as_suspect
+
+        alpha = validate.alpha(alpha)
+        s = as_suspect(suspect)
+        x = key.tensors["x"]
+        hits = int((s.labels(x) == int(key.params["target"])).sum())
+        p = stats.binomial_tail(hits, len(x), null)
+        return Verdict("test-output-bias", owned=p <= alpha, score=hits / len(x), threshold=null, p_value=p,
+                       alpha=alpha, queries=len(x))
+
+
+@pytest.fixture
+def toy_method():
+    cls = methods.register("test-output-bias", family="watermark", access="labels")(OutputBias)
+    yield cls
+    methods._REGISTRY.pop("test-output-bias", None)
+
+
+def test_a_test_only_method_runs_through_bench_verify_and_report(toy_method, tmp_path):
+    from modelseal import bench
+
+    text = """
+name = "toy"
+data = "digits"
+seeds = [0]
+[owner]
+arch = "mlp"
+epochs = 3
+[[protections]]
+method = "test-output-bias"
+params = { shift = 30.0, null = 0.5 }
+[[attacks]]
+name = "prune"
+params = { amount = 0.3 }
+[negatives]
+count = 2
+archs = ["mlp", "cnn"]
+epochs = 2
+"""
+    sc = bench.parse(text, "toy")
+    summary = bench.run(sc, tmp_path / "run", progress=False)
+    assert summary["errors"] == 0 and summary["finished"] == len(sc.cells) == 2
+    from modelseal.bench.store import Store
+
+    with Store(tmp_path / "run" / "results.sqlite") as st:
+        cells = {c["attack"]: c for c in st.cells()}
+        negs = st.negatives()
+    assert cells["none"]["owned"] and cells["none"]["family"] == "watermark"
+    assert len(negs) == 2 and not any(n["owned"] for n in negs)
+    html = tmp_path / "report.html"
+    bench.report(tmp_path / "run" / "results.sqlite", html)
+    assert "test-output-bias" in html.read_text()
+
+    # and verify from the API and the CLI, with the commitment written at protect time
+    d = ms.data.load("digits", seed=0)
+    owner = ms.models.build("mlp", d.meta, seed=0)
+    done = methods.protect(toy_method(), owner, d.owner)
+    assert ms.verify(done.models[0], done.key, commitment=done.commitment).owned
+    assert not ms.verify(owner, done.key).owned
+    ms.models.save_model(done.models[0], tmp_path / "m.safetensors")
+    done.key.save(tmp_path / "k.seal")
+    r = CliRunner().invoke(app, ["verify", str(tmp_path / "k.seal"), str(tmp_path / "m.safetensors"), "--json"])
+    assert r.exit_code == 0 and '"owned": true' in r.output, r.output
