@@ -115,7 +115,8 @@ def test_http_verdict_equals_in_process(name, which, keyed, other_mlp, servers):
     remote = ms.verify(remote_suspect, key)
     _same(local, remote)
     if which == "owner":
-        assert remote.owned
+        # c-examples without the verifier's references is never judged (so never owned), remote or not
+        assert remote.owned or (name == "c-examples" and not remote.judged)
     assert remote_suspect.module is None
     assert app.state.stats["inputs"] == remote.queries == remote_suspect.queries
 

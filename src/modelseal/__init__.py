@@ -5,7 +5,7 @@ model (characteristic examples, TAFA), parameter locks (AdvParams), verdicts wit
 ONNX files or remote endpoints, and a robustness benchmark against removal attacks.
 """
 
-from . import attacks, data, methods, models, runtime, stats, train
+from . import attacks, commitment, data, methods, models, runtime, stats, train
 from ._version import __version__
 from .api import trace, unlock, verify
 from .errors import ModelSealError
