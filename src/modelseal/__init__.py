@@ -13,5 +13,5 @@ from .keys import Key
 from .suspect import Suspect
 from .verdict import Verdict
 
-__all__ = ["attacks", "commitment", "data", "methods", "models", "runtime", "stats", "train", "verify", "trace", "unlock", "Key",
-           "Suspect", "Verdict", "ModelSealError", "__version__"]
+__all__ = ["attacks", "commitment", "data", "methods", "models", "runtime", "stats", "train", "verify", "trace",
+           "unlock", "Key", "Suspect", "Verdict", "ModelSealError", "__version__"]
