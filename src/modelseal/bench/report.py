@@ -52,7 +52,7 @@ P_FLOOR = 1e-30  # p-values below this are drawn at it on log axes
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right;white-space:nowrap}th{background:#f0f0f0}td.l,th.l{text-align:left}td.w{white-space:normal;
-text-align:left;max-width:32em}.note{color:#555;font-size:13px;max-width:60em}img{width:100%;max-width:1200px;
+text-align:left;min-width:9em;max-width:30em}section{overflow-x:auto}.note{color:#555;font-size:13px;max-width:60em}img{width:100%;max-width:1200px;
 border:1px solid #eee}#headline-table td{font-size:14px}.bad{color:#b00020;font-weight:600}
 .good{color:#0a7d32;font-weight:600}.warn{color:#9a6700;font-weight:600}"""
 
@@ -269,6 +269,7 @@ def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict
 
 def survival_table(rows: list[dict[str, Any]]) -> Any:
     """The survival rows as a rich Table for the terminal (same words as the HTML headline)."""
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="What survived? (one row per protection)", title_justify="left", show_lines=True)
@@ -276,8 +277,9 @@ def survival_table(rows: list[dict[str, Any]]) -> Any:
         t.add_column(col, overflow="fold")
     for r in rows:
         style = {"survived": "green", "removed": "red", "never": "yellow"}[r["status"]]
-        t.add_row(r["protection"], f"[{style}]{r['verdict']}[/]", "\n".join(r["removed_by"]) or "–",
-                  _alpha_text(r["alpha"]), r["accuracy_cost_text"], r["false_positives"] or "–")
+        t.add_row(escape(r["protection"]), f"[{style}]{escape(r['verdict'])}[/]",
+                  escape("\n".join(r["removed_by"])) or "–", _alpha_text(r["alpha"]), r["accuracy_cost_text"],
+                  r["false_positives"] or "–")
     return t
 
 
@@ -446,6 +448,11 @@ def _p(c: dict[str, Any]) -> float | None:
     return None if p is None else max(float(p), P_FLOOR)
 
 
+def _colors(plt: Any, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """One colour per protection, the same in every plot of a report."""
+    return {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(sorted({c["protection"] for c in cells}))}
+
+
 def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_margin: float) -> str:
     """Per swept attack: value vs strength, one line per protection; then one dot plot of the other attacks
     (never the unattacked cell: its value is drawn as each protection's reference instead)."""
@@ -458,7 +465,7 @@ def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_ma
     n = len(swept) + (1 if unswept else 0)
     if n == 0:
         return "<p class='note'>no attacked cells to plot</p>"
-    colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(prots)}
+    colors = _colors(plt, cells)
     fig, axes = _grid(plt, n)
 
     def y_of(c: dict[str, Any]) -> float | None:
@@ -571,7 +578,7 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
          "independent models accused"],
         [[r["protection"], _Raw(f"<span class='{_status_class(r['status'])}'>{html.escape(r['verdict'])}</span>"),
           _lines(r["removed_by"]), _lines(r["survived"]), _alpha_text(r["alpha"]), r["accuracy_cost_text"],
-          r["false_positives"]] for r in rows], left=1, wrap=(1, 2, 3), table_id="headline-table"))
+          r["false_positives"]] for r in rows], left=1, wrap=(1, 2, 3, 5), table_id="headline-table"))
     parts.append(
         f"<p class='note'>A watermark or fingerprint is <b>detected</b> when its verdict's p-value is at most alpha "
         f"(the chance that an independent model scores as well). An attack <b>removes</b> it when the unattacked "
