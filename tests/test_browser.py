@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+
 from test_report import make_db
 
 report_mod = importlib.import_module("modelseal.bench.report")

@@ -64,8 +64,8 @@ def test_arch_round_trip_embed_verify_lock_unlock(owner_file):
     d, acc = owner_file
     assert acc > 0.8
     common = ["--arch", ARCH, "--data", "digits", "--seed", "3"]
-    emb = _ok(["watermark", "embed", str(d / "mine.safetensors"), "--set", "n=20", "--out", str(d / "marked.safetensors"),
-               "--key", str(d / "wm.seal"), *common])
+    emb = _ok(["watermark", "embed", str(d / "mine.safetensors"), "--set", "n=20", "--out",
+               str(d / "marked.safetensors"), "--key", str(d / "wm.seal"), *common])
     assert emb["test_metric_before"] == pytest.approx(acc, abs=1e-6)
     v = _ok(["verify", str(d / "wm.seal"), str(d / "marked.safetensors"), "--arch", ARCH])
     assert v["owned"] is True and v["p_value"] <= 1e-6

@@ -174,8 +174,8 @@ def test_an_old_database_without_alpha_still_reports(tmp_path):
 
     cols = [c for c in store.CELL_COLUMNS if c != "alpha"]
     con.execute(f"CREATE TABLE cells ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'cell_id' else '') for c in cols)})")
-    con.execute(f"INSERT INTO cells (cell_id, protection, method, family, attack, attack_name, status, owned, p_value) "
-                f"VALUES ('x', 'tafa', 'tafa', 'fingerprint', 'none', 'none', 'ok', 1, 1e-9)")
+    con.execute("INSERT INTO cells (cell_id, protection, method, family, attack, attack_name, status, owned, p_value) "
+                "VALUES ('x', 'tafa', 'tafa', 'fingerprint', 'none', 'none', 'ok', 1, 1e-9)")
     con.commit()
     con.close()
     with Store(old) as s:

@@ -110,9 +110,11 @@ def cell_outcome(c: dict[str, Any], baseline_detected: bool | None, bound: int |
         if c.get("family") == "per-user" and c.get("colluders"):
             word += f" ({c.get('colluders_found') or 0} of {_collusion_size(c)} found)"
         return {"word": word, "removed": False, "kind": "detected", "note": note}
-    if not attacked or baseline_detected is False:
-        return {"word": "never detected", "removed": False, "kind": "never", "note": note or
-                "the unattacked protected model was not judged owned, so no attack can be said to remove it"}
+    if not attacked:
+        return {"word": "never detected", "removed": False, "kind": "never",
+                "note": note or "not judged owned even unattacked, so no attack can remove it"}
+    if baseline_detected is False:
+        return {"word": "never detected", "removed": False, "kind": "never", "note": note}
     if owner is not None and acc is not None and acc < owner - REMOVAL_MARGIN:
         return {"word": "not detected, model damaged", "removed": False, "kind": "damaged",
                 "note": (note + "; " if note else "") + f"accuracy {acc:.3f} < owner {owner:.3f} - 0.05"}
