@@ -27,16 +27,16 @@ CONTINUES = "# continued from the block above"
 RUN_LANGS = {"bash", "python"}
 
 
-def blocks() -> list[tuple[str, str, int]]:
+def blocks(text: str | None = None) -> list[tuple[str, str, int]]:
     """(language, code, line number) of every fenced block, in order."""
-    text = README.read_text()
+    text = README.read_text() if text is None else text
     return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
 
 
-def units() -> list[tuple[str, str, int]]:
+def units(text: str | None = None) -> list[tuple[str, str, int]]:
     """What runs, in order: bash blocks one by one, python blocks joined with the ones that continue them."""
     out: list[tuple[str, str, int]] = []
-    for lang, code, line in blocks():
+    for lang, code, line in blocks(text):
         if lang == "python" and code.startswith(CONTINUES):
             assert out and out[-1][0] == "python", f"README line {line} continues no python block"
             out[-1] = ("python", out[-1][1] + "\n" + code, out[-1][2])
@@ -55,6 +55,16 @@ def test_every_block_is_run_or_setup_and_setup_comes_first():
     text = README.read_text()
     assert "make demo" in text and "make test" in text and "make install" in text
     assert "modelseal train" in text.split("```bash")[1]  # the first thing run makes the owner model
+
+
+def test_a_python_block_continues_only_when_it_says_so():
+    text = ("```python\nx = 1\n```\n\n```python\n" + CONTINUES + "\nprint(x)\n```\n\n```python\nprint(2)\n```\n"
+            "```bash\necho hi\n```\n")
+    got = units(text)
+    assert [(lang, line) for lang, _, line in got] == [("python", 1), ("python", 10), ("bash", 13)]
+    assert "x = 1" in got[0][1] and "print(x)" in got[0][1] and "x = 1" not in got[1][1]
+    with pytest.raises(AssertionError, match="continues no python block"):
+        units("```bash\necho\n```\n```python\n" + CONTINUES + "\n```\n")
 
 
 def _modelseal_on_path(tmp: Path) -> str:

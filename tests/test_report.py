@@ -185,3 +185,18 @@ def test_an_old_database_without_alpha_still_reports(tmp_path):
         assert sorted(c["alpha"] or 0 for c in s.cells()) == [0, 1e-3]
     rs = report_mod.survival_from_db(old)
     assert rs[0]["alpha"] == [1e-6, 1e-3]  # the default for the old row, the recorded one for the new
+
+
+def test_bench_report_command_prints_the_headline(db, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from modelseal.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--json"])
+    assert r.exit_code == 0, r.output
+    payload = json.loads(r.stdout)
+    assert payload["survival"] == report_mod.survival_from_db(db)
+    human = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--force"])
+    assert human.exit_code == 0 and "What survived?" in human.output and "recovered" in human.output  # 80 columns
