@@ -85,6 +85,12 @@ def db(tmp_path_factory) -> Path:
     return make_db(tmp_path_factory.mktemp("report") / "results.sqlite")
 
 
+@pytest.fixture(scope="module")
+def html_text(db, tmp_path_factory) -> str:
+    """The report of the fabricated run, rendered once for the tests that read it."""
+    return report_mod.report(db, tmp_path_factory.mktemp("html") / "report.html").read_text()
+
+
 def _by_prot(rs: list[dict]) -> dict[str, dict]:
     return {r["protection"]: r for r in rs}
 
@@ -126,11 +132,10 @@ def test_removed_only_when_the_unattacked_model_was_detected():
     assert cell_outcome({**lock, "attacked_acc": OWNER - LOCK_HELD_MARGIN + 0.01}, True)["word"] == "RECOVERED"
 
 
-def test_terminal_and_html_say_the_same(db, tmp_path):
+def test_terminal_and_html_say_the_same(db, html_text):
     from rich.console import Console
 
-    path = report_mod.report(db, tmp_path / "report.html")
-    text = path.read_text()
+    text = html_text
     for sec in report_mod.SECTIONS:
         assert f"id='{sec}'" in text, sec
     assert text.index("id='headline'") < text.index("id='summary'") < text.index("id='plot-scores'")
@@ -150,10 +155,10 @@ def test_terminal_and_html_say_the_same(db, tmp_path):
     assert "colluders found" in methods and "3 of 6 in 3 cells" in methods  # the unattacked copy counts: 1 leaker
 
 
-def test_plots_are_wide_and_every_cell_has_its_attack_parameters(db, tmp_path):
+def test_plots_are_wide_and_every_cell_has_its_attack_parameters(html_text):
     import matplotlib.image as mpimg
 
-    text = report_mod.report(db, tmp_path / "r.html").read_text()
+    text = html_text
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
     assert len(images) == 3
     for b in images:
