@@ -705,12 +705,13 @@ def list_methods(
     payload = {"name": name, "kind": kind, "params": [p.to_dict() for p in params]}
 
     def human() -> None:
-        table = Table(title=f"{kind} {name}: set with --set NAME=VALUE", title_justify="left")
-        for col in ("parameter", "type", "default", "range", "meaning"):
-            table.add_column(col, overflow="fold")
+        from rich.padding import Padding
+        from rich.text import Text
+
+        out.print(Text(f"{kind} {name}: parameters (set with --set NAME=VALUE)", style="bold"))
         for p in params:
-            table.add_row(p.name, p.type, p.default, p.range, p.meaning)
-        out.print(table)
+            out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
+            out.print(Padding(Text(p.meaning), (0, 0, 0, 4)))
 
     _emit(as_json, payload, human)
 

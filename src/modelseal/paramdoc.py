@@ -211,8 +211,9 @@ GLOSSARY = {
 }
 
 
-def _clean(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip(" ,;.:-")
+def _clean(text: str, limit: int = 240) -> str:
+    text = re.sub(r"\s+", " ", text).strip(" ,;.:-")
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _module_sentence(doc: str, field: str) -> str | None:
