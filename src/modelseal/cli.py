@@ -1,8 +1,13 @@
 """The `modelseal` command line: the only place that parses arguments or prints for a person.
 
-Every command takes --device, --seed and --json; long work shows a progress bar on a terminal; no
-output file is overwritten without --force. Methods and attacks are reached through their registries,
-and their parameters through `--set NAME=VALUE` (VALUE is read as JSON when it parses, else a string).
+Every command takes --json; commands that compute take --device and --seed; long work shows a progress bar
+on a terminal; no output file is overwritten without --force (`bench run` resumes by default and starts over
+with --restart). Methods and attacks are reached through their registries, and their parameters through
+`--set NAME=VALUE` (VALUE is read as JSON when it parses, else a string); `modelseal methods NAME` lists them.
+Every `--help` ends with examples. A user's own architecture comes in as `--arch package.module:factory`.
+
+Start-up: this module imports neither torch nor any module that does; every command imports what it needs
+when it runs, so `modelseal --help` and `modelseal methods` answer in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -20,17 +25,31 @@ from rich.table import Table
 from . import attacks as attack_registry
 from . import methods as method_registry
 from .errors import ModelSealError
-from .tensorfile import check_writable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="modelseal: watermark, fingerprint, lock and judge neural networks.")
-watermark_app = typer.Typer(no_args_is_help=True, help="Embed watermarks.")
-fingerprint_app = typer.Typer(no_args_is_help=True, help="Extract fingerprints (the model is not changed).")
-deepmarks_app = typer.Typer(no_args_is_help=True, help="Per-user fingerprints (DeepMarks).")
+
+def _examples(*lines: str) -> str:
+    """An epilog of example command lines (click keeps a paragraph that starts with \\b as written)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# Plain click help (rich_markup_mode=None): flags show as `--json`, not `--json <bool>`, and examples keep their lines.
+_TYPER = {"no_args_is_help": True, "rich_markup_mode": None}
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **_TYPER,
+                  help="modelseal: watermark, fingerprint, lock and judge neural networks.",
+                  epilog=_examples("modelseal train --data digits --arch mlp --epochs 3 --out owner.safetensors",
+                                   "modelseal methods trigger-set",
+                                   "modelseal demo --out demo-out"))
+watermark_app = typer.Typer(**_TYPER, help="Embed watermarks.", epilog=_examples(
+    "modelseal watermark embed owner.safetensors --out marked.safetensors --key wm.seal"))
+fingerprint_app = typer.Typer(**_TYPER, help="Extract fingerprints (the model is not changed).", epilog=_examples(
+    "modelseal fingerprint extract owner.safetensors --method tafa --key fp.seal"))
+deepmarks_app = typer.Typer(**_TYPER, help="Per-user fingerprints (DeepMarks).", epilog=_examples(
+    "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal"))
 app.add_typer(watermark_app, name="watermark")
 app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(deepmarks_app, name="deepmarks")
-bench_app = typer.Typer(no_args_is_help=True, help="Robustness benchmark: run scenarios, write reports.")
+bench_app = typer.Typer(**_TYPER, help="Robustness benchmark: run scenarios, write reports.", epilog=_examples(
+    "modelseal bench run tiny --out run", "modelseal bench report run/results.sqlite --out report.html"))
 app.add_typer(bench_app, name="bench")
 
 out = Console()
@@ -40,11 +59,22 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
 SecretSeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help="seed of the secret (default: a fresh random seed; the key records it)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="method/attack parameter NAME=VALUE")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON", metavar="")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files", metavar="")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="method/attack parameter NAME=VALUE, repeatable; `modelseal methods NAME` lists them")]
+ArchOpt = Annotated[Optional[str], typer.Option(
+    "--arch", help="your own architecture as package.module:factory: modelseal IMPORTS that module (current "
+                   "folder first, then PYTHONPATH; its code runs) and calls factory() for the nn.Module; model "
+                   "files are then plain safetensors state dicts (.pt2 files are refused: torch unpickles them)")]
 DataOpt = Annotated[str, typer.Option("--data", help="data set: mnist5k, digits, diabetes, sample-images, "
                                                      "idx:DIR, cifar10:DIR, cifar100:DIR, npz:PATH, folder:DIR")]
+
+
+def check_writable(path: Path, force: bool) -> None:
+    from .tensorfile import check_writable as check
+
+    check(path, force)
 
 
 def _fail(e: Exception) -> None:
@@ -93,26 +123,47 @@ def _device(device: str):
     return resolve_device(device)
 
 
-def _load_model(path: Path, device: str):
-    from .models import load_model
+def _load_model(path: Path, device: str, arch: str | None = None, spec: Any = None):
+    """A model file: modelseal's own (architecture in the header), or with `arch` a user's state dict. `spec` (a
+    data set's Meta, or a key's signature dict) gives a user architecture's input shape when the file lacks it."""
+    from .models import custom, load_model
 
-    return load_model(path, device=_device(device))
+    if arch is None:
+        info = custom.user_arch_of(path)
+        if info is not None:
+            raise ModelSealError(f"{path} holds the weights of your own architecture; pass --arch {info.get('arch')}")
+        return load_model(path, device=_device(device))
+    shape = bounds = None
+    if isinstance(spec, dict):
+        shape = spec.get("input_shape")
+    elif spec is not None:
+        shape, bounds = getattr(spec, "input_shape", None), getattr(spec, "bounds", None)
+    return custom.load_custom(path, arch, tuple(shape) if shape else None, bounds, device=_device(device))
+
+
+def _save_model(model, path: Path, force: bool, arch: str | None = None) -> None:
+    from . import models
+    from .models import custom
+
+    if arch is None:
+        models.save_model(model, path, force=force)
+    else:
+        custom.save_custom(model, path, arch, force=force)
 
 
 def _protect_and_save(protect, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
-                      force: bool, as_json: bool):
+                      force: bool, as_json: bool, arch: str | None = None):
     """Load the model and data, run `protect(model, owner_split, progress=...) -> (model, key)`, write both
     files; returns (test metric before, after, key). Shared by `watermark embed` and `lock`."""
     from . import data as data_mod
-    from . import models
     from . import train as train_mod
 
     splits = data_mod.load(data, seed=0)
-    model = _load_model(model_path, device)
+    model = _load_model(model_path, device, arch, splits.meta)
     before = train_mod.evaluate(model, splits.test)
     protected, key = protect(model, splits.owner, progress=_progress(as_json))
     after = train_mod.evaluate(protected, splits.test)
-    models.save_model(protected, out_path, force=force)
+    _save_model(protected, out_path, force, arch)
     key.save(key_path, force=force)
     _save_commitment(key, key_path, force)
     return before, after, key
@@ -145,11 +196,15 @@ def _split(splits, name: str):
 
 
 # --------------------------------------------------------------------------------------------- train
-@app.command()
+@app.command(epilog=_examples(
+    "modelseal train --data mnist5k --arch cnn --epochs 5 --out owner.safetensors",
+    "modelseal train --data digits --arch mymodels:make_net --out mine.safetensors   # your own nn.Module"))
 def train(
     out_path: Annotated[Path, typer.Option("--out", help="model file to write (.safetensors)")],
     data: DataOpt = "mnist5k",
-    arch: Annotated[str, typer.Option("--arch", help="mlp | cnn | resnet18 | wrn")] = "cnn",
+    arch: Annotated[str, typer.Option("--arch", help="mlp | cnn | resnet18 | wrn | vae-decoder, or your own "
+                                                     "package.module:factory (imported; see `modelseal verify "
+                                                     "--help`)")] = "cnn",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     split: Annotated[str, typer.Option(help="which split to train on: owner | attacker")] = "owner",
@@ -163,13 +218,22 @@ def train(
     try:
         check_writable(out_path, force)
         splits = data_mod.load(data, seed=seed)
-        model = models.build(arch, splits.meta, seed=seed).to(_device(device))
+        user_arch = arch if ":" in arch else None
+        if user_arch:
+            from .models import custom
+            from .runtime import seed_everything
+
+            seed_everything(seed)
+            model = custom.build_custom(arch, tuple(splits.meta.input_shape), tuple(splits.meta.bounds))
+            model = model.to(_device(device))
+        else:
+            model = models.build(arch, splits.meta, seed=seed).to(_device(device))
         t0 = time.perf_counter()
         hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed,
                              progress=_progress(as_json), description=f"train {arch}")
         seconds = time.perf_counter() - t0
         acc = train_mod.evaluate(model, splits.test)
-        models.save_model(model, out_path, force=force)
+        _save_model(model, out_path, force, user_arch)
     except ModelSealError as e:
         _fail(e)
     metric = "accuracy" if splits.meta.task == "classification" else "r2"
@@ -180,7 +244,10 @@ def train(
 
 
 # -------------------------------------------------------------------------------------------- attack
-@app.command()
+@app.command(epilog=_examples(
+    "modelseal attack finetune owner.safetensors --set mode=ftal --set epochs=2 --out pirated.safetensors",
+    "modelseal attack prune owner.safetensors --set amount=0.5 --out pruned.safetensors",
+    "modelseal attack --list"))
 def attack(
     name: Annotated[str, typer.Argument(help="attack name (see --list)")] = "",
     model_path: Annotated[Optional[Path], typer.Argument(help="model file to attack")] = None,
@@ -188,12 +255,12 @@ def attack(
     data: DataOpt = "mnist5k",
     split: Annotated[str, typer.Option(help="data the attacker holds: attacker | owner | test")] = "attacker",
     other: Annotated[Optional[list[Path]], typer.Option("--other", help="other models (collusion: average)")] = None,
-    set_: SetOpt = None, list_: Annotated[bool, typer.Option("--list", help="list attacks")] = False,
+    set_: SetOpt = None, list_: Annotated[bool, typer.Option("--list", help="list attacks", metavar="")] = False,
+    arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Apply a removal attack (fine-tuning, pruning, quantization, distillation, averaging ...)."""
     from . import data as data_mod
-    from . import models
     from . import train as train_mod
 
     if list_ or not name:
@@ -206,18 +273,18 @@ def attack(
         check_writable(out_path, force)
         cls = attack_registry.get(name)
         params = {"seed": seed, **_params(set_)}
-        if other:
-            params["others"] = [_load_model(p, device) for p in other]
-        atk = _construct(cls, params)
         splits = data_mod.load(data, seed=0)
-        model = _load_model(model_path, device)
+        if other:
+            params["others"] = [_load_model(p, device, arch, splits.meta) for p in other]
+        atk = _construct(cls, params)
+        model = _load_model(model_path, device, arch, splits.meta)
         before = train_mod.evaluate(model, splits.test)
         t0 = time.perf_counter()
         atk.progress = _progress(as_json)
         attacked = atk.apply(model, _split(splits, split))
         seconds = time.perf_counter() - t0
         after = train_mod.evaluate(attacked, splits.test)
-        models.save_model(attacked, out_path, force=force)
+        _save_model(attacked, out_path, force, arch)
     except ModelSealError as e:
         _fail(e)
     payload = {"attack": name, "params": {k: v for k, v in params.items() if k != "others"},
@@ -227,13 +294,17 @@ def attack(
 
 
 # -------------------------------------------------------------------------------- watermark / fingerprint
-@watermark_app.command("embed")
+@watermark_app.command("embed", epilog=_examples(
+    "modelseal watermark embed owner.safetensors --out marked.safetensors --key wm.seal",
+    "modelseal watermark embed owner.safetensors --set n=50 --out marked.safetensors --key wm.seal --force",
+    "modelseal watermark embed mine.safetensors --arch mymodels:make_net --data digits --out m.safetensors "
+    "--key wm.seal"))
 def watermark_embed(
     model_path: Annotated[Path, typer.Argument(help="owner model file")],
     out_path: Annotated[Path, typer.Option("--out", help="watermarked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
-    data: DataOpt = "mnist5k", set_: SetOpt = None,
+    data: DataOpt = "mnist5k", set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Embed a watermark: writes the marked model and the secret key."""
@@ -246,7 +317,7 @@ def watermark_embed(
         mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(wm.embed, model_path, data, device, out_path, key_path, force,
-                                               as_json)
+                                               as_json, arch)
     except ModelSealError as e:
         _fail(e)
     payload = {"method": method, "test_metric_before": before, "test_metric_after": after,
@@ -256,13 +327,19 @@ def watermark_embed(
         f"(sha256 {key.digest()[:16]}...)"))
 
 
-@fingerprint_app.command("extract")
+@fingerprint_app.command("extract", epilog=_examples(
+    "modelseal fingerprint extract owner.safetensors --method tafa --key fp.seal",
+    "modelseal fingerprint extract owner.safetensors --method c-examples --variant rc --reference ref1.safetensors "
+    "--key ce.seal"))
 def fingerprint_extract(
     model_path: Annotated[Path, typer.Argument(help="owner model file")],
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="tafa | c-examples")] = "tafa",
     variant: Annotated[Optional[str], typer.Option(help="c-examples variant: c | rc | ltrc")] = None,
-    set_: SetOpt = None,
+    set_: SetOpt = None, arch: ArchOpt = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="with --arch, a data set whose input shape and bounds the model takes (no data is used)")]
+        = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Extract a fingerprint from a model without changing it, and without any data."""
@@ -277,7 +354,12 @@ def fingerprint_extract(
         if variant is not None:
             params["variant"] = variant
         fp = _construct(mi.cls, params)
-        model = _load_model(model_path, device)
+        meta = None
+        if arch is not None and data is not None:
+            from . import data as data_mod
+
+            meta = data_mod.load(data, seed=0).meta
+        model = _load_model(model_path, device, arch, meta)
         spec = model.modelseal_spec
         bounds = tuple(spec.get("bounds", (0.0, 1.0)))
         t0 = time.perf_counter()
@@ -295,18 +377,18 @@ def fingerprint_extract(
 
 
 # ------------------------------------------------------------------------------------------ deepmarks
-@deepmarks_app.command("distribute")
+@deepmarks_app.command("distribute", epilog=_examples(
+    "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal"))
 def deepmarks_distribute(
     model_path: Annotated[Path, typer.Argument(help="owner model file")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for one model file per user")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
     users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
-    data: DataOpt = "mnist5k", set_: SetOpt = None,
+    data: DataOpt = "mnist5k", set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
     from . import data as data_mod
-    from . import models
     from . import train as train_mod
 
     seed = _secret_seed(seed)
@@ -317,13 +399,13 @@ def deepmarks_distribute(
         check_writable(manifest_path, force)
         dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
         splits = data_mod.load(data, seed=0)
-        model = _load_model(model_path, device)
+        model = _load_model(model_path, device, arch, splits.meta)
         copies, key = dm.distribute(model, splits.owner, progress=_progress(as_json))
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for j, m in enumerate(copies):
             p = out_dir / f"user-{j:03d}.safetensors"
-            models.save_model(m, p, force=force)
+            _save_model(m, p, force, arch)
             rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
         key.save(key_path, force=force)
         _save_commitment(key, key_path, force)
@@ -336,13 +418,15 @@ def deepmarks_distribute(
         f"..{max(r['test_metric'] for r in rows):.4f}); key -> {key_path}"))
 
 
-@app.command()
+@app.command(epilog=_examples("modelseal trace dm.seal copies/user-003.safetensors",
+                              "modelseal trace dm.seal leaked.safetensors --json"))
 def trace(
     key_path: Annotated[Path, typer.Argument(help="deepmarks key")],
     suspect: Annotated[str, typer.Argument(help="suspect model file")],
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
+    arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from."""
@@ -353,7 +437,14 @@ def trace(
         kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
         if evidence is not None:
             check_writable(evidence, force)
-        result = trace_fn(Suspect.load(suspect), key_path, evidence=evidence, force=force, **kw)
+        if arch is not None:
+            from .keys import Key
+
+            sig = Key.load(key_path).signature
+            s = Suspect(_load_model(Path(suspect), device, arch, sig))
+        else:
+            s = Suspect.load(suspect)
+        result = trace_fn(s, key_path, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
@@ -361,20 +452,25 @@ def trace(
 
 # -------------------------------------------------------------------------------------- verify/commit
 def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] | None,
-                 reference: list[Path] | None, device: str) -> dict[str, Any]:
+                 reference: list[Path] | None, device: str, arch: str | None = None,
+                 signature: dict | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = _params(set_)
     if alpha is not None:
         kw["alpha"] = alpha
     if max_queries is not None:
         kw["max_queries"] = max_queries
     if reference:
-        kw["references"] = [_load_model(p, device) for p in reference]
+        kw["references"] = [_load_model(p, device, arch, signature) for p in reference]
     return kw
 
 
-def _load_suspect(suspect: str, token_env: str, device: str):
+def _load_suspect(suspect: str, token_env: str, device: str, arch: str | None = None, signature: dict | None = None):
     from .suspect import Suspect
 
+    if arch is not None:
+        if suspect.startswith(("http://", "https://")) or suspect.endswith(".onnx"):
+            raise ModelSealError("--arch is for state-dict .safetensors suspects; ONNX files and URLs need none")
+        return Suspect(_load_model(Path(suspect), device, arch, signature))
     load_kw: dict[str, Any] = {}
     if suspect.startswith(("http://", "https://")):
         load_kw["token_env"] = token_env
@@ -383,7 +479,12 @@ def _load_suspect(suspect: str, token_env: str, device: str):
     return Suspect.load(suspect, **load_kw)
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "modelseal verify wm.seal suspect.onnx --commitment wm.public.json",
+    "modelseal verify wm.seal marked.safetensors --alpha 1e-9 --json --evidence ev.json",
+    "modelseal verify wm.seal fp.seal suspect.safetensors   # two keys: one fused (Holm) verdict",
+    "modelseal verify fp.seal http://127.0.0.1:8080/v2/models/model --max-queries 2000",
+    "modelseal verify wm.seal theirs.safetensors --arch mymodels:make_net   # a state dict of your own nn.Module"))
 def verify(
     paths: Annotated[list[str], typer.Argument(
         help="KEY [KEY ...] SUSPECT: secret key(s) (.seal), then the suspect (model file, .onnx file, or "
@@ -401,6 +502,7 @@ def verify(
         "--set", help="verifier test parameter NAME=VALUE (see `modelseal methods`)")] = None,
     token_env: Annotated[str, typer.Option(help="env var holding a bearer token for http suspects")] =
         "MODELSEAL_TOKEN",
+    arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0)."""
@@ -416,8 +518,13 @@ def verify(
             raise ModelSealError(f"give one --evidence per key ({len(keys)}), got {len(evidence)}")
         for e in evidence or []:
             check_writable(e, force)
-        kw = _verifier_kw(alpha, max_queries, set_, reference, device)
-        s = _load_suspect(suspect, token_env, device)
+        sig = None
+        if arch is not None:
+            from .keys import Key
+
+            sig = Key.load(keys[0]).signature
+        kw = _verifier_kw(alpha, max_queries, set_, reference, device, arch, sig)
+        s = _load_suspect(suspect, token_env, device, arch, sig)
         if len(keys) == 1:
             verdict = verify_fn(s, keys[0], commitment=commitment[0] if commitment else None,
                                 evidence=evidence[0] if evidence else None, force=force, **kw)
@@ -438,7 +545,8 @@ def _verdict_text(verdict) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(epilog=_examples("modelseal check ev.json --commitment wm.public.json",
+                               "modelseal check ev.json --commitment wm.public.json --json"))
 def check(
     evidence_path: Annotated[Path, typer.Argument(help="evidence file written by `verify --evidence`")],
     commitment: Annotated[Path, typer.Option(help="the owner's public commitment (JSON)")],
@@ -468,7 +576,7 @@ def check(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=_examples("modelseal commit wm.seal --out wm.public.json"))
 def commit(
     key_path: Annotated[Path, typer.Argument(help="secret key of any method")],
     out_path: Annotated[Path, typer.Option("--out", help="public commitment file to write (JSON)")],
@@ -489,12 +597,14 @@ def commit(
 
 
 # ---------------------------------------------------------------------------------------- lock/unlock
-@app.command()
+@app.command(epilog=_examples(
+    "modelseal lock owner.safetensors --out locked.safetensors --key lock.seal",
+    "modelseal lock owner.safetensors --set max_params=20 --out locked.safetensors --key lock.seal --force"))
 def lock(
     model_path: Annotated[Path, typer.Argument(help="model file to lock")],
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
-    data: DataOpt = "mnist5k", set_: SetOpt = None,
+    data: DataOpt = "mnist5k", set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
@@ -506,7 +616,7 @@ def lock(
         check_writable(_commitment_path(key_path), force)
         locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(locker.lock, model_path, data, device, out_path, key_path, force,
-                                               as_json)
+                                               as_json, arch)
     except ModelSealError as e:
         _fail(e)
     changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
@@ -517,68 +627,91 @@ def lock(
         f"model -> {out_path}, key -> {key_path}"))
 
 
-@app.command()
+@app.command(epilog=_examples("modelseal unlock locked.safetensors lock.seal --out restored.safetensors"))
 def unlock(
     model_path: Annotated[Path, typer.Argument(help="locked model file")],
     key_path: Annotated[Path, typer.Argument(help="unlock key")],
     out_path: Annotated[Path, typer.Option("--out", help="restored model file to write")],
+    arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Restore a locked model bit-exactly."""
-    from . import models
     from .api import unlock as unlock_fn
+    from .keys import Key
 
     try:
         check_writable(out_path, force)
-        restored = unlock_fn(_load_model(model_path, "cpu"), key_path)
-        models.save_model(restored, out_path, force=force)
+        sig = Key.load(key_path).signature if arch is not None else None
+        restored = unlock_fn(_load_model(model_path, "cpu", arch, sig), key_path)
+        _save_model(restored, out_path, force, arch)
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, {"model": str(out_path)}, lambda: out.print(f"unlocked -> {out_path}"))
 
 
 # ------------------------------------------------------------------------------------------- serve
-@app.command()
+@app.command(epilog=_examples("modelseal serve marked.safetensors --port 8080",
+                              "modelseal serve marked.onnx --port 8081 --label-only --token-env MY_TOKEN"))
 def serve(
     model_path: Annotated[Path, typer.Argument(help="modelseal model file or .onnx file")],
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
     host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
     name: Annotated[str, typer.Option(help="model name in the URL /v2/models/NAME")] = "model",
-    label_only: Annotated[bool, typer.Option(help="answer with the top class only")] = False,
+    label_only: Annotated[bool, typer.Option("--label-only", help="answer with the top class only", metavar="")]
+        = False,
     token_env: Annotated[Optional[str], typer.Option(help="env var with a bearer token to require")] = None,
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu", as_json: JsonOpt = False,
 ) -> None:
-    """Serve a model over the Open Inference Protocol (KServe v2) for tests and demos."""
+    """Serve a model over the Open Inference Protocol (KServe v2) for tests and demos, until Ctrl-C."""
     import os
 
     try:
-        from .suspect.serve import run
+        from .suspect.serve import model_url, run
     except ImportError as e:
         _fail(ModelSealError(f"serving needs the server extra: {e}"))
     token = os.environ.get(token_env) if token_env else None
     if token_env and not token:
         _fail(ModelSealError(f"--token-env {token_env} is set but the variable is empty"))
     try:
-        run(model_path, host=host, port=port, name=name, label_only=label_only, token=token)
+        model: Any = model_path
+        if arch is not None or (model_path.suffix != ".onnx" and device != "cpu"):
+            model = _load_model(model_path, device, arch)
+        url = model_url(host, port, name)
+        _emit(as_json, {"url": url, "model": str(model_path)},
+              lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)"))
+        sys.stdout.flush()
+        run(model, host=host, port=port, name=name, label_only=label_only, token=token)
     except ModelSealError as e:
         _fail(e)
 
 
 # -------------------------------------------------------------------------------------------- bench
-@bench_app.command("run")
+@bench_app.command("run", epilog=_examples(
+    "modelseal bench run tiny --out run                # runs, or resumes an interrupted run",
+    "modelseal bench run my.toml --out run --max-cells 10",
+    "modelseal bench run my.toml --out run --restart   # discard run/results.sqlite and run/cache, start over",
+    "modelseal bench run demo --out run --backend ray"))
 def bench_run(
     scenario: Annotated[str, typer.Argument(help="scenario TOML file, or a built-in name: demo, tiny")],
-    out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/); re-runs resume")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/)")],
     backend: Annotated[str, typer.Option(help="local | ray")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
     max_cells: Annotated[Optional[int], typer.Option(help="stop after this many cells (resume later)")] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", metavar="", help="start over: delete the run folder's results.sqlite and cache/ first. Without "
+                                      "it a run resumes: finished cells are kept and skipped")] = False,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
-    force: Annotated[bool, typer.Option("--force", help="start over: delete the run's database and cache")] = False,
+    force: Annotated[bool, typer.Option("--force", hidden=True, metavar="")] = False,
 ) -> None:
-    """Run (or resume) a scenario: protections x attacks x parameters x seeds, stored in SQLite."""
+    """Run a scenario, or resume it: protections x attacks x parameters x seeds, stored in SQLite."""
     from . import bench
 
     try:
-        summary = bench.run(scenario, out_dir, backend=backend, address=address, force=force,
+        if force:
+            raise ModelSealError("bench run resumes by default and never overwrites finished results; "
+                                 "pass --restart to discard them and start over")
+        summary = bench.run(scenario, out_dir, backend=backend, address=address, force=restart,
                             progress=_progress(as_json), max_cells=max_cells, device=device)
     except ModelSealError as e:
         _fail(e)
@@ -587,24 +720,28 @@ def bench_run(
         f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}"))
 
 
-@bench_app.command("report")
+@bench_app.command("report", epilog=_examples("modelseal bench report run/results.sqlite --out report.html",
+                                                     "modelseal bench report run/results.sqlite --out report.html "
+                                                     "--force"))
 def bench_report(
     db: Annotated[Path, typer.Argument(help="results.sqlite of a run")],
     out_html: Annotated[Path, typer.Option("--out", help="HTML file to write")] = Path("report.html"),
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Write one self-contained HTML report (tables and plots) from a results database."""
-    from . import bench
+    """Write one self-contained HTML report from a results database: what survived, then tables and plots."""
+    from .bench.report import report, survival_from_db, survival_table
 
     try:
-        path = bench.report(db, out_html, force=force)
+        path = report(db, out_html, force=force)
+        rows = survival_from_db(db)
     except ModelSealError as e:
         _fail(e)
-    _emit(as_json, {"report": str(path)}, lambda: out.print(f"report -> {path}"))
+    _emit(as_json, {"report": str(path), "survival": rows}, lambda: (
+        out.print(survival_table(rows)), out.print(f"report -> {path}")))
 
 
 # --------------------------------------------------------------------------------------------- demo
-@app.command()
+@app.command(epilog=_examples("modelseal demo --out demo-out", "modelseal demo --out demo-out --force --json"))
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the database and the report")] =
         Path("demo-out"),
@@ -620,21 +757,54 @@ def demo(
     if as_json:
         _emit(True, result, lambda: None)
         return
-    table = Table(title=f"modelseal demo on mnist5k ({result['seconds']:.0f} s)")
+    from .bench.report import survival_table
+
+    table = Table(title=f"modelseal demo on mnist5k ({result['seconds']:.0f} s): every model judged")
     for col in ("protection", "model", "test acc", "verdict", "p-value / detail"):
         table.add_column(col)
     for r in result["rows"]:
         table.add_row(r["protection"], r["model"], f"{r['accuracy']:.3f}", r["verdict"], r["detail"])
     out.print(table)
-    out.print(f"results -> {result['out_dir']}")
+    out.print(survival_table(result["survival"]))
+    out.print(f"results -> {result['out_dir']} (report: {result['report']})")
 
 
-@app.command("methods")
-def list_methods(as_json: JsonOpt = False) -> None:
-    """List the registered protection methods and attacks."""
-    payload = {"methods": method_registry.names(), "attacks": attack_registry.names()}
-    _emit(as_json, payload, lambda: out.print(
-        f"methods: {', '.join(payload['methods'])}\nattacks: {', '.join(payload['attacks'])}"))
+@app.command("methods", epilog=_examples("modelseal methods", "modelseal methods trigger-set",
+                                         "modelseal methods prune --json"))
+def list_methods(
+    name: Annotated[Optional[str], typer.Argument(help="a method or attack: list its parameters")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the protection methods and attacks, or one's parameters (type, default, range, meaning)."""
+    if name is None:
+        payload = {"methods": method_registry.names(), "attacks": attack_registry.names()}
+        _emit(as_json, payload, lambda: out.print(
+            f"methods: {', '.join(payload['methods'])}\nattacks: {', '.join(payload['attacks'])}\n"
+            "parameters of one: modelseal methods NAME"))
+        return
+    from . import paramdoc
+
+    kinds = {"method": method_registry._available(), "attack": attack_registry._available()}
+    kind = next((k for k, table in kinds.items() if name in table), None)
+    if kind is None:
+        _fail(ModelSealError(f"unknown method or attack '{name}'; known: "
+                             f"{', '.join(method_registry.names() + attack_registry.names())}"))
+    try:
+        params = paramdoc.describe(kinds[kind][name], name)
+    except (LookupError, SyntaxError) as e:
+        _fail(ModelSealError(f"cannot read the parameters of '{name}': {e}"))
+    payload = {"name": name, "kind": kind, "params": [p.to_dict() for p in params]}
+
+    def human() -> None:
+        from rich.padding import Padding
+        from rich.text import Text
+
+        out.print(Text(f"{kind} {name}: parameters (set with --set NAME=VALUE)", style="bold"))
+        for p in params:
+            out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
+            out.print(Padding(Text(p.meaning), (0, 0, 0, 4)))
+
+    _emit(as_json, payload, human)
 
 
 def main() -> None:  # pragma: no cover

@@ -2,6 +2,9 @@
 every installed protection, a representative attack set, independent models as negatives) and write
 `results.sqlite` and `report.html` to the output folder (never overwritten without force).
 
+Every verdict word the demo prints comes from `bench.report.cell_outcome`, and its closing "what survived"
+table from `bench.report.survival`: the terminal and the HTML report say the same thing.
+
 Protections whose method is not installed are dropped from the scenario before it runs.
 """
 
@@ -43,30 +46,30 @@ def demo_scenario_text(seed: int = 0) -> str:
     return text.replace("[owner]\n", f"[owner]\nseed = {int(seed)}\n", 1)
 
 
-def _verdict_word(c: dict[str, Any]) -> str:
-    if c["status"] != "ok":
-        return c["status"]
-    if c["family"] == "lock":
-        return "lock held" if c["owned"] else "RECOVERED"
-    if c["family"] == "per-user":
-        return f"accused {c['accused']}" if c["accused"] else "nobody accused"
-    return "OWNED" if c["owned"] else "not owned"
+def _detail(c: dict[str, Any], outcome: dict[str, Any]) -> str:
+    """The numbers behind a cell's outcome word (the word itself comes from bench.report.cell_outcome)."""
+    from .bench.report import alpha_of
 
-
-def _detail(c: dict[str, Any]) -> str:
-    if c["status"] != "ok":
-        d = c["detail"] or {}
-        return str(d.get("reason") or d.get("error") or "")
-    if c["family"] == "lock":
-        return f"unlocked acc {c['unlocked_acc']:.3f}" if c["unlocked_acc"] is not None else ""
-    if c["family"] == "per-user":
-        return f"colluders {c['colluders']}, p = {c['p_value']:.2g}"
-    return f"p = {c['p_value']:.2g}, {c['queries']} queries" + (" REMOVED" if c["removed"] else "")
+    parts = []
+    if c["status"] == "ok":
+        if c["family"] == "lock":
+            if c["unlocked_acc"] is not None:
+                parts.append(f"unlocked acc {c['unlocked_acc']:.3f}")
+        else:
+            parts.append(f"p = {c['p_value']:.2g} (alpha {alpha_of(c):.0e})")
+            if c["family"] == "per-user":
+                parts.append(f"colluders {c['colluders']}, accused {c['accused']}")
+            elif c["queries"]:
+                parts.append(f"{c['queries']} queries")
+    if outcome["note"]:
+        parts.append(outcome["note"])
+    return "; ".join(parts)
 
 
 def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int = 0, force: bool = False,
              progress: Any = None) -> dict[str, Any]:
     from .bench import parse, report, run
+    from .bench.report import attack_text, key_params, outcomes, survival
     from .bench.store import Store
 
     out_dir = Path(out_dir)
@@ -84,14 +87,15 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     report(out_dir / "results.sqlite", out_dir / "report.html", force=True)
     with Store(out_dir / "results.sqlite") as s:
         cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()
+    keys = key_params(out_dir / "results.sqlite", artifacts)
     owner_acc = summary["owner_accuracy"]
     rows = [{"protection": "-", "model": "owner " + sc.owner["arch"], "accuracy": owner_acc, "verdict": "-",
              "detail": f"{sc.owner['epochs']} epochs on the owner split"}]
-    for c in cells:
+    for c, o in outcomes(cells, keys):
         acc = c["attacked_acc"] if c["attacked_acc"] is not None else float("nan")
-        rows.append({"protection": c["protection"], "model": "protected" if c["attack"] == "none"
-                     else f"attacked: {c['attack']}", "accuracy": acc, "verdict": _verdict_word(c),
-                     "detail": _detail(c)})
+        rows.append({"protection": c["protection"], "model": "protected, no attack" if c["attack"] == "none"
+                     else f"attacked: {attack_text(c)}", "accuracy": acc, "verdict": o["word"],
+                     "detail": _detail(c, o)})
     for n in negatives:
         word = n["status"] if n["status"] != "ok" else (
             ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "per-user"
@@ -107,6 +111,7 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
                      "accuracy": n["accuracy"], "verdict": word, "detail": detail})
     seconds = time.perf_counter() - t0
     return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
+            "survival": survival(cells, negatives, keys),
             "out_dir": str(out_dir), "db": str(out_dir / "results.sqlite"),
             "report": str(out_dir / "report.html"), "cells": len(cells), "negatives": len(negatives),
             "prepared": len(artifacts)}

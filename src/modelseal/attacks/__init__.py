@@ -20,14 +20,29 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ModelSealError, RegistryError
 
+if TYPE_CHECKING:
+    from torch import nn
+
 _REGISTRY: dict[str, type] = {}
-_MODULES = ["modelseal.attacks.finetune", "modelseal.attacks.pruning", "modelseal.attacks.weights",
-            "modelseal.attacks.distill", "modelseal.attacks.queries", "modelseal.bench.overwrite"]
+# Where each attack lives: imported on first use, so that listing names (`modelseal methods`) needs no torch.
+# tests/test_cli_help.py checks that this table and the registered names agree.
+_MODULES = {
+    "finetune": "modelseal.attacks.finetune",
+    "prune": "modelseal.attacks.pruning",
+    "fine-prune": "modelseal.attacks.pruning",
+    "quantize": "modelseal.attacks.weights",
+    "noise": "modelseal.attacks.weights",
+    "average": "modelseal.attacks.weights",
+    "reset-outliers": "modelseal.attacks.weights",
+    "distill": "modelseal.attacks.distill",
+    "collude": "modelseal.attacks.weights",
+    "perturb": "modelseal.attacks.queries",
+    "overwrite": "modelseal.bench.overwrite",
+}
 
 
 class AttackError(ModelSealError):
@@ -71,20 +86,19 @@ def register(name: str):
     return deco
 
 
-def _load_all() -> None:
-    for mod in _MODULES:
-        if importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)
+def _available() -> dict[str, str]:
+    """Attack name -> module, for the modules that are installed."""
+    return {n: m for n, m in _MODULES.items() if importlib.util.find_spec(m) is not None}
 
 
 def get(name: str) -> type:
-    if name not in _REGISTRY:
-        _load_all()
+    if name not in _REGISTRY and name in _available():
+        importlib.import_module(_MODULES[name])
     if name not in _REGISTRY:
         raise RegistryError(f"unknown attack '{name}'; known: {', '.join(names())}")
     return _REGISTRY[name]
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    """Attack names, without importing the attacks (or torch)."""
+    return sorted(set(_available()) | set(_REGISTRY))

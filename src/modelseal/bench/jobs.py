@@ -166,7 +166,9 @@ def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, 
                 if v.accused is not None:
                     row.update(colluders=users, colluders_found=len(set(row["accused"]) & set(users)),
                                innocents_accused=len(set(row["accused"]) - set(users)))
-                    row["detail"] = {"best_user": v.details["best_user"], "fit": v.details["fit"]}
+                    row["detail"] = {"best_user": v.details["best_user"], "fit": v.details["fit"],
+                                     "max_colluders": v.details["max_colluders"]}
+                row["alpha"] = float(v.alpha)
             else:  # a lock holds while the attacked model stays well below the owner's accuracy
                 gap = owner_acc - row["attacked_acc"]
                 row.update(owned=gap > REMOVAL_MARGIN, score=float(gap), threshold=REMOVAL_MARGIN, queries=0,
@@ -201,6 +203,7 @@ def job_negative(neg: dict[str, Any], prot: dict[str, Any], seed: int, data_spec
             model = model_from_bytes(neg_blob).to(dev)
             v = methods.judge(Suspect(model), key, **_verifier(prot, alpha, references or [], dev))
             row.update(_row_of(v))
+            row["alpha"] = float(v.alpha)
             if v.accused is not None:
                 row["innocents_accused"] = len(row["accused"])
                 row.pop("threshold")

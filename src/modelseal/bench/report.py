@@ -1,12 +1,31 @@
-"""One self-contained HTML report from a bench database: per-method tables and embedded PNG plots.
+"""What survived: one self-contained HTML report from a bench database, and the same answer for the terminal.
 
-Sections (each an element with this id): `summary` (run and prepared models), `methods` (per protection:
-fidelity, detection rate on positives, false-positive rate on negatives, ROC AUC, Uniqueness Score for
-c-examples, colluders found / innocents accused for deepmarks, locked / unlocked / recovered accuracy for
-locks, queries, removals, wall time), `cells` (every cell), `negatives` (every negative's verdict),
-`plot-accuracy` (accuracy vs attack strength), `plot-detection` (detection vs attack strength) and
-`plot-scores` (score distributions of positives vs negatives). Positives are the cells whose status is
-`ok`; for locks "detected" means the lock held (accuracy stayed collapsed).
+The answer comes from one function, `survival(cells, negatives)`, used by the HTML headline, `modelseal bench
+report` and `modelseal demo` alike, so they cannot disagree. Per cell it decides (`cell_outcome`):
+
+- watermarks and fingerprints (judged with a p-value at significance level alpha): `detected` when the
+  verdict says owned; `REMOVED` only when an attack ran, the *unattacked* protected model of the same
+  protection and seed was detected, the attacked model is not, and its accuracy stayed within 5 points
+  of the owner's (`REMOVAL_MARGIN`); `not detected, model damaged` when the verdict flipped but the attack
+  cost more accuracy than that; `never detected` for every cell of a protection whose unattacked model
+  was not judged owned (nothing was there to remove);
+- per-user fingerprints (DeepMarks): `traced` when someone was accused and nobody innocent; `FRAMED` when
+  an innocent user was accused; collusion cells past the code's bound (more colluders than the code
+  guarantees to trace: the `max_colluders` of the verdict, else the key's `k - 1`) are labelled so;
+- locks: `held` while the attacked model's accuracy stays at least `LOCK_HELD_MARGIN` (50 points) below
+  the owner's, else `RECOVERED` (a lock that leaves a thief a usable model has failed even if accuracy
+  stays a few points lower).
+
+Alpha is the one recorded in the row (`alpha` column), else the library default (`DEFAULT_ALPHA`).
+
+Sections (each an element with this id): `headline` (per protection in plain words: survived / removed by
+which attacks, with parameters / never detected, at what alpha, with the accuracy cost), `summary` (run and
+prepared models), `methods` (per protection: fidelity, detection rate, false-positive rate on negatives,
+ROC AUC, Uniqueness Score, colluders found / innocents accused, locked / unlocked / recovered accuracy,
+queries, removals, wall time), `cells` (every cell with its attack parameters, alpha and outcome),
+`negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection` (p-value vs attack, log axis, alpha
+line) and `plot-scores` (p-values of negatives, unattacked and attacked models, jittered, alpha line).
+Plots are 1200 px wide with their legends outside the axes.
 """
 
 from __future__ import annotations
@@ -21,16 +40,252 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelSealError
-from ..tensorfile import check_writable, write_atomic
+from ..verdict import DEFAULT_ALPHA
 from .store import Store
 
-SECTIONS = ["summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection", "plot-scores"]
+SECTIONS = ["headline", "summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection",
+            "plot-scores"]
+REMOVAL_MARGIN = 0.05  # an attack "removes" only while the attacked model keeps accuracy within 5 points
+LOCK_HELD_MARGIN = 0.5  # a lock holds only while the attacked accuracy stays >= 50 points below the owner's
+P_FLOOR = 1e-30  # p-values below this are drawn at it on log axes
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0;
-font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}
-td.l,th.l{text-align:left}.note{color:#666;font-size:13px}img{max-width:100%;border:1px solid #eee}"""
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right;white-space:nowrap}th{background:#f0f0f0}td.l,th.l{text-align:left}td.w{white-space:normal;
+text-align:left;min-width:9em;max-width:30em}section{overflow-x:auto}.note{color:#555;font-size:13px;max-width:60em}img{width:100%;max-width:1200px;
+border:1px solid #eee}#headline-table td{font-size:14px}.bad{color:#b00020;font-weight:600}
+.good{color:#0a7d32;font-weight:600}.warn{color:#9a6700;font-weight:600}"""
 
 
+# ============================================================================ the one decision
+def _owned(c: dict[str, Any]) -> bool:
+    return bool(c.get("owned"))
+
+
+def alpha_of(row: dict[str, Any]) -> float:
+    """The significance level of a verdict row: recorded, or for traced rows 10^-threshold, or the default."""
+    if row.get("alpha") is not None:
+        return float(row["alpha"])
+    if row.get("family") == "per-user" and row.get("threshold") is not None:
+        return 10.0 ** (-float(row["threshold"]))
+    return DEFAULT_ALPHA
+
+
+def attack_text(c: dict[str, Any]) -> str:
+    """The attack of a cell with all its parameters, e.g. `finetune (mode=ftal, epochs=2)`."""
+    if c.get("attack_name") in (None, "none") or c.get("attack") == "none":
+        return "no attack"
+    base = str(c["attack"]).split(" ")[0]
+    params = c.get("attack_params") or {}
+    inner = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("seed", "others", "progress"))
+    return f"{base} ({inner})" if inner else base
+
+
+def _collusion_size(c: dict[str, Any]) -> int:
+    return len(c.get("colluders") or []) or 1
+
+
+def cell_outcome(c: dict[str, Any], baseline_detected: bool | None, bound: int | None = None,
+                 lock_margin: float = LOCK_HELD_MARGIN) -> dict[str, Any]:
+    """What one cell shows: {word, removed, kind, note}. `baseline_detected`: whether the unattacked protected
+    model of the same protection and seed was detected (None when that cell is missing)."""
+    attacked = c.get("attack_name") not in (None, "none")
+    if c.get("status") != "ok":
+        reason = (c.get("detail") or {}).get("reason") or (c.get("detail") or {}).get("error") or ""
+        return {"word": c.get("status", "?"), "removed": False, "kind": "not-judged", "note": reason}
+    owner, acc = c.get("owner_acc"), c.get("attacked_acc")
+    if c.get("family") == "lock":
+        held = owner is not None and acc is not None and acc <= owner - lock_margin
+        word = ("held" if attacked else "locked") if held else ("RECOVERED" if attacked else "NOT LOCKED")
+        note = "" if held or owner is None or acc is None else f"accuracy {acc:.3f} vs owner {owner:.3f}"
+        return {"word": word, "removed": attacked and not held, "kind": "held" if held else "removed", "note": note}
+    note = ""
+    past_bound = bound is not None and c.get("family") == "per-user" and _collusion_size(c) > bound
+    if past_bound:
+        note = f"{_collusion_size(c)} colluders: past the code's bound of {bound}"
+    if c.get("family") == "per-user" and (c.get("innocents_accused") or 0) > 0:
+        return {"word": "FRAMED an innocent user", "removed": False, "kind": "framed", "note": note}
+    if _owned(c):
+        word = "traced" if c.get("family") == "per-user" else "detected"
+        if c.get("family") == "per-user" and c.get("colluders"):
+            word += f" ({c.get('colluders_found') or 0} of {_collusion_size(c)} found)"
+        return {"word": word, "removed": False, "kind": "detected", "note": note}
+    if not attacked:
+        return {"word": "never detected", "removed": False, "kind": "never",
+                "note": note or "not judged owned even unattacked, so no attack can remove it"}
+    if baseline_detected is False:
+        return {"word": "never detected", "removed": False, "kind": "never", "note": note}
+    if owner is not None and acc is not None and acc < owner - REMOVAL_MARGIN:
+        return {"word": "not detected, model damaged", "removed": False, "kind": "damaged",
+                "note": (note + "; " if note else "") + f"accuracy {acc:.3f} < owner {owner:.3f} - 0.05"}
+    return {"word": "REMOVED", "removed": True, "kind": "past-bound" if past_bound else "removed", "note": note}
+
+
+def ordered(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells grouped by protection, the unattacked one first, then attacks by name and strength."""
+    return sorted(cells, key=lambda c: (c["protection"], c.get("attack_name") != "none", c.get("attack_name") or "",
+                                        c.get("strength") if c.get("strength") is not None else -1.0,
+                                        str(c.get("attack")), c.get("seed") or 0))
+
+
+def _bounds(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+    """The collusion bound per per-user protection: from a verdict's `max_colluders`, else its key's k - 1."""
+    out: dict[str, int | None] = {}
+    for c in cells:
+        if c.get("family") != "per-user":
+            continue
+        b = (c.get("detail") or {}).get("max_colluders")
+        if b is None:
+            params = keys.get(c["protection"], {})
+            b = params.get("max_colluders", params["k"] - 1 if isinstance(params.get("k"), int) else None)
+        if b is not None:
+            out[c["protection"]] = int(b)
+        else:
+            out.setdefault(c["protection"], None)
+    return out
+
+
+def outcomes(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]] | None = None,
+             lock_margin: float = LOCK_HELD_MARGIN) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(cell, outcome) for every cell, in `ordered` order."""
+    base = {(c["protection"], c.get("seed")): _owned(c) if c.get("family") != "lock" else True
+            for c in cells if c.get("attack_name") == "none" and c.get("status") == "ok"}
+    bounds = _bounds(cells, keys or {})
+    return [(c, cell_outcome(c, base.get((c["protection"], c.get("seed"))), bounds.get(c["protection"]),
+                             lock_margin)) for c in ordered(cells)]
+
+
+def _pts(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f} points"
+
+
+def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
+             keys: dict[str, dict[str, Any]] | None = None,
+             lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
+    """Per protection, in plain words: what survived, what removed it (with parameters), at what alpha and
+    accuracy cost. The one decision behind the HTML headline, `bench report` and the demo's summary."""
+    by_prot: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for c, o in outcomes(cells, keys, lock_margin):
+        by_prot[c["protection"]].append((c, o))
+    negs = defaultdict(list)
+    for n in negatives:
+        if n.get("status") == "ok":
+            negs[n["protection"]].append(n)
+    rows = []
+    for prot, items in by_prot.items():
+        first = items[0][0]
+        fam = first["family"]
+        attacked = [(c, o) for c, o in items if c.get("attack_name") != "none" and o["kind"] != "not-judged"]
+        removed = [(c, o) for c, o in attacked if o["removed"]]
+        in_bound_removed = [(c, o) for c, o in removed if o["kind"] != "past-bound"]
+        survived = [(c, o) for c, o in attacked if not o["removed"] and o["kind"] != "never"]
+        never = any(o["kind"] == "never" for _, o in items)
+        framed = sum(o["kind"] == "framed" for _, o in items)
+        owner = _mean([c.get("owner_acc") for c, _ in items if c.get("status") == "ok"])
+        prot_acc = _mean([c.get("protected_acc") for c, _ in items if c.get("status") == "ok"])
+        unlocked = _mean([c.get("unlocked_acc") for c, _ in items if c.get("status") == "ok"])
+        if fam == "lock":
+            cost = None if unlocked is None or owner is None else unlocked - owner
+            cost_text = f"unlocked {_pts(cost)} vs owner; locked accuracy {_fmt(prot_acc)}"
+        else:
+            cost = None if prot_acc is None or owner is None else prot_acc - owner
+            cost_text = _pts(cost)
+        alphas = sorted({alpha_of(c) for c, _ in items if fam != "lock"})
+        n_att = len(attacked)
+        if fam == "lock":
+            base_locked = all(o["kind"] == "held" for c, o in items if c.get("attack_name") == "none")
+            if not base_locked:
+                verdict = "did not lock: the locked model stays usable"
+            elif removed:
+                verdict = f"recovered by {len(removed)} of {n_att} attacks"
+            else:
+                verdict = f"held against all {n_att} attacks"
+        elif never:
+            verdict = ("never detected: the unattacked protected model was not judged owned at alpha "
+                       f"{_alpha_text(alphas)}")
+        elif in_bound_removed:
+            verdict = f"removed by {len(in_bound_removed)} of {n_att} attacks"
+        elif removed:
+            verdict = f"survived every attack within its guarantee ({n_att - len(removed)} of {n_att})"
+        else:
+            verdict = f"survived all {n_att} attacks"
+        if framed:
+            verdict += f"; FRAMED innocent users in {framed} cells"
+        neg_acc = [n for n in negs.get(prot, []) if n.get("owned")]
+        rows.append({
+            "protection": prot, "method": first["method"], "family": fam, "verdict": verdict,
+            "status": ("never" if never else "removed" if (in_bound_removed or (fam == "lock" and removed))
+                       else "survived"),
+            "removed_by": [attack_text(c) + (f" [{o['note']}]" if o["note"] else "") for c, o in removed],
+            "survived": [attack_text(c) + f" [{o['word']}]" for c, o in survived],
+            "alpha": None if fam == "lock" else (alphas[0] if len(alphas) == 1 else alphas),
+            "rule": (f"held = attacked accuracy at least {100 * lock_margin:.0f} points below the owner's"
+                     if fam == "lock" else "owned = p-value <= alpha; removed = not owned while accuracy stays "
+                     f"within {100 * REMOVAL_MARGIN:.0f} points of the owner's"),
+            "accuracy_cost": cost, "accuracy_cost_text": cost_text,
+            "false_positives": None if fam == "lock" else f"{len(neg_acc)} of {len(negs.get(prot, []))}",
+        })
+    return rows
+
+
+def _alpha_text(alpha: Any) -> str:
+    if alpha is None:
+        return "–"
+    if isinstance(alpha, list):
+        return ", ".join(f"{a:.0e}" for a in alpha)
+    return f"{alpha:.0e}"
+
+
+def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
+    with Store(db_path) as s:
+        cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()
+    return survival(cells, negatives, key_params(db_path, artifacts), lock_margin)
+
+
+def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The JSON parameters of each protection's key in the run's cache (header only), by protection label."""
+    from ..tensorfile import MAX_HEADER
+
+    out: dict[str, dict[str, Any]] = {}
+    for a in artifacts:
+        if a["kind"] != "protection":
+            continue
+        path = db_path.parent / "cache" / f"{a['artifact_id']}.key"
+        try:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 0 < n <= MAX_HEADER:
+                    continue
+                meta = json.loads(f.read(n)).get("__metadata__", {})
+            head = json.loads(meta.get("modelseal", "{}"))  # keys.py writes its JSON under this name
+        except (OSError, ValueError, AttributeError):
+            continue
+        params = head.get("params") if isinstance(head, dict) else None
+        if isinstance(params, dict):
+            out[a["info"].get("protection", a["label"])] = params
+    return out
+
+
+def survival_table(rows: list[dict[str, Any]]) -> Any:
+    """The survival rows as a rich Table for the terminal (same words as the HTML headline)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="What survived? (one row per protection)", title_justify="left", show_lines=True)
+    for col in ("protection", "verdict", "removed by", "alpha", "accuracy cost", "independent models accused"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        style = {"survived": "green", "removed": "red", "never": "yellow"}[r["status"]]
+        t.add_row(escape(r["protection"]), f"[{style}]{escape(r['verdict'])}[/]",
+                  escape("\n".join(r["removed_by"])) or "–", _alpha_text(r["alpha"]), r["accuracy_cost_text"],
+                  r["false_positives"] or "–")
+    return t
+
+
+# ============================================================================ formatting
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
@@ -47,42 +302,54 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    out = ["<table><tr>" + "".join(f"<th class='{'l' if i < left else ''}'>{html.escape(h)}</th>"
-                                   for i, h in enumerate(headers)) + "</tr>"]
+def _table(headers: list[str], rows: list[list[Any]], left: int = 1, wrap: tuple[int, ...] = (),
+           table_id: str | None = None) -> str:
+    def cls(i: int) -> str:
+        return "w" if i in wrap else ("l" if i < left else "")
+
+    ident = f" id='{table_id}'" if table_id else ""
+    out = [f"<table{ident}><tr>" + "".join(f"<th class='{'l' if i < left or i in wrap else ''}'>{html.escape(h)}</th>"
+                                           for i, h in enumerate(headers)) + "</tr>"]
     for r in rows:
-        out.append("<tr>" + "".join(f"<td class='{'l' if i < left else ''}'>{html.escape(_fmt(v))}</td>"
+        out.append("<tr>" + "".join(f"<td class='{cls(i)}'>{v if isinstance(v, _Raw) else html.escape(_fmt(v))}</td>"
                                     for i, v in enumerate(r)) + "</tr>")
     return "".join(out) + "</table>"
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "<img alt='plot' src='data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + "'>"
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
 
 
-def _mean(xs: list[float]) -> float | None:
+def _lines(items: list[str]) -> _Raw:
+    return _Raw("<br>".join(html.escape(i) for i in items) if items else "–")
+
+
+def _mean(xs: list[Any]) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
 
 
-def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per protection: the metrics of DESIGN.md section 6."""
+def _int(x: float | None) -> int | None:
+    return None if x is None else int(round(x))
+
+
+# ============================================================================ per-method metrics
+def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
+                   keys: dict[str, dict[str, Any]] | None = None,
+                   lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
+    """Per protection: the metrics of DESIGN.md section 6 (removals as decided by `cell_outcome`)."""
     from .. import stats
 
-    by_prot: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_prot: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for c, o in outcomes(cells, keys, lock_margin):
+        by_prot[c["protection"]].append((c, o))
     negs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for c in cells:
-        by_prot[c["protection"]].append(c)
     for n in negatives:
         if n["status"] == "ok":
             negs[n["protection"]].append(n)
     out = []
-    for prot, cs in sorted(by_prot.items()):
+    for prot, items in sorted(by_prot.items()):
+        cs = [c for c, _ in items]
         ok = [c for c in cs if c["status"] == "ok"]
         fam = cs[0]["family"]
         ns = negs.get(prot, [])
@@ -94,13 +361,14 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]])
                 auc = stats.roc_auc(pos_scores, neg_scores)
             except ValueError:
                 auc = None
+        detected = [o["kind"] in ("detected", "held") for c, o in items if c["status"] == "ok"]
         row: dict[str, Any] = {
             "protection": prot, "method": cs[0]["method"], "family": fam, "cells": len(cs), "ok": len(ok),
             "owner_acc": _mean([c["owner_acc"] for c in ok]), "protected_acc": _mean([c["protected_acc"] for c in ok]),
-            "detection_rate": _mean([float(bool(c["owned"])) for c in ok]),
+            "detection_rate": _mean([float(d) for d in detected]),
             "fpr": _mean([float(bool(n["owned"])) for n in ns]) if ns else None,
-            "roc_auc": auc, "queries": _mean([c["queries"] for c in ok]),
-            "removed": sum(bool(c["removed"]) for c in ok), "wall_s": sum(c["wall_s"] or 0 for c in cs),
+            "roc_auc": auc, "queries": _int(_mean([c["queries"] for c in ok])),
+            "removed": sum(o["removed"] for _, o in items), "wall_s": sum(c["wall_s"] or 0 for c in cs),
             "uniqueness": None, "colluders_found": None, "innocents_accused": None,
             "locked_acc": None, "unlocked_acc": None, "recovered_acc": None}
         if row["owner_acc"] is not None and row["protected_acc"] is not None:
@@ -111,8 +379,9 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]])
             robust = [c["score"] for c in ok if c["attack_name"] != "none"] or [c["score"] for c in ok]
             row["uniqueness"] = stats.uniqueness_score(robust, [n["score"] for n in ns])
         if fam == "per-user":
-            row["colluders_found"] = f"{sum(c['colluders_found'] or 0 for c in ok)} / " \
-                                     f"{sum(len(c['colluders'] or []) for c in ok)}"
+            coll = [c for c in ok if c.get("colluders")]
+            row["colluders_found"] = (f"{sum(c['colluders_found'] or 0 for c in coll)} of "
+                                      f"{sum(len(c['colluders']) for c in coll)} in {len(coll)} cells")
             row["innocents_accused"] = sum(c["innocents_accused"] or 0 for c in ok) + \
                 sum(n["innocents_accused"] or 0 for n in ns)
         if fam == "lock":
@@ -126,91 +395,202 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]])
     return out
 
 
-def _plots_vs_strength(cells: list[dict[str, Any]], value: str, ylabel: str) -> str:
+# ============================================================================ plots
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [c for c in cells if c["status"] == "ok"]
-    swept = sorted({c["attack_name"] for c in ok if c["swept"]})
-    unswept = sorted({c["attack"] for c in ok if not c["swept"]})
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10})
+    return plt
+
+
+def _png(fig: Any, alt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return (f"<img alt='{html.escape(alt)}' src='data:image/png;base64,"
+            + base64.b64encode(buf.getvalue()).decode() + "'>")
+
+
+def _grid(plt: Any, n: int, height: float = 3.6) -> tuple[Any, list[Any]]:
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(12, height * rows), squeeze=False)
+    flat = [a for row in axes for a in row]
+    for a in flat[n:]:
+        a.set_visible(False)
+    return fig, flat[:n]
+
+
+def _legend_outside(fig: Any, axes: list[Any]) -> None:
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if labels:
+        fig.legend([handles[lab] for lab in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False)
+    fig.tight_layout()
+
+
+def _jitter(n: int, seed: int, width: float = 0.12) -> list[float]:
+    import numpy as np
+
+    return list(np.random.default_rng(seed).uniform(-width, width, n))
+
+
+def _p(c: dict[str, Any]) -> float | None:
+    p = c.get("p_value")
+    return None if p is None else max(float(p), P_FLOOR)
+
+
+def _colors(plt: Any, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """One colour per protection, the same in every plot of a report."""
+    return {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(sorted({c["protection"] for c in cells}))}
+
+
+def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_margin: float) -> str:
+    """Per swept attack: value vs strength, one line per protection; then one dot plot of the other attacks
+    (never the unattacked cell: its value is drawn as each protection's reference instead)."""
+    plt = _plt()
+    ok = [c for c in cells if c["status"] == "ok" and (value == "acc" or c["family"] != "lock")]
+    attacked = [c for c in ok if c["attack_name"] != "none"]
+    swept = sorted({c["attack_name"] for c in attacked if c["swept"]})
+    unswept = sorted({str(c["attack"]) for c in attacked if not c["swept"]})
     prots = sorted({c["protection"] for c in ok})
     n = len(swept) + (1 if unswept else 0)
     if n == 0:
-        return "<p class='note'>no finished cells to plot</p>"
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
-    for ax, name in zip(axes[0], swept, strict=False):
+        return "<p class='note'>no attacked cells to plot</p>"
+    colors = _colors(plt, cells)
+    fig, axes = _grid(plt, n)
+
+    def y_of(c: dict[str, Any]) -> float | None:
+        return c["attacked_acc"] if value == "acc" else _p(c)
+
+    def finish(ax: Any) -> None:
+        if value == "acc":
+            owner = _mean([c["owner_acc"] for c in ok])
+            if owner is not None:
+                ax.axhline(owner, color="black", ls="--", lw=1, label="owner accuracy")
+                ax.axhline(owner - REMOVAL_MARGIN, color="grey", ls=":", lw=1,
+                           label=f"owner - {100 * REMOVAL_MARGIN:.0f} points (removal needs accuracy above)")
+                if any(c["family"] == "lock" for c in ok):
+                    ax.axhline(owner - lock_margin, color="tab:red", ls="-.", lw=1,
+                               label=f"owner - {100 * lock_margin:.0f} points (a lock holds below)")
+            ax.set_ylim(-0.05, 1.05)
+        else:
+            ax.set_yscale("log")
+            for a in sorted({alpha_of(c) for c in ok}):
+                ax.axhline(a, color="tab:red", ls="--", lw=1, label=f"alpha = {a:.0e} (owned below)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+
+    for ax, name in zip(axes, swept, strict=False):
         for p in prots:
             pts = defaultdict(list)
-            for c in ok:
-                if c["attack_name"] == name and c["protection"] == p and c["strength"] is not None:
-                    v = c["attacked_acc"] if value == "acc" else float(bool(c["owned"]))
-                    pts[c["strength"]].append(v)
+            for c in attacked:
+                if c["attack_name"] == name and c["protection"] == p and c["strength"] is not None \
+                        and y_of(c) is not None:
+                    pts[c["strength"]].append(y_of(c))
             if pts:
                 xs = sorted(pts)
-                ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=p)
-        param = next(c["swept"] for c in ok if c["attack_name"] == name)
-        ax.set_title(name)
+                ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", color=colors[p], label=p)
+        param = next(c["swept"] for c in attacked if c["attack_name"] == name)
+        ax.set_title(f"{name}: swept {param}")
         ax.set_xlabel(param)
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-0.05, 1.05)
-        ax.legend(fontsize=7)
+        finish(ax)
     if unswept:
-        ax = axes[0][-1]
-        width = 0.8 / max(1, len(prots))
+        ax = axes[-1]
+        width = 0.6 / max(1, len(prots))
         for i, p in enumerate(prots):
-            ys = []
-            for a in unswept:
-                vs = [c["attacked_acc"] if value == "acc" else float(bool(c["owned"]))
-                      for c in ok if c["attack"] == a and c["protection"] == p]
-                ys.append(sum(vs) / len(vs) if vs else 0.0)
-            ax.bar([j + i * width for j in range(len(unswept))], ys, width=width, label=p)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(unswept))], unswept, rotation=30, fontsize=7)
-        ax.set_title("attacks without a sweep")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7)
-    return _png(fig)
+            for j, a in enumerate(unswept):
+                vs = [y_of(c) for c in attacked if str(c["attack"]) == a and c["protection"] == p
+                      and y_of(c) is not None]
+                if vs:
+                    x = j - 0.3 + width * (i + 0.5)
+                    ax.scatter([x] * len(vs), vs, color=colors[p], s=40, zorder=3, label=p)
+        ax.set_xticks(range(len(unswept)), unswept, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(unswept) - 0.4)
+        ax.set_title("attacks without a sweep (a dot per cell; no dot: not applied)")
+        finish(ax)
+    _legend_outside(fig, axes)
+    return _png(fig, f"{ylabel} per attack")
 
 
 def _plot_scores(cells: list[dict[str, Any]], negatives: list[dict[str, Any]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     prots = sorted({c["protection"] for c in cells if c["status"] == "ok" and c["family"] != "lock"})
     if not prots:
-        return "<p class='note'>no verdict scores to plot</p>"
-    fig, axes = plt.subplots(1, len(prots), figsize=(3.6 * len(prots), 3.0), squeeze=False)
-    for ax, p in zip(axes[0], prots, strict=False):
-        pos = [c["score"] for c in cells if c["protection"] == p and c["status"] == "ok" and c["score"] is not None]
-        neg = [n["score"] for n in negatives if n["protection"] == p and n["status"] == "ok"
-               and n["score"] is not None]
-        ax.scatter([1] * len(pos), pos, alpha=0.6, label=f"positives ({len(pos)})")
-        ax.scatter([0] * len(neg), neg, alpha=0.6, color="tab:red", label=f"negatives ({len(neg)})")
-        ax.set_xticks([0, 1], ["negatives", "positives"])
-        ax.set_xlim(-0.5, 1.5)
+        return "<p class='note'>no verdicts to plot</p>"
+    fig, axes = _grid(plt, len(prots), height=3.4)
+    groups = [("independent models", "tab:red"), ("protected, no attack", "tab:green"), ("attacked", "tab:blue")]
+    for k, (ax, p) in enumerate(zip(axes, prots, strict=False)):
+        ok = [c for c in cells if c["protection"] == p and c["status"] == "ok"]
+        values = [
+            [v for n in negatives if n["protection"] == p and n["status"] == "ok" and (v := _p(n)) is not None],
+            [v for c in ok if c["attack_name"] == "none" and (v := _p(c)) is not None],
+            [v for c in ok if c["attack_name"] != "none" and (v := _p(c)) is not None]]
+        for x, ((label, color), vs) in enumerate(zip(groups, values, strict=False)):
+            ax.scatter([x + j for j in _jitter(len(vs), seed=31 * k + x)], vs, color=color, alpha=0.75, s=36,
+                       label=label, zorder=3)
+        for a in sorted({alpha_of(c) for c in ok}):
+            ax.axhline(a, color="tab:red", ls="--", lw=1, label=f"alpha = {a:.0e} (owned below)")
+        ax.set_yscale("log")
+        ax.set_xticks([0, 1, 2], ["independent", "protected", "attacked"])
+        ax.set_xlim(-0.5, 2.5)
         ax.set_title(p)
-        ax.set_ylabel("verdict score" + (" (-log10 p)" if any(c["family"] == "per-user" and c["protection"] == p
-                                                               for c in cells) else ""))
-        ax.legend(fontsize=7)
-    return _png(fig)
+        ax.set_ylabel("p-value (log)")
+        ax.grid(alpha=0.3)
+    _legend_outside(fig, axes)
+    return _png(fig, "p-values of independent, protected and attacked models")
 
 
-def report(db_path: str | Path, out_html: str | Path, force: bool = False) -> Path:
+# ============================================================================ the HTML
+def _status_class(status: str) -> str:
+    return {"survived": "good", "removed": "bad", "never": "warn"}.get(status, "")
+
+
+def report(db_path: str | Path, out_html: str | Path, force: bool = False,
+           lock_margin: float = LOCK_HELD_MARGIN) -> Path:
     """Write the HTML report of the database `db_path` to `out_html` (refused if it exists without force)."""
+    from ..tensorfile import check_writable, write_atomic
+
     db_path, out_html = Path(db_path), Path(out_html)
     if not db_path.is_file():
         raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
     check_writable(out_html, force)
     with Store(db_path) as s:
         meta, cells, negatives, artifacts = s.meta(), s.cells(), s.negatives(), s.artifacts()
+    keys = key_params(db_path, artifacts)
     last = json.loads(meta.get("last_run", "{}"))
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>modelseal bench: "
-             f"{html.escape(meta.get('scenario_name', '?'))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>modelseal robustness benchmark: {html.escape(meta.get('scenario_name', '?'))}</h1>"]
+    name = html.escape(meta.get("scenario_name", "?"))
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>modelseal bench: {name}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>modelseal robustness benchmark: {name}</h1>"]
+
+    rows = survival(cells, negatives, keys, lock_margin)
+    parts.append("<section id='headline'><h2>What survived?</h2>")
+    parts.append(_table(
+        ["protection", "verdict", "removed by (attack and parameters)", "survived", "alpha", "accuracy cost",
+         "independent models accused"],
+        [[r["protection"], _Raw(f"<span class='{_status_class(r['status'])}'>{html.escape(r['verdict'])}</span>"),
+          _lines(r["removed_by"]), _lines(r["survived"]), _alpha_text(r["alpha"]), r["accuracy_cost_text"],
+          r["false_positives"]] for r in rows], left=1, wrap=(1, 2, 3, 5), table_id="headline-table"))
+    parts.append(
+        f"<p class='note'>A watermark or fingerprint is <b>detected</b> when its verdict's p-value is at most alpha "
+        f"(the chance that an independent model scores as well). An attack <b>removes</b> it when the unattacked "
+        f"protected model was detected, the attacked one is not, and the attacked model keeps its accuracy within "
+        f"{100 * REMOVAL_MARGIN:.0f} points of the owner's; a protection whose unattacked model was not detected is "
+        f"<b>never detected</b>, and no attack is counted as removing it. A lock <b>holds</b> while the attacked "
+        f"model's accuracy stays at least {100 * lock_margin:.0f} points below the owner's. Accuracy cost: protected "
+        f"minus owner accuracy (locks: unlocked minus owner), in percentage points. Collusion past the code's bound "
+        f"is labelled: the code does not promise to trace it.</p></section>")
+
     parts.append("<section id='summary'><h2>Run</h2>")
     parts.append(_table(["item", "value"], [
         ["data", meta.get("data")], ["created", meta.get("created")],
@@ -226,44 +606,49 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False) -> Pa
     parts.append("</section>")
 
     parts.append("<section id='methods'><h2>Per method</h2><p class='note'>fidelity = protected (for locks: "
-                 "unlocked) minus owner accuracy; detection = share of attacked/unattacked positives judged "
-                 "owned (locks: lock held); FPR = share of negatives judged owned; removed = verdict flipped "
-                 "while accuracy stayed within 5 points of the owner's.</p>")
-    summ = method_summary(cells, negatives)
+                 "unlocked) minus owner accuracy; detection rate = share of this protection's cells judged owned "
+                 "(locks: lock held); FPR = share of independent models judged owned; removed = cells whose outcome "
+                 "is REMOVED (or RECOVERED for locks), as in the headline; colluders found = colluders accused of all "
+                 "colluders, over the collusion cells.</p>")
+    summ = method_summary(cells, negatives, keys, lock_margin)
     parts.append(_table(
         ["protection", "method", "cells ok", "owner acc", "fidelity", "detection rate", "FPR (negatives)",
          "ROC AUC", "Uniqueness Score", "colluders found", "innocents accused", "locked acc", "unlocked acc",
          "recovered acc", "mean queries", "removed", "wall s"],
-        [[r["protection"], r["method"], f"{r['ok']}/{r['cells']}", r["owner_acc"], r["fidelity"],
+        [[r["protection"], r["method"], f"{r['ok']}/{r['cells']}", r["owner_acc"], _pts(r["fidelity"]),
           r["detection_rate"], r["fpr"], r["roc_auc"], r["uniqueness"], r["colluders_found"],
           r["innocents_accused"], r["locked_acc"], r["unlocked_acc"], r["recovered_acc"], r["queries"],
-          r["removed"], r["wall_s"]] for r in summ], left=2))
+          r["removed"], _Raw(f"{r['wall_s']:.1f}")] for r in summ], left=2))
     parts.append("</section>")
 
     parts.append("<section id='cells'><h2>Cells</h2>")
     parts.append(_table(
-        ["protection", "attack", "seed", "status", "protected acc", "attacked acc", "owned", "score", "p-value",
-         "queries", "removed", "accused", "wall s", "note"],
-        [[c["protection"], c["attack"], c["seed"], c["status"], c["protected_acc"], c["attacked_acc"],
-          None if c["owned"] is None else bool(c["owned"]), c["score"], c["p_value"], c["queries"],
-          None if c["removed"] is None else bool(c["removed"]), c["accused"], c["wall_s"],
-          (c["detail"] or {}).get("reason") or (c["detail"] or {}).get("error") or ""] for c in cells], left=2))
+        ["protection", "attack (parameters)", "seed", "outcome", "protected acc", "attacked acc", "p-value", "alpha",
+         "queries", "accused", "note", "wall s"],
+        [[c["protection"], attack_text(c), c["seed"], o["word"], c["protected_acc"], c["attacked_acc"], c["p_value"],
+          None if c["family"] == "lock" else alpha_of(c), c["queries"],
+          c["accused"] if c["family"] == "per-user" else None, o["note"], _Raw(f"{c['wall_s'] or 0:.1f}")]
+         for c, o in outcomes(cells, keys, lock_margin)], left=2, wrap=(10,)))
     parts.append("</section>")
 
     parts.append("<section id='negatives'><h2>Negatives (independent models)</h2>")
     parts.append(_table(
-        ["protection", "negative", "seed", "status", "accuracy", "owned", "score", "p-value", "queries",
-         "innocents accused"],
+        ["protection", "negative", "seed", "status", "accuracy", "owned", "p-value", "alpha", "queries",
+         "innocents accused", "note"],
         [[n["protection"], n["negative"], n["seed"], n["status"], n["accuracy"],
-          None if n["owned"] is None else bool(n["owned"]), n["score"], n["p_value"], n["queries"],
-          n["innocents_accused"]] for n in negatives], left=2))
+          None if n["owned"] is None else bool(n["owned"]), n["p_value"], alpha_of(n), n["queries"],
+          n["innocents_accused"], (n["detail"] or {}).get("not_applicable", "")] for n in negatives],
+        left=2, wrap=(10,)))
     parts.append("</section>")
 
-    parts.append("<section id='plot-accuracy'><h2>Accuracy vs attack strength</h2>"
-                 + _plots_vs_strength(cells, "acc", "attacked test accuracy") + "</section>")
-    parts.append("<section id='plot-detection'><h2>Detection vs attack strength</h2>"
-                 + _plots_vs_strength(cells, "owned", "detected (owned / lock held)") + "</section>")
-    parts.append("<section id='plot-scores'><h2>Score distributions: positives vs negatives</h2>"
+    parts.append("<section id='plot-accuracy'><h2>Accuracy after each attack</h2>"
+                 + _attack_panels(cells, "acc", "attacked test accuracy", lock_margin) + "</section>")
+    parts.append("<section id='plot-detection'><h2>Verdict p-value after each attack</h2><p class='note'>One scale "
+                 f"for every method: the p-value (log axis; below {P_FLOOR:.0e} drawn at it); owned below the alpha "
+                 "line. Locks have no verdict: see the accuracy plot.</p>"
+                 + _attack_panels(cells, "p", "p-value (log)", lock_margin) + "</section>")
+    parts.append("<section id='plot-scores'><h2>p-values: independent vs protected vs attacked models</h2>"
+                 "<p class='note'>Each dot is one model, spread sideways so that equal values stay visible.</p>"
                  + _plot_scores(cells, negatives) + "</section>")
     parts.append("</body></html>")
     return write_atomic(out_html, "".join(parts), force=True)

@@ -17,10 +17,12 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
   owned (0/1; for locks: the accuracy stays more than 5 points below the owner's), score, p_value,
   threshold, queries, removed (0/1: an attack ran, and not owned while attacked_acc >= owner_acc - 0.05),
   colluders JSON (deepmarks: the users whose copies were attacked), accused JSON, colluders_found,
-  innocents_accused, detail JSON (method details or the reason for skipped/error), wall_s, finished_at.
+  innocents_accused, detail JSON (method details or the reason for skipped/error), wall_s, finished_at,
+  alpha (the significance level the verdict used; NULL in databases written before it was recorded, and
+  when the runner does not report it: readers then take the library default, `verdict.DEFAULT_ALPHA`).
 - `negatives(neg_id TEXT PRIMARY KEY, ...)`: one row per protection x seed x negative model: protection,
   method, family, seed, negative (label like `mlp#1`), arch, accuracy, status, owned, score, p_value,
-  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at. A key that cannot apply
+  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at, alpha. A key that cannot apply
   to the negative (another architecture) gives status `ok`, owned 0, no score or p-value and
   `detail.not_applicable` with the reason: no accusation is made.
 """
@@ -38,10 +40,13 @@ SCHEMA_VERSION = 1
 CELL_COLUMNS = ["cell_id", "protection", "method", "family", "attack", "attack_name", "attack_params", "swept",
                 "strength", "seed", "status", "owner_acc", "protected_acc", "attacked_acc", "unlocked_acc",
                 "owned", "score", "p_value", "threshold", "queries", "removed", "colluders", "accused",
-                "colluders_found", "innocents_accused", "detail", "wall_s", "finished_at"]
+                "colluders_found", "innocents_accused", "detail", "wall_s", "finished_at", "alpha"]
 NEG_COLUMNS = ["neg_id", "protection", "method", "family", "seed", "negative", "arch", "accuracy", "status",
                "owned", "score", "p_value", "queries", "accused", "innocents_accused", "detail", "wall_s",
-               "finished_at"]
+               "finished_at", "alpha"]
+# Columns added after schema version 1 was first written: (table, column, SQL type). Opening an older
+# database adds them (NULL in old rows), so old run folders still resume and report.
+ADDED_COLUMNS = [("cells", "alpha", "REAL"), ("negatives", "alpha", "REAL")]
 JSON_COLUMNS = {"attack_params", "colluders", "accused", "detail", "info"}
 # Columns that legitimately differ between two runs of the same scenario.
 VOLATILE = {"wall_s", "finished_at"}
@@ -81,6 +86,10 @@ class Store:
         try:
             self.db = sqlite3.connect(str(self.path))
             self.db.executescript(_DDL)
+            for table, col, kind in ADDED_COLUMNS:
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})").fetchall()}
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
             self.db.commit()
         except sqlite3.DatabaseError as e:
             raise ModelSealError(f"{self.path} is not a modelseal results database ({e}); "
@@ -129,7 +138,7 @@ class Store:
     # ------------------------------------------------------------------ results
     def _put(self, table: str, cols: list[str], row: dict[str, Any]) -> None:
         row = {**row, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.db.execute(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(cols))})",
+        self.db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                         [_enc(c, row.get(c)) for c in cols])
         self.db.commit()
 

@@ -1,0 +1,146 @@
+"""Bring your own architecture: `package.module:factory` (like `uvicorn module:app`) plus a state-dict file.
+
+`import_factory("pkg.mod:make")` imports `pkg.mod` (the current directory first, then `sys.path`) and
+returns `make`, a callable that takes no arguments and returns an `nn.Module` (a class works too).
+Importing a module runs its code: that is why the architecture always comes from the command line or
+the caller, never from a model file's header.
+
+Weights are a plain safetensors state dict (`safetensors.torch.save_file(model.state_dict(), PATH)`).
+`save_custom` adds a small JSON header entry (`modelseal_user_arch`: the factory string, input shape,
+output size, bounds) so that later commands know the input shape and can say which `--arch` to pass.
+
+torch.export `.pt2` files are refused: `torch.export.load` (torch 2.13) unpickles parts of the archive
+with `torch.load(weights_only=False)`, which can run code, and modelseal never unpickles.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..tensorfile import MAX_HEADER, check_writable, read_header_metadata, write_atomic
+
+USER_META_KEY = "modelseal_user_arch"
+ZOO_META_KEY = "modelseal_model"
+
+
+def import_factory(spec: str) -> Any:
+    """The callable named by `package.module:factory` (the module is imported, so its code runs)."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ModelError(f"--arch {spec!r}: expected package.module:factory (e.g. mymodels:make_net)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelError(f"--arch {spec!r}: cannot import module {mod_name!r} ({e}); run from the folder that "
+                         "holds it or add that folder to PYTHONPATH") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"--arch {spec!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"--arch {spec!r}: {attr!r} is not callable; it must return an nn.Module")
+    return obj
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8:
+            head += f.read(min(int.from_bytes(head, "little"), MAX_HEADER + 1))
+    return read_header_metadata(head, str(path), ModelError)
+
+
+def user_arch_of(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The `modelseal_user_arch` header entry of a model file (None when absent), read without the tensors."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors" or not p.is_file():
+        return None
+    raw = _read_meta(p).get(USER_META_KEY)
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        raise ModelError(f"{p}: malformed {USER_META_KEY} metadata") from None
+    return info if isinstance(info, dict) else None
+
+
+def build_custom(arch: str, input_shape: tuple[int, ...], bounds: tuple[float, float] = (0.0, 1.0)) -> nn.Module:
+    """A fresh model from the user's factory, tagged with its input shape and output size."""
+    model = import_factory(arch)()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return _tag(model, arch, input_shape, bounds)
+
+
+def _tag(model: nn.Module, arch: str, input_shape: tuple[int, ...], bounds: tuple[float, float]) -> nn.Module:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape))
+    except Exception as e:
+        raise ModelError(f"--arch {arch!r}: the model does not accept inputs of shape {list(input_shape)} "
+                         f"({str(e).splitlines()[0][:160]})") from None
+    model.train(was)
+    # The spec makes the model usable everywhere a zoo model is (signature, suspects, fingerprints); "name"
+    # is the factory string, which the zoo cannot rebuild: such models are saved with save_custom.
+    model.modelseal_spec = {"name": arch, "kwargs": {}, "input_shape": [int(s) for s in input_shape],
+                            "output_size": int(out[0].numel()), "bounds": [float(b) for b in bounds],
+                            "user_arch": True}
+    return model
+
+
+def load_custom(path: str | os.PathLike, arch: str, input_shape: tuple[int, ...] | None = None,
+                bounds: tuple[float, float] | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Build `arch` and load the state dict in `path` (strict). The input shape comes from the file's header
+    when modelseal wrote it, else from `input_shape` (a data set's or a key's)."""
+    from safetensors.torch import load
+
+    p = Path(path)
+    if p.suffix.lower() == ".pt2":
+        raise ModelError(f"{p}: torch.export .pt2 files are refused: torch.export.load unpickles parts of them "
+                         "(torch.load with weights_only=False), which can run code. Save the weights with "
+                         "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') and pass --arch")
+    if not p.is_file():
+        raise ModelError(f"model file {p} does not exist")
+    info = user_arch_of(p) or {}
+    shape = info.get("input_shape") or input_shape
+    if shape is None:
+        raise ModelError(f"{p}: the input shape of --arch {arch!r} is unknown; pass --data (its input shape is "
+                         "used) or verify with a key made for this model")
+    box = tuple(info.get("bounds") or bounds or (0.0, 1.0))
+    model = build_custom(arch, tuple(int(s) for s in shape), box)
+    try:
+        state = load(p.read_bytes())
+    except Exception as e:
+        raise ModelError(f"{p}: not a safetensors state dict ({e.__class__.__name__})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{p}: weights do not fit --arch {arch!r}: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device).eval()
+
+
+def save_custom(model: nn.Module, path: str | os.PathLike, arch: str, force: bool = False) -> Path:
+    """Write the state dict of a user-architecture model with its `modelseal_user_arch` header entry."""
+    from safetensors.torch import save
+
+    check_writable(path, force)
+    spec = getattr(model, "modelseal_spec", None) or {}
+    info = {"arch": arch, "input_shape": spec.get("input_shape"), "output_size": spec.get("output_size"),
+            "bounds": spec.get("bounds")}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return write_atomic(path, save(state, metadata={USER_META_KEY: json.dumps(info, sort_keys=True)}), force)

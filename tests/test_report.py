@@ -1,0 +1,207 @@
+"""The report answers "what survived?": one decision for the HTML headline, the terminal and the demo."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from modelseal.bench.report import LOCK_HELD_MARGIN, cell_outcome, survival, survival_table
+from modelseal.bench.store import Store
+
+report_mod = importlib.import_module("modelseal.bench.report")  # the package's `report` is the function
+
+OWNER = 0.924
+
+
+def _cell(prot: str, family: str, attack: str, params: dict, *, owned: bool, acc: float, p: float | None = None,
+          strength: float | None = None, swept: str | None = None, **extra) -> dict:
+    name = attack.split(" ")[0]
+    return {"cell_id": f"{prot}/{attack}", "protection": prot, "method": extra.pop("method", prot), "family": family,
+            "attack": attack, "attack_name": "none" if attack == "none" else extra.pop("attack_name", name),
+            "attack_params": params, "swept": swept, "strength": strength, "seed": 0, "status": "ok",
+            "owner_acc": OWNER, "protected_acc": OWNER - 0.004, "attacked_acc": acc, "owned": owned, "score": 0.5,
+            "p_value": p, "queries": 40, "wall_s": 1.5, **extra}
+
+
+def rows() -> tuple[list[dict], list[dict]]:
+    """A run with every kind of outcome: a watermark removed by one attack and damaging another, a fingerprint
+    never detected, DeepMarks collusion within and past the code's bound, a lock recovered and a lock held."""
+    cells = [
+        _cell("trigger-set", "watermark", "none", {}, owned=True, acc=OWNER - 0.004, p=1e-9),
+        _cell("trigger-set", "watermark", "prune amount=0.3", {"amount": 0.3}, owned=True, acc=0.91, p=1e-8,
+              strength=0.3, swept="amount", attack_name="prune"),
+        _cell("trigger-set", "watermark", "prune amount=0.6", {"amount": 0.6}, owned=False, acc=0.90, p=0.2,
+              strength=0.6, swept="amount", attack_name="prune"),
+        _cell("trigger-set", "watermark", "finetune", {"mode": "rtal", "epochs": 2}, owned=False, acc=0.5, p=0.3),
+        _cell("c-examples", "fingerprint", "none", {}, owned=False, acc=OWNER, p=0.01),
+        _cell("c-examples", "fingerprint", "prune amount=0.3", {"amount": 0.3}, owned=False, acc=0.92, p=0.2,
+              strength=0.3, swept="amount", attack_name="prune"),
+        _cell("deepmarks", "per-user", "none", {}, owned=True, acc=0.92, p=1e-12, colluders=[3], accused=[3],
+              colluders_found=1, innocents_accused=0, threshold=6.0, detail={"max_colluders": 2}),
+        _cell("deepmarks", "per-user", "collude k=2", {"k": 2}, owned=True, acc=0.91, p=1e-8, colluders=[1, 4],
+              accused=[1, 4], colluders_found=2, innocents_accused=0, strength=2, swept="k", threshold=6.0,
+              attack_name="collude", detail={"max_colluders": 2}),
+        _cell("deepmarks", "per-user", "collude k=3", {"k": 3}, owned=False, acc=0.91, p=0.4, colluders=[0, 2, 5],
+              accused=[], colluders_found=0, innocents_accused=0, strength=3, swept="k", threshold=6.0,
+              attack_name="collude", detail={"max_colluders": 2}),
+        _cell("advparams", "lock", "none", {}, owned=True, acc=0.11, unlocked_acc=OWNER),
+        _cell("advparams", "lock", "recover-finetune", {"mode": "ftal", "epochs": 1, "fraction": 0.1}, owned=True,
+              acc=0.725, unlocked_acc=OWNER, attack_name="finetune"),
+        _cell("advparams", "lock", "reset-outliers", {"z": 3.0}, owned=True, acc=0.12, unlocked_acc=OWNER),
+    ]
+    for c in cells:
+        if c["family"] == "lock":
+            c["protected_acc"], c["p_value"], c["queries"] = 0.11, None, 0
+    negatives = [
+        {"neg_id": f"n-{p}-{i}", "protection": p, "method": p, "family": fam, "seed": 0, "negative": f"cnn#{i}",
+         "arch": "cnn", "accuracy": 0.9, "status": "ok", "owned": False, "score": 0.1, "p_value": pv, "queries": 40,
+         "accused": [] if fam == "per-user" else None, "innocents_accused": 0 if fam == "per-user" else None,
+         "detail": {}, "wall_s": 1.0}
+        for p, fam in [("trigger-set", "watermark"), ("c-examples", "fingerprint"), ("deepmarks", "per-user")]
+        for i, pv in enumerate([0.125, 0.125, 0.6])]
+    return cells, negatives
+
+
+def make_db(path: Path) -> Path:
+    cells, negatives = rows()
+    with Store(path) as s:
+        s.set_meta("scenario_name", "fabricated")
+        s.set_meta("data", "mnist5k")
+        for c in cells:
+            s.put_cell(c)
+        for n in negatives:
+            s.put_negative(n)
+    return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    return make_db(tmp_path_factory.mktemp("report") / "results.sqlite")
+
+
+@pytest.fixture(scope="module")
+def html_text(db, tmp_path_factory) -> str:
+    """The report of the fabricated run, rendered once for the tests that read it."""
+    return report_mod.report(db, tmp_path_factory.mktemp("html") / "report.html").read_text()
+
+
+def _by_prot(rs: list[dict]) -> dict[str, dict]:
+    return {r["protection"]: r for r in rs}
+
+
+def test_survival_in_plain_words():
+    cells, negatives = rows()
+    s = _by_prot(survival(cells, negatives))
+    wm = s["trigger-set"]
+    assert wm["status"] == "removed" and wm["verdict"] == "removed by 1 of 3 attacks"
+    assert wm["removed_by"] == ["prune (amount=0.6)"]  # rtal cost 42 points of accuracy: not a removal
+    assert any(x.startswith("finetune (mode=rtal, epochs=2)") and "damaged" in x for x in wm["survived"])
+    assert wm["alpha"] == pytest.approx(1e-6) and wm["false_positives"] == "0 of 3"
+    assert wm["accuracy_cost_text"] == "-0.4 points"
+    # never detected unattacked: nothing to remove, so its attacks are not called removals
+    ce = s["c-examples"]
+    assert ce["status"] == "never" and ce["removed_by"] == [] and ce["verdict"].startswith("never detected")
+    # collusion within the bound is traced; past the bound it is labelled so and does not make it "removed"
+    dm = s["deepmarks"]
+    assert dm["status"] == "survived" and dm["verdict"].startswith("survived every attack within its guarantee")
+    assert dm["removed_by"] == ["collude (k=3) [3 colluders: past the code's bound of 2]"]
+    # without the bound in the verdict's details it comes from the key (k - 1 for a BIBD code with blocks of k)
+    bare = [{**c, "detail": {}} for c in cells]
+    assert _by_prot(survival(bare, negatives, keys={"deepmarks": {"k": 3}}))["deepmarks"]["status"] == "survived"
+    assert _by_prot(survival(bare, negatives))["deepmarks"]["status"] == "removed"  # bound unknown: no excuse
+    # a lock the thief brought back to 0.725 (owner 0.924) did not hold; one left at 0.12 did
+    lk = s["advparams"]
+    assert lk["status"] == "removed" and lk["verdict"] == "recovered by 1 of 2 attacks"
+    assert lk["removed_by"][0].startswith("recover-finetune (mode=ftal, epochs=1, fraction=0.1)")
+    assert lk["survived"] == ["reset-outliers (z=3.0) [held]"] and lk["alpha"] is None
+
+
+def test_removed_only_when_the_unattacked_model_was_detected():
+    cells, _ = rows()
+    pruned = next(c for c in cells if c["protection"] == "trigger-set" and c["strength"] == 0.6)
+    assert cell_outcome(pruned, baseline_detected=True)["word"] == "REMOVED"
+    assert cell_outcome(pruned, baseline_detected=False)["word"] == "never detected"
+    lock = {**cells[-2], "attacked_acc": OWNER - LOCK_HELD_MARGIN}
+    assert cell_outcome(lock, True)["word"] == "held"
+    assert cell_outcome({**lock, "attacked_acc": OWNER - LOCK_HELD_MARGIN + 0.01}, True)["word"] == "RECOVERED"
+
+
+def test_terminal_and_html_say_the_same(db, html_text):
+    from rich.console import Console
+
+    text = html_text
+    for sec in report_mod.SECTIONS:
+        assert f"id='{sec}'" in text, sec
+    assert text.index("id='headline'") < text.index("id='summary'") < text.index("id='plot-scores'")
+    headline = text.split("<section id='headline'>")[1].split("</section>")[0]
+    console = Console(record=True, width=400)
+    rs = report_mod.survival_from_db(db)
+    console.print(survival_table(rs))
+    terminal = console.export_text()
+    for r in rs:
+        for phrase in [r["verdict"], *r["removed_by"]]:
+            assert phrase in terminal, phrase
+            assert phrase.replace("'", "&#x27;") in headline, phrase
+    assert "1e-06" in headline and "1e-06" in terminal
+    # the per-method table prints whole query counts and accuracy differences in points
+    methods = text.split("<section id='methods'>")[1].split("</section>")[0]
+    assert ">40<" in methods and "40.000" not in methods and "points" in methods
+    assert "colluders found" in methods and "3 of 6 in 3 cells" in methods  # the unattacked copy counts: 1 leaker
+
+
+def test_plots_are_wide_and_every_cell_has_its_attack_parameters(html_text):
+    import matplotlib.image as mpimg
+
+    text = html_text
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert len(images) == 3
+    for b in images:
+        img = mpimg.imread(io.BytesIO(base64.b64decode(b)), format="png")
+        assert img.shape[1] >= 900
+    cells = text.split("<section id='cells'>")[1].split("</section>")[0]
+    assert "finetune (epochs=2, mode=rtal)" in cells and "collude (k=3)" in cells
+    # the unattacked protected model is each group's first row
+    order = re.findall(r"<tr><td class='l'>(trigger-set|advparams)</td><td class='l'>([^<]*)</td>", cells)
+    assert order[0] == ("advparams", "no attack") and ("trigger-set", "no attack") in order
+    assert order.index(("trigger-set", "no attack")) == min(i for i, o in enumerate(order) if o[0] == "trigger-set")
+
+
+def test_an_old_database_without_alpha_still_reports(tmp_path):
+    old = tmp_path / "old.sqlite"
+    con = sqlite3.connect(old)
+    from modelseal.bench import store
+
+    cols = [c for c in store.CELL_COLUMNS if c != "alpha"]
+    con.execute(f"CREATE TABLE cells ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'cell_id' else '') for c in cols)})")
+    con.execute("INSERT INTO cells (cell_id, protection, method, family, attack, attack_name, status, owned, p_value) "
+                "VALUES ('x', 'tafa', 'tafa', 'fingerprint', 'none', 'none', 'ok', 1, 1e-9)")
+    con.commit()
+    con.close()
+    with Store(old) as s:
+        (cell,) = s.cells()
+        assert cell["alpha"] is None
+        s.put_cell({**cell, "cell_id": "y", "alpha": 1e-3})
+        assert sorted(c["alpha"] or 0 for c in s.cells()) == [0, 1e-3]
+    rs = report_mod.survival_from_db(old)
+    assert rs[0]["alpha"] == [1e-6, 1e-3]  # the default for the old row, the recorded one for the new
+
+
+def test_bench_report_command_prints_the_headline(db, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from modelseal.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--json"])
+    assert r.exit_code == 0, r.output
+    payload = json.loads(r.stdout)
+    assert payload["survival"] == report_mod.survival_from_db(db)
+    human = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--force"])
+    assert human.exit_code == 0 and "What survived?" in human.output and "recovered" in human.output  # 80 columns
