@@ -82,7 +82,7 @@ def test_methods_name_lists_every_field_with_type_default_range_and_meaning():
         fields = {f.name for f in dataclasses.fields(methods.get(name)) if f.name != "progress"}
         assert set(listed) == fields, name
     tafa = {p["name"]: p for p in json.loads(runner.invoke(app, ["methods", "tafa", "--json"]).stdout)["params"]}
-    assert tafa["n"]["type"] == "int" and tafa["n"]["default"] == "300" and tafa["n"]["range"] == ">= 3"
+    assert tafa["n"]["type"] == "int" and tafa["n"]["default"] == "300" and tafa["n"]["range"] == "[3, 100000]"
     assert "boundary points" in tafa["n"]["meaning"]
     ce = {p["name"]: p for p in json.loads(runner.invoke(app, ["methods", "c-examples", "--json"]).stdout)["params"]}
     assert ce["variant"]["range"] == "c | rc | ltrc" and ce["radius"]["range"].startswith("(0, 1.41")

@@ -87,8 +87,11 @@ def register(name: str):
 
 
 def _available() -> dict[str, str]:
-    """Attack name -> module, for the modules that are installed."""
-    return {n: m for n, m in _MODULES.items() if importlib.util.find_spec(m) is not None}
+    """Attack name -> module, for the modules that are installed. Every module in the table ships with
+    modelseal; find_spec is asked only for this package's own submodules (asking for
+    `modelseal.bench.overwrite` would import `modelseal.bench`, and with it torch, just to list names)."""
+    return {n: m for n, m in _MODULES.items()
+            if not m.startswith("modelseal.attacks.") or importlib.util.find_spec(m) is not None}
 
 
 def get(name: str) -> type:
