@@ -336,6 +336,61 @@ def deepmarks_distribute(
         f"..{max(r['test_metric'] for r in rows):.4f}); key -> {key_path}"))
 
 
+# --------------------------------------------------------------------------- suspects (trace, verify)
+MaxQueriesOpt = Annotated[Optional[int], typer.Option("--max-queries", help="query budget: most inputs sent")]
+TokenEnvOpt = Annotated[str, typer.Option("--token-env", help="http: env var holding the bearer token")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--timeout", help="http: seconds per call, retries and waits included [default: 30]")]
+RetriesOpt = Annotated[Optional[int], typer.Option(
+    "--retries", help="http: retries on 429, 5xx, dropped connections [default: 3]")]
+RateLimitOpt = Annotated[Optional[float], typer.Option("--rate-limit", help="http: most requests per second")]
+OutputNameOpt = Annotated[Optional[str], typer.Option(
+    "--output-name", help="http: output to read [default: first float output in the metadata]")]
+LabelOnlyOpt = Annotated[bool, typer.Option("--label-only", help="http: read the output as labels")]
+MaxBatchOpt = Annotated[Optional[int], typer.Option("--max-batch", help="http: most inputs per request")]
+ReshapeOpt = Annotated[bool, typer.Option(
+    "--reshape", help="send inputs in the model's declared shape when the sizes match")]
+
+
+def _open_suspect(suspect: str, device: str, *, max_queries: int | None, token_env: str, timeout: float | None,
+                  retries: int | None, rate_limit: float | None, output_name: str | None, label_only: bool,
+                  max_batch: int | None, reshape: bool):
+    """The Suspect for `trace`/`verify`: a model file, an .onnx file or an http(s) endpoint with its options."""
+    from .suspect import Suspect
+
+    kw: dict[str, Any] = {"max_queries": max_queries, "reshape": reshape}
+    http_opts = {"--timeout": timeout, "--retries": retries, "--rate-limit": rate_limit,
+                 "--output-name": output_name, "--max-batch": max_batch, "--label-only": label_only or None}
+    if suspect.startswith(("http://", "https://")):
+        kw.update({"token_env": token_env, "label_only": True if label_only else None,
+                   **{k.lstrip("-").replace("-", "_"): v for k, v in http_opts.items()
+                      if v is not None and k != "--label-only"}})
+    else:
+        given = [k for k, v in http_opts.items() if v is not None]
+        if given:
+            raise ModelSealError(f"{', '.join(given)} apply to http(s) suspects only; {suspect} is a file")
+        if not suspect.endswith(".onnx"):
+            kw["device"] = _device(device)
+    return Suspect.load(suspect, **kw)
+
+
+def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
+    """When a key's input shape differs from a suspect's of the same size, say that --reshape exists."""
+    import math
+
+    from .keys import Key
+
+    have = suspect.input_shape if suspect is not None else None
+    for path in key_paths if have else []:
+        try:
+            want = Key.load(path).signature.get("input_shape")
+        except ModelSealError:
+            continue
+        if want and tuple(want) != tuple(have) and math.prod(want) == math.prod(have):
+            return f"; the sizes match, so --reshape would send the key's inputs as {tuple(have)}"
+    return ""
+
+
 @app.command()
 def trace(
     key_path: Annotated[Path, typer.Argument(help="deepmarks key")],
@@ -343,17 +398,22 @@ def trace(
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
+    max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, output_name: OutputNameOpt = None,
+    label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from."""
     from .api import trace as trace_fn
-    from .suspect import Suspect
 
     try:
         kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
         if evidence is not None:
             check_writable(evidence, force)
-        result = trace_fn(Suspect.load(suspect), key_path, evidence=evidence, force=force, **kw)
+        s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
+                          retries=retries, rate_limit=rate_limit, output_name=output_name,
+                          label_only=label_only, max_batch=max_batch, reshape=reshape)
+        result = trace_fn(s, key_path, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
@@ -372,17 +432,6 @@ def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] |
     return kw
 
 
-def _load_suspect(suspect: str, token_env: str, device: str):
-    from .suspect import Suspect
-
-    load_kw: dict[str, Any] = {}
-    if suspect.startswith(("http://", "https://")):
-        load_kw["token_env"] = token_env
-    elif not suspect.endswith(".onnx"):
-        load_kw["device"] = _device(device)
-    return Suspect.load(suspect, **load_kw)
-
-
 @app.command()
 def verify(
     paths: Annotated[list[str], typer.Argument(
@@ -392,20 +441,23 @@ def verify(
         help="public commitment the key must open (one per key, in order)")] = None,
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
-    max_queries: Annotated[Optional[int], typer.Option(help="query budget for the suspect")] = None,
     reference: Annotated[Optional[list[Path]], typer.Option(
         "--reference", help="independent reference model that estimates the null (c-examples; repeat)")] = None,
     evidence: Annotated[Optional[list[Path]], typer.Option(
         help="evidence file to write (one per key): the transcript `modelseal check` re-checks")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="verifier test parameter NAME=VALUE (see `modelseal methods`)")] = None,
-    token_env: Annotated[str, typer.Option(help="env var holding a bearer token for http suspects")] =
-        "MODELSEAL_TOKEN",
+    max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, output_name: OutputNameOpt = None,
+    label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0)."""
     from .api import verify as verify_fn
+    from .errors import KeyMismatchError
 
+    s = None
+    keys: list[Path] = []
     try:
         if len(paths) < 2:
             raise ModelSealError("verify needs KEY [KEY ...] SUSPECT")
@@ -417,12 +469,16 @@ def verify(
         for e in evidence or []:
             check_writable(e, force)
         kw = _verifier_kw(alpha, max_queries, set_, reference, device)
-        s = _load_suspect(suspect, token_env, device)
+        s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
+                          retries=retries, rate_limit=rate_limit, output_name=output_name,
+                          label_only=label_only, max_batch=max_batch, reshape=reshape)
         if len(keys) == 1:
             verdict = verify_fn(s, keys[0], commitment=commitment[0] if commitment else None,
                                 evidence=evidence[0] if evidence else None, force=force, **kw)
         else:
             verdict = verify_fn(s, keys, commitment=commitment, evidence=evidence, force=force, **kw)
+    except KeyMismatchError as e:
+        _fail(KeyMismatchError(f"{e}{_shape_hint(s, keys)}"))
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
@@ -546,8 +602,9 @@ def serve(
     name: Annotated[str, typer.Option(help="model name in the URL /v2/models/NAME")] = "model",
     label_only: Annotated[bool, typer.Option(help="answer with the top class only")] = False,
     token_env: Annotated[Optional[str], typer.Option(help="env var with a bearer token to require")] = None,
+    max_batch: Annotated[int, typer.Option(help="largest batch a request may carry")] = 4096,
 ) -> None:
-    """Serve a model over the Open Inference Protocol (KServe v2) for tests and demos."""
+    """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors)."""
     import os
 
     try:
@@ -558,7 +615,7 @@ def serve(
     if token_env and not token:
         _fail(ModelSealError(f"--token-env {token_env} is set but the variable is empty"))
     try:
-        run(model_path, host=host, port=port, name=name, label_only=label_only, token=token)
+        run(model_path, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch)
     except ModelSealError as e:
         _fail(e)
 
