@@ -340,12 +340,12 @@ def deepmarks_distribute(
 MaxQueriesOpt = Annotated[Optional[int], typer.Option("--max-queries", help="query budget: most inputs sent")]
 TokenEnvOpt = Annotated[str, typer.Option("--token-env", help="http: env var holding the bearer token")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
-    "--timeout", help="http: seconds per call, retries and waits included [default: 30]")]
+    "--timeout", help="http: seconds per call, retries and waits included (default 30)")]
 RetriesOpt = Annotated[Optional[int], typer.Option(
-    "--retries", help="http: retries on 429, 5xx, dropped connections [default: 3]")]
+    "--retries", help="http: retries on 429, 5xx, dropped connections (default 3)")]
 RateLimitOpt = Annotated[Optional[float], typer.Option("--rate-limit", help="http: most requests per second")]
 OutputNameOpt = Annotated[Optional[str], typer.Option(
-    "--output-name", help="http: output to read [default: first float output in the metadata]")]
+    "--output-name", help="http: output to read (default: first float output)")]
 LabelOnlyOpt = Annotated[bool, typer.Option("--label-only", help="http: read the output as labels")]
 MaxBatchOpt = Annotated[Optional[int], typer.Option("--max-batch", help="http: most inputs per request")]
 ReshapeOpt = Annotated[bool, typer.Option(
