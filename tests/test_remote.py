@@ -191,6 +191,7 @@ def _ok(n: int, dtype: str = "FP32", shape: list | None = None, data: list | Non
 def _fake_app(infer, metadata: bool = True) -> Starlette:
     """A v2-looking app whose infer answer is `infer(batch, body)`; counts calls in app.state.calls."""
     calls: list[int] = []
+    bodies: list[dict] = []
 
     async def meta(request):
         return JSONResponse(_META) if metadata else Response("no metadata here", status_code=501)
@@ -199,6 +200,7 @@ def _fake_app(infer, metadata: bool = True) -> Starlette:
         body = json.loads(await request.body())
         n = body["inputs"][0]["shape"][0]
         calls.append(n)
+        bodies.append(body)
         out = infer(n, body)
         if hasattr(out, "__await__"):
             out = await out
@@ -207,6 +209,7 @@ def _fake_app(infer, metadata: bool = True) -> Starlette:
     app = Starlette(routes=[Route("/v2/models/model", meta), Route("/v2/models/model/infer", do_infer,
                                                                   methods=["POST"])])
     app.state.calls = calls
+    app.state.bodies = bodies
     return app
 
 
@@ -271,6 +274,8 @@ def test_client_errors_are_not_retried(servers):
     (Response('{"outputs": [{"name": "output", "datatype": "FP32", "shape": [2, 1], "data": [NaN, 1.0]}]}',
               media_type="application/json"), "NaN or infinite"),
     ("int-matrix", "must have shape \\[batch\\]"),
+    ("fp64-overflow", "FP64 values beyond float32's range"),
+    ("other-output", "without output 'output', which was asked for"),
 ])
 def test_garbage_answers_end_in_clear_errors(body, message, servers):
     canned = {
@@ -280,6 +285,9 @@ def test_garbage_answers_end_in_clear_errors(body, message, servers):
         "words": lambda n: _ok(n, data=["a"] * (3 * n)),
         "bad-shape": lambda n: _ok(n, shape=[n, "3"], data=[0.0] * (3 * n)),
         "int-matrix": lambda n: _ok(n, dtype="INT64", shape=[n, 3], data=[1] * (3 * n)),
+        "fp64-overflow": lambda n: _ok(n, dtype="FP64", data=[1e300] * (3 * n)),
+        "other-output": lambda n: JSONResponse({"outputs": [{"name": "label", "datatype": "INT64", "shape": [n],
+                                                             "data": [1] * n}]}),
     }
     app = _fake_app(lambda n, _: canned[body](n) if isinstance(body, str) else body)
     s = Suspect.load(_url(servers(app)), retries=3, backoff=0.01)
@@ -288,6 +296,15 @@ def test_garbage_answers_end_in_clear_errors(body, message, servers):
     assert "\n" not in str(err.value)
     assert len(app.state.calls) == 1  # a garbage answer is final, not retried
     assert s.queries == 2  # but the inputs were sent
+
+
+def test_fp64_outputs_are_rounded_to_float32_and_the_output_is_requested_by_name(servers):
+    app = _fake_app(lambda n, body: _ok(n, dtype="FP64", data=[0.1, 1e-3, 2.0] * n))
+    s = Suspect.load(_url(servers(app)))
+    out = s.predict(torch.zeros(2, 2))
+    assert out.dtype == torch.float32 and out[0].tolist() == [np.float32(0.1), np.float32(1e-3), 2.0]
+    assert s._backend.output_name == "output"
+    assert app.state.bodies[0]["outputs"] == [{"name": "output"}]  # asked for by name, as JSON
 
 
 def _dropping_app(drops: int):

@@ -224,9 +224,9 @@ class Suspect:
     def _charge(self, n: int) -> None:
         """Count `n` inputs about to be sent; refuse (BudgetExceeded) rather than go over the budget."""
         if self.max_queries is not None and self.queries + n > self.max_queries:
-            raise BudgetExceeded(f"query budget of {self.max_queries} would be exceeded by resending {n} inputs "
-                                 f"({self.queries} already sent, retries included); raise the budget "
-                                 "(--max-queries) or the retries' chance (--timeout)")
+            raise BudgetExceeded(f"query budget of {self.max_queries} would be exceeded by sending {n} more "
+                                 f"inputs ({self.queries} already sent, retries included); raise the budget "
+                                 "(--max-queries)")
         self.queries += n
 
     def _fit_shape(self, x: torch.Tensor) -> torch.Tensor:

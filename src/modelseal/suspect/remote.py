@@ -433,9 +433,7 @@ class RemoteBackend:
             raise
         finally:
             watchdog.cancel()
-        if fired.is_set():
-            raise _DeadlinePassed
-        if resp.will_close:
+        if resp.will_close or fired.is_set():  # a complete answer stands even if the watchdog fired just after
             self.close()
         return resp.status, raw, {k.lower(): v for k, v in resp.getheaders()}
 
