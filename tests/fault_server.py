@@ -46,6 +46,7 @@ class FaultServer:
         self.base = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self.url = self.base + "/v2/models/model"
         self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
         self._accept = threading.Thread(target=self._loop, daemon=True, name="fault-server")
         self._accept.start()
 
@@ -58,6 +59,11 @@ class FaultServer:
     def close(self) -> None:
         self._stop.set()
         self._accept.join(timeout=5)
+        for c in self._conns:  # wakes connection threads blocked in recv
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for t in self._threads:
             t.join(timeout=5)
         self._sock.close()
@@ -69,12 +75,15 @@ class FaultServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 continue
+            self._conns.append(conn)
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             t.start()
             self._threads.append(t)
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(1.0)
+        # Idle keep-alive connections stay open well past any client wait here, so a client never sends into a
+        # connection the server is closing at that moment (which HTTP/1.1 cannot tell from a lost request).
+        conn.settimeout(10.0)
         buf = b""
         deadline = time.monotonic() + 30  # no connection lives longer than this
         with conn:

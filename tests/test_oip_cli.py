@@ -24,7 +24,7 @@ def digits_key(tmp_path_factory):
     data = ms.data.load("digits", seed=0)
     model = ms.models.build("mlp", data.meta, seed=0)
     ms.train.fit(model, data.owner, epochs=3, seed=0, progress=False)
-    key = ms.methods.get("tafa")(n=30, permutations=200).extract(model.eval(), data.meta)
+    key = ms.methods.get("tafa")(n=30).extract(model.eval(), data.meta)
     key.save(d / "fp.seal")
     flat = Suspect(torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), model), input_shape=(64,))
     return d, flat
@@ -76,9 +76,11 @@ def test_verify_label_only_output_name_and_budget(digits_key, flat_server):
     assert r.exit_code == 2 and "raw outputs" in r.output
     r = _verify(d / "fp.seal", url, "--reshape", "--output-name", "probs")
     assert r.exit_code == 2 and "no output 'probs'" in r.output and "--output-name" in r.output
-    r = _verify(d / "fp.seal", url, "--reshape", "--max-queries", "40")
-    assert r.exit_code == 2 and "budget of 40" in r.output
-    assert application.state.stats["inputs"] == 0  # refused before anything was sent
+    r = _verify(d / "fp.seal", url, "--reshape", "--max-queries", "40", "--json")
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)
+    assert not v["judged"] and "only 40 queries" in v["details"]["not_judged"]
+    assert application.state.stats["inputs"] == 0  # said before anything was sent
 
 
 def test_cli_messages_never_show_the_token(digits_key):

@@ -91,13 +91,13 @@ def digits_models():
         warnings.simplefilter("ignore")  # ConvergenceWarning: a short fit is enough here
         models = {seed: MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=seed)
                   .fit(x, data.owner.y.numpy()) for seed in (0, 1)}
-    key = ms.methods.get("tafa")(n=30, permutations=200).extract(_sk_mirror(models[0]), data.meta)
+    key = ms.methods.get("tafa")(n=30).extract(_sk_mirror(models[0]), data.meta)
     return models, key
 
 
 @pytest.fixture(scope="module")
 def torch_models(_owner_cnn, _independent, mnist):
-    key = ms.methods.get("tafa")(n=30, permutations=200).extract(_owner_cnn, mnist.meta)
+    key = ms.methods.get("tafa")(n=30).extract(_owner_cnn, mnist.meta)
     return {"owner": _owner_cnn, "other": _independent[3]}, key
 
 

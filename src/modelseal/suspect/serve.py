@@ -97,7 +97,7 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from .. import __version__
+    from .._version import __version__
 
     if not isinstance(name, str) or not name or "/" in name:
         raise ModelSealError(f"model name must be a non-empty string without '/', got {name!r}")
