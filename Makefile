@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# MLServer (a real Open Inference Protocol server the remote client is tested against) pins starlette and
+# protobuf versions of its own, so it gets a virtual environment of its own; tests start it as a subprocess.
+MLS_VENV := .venv-mlserver
+MLS_VERSION := 1.7.1
 
 .PHONY: install test demo bench lint clean
 
@@ -11,6 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	test -x $(MLS_VENV)/bin/python || $(PY) -m venv $(MLS_VENV)
+	$(MLS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLS_VENV)/bin/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(MLS_VENV)/bin/python -m pip install --quiet -c constraints.txt 'mlserver==$(MLS_VERSION)' \
+		'mlserver-sklearn==$(MLS_VERSION)' -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,4 +39,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(MLS_VENV) build dist *.egg-info src/*.egg-info

@@ -191,6 +191,7 @@ def _ok(n: int, dtype: str = "FP32", shape: list | None = None, data: list | Non
 def _fake_app(infer, metadata: bool = True) -> Starlette:
     """A v2-looking app whose infer answer is `infer(batch, body)`; counts calls in app.state.calls."""
     calls: list[int] = []
+    bodies: list[dict] = []
 
     async def meta(request):
         return JSONResponse(_META) if metadata else Response("no metadata here", status_code=501)
@@ -199,6 +200,7 @@ def _fake_app(infer, metadata: bool = True) -> Starlette:
         body = json.loads(await request.body())
         n = body["inputs"][0]["shape"][0]
         calls.append(n)
+        bodies.append(body)
         out = infer(n, body)
         if hasattr(out, "__await__"):
             out = await out
@@ -207,6 +209,7 @@ def _fake_app(infer, metadata: bool = True) -> Starlette:
     app = Starlette(routes=[Route("/v2/models/model", meta), Route("/v2/models/model/infer", do_infer,
                                                                   methods=["POST"])])
     app.state.calls = calls
+    app.state.bodies = bodies
     return app
 
 
@@ -220,10 +223,10 @@ def test_timeout_ends_in_clear_error_without_retrying(servers):
     app = _fake_app(slow)
     s = Suspect.load(_url(servers(app)), timeout=0.3, retries=3, backoff=0.01)
     t0 = time.monotonic()
-    with pytest.raises(SuspectError, match=r"timed out after 0.3s"):
+    with pytest.raises(SuspectError, match=r"did not finish within the 0.3s deadline"):
         s.predict(torch.zeros(2, 2))
-    assert time.monotonic() - t0 < 1.5
-    assert len(app.state.calls) == 1
+    assert time.monotonic() - t0 < 1.3
+    assert len(app.state.calls) == 1 and s.queries == 2  # the inputs were sent: they count
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
@@ -238,17 +241,17 @@ def test_transient_errors_are_retried_then_succeed(status, servers, caplog):
     with caplog.at_level(logging.INFO, logger="modelseal.suspect.remote"):
         out = s.predict(torch.zeros(5, 2))
     assert out.shape == (5, 3) and len(app.state.calls) == 3
-    assert s.queries == 5
-    assert f"HTTP {status}; retrying" in caplog.text
+    assert s.queries == 15 == sum(app.state.calls)  # every resend is charged
+    assert f"HTTP {status} (busy); retrying" in caplog.text
 
 
 def test_persistent_errors_give_up_after_bounded_retries(servers):
     app = _fake_app(lambda n, body: JSONResponse({"error": "model crashed"}, status_code=500))
     s = Suspect.load(_url(servers(app)), retries=2, backoff=0.01)
-    with pytest.raises(SuspectError, match=r"HTTP 500 \(model crashed\) after 3 attempts"):
+    with pytest.raises(SuspectError, match=r"failed after 3 attempts: HTTP 500 \(model crashed\)$"):
         s.predict(torch.zeros(2, 2))
     assert len(app.state.calls) == 3
-    assert s.queries == 0
+    assert s.queries == 6
 
 
 def test_client_errors_are_not_retried(servers):
@@ -265,12 +268,14 @@ def test_client_errors_are_not_retried(servers):
     (JSONResponse({"outputs": []}), "without an 'outputs' list"),
     ("wrong-batch", "answered 1 outputs for 2 inputs"),
     ("bytes", "datatype 'BYTES'"),
-    ("short", "answered 5 values for an output of shape"),
-    ("words", "non-numeric output data"),
+    ("short", "data has 5 values, but shape \\[2, 3\\] needs 6"),
+    ("words", "FP32 data must be numbers"),
     ("bad-shape", "malformed output shape"),
-    (Response('{"outputs": [{"name": "o", "datatype": "FP32", "shape": [2, 1], "data": [NaN, 1.0]}]}',
+    (Response('{"outputs": [{"name": "output", "datatype": "FP32", "shape": [2, 1], "data": [NaN, 1.0]}]}',
               media_type="application/json"), "NaN or infinite"),
     ("int-matrix", "must have shape \\[batch\\]"),
+    ("fp64-overflow", "FP64 values beyond float32's range"),
+    ("other-output", "without output 'output', which was asked for"),
 ])
 def test_garbage_answers_end_in_clear_errors(body, message, servers):
     canned = {
@@ -280,6 +285,9 @@ def test_garbage_answers_end_in_clear_errors(body, message, servers):
         "words": lambda n: _ok(n, data=["a"] * (3 * n)),
         "bad-shape": lambda n: _ok(n, shape=[n, "3"], data=[0.0] * (3 * n)),
         "int-matrix": lambda n: _ok(n, dtype="INT64", shape=[n, 3], data=[1] * (3 * n)),
+        "fp64-overflow": lambda n: _ok(n, dtype="FP64", data=[1e300] * (3 * n)),
+        "other-output": lambda n: JSONResponse({"outputs": [{"name": "label", "datatype": "INT64", "shape": [n],
+                                                             "data": [1] * n}]}),
     }
     app = _fake_app(lambda n, _: canned[body](n) if isinstance(body, str) else body)
     s = Suspect.load(_url(servers(app)), retries=3, backoff=0.01)
@@ -287,7 +295,16 @@ def test_garbage_answers_end_in_clear_errors(body, message, servers):
         s.predict(torch.zeros(2, 2))
     assert "\n" not in str(err.value)
     assert len(app.state.calls) == 1  # a garbage answer is final, not retried
-    assert s.queries == 0
+    assert s.queries == 2  # but the inputs were sent
+
+
+def test_fp64_outputs_are_rounded_to_float32_and_the_output_is_requested_by_name(servers):
+    app = _fake_app(lambda n, body: _ok(n, dtype="FP64", data=[0.1, 1e-3, 2.0] * n))
+    s = Suspect.load(_url(servers(app)))
+    out = s.predict(torch.zeros(2, 2))
+    assert out.dtype == torch.float32 and out[0].tolist() == [np.float32(0.1), np.float32(1e-3), 2.0]
+    assert s._backend.output_name == "output"
+    assert app.state.bodies[0]["outputs"] == [{"name": "output"}]  # asked for by name, as JSON
 
 
 def _dropping_app(drops: int):
@@ -312,6 +329,7 @@ def test_dropped_connection_is_retried(servers):
     s = Suspect.load(_url(servers(app)), retries=2, backoff=0.01)
     assert s.predict(torch.zeros(3, 2)).shape == (3, 3)
     assert state["drops"] == 1 and len(inner.state.calls) == 1
+    assert s.queries == 6  # sent twice: once into the dropped connection, once answered
 
 
 @contextlib.contextmanager
@@ -355,10 +373,10 @@ def _slamming_server(metadata: bytes):
 def test_server_that_always_closes_the_connection():
     with _slamming_server(json.dumps(_META).encode()) as (base, seen):
         s = Suspect.load(_url(base), retries=2, backoff=0.01)
-        with pytest.raises(SuspectError, match=r"failed after 3 attempts: connection failed"):
+        with pytest.raises(SuspectError, match=r"failed after 3 attempts: connection dropped"):
             s.predict(torch.zeros(2, 2))
         assert seen["closed"] == 3
-        assert s.queries == 0
+        assert s.queries == 6
 
 
 def test_unreachable_server_and_bad_urls(servers):
@@ -472,21 +490,28 @@ def test_server_validates_requests(owner_cnn, servers):
     bad = [
         (b"not json", 400, "not JSON"),
         ({"inputs": []}, 400, "exactly one tensor"),
-        ({"inputs": [{**good["inputs"][0], "datatype": "INT64"}]}, 400, "FP32"),
+        ({"inputs": [{**good["inputs"][0], "datatype": "INT64", "data": [0.5] * 784}]}, 400, "must be integers"),
+        ({"inputs": [{**good["inputs"][0], "datatype": "FP64", "data": [0.1] * 784}]}, 400, "exactly"),
+        ({"inputs": [{**good["inputs"][0], "datatype": "BYTES"}]}, 400, "BYTES"),
+        ({"inputs": [{**good["inputs"][0], "name": "x"}]}, 400, "unknown input 'x'"),
+        ({**good, "outputs": [{"name": "probs"}]}, 400, "unknown output 'probs'"),
+        ({**good, "outputs": [{"name": "output", "parameters": {"class_count": 3}}]}, 400, "class_count"),
         ({"inputs": [{**good["inputs"][0], "shape": [1, 3, 28, 28]}]}, 400, "takes inputs of shape"),
         ({"inputs": [{**good["inputs"][0], "data": [0.0] * 783}]}, 400, "783 values"),
         ({"inputs": [{**good["inputs"][0], "data": ["x"] * 784}]}, 400, "must be numbers"),
+        ({"inputs": [{**good["inputs"][0], "datatype": "INT64", "data": [0] * 784}]}, 200, None),
+        ({"inputs": [{**good["inputs"][0], "datatype": "FP64", "data": [0.25] * 784}]}, 200, None),
         ({"inputs": [{**good["inputs"][0], "shape": [0, 1, 28, 28]}]}, 400, "positive integers"),
     ]
     for payload, code, msg in bad:
         status, body = _post(url, payload, auth)
-        assert status == code and msg in body["error"], (msg, body)
+        assert status == code and (msg is None or msg in body["error"]), (msg, body)
     assert _post(url, good)[0] == 401
     assert _post(url, good, {"Authorization": "Bearer wrong"})[0] == 401
     assert _post(f"{base}/v2/models/other/infer", good, auth)[0] == 404
     with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10) as r:
         assert json.loads(r.read())["ready"] is True
-    assert app.state.stats == {"requests": 1, "inputs": 1}
+    assert app.state.stats == {"requests": 3, "inputs": 3}
 
 
 def test_server_serves_model_and_onnx_files(owner_cnn, mnist, servers, tmp_path):

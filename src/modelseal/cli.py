@@ -418,6 +418,62 @@ def deepmarks_distribute(
         f"..{max(r['test_metric'] for r in rows):.4f}); key -> {key_path}"))
 
 
+# --------------------------------------------------------------------------- suspects (trace, verify)
+MaxQueriesOpt = Annotated[Optional[int], typer.Option("--max-queries", help="query budget: most inputs sent")]
+TokenEnvOpt = Annotated[str, typer.Option("--token-env", help="http: env var holding the bearer token")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--timeout", help="http: seconds per call, retries and waits included (default 30)")]
+RetriesOpt = Annotated[Optional[int], typer.Option(
+    "--retries", help="http: retries on 429, 5xx, dropped connections (default 3)")]
+RateLimitOpt = Annotated[Optional[float], typer.Option("--rate-limit", help="http: most requests per second")]
+OutputNameOpt = Annotated[Optional[str], typer.Option(
+    "--output-name", help="http: output to read (default: first float output)")]
+LabelOnlyOpt = Annotated[bool, typer.Option("--label-only", help="http: read the output as labels")]
+MaxBatchOpt = Annotated[Optional[int], typer.Option("--max-batch", help="http: most inputs per request")]
+ReshapeOpt = Annotated[bool, typer.Option(
+    "--reshape", help="send inputs in the model's declared shape when the sizes match")]
+
+
+def _open_suspect(suspect: str, device: str, *, max_queries: int | None, token_env: str, timeout: float | None,
+                  retries: int | None, rate_limit: float | None, output_name: str | None, label_only: bool,
+                  max_batch: int | None, reshape: bool):
+    """The Suspect for `trace`/`verify`: a model file, an .onnx file or an http(s) endpoint with its options."""
+    from .suspect import Suspect
+
+    kw: dict[str, Any] = {"max_queries": max_queries, "reshape": reshape}
+    http_opts = {"--timeout": timeout, "--retries": retries, "--rate-limit": rate_limit,
+                 "--output-name": output_name, "--max-batch": max_batch, "--label-only": label_only or None}
+    if suspect.startswith(("http://", "https://")):
+        kw.update({"token_env": token_env, "label_only": True if label_only else None,
+                   **{k.lstrip("-").replace("-", "_"): v for k, v in http_opts.items()
+                      if v is not None and k != "--label-only"}})
+    else:
+        given = [k for k, v in http_opts.items() if v is not None]
+        if given:
+            raise ModelSealError(f"{', '.join(given)} apply to http(s) suspects only; {suspect} is a file")
+        if not suspect.endswith(".onnx"):
+            kw["device"] = _device(device)
+    return Suspect.load(suspect, **kw)
+
+
+def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
+    """When a key's input shape differs from a suspect's of the same size, say that --reshape exists."""
+    import math
+
+    from .keys import Key
+
+    have = suspect.input_shape if suspect is not None else None
+    for path in key_paths if have else []:
+        try:
+            want = Key.load(path).signature.get("input_shape")
+        except ModelSealError:
+            continue
+        if want and tuple(want) != tuple(have) and math.prod(want) == math.prod(have):
+            return f"; the sizes match, so --reshape would send the key's inputs as {tuple(have)}"
+    return ""
+
+
+@app.command()
 @app.command(epilog=_examples("modelseal trace dm.seal copies/user-003.safetensors",
                               "modelseal trace dm.seal leaked.safetensors --json"))
 def trace(
@@ -427,6 +483,9 @@ def trace(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
     arch: ArchOpt = None,
+    max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, output_name: OutputNameOpt = None,
+    label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from."""
@@ -443,7 +502,9 @@ def trace(
             sig = Key.load(key_path).signature
             s = Suspect(_load_model(Path(suspect), device, arch, sig))
         else:
-            s = Suspect.load(suspect)
+            s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
+                              retries=retries, rate_limit=rate_limit, output_name=output_name,
+                              label_only=label_only, max_batch=max_batch, reshape=reshape)
         result = trace_fn(s, key_path, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
@@ -493,21 +554,24 @@ def verify(
         help="public commitment the key must open (one per key, in order)")] = None,
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
-    max_queries: Annotated[Optional[int], typer.Option(help="query budget for the suspect")] = None,
     reference: Annotated[Optional[list[Path]], typer.Option(
         "--reference", help="independent reference model that estimates the null (c-examples; repeat)")] = None,
     evidence: Annotated[Optional[list[Path]], typer.Option(
         help="evidence file to write (one per key): the transcript `modelseal check` re-checks")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="verifier test parameter NAME=VALUE (see `modelseal methods`)")] = None,
-    token_env: Annotated[str, typer.Option(help="env var holding a bearer token for http suspects")] =
-        "MODELSEAL_TOKEN",
+    max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, output_name: OutputNameOpt = None,
+    label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0)."""
     from .api import verify as verify_fn
+    from .errors import KeyMismatchError
 
+    s = None
+    keys: list[Path] = []
     try:
         if len(paths) < 2:
             raise ModelSealError("verify needs KEY [KEY ...] SUSPECT")
@@ -524,12 +588,19 @@ def verify(
 
             sig = Key.load(keys[0]).signature
         kw = _verifier_kw(alpha, max_queries, set_, reference, device, arch, sig)
-        s = _load_suspect(suspect, token_env, device, arch, sig)
+        if arch is not None:
+            s = _load_suspect(suspect, token_env, device, arch, sig)
+        else:
+            s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
+                              retries=retries, rate_limit=rate_limit, output_name=output_name,
+                              label_only=label_only, max_batch=max_batch, reshape=reshape)
         if len(keys) == 1:
             verdict = verify_fn(s, keys[0], commitment=commitment[0] if commitment else None,
                                 evidence=evidence[0] if evidence else None, force=force, **kw)
         else:
             verdict = verify_fn(s, keys, commitment=commitment, evidence=evidence, force=force, **kw)
+    except KeyMismatchError as e:
+        _fail(KeyMismatchError(f"{e}{_shape_hint(s, keys)}"))
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
@@ -660,10 +731,11 @@ def serve(
     label_only: Annotated[bool, typer.Option("--label-only", help="answer with the top class only", metavar="")]
         = False,
     token_env: Annotated[Optional[str], typer.Option(help="env var with a bearer token to require")] = None,
+    max_batch: Annotated[int, typer.Option(help="largest batch a request may carry")] = 4096,
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu", as_json: JsonOpt = False,
 ) -> None:
-    """Serve a model over the Open Inference Protocol (KServe v2) for tests and demos, until Ctrl-C."""
+    """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
     import os
 
     try:
@@ -681,7 +753,7 @@ def serve(
         _emit(as_json, {"url": url, "model": str(model_path)},
               lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)"))
         sys.stdout.flush()
-        run(model, host=host, port=port, name=name, label_only=label_only, token=token)
+        run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch)
     except ModelSealError as e:
         _fail(e)
 

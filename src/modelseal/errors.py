@@ -42,3 +42,7 @@ class RegistryError(ModelSealError):
 
 class OutputExistsError(ModelSealError):
     """Refusing to overwrite an existing file without force=True / --force."""
+
+
+class BudgetExceeded(SuspectError):
+    """Answering would send the suspect more inputs than the query budget (`max_queries`) allows."""

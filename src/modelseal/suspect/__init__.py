@@ -3,13 +3,23 @@
 A suspect is a PyTorch module (white-box), a modelseal model file (white-box, loaded without pickle),
 an `.onnx` file run by onnxruntime (black-box), or an `http(s)://` Open Inference Protocol endpoint
 (black-box, see `modelseal.suspect.remote`). `predict(x)` returns raw outputs on the CPU, batched; `labels(x)`
-the top class; `queries` counts inputs asked about; `module` is None when black-box. A query budget
-(`max_queries`) is enforced before any input is sent, and NaN/inf outputs are refused.
+the top class; `queries` counts every input sent to the model; `module` is None when black-box. A query
+budget (`max_queries`) is enforced before any input is sent, and NaN/inf outputs are refused.
+
+Counting: a backend that may send an input more than once (a remote one retries) declares
+`counts_queries = True` and is handed `charge(n)`, which it calls right before it sends `n` inputs; `charge`
+raises `BudgetExceeded` instead of going over the budget, so `queries` never undercounts what the model saw
+and never exceeds `max_queries`. Other backends are charged once per batch.
+
+Reshaping: with `reshape=True`, inputs whose per-example element count equals that of the model's declared
+input shape are reshaped to it (e.g. 1x8x8 digits for a scikit-learn model served as [N, 64]); `input_shape`
+is then None, since any shape of that size is accepted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,11 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelSealError, SuspectError, WhiteBoxRequired
+from ..errors import BudgetExceeded, ModelSealError, SuspectError, WhiteBoxRequired
+from ..validate import count
 
-
-class QueryBudgetExceeded(SuspectError):
-    """The verdict would need more queries than the budget allows."""
+QueryBudgetExceeded = BudgetExceeded  # the name this module used before errors.BudgetExceeded
 
 
 class Backend(Protocol):
@@ -98,7 +107,7 @@ class Suspect:
 
     def __init__(self, source: nn.Module | Backend, *, input_shape: tuple[int, ...] | None = None,
                  batch_size: int = 256, max_queries: int | None = None, device: Any = None,
-                 name: str | None = None):
+                 name: str | None = None, reshape: bool = False):
         if isinstance(source, nn.Module):
             self._backend: Any = _TorchBackend(source, input_shape, device)
             self.module: nn.Module | None = source
@@ -111,7 +120,10 @@ class Suspect:
         if batch_size < 1:
             raise SuspectError("batch_size must be >= 1")
         self.batch_size = batch_size
+        if max_queries is not None:
+            max_queries = count("max_queries", max_queries, 0, error=SuspectError)
         self.max_queries = max_queries
+        self.reshape = bool(reshape)
         self.queries = 0
         self.name = name or type(source).__name__
         self.source_path: str | None = None
@@ -154,7 +166,12 @@ class Suspect:
     # ----------------------------------------------------------------- properties
     @property
     def input_shape(self) -> tuple[int, ...] | None:
-        return self._input_shape or getattr(self._backend, "input_shape", None)
+        """The per-example shape `predict` takes (None: any, or any of the right size with `reshape`)."""
+        return None if self.reshape else self._declared_shape()
+
+    def _declared_shape(self) -> tuple[int, ...] | None:
+        shape = self._input_shape or getattr(self._backend, "input_shape", None)
+        return tuple(shape) if shape is not None else None
 
     @property
     def label_only(self) -> bool:
@@ -182,18 +199,19 @@ class Suspect:
         """Raw outputs for a batch `x` (first dimension = examples), on the CPU, float32."""
         if not isinstance(x, torch.Tensor):
             raise SuspectError(f"predict takes a tensor, got {type(x).__name__}")
-        shape = self.input_shape
-        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-            raise SuspectError(f"{self.name} takes inputs of shape {tuple(shape)}, got {tuple(x.shape[1:])}; "
-                               "is the key for this model?")
+        x = self._fit_shape(x)
         if self.max_queries is not None and self.queries + len(x) > self.max_queries:
-            raise QueryBudgetExceeded(f"query budget of {self.max_queries} would be exceeded "
-                                      f"({self.queries} used, {len(x)} more asked)")
+            raise BudgetExceeded(f"query budget of {self.max_queries} would be exceeded "
+                                 f"({self.queries} used, {len(x)} more asked); raise the budget (--max-queries)")
+        counts = bool(getattr(self._backend, "counts_queries", False))
         outs = []
         for i in range(0, len(x), self.batch_size):
             xb = x[i : i + self.batch_size]
-            out = self._backend(xb)
-            self.queries += len(xb)
+            if counts:
+                out = self._backend(xb, charge=self._charge)
+            else:
+                out = self._backend(xb)
+                self.queries += len(xb)
             if not isinstance(out, torch.Tensor) or out.shape[:1] != xb.shape[:1]:
                 raise SuspectError(f"{self.name} answered {len(xb)} inputs with a malformed output")
             if torch.is_floating_point(out) and not torch.isfinite(out).all():
@@ -202,6 +220,25 @@ class Suspect:
         if not outs:
             return torch.empty(0)
         return torch.cat(outs)
+
+    def _charge(self, n: int) -> None:
+        """Count `n` inputs about to be sent; refuse (BudgetExceeded) rather than go over the budget."""
+        if self.max_queries is not None and self.queries + n > self.max_queries:
+            raise BudgetExceeded(f"query budget of {self.max_queries} would be exceeded by sending {n} more "
+                                 f"inputs ({self.queries} already sent, retries included); raise the budget "
+                                 "(--max-queries)")
+        self.queries += n
+
+    def _fit_shape(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self._declared_shape()
+        if shape is None or tuple(x.shape[1:]) == shape:
+            return x
+        same_size = x[0].numel() == math.prod(shape) if len(x) else True
+        if self.reshape and same_size:
+            return x.reshape(len(x), *shape)
+        hint = ("; the element counts match, so --reshape (reshape=True) would send them as "
+                f"{shape}" if same_size else "; is the key for this model?")
+        raise SuspectError(f"{self.name} takes inputs of shape {shape}, got {tuple(x.shape[1:])}{hint}")
 
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """Top-class labels for `x` (works for label-only endpoints too)."""

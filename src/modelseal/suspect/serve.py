@@ -1,18 +1,30 @@
-"""Serve a model over the Open Inference Protocol (KServe v2 / Triton HTTP/REST, JSON tensors).
+"""Serve a model over the Open Inference Protocol (KServe v2 / Triton HTTP/REST).
 
 `make_app(model)` builds a small Starlette app; `run(model, port=...)` serves it with uvicorn on
 127.0.0.1 unless told otherwise; `background(app)` runs one in a thread (tests, demos, benchmarks).
-Endpoints: `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2/models/{name}` (metadata),
-`GET /v2/models/{name}/ready`, `POST /v2/models/{name}/infer`.
+Endpoints (`{v}` = optional `/versions/1`): `GET /v2` (server metadata), `GET /v2/health/live`,
+`GET /v2/health/ready`, `GET /v2/models/{name}{v}` (model metadata), `GET /v2/models/{name}{v}/ready`,
+`POST /v2/models/{name}{v}/infer`. Every error, unrouted paths and wrong methods included, is a JSON
+`{"error": "..."}` body, as standard clients (tritonclient, KServe) expect.
+
+Requests may carry tensors as JSON or with the binary tensor data extension (`Inference-Header-Content-Length`,
+`parameters.binary_data_size`; the default of tritonclient); gzip/deflate request bodies are accepted.
+Outputs are returned as binary when the request asks (`parameters.binary_data_output`, or an output's
+`parameters.binary_data`), else as JSON. See `modelseal.suspect.oip` for datatypes and conversions.
 
 Where modelseal deviates from a full v2 server, and why:
-- One model, one FP32 input, one output (`output`, FP32 [batch, output_size]; label-only mode sends
-  `label`, INT64 [batch], and says `parameters.label_only = true` in the metadata): that is what
-  modelseal's models and suspects need. No binary-data extension, no versions, no model repository.
-- A bearer token, when set, guards the model endpoints (401 otherwise); health endpoints stay open so
-  that orchestrators can probe them. The token is compared in constant time and never logged.
-- Requests are validated before the model runs (datatype, shape against the model's input shape, data
-  length, finite values, batch size) and refused with 400 and a JSON `{"error": ...}` body.
+- One model, one version ("1"), one input (`input`, FP32 [batch, *input_shape]), one output (`output`,
+  FP32 [batch, output_size]; label-only mode serves `label`, INT64 [batch], and says
+  `parameters.label_only = true` in the metadata): that is what modelseal's models and suspects need. No
+  model repository, no gRPC, no shared memory, no classification extension (`class_count` is refused).
+- Inputs of any numeric datatype (FP16/FP32/FP64/BF16/INT*/UINT*/BOOL) are accepted when every value
+  converts to float32 exactly, and refused otherwise; the input name and requested output names are
+  checked against the metadata.
+- A bearer token, when set, guards the model endpoints (401 otherwise); server metadata and health
+  endpoints stay open so that orchestrators can probe them. The token is compared in constant time and
+  never logged.
+- Requests are validated before the model runs (name, datatype, shape against the model's input shape,
+  data length, finite values, batch size, body size) and refused with 400/413 and a JSON error.
 """
 
 from __future__ import annotations
@@ -20,11 +32,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-import math
 import os
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +46,12 @@ import torch
 from torch import nn
 
 from ..errors import ModelSealError, SuspectError
-from . import Suspect
+from ..validate import MAX_BATCH, count
+from . import Suspect, oip
 
 DEFAULT_HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024 * 1024
+VERSION = "1"
 
 
 def _need_stack() -> None:
@@ -78,14 +92,18 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     _need_stack()
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
+
+    from .._version import __version__
 
     if not isinstance(name, str) or not name or "/" in name:
         raise ModelSealError(f"model name must be a non-empty string without '/', got {name!r}")
     if token is not None and not token.strip():
         raise ModelSealError("the bearer token is empty; set a non-empty token or none")
+    max_batch = count("max_batch", max_batch, 1, MAX_BATCH)
     suspect = _as_suspect(model)
     suspect.max_queries = None
     input_shape = tuple(suspect.input_shape) if suspect.input_shape is not None else None
@@ -100,10 +118,12 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     input_name = "input"
     out_meta = ({"name": "label", "datatype": "INT64", "shape": [-1]} if label_only else
                 {"name": "output", "datatype": "FP32", "shape": [-1, output_size if output_size else -1]})
-    metadata = {"name": name, "versions": ["1"], "platform": "modelseal",
+    output_name = out_meta["name"]
+    metadata = {"name": name, "versions": [VERSION], "platform": "modelseal",
                 "inputs": [{"name": input_name, "datatype": "FP32",
                             "shape": [-1, *(input_shape if input_shape is not None else [-1])]}],
                 "outputs": [out_meta], "parameters": {"label_only": bool(label_only)}}
+    server_meta = {"name": "modelseal", "version": __version__, "extensions": [oip.BINARY_EXTENSION]}
 
     def error(status: int, msg: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status, headers=headers or None)
@@ -111,12 +131,19 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     def check(request: Request) -> JSONResponse | None:
         if request.path_params["name"] != name:
             return error(404, f"unknown model '{request.path_params['name']}'; this server serves '{name}'")
+        version = request.path_params.get("version")
+        if version is not None and version != VERSION:
+            return error(404, f"unknown version '{version}' of model '{name}'; this server serves version "
+                              f"'{VERSION}'")
         if token is not None:
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
         return None
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(server_meta)
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -130,17 +157,18 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     async def model_ready(request: Request) -> Response:
         return check(request) or JSONResponse({"name": name, "ready": True})
 
-    def parse(body: bytes) -> tuple[np.ndarray, str | None] | JSONResponse:
+    def parse(body: bytes, header_length: str | None) -> tuple[np.ndarray, dict] | JSONResponse:
         try:
-            req = json.loads(body)
-        except ValueError:
-            return error(400, "request body is not JSON; send {\"inputs\": [{name, shape, datatype, data}]}")
-        inputs = req.get("inputs") if isinstance(req, dict) else None
+            req, tail = oip.split_body(body, header_length)
+        except oip.TensorError as e:
+            return error(400, f"request {e}; send {{\"inputs\": [{{name, shape, datatype, data}}]}}")
+        inputs = req.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            return error(400, "request needs an 'inputs' list with exactly one tensor")
+            return error(400, f"request needs an 'inputs' list with exactly one tensor ('{input_name}')")
         inp = inputs[0]
-        if str(inp.get("datatype", "")).upper() != "FP32":
-            return error(400, f"input datatype must be FP32, got {inp.get('datatype')!r}")
+        if inp.get("name") != input_name:
+            return error(400, f"unknown input {inp.get('name')!r}; model '{name}' takes one input "
+                              f"'{input_name}'")
         shape = inp.get("shape")
         if (not isinstance(shape, list) or not shape
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
@@ -150,38 +178,75 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
             return error(400, f"model '{name}' takes inputs of shape [batch, {dims}], got {shape}")
         if shape[0] > max_batch:
             return error(400, f"batch of {shape[0]} inputs is larger than this server's limit of {max_batch}")
-        data = inp.get("data")
-        if not isinstance(data, list):
-            return error(400, "input needs a 'data' list (row-major values)")
         try:
-            arr = np.asarray(data, dtype=np.float32).reshape(-1)
-        except (ValueError, TypeError):
-            return error(400, "input data must be numbers")
-        if arr.size != math.prod(shape):
-            return error(400, f"input data has {arr.size} values, but shape {shape} needs {math.prod(shape)}")
-        if not np.isfinite(arr).all():
+            (binary,) = oip.binary_slices(inputs, tail)
+            dt, arr = oip.read_tensor(inp, binary, allow_zero=False)
+            x = oip.to_float32(arr, dt, what="input")
+        except oip.TensorError as e:
+            return error(400, f"input '{input_name}': {e}")
+        if not np.isfinite(x).all():
             return error(400, "input data contains NaN or infinite values")
+        outs = req.get("outputs")
+        params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+        default_binary = params.get("binary_data_output") is True
+        if outs is None or outs == []:
+            want = {output_name: default_binary}
+        else:
+            if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
+                return error(400, "'outputs' must be a list of {name, parameters}")
+            want = {}
+            for o in outs:
+                if o.get("name") != output_name:
+                    return error(400, f"unknown output {o.get('name')!r}; model '{name}' has one output "
+                                      f"'{output_name}'")
+                op = o.get("parameters") if isinstance(o.get("parameters"), dict) else {}
+                if op.get("class_count"):
+                    return error(400, "the classification extension (class_count) is not supported; ask "
+                                      f"for the raw output '{output_name}'")
+                b = op.get("binary_data")
+                want[output_name] = default_binary if b is None else b is True
         rid = req.get("id")
-        return arr.reshape(shape), (rid if isinstance(rid, str) else None)
+        return x, {"id": rid if isinstance(rid, str) else None, "binary": want[output_name]}
 
     def answer(x: np.ndarray) -> np.ndarray:
         with lock:
             return suspect.predict(torch.from_numpy(x)).numpy()
 
+    async def read_body(request: Request) -> bytes | JSONResponse:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            return error(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                return error(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "deflate"):
+            inflate = zlib.decompressobj(31 if encoding == "gzip" else 15)
+            try:
+                body = inflate.decompress(body, MAX_BODY + 1)
+            except zlib.error:
+                return error(400, f"request body is not valid {encoding} data")
+            if len(body) > MAX_BODY or inflate.unconsumed_tail:
+                return error(413, f"request body inflates past {MAX_BODY // 2**20} MiB; send smaller batches")
+        elif encoding != "identity":
+            return error(415, f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate")
+        return body
+
     async def infer(request: Request) -> Response:
         denied = check(request)
         if denied is not None:
             return denied
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            return error(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return error(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
-        parsed = parse(body)
+        body = await read_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        parsed = parse(body, request.headers.get(oip.HEADER_LENGTH))
         if isinstance(parsed, JSONResponse):
             return parsed
-        x, rid = parsed
+        x, opts = parsed
         try:
             out = await run_in_threadpool(answer, x)
         except ModelSealError as e:
@@ -191,37 +256,55 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
         stats["requests"] += 1
         stats["inputs"] += len(x)
         if label_only:
-            labels = out.reshape(len(out), -1).argmax(1) if out.ndim > 1 else out.astype(np.int64)
-            output = {"name": "label", "datatype": "INT64", "shape": [len(x)], "data": labels.tolist()}
+            values = (out.reshape(len(out), -1).argmax(1) if out.ndim > 1 else out).astype(np.int64)
+            dt = "INT64"
         else:
-            out = out.astype(np.float32, copy=False)
-            output = {"name": "output", "datatype": "FP32", "shape": list(out.shape),
-                      "data": out.reshape(-1).tolist()}
-        resp: dict[str, Any] = {"model_name": name, "outputs": [output]}
-        if rid is not None:
-            resp["id"] = rid
-        return JSONResponse(resp)
+            values, dt = out.astype(np.float32, copy=False), "FP32"
+        output: dict[str, Any] = {"name": output_name, "datatype": dt, "shape": list(values.shape)}
+        resp: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
+        if opts["id"] is not None:
+            resp["id"] = opts["id"]
+        if not opts["binary"]:
+            output["data"] = oip.to_json_data(values, dt)
+            return JSONResponse(resp)
+        raw = oip.to_binary(values, dt)
+        output["parameters"] = {"binary_data_size": len(raw)}
+        head = json.dumps(resp, separators=(",", ":")).encode()
+        return Response(head + raw, media_type="application/octet-stream",
+                        headers={oip.HEADER_LENGTH: str(len(head))})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        detail = {404: f"no such endpoint {request.url.path}; this server serves /v2 and /v2/models/{name}",
+                  405: f"{request.method} is not allowed on {request.url.path}"}.get(status, str(
+                      getattr(exc, "detail", "") or "error"))
+        return error(status, detail, **dict(getattr(exc, "headers", None) or {}))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error(500, f"internal server error ({type(exc).__name__})")
 
     routes = [
+        Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2/models/{name}", model_meta, methods=["GET"]),
-        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [Route(base, model_meta, methods=["GET"]),
+                   Route(base + "/ready", model_ready, methods=["GET"]),
+                   Route(base + "/infer", infer, methods=["POST"])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.stats = stats
     app.state.model_name = name
     return app
 
 
 def run(model: nn.Module | Suspect | str | os.PathLike, *, host: str = DEFAULT_HOST, port: int = 8000,
-        name: str = "model", label_only: bool = False, token: str | None = None,
+        name: str = "model", label_only: bool = False, token: str | None = None, max_batch: int = 4096,
         log_level: str = "warning") -> None:
     """Serve `model` with uvicorn until interrupted; the URL is `model_url(host, port, name)`."""
     import uvicorn
 
-    app = make_app(model, name, label_only=label_only, token=token)
+    app = make_app(model, name, label_only=label_only, token=token, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
