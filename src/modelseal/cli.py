@@ -473,7 +473,6 @@ def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
     return ""
 
 
-@app.command()
 @app.command(epilog=_examples("modelseal trace dm.seal copies/user-003.safetensors",
                               "modelseal trace dm.seal leaked.safetensors --json"))
 def trace(
