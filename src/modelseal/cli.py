@@ -13,8 +13,12 @@ when it runs, so `modelseal --help` and `modelseal methods` answer in a fraction
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -77,8 +81,50 @@ def check_writable(path: Path, force: bool) -> None:
     check(path, force)
 
 
+def check_distinct(paths: Any) -> None:
+    from .tensorfile import check_distinct as check
+
+    check(paths)
+
+
+def check_outputs(outputs: list[tuple[str, Any]], force: bool, inputs: dict[str, Any] | None = None) -> None:
+    from .tensorfile import check_outputs as check
+
+    check(outputs, force, inputs=inputs)
+
+
+DEBUG_ENV = "MODELSEAL_DEBUG"
+_debug = False  # this invocation shows tracebacks
+_debug_flag = False  # --debug was given to main(), which removes it from the arguments
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option(
+        "--debug", help=f"on an error, also show the Python traceback (or set {DEBUG_ENV}=1)")] = False) -> None:
+    global _debug
+    _debug = _debug_flag or debug or _debug_from_env()
+
+
+def _one_line(e: BaseException | str) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _error_line(text: str) -> None:
+    """The one line every error ends in: on stderr, never wrapped, never read as rich markup."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True, highlight=False)
+
+
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}")
+    if _debug or _debug_from_env():
+        traceback.print_exception(e)
+    _error_line(_one_line(e))
     raise typer.Exit(2)
 
 
@@ -141,6 +187,13 @@ def _load_model(path: Path, device: str, arch: str | None = None, spec: Any = No
     return custom.load_custom(path, arch, tuple(shape) if shape else None, bounds, device=_device(device))
 
 
+def _model_bytes(model, arch: str | None = None) -> bytes:
+    from . import models
+    from .models import custom
+
+    return models.model_to_bytes(model) if arch is None else custom.custom_to_bytes(model, arch)
+
+
 def _save_model(model, path: Path, force: bool, arch: str | None = None) -> None:
     from . import models
     from .models import custom
@@ -153,19 +206,23 @@ def _save_model(model, path: Path, force: bool, arch: str | None = None) -> None
 
 def _protect_and_save(protect, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
                       force: bool, as_json: bool, arch: str | None = None):
-    """Load the model and data, run `protect(model, owner_split, progress=...) -> (model, key)`, write both
-    files; returns (test metric before, after, key). Shared by `watermark embed` and `lock`."""
+    """Load the model and data, run `protect(model, owner_split, progress=...) -> (model, key)`, write the
+    model, the key (0600) and its public commitment as one unit (all or none); returns (test metric before,
+    after, key). Shared by `watermark embed` and `lock`."""
     from . import data as data_mod
     from . import train as train_mod
+    from .tensorfile import write_files
+
+    _check_pair(model_path, data, out_path, key_path, force)
 
     splits = data_mod.load(data, seed=0)
     model = _load_model(model_path, device, arch, splits.meta)
     before = train_mod.evaluate(model, splits.test)
     protected, key = protect(model, splits.owner, progress=_progress(as_json))
     after = train_mod.evaluate(protected, splits.test)
-    _save_model(protected, out_path, force, arch)
-    key.save(key_path, force=force)
-    _save_commitment(key, key_path, force)
+    write_files([(out_path, _model_bytes(protected, arch)), (key_path, key.to_bytes()),
+                 (_commitment_path(key_path), _commitment_text(key))], force,
+                private=[key_path], inputs=_inputs(model_path, data), names=["--out", "--key", "commitment"])
     return before, after, key
 
 
@@ -173,11 +230,29 @@ def _commitment_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.stem + ".public.json")
 
 
-def _save_commitment(key, key_path: Path, force: bool) -> Path:
-    """Every key gets its public commitment the moment it is made: KEY.public.json beside it."""
+def _commitment_text(key) -> str:
+    """Every key gets its public commitment the moment it is made (KEY.public.json beside it): its text as
+    `commitment.save` writes it, for a write of several files as one unit."""
     from . import commitment as commitment_mod
 
-    return commitment_mod.save(method_registry.commit(key), _commitment_path(key_path), force=force)
+    public = method_registry.commit(key)
+    commitment_mod.validate(public, "commitment")
+    return json.dumps(public, indent=1, sort_keys=True) + "\n"
+
+
+def _inputs(model_path: Path | None, data: str | None = None) -> dict[str, Path | None]:
+    """The files a command reads, which no output may overwrite: the model and a data file."""
+    kind, _, arg = (data or "").partition(":")
+    return {"MODEL": model_path, f"--data {kind}:": Path(arg) if arg else None}
+
+
+def _check_pair(model_path: Path | None, data: str | None, out_path: Path | None, key_path: Path,
+                force: bool) -> None:
+    """Before any work: the input model, --out, --key and the key's commitment are different files, and
+    each output can be written (no existing file without --force, no directory, no parent that is a file)."""
+    outs = [("--out", out_path)] if out_path is not None else []
+    check_outputs([*outs, ("--key", key_path), ("commitment", _commitment_path(key_path))], force,
+                  inputs=_inputs(model_path, data))
 
 
 def _emit(as_json: bool, payload: dict[str, Any], human) -> None:
@@ -271,6 +346,7 @@ def attack(
         if model_path is None or out_path is None:
             raise ModelSealError("attack needs a MODEL file and --out PATH")
         check_writable(out_path, force)
+        check_distinct([("MODEL", model_path), ("--out", out_path), *(("--other", o) for o in other or [])])
         cls = attack_registry.get(name)
         params = {"seed": seed, **_params(set_)}
         splits = data_mod.load(data, seed=0)
@@ -311,9 +387,7 @@ def watermark_embed(
 
     seed = _secret_seed(seed)
     try:
-        check_writable(out_path, force)
-        check_writable(key_path, force)
-        check_writable(_commitment_path(key_path), force)
+        _check_pair(model_path, data, out_path, key_path, force)
         mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(wm.embed, model_path, data, device, out_path, key_path, force,
@@ -347,8 +421,7 @@ def fingerprint_extract(
 
     seed = _secret_seed(seed)
     try:
-        check_writable(key_path, force)
-        check_writable(_commitment_path(key_path), force)
+        _check_pair(model_path, None, None, key_path, force)
         mi = method_registry.require_family(method, "fingerprint", "modelseal fingerprint extract")
         params = {"seed": seed, **_params(set_)}
         if variant is not None:
@@ -366,8 +439,10 @@ def fingerprint_extract(
         key = method_registry.protect(fp, model, input_spec=InputSpec(tuple(spec["input_shape"]), bounds),
                                       progress=_progress(as_json)).key
         seconds = time.perf_counter() - t0
-        key.save(key_path, force=force)
-        _save_commitment(key, key_path, force)
+        from .tensorfile import write_files
+
+        write_files([(key_path, key.to_bytes()), (_commitment_path(key_path), _commitment_text(key))], force,
+                    private=[key_path], inputs=_inputs(model_path), names=["--key", "commitment"])
     except ModelSealError as e:
         _fail(e)
     payload = {"method": method, "key": str(key_path), "digest": key.digest(), "seconds": seconds,
@@ -390,27 +465,31 @@ def deepmarks_distribute(
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
     from . import data as data_mod
     from . import train as train_mod
+    from .tensorfile import write_files
 
     seed = _secret_seed(seed)
     try:
-        check_writable(key_path, force)
-        check_writable(_commitment_path(key_path), force)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
         manifest_path = out_dir / "manifest.json"
-        check_writable(manifest_path, force)
+        # the copies' names depend on the number of users, known once distributed: check the fixed outputs
+        # now and every output again (distinct, writable) before anything is written
+        check_outputs([("--key", key_path), ("commitment", _commitment_path(key_path)), ("manifest", manifest_path)],
+                      force, inputs=_inputs(model_path, data))
         dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
         splits = data_mod.load(data, seed=0)
         model = _load_model(model_path, device, arch, splits.meta)
         copies, key = dm.distribute(model, splits.owner, progress=_progress(as_json))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
+        rows, files = [], []
         for j, m in enumerate(copies):
             p = out_dir / f"user-{j:03d}.safetensors"
-            _save_model(m, p, force, arch)
+            files.append((p, _model_bytes(m, arch)))
             rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
-        key.save(key_path, force=force)
-        _save_commitment(key, key_path, force)
         manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        files += [(manifest_path, json.dumps(manifest, indent=2) + "\n"), (key_path, key.to_bytes()),
+                  (_commitment_path(key_path), _commitment_text(key))]
+        write_files(files, force, private=[key_path], inputs=_inputs(model_path, data),
+                    names=[f"copy {r['file']}" for r in rows] + ["manifest", "--key", "commitment"])
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, manifest, lambda: out.print(
@@ -494,7 +573,7 @@ def trace(
     try:
         kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
         if evidence is not None:
-            check_writable(evidence, force)
+            check_outputs([("--evidence", evidence)], force, inputs={"KEY": key_path, "SUSPECT": Path(suspect)})
         if arch is not None:
             from .keys import Key
 
@@ -579,8 +658,9 @@ def verify(
             raise ModelSealError(f"give one --commitment per key ({len(keys)}), got {len(commitment)}")
         if evidence and len(evidence) != len(keys):
             raise ModelSealError(f"give one --evidence per key ({len(keys)}), got {len(evidence)}")
-        for e in evidence or []:
-            check_writable(e, force)
+        check_outputs([(f"--evidence {i + 1}", e) for i, e in enumerate(evidence or [])], force,
+                      inputs={**{f"KEY {i + 1}": k for i, k in enumerate(keys)}, "SUSPECT": Path(suspect),
+                              **{f"--commitment {i + 1}": c for i, c in enumerate(commitment or [])}})
         sig = None
         if arch is not None:
             from .keys import Key
@@ -659,6 +739,7 @@ def commit(
 
     try:
         check_writable(out_path, force)
+        check_distinct({"KEY": key_path, "--out": out_path})
         key = Key.load(key_path)
         commitment_mod.save(method_registry.commit(key), out_path, force=force)
     except ModelSealError as e:
@@ -681,9 +762,7 @@ def lock(
 
     seed = _secret_seed(seed)
     try:
-        check_writable(out_path, force)
-        check_writable(key_path, force)
-        check_writable(_commitment_path(key_path), force)
+        _check_pair(model_path, data, out_path, key_path, force)
         locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(locker.lock, model_path, data, device, out_path, key_path, force,
                                                as_json, arch)
@@ -711,6 +790,7 @@ def unlock(
 
     try:
         check_writable(out_path, force)
+        check_distinct({"MODEL": model_path, "KEY": key_path, "--out": out_path})
         sig = Key.load(key_path).signature if arch is not None else None
         restored = unlock_fn(_load_model(model_path, "cpu", arch, sig), key_path)
         _save_model(restored, out_path, force, arch)
@@ -803,6 +883,7 @@ def bench_report(
     from .bench.report import report, survival_from_db, survival_table
 
     try:
+        check_distinct({"DB": db, "--out": out_html})
         path = report(db, out_html, force=force)
         rows = survival_from_db(db)
     except ModelSealError as e:
@@ -878,9 +959,97 @@ def list_methods(
     _emit(as_json, payload, human)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Usage errors of the argument parser: typer's own (it vendors click) and click's."""
+    kinds: list[type[BaseException]] = [k for k in (getattr(typer, "TyperException", None),) if k]
+    try:
+        import click
+
+        kinds.append(click.exceptions.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(kinds)
+
+
+def _aborts() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [typer.Abort]
+    try:
+        import click
+
+        kinds.append(click.exceptions.Abort)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that temporary files are removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `modelseal` program: runs the command line and turns every failure into one line on stderr.
+
+    Exit codes: 0 success, 2 any error (a ModelSealError, a usage error, or an unexpected exception, which
+    also says so), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). `--debug` (anywhere before `--`) or
+    MODELSEAL_DEBUG=1 also prints the traceback. An interrupted write leaves the old file or none: files
+    are written to a temporary name and renamed, and pairs are renamed with signals held.
+    """
+    global _debug, _debug_flag
+    args = list(sys.argv[1:] if argv is None else argv)
+    cut = args.index("--") if "--" in args else len(args)
+    _debug_flag = "--debug" in args[:cut]
+    _debug = _debug_flag or _debug_from_env()
+    args = [a for a in args[:cut] if a != "--debug"] + args[cut:]
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = app(args=args, prog_name="modelseal", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+        if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
+            _error_line("interrupted; no partial file was left behind")
+        return code
+    except _usage_errors() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `modelseal` alone, or a group alone: its help
+            e.show()
+            return 2
+        if _debug:
+            traceback.print_exception(e)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _error_line(_one_line(e.format_message()) + hint)
+        return 2
+    except _aborts():
+        _error_line("aborted")
+        return 2
+    except KeyboardInterrupt:
+        _error_line("interrupted; no partial file was left behind")
+        return 130
+    except Terminated:
+        _error_line("terminated; no partial file was left behind")
+        return 143
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except ModelSealError as e:
+        if _debug:
+            traceback.print_exception(e)
+        _error_line(_one_line(e))
+        return 2
+    except Exception as e:  # the top level: no traceback reaches a user unless asked for
+        if _debug:
+            traceback.print_exception(e)
+        hint = "" if _debug else "; run with --debug for the traceback"
+        _error_line(f"unexpected {type(e).__name__}: {_one_line(e)}{hint} (please report it)")
+        return 2
+    finally:
+        _debug = _debug_flag = False
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())

@@ -1,6 +1,8 @@
 """The main job behind `modelseal demo`: run the built-in bench scenario `demo` (an owner CNN on mnist5k,
 every installed protection, a representative attack set, independent models as negatives) and write
-`results.sqlite` and `report.html` to the output folder (never overwritten without force).
+`results.sqlite` and `report.html` to the output folder (never overwritten without force). The run's cache
+of models and secret keys stays in a private 0700 folder of the user's cache dir (`private_run_dir`), never
+in the output folder, which people share.
 
 Every verdict word the demo prints comes from `bench.report.cell_outcome`, and its closing "what survived"
 table from `bench.report.survival`: the terminal and the HTML report say the same thing.
@@ -10,6 +12,7 @@ Protections whose method is not installed are dropped from the scenario before i
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -18,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import methods
-from .errors import OutputExistsError
+from .errors import ModelSealError, OutputExistsError
+from .tensorfile import write_atomic
 
 OUTPUTS = ("results.sqlite", "report.html", "cache")
 
@@ -44,6 +48,27 @@ def demo_scenario_text(seed: int = 0) -> str:
     text = "".join(out)
     text = re.sub(r"(?m)^seeds = \[.*\]$", f"seeds = [{int(seed)}]", text)
     return text.replace("[owner]\n", f"[owner]\nseed = {int(seed)}\n", 1)
+
+
+def private_run_dir(out_dir: str | Path) -> Path:
+    """The folder where the demo's bench run keeps its cache (models and secret keys): one per output
+    folder, under the user's cache folder (`MODELSEAL_CACHE`, else the platform's), mode 0700. Refuses a
+    folder that is a symbolic link or that belongs to another user."""
+    import hashlib
+
+    from .data.embedded import cache_dir
+
+    tag = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+    d = cache_dir() / "demo-private" / tag
+    try:
+        for p in (d.parent, d):
+            p.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if p.is_symlink() or (hasattr(os, "getuid") and p.stat().st_uid != os.getuid()):
+                raise ModelSealError(f"{p} is not a private folder of this user; remove it and run again")
+            os.chmod(p, 0o700)
+    except OSError as e:
+        raise ModelSealError(f"cannot create the private demo folder {d}: {e.strerror or e}") from None
+    return d
 
 
 def _detail(c: dict[str, Any], outcome: dict[str, Any]) -> str:
@@ -83,7 +108,11 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     t0 = time.perf_counter()
     sc = parse(demo_scenario_text(seed), "<built-in demo>")
     dev = "cpu" if device == "auto" else device
-    summary = run(sc, out_dir, backend="local", progress=progress, device=dev)
+    # The bench caches models and the protections' secret keys next to its database; the demo runs it in
+    # a private folder and copies only the results database into the (possibly shared) output folder.
+    run_dir = private_run_dir(out_dir)
+    summary = run(sc, run_dir, backend="local", progress=progress, device=dev, force=True)
+    write_atomic(out_dir / "results.sqlite", (run_dir / "results.sqlite").read_bytes(), force=True)
     report(out_dir / "results.sqlite", out_dir / "report.html", force=True)
     with Store(out_dir / "results.sqlite") as s:
         cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()

@@ -46,3 +46,7 @@ class OutputExistsError(ModelSealError):
 
 class BudgetExceeded(SuspectError):
     """Answering would send the suspect more inputs than the query budget (`max_queries`) allows."""
+
+
+class WriteError(ModelSealError):
+    """An output file could not be written (its folder is missing or a file, no permission, disk full)."""

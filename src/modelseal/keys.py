@@ -16,6 +16,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError
-from .tensorfile import read_header_metadata, tensor_bytes, write_atomic
+from .tensorfile import loads_json, read_bytes, read_header_metadata, tensor_bytes, write_atomic
 
 FORMAT_VERSION = 1
 _META_KEY = "modelseal"
@@ -93,8 +94,8 @@ class Key:
         meta = read_header_metadata(data, source, KeyFormatError).get(_META_KEY)
         if meta is None:
             raise KeyFormatError(f"{source} is a safetensors file but not a modelseal key (no '{_META_KEY}' metadata)")
+        info = loads_json(meta, f"{source}: modelseal metadata", KeyFormatError)
         try:
-            info = json.loads(meta)
             fmt = info["format"]
             kmethod = info["method"]
             params, signature = info["params"], info["signature"]
@@ -120,14 +121,23 @@ class Key:
         return key
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
-        return write_atomic(path, self.to_bytes(), force)
+        """Write the key atomically, readable by its owner only (mode 0600): it is a secret."""
+        return write_atomic(path, self.to_bytes(), force, private=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, method: str | None = None) -> Key:
         path = Path(path)
-        if not path.is_file():
-            raise KeyFormatError(f"key file {path} does not exist")
-        return cls.from_bytes(path.read_bytes(), method=method, source=str(path))
+        return cls.from_bytes(read_bytes(path, KeyFormatError, "key file"), method=method, source=str(path))
+
+    def require(self, params: Iterable[str] = (), tensors: Iterable[str] = ()) -> None:
+        """Raise KeyFormatError unless the key holds these parameters and tensors: a method calls this
+        before using its key, so that a key of another method relabelled as this one (its digest
+        recomputed) ends in a clear error rather than a KeyError deep inside the method."""
+        missing = [f"parameter '{p}'" for p in params if p not in self.params]
+        missing += [f"tensor '{t}'" for t in tensors if t not in self.tensors]
+        if missing:
+            raise KeyFormatError(f"this '{self.method}' key lacks {', '.join(missing)}; it is corrupt or was "
+                                 f"made by another method")
 
     def __repr__(self) -> str:
         shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}

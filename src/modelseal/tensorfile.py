@@ -1,67 +1,288 @@
-"""The one safetensors module: a bounded header reader that never trusts the file, tensor bytes for
-digests, and atomic writes (one file, or a pair written both-or-neither) that never overwrite a user's file
-without `force`. Keys, models, commitments, evidence and bench caches all go through here."""
+"""The one safetensors module: a bounded header reader that never trusts the file, a bounded JSON parser,
+tensor bytes for digests, and atomic writes (one file, or several written both-or-neither) that never
+overwrite a user's file without `force`. Keys, models, commitments, evidence and bench caches all go
+through here.
+
+Bounds: a safetensors header is at most `MAX_HEADER` bytes and any JSON (header, metadata, commitment)
+at most `MAX_JSON_DEPTH` levels deep; NaN and Infinity literals are refused. Every `OSError` on a read or
+a write ends in a one-line `ModelSealError` that names the path.
+
+Writes go to a temporary file next to the target (created 0600 for secrets), are flushed to disk, then
+renamed over the target, so an interrupted write (an error, Ctrl-C, SIGTERM under the CLI) leaves the old
+file or nothing, never a partial one. `write_files` writes several files as one unit: it checks that no
+two targets (and no protected input) are the same file, writes every temporary file, then renames them
+with signals blocked; when a rename fails the files already replaced are restored from backups.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .errors import OutputExistsError
+from .errors import ModelSealError, OutputExistsError, WriteError
 
 MAX_HEADER = 100 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
+    import torch
+
     t = t.contiguous().cpu()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
     return t.numpy().tobytes()
 
 
-def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict[str, str]:
-    """Parse a safetensors header as JSON without decoding tensors; return its `__metadata__`."""
+# ---------------------------------------------------------------------------------------------- JSON
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if v - v != 0:  # inf (1e999) or nan
+        raise ValueError(f"number {text[:40]} is out of range")
+    return v
+
+
+def json_depth(obj: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of a parsed JSON value (scalars 0), counted iteratively; stops past `limit`."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        stack.extend((c, d + 1) for c in v if isinstance(c, (dict, list)))
+    return deepest
+
+
+def loads_json(text: str | bytes, source: str, err: type[Exception] = ModelSealError,
+               max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON from an untrusted file: refuses invalid UTF-8, invalid JSON, NaN/Infinity literals and
+    nesting deeper than `max_depth`, each with `err` and a one-line message naming `source`."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise err(f"{source}: JSON nested too deeply (more than {max_depth} levels)") from None
+    except UnicodeDecodeError:
+        raise err(f"{source}: not UTF-8 text, so not JSON") from None
+    except ValueError as e:
+        raise err(f"{source}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    if json_depth(value, max_depth) > max_depth:
+        raise err(f"{source}: JSON nested too deeply (more than {max_depth} levels)")
+    return value
+
+
+# ----------------------------------------------------------------------------------------- headers
+
+
+def read_header(data: bytes, source: str, err: type[Exception]) -> dict[str, Any]:
+    """Parse a safetensors header (bounded length and depth) without decoding tensors; return it whole."""
     if len(data) < 8:
         raise err(f"{source} is truncated or empty: not a safetensors file")
     (n,) = struct.unpack("<Q", data[:8])
     if n == 0 or n > MAX_HEADER or 8 + n > len(data):
         raise err(f"{source} is truncated or not a safetensors file (header length {n}, file {len(data)} bytes)")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise err(f"{source}: safetensors header is not valid JSON") from None
+    header = loads_json(data[8 : 8 + n], f"{source}: safetensors header", err)
     if not isinstance(header, dict):
         raise err(f"{source}: safetensors header is not a JSON object")
-    meta = header.get("__metadata__", {})
+    return header
+
+
+def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict[str, str]:
+    """Parse a safetensors header as JSON without decoding tensors; return its `__metadata__`."""
+    meta = read_header(data, source, err).get("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise err(f"{source}: safetensors metadata must map strings to strings")
     return meta
 
 
-def check_writable(path, force: bool) -> None:
-    """Raise OutputExistsError if `path` exists and `force` is false."""
+def read_bytes(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file") -> bytes:
+    """The bytes of `path`; a missing file, a directory or any OSError ends in one line naming the path."""
     p = Path(path)
+    try:
+        if not p.exists():
+            raise err(f"{what} {p} does not exist")
+        if p.is_dir():
+            raise err(f"{what} {p} is a directory, not a file")
+        return p.read_bytes()
+    except OSError as e:
+        raise err(f"cannot read {what} {p}: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------------------------------ writes
+
+
+def check_writable(path, force: bool) -> None:
+    """Raise OutputExistsError if `path` exists and `force` is false; WriteError if it cannot be a file.
+
+    A missing parent folder is created at write time; a parent that is a file is refused here.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise WriteError(f"{p} is a directory; give a file path to write")
     if p.exists() and not force:
         raise OutputExistsError(f"{p} already exists; pass --force (force=True) to overwrite it")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise WriteError(f"cannot write {p}: {parent} is a file, not a directory")
+            break
 
 
-def write_atomic(path, data: bytes | str, force: bool = False):
-    """Write `data` to `path` through a temporary file and a rename, so a failure never leaves a
-    half-written file; refuses to overwrite an existing file unless `force`. Returns the Path."""
-    p = Path(path)
-    check_writable(p, force)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
     try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, p)
-    finally:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_distinct(paths: dict[str, str | os.PathLike | None] | Sequence[tuple[str, Any]]) -> None:
+    """Refuse (ModelSealError) when two of the named paths are the same file, e.g.
+    `{"MODEL": m, "--out": out, "--key": key}`; None entries are skipped."""
+    pairs = paths.items() if isinstance(paths, dict) else paths
+    items = [(k, Path(v)) for k, v in pairs if v is not None]
+    for i, (ka, a) in enumerate(items):
+        for kb, b in items[i + 1:]:
+            if _same_file(a, b):
+                raise ModelSealError(f"{ka} and {kb} name the same file ({b}); give each a different path")
+
+
+def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], force: bool = False, *,
+                  inputs: dict[str, str | os.PathLike | None] | None = None) -> None:
+    """Everything `write_files` refuses, checked before any work is done: `outputs` (label, path) are
+    distinct files, none is one of `inputs`, and each can be written (see `check_writable`)."""
+    paths = [Path(p) for _, p in outputs]
+    try:
+        check_distinct([(label, Path(p)) for label, p in outputs])
+        for label, p in (inputs or {}).items():
+            if p is None:
+                continue
+            for tl, t in zip([label for label, _ in outputs], paths, strict=True):
+                if _same_file(Path(p), t):
+                    raise ModelSealError(f"{label} and {tl} name the same file ({t}); writing would destroy "
+                                         "the input: give the output another path")
+        for p in paths:
+            check_writable(p, force)
+    except (OSError, ValueError) as e:  # e.g. a folder without permission, a NUL byte in the path
+        raise WriteError(f"cannot write {', '.join(map(str, paths))}: {getattr(e, 'strerror', None) or e}") \
+            from None
+
+
+def _mkparent(p: Path) -> None:
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot write {p}: cannot create its folder {p.parent} ({e.strerror or e})") from None
+
+
+def _write_tmp(p: Path, data: bytes | str, private: bool) -> Path:
+    """Write `data` to a fresh temporary file beside `p`, flushed to disk; returns its path."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0),
+                 0o600 if private else 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
         tmp.unlink(missing_ok=True)
-    return p
+        raise
+    return tmp
+
+
+class _SignalsHeld:
+    """Block SIGINT/SIGTERM for a few renames so that they are not split by a signal (POSIX only)."""
+
+    SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n)}
+
+    def __enter__(self) -> None:
+        self.old = None
+        if hasattr(signal, "pthread_sigmask"):
+            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+
+
+def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: bool = False, *,
+                private: Iterable[str | os.PathLike] = (),
+                inputs: dict[str, str | os.PathLike | None] | None = None,
+                names: Sequence[str] | None = None) -> list[Path]:
+    """Write several files as one unit: all of them, or none (the old files stay as they were).
+
+    Refuses before writing anything: two targets that are the same file, a target that is one of
+    `inputs` (label -> path, e.g. {"MODEL": model_path}), an existing target without `force`, a target
+    that is a directory or whose parent is a file. `private` targets are created with mode 0600.
+    `names` labels the targets in messages (e.g. ["--out", "--key"]). Returns the written paths.
+    """
+    paths = [Path(p) for p, _ in items]
+    labels = list(names) if names is not None else [str(p) for p in paths]
+    check_outputs(list(zip(labels, paths, strict=True)), force, inputs=inputs)
+    secret = {os.path.realpath(p) for p in private}
+    tmps: list[Path] = []
+    backups: list[tuple[Path, Path]] = []
+    done: list[Path] = []
+    try:
+        for p, (_, data) in zip(paths, items, strict=True):
+            _mkparent(p)
+            try:
+                tmps.append(_write_tmp(p, data, os.path.realpath(p) in secret))
+            except OSError as e:
+                raise WriteError(f"cannot write {p}: {e.strerror or e}") from None
+        with _SignalsHeld():
+            current = paths[0]
+            try:
+                for current, tmp in zip(paths, tmps, strict=True):
+                    if current.exists():
+                        bak = current.with_name(f".{current.name}.{os.getpid()}.bak")
+                        os.replace(current, bak)
+                        backups.append((current, bak))
+                    os.replace(tmp, current)
+                    done.append(current)
+            except BaseException as e:
+                for q in done:
+                    q.unlink(missing_ok=True)
+                for q, bak in backups:
+                    os.replace(bak, q)
+                backups.clear()
+                if isinstance(e, OSError):
+                    raise WriteError(f"cannot write {current}: {e.strerror or e}; nothing was written") from None
+                raise
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        for _, bak in backups:
+            bak.unlink(missing_ok=True)
+    return paths
+
+
+def write_atomic(path, data: bytes | str, force: bool = False, *, private: bool = False):
+    """Write `data` to `path` through a temporary file and a rename, so a failure never leaves a
+    half-written file; refuses to overwrite an existing file unless `force`. `private` creates the file
+    with mode 0600 (keys). Returns the Path."""
+    return write_files([(path, data)], force, private=[path] if private else ())[0]

@@ -55,8 +55,14 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
 
     `device=None` keeps the model where it is (moving it to CUDA when 'auto' is asked for and present).
     """
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ModelSealError(f"fit needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    from . import validate
+
+    epochs = validate.count("epochs", epochs, 0, validate.MAX_EPOCHS)
+    batch_size = validate.count("batch_size", batch_size, 1, validate.MAX_BATCH)
+    lr = float(validate.number("lr", lr, 0.0, 10.0, lo_open=True))
+    weight_decay = float(validate.number("weight_decay", weight_decay, 0.0, 10.0))
+    if max_steps is not None:
+        max_steps = validate.count("max_steps", max_steps, 1, validate.MAX_STEPS)
     x_all, y_all = as_tensors(data)
     if len(x_all) == 0:
         raise DataError("cannot train on an empty data set")

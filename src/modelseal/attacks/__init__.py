@@ -18,9 +18,10 @@ protection, and is found by name like the others.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelSealError, RegistryError
 
@@ -77,9 +78,32 @@ class Attack:
         return copy.deepcopy(model)
 
 
+def require_finite(model: Any, what: str = "the model to attack") -> None:
+    """Raise AttackError unless `model` is an nn.Module whose floating parameters and buffers are finite."""
+    from torch import nn as _nn
+
+    from ..models.io import check_finite
+
+    if not isinstance(model, _nn.Module):
+        raise AttackError(f"{what} must be a torch nn.Module, got {type(model).__name__}")
+    check_finite(model, what, AttackError)
+
+
 def register(name: str):
+    """Register an attack class under `name`. Its `apply` is wrapped to refuse a model with NaN or
+    infinite weights first: attacking one would "succeed" and hand back more garbage."""
+
     def deco(cls: type) -> type:
         cls.name = name
+        apply = cls.__dict__.get("apply")
+        if apply is not None and not getattr(apply, "_checks_finite", False):
+            @functools.wraps(apply)
+            def checked(self, model, *args: Any, **kw: Any):
+                require_finite(model)
+                return apply(self, model, *args, **kw)
+
+            checked._checks_finite = True  # type: ignore[attr-defined]
+            cls.apply = checked
         _REGISTRY[name] = cls
         return cls
 

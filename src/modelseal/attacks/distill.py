@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .. import models
+from .. import models, validate
 from ..data import CLASSIFICATION, TensorData, as_tensors, meta_of
 from ..models import reinit
 from ..runtime import model_device
@@ -54,10 +54,10 @@ class Distill(Attack):
                               f"{', '.join(models.names())}")
         if self.labels not in LABELS:
             raise AttackError(f"unknown distillation labels '{self.labels}'; use 'soft' or 'hard'")
-        check_number("epochs", self.epochs, 0, integer=True)
+        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
         check_number("temperature", self.temperature, 0, lo_open=True)
         check_number("lr", self.lr, 0, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, integer=True)
+        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
 
     def build_student(self, teacher: nn.Module, input_shape: tuple[int, ...], output_size: int,
                       data: Dataset) -> nn.Module:

@@ -74,10 +74,10 @@ class FineTune(Attack):
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise AttackError(f"unknown fine-tuning mode '{self.mode}'; use one of {', '.join(MODES)}")
-        check_number("epochs", self.epochs, 0, integer=True)
+        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
         check_number("lr", self.lr, 0, lo_open=True)
         check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, integer=True)
+        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = data_fraction(require_data(data, self.name), self.fraction, self.seed)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import validate
 from ..data import as_tensors
 from ..errors import ModelError
 from ..runtime import model_device
@@ -155,9 +156,9 @@ class FinePrune(Attack):
 
     def __post_init__(self) -> None:
         check_number("amount", self.amount, 0, 1, hi_open=True)
-        check_number("epochs", self.epochs, 0, integer=True)
+        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
         check_number("lr", self.lr, 0, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, integer=True)
+        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
 
     def pruned_channels(self, model: nn.Module, data: Dataset) -> tuple[str, list[int]]:
         """Name of the layer fine-pruning acts on and the channels it prunes (least active first)."""

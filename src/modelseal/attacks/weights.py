@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import Attack, AttackError, register
+from . import Attack, AttackError, register, require_finite
 from .finetune import check_number
 from .pruning import prunable
 
@@ -111,6 +111,8 @@ class Average(Attack):
                 raise AttackError("averaging weights must not all be zero")
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+        for i, other in enumerate(self.others, 1):
+            require_finite(other, f"model {i} to average")
         out = self.copy_model(model)
         models = [out, *self.others]
         ws = [1.0] * len(models) if self.weights is None else [float(w) for w in self.weights]

@@ -28,7 +28,9 @@ models trained on the attacker split) and the seeds. Example::
     archs = ["mlp", "cnn"]   # cycled; seeds 1000, 1001, ...
     epochs = 5
 
-Validation errors name the key and its line in the file (`ScenarioError`).
+Validation errors name the key and its line in the file (`ScenarioError`). Every number is bounded with
+`modelseal.validate` (epochs, batch sizes, seeds, counts, and method/attack parameters that size work such
+as `n`, `steps` or `permutations`); sweeps, cells and the file itself have upper bounds too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -141,42 +144,127 @@ class Scenario:
                  "label": f"ref-{archs[i % len(archs)]}#{i}"} for i in range(count)]
 
 
-def _line_of(text: str, key: str, occurrence: int = 0) -> int | None:
-    """1-based line where `key` is assigned (or its table opens) in `text`; None when absent."""
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _assigns(line: str, leaf: str) -> bool:
+    """Whether `line` assigns `leaf` (`leaf = ...`, `"leaf" = ...`, or inside an inline table)."""
+    k = re.escape(leaf)
+    return bool(re.search(rf"^\s*[\"']?{k}[\"']?\s*=|[{{,]\s*[\"']?{k}[\"']?\s*=", line))
+
+
+def _line_of(text: str, key: str, occurrence: int = 0, table: str | None = None) -> int | None:
+    """1-based line of `key` in `text`, looked up inside the `occurrence`-th `[table]`/`[[table]]` (the
+    top level when `table` is None: before the first table header). Falls back to the table's header
+    line, then to the first line anywhere that assigns the key; None when absent."""
+    lines = text.splitlines()
     leaf = key.split(".")[-1].split("[")[0]
-    pat = re.compile(rf"^\s*(\[\[?\s*)?\"?{re.escape(leaf)}\"?\s*(=|\]|\.)|[{{,]\s*{re.escape(leaf)}\s*=")
-    hits = [i + 1 for i, line in enumerate(text.splitlines()) if pat.search(line)]
-    if not hits:
-        return None
-    return hits[min(occurrence, len(hits) - 1)]
+    headers = [(i, m.group(2).strip().strip("\"'")) for i, line in enumerate(lines)
+               if (m := _HEADER.match(line))]
+    if table is None:
+        stop = headers[0][0] if headers else len(lines)
+        spans = [(0, stop)]
+    else:
+        starts = [i for i, name in headers if name == table]
+        spans = []
+        for a in starts:
+            b = next((i for i, _ in headers if i > a), len(lines))
+            spans.append((a, b))
+        if not spans:  # the table is written inline: `table = [{...}, {...}]` or `table = {...}`
+            at = next((i for i, line in enumerate(lines) if _assigns(line, table)), None)
+            if at is not None:
+                stop = next((i for i, _ in headers if i > at), len(lines))
+                hits = [i for i in range(at, stop) if _assigns(lines[i], leaf)]
+                if hits:
+                    return hits[min(occurrence, len(hits) - 1)] + 1
+                return at + 1
+    if spans:
+        a, b = spans[min(occurrence, len(spans) - 1)]
+        for i in range(a, b):
+            if (table is None or i > a) and _assigns(lines[i], leaf):
+                return i + 1
+        if table is not None:
+            return a + 1
+    hits = [i for i, line in enumerate(lines) if _assigns(line, leaf) or
+            ((m := _HEADER.match(line)) and m.group(2).strip() == leaf)]
+    return hits[0] + 1 if hits else None
 
 
 class _Checker:
     def __init__(self, text: str, source: str):
         self.text, self.source = text, source
 
-    def fail(self, key: str, msg: str, occurrence: int = 0) -> ScenarioError:
-        line = _line_of(self.text, key, occurrence)
+    def fail(self, key: str, msg: str, occurrence: int = 0, table: str | None = None) -> ScenarioError:
+        if table is None and "." in key:
+            table = key.split(".")[0]
+        line = _line_of(self.text, key, occurrence, table)
         where = f"{self.source}, line {line}" if line else self.source
         return ScenarioError(f"{where}: key '{key}': {msg}")
 
-    def typed(self, table: dict, key: str, path: str, kind: type | tuple, default: Any = ..., occ: int = 0):
-        if key not in table:
+    def typed(self, tbl: dict, key: str, path: str, kind: type | tuple, default: Any = ..., occ: int = 0,
+              table: str | None = None):
+        if key not in tbl:
             if default is ...:
-                raise self.fail(path, "is required", occ)
+                raise self.fail(path, "is required", occ, table)
             return default
-        v = table[key]
+        v = tbl[key]
         ok = isinstance(v, kind) and not (isinstance(v, bool) and kind in (int, float, (int, float)))
         if not ok:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(path, f"must be {names}, got {type(v).__name__} {v!r}", occ)
+            raise self.fail(path, f"must be {names}, got {type(v).__name__} {v!r}", occ, table)
         return v
 
-    def unknown(self, table: dict, allowed: set[str], prefix: str, occ: int = 0) -> None:
-        for k in table:
+    def bounded(self, tbl: dict, key: str, path: str, default: Any, lo: float, hi: float, *,
+                integer: bool = True, lo_open: bool = False, occ: int = 0, table: str | None = None):
+        """A number from the scenario checked by `modelseal.validate` (finite, in range, below hard bounds)."""
+        v = self.typed(tbl, key, path, int if integer else (int, float), default, occ, table)
+        try:
+            return validate.number(path, v, lo, hi, integer=integer, lo_open=lo_open)
+        except ModelSealError as e:
+            raise self.fail(path, str(e).removeprefix(f"{path} "), occ, table) from None
+
+    def unknown(self, tbl: dict, allowed: set[str], prefix: str, occ: int = 0, table: str | None = None) -> None:
+        for k in tbl:
             if k not in allowed:
                 raise self.fail(f"{prefix}{k}", f"unknown key; expected one of {', '.join(sorted(allowed))}",
-                                occ)
+                                occ, table)
+
+
+# Numeric parameters of methods and attacks that size work or memory, by name: every one is bounded here
+# before any constructor runs (NaN/inf and TOML's huge floats included), whatever the method.
+_SEED = 2**63 - 1
+_PARAM_BOUNDS: dict[str, tuple[float, float]] = {
+    "n": (1, validate.MAX_COUNT), "count": (0, validate.MAX_COUNT), "users": (1, validate.MAX_COUNT),
+    "references": (0, 1000), "rows": (1, validate.MAX_COUNT), "k": (1, 1000),
+    "epochs": (0, validate.MAX_EPOCHS), "max_epochs": (0, validate.MAX_EPOCHS),
+    "extra_epochs": (0, validate.MAX_EPOCHS), "steps": (1, validate.MAX_STEPS),
+    "max_steps": (1, validate.MAX_STEPS), "permutations": (1, validate.MAX_PERMUTATIONS),
+    "batch_size": (1, validate.MAX_BATCH), "batch": (1, validate.MAX_BATCH), "M": (1, 10_000),
+    "max_params": (1, validate.MAX_COUNT), "max_queries": (1, validate.MAX_COUNT),
+    "queries": (1, validate.MAX_COUNT), "seed": (0, _SEED),
+}
+MAX_VARIANTS = 10_000
+MAX_CELLS = 100_000
+MAX_TEXT = 1 << 20
+
+
+def _check_params(c: _Checker, params: dict[str, Any], what: str, occ: int, table: str) -> None:
+    """Every number in `params` is finite; the ones named in `_PARAM_BOUNDS` are integers in range."""
+    def check(k: str, v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return
+        try:
+            if k in _PARAM_BOUNDS:
+                lo, hi = _PARAM_BOUNDS[k]
+                validate.number(f"{what} parameter {k}", v, lo, hi, integer=True)
+            elif not math.isfinite(v):
+                raise ModelSealError(f"{what} parameter {k} must be a finite number, got {v!r}")
+        except ModelSealError as e:
+            raise c.fail("params", str(e), occ, table) from None
+
+    for k, v in params.items():
+        for item in (v if isinstance(v, list) else [v]):
+            check(k, item)
 
 
 def parse(text: str, source: str = "<scenario>") -> Scenario:
@@ -185,62 +273,70 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     from .. import methods as method_registry
     from ..errors import RegistryError
 
+    if len(text) > MAX_TEXT:
+        raise ScenarioError(f"{source}: {len(text)} characters; a scenario is at most {MAX_TEXT}")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
     c = _Checker(text, source)
     c.unknown(raw, TOP_KEYS, "")
     name = c.typed(raw, "name", "name", str, Path(source).stem)
     data = c.typed(raw, "data", "data", str)
-    data_seed = c.typed(raw, "data_seed", "data_seed", int, 0)
+    data_seed = c.bounded(raw, "data_seed", "data_seed", 0, 0, _SEED)
     seeds = c.typed(raw, "seeds", "seeds", list, [0])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise c.fail("seeds", f"must be a non-empty list of integers, got {seeds!r}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= _SEED for s in seeds):
+        raise c.fail("seeds", f"must be a non-empty list of integers in [0, {_SEED}], got {seeds!r}")
+    if len(seeds) > 1000:
+        raise c.fail("seeds", f"at most 1000 seeds, got {len(seeds)}")
     baseline = c.typed(raw, "baseline", "baseline", bool, True)
     device = c.typed(raw, "device", "device", str, "cpu")
-    threads = c.typed(raw, "threads", "threads", int, 1)
+    threads = c.bounded(raw, "threads", "threads", 1, 1, 1024)
 
     owner_t = c.typed(raw, "owner", "owner", dict)
     c.unknown(owner_t, {"arch", "epochs", "lr", "batch_size", "seed"}, "owner.")
     owner = {"arch": c.typed(owner_t, "arch", "owner.arch", str),
-             "epochs": c.typed(owner_t, "epochs", "owner.epochs", int),
-             "lr": float(c.typed(owner_t, "lr", "owner.lr", (int, float), 1e-3)),
-             "batch_size": c.typed(owner_t, "batch_size", "owner.batch_size", int, 64),
-             "seed": c.typed(owner_t, "seed", "owner.seed", int, 0)}
+             "epochs": c.bounded(owner_t, "epochs", "owner.epochs", ..., 1, validate.MAX_EPOCHS),
+             "lr": float(c.bounded(owner_t, "lr", "owner.lr", 1e-3, 0, 10, integer=False, lo_open=True)),
+             "batch_size": c.bounded(owner_t, "batch_size", "owner.batch_size", 64, 1, validate.MAX_BATCH),
+             "seed": c.bounded(owner_t, "seed", "owner.seed", 0, 0, _SEED)}
     from .. import models as model_zoo
     if owner["arch"] not in model_zoo.names():
         raise c.fail("owner.arch", f"unknown architecture '{owner['arch']}'; known: {', '.join(model_zoo.names())}")
-    if owner["epochs"] < 1:
-        raise c.fail("owner.epochs", "must be >= 1")
 
     protections: list[Protection] = []
     known_methods = method_registry.names()
     for i, p in enumerate(c.typed(raw, "protections", "protections", list)):
         if not isinstance(p, dict):
             raise c.fail("protections", "must be an array of tables ([[protections]])", i)
-        c.unknown(p, {"method", "label", "params"}, "protections.", i)
-        method = c.typed(p, "method", "method", str, occ=i)
+        c.unknown(p, {"method", "label", "params"}, "protections.", i, table="protections")
+        method = c.typed(p, "method", "method", str, occ=i, table="protections")
         if method not in known_methods:
             raise c.fail("method", f"method '{method}' is not installed; installed: "
-                         f"{', '.join(known_methods) or 'none'}", i)
+                         f"{', '.join(known_methods) or 'none'}", i, "protections")
         try:
             cls = method_registry.get(method)
         except RegistryError as e:
-            raise c.fail("method", str(e), i) from None
-        params = c.typed(p, "params", "params", dict, {}, occ=i)
+            raise c.fail("method", str(e), i, "protections") from None
+        params = c.typed(p, "params", "params", dict, {}, occ=i, table="protections")
+        _check_params(c, params, method, i, "protections")
         try:
             cls(**protect_params(cls, params))
             vp = verifier_params(cls, params)
             if "references" in vp:
                 validate.count("references", vp["references"], 0, 1000)
         except (TypeError, ModelSealError) as e:
-            raise c.fail("params", f"bad parameters for {method}: {e}", i) from None
-        label = c.typed(p, "label", "label", str, method, occ=i)
+            raise c.fail("params", f"bad parameters for {method}: {e}", i, "protections") from None
+        label = c.typed(p, "label", "label", str, method, occ=i, table="protections")
         protections.append(Protection(label, method, cls.family, params))
     labels = [p.label for p in protections]
     if len(set(labels)) != len(labels):
-        raise c.fail("label", f"protection labels must be unique, got {labels}; add label = \"...\"")
+        dup = next(lb for lb in labels if labels.count(lb) > 1)
+        occ = [i for i, lb in enumerate(labels) if lb == dup][1]
+        raise c.fail("label", f"protection labels must be unique, got {labels}; add label = \"...\"", occ,
+                     "protections")
 
     known_attacks = set(attack_registry.names())
     variants: list[AttackVariant] = []
@@ -249,22 +345,28 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     for i, a in enumerate(c.typed(raw, "attacks", "attacks", list, [])):
         if not isinstance(a, dict):
             raise c.fail("attacks", "must be an array of tables ([[attacks]])", i)
-        c.unknown(a, {"name", "attack", "params", "only"}, "attacks.", i)
-        only = c.typed(a, "only", "only", list, None, occ=i)
+        c.unknown(a, {"name", "attack", "params", "only"}, "attacks.", i, table="attacks")
+        only = c.typed(a, "only", "only", list, None, occ=i, table="attacks")
         for o in only or []:
             if o not in labels:
                 raise c.fail("only", f"'{o}' is not a protection label of this scenario; labels: "
-                             f"{', '.join(labels)}", i)
-        label = c.typed(a, "name", "name", str, occ=i)
-        attack = c.typed(a, "attack", "attack", str, label, occ=i)
+                             f"{', '.join(labels)}", i, "attacks")
+        label = c.typed(a, "name", "name", str, occ=i, table="attacks")
+        attack = c.typed(a, "attack", "attack", str, label, occ=i, table="attacks")
         if attack not in known_attacks:
             raise c.fail("name" if "attack" not in a else "attack",
-                         f"unknown attack '{attack}'; known: {', '.join(sorted(known_attacks))}", i)
-        params = c.typed(a, "params", "params", dict, {}, occ=i)
+                         f"unknown attack '{attack}'; known: {', '.join(sorted(known_attacks))}", i, "attacks")
+        params = c.typed(a, "params", "params", dict, {}, occ=i, table="attacks")
+        _check_params(c, params, f"attack {attack}", i, "attacks")
         swept = [k for k, v in params.items() if isinstance(v, list)]
+        size = 1
         for k in swept:
             if not params[k]:
-                raise c.fail(k, "a sweep needs at least one value")
+                raise c.fail(k, "a sweep needs at least one value", i, "attacks")
+            size *= len(params[k])
+        if len(variants) + size > MAX_VARIANTS:
+            raise c.fail("params", f"the sweeps give more than {MAX_VARIANTS} attack variants; sweep fewer "
+                         "values", i, "attacks")
         grid = itertools.product(*[params[k] for k in swept]) if swept else [()]
         for values in grid:
             concrete = {**params, **dict(zip(swept, values, strict=False))}
@@ -273,27 +375,35 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
             try:
                 attack_registry.get(attack)(**concrete, seed=0)
             except (TypeError, ModelSealError) as e:
-                raise c.fail("params", f"bad parameters for attack {attack}: {e}", i) from None
+                raise c.fail("params", f"bad parameters for attack {attack}: {e}", i, "attacks") from None
             variants.append(AttackVariant(tag, attack, concrete,
                                           None if strength is None else float(strength),
                                           swept[0] if swept else None, tuple(only) if only else None))
 
     neg_t = c.typed(raw, "negatives", "negatives", dict, {})
     c.unknown(neg_t, {"count", "archs", "epochs", "lr", "batch_size"}, "negatives.")
-    negatives = {"count": c.typed(neg_t, "count", "negatives.count", int, 0),
+    negatives = {"count": c.bounded(neg_t, "count", "negatives.count", 0, 0, 1000),
                  "archs": c.typed(neg_t, "archs", "negatives.archs", list, [owner["arch"]]),
-                 "epochs": c.typed(neg_t, "epochs", "negatives.epochs", int, owner["epochs"]),
-                 "lr": float(c.typed(neg_t, "lr", "negatives.lr", (int, float), owner["lr"])),
-                 "batch_size": c.typed(neg_t, "batch_size", "negatives.batch_size", int, owner["batch_size"])}
+                 "epochs": c.bounded(neg_t, "epochs", "negatives.epochs", owner["epochs"], 1, validate.MAX_EPOCHS),
+                 "lr": float(c.bounded(neg_t, "lr", "negatives.lr", owner["lr"], 0, 10, integer=False,
+                                       lo_open=True)),
+                 "batch_size": c.bounded(neg_t, "batch_size", "negatives.batch_size", owner["batch_size"], 1,
+                                         validate.MAX_BATCH)}
+    if not negatives["archs"]:
+        raise c.fail("negatives.archs", "must name at least one architecture")
     for a in negatives["archs"]:
-        if a not in model_zoo.names():
-            raise c.fail("archs", f"unknown architecture '{a}'; known: {', '.join(model_zoo.names())}")
+        if not isinstance(a, str) or a not in model_zoo.names():
+            raise c.fail("negatives.archs", f"unknown architecture {a!r}; known: {', '.join(model_zoo.names())}")
 
     alpha = c.typed(raw, "alpha", "alpha", (int, float), DEFAULT_ALPHA)
     try:
         alpha = validate.alpha(alpha)
     except ModelSealError as e:
         raise c.fail("alpha", str(e)) from None
+    ncells = sum(len(seeds) for p in protections for v in variants if v.only is None or p.label in v.only)
+    if ncells > MAX_CELLS:
+        raise ScenarioError(f"{source}: the scenario expands to {ncells} cells, more than {MAX_CELLS}; use fewer "
+                            "seeds, sweep values or protections")
     sc = Scenario(name, data, data_seed, list(seeds), owner, protections, variants, negatives, baseline,
                   device, threads, text, source, alpha=alpha)
     for p in protections:
@@ -316,4 +426,12 @@ def load(path: str | Path) -> Scenario:
     p = Path(s)
     if not p.is_file():
         raise ScenarioError(f"scenario file {p} does not exist (or name a built-in: {', '.join(BUILTIN)})")
-    return parse(p.read_text(), str(p))
+    try:
+        if p.stat().st_size > MAX_TEXT:
+            raise ScenarioError(f"{p}: {p.stat().st_size} bytes; a scenario is at most {MAX_TEXT}")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{p}: not UTF-8 text, so not a TOML scenario") from None
+    except OSError as e:
+        raise ScenarioError(f"cannot read scenario file {p}: {e.strerror or e}") from None
+    return parse(text, str(p))

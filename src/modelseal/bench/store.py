@@ -83,6 +83,8 @@ class Store:
         from ..errors import ModelSealError
 
         self.path = Path(path)
+        if self.path.exists():
+            self._check_existing()
         try:
             self.db = sqlite3.connect(str(self.path))
             self.db.executescript(_DDL)
@@ -96,6 +98,29 @@ class Store:
                                  "choose another run directory or pass --force") from None
         if self.get_meta("schema_version") is None:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _check_existing(self) -> None:
+        """Refuse, without changing it, an existing file that is not a modelseal results database (an empty
+        file included): writing the schema into it would damage a user's file, and reporting on it would
+        write an empty report as if a run had finished."""
+        from ..errors import ModelSealError
+
+        def bad(why: str) -> ModelSealError:
+            return ModelSealError(f"{self.path} is not a modelseal results database ({why}); give the "
+                                  "results.sqlite of a `modelseal bench run`, or start a new run directory")
+
+        if self.path.is_dir():
+            raise bad("it is a directory")
+        try:
+            ro = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                row = ro.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            finally:
+                ro.close()
+        except sqlite3.Error as e:
+            raise bad(f"{e}" if self.path.stat().st_size else "the file is empty") from None
+        if row is None:
+            raise bad("it has no schema version")
 
     def close(self) -> None:
         self.db.close()

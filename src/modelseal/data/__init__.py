@@ -166,14 +166,23 @@ def load(name: str, seed: int = 0, fractions: tuple[float, float, float] = (0.4,
     if not isinstance(name, str) or not name:
         raise DataError("data set name must be a non-empty string")
     kind, _, arg = name.partition(":")
-    if kind in embedded.LOADERS and not arg:
-        x, y, meta = embedded.LOADERS[kind](**kw)
-    elif kind in files.LOADERS:
-        if not arg:
-            raise DataError(f"'{kind}' needs a path: use '{kind}:PATH'")
-        x, y, meta = files.LOADERS[kind](arg, **kw)
-    else:
-        raise DataError(f"unknown data set '{name}'; known: {', '.join(names())}")
+    try:
+        if kind in embedded.LOADERS and not arg:
+            try:
+                x, y, meta = embedded.LOADERS[kind](**kw)
+            except TypeError as e:
+                raise DataError(f"{kind}: bad option(s) {', '.join(sorted(kw)) or '(none)'} ({e})") from None
+        elif kind in files.LOADERS:
+            if not arg:
+                raise DataError(f"'{kind}' needs a path: use '{kind}:PATH'")
+            x, y, meta = files.LOADERS[kind](arg, **kw)
+        else:
+            raise DataError(f"unknown data set '{name}'; known: {', '.join(names())}")
+    except OSError as e:  # the loaders name what they expect; this catches what slips past them
+        where = e.filename if e.filename is not None else arg or kind
+        raise DataError(f"{kind}: cannot read {where}: {e.strerror or e}") from None
+    except MemoryError:
+        raise DataError(f"{name}: the data set does not fit in memory; use a smaller one") from None
     return split(x, y, meta, seed=seed, fractions=fractions)
 
 

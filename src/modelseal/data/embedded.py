@@ -89,8 +89,11 @@ def load_sample_images(patch: int = 32, per_image: int = 1500, seed: int = 0
     """Colour patches from scikit-learn's two sample photos; the label says which photo (2 classes)."""
     from sklearn.datasets import load_sample_images as _ls
 
-    if patch < 4 or per_image < 1:
-        raise DataError("sample-images: patch must be >= 4 and per_image >= 1")
+    from .. import validate
+
+    patch = validate.count("sample-images: patch", patch, 4, 256, error=DataError)
+    per_image = validate.count("sample-images: per_image", per_image, 1, 100_000, error=DataError)
+    seed = validate.count("sample-images: seed", seed, 0, 2**63 - 1, error=DataError)
     imgs = _ls().images
     rng = np.random.default_rng(seed)
     xs, ys = [], []

@@ -17,6 +17,9 @@ Choices worth knowing:
   channels-first.
 - An image folder needs Pillow; all images are resized (bilinear) to `size` (width, height), by default
   the first image's size, and converted to "L" when every image is greyscale, else "RGB".
+- Bounds, so that no file can make a loader allocate without limit: at most `MAX_BYTES` of pixel or array
+  data (decompressed), at most `MAX_CLASSES` classes, inputs of 1 to 3 axes after the example axis, none
+  of them empty. Arrays in an `.npz` are checked against their header before they are read.
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import validate
 from ..errors import DataError
 from . import CLASSIFICATION, REGRESSION, Meta
 
 Loaded = tuple[torch.Tensor, torch.Tensor, Meta]
+
+MAX_BYTES = 1 << 32  # 4 GiB of decompressed data
+MAX_CLASSES = 100_000
 
 
 def _no_extra(kind: str, kw: dict[str, Any], accepted: str = "none") -> None:
@@ -61,10 +68,16 @@ def _read_maybe_gzip(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+                raw = f.read(MAX_BYTES + 1)
+        else:
+            if path.stat().st_size > MAX_BYTES:
+                raise DataError(f"idx: {path} is larger than {MAX_BYTES} bytes; modelseal does not load it")
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"idx: cannot read {path} ({e}); expected an IDX file, optionally gzipped") from None
+    if len(raw) > MAX_BYTES:
+        raise DataError(f"idx: {path} decompresses to more than {MAX_BYTES} bytes; modelseal does not load it")
+    return raw
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
@@ -131,6 +144,8 @@ def load_idx(arg: str | Path, **kw: Any) -> Loaded:
     if len(x) == 0:
         raise DataError(f"idx: the IDX files in {d} hold no images")
     h, w = x.shape[1:]
+    if h == 0 or w == 0:
+        raise DataError(f"idx: the images in {d} are {h}x{w} pixels; expected at least 1x1")
     xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
     yt = torch.from_numpy(y.astype(np.int64))
     meta = Meta(f"idx:{d}", (1, h, w), (0.0, 1.0), int(y.max()) + 1, CLASSIFICATION)
@@ -172,6 +187,8 @@ def _load_cifar(kind: str, arg: str | Path, **kw: Any) -> Loaded:
     xs, ys = [], []
     for p in present:
         try:
+            if p.stat().st_size > MAX_BYTES:
+                raise DataError(f"{kind}: {p} is larger than {MAX_BYTES} bytes; not a CIFAR batch")
             raw = np.fromfile(p, dtype=np.uint8)
         except OSError as e:
             raise DataError(f"{kind}: cannot read {p} ({e})") from None
@@ -188,7 +205,11 @@ def _load_cifar(kind: str, arg: str | Path, **kw: Any) -> Loaded:
     x, y = np.concatenate(xs), np.concatenate(ys)
     extra: dict[str, Any] = {}
     if (d / names_file).is_file():
-        names = [n.strip() for n in (d / names_file).read_text(errors="replace").splitlines() if n.strip()]
+        try:
+            text = (d / names_file).read_text(errors="replace")
+        except OSError as e:
+            raise DataError(f"{kind}: cannot read {d / names_file} ({e.strerror or e})") from None
+        names = [n.strip() for n in text.splitlines() if n.strip()]
         if len(names) == classes:
             extra["classes"] = names
     xt = torch.from_numpy(x.astype(np.float32) / 255.0)
@@ -227,6 +248,9 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
     p = Path(arg).expanduser()
     if not p.is_file():
         raise DataError(f"npz: no such file {p}; expected an .npz archive with arrays x and y")
+    if num_classes is not None:
+        num_classes = validate.count("npz: num_classes", num_classes, 1, MAX_CLASSES, error=DataError)
+    _npz_precheck(p)
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -247,8 +271,9 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
             except ValueError:
                 raise DataError(f"npz: array {k} in {p} is an object array, which is never loaded (it would "
                                 "need unpickling); save plain numeric arrays") from None
-            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise DataError(f"npz: array {k} in {p} is corrupt ({e})") from None
+            except Exception as e:  # zipfile and numpy raise many types on a corrupt member
+                raise DataError(f"npz: array {k} in {p} is corrupt ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'})") from None
     x, y = arrays["x"], arrays["y"]
     for k, a in (("x", x), ("y", y)):
         if a.dtype.kind not in "biuf":
@@ -257,6 +282,9 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
         raise DataError(f"npz: {p} must hold at least one item, with x of shape (N, ...) and y of shape (N,)")
     if len(x) != len(y):
         raise DataError(f"npz: x in {p} has {len(x)} items but y has {len(y)}; they must match")
+    if x.ndim > 4 or 0 in x.shape:
+        raise DataError(f"npz: x in {p} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W) with "
+                        "no empty axis")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DataError(f"npz: x in {p} contains NaN or infinite values")
     x = _channels_first(x)
@@ -264,6 +292,8 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
         xt, bounds = torch.from_numpy(x.astype(np.float32) / 255.0), (0.0, 1.0)
     else:
         x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DataError(f"npz: x in {p} holds values beyond the float32 range")
         lo, hi = float(x.min()), float(x.max())
         bounds = (lo, hi) if lo < hi else (lo, lo + 1.0)
         xt = torch.from_numpy(x)
@@ -281,9 +311,14 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
             y = y[:, 0]
         if y.ndim != 1:
             raise DataError(f"npz: integer labels y in {p} have shape {y.shape}; expected (N,)")
+        if y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) >= 2**63:
+            raise DataError(f"npz: y in {p} holds the label {int(y.max())}; labels must be 0..C-1")
         y = y.astype(np.int64)
         if int(y.min()) < 0:
             raise DataError(f"npz: y in {p} holds the negative label {int(y.min())}; labels must be 0..C-1")
+        if int(y.max()) >= MAX_CLASSES:
+            raise DataError(f"npz: y in {p} holds the label {int(y.max())}; at most {MAX_CLASSES} classes are "
+                            "supported (labels must be 0..C-1)")
         out = int(y.max()) + 1
         if num_classes is not None:
             if int(num_classes) < out:
@@ -291,6 +326,44 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
             out = int(num_classes)
         yt, task = torch.from_numpy(y), CLASSIFICATION
     return xt, yt, Meta(f"npz:{p}", tuple(xt.shape[1:]), bounds, out, task)
+
+
+def _npz_precheck(p: Path) -> None:
+    """Refuse before numpy reads anything: a file that is not a zip archive (a bare .npy, a pickle), and
+    an array whose header promises more data than its member holds or than `MAX_BYTES` (numpy allocates
+    the declared size before it reads)."""
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise DataError(f"npz: {p} is a single .npy array; expected an .npz archive with arrays x and y "
+                            "(np.savez(path, x=..., y=...))")
+        if not zipfile.is_zipfile(p):
+            raise DataError(f"npz: {p} is not an .npz (zip) archive; expected arrays x and y saved with "
+                            "np.savez")
+        with zipfile.ZipFile(p) as zf:
+            for k in ("x", "y"):
+                try:
+                    info = zf.getinfo(f"{k}.npy")
+                except KeyError:
+                    continue  # np.load reports the missing array with the names it has
+                if info.file_size > MAX_BYTES:
+                    raise DataError(f"npz: array {k} in {p} is {info.file_size} bytes, more than {MAX_BYTES}")
+                with zf.open(info) as m:
+                    version = np.lib.format.read_magic(m)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(m)
+                declared = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 1)
+                if declared > info.file_size:
+                    raise DataError(f"npz: array {k} in {p} declares shape {shape} of {dtype} but holds "
+                                    f"only {info.file_size} bytes; the file is truncated or corrupt")
+    except DataError:
+        raise
+    except Exception as e:  # zipfile and numpy's header parser raise many types on a corrupt archive
+        raise DataError(f"npz: cannot read {p} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); expected an .npz archive "
+                        "with arrays x and y") from None
 
 
 # ------------------------------------------------------------------------------------------- folder
@@ -319,7 +392,7 @@ def load_folder(arg: str | Path, size: int | tuple[int, int] | None = None, **kw
     """Images in one sub-folder per class (names sorted → labels 0..C-1), resized to one size."""
     _no_extra("folder", kw, "size")
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError:
         raise DataError("folder: reading images needs Pillow (pip install pillow)") from None
     expected = f"one sub-folder per class holding images ({', '.join(IMAGE_SUFFIXES)})"
@@ -334,7 +407,9 @@ def load_folder(arg: str | Path, size: int | tuple[int, int] | None = None, **kw
             raise DataError(f"folder: class folder {c} holds no images; expected files ending in "
                             f"{', '.join(IMAGE_SUFFIXES)}")
         files.extend((f, label) for f in imgs)
-    bad = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
+    # Pillow parses untrusted bytes and raises many types on a malformed file (struct.error, IndexError,
+    # ZeroDivisionError, ...): any exception while reading one image means that image is unreadable.
+    bad = (Exception,)
 
     def _unreadable(f: Path, e: Exception) -> DataError:
         return DataError(f"folder: cannot read image {f} ({type(e).__name__}: {e}); remove or replace it")
@@ -351,12 +426,18 @@ def load_folder(arg: str | Path, size: int | tuple[int, int] | None = None, **kw
     mode = "L" if all(m in _GREY for m in modes) else "RGB"
     if size is None:
         target = first_size
-    elif isinstance(size, int):
+    elif isinstance(size, int) and not isinstance(size, bool):
         target = (size, size)
+    elif isinstance(size, (tuple, list)) and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        target = tuple(size)
     else:
-        target = tuple(int(s) for s in size)
+        raise DataError(f"folder: size must be a positive int or (width, height), got {size!r}")
     if target is None or len(target) != 2 or min(target) < 1:
         raise DataError(f"folder: size must be a positive int or (width, height), got {size}")
+    total = len(files) * target[0] * target[1] * (1 if mode == "L" else 3)
+    if total > MAX_BYTES:
+        raise DataError(f"folder: {len(files)} images of {target[0]}x{target[1]} would need {total} bytes, more "
+                        f"than {MAX_BYTES}; pass a smaller size (e.g. folder:DIR with size=64)")
     arrays = []
     for f, _ in files:
         try:

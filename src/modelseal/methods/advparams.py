@@ -137,6 +137,9 @@ class AdvParams:
         """A locked copy of `model` and the Key that unlocks it. No retraining; `model` is left untouched."""
         if not isinstance(model, nn.Module):
             raise ModelError(f"advparams.lock needs a torch nn.Module, got {type(model).__name__}")
+        from ..models.io import check_finite
+
+        check_finite(model, "advparams.lock: the model to lock")  # NaN weights would "lock" with 0 changes
         try:
             x_all, y_all = as_tensors(data)
         except ModelSealError:

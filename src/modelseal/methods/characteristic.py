@@ -71,13 +71,22 @@ MAX_REFERENCES = 1000
 
 
 def high_pass(d: torch.Tensor, radius: float) -> torch.Tensor:
-    """Zero the 2-D frequencies of `d` (over its last two dims) closer than `radius` * Nyquist to DC."""
+    """Zero the frequencies of a batch of perturbations `d` closer than `radius` * Nyquist to DC: 2-D over
+    the last two dims for images (N, [C,] H, W), 1-D over the features for tabular inputs (N, D).
+
+    An empty batch is returned as is: the FFT libraries reject zero-sized transforms (MKL: "Inconsistent
+    configuration parameters"), and an empty batch happens whenever every example of a step is done."""
+    if d.numel() == 0:
+        return d.clone()
+    if d.dim() <= 2:  # tabular: (N, D); a 2-D transform would mix the examples of the batch
+        f = torch.fft.fftfreq(d.shape[-1], device=d.device).abs() / 0.5
+        return torch.fft.ifft(torch.fft.fft(d) * (f >= radius).to(d.dtype)).real.to(d.dtype)
     h, w = d.shape[-2], d.shape[-1]
     fy = torch.fft.fftfreq(h, device=d.device).abs() / 0.5
     fx = torch.fft.fftfreq(w, device=d.device).abs() / 0.5
     dist = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
     mask = (dist >= radius).to(d.dtype)
-    return torch.fft.ifft2(torch.fft.fft2(d) * mask).real
+    return torch.fft.ifft2(torch.fft.fft2(d.contiguous()) * mask).real.to(d.dtype)
 
 
 def null_tail(matches: int, n: int, null: dict[str, Any]) -> float:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..tensorfile import MAX_HEADER, check_writable, read_header_metadata, write_atomic
+from ..tensorfile import MAX_HEADER, check_writable, loads_json, read_header_metadata, write_atomic
+from .io import check_finite
 
 USER_META_KEY = "modelseal_user_arch"
 ZOO_META_KEY = "modelseal_model"
@@ -70,10 +71,7 @@ def user_arch_of(path: str | os.PathLike) -> dict[str, Any] | None:
     raw = _read_meta(p).get(USER_META_KEY)
     if raw is None:
         return None
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        raise ModelError(f"{p}: malformed {USER_META_KEY} metadata") from None
+    info = loads_json(raw, f"{p}: {USER_META_KEY} metadata", ModelError)
     return info if isinstance(info, dict) else None
 
 
@@ -131,16 +129,22 @@ def load_custom(path: str | os.PathLike, arch: str, input_shape: tuple[int, ...]
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelError(f"{p}: weights do not fit --arch {arch!r}: {str(e).splitlines()[0][:200]}") from None
+    check_finite(model, str(p))
     return model.to(device).eval()
 
 
-def save_custom(model: nn.Module, path: str | os.PathLike, arch: str, force: bool = False) -> Path:
-    """Write the state dict of a user-architecture model with its `modelseal_user_arch` header entry."""
+def custom_to_bytes(model: nn.Module, arch: str) -> bytes:
+    """The state dict of a user-architecture model with its `modelseal_user_arch` header entry, as bytes."""
     from safetensors.torch import save
 
-    check_writable(path, force)
     spec = getattr(model, "modelseal_spec", None) or {}
     info = {"arch": arch, "input_shape": spec.get("input_shape"), "output_size": spec.get("output_size"),
             "bounds": spec.get("bounds")}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return write_atomic(path, save(state, metadata={USER_META_KEY: json.dumps(info, sort_keys=True)}), force)
+    return save(state, metadata={USER_META_KEY: json.dumps(info, sort_keys=True)})
+
+
+def save_custom(model: nn.Module, path: str | os.PathLike, arch: str, force: bool = False) -> Path:
+    """Write the state dict of a user-architecture model with its `modelseal_user_arch` header entry."""
+    check_writable(path, force)
+    return write_atomic(path, custom_to_bytes(model, arch), force)

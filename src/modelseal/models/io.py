@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..tensorfile import MAX_HEADER, check_writable, read_header_metadata, write_atomic
+from ..tensorfile import (
+    MAX_HEADER,
+    check_writable,
+    loads_json,
+    read_bytes,
+    read_header,
+    read_header_metadata,
+    write_atomic,
+)
 
 _META_KEY = "modelseal_model"
 MODEL_FORMAT = 1
@@ -51,14 +59,17 @@ def _model_meta(head: bytes, source: str) -> dict[str, Any]:
     if raw is None:
         raise ModelError(f"{source} is a safetensors file without modelseal architecture metadata; "
                          "save models with modelseal.models.save_model")
+    info = loads_json(raw, f"{source}: modelseal model metadata", ModelError)
     try:
-        info = json.loads(raw)
         spec = info["spec"]
-        if not isinstance(spec, dict) or "name" not in spec:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise KeyError("spec")
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{source}: malformed modelseal model metadata ({e})") from None
-    if info.get("format", 0) > MODEL_FORMAT:
+    fmt = info.get("format", 0)
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise ModelError(f"{source}: model format version must be an integer, got {fmt!r}")
+    if fmt > MODEL_FORMAT:
         raise ModelError(f"{source} has model format {info['format']}, newer than this modelseal reads")
     return info
 
@@ -68,12 +79,54 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) == 8:
-            n = int.from_bytes(head, "little")
-            head += f.read(min(n, MAX_HEADER + 1))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) == 8:
+                n = int.from_bytes(head, "little")
+                head += f.read(min(n, MAX_HEADER + 1))
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
     return _model_meta(head, str(path))
+
+
+def check_finite(model: nn.Module, source: str = "model", error: type[Exception] = ModelError) -> None:
+    """Raise `error` when a floating parameter or buffer of `model` holds NaN or infinite values: such a
+    model answers NaN, and locking, attacking or judging it would only produce silent nonsense."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if torch.is_floating_point(t) and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise error(f"{source}: '{name}' holds {bad} NaN or infinite value(s); the model is corrupt, "
+                        "retrain it or restore it from a good copy")
+
+
+_MAX_INPUT = 1 << 26  # elements of one input; far above any image model here
+_MAX_OUTPUTS = 1 << 24
+
+
+def _checked_spec(spec: dict[str, Any], source: str) -> tuple[tuple[int, ...], int, tuple[float, float]]:
+    """Input shape, output size and bounds of a model file's spec, checked as untrusted input."""
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{source}: malformed modelseal model metadata ({what})")
+
+    shape = spec.get("input_shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise bad(f"input_shape must be a list of 1 to 4 positive integers, got {shape!r}")
+    n = 1
+    for s in shape:
+        n *= s
+    if n > _MAX_INPUT:
+        raise bad(f"input_shape {shape} has {n} elements, more than {_MAX_INPUT}")
+    out = spec.get("output_size")
+    if not isinstance(out, int) or isinstance(out, bool) or not 1 <= out <= _MAX_OUTPUTS:
+        raise bad(f"output_size must be an integer in [1, {_MAX_OUTPUTS}], got {out!r}")
+    bounds = spec.get("bounds", [0.0, 1.0])
+    if (not isinstance(bounds, list) or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            or not bounds[0] < bounds[1]):
+        raise bad(f"bounds must be [lo, hi] with lo < hi, got {bounds!r}")
+    return tuple(shape), out, (float(bounds[0]), float(bounds[1]))
 
 
 def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.device = "cpu") -> nn.Module:
@@ -84,15 +137,35 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
 
     info = _model_meta(blob, source)
     spec = info["spec"]
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("kwargs", {}).items()}
-    try:
-        model = build(spec["name"], input_shape=tuple(spec["input_shape"]),
-                      num_classes=int(spec["output_size"]), bounds=tuple(spec.get("bounds", (0.0, 1.0))),
-                      **kwargs)
-    except ModelError:
-        raise
-    except Exception as e:
-        raise ModelError(f"{source}: cannot rebuild architecture {spec.get('name')!r} ({e})") from None
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ModelError(f"{source}: malformed modelseal model metadata (kwargs must be an object)")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+    shape, outputs, bounds = _checked_spec(spec, source)
+
+    def rebuild() -> nn.Module:
+        try:
+            return build(spec["name"], input_shape=shape, num_classes=outputs, bounds=bounds, **kwargs)
+        except ModelError:
+            raise
+        except Exception as e:
+            raise ModelError(f"{source}: cannot rebuild architecture {spec.get('name')!r} "
+                             f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+
+    # Build on the meta device first (no memory) and compare every tensor shape with the file's header,
+    # so that metadata asking for a huge model is refused before anything is allocated.
+    with torch.device("meta"):
+        skeleton = rebuild()
+    want = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: e.get("shape") for k, e in read_header(blob, source, ModelError).items()
+            if k != "__metadata__" and isinstance(e, dict)}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+        k = diff[0]
+        raise ModelError(f"{source}: weights do not fit architecture {spec['name']!r}: tensor '{k}' is "
+                         f"{have.get(k, 'missing')} in the file but {want.get(k, 'unexpected')} in the "
+                         "architecture; the file is corrupt or was edited")
+    model = rebuild()
     try:
         state = load(blob)
     except Exception as e:
@@ -103,6 +176,7 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
     except RuntimeError as e:
         raise ModelError(f"{source}: weights do not fit architecture {spec['name']!r}: "
                          f"{str(e).splitlines()[0]}") from None
+    check_finite(model, source)
     model.modelseal_extra = info.get("extra", {})
     return model.to(device).eval()
 
@@ -110,9 +184,7 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model file written by `save_model` (no pickle: the architecture comes from the header)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
-    return model_from_bytes(path.read_bytes(), str(path), device)
+    return model_from_bytes(read_bytes(path, ModelError, "model file"), str(path), device)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None,

@@ -91,6 +91,12 @@ class _OnnxBackend:
         self.input_name = inputs[0].name
         dims = inputs[0].shape[1:]
         self.input_shape = tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
+        # The output size the graph declares, so that a key's signature is checked before any query (a
+        # 5-output model judged with a 10-class key would otherwise be tested against a 1/10 null).
+        out_dims = self.session.get_outputs()[0].shape[1:]
+        self.output_size: int | None = None
+        if out_dims and all(isinstance(d, int) and d > 0 for d in out_dims):
+            self.output_size = int(np.prod(out_dims))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().cpu().numpy().astype(np.float32)
