@@ -174,6 +174,9 @@ def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], force: bool 
     """Everything `write_files` refuses, checked before any work is done: `outputs` (label, path) are
     distinct files, none is one of `inputs`, and each can be written (see `check_writable`)."""
     paths = [Path(p) for _, p in outputs]
+    for p in paths:
+        if "\0" in str(p):
+            raise WriteError(f"cannot write {str(p)!r}: a path cannot hold a NUL character")
     try:
         check_distinct([(label, Path(p)) for label, p in outputs])
         for label, p in (inputs or {}).items():
@@ -197,20 +200,21 @@ def _mkparent(p: Path) -> None:
         raise WriteError(f"cannot write {p}: cannot create its folder {p.parent} ({e.strerror or e})") from None
 
 
-def _write_tmp(p: Path, data: bytes | str, private: bool) -> Path:
-    """Write `data` to a fresh temporary file beside `p`, flushed to disk; returns its path."""
+def _tmp_name(p: Path) -> Path:
+    return p.with_name(f".{p.name}.{os.getpid()}.tmp")
+
+
+def _write_tmp(tmp: Path, data: bytes | str, private: bool) -> Path:
+    """Write `data` to the temporary file `tmp`, flushed to disk (the caller removes it on failure)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0),
                  0o600 if private else 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if private and hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)  # also when a stale temporary file of that name was there
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
     return tmp
 
 
@@ -250,8 +254,9 @@ def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: b
     try:
         for p, (_, data) in zip(paths, items, strict=True):
             _mkparent(p)
+            tmps.append(_tmp_name(p))  # listed before it exists, so that an interrupt cannot leak it
             try:
-                tmps.append(_write_tmp(p, data, os.path.realpath(p) in secret))
+                _write_tmp(tmps[-1], data, os.path.realpath(p) in secret)
             except OSError as e:
                 raise WriteError(f"cannot write {p}: {e.strerror or e}") from None
         with _SignalsHeld():

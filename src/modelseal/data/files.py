@@ -291,7 +291,8 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
     if x.dtype == np.uint8:
         xt, bounds = torch.from_numpy(x.astype(np.float32) / 255.0), (0.0, 1.0)
     else:
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise DataError(f"npz: x in {p} holds values beyond the float32 range")
         lo, hi = float(x.min()), float(x.max())
