@@ -556,6 +556,8 @@ E("out-train-out-dir", lambda w: ["train", "--out", w["adir"], *D, "--arch", "ml
 E("out-train-parent-file", lambda w: ["train", "--out", w["afile"] / "m", *D, "--arch", "mlp"],
   "is a file, not a directory")
 E("out-train-exists", lambda w: ["train", "--out", w["m"], *D, "--arch", "mlp"], "already exists")
+E("out-report-over-db", lambda w: ["bench", "report", w["db_other"], "--out", w["db_other"], "--force"],
+  "DB and --out name the same file")
 E("out-report-dir", lambda w: ["bench", "report", w["db_empty.sqlite"], "--out", w["adir"], "--force"],
   "directory|not a modelseal results database")
 
