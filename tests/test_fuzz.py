@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 import modelseal as ms
 from modelseal import bench
+from modelseal import commitment as commitment_mod
+from modelseal import evidence as evidence_mod
 from modelseal.errors import KeyFormatError, ModelSealError
 from modelseal.keys import Key
-from modelseal.methods import trigger_set
 from modelseal.tensorfile import MAX_JSON_DEPTH, loads_json, read_header_metadata
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
@@ -196,26 +197,53 @@ def test_bounded_json_parser_on_any_text(text):
         assert json.loads(text) == value
 
 
-# -------------------------------------------------------------------------------------------- commitment
-@FUZZ
-@given(JSON | st.fixed_dictionaries(
-    {"format": JSON | st.just(1), "type": JSON | st.just(trigger_set.COMMITMENT_TYPE), "method": JSON,
+# ------------------------------------------------------------------------------- commitment and evidence
+HEX = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+COMMITMENT = st.fixed_dictionaries(
+    {"format": JSON | st.sampled_from([1, 2, 3]), "type": JSON | st.just(commitment_mod.TYPE), "method": JSON,
      "signature": JSON | st.just({"input_shape": [1, 8, 8], "output_size": 10}), "created": JSON,
-     "hash": JSON, "commitments": JSON | st.lists(st.text(alphabet="0123456789abcdef", min_size=64,
-                                                           max_size=64), max_size=3)}))
+     "params": JSON | st.dictionaries(st.text(max_size=5), JSON, max_size=3), "params_digest": JSON | HEX,
+     "tensors": JSON | st.dictionaries(st.text(max_size=5), HEX, max_size=2),
+     "commitments": JSON | st.lists(HEX, max_size=3)})
+
+
+@FUZZ
+@given(JSON | COMMITMENT)
 def test_commitment_loader_any_json(scratch, public):
     p = scratch / "c.json"
     p.write_text(json.dumps(public))
-    got = _accepts(trigger_set.load_commitment, p)
+    got = _accepts(commitment_mod.load, p)
     assert got is None or got == public
 
 
 @FUZZ
-@given(st.binary(max_size=200))
+@given(st.binary(max_size=200) | st.sampled_from([b"[" * 100_000, b'{"a": NaN}', b"\xff\xfe"]))
 def test_commitment_loader_any_bytes(scratch, blob):
     p = scratch / "c.json"
     p.write_bytes(blob)
-    _accepts(trigger_set.load_commitment, p)
+    _accepts(commitment_mod.load, p)
+
+
+@FUZZ
+@given(JSON | st.fixed_dictionaries(
+    {"type": JSON | st.just(evidence_mod.TYPE), "format": JSON | st.just(evidence_mod.FORMAT), "method": JSON,
+     "opened": JSON, "transcript": JSON | st.fixed_dictionaries({"verifier": JSON}), "result": JSON,
+     "commitment": JSON | COMMITMENT, "suspect": JSON}))
+def test_evidence_loader_and_checker_any_json(scratch, ev):
+    p = scratch / "e.json"
+    p.write_text(json.dumps(ev))
+    loaded = _accepts(evidence_mod.load, p)
+    if loaded is not None and isinstance(loaded.get("commitment"), dict):
+        report = _accepts(evidence_mod.check, loaded, loaded["commitment"])
+        assert report is None or isinstance(report.get("agrees"), bool)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_evidence_loader_any_bytes(scratch, blob):
+    p = scratch / "e.json"
+    p.write_bytes(blob)
+    _accepts(evidence_mod.load, p)
 
 
 # ---------------------------------------------------------------------------------------- scenario TOML

@@ -153,8 +153,9 @@ def ws(tmp_path_factory) -> Workspace:
     f["fk"] = fkey.save(root / "tafa.seal")
     f["lk"] = lkey.save(root / "lock.seal")
     f["lm"] = ms.models.save_model(locked, root / "locked.safetensors")
-    trig = ms.methods.get("trigger-set")
-    f["c"] = trig.save_commitment(trig.commitment(tkey), root / "ts.commit.json")
+    from modelseal import commitment as commitment_mod
+
+    f["c"] = commitment_mod.save(ms.methods.commit(tkey), root / "ts.commit.json")
     key_blob = f["k"].read_bytes()
     f["adir"] = root / "adir"
     f["adir"].mkdir()
