@@ -149,12 +149,12 @@ def ws(tmp_path_factory) -> Workspace:
         _, tkey = ms.methods.get("trigger-set")(n=12, seed=1, extra_epochs=1).embed(owner, data.owner)
         fkey = ms.methods.get("tafa")(n=8, seed=2).extract(owner, input_spec=data.meta)
         locked, lkey = ms.methods.get("advparams")(seed=3, max_params=10).lock(owner, data.owner)
+    from modelseal import commitment as commitment_mod
+
     f["k"] = tkey.save(root / "ts.seal")
     f["fk"] = fkey.save(root / "tafa.seal")
     f["lk"] = lkey.save(root / "lock.seal")
     f["lm"] = ms.models.save_model(locked, root / "locked.safetensors")
-    from modelseal import commitment as commitment_mod
-
     f["c"] = commitment_mod.save(ms.methods.commit(tkey), root / "ts.commit.json")
     key_blob = f["k"].read_bytes()
     f["adir"] = root / "adir"
@@ -252,6 +252,18 @@ def ws(tmp_path_factory) -> Workspace:
     f["onnx10"] = ms.models.export_onnx(owner, root / "owner.onnx")
     put("onnx_garbage.onnx", b"\x08\x07garbage onnx")
     put("onnx_empty.onnx", b"")
+
+    # evidence files (`modelseal check`)
+    ms.verify(ms.Suspect(owner), fkey, evidence=root / "ev.json")
+    f["ev"] = root / "ev.json"
+    ev = json.loads(f["ev"].read_text())
+    put("ev_text", b"{oops")
+    put("ev_deep", deep(100_000).encode())
+    put("ev_list", b"[]")
+    put("ev_type", json.dumps({**ev, "type": "x"}).encode())
+    put("ev_format", json.dumps({**ev, "format": 99}).encode())
+    put("ev_no_transcript", json.dumps({**ev, "transcript": []}).encode())
+    f["fkc"] = commitment_mod.save(ms.methods.commit(fkey), root / "tafa.commit.json")
 
     # commitments
     put("c_text", b"not json at all")
@@ -355,6 +367,7 @@ def ws(tmp_path_factory) -> Workspace:
         "s_perms": base.replace("params = { n = 8 }", "params = { n = 8, permutations = 1e9 }"),
         "s_big": "# " + "x" * (1 << 20) + "\n" + base,
         "s_threads": base.replace('seeds = [0]', 'seeds = [0]\nthreads = 100000'),
+        "s_alpha": base.replace('seeds = [0]', 'seeds = [0]\nalpha = 2').replace('"teleport"', '"noise"'),
     }
     for k, text in scen.items():
         f[k] = _write(root / f"{k}.toml", text.encode())
@@ -486,12 +499,37 @@ for name, match in [
 ]:
     E(f"commitment-{name}", lambda w, n=name: [V, w["k"], w["m"], "--commitment", w[n]], match)
 E("commitment-missing", lambda w: [V, w["k"], w["m"], "--commitment", w.root / "no.json"], "does not exist")
-W("commitment-deep", lambda w: [V, w["k"], w["m"], "--commitment", w["c_deep"]], "RecursionError",
-  "trigger_set.load_commitment to parse with tensorfile.loads_json (depth-bounded)")
-E("commitment-tafa-key", lambda w: [V, w["fk"], w["m"], "--commitment", w["c"]], "no commitments")
-E("commit-tafa-key", lambda w: ["commit", w["fk"], "--out", w.root / "c1.json"], "no commitments")
+E("commitment-deep", lambda w: [V, w["k"], w["m"], "--commitment", w["c_deep"]], "nests deeper than")
+E("commitment-of-another-key", lambda w: [V, w["fk"], w["m"], "--commitment", w["c"]],
+  "does not open its commitment")
+OK("ok-commit-tafa-key", lambda w: ["commit", w["fk"], "--out", w.root / "okc" / "c1.json"],
+   lambda w, code, out, err: (code == 0 and ms.commitment.load(w.root / "okc" / "c1.json")["method"] == "tafa")
+   or pytest.fail(err))
 E("commit-out-is-key", lambda w: ["commit", w["k"], "--out", w["k"], "--force"], "same file")
 E("commit-out-dir", lambda w: ["commit", w["k"], "--out", w["adir"], "--force"], "is a directory")
+
+# ---- evidence files and the verifier's outputs
+for name, match in [("ev_text", "not valid JSON"), ("ev_deep", "nests deeper"), ("ev_list", "'type' must be"),
+                    ("ev_type", "'type' must be"), ("ev_format", "unsupported format"),
+                    ("ev_no_transcript", "'transcript' must be"), ("m", "not valid JSON"),
+                    ("adir", "does not exist|directory")]:
+    E(f"check-{name}", lambda w, n=name: ["check", w[n], "--commitment", w["fkc"]], match)
+E("check-missing", lambda w: ["check", w.root / "none.json", "--commitment", w["fkc"]], "does not exist")
+E("check-bad-commitment", lambda w: ["check", w["ev"], "--commitment", w["c_deep"]], "nests deeper")
+E("verify-evidence-is-key", lambda w: [V, w["fk"], w["m"], "--evidence", w["fk"], "--force"],
+  "KEY 1 and --evidence 1 name the same file")
+E("verify-evidence-is-suspect", lambda w: [V, w["fk"], w["m"], "--evidence", w["m"], "--force"],
+  "SUSPECT and --evidence 1 name the same file")
+E("verify-evidence-is-commitment", lambda w: [V, w["k"], w["m"], "--commitment", w["c"], "--evidence", w["c"],
+                                              "--force"], "--commitment 1 and --evidence 1 name the same file")
+E("verify-evidence-dir", lambda w: [V, w["fk"], w["m"], "--evidence", w["adir"]], "is a directory")
+E("verify-evidence-exists", lambda w: [V, w["fk"], w["m"], "--evidence", w["ev"]], "already exists")
+E("verify-evidence-count", lambda w: [V, w["fk"], w["k"], w["m"], "--evidence", w.root / "e1"], "one --evidence")
+E("verify-set-unknown", lambda w: [V, w["fk"], w["m"], "--set", "zz=1"], "zz")
+E("verify-set-permutations", lambda w: [V, w["fk"], w["m"], "--set", "permutations=1e12"], "permutations")
+E("verify-no-suspect", lambda w: [V, w["fk"]], "KEY \\[KEY ...\\] SUSPECT")
+E("trace-evidence-is-key", lambda w: ["trace", w["k"], w["m"], "--evidence", w["k"], "--force"],
+  "KEY and --evidence name the same file")
 
 # ---- outputs: same paths, bad parents, directories, existing files (the data-loss class)
 LOCK = "lock"
@@ -600,17 +638,17 @@ E("num-lock-unknown-param", _lock(lambda w: w.root / "l3", lambda w: w.root / "l
 E("num-embed-n0", lambda w: ["watermark", "embed", w["m"], "--out", w.root / "w1", "--key", w.root / "w1k", *D,
                              "--set", "n=0"], r"\bn\b")
 E("num-embed-method-tafa", lambda w: ["watermark", "embed", w["m"], "--out", w.root / "w2", "--key", w.root / "w2k",
-                                      *D, "--method", "tafa"], "not a watermark")
+                                      *D, "--method", "tafa"], "is a fingerprint method")
 E("num-embed-unknown-method", lambda w: ["watermark", "embed", w["m"], "--out", w.root / "w3", "--key",
                                          w.root / "w3k", *D, "--method", "nope"], "unknown method|nope")
-W("num-extract-tafa-n-1e8", lambda w: ["fingerprint", "extract", w["m"], "--key", w.root / "f1", "--set", "n=1e8"],
-  "unexpected|n must be", "tafa to bound n with validate.count (allocator error today)")
+E("num-extract-tafa-n-1e8", lambda w: ["fingerprint", "extract", w["m"], "--key", w.root / "f1", "--set", "n=1e8"],
+  "n must be an integer")
 E("num-extract-unknown-method", lambda w: ["fingerprint", "extract", w["m"], "--key", w.root / "f2", "--method",
                                            "nope"], "nope")
 E("num-extract-variant", lambda w: ["fingerprint", "extract", w["m"], "--key", w.root / "f3", "--method",
                                     "c-examples", "--variant", "zzz"], "variant")
 E("num-extract-watermark", lambda w: ["fingerprint", "extract", w["m"], "--key", w.root / "f4", "--method",
-                                      "trigger-set"], "not a fingerprint")
+                                      "trigger-set"], "is a watermark method")
 E("num-distribute-users0", lambda w: ["deepmarks", "distribute", w["m"], "--out-dir", w.root / "u0", "--key",
                                       w.root / "u0k", "--users", "0", *D], "at least one user")
 E("usage-unknown-option", lambda w: ["train", "--bogus"], "No such option")
@@ -655,7 +693,8 @@ for name, match in [
     ("s_seeds", "line 3: key 'seeds'"), ("s_sweep", "more than 10000 attack variants"),
     ("s_neg", "key 'negatives.count'"), ("s_batch", "line 7: key 'owner.batch_size'"),
     ("s_lr", "line 7: key 'owner.lr'"), ("s_perms", "line 9: .*permutations must be"),
-    ("s_big", "a scenario is at most"), ("s_threads", "key 'threads'"), ("s_binary.toml", "not UTF-8"),
+    ("s_big", "a scenario is at most"), ("s_threads", "key 'threads'"), ("s_alpha", "line 4: key 'alpha'"),
+    ("s_binary.toml", "not UTF-8"),
     ("adir", "does not exist"),
 ]:
     E(f"scenario-{name}", lambda w, n=name: [*BR, w[n], "--out", w.root / f"run-{n}"], match)
@@ -944,7 +983,7 @@ def test_sigint_or_sigterm_mid_write_leaves_no_partial_file(ws, tmp_path):
     assert "Traceback" not in r.stderr
     assert r.stderr.count("error: interrupted") == 2 and r.stderr.count("error: terminated") == 1
     left = sorted(p.name for p in out.iterdir())
-    assert left == ["c.safetensors", "c.seal"], left  # no a.*, no b.*, no .tmp or .bak files
+    assert left == ["c.public.json", "c.safetensors", "c.seal"], left  # no a.*, b.*, .tmp or .bak files
     assert ms.models.load_model(out / "c.safetensors") is not None and Key.load(out / "c.seal").method == "advparams"
 
 
