@@ -677,6 +677,10 @@ for i, (spec, match) in enumerate([
     E(f"data-{spec.split(':')[0]}-{i}", lambda w, s=spec, i=i: [
         *T[:1], "--out", w.root / f"dd{i}", "--arch", "mlp", "--epochs", "1",
         "--data", s.format(root=w.root, **{k: v for k, v in w.files.items()})], match)
+for arch in ("cnn", "resnet18", "wrn"):
+    W(f"data-image-arch-on-tabular-{arch}", lambda w, a=arch: ["train", "--data", f"npz:{w['npz_ok']}", "--arch", a,
+                                                               "--epochs", "1", "--out", w.root / f"tab-{a}"],
+      "unexpected (ValueError|RuntimeError)", "models.build (zoo) to refuse inputs without (C, H, W) with ModelError")
 A("data-api-unknown-option", lambda w: ms.data.load("digits", foo=1), "bad option")
 A("data-api-sample-images-patch", lambda w: ms.data.load("sample-images", patch=10**6), "patch must be")
 A("data-api-sample-images-count", lambda w: ms.data.load("sample-images", per_image=10**9), "per_image must be")
@@ -1010,3 +1014,54 @@ def test_demo_keeps_its_secret_cache_in_a_private_folder(tmp_path, monkeypatch):
     assert run_dir.parent.stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.sqlite"]
     assert not list(out.rglob("*.key")) and result["db"] == str(out / "results.sqlite")
+
+
+# ------------------------------------------------------------------------------ the smallest inputs
+SMALL_SHAPES = [(1, 8, 8), (3, 8, 8), (4,), (10,)]
+SMALL_METHODS = [
+    ("trigger-set", {"n": 12, "extra_epochs": 1}), ("tafa", {"n": 6}), ("c-examples", {"variant": "c", "n": 4}),
+    ("c-examples", {"variant": "rc", "n": 3, "steps": 10, "M": 2}),
+    ("c-examples", {"variant": "ltrc", "n": 3, "steps": 10, "M": 2}),
+    ("deepmarks", {"users": 7, "max_epochs": 1, "min_fit": 0.01}), ("advparams", {"max_params": 5}),
+]
+
+
+WHY_NOT = "ltrc filters images in 2-D frequency space|no characteristic example reached its target"
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    out = {}
+    for shape in SMALL_SHAPES:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(120, *shape, generator=g)
+        y = (x.reshape(120, -1).mean(1) > 0.5).long() + (x.reshape(120, -1)[:, 0] > 0.5).long()
+        meta = ms.data.Meta(f"small{shape}", shape, (0.0, 1.0), 3)
+        data = ms.data.TensorData(x, y, meta)
+        model = ms.models.build("mlp", meta, seed=0, hidden=(16,))
+        ms.train.fit(model, data, epochs=2, seed=0, progress=False)
+        out[shape] = (model, data, meta)
+    return out
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("method,params", SMALL_METHODS, ids=lambda p: p if isinstance(p, str) else
+                         p.get("variant", ""))
+def test_every_method_on_the_smallest_inputs_works_or_says_why_not(small_data, shape, method, params):
+    """1x8x8, 3x8x8 and tabular 4 / 10 features: each method returns a key for this model, or refuses with a
+    one-line ModelSealError that says why (e.g. LTRC filters in 2-D frequency space: no tabular inputs)."""
+    import warnings
+
+    model, data, meta = small_data[shape]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            key = _with_alarm(lambda: ms.methods.protect(ms.methods.get(method)(seed=0, **params), model,
+                                                         data=data, input_spec=meta).key)
+    except ModelSealError as e:
+        # the only acceptable refusals say why the input does not suit the method
+        assert "\n" not in str(e) and re.search(WHY_NOT, str(e)), str(e)
+        if method == "c-examples" and params["variant"] == "ltrc":
+            assert len(shape) < 2  # LTRC must work on every image shape, 1x8x8 included
+        return
+    assert key.method == method and list(key.signature["input_shape"]) == list(shape)
