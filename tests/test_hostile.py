@@ -130,7 +130,7 @@ def _idx(dims: tuple[int, ...], data: bytes, dtype: int = 8, magic: int = 0) -> 
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Workspace:
+def ws(tmp_path_factory):
     """Everything the corpus reads: a small owner model on digits, its keys, and hostile files."""
     import warnings
 
@@ -332,6 +332,26 @@ def ws(tmp_path_factory) -> Workspace:
     for i in range(270):  # 271 images of 16 Mpx: more than 4 GiB once decoded
         os.link(f["folder_bomb"] / "a" / "big.png", f["folder_bomb"] / "a" / f"copy{i}.png")
 
+    # your own architecture (--arch module:factory): the module lives in the workspace
+    (root / "hostile_arch.py").write_text(textwrap.dedent("""\
+        from torch import nn
+        def net():
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        def boom():
+            raise RuntimeError("the factory fails")
+        def notmodule():
+            return 3
+        """))
+    sys.path.insert(0, str(root))
+    from modelseal.models import custom
+
+    net = custom.build_custom("hostile_arch:net", (1, 8, 8))
+    with torch.no_grad():
+        net[1].weight[0, 0] = float("nan")
+    f["arch_nan"] = custom.save_custom(net, root / "arch_nan.safetensors", "hostile_arch:net")
+    put("arch_deep.safetensors", with_meta(custom.custom_to_bytes(net, "hostile_arch:net"), custom.USER_META_KEY,
+                                           lambda s: deep(100_000)))
+
     # scenarios and databases
     base = textwrap.dedent("""\
         name = "h"
@@ -381,7 +401,8 @@ def ws(tmp_path_factory) -> Workspace:
     con.execute("CREATE TABLE notes (t TEXT)")
     con.commit()
     con.close()
-    return w
+    yield w
+    sys.path.remove(str(root))
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -600,6 +621,19 @@ E("out-report-over-db", lambda w: ["bench", "report", w["db_other"], "--out", w[
 E("out-report-dir", lambda w: ["bench", "report", w["db_empty.sqlite"], "--out", w["adir"], "--force"],
   "directory|not a modelseal results database")
 
+# ---- your own architecture
+AR = ["train", *D, "--epochs", "1", "--arch"]
+E("arch-nan-weights", lambda w: [V, w["fk"], w["arch_nan"], "--arch", "hostile_arch:net"], "NaN or infinite")
+E("arch-deep-metadata", lambda w: ["attack", "prune", w["arch_deep.safetensors"], "--out", w.root / "ar0", *D],
+  "nested too deeply")
+E("arch-deep-metadata-verify", lambda w: [V, w["fk"], w["arch_deep.safetensors"]], "without modelseal architecture")
+E("arch-factory-raises", lambda w: [*AR, "hostile_arch:boom", "--out", w.root / "ar1"], "calling the factory failed")
+E("arch-factory-needs-args", lambda w: [*AR, "json:dumps", "--out", w.root / "ar2"], "calling the factory failed")
+E("arch-not-a-module", lambda w: [*AR, "hostile_arch:notmodule", "--out", w.root / "ar3"], "not a torch.nn.Module")
+E("arch-no-such-module", lambda w: [*AR, "no_such_module_zz:f", "--out", w.root / "ar4"], "cannot import module")
+E("arch-no-such-factory", lambda w: [*AR, "hostile_arch:nope", "--out", w.root / "ar5"], "has no attribute")
+E("arch-bad-spec", lambda w: [V, w["fk"], w["m"], "--arch", "hostile_arch"], "expected package.module:factory")
+
 # ---- numbers: every size, count and rate a user sets
 T = ["train", *D, "--arch", "mlp"]
 for i, (opt, value, match) in enumerate([
@@ -705,7 +739,7 @@ for name, match in [
 E("scenario-missing", lambda w: [*BR, w.root / "none.toml", "--out", w.root / "run-x"], "does not exist")
 E("scenario-out-is-file", lambda w: [*BR, "tiny", "--out", w["afile"]], "not a directory")
 for name, match in [("db_empty.sqlite", "file is empty"), ("db_text.sqlite", "not a modelseal results database"),
-                    ("db_other", "no schema version|not a modelseal results database"),
+                    ("db_other", "neither a meta nor a cells table"),
                     ("adir", "is a directory|does not exist")]:
     E(f"report-{name}", lambda w, n=name: ["bench", "report", w[n], "--out", w.root / f"r-{n}.html"], match)
 E("report-missing", lambda w: ["bench", "report", w.root / "none.sqlite", "--out", w.root / "r.html"],

@@ -111,16 +111,18 @@ class Store:
 
         if self.path.is_dir():
             raise bad("it is a directory")
+        if self.path.stat().st_size == 0:
+            raise bad("the file is empty")
         try:
             ro = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
             try:
-                row = ro.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             finally:
                 ro.close()
         except sqlite3.Error as e:
-            raise bad(f"{e}" if self.path.stat().st_size else "the file is empty") from None
-        if row is None:
-            raise bad("it has no schema version")
+            raise bad(str(e)) from None
+        if not tables & {"meta", "cells"}:  # databases of older modelseal versions may lack `meta`
+            raise bad("it has neither a meta nor a cells table")
 
     def close(self) -> None:
         self.db.close()

@@ -77,7 +77,12 @@ def user_arch_of(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def build_custom(arch: str, input_shape: tuple[int, ...], bounds: tuple[float, float] = (0.0, 1.0)) -> nn.Module:
     """A fresh model from the user's factory, tagged with its input shape and output size."""
-    model = import_factory(arch)()
+    factory = import_factory(arch)
+    try:
+        model = factory()
+    except Exception as e:  # the user's code: whatever it raises, say where it came from in one line
+        raise ModelError(f"--arch {arch!r}: calling the factory failed ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else 'no message'})") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     return _tag(model, arch, input_shape, bounds)
