@@ -529,6 +529,16 @@ OK("ok-commit-tafa-key", lambda w: ["commit", w["fk"], "--out", w.root / "okc" /
 E("commit-out-is-key", lambda w: ["commit", w["k"], "--out", w["k"], "--force"], "same file")
 E("commit-out-dir", lambda w: ["commit", w["k"], "--out", w["adir"], "--force"], "is a directory")
 
+# ---- remote suspects that cannot answer (no server is started: each fails before any query)
+HTTP = ["--retries", "0", "--timeout", "3"]
+E("http-refused", lambda w: [V, w["fk"], "http://127.0.0.1:9/v2/models/x", *HTTP], "127.0.0.1:9|connect|refused")
+W("http-bad-port", lambda w: [V, w["fk"], "http://127.0.0.1:99999/v2/models/x", *HTTP], "unexpected ValueError: Port",
+  "suspect.remote to turn urllib's ValueError on a bad port into a SuspectError")
+E("http-no-host", lambda w: [V, w["fk"], "http:///v2/models/x", *HTTP], "host|URL|url")
+E("http-timeout-nan", lambda w: [V, w["fk"], "http://127.0.0.1:9/v2/models/x", "--timeout", "nan"], "timeout")
+E("http-retries-negative", lambda w: [V, w["fk"], "http://127.0.0.1:9/v2/models/x", "--retries", "-1"], "retries")
+E("http-options-on-a-file", lambda w: [V, w["fk"], w["m"], "--timeout", "3"], "http")
+
 # ---- evidence files and the verifier's outputs
 for name, match in [("ev_text", "not valid JSON"), ("ev_deep", "nests deeper"), ("ev_list", "'type' must be"),
                     ("ev_type", "'type' must be"), ("ev_format", "unsupported format"),
