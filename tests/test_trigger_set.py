@@ -253,7 +253,7 @@ def test_bad_verify_arguments(wm):
         ms.verify(marked, key, max_queries=0)
     broken = Key(key.method, params=key.params, tensors={"images": key.tensors["images"]},
                  signature=key.signature)
-    with pytest.raises(KeyFormatError, match="lacks the tensor"):
+    with pytest.raises(KeyFormatError, match="lacks (the )?tensor"):
         ms.verify(marked, broken)
 
 

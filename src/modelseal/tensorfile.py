@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,18 +220,36 @@ def _write_tmp(tmp: Path, data: bytes | str, private: bool) -> Path:
 
 
 class _SignalsHeld:
-    """Block SIGINT/SIGTERM for a few renames so that they are not split by a signal (POSIX only)."""
+    """Hold SIGINT/SIGTERM for a few renames so that they are not split by a signal.
 
-    SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n)}
+    Two layers, because a signal sent to the process may be delivered to any thread (torch keeps worker
+    threads): the main thread blocks them (POSIX `pthread_sigmask`), and the Python-level handlers, which
+    always run in the main thread whichever thread caught the signal, are replaced by a recorder; on exit
+    the old handlers come back and each recorded signal is passed to its old handler."""
+
+    SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n)]
 
     def __enter__(self) -> None:
-        self.old = None
+        self.old_mask = None
+        self.old_handlers: dict[int, Any] = {}
+        self.caught: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.old_handlers[sig] = signal.signal(sig, lambda signum, frame: self.caught.append(signum))
         if hasattr(signal, "pthread_sigmask"):
-            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+            self.old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        if self.old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old_mask)  # a blocked signal is recorded now
+        for sig, handler in self.old_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(self.caught):
+            handler = self.old_handlers.get(sig)
+            if callable(handler):
+                handler(sig, None)
+            elif handler != signal.SIG_IGN:
+                os.kill(os.getpid(), sig)
 
 
 def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: bool = False, *,

@@ -18,7 +18,9 @@ Optional hooks a method class may define: `commitment_extra(key) -> dict` and
 `check_commitment_extra(key, public) -> [differences]` (method-specific commitment fields);
 `recheck(opened, transcript, public) -> {score, p_value, owned}` (recompute a verdict from an evidence
 file; without it the method writes no evidence); `evidence_open(key, transcript)` and
-`evidence_check(opened, public)` (reveal and check less than every key tensor).
+`evidence_check(opened, public)` (reveal and check less than every key tensor). `key_params` and
+`key_tensors` (tuples of names) declare what a key of the method must hold: `judge`, `restore` and `commit`
+check them first, so a key of another method relabelled as this one ends in one clear error.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def register(name: str, *, family: str, access: str):
             raise RegistryError(f"method '{name}' of family '{family}' lacks the verb(s) {', '.join(missing)}")
         cls.name, cls.family, cls.access = name, family, access
         cls.verify_params = dict(getattr(cls, "verify_params", {}))
+        cls.key_params = tuple(getattr(cls, "key_params", ()))
+        cls.key_tensors = tuple(getattr(cls, "key_tensors", ()))
         _REGISTRY[name] = cls
         return cls
 
@@ -169,11 +173,17 @@ def protect(method: Any, model: Any, data: Any = None, input_spec: Any = None, p
     return Protected(list(out) if isinstance(out, (list, tuple)) else [out], key, commit(key))
 
 
+def _require(key: Any, cls: type) -> None:
+    """KeyFormatError unless `key` holds what its method declares (`key_params`, `key_tensors`)."""
+    key.require(params=cls.key_params, tensors=cls.key_tensors)
+
+
 def restore(locked: Any, key: Any, **kw: Any) -> Any:
     """Undo a lock with its key (lock family)."""
     mi = info(key.method)
     if mi.family != "lock":
         raise ModelSealError(f"'{key.method}' is a {mi.family} method; only lock keys restore a model")
+    _require(key, mi.cls)
     return mi.cls().unlock(locked, key, **kw)
 
 
@@ -187,6 +197,7 @@ def commit(key: Any) -> dict[str, Any]:
     from .. import commitment
 
     cls = info(key.method).cls
+    _require(key, cls)
     extra = cls.commitment_extra(key) if getattr(cls, "commitment_extra", None) else None
     return commitment.make(key, declared=declared(key.method), extra=extra)
 
@@ -222,6 +233,7 @@ def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> An
     if not mi.judges:
         raise ModelSealError(f"'{key.method}' keys do not judge suspects ({mi.family}); "
                              f"use `modelseal unlock` to restore a locked model")
+    _require(key, mi.cls)
     allowed = mi.cls.verify_params
     unknown = sorted(set(verifier) - set(allowed))
     if unknown:

@@ -85,6 +85,7 @@ class TriggerSet:
     device: str | None = None
 
     # what the verifier sets (never read from a key): name -> (default, meaning)
+    key_tensors = ("images", "labels", "nonces")
     verify_params = {
         "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
         "batch": (5, "triggers asked per look of the sequential test"),

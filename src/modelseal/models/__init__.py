@@ -43,12 +43,20 @@ def build(name: str, meta: Any = None, *, input_shape: tuple[int, ...] | None = 
         raise ModelError(f"build('{name}') needs a Meta, or input_shape= and num_classes=")
     input_shape = tuple(int(s) for s in input_shape)
     ctor: Callable[..., nn.Module] = ARCHITECTURES[name]
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    ranks = getattr(ctor, "input_ranks", None)
+    if ranks is not None and len(input_shape) not in ranks:
+        raise ModelError(f"'{name}' takes image inputs (H, W) or (C, H, W), but this data has inputs of shape "
+                         f"{input_shape}; use an architecture for flat inputs such as 'mlp'")
+    try:
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = ctor(input_shape, int(num_classes), **kw)
+        else:
             model = ctor(input_shape, int(num_classes), **kw)
-    else:
-        model = ctor(input_shape, int(num_classes), **kw)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ModelError(f"cannot build '{name}' for inputs {input_shape} with {kw or 'default options'}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     model.modelseal_spec = {"name": name, "kwargs": dict(kw), "input_shape": list(input_shape),
                             "output_size": int(num_classes),
                             "bounds": [float(b) for b in (bounds or (0.0, 1.0))]}

@@ -146,9 +146,7 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
     def rebuild() -> nn.Module:
         try:
             return build(spec["name"], input_shape=shape, num_classes=outputs, bounds=bounds, **kwargs)
-        except ModelError:
-            raise
-        except Exception as e:
+        except Exception as e:  # the zoo's ModelError included: name the file it came from
             raise ModelError(f"{source}: cannot rebuild architecture {spec.get('name')!r} "
                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
 

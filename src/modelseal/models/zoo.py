@@ -1,5 +1,8 @@
 """Architectures: mlp, cnn (LeNet-style), resnet18 (CIFAR-style, width), wrn (WRN-16-k), vae-decoder.
 
+A class that takes only some input ranks says so in `input_ranks` (the image networks: (H, W) or (C, H, W));
+`models.build` refuses other inputs with a clear error.
+
 Every nonlinearity is an `nn.ReLU` module (never the functional form) so that fingerprinting methods can
 hook the pre-activations of every ReLU.
 """
@@ -33,6 +36,8 @@ class MLP(nn.Module):
 
 class CNN(nn.Module):
     """LeNet-style: two conv+ReLU+maxpool blocks, then two Linear layers (~105 k params on 28x28)."""
+
+    input_ranks = (2, 3)  # images: (H, W) or (C, H, W)
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] = (16, 32),
                  hidden: int = 64):
@@ -75,6 +80,8 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """CIFAR-style ResNet-18 (3x3 stem, no max-pool); `width` scales every stage (64 = the standard)."""
 
+    input_ranks = (2, 3)  # images: (H, W) or (C, H, W)
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64):
         super().__init__()
         c = input_shape[0] if len(input_shape) == 3 else 1
@@ -115,6 +122,8 @@ class WideBlock(nn.Module):
 
 class WRN(nn.Module):
     """Wide ResNet WRN-depth-k (default WRN-16-4): (depth - 4) / 6 blocks per stage."""
+
+    input_ranks = (2, 3)  # images: (H, W) or (C, H, W)
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, depth: int = 16, k: int = 4):
         super().__init__()

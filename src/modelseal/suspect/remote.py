@@ -74,7 +74,11 @@ class RemoteBackend:
                  retries: int = 3, backoff: float = 0.5, rate_limit: float | None = None,
                  label_only: bool | None = None, input_name: str | None = None,
                  output_name: str | None = None, max_batch: int | None = None, binary: bool | None = None):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in 0..65535
+        except (ValueError, TypeError) as e:
+            raise SuspectError(f"{url!r} is not a valid URL: {e}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SuspectError(f"{url!r} is not an http(s) URL; use http://host:port/v2/models/NAME")
         if parts.username or parts.password:

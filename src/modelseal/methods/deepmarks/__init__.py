@@ -123,6 +123,8 @@ class DeepMarks:
     seed: int = 0
 
     # what the verifier sets (never read from a key): name -> (default, meaning)
+    key_params = ("layer", "weight_shape", "v", "k")
+    key_tensors = ("X", "U", "codebook")
     verify_params = {"alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)")}
 
     def _secrets(self, m: int, n: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
