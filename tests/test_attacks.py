@@ -295,3 +295,41 @@ def test_ftll_keeps_batchnorm_statistics(mnist):
     out = attacks.get("finetune")(mode="ftll", epochs=1).apply(net, mnist.attacker.subset(64, seed=0))
     assert _changed(before, _state(out)) == {"fc.weight", "fc.bias"}
     assert all(p.requires_grad for p in out.parameters())
+
+
+# ------------------------------------------------------------------------------------------- progress
+TRAINING = {"finetune": {"epochs": 1}, "distill": {"epochs": 1}, "fine-prune": {"epochs": 1},
+            "overwrite": {"n": 8}}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING))
+def test_training_attacks_report_progress_through_the_one_protocol(name, mnist, small):
+    """Every attack that trains reports its work through `Attack.progress` (the runtime's protocol): a
+    callable sees the units done rise to the total, under a description that names the attack."""
+    model = ms.models.build("cnn", mnist.meta, seed=3)
+    ms.train.fit(model, small, epochs=1, seed=3, progress=False)
+    seen: list[tuple[int, int, str]] = []
+    atk = attacks.get(name)(**TRAINING[name])
+    atk.progress = lambda done, total, description, info: seen.append((done, total, description))
+    atk.apply(model, small)
+    assert seen, f"{name} reported no progress"
+    done, total, description = seen[-1]
+    assert done == total > 0 and [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+    assert description
+
+
+def test_the_attack_command_shows_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
+    """CI logs and notebooks (stderr not a terminal) get plain periodic progress lines, not a bar."""
+    import subprocess
+    import sys
+
+    d = ms.data.load("digits")
+    m = ms.models.build("mlp", d.meta, seed=0)
+    ms.models.save_model(m, tmp_path / "m.safetensors")
+    r = subprocess.run([sys.executable, "-m", "modelseal.cli", "attack", "finetune", str(tmp_path / "m.safetensors"),
+                        "--data", "digits", "--set", "epochs=2", "--out", str(tmp_path / "a.safetensors")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "attack ftal:" in ln]
+    assert lines and lines[-1].split("attack ftal: ")[1].split()[0].split("/")[0] == \
+        lines[-1].split("attack ftal: ")[1].split()[0].split("/")[1], r.stderr

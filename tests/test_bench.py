@@ -162,18 +162,51 @@ def test_query_perturbations():
     assert s.predict(x).shape == (3, 10) and s.queries == 3
 
 
-def test_demo_refuses_to_overwrite_and_scenario_tracks_installed_methods(tmp_path, monkeypatch):
+def test_demo_refuses_to_overwrite_and_its_scenario_is_a_selection_of_the_parsed_one(tmp_path):
     from modelseal import demo, methods
 
     (tmp_path / "results.sqlite").write_text("x")
     with pytest.raises(OutputExistsError, match="--force"):
         demo.run_demo(tmp_path)
-    sc = bench.parse(demo.demo_scenario_text(seed=4))
+    full = bench.load("demo")
+    sc = demo.demo_scenario(seed=4)
     assert sc.seeds == [4] and sc.owner["seed"] == 4 and sc.data == "mnist5k"
     assert {p.method for p in sc.protections} == set(methods.names())
-    monkeypatch.setattr(methods, "names", lambda: ["trigger-set", "tafa"])
-    sc = bench.parse(demo.demo_scenario_text())
-    assert {p.method for p in sc.protections} == {"trigger-set", "tafa"}
+    assert len(sc.cells) == len(full.cells) and sc.selection == {"seed": 4}
+    # seed 0 is the scenario's own: the same cells, the same content ids (results stay comparable)
+    assert [c.id for c in demo.demo_scenario(seed=0).cells] == [c.id for c in full.cells]
+    assert {c.id for c in sc.cells}.isdisjoint(c.id for c in full.cells)
+
+    two = demo.demo_scenario(methods=["trigger-set", "tafa"])
+    assert {p.method for p in two.protections} == {"trigger-set", "tafa"}
+    assert {c.protection.method for c in two.cells} == {"trigger-set", "tafa"}
+    # attacks aimed only at dropped protections are gone; the others lose the dropped labels
+    assert [(v.label, v.only) for v in two.attacks] == [
+        ("none", None), ("finetune", ("trigger-set", "tafa")), ("prune amount=0.3", None),
+        ("prune amount=0.6", None), ("quantize", ("trigger-set", "tafa")), ("distill-mlp", ("trigger-set",)),
+        ("overwrite", ("trigger-set",)), ("perturb", ("trigger-set", "tafa"))]
+    assert all(c.id in {d.id for d in full.cells} for c in two.cells)
+    with pytest.raises(bench.ScenarioError, match="no protection uses nope"):
+        full.select(methods=["nope"])
+
+
+def test_bench_run_and_demo_take_only_and_seed(tmp_path, capsys):
+    """`--only` narrows a scenario to some methods and `--seed` runs it with one seed; both are recorded."""
+    import json
+
+    from modelseal.bench.store import Store
+    from modelseal.cli import main
+
+    code = main(["bench", "run", "tiny", "--out", str(tmp_path / "r"), "--only", "trigger-set", "--seed", "3",
+                 "--max-cells", "1", "--json"])
+    assert code == 0, capsys.readouterr().err
+    with Store(tmp_path / "r" / "results.sqlite") as s:
+        assert json.loads(s.get_meta("selection")) == {"methods": ["trigger-set"], "seed": 3}
+        assert {c["protection"] for c in s.cells()} <= {"trigger-set"} and {c["seed"] for c in s.cells()} == {3}
+    assert main(["bench", "run", "tiny", "--out", str(tmp_path / "r2"), "--only", " , "]) == 2
+    assert "at least one method" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--only", "nope"]) == 2
+    assert "no protection uses nope" in capsys.readouterr().err
 
 
 def test_negative_of_another_architecture_is_not_accused_and_says_why():

@@ -61,6 +61,18 @@ err = Console(stderr=True)
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
+OnlyOpt = Annotated[Optional[str], typer.Option(
+    "--only", metavar="METHOD,...", help="run only the protections of these methods (comma-separated)")]
+
+
+def _only(only: str | None) -> list[str] | None:
+    """The method names of an `--only a,b` option (None when not given)."""
+    if only is None:
+        return None
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    if not names:
+        raise ModelSealError("--only needs at least one method name, e.g. --only trigger-set,tafa")
+    return names
 SecretSeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help="seed of the secret (default: a fresh random seed; the key records it)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON", metavar="")]
@@ -842,7 +854,8 @@ def serve(
     "modelseal bench run tiny --out run                # runs, or resumes an interrupted run",
     "modelseal bench run my.toml --out run --max-cells 10",
     "modelseal bench run my.toml --out run --restart   # discard run/results.sqlite and run/cache, start over",
-    "modelseal bench run demo --out run --backend ray"))
+    "modelseal bench run demo --out run --backend ray",
+    "modelseal bench run demo --out run-ts --only trigger-set --seed 3"))
 def bench_run(
     scenario: Annotated[str, typer.Argument(help="scenario TOML file, or a built-in name: demo, tiny")],
     out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/)")],
@@ -852,7 +865,10 @@ def bench_run(
     restart: Annotated[bool, typer.Option(
         "--restart", metavar="", help="start over: delete the run folder's results.sqlite and cache/ first. Without "
                                       "it a run resumes: finished cells are kept and skipped")] = False,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
+    only: OnlyOpt = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="run with this one seed (owner and cells) instead of the scenario's seeds")] = None,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False,
     force: Annotated[bool, typer.Option("--force", hidden=True, metavar="")] = False,
 ) -> None:
     """Run a scenario, or resume it: protections x attacks x parameters x seeds, stored in SQLite."""
@@ -862,7 +878,10 @@ def bench_run(
         if force:
             raise ModelSealError("bench run resumes by default and never overwrites finished results; "
                                  "pass --restart to discard them and start over")
-        summary = bench.run(scenario, out_dir, backend=backend, address=address, force=restart,
+        sc = bench.load(scenario)
+        if only is not None or seed is not None:
+            sc = sc.select(methods=_only(only), seed=seed)
+        summary = bench.run(sc, out_dir, backend=backend, address=address, force=restart,
                             progress=_progress(as_json), max_cells=max_cells, device=device)
     except ModelSealError as e:
         _fail(e)
@@ -893,17 +912,20 @@ def bench_report(
 
 
 # --------------------------------------------------------------------------------------------- demo
-@app.command(epilog=_examples("modelseal demo --out demo-out", "modelseal demo --out demo-out --force --json"))
+@app.command(epilog=_examples("modelseal demo --out demo-out", "modelseal demo --out demo-out --force --json",
+                              "modelseal demo --out demo-ts --only trigger-set,tafa   # two protections only"))
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the database and the report")] =
         Path("demo-out"),
+    only: OnlyOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """The main job: protect an owner CNN on mnist5k with every method, attack it, and judge."""
     from .demo import run_demo
 
     try:
-        result = run_demo(out_dir, device=device, seed=seed, force=force, progress=_progress(as_json))
+        result = run_demo(out_dir, device=device, seed=seed, force=force, progress=_progress(as_json),
+                          methods=_only(only))
     except ModelSealError as e:
         _fail(e)
     if as_json:

@@ -7,47 +7,33 @@ in the output folder, which people share.
 Every verdict word the demo prints comes from `bench.report.cell_outcome`, and its closing "what survived"
 table from `bench.report.survival`: the terminal and the HTML report say the same thing.
 
-Protections whose method is not installed are dropped from the scenario before it runs.
+`methods` (`modelseal demo --only NAME,...`) runs the demo on some of the protections only.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
-from importlib import resources
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import methods
 from .errors import ModelSealError, OutputExistsError
 from .tensorfile import write_atomic
+
+if TYPE_CHECKING:
+    from .bench.scenario import Scenario
 
 OUTPUTS = ("results.sqlite", "report.html", "cache")
 
 
-def demo_scenario_text(seed: int = 0) -> str:
-    """The built-in demo scenario, restricted to installed methods, with `seed` as owner and cell seed."""
-    text = resources.files("modelseal.bench").joinpath("scenarios", "demo.toml").read_text()
-    installed = set(methods.names())
-    blocks = re.split(r"(?m)^(?=\[\[protections\]\])", text)
-    kept = [b for b in blocks if not b.startswith("[[protections]]")
-            or re.search(r'method = "([^"]+)"', b).group(1) in installed]
-    dropped = {re.search(r'method = "([^"]+)"', b).group(1) for b in blocks
-               if b.startswith("[[protections]]")} - installed
-    out = []
-    for b in re.split(r"(?m)^(?=\[\[|\[negatives\])", "".join(kept)):
-        m = re.search(r"(?m)^only = \[(.*)\]$", b)
-        if m:
-            only = [o.strip().strip('"') for o in m.group(1).split(",") if o.strip().strip('"') not in dropped]
-            if not only:
-                continue
-            b = b[:m.start()] + "only = [" + ", ".join(f'"{o}"' for o in only) + "]" + b[m.end():]
-        out.append(b)
-    text = "".join(out)
-    text = re.sub(r"(?m)^seeds = \[.*\]$", f"seeds = [{int(seed)}]", text)
-    return text.replace("[owner]\n", f"[owner]\nseed = {int(seed)}\n", 1)
+def demo_scenario(seed: int = 0, methods: Iterable[str] | None = None) -> Scenario:
+    """The built-in demo scenario, parsed, with `seed` as owner and cell seed, restricted to the
+    protections of `methods` when given (attacks aimed only at dropped protections go too)."""
+    from .bench import load
+
+    return load("demo").select(methods=methods, seed=seed)
 
 
 def private_run_dir(out_dir: str | Path) -> Path:
@@ -92,8 +78,8 @@ def _detail(c: dict[str, Any], outcome: dict[str, Any]) -> str:
 
 
 def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int = 0, force: bool = False,
-             progress: Any = None) -> dict[str, Any]:
-    from .bench import parse, report, run
+             progress: Any = None, methods: Iterable[str] | None = None) -> dict[str, Any]:
+    from .bench import report, run
     from .bench.report import attack_text, key_params, outcomes, survival
     from .bench.store import Store
 
@@ -106,7 +92,7 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
         p = out_dir / n
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     t0 = time.perf_counter()
-    sc = parse(demo_scenario_text(seed), "<built-in demo>")
+    sc = demo_scenario(seed, methods)
     dev = "cpu" if device == "auto" else device
     # The bench caches models and the protections' secret keys next to its database; the demo runs it in
     # a private folder and copies only the results database into the (possibly shared) output folder.

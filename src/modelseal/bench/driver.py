@@ -56,6 +56,8 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         if store.get_meta("created") is None:
             store.set_meta("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         store.set_meta("scenario", sc.text)
+        if sc.selection:  # `Scenario.select` narrowed the text above (methods, seed)
+            store.set_meta("selection", json.dumps(sc.selection, sort_keys=True))
         store.set_meta("scenario_name", sc.name)
         store.set_meta("data", sc.data)
         store.set_meta("modelseal_version", __version__)

@@ -41,7 +41,8 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,37 @@ class Scenario:
     source: str = "<scenario>"
     cells: list[Cell] = field(default_factory=list)
     alpha: float = DEFAULT_ALPHA  # the verifier's false-accusation rate for every verdict
+    selection: dict[str, Any] = field(default_factory=dict)  # what `select` kept (recorded with the results)
+
+    def select(self, methods: Iterable[str] | None = None, seed: int | None = None) -> Scenario:
+        """A copy restricted to the protections of `methods` (attacks aimed only at dropped protections go
+        too) and, with `seed`, run with that one seed as owner seed and cell seed; cells are expanded anew.
+        What was selected is kept in `selection` (the bench stores it next to the scenario text)."""
+        protections = self.protections
+        selection = dict(self.selection)
+        if methods is not None:
+            want = list(dict.fromkeys(methods))
+            known = {p.method for p in self.protections}
+            unknown = [m for m in want if m not in known]
+            if unknown:
+                raise ScenarioError(f"{self.source}: no protection uses {', '.join(unknown)}; "
+                                    f"it has {', '.join(sorted(known))}")
+            protections = [p for p in self.protections if p.method in want]
+            selection["methods"] = want
+        labels = {p.label for p in protections}
+        attacks = []
+        for v in self.attacks:
+            if v.only is None:
+                attacks.append(v)
+            elif labels & set(v.only):
+                attacks.append(replace(v, only=tuple(o for o in v.only if o in labels)))
+        owner, seeds = dict(self.owner), list(self.seeds)
+        if seed is not None:
+            seed = validate.count("seed", seed, 0, _SEED, error=ScenarioError)
+            owner["seed"], seeds = seed, [seed]
+            selection["seed"] = seed
+        return _expand(replace(self, protections=protections, attacks=attacks, owner=owner, seeds=seeds,
+                               selection=selection, cells=[]))
 
     def owner_spec(self) -> dict[str, Any]:
         return {"data": self.data, "data_seed": self.data_seed, **self.owner}
@@ -404,13 +436,18 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     if ncells > MAX_CELLS:
         raise ScenarioError(f"{source}: the scenario expands to {ncells} cells, more than {MAX_CELLS}; use fewer "
                             "seeds, sweep values or protections")
-    sc = Scenario(name, data, data_seed, list(seeds), owner, protections, variants, negatives, baseline,
-                  device, threads, text, source, alpha=alpha)
-    for p in protections:
-        for v in variants:
+    return _expand(Scenario(name, data, data_seed, list(seeds), owner, protections, variants, negatives, baseline,
+                            device, threads, text, source, alpha=alpha))
+
+
+def _expand(sc: Scenario) -> Scenario:
+    """Fill `sc.cells`: every protection x attack variant aimed at it x seed, with its content id."""
+    sc.cells = []
+    for p in sc.protections:
+        for v in sc.attacks:
             if v.only is not None and p.label not in v.only:
                 continue
-            for s in seeds:
+            for s in sc.seeds:
                 cell = Cell(p, v, s)
                 cell.id = _digest({"owner": sc.owner_spec(), **cell.spec()})
                 sc.cells.append(cell)
