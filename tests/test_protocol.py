@@ -187,6 +187,19 @@ epochs = 2
     html = tmp_path / "report.html"
     bench.report(tmp_path / "run" / "results.sqlite", html)
     assert "test-output-bias" in html.read_text()
+    # the report gives a Uniqueness Score only to a method that declares its score a match rate
+    from modelseal.bench.report import method_summary
+
+    with Store(tmp_path / "run" / "results.sqlite") as st:
+        all_cells, all_negs = st.cells(), st.negatives()
+    assert method_summary(all_cells, all_negs)[0]["uniqueness"] is None
+    toy_method.score_is_match_rate = True
+    try:
+        robust = [c["score"] for c in all_cells if c["attack_name"] != "none"]
+        assert method_summary(all_cells, all_negs)[0]["uniqueness"] == pytest.approx(
+            sum(robust) / len(robust) - sum(n["score"] for n in all_negs) / len(all_negs))
+    finally:
+        del toy_method.score_is_match_rate
 
     # and verify from the API and the CLI, with the commitment written at protect time
     d = ms.data.load("digits", seed=0)

@@ -334,6 +334,18 @@ def _int(x: float | None) -> int | None:
 
 
 # ============================================================================ per-method metrics
+
+def _score_is_match_rate(method: str) -> bool:
+    """Whether the method declares its Verdict score a match rate (`score_is_match_rate`): the report then
+    gives its Uniqueness Score (robustness minus transferability). False for a method not installed here."""
+    from .. import methods
+    from ..errors import RegistryError
+
+    try:
+        return bool(getattr(methods.get(method), "score_is_match_rate", False))
+    except RegistryError:
+        return False
+
 def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
                    keys: dict[str, dict[str, Any]] | None = None,
                    lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
@@ -375,7 +387,7 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
             row["fidelity"] = row["protected_acc"] - row["owner_acc"]
         else:
             row["fidelity"] = None
-        if cs[0]["method"] == "c-examples" and ok and ns:
+        if _score_is_match_rate(cs[0]["method"]) and ok and ns:
             robust = [c["score"] for c in ok if c["attack_name"] != "none"] or [c["score"] for c in ok]
             row["uniqueness"] = stats.uniqueness_score(robust, [n["score"] for n in ns])
         if fam == "per-user":

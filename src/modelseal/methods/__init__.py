@@ -21,6 +21,8 @@ file; without it the method writes no evidence); `evidence_open(key, transcript)
 `evidence_check(opened, public)` (reveal and check less than every key tensor). `key_params` and
 `key_tensors` (tuples of names) declare what a key of the method must hold: `judge`, `restore` and `commit`
 check them first, so a key of another method relabelled as this one ends in one clear error.
+`score_is_match_rate = True` says the Verdict score is a match rate (the bench report then gives the
+Uniqueness Score).
 """
 
 from __future__ import annotations

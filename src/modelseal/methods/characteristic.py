@@ -131,6 +131,7 @@ class CharacteristicExamples:
     max_rounds: int = 5
     batch_size: int = 256
 
+    score_is_match_rate = True  # its Verdict score is the match rate: the bench report gives a Uniqueness Score
     # what the verifier sets (never read from a key): name -> (default, meaning)
     verify_params = {
         "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
