@@ -207,12 +207,22 @@ def save(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -
     return write_atomic(path, json.dumps(public, indent=1, sort_keys=True) + "\n", force)
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
+def read_json_file(path: str | os.PathLike, what: str, max_bytes: int) -> Any:
+    """The parsed JSON of a small public file (`what`: "commitment", "evidence file"): it must exist, be at
+    most `max_bytes` long and parse under parse_json's bounds; else one KeyFormatError naming the path."""
     path = Path(path)
-    if not path.is_file():
-        raise KeyFormatError(f"commitment file {path} does not exist")
-    if path.stat().st_size > MAX_BYTES:
-        raise KeyFormatError(f"{path} is larger than {MAX_BYTES} bytes; not a modelseal commitment")
-    public = parse_json(path.read_bytes(), str(path))
+    try:
+        if not path.is_file():
+            raise KeyFormatError(f"{what} {path} does not exist")
+        if path.stat().st_size > max_bytes:
+            raise KeyFormatError(f"{path} is larger than {max_bytes} bytes; not a modelseal {what}")
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyFormatError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    return parse_json(data, str(path), max_bytes=max_bytes)
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    public = read_json_file(path, "commitment", MAX_BYTES)
     validate(public, str(path))
     return public

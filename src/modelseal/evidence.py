@@ -109,12 +109,7 @@ def write(path: str | os.PathLike, verdict: Verdict, key: Key, suspect: Any, for
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise KeyFormatError(f"evidence file {path} does not exist")
-    if path.stat().st_size > MAX_BYTES:
-        raise KeyFormatError(f"{path} is larger than {MAX_BYTES} bytes; not a modelseal evidence file")
-    ev = _commitment.parse_json(path.read_bytes(), str(path), max_bytes=MAX_BYTES)
+    ev = _commitment.read_json_file(path, "evidence file", MAX_BYTES)
     _validate(ev, str(path))
     return ev
 
