@@ -94,6 +94,24 @@ def test_methods_name_lists_every_field_with_type_default_range_and_meaning():
     assert r.exit_code == 2 and "unknown method or attack" in r.output
 
 
+def test_methods_name_lists_the_verifiers_parameters_as_the_class_declares_them():
+    """The verifier's rule (alpha and the test's parameters) is listed from `verify_params`, read from source:
+    names, defaults and meanings agree with the imported class, so the listing cannot drift."""
+    for name in methods.names():
+        r = runner.invoke(app, ["methods", name, "--json"])
+        assert r.exit_code == 0, r.output
+        listed = {p["name"]: p for p in json.loads(r.stdout)["verifier_params"]}
+        declared = methods.get(name).verify_params
+        assert set(listed) == set(declared), name
+        for k, (default, meaning) in declared.items():
+            assert listed[k]["default"] == repr(default) and listed[k]["meaning"] == meaning.rstrip("."), (name, k)
+        if declared:
+            assert listed["alpha"]["range"] == "(0, 1)" and listed["alpha"]["default"] == "1e-06"
+    human = runner.invoke(app, ["methods", "tafa"])
+    assert "verifier parameters" in human.output and "permutations" in human.output
+    assert "verifier_params" not in json.loads(runner.invoke(app, ["methods", "prune", "--json"]).stdout)
+
+
 def test_attack_names_known_without_import_match_the_registry():
     import importlib
 

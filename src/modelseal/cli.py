@@ -965,18 +965,27 @@ def list_methods(
                              f"{', '.join(method_registry.names() + attack_registry.names())}"))
     try:
         params = paramdoc.describe(kinds[kind][name], name)
+        rule = paramdoc.verifier(kinds[kind][name], name) if kind == "method" else []
     except (LookupError, SyntaxError) as e:
         _fail(ModelSealError(f"cannot read the parameters of '{name}': {e}"))
     payload = {"name": name, "kind": kind, "params": [p.to_dict() for p in params]}
+    if kind == "method":
+        payload["verifier_params"] = [p.to_dict() for p in rule]
 
     def human() -> None:
         from rich.padding import Padding
         from rich.text import Text
 
-        out.print(Text(f"{kind} {name}: parameters (set with --set NAME=VALUE)", style="bold"))
-        for p in params:
-            out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
-            out.print(Padding(Text(p.meaning), (0, 0, 0, 4)))
+        def show(title: str, items: list) -> None:
+            out.print(Text(title, style="bold"))
+            for p in items:
+                out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
+                out.print(Padding(Text(p.meaning), (0, 0, 0, 4)))
+
+        show(f"{kind} {name}: parameters (set with --set NAME=VALUE when protecting)", params)
+        if rule:
+            show("verifier parameters (the verifier's rule, never read from a key: `verify --alpha` and "
+                 "`verify --set NAME=VALUE`)", rule)
 
     _emit(as_json, payload, human)
 

@@ -6,7 +6,8 @@ registered under NAME (type from the annotation, default from the value), their 
 field's trailing comment, else the class docstring (`` `name` text`` or ``name: text``), else the first
 module-docstring sentence that names the field; their range comes from the checks in the same module
 (`if self.x < 1: raise ...`, `if not 0 < self.x < 1: raise ...`, `validate.number(.., self.x, lo, hi)`,
-`self.x not in CHOICES`). Nothing here is a hand-kept table, so it cannot drift from the code; a field
+`self.x not in CHOICES`). A method's verifier parameters (`verifier`) come from its class-level
+`verify_params = {name: (default, meaning)}`. Nothing here is a hand-kept table, so it cannot drift from the code; a field
 without a comment or a check shows "-".
 """
 
@@ -273,3 +274,34 @@ def describe(module: str, name: str) -> list[Param]:
                 default = repr(v) if v is not None else default
         params.append(Param(fname, ast.unparse(f.annotation), default, ranges.text(fname), meaning))
     return params
+
+
+def verifier(module: str, name: str) -> list[Param]:
+    """The verifier parameters of the method registered as `name` in `module`: its class-level
+    `verify_params = {name: (default, meaning)}` (the verifier's rule; never read from a key). Empty for a
+    class without one (attacks)."""
+    src, path = _source(module)
+    tree = ast.parse(src)
+    consts = _constants(tree)
+    cls = _registered_class(tree, name, consts)
+    if cls is None:
+        raise LookupError(f"{path} registers no class named {name!r}")
+    table = next((n.value for n in cls.body if isinstance(n, ast.Assign) and len(n.targets) == 1
+                  and getattr(n.targets[0], "id", "") == "verify_params" and isinstance(n.value, ast.Dict)), None)
+    if table is None:
+        return []
+    out = []
+    for k, v in zip(table.keys, table.values, strict=True):
+        if not (isinstance(k, ast.Constant) and isinstance(v, ast.Tuple) and len(v.elts) == 2):
+            continue
+        dnode, mnode = v.elts
+        value = consts.get(dnode.id, _imported_constant(tree, dnode.id, module)) if isinstance(dnode, ast.Name) \
+            else _num(dnode, consts)
+        if isinstance(dnode, ast.Constant) and dnode.value is None:
+            value = None
+        default = repr(value) if value is not None or isinstance(dnode, ast.Constant) else ast.unparse(dnode)
+        kind = type(value).__name__ if value is not None else "-"
+        meaning = mnode.value if isinstance(mnode, ast.Constant) and isinstance(mnode.value, str) else "-"
+        rng = "(0, 1)" if k.value == "alpha" else "-"
+        out.append(Param(str(k.value), kind, default, rng, _clean(meaning)))
+    return out

@@ -78,7 +78,8 @@ class TAFA:
     descent steps per point,
     `lr` damping of each step, `step_across` the step across a boundary as a fraction of the box
     diagonal, `tol` the largest |pre-activation| (relative to its gradient norm times the box diagonal)
-    accepted as "on the boundary", `permutations` Monte Carlo draws reported as a check.
+    accepted as "on the boundary". The verifier's parameters (alpha, margin, permutations, max_queries)
+    are in `verify_params`.
     """
 
     n: int = 300
