@@ -7,8 +7,8 @@ field's trailing comment, else the class docstring (`` `name` text`` or ``name: 
 module-docstring sentence that names the field; their range comes from the checks in the same module
 (`if self.x < 1: raise ...`, `if not 0 < self.x < 1: raise ...`, `validate.number(.., self.x, lo, hi)`,
 `self.x not in CHOICES`). A method's verifier parameters (`verifier`) come from its class-level
-`verify_params = {name: (default, meaning)}`. Nothing here is a hand-kept table, so it cannot drift from the code; a field
-without a comment or a check shows "-".
+`verify_params = {name: (default, meaning)}`. Nothing here is a hand-kept table, so it cannot drift
+from the code; a field without a comment or a check shows "-".
 """
 
 from __future__ import annotations
