@@ -64,8 +64,8 @@ def test_verify_refuses_bad_option_values_and_file_suspects(digits_key, flat_ser
         r = _verify(d / "fp.seal", url, "--reshape", flag, value)
         assert r.exit_code == 2 and msg in r.output, (flag, r.output)
     ms.models.save_model(ms.models.build("mlp", ms.data.load("digits").meta), d / "m.safetensors", force=True)
-    r = _verify(d / "fp.seal", d / "m.safetensors", "--timeout", "3", "--output-name", "x")
-    assert r.exit_code == 2 and "--timeout, --output-name apply to http(s) suspects only" in r.output
+    r = _verify(d / "fp.seal", d / "m.safetensors", "--timeout", "3", "--output-name", "x", "--input-name", "y")
+    assert r.exit_code == 2 and "--timeout, --input-name, --output-name apply to http(s) suspects only" in r.output
     assert application.state.stats["inputs"] == 0
 
 
@@ -76,6 +76,12 @@ def test_verify_label_only_output_name_and_budget(digits_key, flat_server):
     assert r.exit_code == 2 and "raw outputs" in r.output
     r = _verify(d / "fp.seal", url, "--reshape", "--output-name", "probs")
     assert r.exit_code == 2 and "no output 'probs'" in r.output and "--output-name" in r.output
+    r = _verify(d / "fp.seal", url, "--reshape", "--input-name", "pixels")
+    assert r.exit_code == 2 and "no input 'pixels'" in r.output and "--input-name" in r.output
+    assert application.state.stats["inputs"] == 0
+    r = _verify(d / "fp.seal", url, "--reshape", "--input-name", "input", "--output-name", "output", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["owned"], r.output
+    application.state.stats["inputs"] = 0
     r = _verify(d / "fp.seal", url, "--reshape", "--max-queries", "40", "--json")
     assert r.exit_code == 0, r.output
     v = json.loads(r.stdout)

@@ -517,6 +517,8 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(
 RetriesOpt = Annotated[Optional[int], typer.Option(
     "--retries", help="http: retries on 429, 5xx, dropped connections (default 3)")]
 RateLimitOpt = Annotated[Optional[float], typer.Option("--rate-limit", help="http: most requests per second")]
+InputNameOpt = Annotated[Optional[str], typer.Option(
+    "--input-name", help="http: input to send to (default: the model's only input)")]
 OutputNameOpt = Annotated[Optional[str], typer.Option(
     "--output-name", help="http: output to read (default: first float output)")]
 LabelOnlyOpt = Annotated[bool, typer.Option("--label-only", help="http: read the output as labels")]
@@ -527,13 +529,14 @@ ReshapeOpt = Annotated[bool, typer.Option(
 
 def _open_suspect(suspect: str, device: str, *, max_queries: int | None, token_env: str, timeout: float | None,
                   retries: int | None, rate_limit: float | None, output_name: str | None, label_only: bool,
-                  max_batch: int | None, reshape: bool):
+                  max_batch: int | None, reshape: bool, input_name: str | None = None):
     """The Suspect for `trace`/`verify`: a model file, an .onnx file or an http(s) endpoint with its options."""
     from .suspect import Suspect
 
     kw: dict[str, Any] = {"max_queries": max_queries, "reshape": reshape}
     http_opts = {"--timeout": timeout, "--retries": retries, "--rate-limit": rate_limit,
-                 "--output-name": output_name, "--max-batch": max_batch, "--label-only": label_only or None}
+                 "--input-name": input_name, "--output-name": output_name, "--max-batch": max_batch,
+                 "--label-only": label_only or None}
     if suspect.startswith(("http://", "https://")):
         kw.update({"token_env": token_env, "label_only": True if label_only else None,
                    **{k.lstrip("-").replace("-", "_"): v for k, v in http_opts.items()
@@ -574,7 +577,8 @@ def trace(
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
     arch: ArchOpt = None,
     max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, output_name: OutputNameOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, input_name: InputNameOpt = None,
+    output_name: OutputNameOpt = None,
     label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -593,7 +597,8 @@ def trace(
             s = Suspect(_load_model(Path(suspect), device, arch, sig))
         else:
             s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
-                              retries=retries, rate_limit=rate_limit, output_name=output_name,
+                              retries=retries, rate_limit=rate_limit,
+                              input_name=input_name, output_name=output_name,
                               label_only=label_only, max_batch=max_batch, reshape=reshape)
         result = trace_fn(s, key_path, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
@@ -651,7 +656,8 @@ def verify(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="verifier test parameter NAME=VALUE (see `modelseal methods`)")] = None,
     max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, output_name: OutputNameOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, input_name: InputNameOpt = None,
+    output_name: OutputNameOpt = None,
     label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
@@ -683,7 +689,8 @@ def verify(
             s = _load_suspect(suspect, token_env, device, arch, sig)
         else:
             s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
-                              retries=retries, rate_limit=rate_limit, output_name=output_name,
+                              retries=retries, rate_limit=rate_limit,
+                              input_name=input_name, output_name=output_name,
                               label_only=label_only, max_batch=max_batch, reshape=reshape)
         if len(keys) == 1:
             verdict = verify_fn(s, keys[0], commitment=commitment[0] if commitment else None,

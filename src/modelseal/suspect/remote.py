@@ -194,7 +194,7 @@ class RemoteBackend:
             if self.input_name is not None:
                 if self.input_name not in names:
                     raise SuspectError(self._mask(f"{self.url} has no input {self.input_name!r}; its metadata "
-                                                  f"declares {names}"))
+                                                  f"declares {names} (--input-name)"))
                 inp = inputs[names.index(self.input_name)]
             elif len(inputs) > 1:
                 raise SuspectError(self._mask(f"{self.url} declares {len(inputs)} inputs {names}; modelseal "
