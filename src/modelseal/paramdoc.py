@@ -243,14 +243,20 @@ def _doc_meanings(doc: str, fields: list[str]) -> dict[str, str]:
     return out
 
 
-def describe(module: str, name: str) -> list[Param]:
-    """The parameters of the class registered as `name` in `module` (read from source, never imported)."""
+def _parsed(module: str, name: str) -> tuple[str, ast.Module, dict[str, Any], ast.ClassDef]:
+    """(source, syntax tree, module constants, class registered as `name`) of `module`, never imported."""
     src, path = _source(module)
     tree = ast.parse(src)
     consts = _constants(tree)
     cls = _registered_class(tree, name, consts)
     if cls is None:
         raise LookupError(f"{path} registers no class named {name!r}")
+    return src, tree, consts, cls
+
+
+def describe(module: str, name: str) -> list[Param]:
+    """The parameters of the class registered as `name` in `module` (read from source, never imported)."""
+    src, tree, consts, cls = _parsed(module, name)
     lines = src.splitlines()
     fields = [n for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
     names = [f.target.id for f in fields]
@@ -280,12 +286,7 @@ def verifier(module: str, name: str) -> list[Param]:
     """The verifier parameters of the method registered as `name` in `module`: its class-level
     `verify_params = {name: (default, meaning)}` (the verifier's rule; never read from a key). Empty for a
     class without one (attacks)."""
-    src, path = _source(module)
-    tree = ast.parse(src)
-    consts = _constants(tree)
-    cls = _registered_class(tree, name, consts)
-    if cls is None:
-        raise LookupError(f"{path} registers no class named {name!r}")
+    _, tree, consts, cls = _parsed(module, name)
     table = next((n.value for n in cls.body if isinstance(n, ast.Assign) and len(n.targets) == 1
                   and getattr(n.targets[0], "id", "") == "verify_params" and isinstance(n.value, ast.Dict)), None)
     if table is None:
