@@ -9,16 +9,13 @@ import pytest
 import torch
 
 import modelseal as ms
+from modelseal.commitment import load as load_commitment
+from modelseal.commitment import save as save_commitment
 from modelseal.errors import DataError, KeyFormatError, KeyIntegrityError, KeyMismatchError, ModelSealError
 from modelseal.keys import Key
-from modelseal.methods.trigger_set import (
-    check_commitment,
-    commitment,
-    load_commitment,
-    make_triggers,
-    save_commitment,
-    trigger_accuracy,
-)
+from modelseal.methods import commit as commitment
+from modelseal.methods import open_commitment as check_commitment
+from modelseal.methods.trigger_set import make_triggers, trigger_accuracy
 from modelseal.stats import min_queries, sequential_test
 
 TS = ms.methods.get("trigger-set")

@@ -109,13 +109,6 @@ def differences(key: Key, public: dict[str, Any]) -> list[str]:
     return out
 
 
-def check(key: Key, public: dict[str, Any]) -> None:
-    """KeyIntegrityError naming every difference, unless `key` opens `public`."""
-    diff = differences(key, public)
-    if diff:
-        raise KeyIntegrityError("the key does not open its commitment: " + "; ".join(diff))
-
-
 def check_tensors(opened: dict[str, torch.Tensor], nonce: bytes, public: dict[str, Any]) -> None:
     """Every opened tensor must match its committed digest (for evidence files)."""
     com = public.get("tensors")

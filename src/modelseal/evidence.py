@@ -139,8 +139,9 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
     ev = evidence if isinstance(evidence, dict) else load(evidence)
     if isinstance(evidence, dict):
         _validate(ev, "evidence")
-    pub = public if isinstance(public, dict) else _commitment.load(public)
-    _commitment.validate(pub, "commitment")
+    pub = public if isinstance(public, dict) else _commitment.load(public)  # load validates a file
+    if isinstance(public, dict):
+        _commitment.validate(pub, "commitment")
     problems: list[str] = []
     method = ev["method"]
     cls = methods.info(method).cls

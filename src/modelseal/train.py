@@ -117,10 +117,11 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
             history["epochs"] = epoch + 1
             history["samples"] += count
             bar.update(step, info=f"epoch {epoch + 1} loss {history['loss'][-1]:.4f}")
-            if (stop is not None and stop(model, epoch)) or (max_steps is not None and step >= max_steps):
+            reached = stop is not None and stop(model, epoch)
+            if reached or (max_steps is not None and step >= max_steps):
                 if epoch + 1 < epochs:  # the bar ends full, and says why it ended early
                     bar.update(bar.total, info=f"done after epoch {epoch + 1} of {epochs} "
-                               f"({'goal reached' if step < (max_steps or step + 1) else 'step budget spent'})")
+                               f"({'goal reached' if reached else 'step budget spent'})")
                 break
     history["steps"] = step
     model.eval()

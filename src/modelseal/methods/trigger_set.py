@@ -48,7 +48,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .. import commitment as _commitment
 from .. import stats, validate
 from ..data import as_tensors, meta_of
 from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError, ModelSealError
@@ -384,27 +383,6 @@ def check_commitment_extra(key: Key, public: dict[str, Any]) -> list[str]:
             return [f"trigger {i} of the key does not match its commitment (its image, label or nonce was "
                     "changed after committing)"]
     return []
-
-
-def commitment(key: Key) -> dict[str, Any]:
-    """The public commitment of a trigger-set key (generic parts and one commitment per trigger)."""
-    from . import commit
-
-    return commit(key)
-
-
-def check_commitment(key: Key, public: dict[str, Any]) -> None:
-    from . import open_commitment
-
-    open_commitment(key, public)
-
-
-def save_commitment(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -> Path:
-    return _commitment.save(public, path, force)
-
-
-def load_commitment(path: str | os.PathLike) -> dict[str, Any]:
-    return _commitment.load(path)
 
 
 TriggerSet.commitment_extra = staticmethod(commitment_extra)
