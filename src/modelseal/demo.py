@@ -98,11 +98,12 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     # a private folder and copies only the results database into the (possibly shared) output folder.
     run_dir = private_run_dir(out_dir)
     summary = run(sc, run_dir, backend="local", progress=progress, device=dev, force=True)
-    write_atomic(out_dir / "results.sqlite", (run_dir / "results.sqlite").read_bytes(), force=True)
-    report(out_dir / "results.sqlite", out_dir / "report.html", force=True)
-    with Store(out_dir / "results.sqlite") as s:
+    db = run_dir / "results.sqlite"  # read here: the key parameters come from the run's private cache/
+    write_atomic(out_dir / "results.sqlite", db.read_bytes(), force=True)
+    report(db, out_dir / "report.html", force=True)
+    with Store(db) as s:
         cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()
-    keys = key_params(out_dir / "results.sqlite", artifacts)
+    keys = key_params(db, artifacts)
     owner_acc = summary["owner_accuracy"]
     rows = [{"protection": "-", "model": "owner " + sc.owner["arch"], "accuracy": owner_acc, "verdict": "-",
              "detail": f"{sc.owner['epochs']} epochs on the owner split"}]
