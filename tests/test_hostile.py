@@ -341,6 +341,11 @@ def ws(tmp_path_factory):
             raise RuntimeError("the factory fails")
         def notmodule():
             return 3
+        class _Silent(nn.Module):
+            def forward(self, x):
+                raise AssertionError()  # an exception without a message
+        def silent():
+            return _Silent()
         """))
     sys.path.insert(0, str(root))
     from modelseal.models import custom
@@ -635,6 +640,8 @@ E("arch-deep-metadata", lambda w: ["attack", "prune", w["arch_deep.safetensors"]
 E("arch-deep-metadata-verify", lambda w: [V, w["fk"], w["arch_deep.safetensors"]], "without modelseal architecture")
 E("arch-factory-raises", lambda w: [*AR, "hostile_arch:boom", "--out", w.root / "ar1"], "calling the factory failed")
 E("arch-factory-needs-args", lambda w: [*AR, "json:dumps", "--out", w.root / "ar2"], "calling the factory failed")
+E("arch-forward-raises-without-message", lambda w: [*AR, "hostile_arch:silent", "--out", w.root / "ar6"],
+  r"does not accept inputs of shape \[1, 8, 8\] \(AssertionError\)")
 E("arch-not-a-module", lambda w: [*AR, "hostile_arch:notmodule", "--out", w.root / "ar3"], "not a torch.nn.Module")
 E("arch-no-such-module", lambda w: [*AR, "no_such_module_zz:f", "--out", w.root / "ar4"], "cannot import module")
 E("arch-no-such-factory", lambda w: [*AR, "hostile_arch:nope", "--out", w.root / "ar5"], "has no attribute")

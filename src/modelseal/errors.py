@@ -4,6 +4,13 @@ what is wrong and what to do."""
 from __future__ import annotations
 
 
+def first_line(e: BaseException, limit: int = 200, empty: str | None = None) -> str:
+    """The first line of an exception's message, at most `limit` characters, for a one-line error; `empty`
+    (default: the exception's type name) when the message is empty."""
+    lines = str(e).splitlines()
+    return lines[0][:limit] if lines and lines[0] else (empty or type(e).__name__)
+
+
 class ModelSealError(Exception):
     """Base class of every error modelseal raises on purpose."""
 

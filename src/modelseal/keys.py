@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError
+from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, first_line
 from .tensorfile import loads_json, read_bytes, read_header_metadata, tensor_bytes, write_atomic
 
 FORMAT_VERSION = 1
@@ -151,4 +151,4 @@ def _load_tensors(data: bytes, source: str) -> dict[str, torch.Tensor]:
         return load(data)
     except Exception as e:  # safetensors raises its own error types on malformed input
         raise KeyFormatError(f"{source}: tensors could not be decoded ({e.__class__.__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'malformed'})") from None
+                             f"{first_line(e, limit=10_000, empty='malformed')})") from None

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelSealError, OutputExistsError, WriteError
+from .errors import ModelSealError, OutputExistsError, WriteError, first_line
 
 MAX_HEADER = 100 * 1024 * 1024
 MAX_JSON_DEPTH = 64
@@ -87,7 +87,7 @@ def loads_json(text: str | bytes, source: str, err: type[Exception] = ModelSealE
     except UnicodeDecodeError:
         raise err(f"{source}: not UTF-8 text, so not JSON") from None
     except ValueError as e:
-        raise err(f"{source}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+        raise err(f"{source}: not valid JSON ({first_line(e, 120)})") from None
     if json_depth(value, max_depth) > max_depth:
         raise err(f"{source}: JSON nested too deeply (more than {max_depth} levels)")
     return value

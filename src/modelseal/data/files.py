@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import validate
-from ..errors import DataError
+from ..errors import DataError, first_line
 from . import CLASSIFICATION, REGRESSION, Meta
 
 Loaded = tuple[torch.Tensor, torch.Tensor, Meta]
@@ -273,7 +273,7 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
                                 "need unpickling); save plain numeric arrays") from None
             except Exception as e:  # zipfile and numpy raise many types on a corrupt member
                 raise DataError(f"npz: array {k} in {p} is corrupt ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'})") from None
+                                f"{first_line(e, 120, empty='unreadable')})") from None
     x, y = arrays["x"], arrays["y"]
     for k, a in (("x", x), ("y", y)):
         if a.dtype.kind not in "biuf":
@@ -363,7 +363,7 @@ def _npz_precheck(p: Path) -> None:
         raise
     except Exception as e:  # zipfile and numpy's header parser raise many types on a corrupt archive
         raise DataError(f"npz: cannot read {p} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); expected an .npz archive "
+                        f"{first_line(e, 120, empty='corrupt')}); expected an .npz archive "
                         "with arrays x and y") from None
 
 

@@ -58,7 +58,7 @@ from torch import nn
 
 from .. import stats, validate
 from ..data import InputSpec, as_input_spec
-from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
 from ..keys import Key
 from ..runtime import model_device, track
 from ..suspect import Suspect, as_suspect
@@ -172,7 +172,7 @@ class CharacteristicExamples:
                 out = model(torch.full((1, *spec.shape), spec.bounds[0], device=dev))
         except RuntimeError as e:
             raise ModelError(f"the model does not accept inputs of shape {spec.shape} "
-                             f"({str(e).splitlines()[0][:120]}); pass the model's own input spec") from None
+                             f"({first_line(e, 120)}); pass the model's own input spec") from None
         finally:
             model.train(was)
         c = int(out[0].numel())

@@ -57,7 +57,7 @@ from torch import nn
 
 from .. import stats, validate
 from ..data import as_input_spec
-from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError, first_line
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
@@ -182,7 +182,7 @@ class TAFA:
             with torch.no_grad():
                 model(torch.zeros(1, *shape, device=dev))
         except Exception as e:
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            msg = first_line(e)
             raise ModelError(f"the model failed on an input of shape {shape}: {msg}; "
                              "check the input specification") from None
         finally:

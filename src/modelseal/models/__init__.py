@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .zoo import ARCHITECTURES
 
 __all__ = ["build", "names", "spec_of", "signature_of", "save_model", "load_model", "export_onnx",
@@ -56,7 +56,7 @@ def build(name: str, meta: Any = None, *, input_shape: tuple[int, ...] | None = 
             model = ctor(input_shape, int(num_classes), **kw)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ModelError(f"cannot build '{name}' for inputs {input_shape} with {kw or 'default options'}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                         f"{first_line(e, limit=10_000)}") from None
     model.modelseal_spec = {"name": name, "kwargs": dict(kw), "input_shape": list(input_shape),
                             "output_size": int(num_classes),
                             "bounds": [float(b) for b in (bounds or (0.0, 1.0))]}

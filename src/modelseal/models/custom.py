@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..tensorfile import MAX_HEADER, check_writable, loads_json, read_header_metadata, write_atomic
 from .io import check_finite
 
@@ -82,7 +82,7 @@ def build_custom(arch: str, input_shape: tuple[int, ...], bounds: tuple[float, f
         model = factory()
     except Exception as e:  # the user's code: whatever it raises, say where it came from in one line
         raise ModelError(f"--arch {arch!r}: calling the factory failed ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e) else 'no message'})") from None
+                         f"{first_line(e, 160, empty='no message')})") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     return _tag(model, arch, input_shape, bounds)
@@ -96,7 +96,7 @@ def _tag(model: nn.Module, arch: str, input_shape: tuple[int, ...], bounds: tupl
             out = model(torch.zeros(1, *input_shape))
     except Exception as e:
         raise ModelError(f"--arch {arch!r}: the model does not accept inputs of shape {list(input_shape)} "
-                         f"({str(e).splitlines()[0][:160]})") from None
+                         f"({first_line(e, 160)})") from None
     model.train(was)
     # The spec makes the model usable everywhere a zoo model is (signature, suspects, fingerprints); "name"
     # is the factory string, which the zoo cannot rebuild: such models are saved with save_custom.
@@ -133,7 +133,7 @@ def load_custom(path: str | os.PathLike, arch: str, input_shape: tuple[int, ...]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelError(f"{p}: weights do not fit --arch {arch!r}: {str(e).splitlines()[0][:200]}") from None
+        raise ModelError(f"{p}: weights do not fit --arch {arch!r}: {first_line(e)}") from None
     check_finite(model, str(p))
     return model.to(device).eval()
 

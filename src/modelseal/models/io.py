@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..tensorfile import (
     MAX_HEADER,
     check_writable,
@@ -148,7 +148,7 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
             return build(spec["name"], input_shape=shape, num_classes=outputs, bounds=bounds, **kwargs)
         except Exception as e:  # the zoo's ModelError included: name the file it came from
             raise ModelError(f"{source}: cannot rebuild architecture {spec.get('name')!r} "
-                             f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+                             f"({first_line(e)})") from None
 
     # Build on the meta device first (no memory) and compare every tensor shape with the file's header,
     # so that metadata asking for a huge model is refused before anything is allocated.
@@ -173,7 +173,7 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelError(f"{source}: weights do not fit architecture {spec['name']!r}: "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e, limit=10_000)}") from None
     check_finite(model, source)
     model.modelseal_extra = info.get("extra", {})
     return model.to(device).eval()
@@ -211,7 +211,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
                               opset_version=opset, dynamo=False)
     except Exception as e:
         tmp.unlink(missing_ok=True)
-        raise ModelError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from None
+        raise ModelError(f"ONNX export failed: {first_line(e)}") from None
     finally:
         model.train(was)
     os.replace(tmp, path)

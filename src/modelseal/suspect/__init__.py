@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BudgetExceeded, ModelSealError, SuspectError, WhiteBoxRequired
+from ..errors import BudgetExceeded, ModelSealError, SuspectError, WhiteBoxRequired, first_line
 from ..validate import count
 
 QueryBudgetExceeded = BudgetExceeded  # the name this module used before errors.BudgetExceeded
@@ -84,7 +84,7 @@ class _OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise SuspectError(f"{path} is not a valid ONNX model: {str(e).splitlines()[0][:200]}") from None
+            raise SuspectError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise SuspectError(f"{path}: expected an ONNX model with one input, found {len(inputs)}")
@@ -104,7 +104,7 @@ class _OnnxBackend:
             out = self.session.run(None, {self.input_name: arr})[0]
         except Exception as e:
             raise SuspectError(f"ONNX model failed on a batch of shape {tuple(arr.shape)}: "
-                               f"{str(e).splitlines()[0][:200]}") from None
+                               f"{first_line(e)}") from None
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 

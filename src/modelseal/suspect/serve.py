@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelSealError, SuspectError
+from ..errors import ModelSealError, SuspectError, first_line
 from ..validate import MAX_BATCH, count
 from . import Suspect, oip
 
@@ -250,7 +250,7 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
         try:
             out = await run_in_threadpool(answer, x)
         except ModelSealError as e:
-            return error(400, str(e).splitlines()[0])
+            return error(400, first_line(e, limit=10_000))
         except Exception as e:  # the model itself failed; say so without leaking a traceback
             return error(500, f"model failed on a batch of shape {list(x.shape)}: {type(e).__name__}")
         stats["requests"] += 1
