@@ -96,6 +96,4 @@ def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verd
 
 def unlock(locked: nn.Module, key: Key | str, **kw: Any) -> nn.Module:
     """Restore a locked model bit-exactly with its key (lock methods: AdvParams)."""
-    key = _key(key)
-    methods.require_family(key.method, "lock", "unlock")
-    return methods.restore(locked, key, **kw)
+    return methods.restore(locked, _key(key), **kw)

@@ -216,24 +216,23 @@ def _save_model(model, path: Path, force: bool, arch: str | None = None) -> None
         custom.save_custom(model, path, arch, force=force)
 
 
-def _protect_and_save(protect, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
+def _protect_and_save(method: Any, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
                       force: bool, as_json: bool, arch: str | None = None):
-    """Load the model and data, run `protect(model, owner_split, progress=...) -> (model, key)`, write the
+    """Load the model and data, protect it through `methods.protect` (the method's family verb), write the
     model, the key (0600) and its public commitment as one unit (all or none); returns (test metric before,
-    after, key). Shared by `watermark embed` and `lock`."""
+    after, key). Shared by `watermark embed` and `lock`, which check their outputs (`_check_pair`) first."""
     from . import data as data_mod
     from . import train as train_mod
     from .tensorfile import write_files
 
-    _check_pair(model_path, data, out_path, key_path, force)
-
     splits = data_mod.load(data, seed=0)
     model = _load_model(model_path, device, arch, splits.meta)
     before = train_mod.evaluate(model, splits.test)
-    protected, key = protect(model, splits.owner, progress=_progress(as_json))
+    done = method_registry.protect(method, model, splits.owner, progress=_progress(as_json))
+    protected, key = done.models[0], done.key
     after = train_mod.evaluate(protected, splits.test)
     write_files([(out_path, _model_bytes(protected, arch)), (key_path, key.to_bytes()),
-                 (_commitment_path(key_path), _commitment_text(key))], force,
+                 (_commitment_path(key_path), _commitment_text(done))], force,
                 private=[key_path], inputs=_inputs(model_path, data), names=["--out", "--key", "commitment"])
     return before, after, key
 
@@ -242,14 +241,12 @@ def _commitment_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.stem + ".public.json")
 
 
-def _commitment_text(key) -> str:
-    """Every key gets its public commitment the moment it is made (KEY.public.json beside it): its text as
-    `commitment.save` writes it, for a write of several files as one unit."""
+def _commitment_text(done: Any) -> str:
+    """Every key gets its public commitment the moment it is made (KEY.public.json beside it): the text of
+    the commitment `methods.protect` made, for a write of several files as one unit."""
     from . import commitment as commitment_mod
 
-    public = method_registry.commit(key)
-    commitment_mod.validate(public, "commitment")
-    return json.dumps(public, indent=1, sort_keys=True) + "\n"
+    return commitment_mod.dumps(done.commitment)
 
 
 def _inputs(model_path: Path | None, data: str | None = None) -> dict[str, Path | None]:
@@ -402,7 +399,7 @@ def watermark_embed(
         _check_pair(model_path, data, out_path, key_path, force)
         mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
-        before, after, key = _protect_and_save(wm.embed, model_path, data, device, out_path, key_path, force,
+        before, after, key = _protect_and_save(wm, model_path, data, device, out_path, key_path, force,
                                                as_json, arch)
     except ModelSealError as e:
         _fail(e)
@@ -448,12 +445,13 @@ def fingerprint_extract(
         spec = model.modelseal_spec
         bounds = tuple(spec.get("bounds", (0.0, 1.0)))
         t0 = time.perf_counter()
-        key = method_registry.protect(fp, model, input_spec=InputSpec(tuple(spec["input_shape"]), bounds),
-                                      progress=_progress(as_json)).key
+        done = method_registry.protect(fp, model, input_spec=InputSpec(tuple(spec["input_shape"]), bounds),
+                                       progress=_progress(as_json))
+        key = done.key
         seconds = time.perf_counter() - t0
         from .tensorfile import write_files
 
-        write_files([(key_path, key.to_bytes()), (_commitment_path(key_path), _commitment_text(key))], force,
+        write_files([(key_path, key.to_bytes()), (_commitment_path(key_path), _commitment_text(done))], force,
                     private=[key_path], inputs=_inputs(model_path), names=["--key", "commitment"])
     except ModelSealError as e:
         _fail(e)
@@ -491,7 +489,8 @@ def deepmarks_distribute(
         dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
         splits = data_mod.load(data, seed=0)
         model = _load_model(model_path, device, arch, splits.meta)
-        copies, key = dm.distribute(model, splits.owner, progress=_progress(as_json))
+        done = method_registry.protect(dm, model, splits.owner, progress=_progress(as_json))
+        copies, key = done.models, done.key
         rows, files = [], []
         for j, m in enumerate(copies):
             p = out_dir / f"user-{j:03d}.safetensors"
@@ -499,7 +498,7 @@ def deepmarks_distribute(
             rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
         manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
         files += [(manifest_path, json.dumps(manifest, indent=2) + "\n"), (key_path, key.to_bytes()),
-                  (_commitment_path(key_path), _commitment_text(key))]
+                  (_commitment_path(key_path), _commitment_text(done))]
         write_files(files, force, private=[key_path], inputs=_inputs(model_path, data),
                     names=[f"copy {r['file']}" for r in rows] + ["manifest", "--key", "commitment"])
     except ModelSealError as e:
@@ -584,23 +583,23 @@ def trace(
 ) -> None:
     """Name the users whose copies a suspect model was made from."""
     from .api import trace as trace_fn
-    from .suspect import Suspect
 
     try:
         kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
         if evidence is not None:
             check_outputs([("--evidence", evidence)], force, inputs={"KEY": key_path, "SUSPECT": Path(suspect)})
+        key: Any = key_path
         if arch is not None:
             from .keys import Key
 
-            sig = Key.load(key_path).signature
-            s = Suspect(_load_model(Path(suspect), device, arch, sig))
+            key = Key.load(key_path)  # loaded once: its signature shapes the suspect, then it judges
+            s = _arch_suspect(suspect, device, arch, key.signature)
         else:
             s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
                               retries=retries, rate_limit=rate_limit,
                               input_name=input_name, output_name=output_name,
                               label_only=label_only, max_batch=max_batch, reshape=reshape)
-        result = trace_fn(s, key_path, evidence=evidence, force=force, **kw)
+        result = trace_fn(s, key, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
     _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
@@ -620,19 +619,13 @@ def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] |
     return kw
 
 
-def _load_suspect(suspect: str, token_env: str, device: str, arch: str | None = None, signature: dict | None = None):
+def _arch_suspect(suspect: str, device: str, arch: str, signature: dict) -> Any:
+    """A state-dict suspect of the user's own architecture (`--arch`), shaped by the key's signature."""
     from .suspect import Suspect
 
-    if arch is not None:
-        if suspect.startswith(("http://", "https://")) or suspect.endswith(".onnx"):
-            raise ModelSealError("--arch is for state-dict .safetensors suspects; ONNX files and URLs need none")
-        return Suspect(_load_model(Path(suspect), device, arch, signature))
-    load_kw: dict[str, Any] = {}
-    if suspect.startswith(("http://", "https://")):
-        load_kw["token_env"] = token_env
-    elif not suspect.endswith(".onnx"):
-        load_kw["device"] = _device(device)
-    return Suspect.load(suspect, **load_kw)
+    if suspect.startswith(("http://", "https://")) or suspect.endswith(".onnx"):
+        raise ModelSealError("--arch is for state-dict .safetensors suspects; ONNX files and URLs need none")
+    return Suspect(_load_model(Path(suspect), device, arch, signature))
 
 
 @app.command(epilog=_examples(
@@ -679,24 +672,25 @@ def verify(
         check_outputs([(f"--evidence {i + 1}", e) for i, e in enumerate(evidence or [])], force,
                       inputs={**{f"KEY {i + 1}": k for i, k in enumerate(keys)}, "SUSPECT": Path(suspect),
                               **{f"--commitment {i + 1}": c for i, c in enumerate(commitment or [])}})
-        sig = None
+        sig, judges = None, list(keys)
         if arch is not None:
             from .keys import Key
 
-            sig = Key.load(keys[0]).signature
+            judges[0] = Key.load(keys[0])  # loaded once: its signature shapes the suspect, then it judges
+            sig = judges[0].signature
         kw = _verifier_kw(alpha, max_queries, set_, reference, device, arch, sig)
         if arch is not None:
-            s = _load_suspect(suspect, token_env, device, arch, sig)
+            s = _arch_suspect(suspect, device, arch, sig)
         else:
             s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
                               retries=retries, rate_limit=rate_limit,
                               input_name=input_name, output_name=output_name,
                               label_only=label_only, max_batch=max_batch, reshape=reshape)
         if len(keys) == 1:
-            verdict = verify_fn(s, keys[0], commitment=commitment[0] if commitment else None,
+            verdict = verify_fn(s, judges[0], commitment=commitment[0] if commitment else None,
                                 evidence=evidence[0] if evidence else None, force=force, **kw)
         else:
-            verdict = verify_fn(s, keys, commitment=commitment, evidence=evidence, force=force, **kw)
+            verdict = verify_fn(s, judges, commitment=commitment, evidence=evidence, force=force, **kw)
     except KeyMismatchError as e:
         _fail(KeyMismatchError(f"{e}{_shape_hint(s, keys)}"))
     except ModelSealError as e:
@@ -783,7 +777,7 @@ def lock(
     try:
         _check_pair(model_path, data, out_path, key_path, force)
         locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
-        before, after, key = _protect_and_save(locker.lock, model_path, data, device, out_path, key_path, force,
+        before, after, key = _protect_and_save(locker, model_path, data, device, out_path, key_path, force,
                                                as_json, arch)
     except ModelSealError as e:
         _fail(e)
@@ -834,8 +828,6 @@ def serve(
     device: DeviceOpt = "cpu", as_json: JsonOpt = False,
 ) -> None:
     """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
-    import os
-
     try:
         from .suspect.serve import model_url, run
     except ImportError as e:

@@ -122,21 +122,6 @@ def check_tensors(opened: dict[str, torch.Tensor], nonce: bytes, public: dict[st
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _depth(x: Any, limit: int) -> int:
-    stack = [(x, 1)]
-    deepest = 0
-    while stack:
-        v, d = stack.pop()
-        deepest = max(deepest, d)
-        if d > limit:
-            return d
-        if isinstance(v, dict):
-            stack.extend((w, d + 1) for w in v.values())
-        elif isinstance(v, list):
-            stack.extend((w, d + 1) for w in v)
-    return deepest
-
-
 def parse_json(text: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
                err: type[Exception] = KeyFormatError) -> Any:
     """JSON from an untrusted file: bounded in size and nesting depth; one clear error otherwise."""
@@ -195,9 +180,14 @@ def _is_hex(c: Any) -> bool:
     return isinstance(c, str) and len(c) == 64 and all(ch in "0123456789abcdef" for ch in c)
 
 
-def save(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -> Path:
+def dumps(public: dict[str, Any]) -> str:
+    """The text of a commitment file (validated first)."""
     validate(public, "commitment")
-    return write_atomic(path, json.dumps(public, indent=1, sort_keys=True) + "\n", force)
+    return json.dumps(public, indent=1, sort_keys=True) + "\n"
+
+
+def save(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -> Path:
+    return write_atomic(path, dumps(public), force)
 
 
 def read_json_file(path: str | os.PathLike, what: str, max_bytes: int) -> Any:

@@ -14,6 +14,7 @@ from the code; a field without a comment or a check shows "-".
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -243,8 +244,10 @@ def _doc_meanings(doc: str, fields: list[str]) -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=32)
 def _parsed(module: str, name: str) -> tuple[str, ast.Module, dict[str, Any], ast.ClassDef]:
-    """(source, syntax tree, module constants, class registered as `name`) of `module`, never imported."""
+    """(source, syntax tree, module constants, class registered as `name`) of `module`, never imported;
+    cached, since `describe` and `verifier` both read it (callers do not modify the tree)."""
     src, path = _source(module)
     tree = ast.parse(src)
     consts = _constants(tree)

@@ -182,9 +182,7 @@ def _require(key: Any, cls: type) -> None:
 
 def restore(locked: Any, key: Any, **kw: Any) -> Any:
     """Undo a lock with its key (lock family)."""
-    mi = info(key.method)
-    if mi.family != "lock":
-        raise ModelSealError(f"'{key.method}' is a {mi.family} method; only lock keys restore a model")
+    mi = require_family(key.method, "lock", "unlock")
     _require(key, mi.cls)
     return mi.cls().unlock(locked, key, **kw)
 

@@ -104,7 +104,6 @@ class RemoteBackend:
         self.url = f"{parts.scheme}://{parts.netloc}{path}"
         self.input_name = input_name
         self.output_name = output_name
-        self._named_output = output_name is not None
         self.token_env = token_env
         self.__token = os.environ.get(token_env) if token_env else None
         if self.__token is not None and not self.__token.strip():
