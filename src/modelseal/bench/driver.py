@@ -19,13 +19,12 @@ from ..runtime import track
 from . import scenario as scenario_mod
 from .backends import Shared, make_backend
 from .jobs import job_cell, job_negative, job_protect, job_train
+from .scenario import _digest
 from .store import Store
 
 DB_NAME = "results.sqlite"
 
 
-def _digest(obj: Any) -> str:
-    return scenario_mod._digest(obj)
 
 
 def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backend: str = "local",
@@ -102,7 +101,8 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         blobs: dict[str, bytes] = {}
         accs: dict[str, float] = {}
         todo = []
-        for aid, kind, spec, split in train_specs():
+        specs = train_specs()
+        for aid, kind, spec, split in specs:
             path = cache / f"{aid}.safetensors"
             art = store.artifact(aid)
             if art is not None and path.is_file():
@@ -116,7 +116,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
             store.put_artifact(aid, kind, spec.get("label", kind), {"spec": spec, "accuracy": res["accuracy"]},
                                res["wall_s"])
             blobs[aid], accs[aid] = res["model"], res["accuracy"]
-        ref_ids = [a for a, k, _, _ in train_specs() if k == "reference"]
+        ref_ids = [a for a, k, _, _ in specs if k == "reference"]
 
         # ---------------------------------------------------------------- stage 2: protections
         prot_data: dict[tuple[str, int], dict[str, Any]] = {}

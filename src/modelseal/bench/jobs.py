@@ -20,8 +20,7 @@ import torch
 
 from ..errors import KeyMismatchError, ModelSealError
 from ..models.io import model_from_bytes, model_to_bytes
-
-REMOVAL_MARGIN = 0.05
+from .store import REMOVAL_MARGIN
 
 
 @functools.lru_cache(maxsize=4)
@@ -104,7 +103,7 @@ def job_protect(prot: dict[str, Any], seed: int, data_spec: dict[str, Any], owne
 def _row_of(v: Any) -> dict[str, Any]:
     """The verdict columns of a bench row (every family: a Verdict)."""
     row = {"owned": bool(v.owned), "score": float(v.score), "p_value": float(v.p_value),
-           "threshold": float(v.threshold), "queries": int(v.queries),
+           "threshold": float(v.threshold), "queries": int(v.queries), "alpha": float(v.alpha),
            "detail": json.loads(json.dumps(v.to_dict().get("details", {}), default=str))}
     if v.accused is not None:
         row["accused"] = sorted(int(u) for u in v.accused)
@@ -168,7 +167,6 @@ def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, 
                                innocents_accused=len(set(row["accused"]) - set(users)))
                     row["detail"] = {"best_user": v.details["best_user"], "fit": v.details["fit"],
                                      "max_colluders": v.details["max_colluders"]}
-                row["alpha"] = float(v.alpha)
             else:  # a lock holds while the attacked model stays well below the owner's accuracy
                 gap = owner_acc - row["attacked_acc"]
                 row.update(owned=gap > REMOVAL_MARGIN, score=float(gap), threshold=REMOVAL_MARGIN, queries=0,
@@ -203,13 +201,10 @@ def job_negative(neg: dict[str, Any], prot: dict[str, Any], seed: int, data_spec
             model = model_from_bytes(neg_blob).to(dev)
             v = methods.judge(Suspect(model), key, **_verifier(prot, alpha, references or [], dev))
             row.update(_row_of(v))
-            row["alpha"] = float(v.alpha)
+            row.pop("threshold")
             if v.accused is not None:
                 row["innocents_accused"] = len(row["accused"])
-                row.pop("threshold")
                 row.pop("detail")
-            else:
-                row.pop("threshold")
     except KeyMismatchError as e:
         # the key cannot be applied to this model (another architecture): no accusation is possible, so this
         # independent model is not accused; recorded without a score or p-value, with the reason

@@ -41,11 +41,10 @@ from typing import Any
 
 from ..errors import ModelSealError
 from ..verdict import DEFAULT_ALPHA
-from .store import Store
+from .store import REMOVAL_MARGIN, Store
 
 SECTIONS = ["headline", "summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection",
             "plot-scores"]
-REMOVAL_MARGIN = 0.05  # an attack "removes" only while the attacked model keeps accuracy within 5 points
 LOCK_HELD_MARGIN = 0.5  # a lock holds only while the attacked accuracy stays >= 50 points below the owner's
 P_FLOOR = 1e-30  # p-values below this are drawn at it on log axes
 

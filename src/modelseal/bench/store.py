@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+REMOVAL_MARGIN = 0.05  # an attack "removes" only while the attacked model keeps accuracy within 5 points
+
+
 SCHEMA_VERSION = 1
 
 CELL_COLUMNS = ["cell_id", "protection", "method", "family", "attack", "attack_name", "attack_params", "swept",
