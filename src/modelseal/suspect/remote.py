@@ -171,6 +171,14 @@ class RemoteBackend:
         if isinstance(meta, dict):
             self.server_metadata = meta
 
+    def _named(self, entries: list[dict[str, Any]], name: str, kind: str) -> dict[str, Any]:
+        """The metadata entry of the input or output (`kind`) called `name`, or one error listing the names."""
+        names = [e.get("name") for e in entries]
+        if name not in names:
+            raise SuspectError(self._mask(f"{self.url} has no {kind} {name!r}; its metadata declares {names} "
+                                          f"(--{kind}-name)"))
+        return entries[names.index(name)]
+
     def _read_metadata(self, label_only: bool | None) -> None:
         status, body, _ = self._request("GET", self.path, what="model metadata")
         if status in (401, 403, 404):
@@ -186,18 +194,14 @@ class RemoteBackend:
         if not isinstance(meta, dict):
             return
         self.metadata = meta
-        inputs = [i for i in meta.get("inputs") or [] if isinstance(i, dict)] if isinstance(
-            meta.get("inputs"), list) else []
+        inputs = _entries(meta, "inputs")
         if inputs:
-            names = [i.get("name") for i in inputs]
             if self.input_name is not None:
-                if self.input_name not in names:
-                    raise SuspectError(self._mask(f"{self.url} has no input {self.input_name!r}; its metadata "
-                                                  f"declares {names} (--input-name)"))
-                inp = inputs[names.index(self.input_name)]
+                inp = self._named(inputs, self.input_name, "input")
             elif len(inputs) > 1:
-                raise SuspectError(self._mask(f"{self.url} declares {len(inputs)} inputs {names}; modelseal "
-                                              "sends one tensor, so it can judge single-input models only"))
+                raise SuspectError(self._mask(f"{self.url} declares {len(inputs)} inputs "
+                                              f"{[i.get('name') for i in inputs]}; modelseal sends one tensor, "
+                                              "so it can judge single-input models only"))
             else:
                 inp = inputs[0]
             if isinstance(inp.get("name"), str):
@@ -207,16 +211,11 @@ class RemoteBackend:
             except oip.TensorError as e:
                 raise SuspectError(self._mask(f"{self.url} input {self.input_name!r}: {e}")) from None
             self.input_shape = _strip_batch(inp.get("shape"))
-        outputs = [o for o in meta.get("outputs") or [] if isinstance(o, dict)] if isinstance(
-            meta.get("outputs"), list) else []
+        outputs = _entries(meta, "outputs")
         out_meta: dict[str, Any] | None = None
         if outputs:
-            names = [o.get("name") for o in outputs]
             if self.output_name is not None:
-                if self.output_name not in names:
-                    raise SuspectError(self._mask(f"{self.url} has no output {self.output_name!r}; its "
-                                                  f"metadata declares {names} (--output-name)"))
-                out_meta = outputs[names.index(self.output_name)]
+                out_meta = self._named(outputs, self.output_name, "output")
             else:
                 floats = [o for o in outputs if str(o.get("datatype", "")).upper() in oip.FLOAT_TYPES]
                 out_meta = (floats or outputs)[0]
@@ -303,13 +302,12 @@ class RemoteBackend:
         except oip.TensorError as e:
             raise SuspectError(self._mask(f"{self.url} answered unreadable output data: {e}")) from None
         if dt in oip.FLOAT_TYPES:
-            wide = values.astype(np.float64) if dt != "BF16" else oip.to_float32(values, dt).astype(np.float64)
-            if not np.isfinite(wide).all():
-                raise SuspectError(f"{self.url} returned NaN or infinite outputs")
-            try:
+            try:  # NaN/inf pass through the conversion unchanged and are refused just below
                 floats = oip.to_float32(values, dt, what="the output", round_fp64=True)
             except oip.TensorError as e:
                 raise SuspectError(f"{self.url}: {e}") from None
+            if not np.isfinite(floats).all():
+                raise SuspectError(f"{self.url} returned NaN or infinite outputs")
             if self.label_only and floats.ndim == 1:
                 return torch.from_numpy(np.round(floats).astype(np.int64))
             return torch.from_numpy(np.ascontiguousarray(floats))
@@ -519,6 +517,12 @@ def mask_secret(text: str, secret: str | None, min_len: int = 4) -> str:
             k += 1
         out += [text[i:j], "***"]
         i = j + k
+
+
+def _entries(meta: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    """The object entries of a metadata list (`inputs`, `outputs`); [] when it is absent or not a list."""
+    items = meta.get(field)
+    return [e for e in items if isinstance(e, dict)] if isinstance(items, list) else []
 
 
 def _stale(sock: socket.socket) -> bool:
