@@ -117,6 +117,19 @@ def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict
     return meta
 
 
+def read_head(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file") -> bytes:
+    """The first bytes of a safetensors file up to the end of its header (at most MAX_HEADER + 9 bytes), for
+    `read_header` without reading the tensors; an OSError ends in one line naming the path."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) == 8:
+                head += f.read(min(int.from_bytes(head, "little"), MAX_HEADER + 1))
+    except OSError as e:
+        raise err(f"cannot read {what} {path}: {e.strerror or e}") from None
+    return head
+
+
 def read_bytes(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file") -> bytes:
     """The bytes of `path`; a missing file, a directory or any OSError ends in one line naming the path."""
     p = Path(path)

@@ -246,7 +246,7 @@ def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN)
 
 def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The JSON parameters of each protection's key in the run's cache (header only), by protection label."""
-    from ..tensorfile import MAX_HEADER
+    from ..tensorfile import loads_json, read_head, read_header_metadata
 
     out: dict[str, dict[str, Any]] = {}
     for a in artifacts:
@@ -254,13 +254,9 @@ def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict
             continue
         path = db_path.parent / "cache" / f"{a['artifact_id']}.key"
         try:
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                if not 0 < n <= MAX_HEADER:
-                    continue
-                meta = json.loads(f.read(n)).get("__metadata__", {})
-            head = json.loads(meta.get("modelseal", "{}"))  # keys.py writes its JSON under this name
-        except (OSError, ValueError, AttributeError):
+            meta = read_header_metadata(read_head(path), str(path), ModelSealError)
+            head = loads_json(meta.get("modelseal", "{}"), str(path))  # keys.py writes its JSON under this name
+        except ModelSealError:  # a missing or unreadable key file: its parameters are not shown
             continue
         params = head.get("params") if isinstance(head, dict) else None
         if isinstance(params, dict):

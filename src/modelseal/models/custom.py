@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
-from ..tensorfile import MAX_HEADER, check_writable, loads_json, read_header_metadata, write_atomic
+from ..tensorfile import check_writable, loads_json, read_head, read_header_metadata, write_atomic
 from .io import check_finite
 
 USER_META_KEY = "modelseal_user_arch"
@@ -56,11 +56,7 @@ def import_factory(spec: str) -> Any:
 
 
 def _read_meta(path: Path) -> dict[str, str]:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) == 8:
-            head += f.read(min(int.from_bytes(head, "little"), MAX_HEADER + 1))
-    return read_header_metadata(head, str(path), ModelError)
+    return read_header_metadata(read_head(path, ModelError, "model file"), str(path), ModelError)
 
 
 def user_arch_of(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -13,10 +13,10 @@ from torch import nn
 
 from ..errors import ModelError, first_line
 from ..tensorfile import (
-    MAX_HEADER,
     check_writable,
     loads_json,
     read_bytes,
+    read_head,
     read_header,
     read_header_metadata,
     write_atomic,
@@ -79,15 +79,7 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) == 8:
-                n = int.from_bytes(head, "little")
-                head += f.read(min(n, MAX_HEADER + 1))
-    except OSError as e:
-        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
-    return _model_meta(head, str(path))
+    return _model_meta(read_head(path, ModelError, "model file"), str(path))
 
 
 def check_finite(model: nn.Module, source: str = "model", error: type[Exception] = ModelError) -> None:
