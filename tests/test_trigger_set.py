@@ -152,10 +152,13 @@ def test_commitment_for_another_key_refused(wm, mnist):
     ("[1, 2]", "JSON object"),
     ('{"type": "something"}', "'type'"),
     ('{"type": "modelseal-commitment", "format": 99}', "newer"),
+    ('{"type": "modelseal-commitment", "format": 3, "method": "trigger-set", "created": "x", "params": {}, '
+     '"params_digest": "x", "tensors": {}, "signature": {"input_shape": [1], "output_size": 2}, '
+     '"commitments": ["abc"]}', "SHA-256"),
+    ('{"type": "modelseal-commitment", "format": 3, "method": "trigger-set", "created": "x", "params": {}, '
+     '"params_digest": "x", "tensors": {}, "signature": {"input_shape": [1]}, "commitments": []}', "commitments"),
     ('{"type": "modelseal-commitment", "format": 1, "method": "trigger-set", "created": "x", '
-     '"signature": {"input_shape": [1], "output_size": 2}, "commitments": ["abc"]}', "SHA-256"),
-    ('{"type": "modelseal-commitment", "format": 1, "method": "trigger-set", "created": "x", '
-     '"signature": {"input_shape": [1]}, "commitments": []}', "commitments"),
+     '"signature": {"input_shape": [1], "output_size": 2}, "commitments": ["' + "a" * 64 + '"]}', "binds less"),
 ])
 def test_bad_commitment_file(tmp_path, content, msg):
     p = tmp_path / "c.json"

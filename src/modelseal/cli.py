@@ -709,30 +709,49 @@ def _verdict_text(verdict) -> str:
 
 
 @app.command(epilog=_examples("modelseal check ev.json --commitment wm.public.json",
-                               "modelseal check ev.json --commitment wm.public.json --json"))
+                              "modelseal check ev.json --commitment wm.public.json --suspect marked.safetensors",
+                              "modelseal check ev.json --commitment wm.public.json --alpha 1e-9 --json"))
 def check(
     evidence_path: Annotated[Path, typer.Argument(help="evidence file written by `verify --evidence`")],
     commitment: Annotated[Path, typer.Option(help="the owner's public commitment (JSON)")],
-    as_json: JsonOpt = False,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="false-accusation rate the checker accepts (default 1e-6, as verify); never read from the file")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="the checker's test parameter NAME=VALUE (defaults: verify's; see `modelseal methods`)")] = None,
+    suspect: Annotated[Optional[str], typer.Option(
+        help="the suspect (model file, .onnx file or http(s):// endpoint): re-ask it every recorded query and "
+             "fail if any answer differs")] = None,
+    token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
-    """Re-check an evidence file against a public commitment: recompute the statistic and p-value from the
-    transcript alone (no model, no secret key) and say whether they agree. Exit 0 if they agree, 1 if not."""
+    """Re-check an evidence file under the checker's own rule: open the secrets against the public commitment,
+    check the transcript is the committed one (no query skipped, repeated or reordered), recompute the
+    statistic and p-value, and judge the answers with the checker's alpha and test parameters (never the
+    file's). Without --suspect this proves the arithmetic, not which model answered; with --suspect the
+    suspect is asked again. Exit 0 if the evidence's claim holds, 1 if not."""
     from . import evidence as evidence_mod
 
-    try:
-        report = evidence_mod.check(evidence_path, commitment)
-    except ModelSealError as e:
-        _fail(e)
+    rule = _params(set_)
+    if alpha is not None:
+        rule["alpha"] = alpha
+    s = None
+    if suspect is not None:
+        s = _open_suspect(suspect, device, max_queries=None, token_env=token_env, timeout=timeout, retries=None,
+                          rate_limit=None, output_name=None, label_only=False, max_batch=None, reshape=False)
+    report = evidence_mod.check(evidence_path, commitment, rule=rule, suspect=s)
 
     def human() -> None:
-        r = report["recorded"]
+        c = report["checker"] or {}
+        verdict = (f"owned = {c.get('owned')} (p = {c['p_value']:.3g})" if "p_value" in c else "no verdict")
         if report["agrees"]:
-            out.print(f"{report['method']}: evidence agrees with the commitment: p = {r['p_value']:.3g}, "
-                      f"owned = {r['owned']} at alpha = {r['alpha']:.3g}")
+            out.print(f"{report['method']}: the evidence holds: {verdict} under the checker's rule "
+                      f"({evidence_mod._rule_text(report['rule'])})")
         else:
-            out.print(f"{report['method']}: evidence does NOT agree:")
+            out.print(f"{report['method']}: the evidence does NOT hold:")
             for p in report["problems"]:
                 out.print(f"  - {p}")
+        for line in report["not_proved"]:
+            out.print(f"  not proved: {line}")
 
     _emit(as_json, report, human)
     if not report["agrees"]:

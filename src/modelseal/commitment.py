@@ -3,12 +3,16 @@
 A commitment is a JSON file anyone may hold. It names the method, the model signature, the key's public
 parameters and its creation time, and binds every secret part with SHA-256:
 
-- `tensors[name]` = SHA-256(nonce ‖ name ‖ dtype ‖ shape ‖ little-endian bytes) for every key tensor (for
-  fingerprints: the fingerprint inputs and the owner's outputs; for watermarks the triggers; ...);
-- `params_digest` = SHA-256(nonce ‖ canonical JSON of every parameter), so an edited parameter (alpha,
-  permutations, the seed, ...) is caught even where it is not shown;
-- methods may add their own fields (trigger-set adds one commitment per trigger, so a verifier can be
-  shown only the triggers that were asked).
+- `tensors[name]` = SHA-256(nonce ‖ [name, dtype, shape, created] ‖ little-endian bytes) for every key
+  tensor (for fingerprints: the fingerprint inputs and the owner's outputs; for watermarks the triggers;
+  ...), so the creation time is bound too: a commitment whose `created` was edited opens nothing;
+- `params_digest` = SHA-256(nonce ‖ canonical JSON of every parameter and the creation time), so an edited
+  parameter (the seed, ...) is caught even where it is not shown;
+- methods may add their own fields (trigger-set adds one commitment per trigger image, the root its labels
+  and query order derive from, and the beacon).
+
+Only the current format is read: older formats bound less (format 1 held no key tensors, so a format-1
+commitment made for one TAFA key opened any other; format 2 did not bind the creation time).
 
 The nonce (32 bytes) is derived from the key's seed and method, so the same seed gives the same
 commitment; it hides the committed content only as long as the seed is secret (use a large random seed
@@ -31,8 +35,8 @@ from .keys import Key
 from .tensorfile import tensor_bytes, write_atomic
 
 TYPE = "modelseal-commitment"
-FORMAT = 2
-HASH = "sha256(nonce[32] || name || dtype || shape || tensor bytes little-endian C-order)"
+FORMAT = 3
+HASH = "sha256(nonce[32] || JSON [name, dtype, shape, created] || tensor bytes little-endian C-order)"
 SECRET_PARAMS = ("seed",)
 MAX_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 32
@@ -45,18 +49,19 @@ def nonce_of(key: Key) -> bytes:
                           + json.dumps(seed).encode()).digest()
 
 
-def tensor_digest(nonce: bytes, name: str, t: torch.Tensor) -> str:
+def tensor_digest(nonce: bytes, name: str, t: torch.Tensor, created: str) -> str:
+    """The digest that binds one key tensor, and the key's creation time, to the commitment."""
     h = hashlib.sha256()
     h.update(nonce)
-    h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+    h.update(json.dumps([name, str(t.dtype), list(t.shape), created]).encode())
     h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
-def params_digest(nonce: bytes, params: dict[str, Any]) -> str:
+def params_digest(nonce: bytes, params: dict[str, Any], created: str) -> str:
     h = hashlib.sha256()
     h.update(nonce)
-    h.update(json.dumps(params, sort_keys=True, separators=(",", ":")).encode())
+    h.update(json.dumps({"params": params, "created": created}, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
 
 
@@ -69,8 +74,8 @@ def make(key: Key, declared: dict[str, Any] | None = None, extra: dict[str, Any]
     nonce = nonce_of(key)
     out = {"type": TYPE, "format": FORMAT, "method": key.method, "signature": dict(key.signature),
            "created": key.created, "hash": HASH, "params": public_params(key.params),
-           "params_digest": params_digest(nonce, key.params),
-           "tensors": {name: tensor_digest(nonce, name, t) for name, t in sorted(key.tensors.items())},
+           "params_digest": params_digest(nonce, key.params, key.created),
+           "tensors": {name: tensor_digest(nonce, name, t, key.created) for name, t in sorted(key.tensors.items())},
            "declared": dict(declared or {})}
     out.update(extra or {})
     return json.loads(json.dumps(out, default=str))
@@ -86,8 +91,8 @@ def differences(key: Key, public: dict[str, Any]) -> list[str]:
         if public["signature"].get(field) != key.signature.get(field):
             out.append(f"signature.{field}: committed {public['signature'].get(field)!r}, "
                        f"the key has {key.signature.get(field)!r}")
-    if "tensors" not in public:  # format 1 (trigger-set only): per-trigger commitments, checked by the method
-        return out
+    if public["created"] != key.created:
+        out.append(f"created: committed {public['created']!r}, the key says {key.created!r}")
     nonce = nonce_of(key)
     shown = public.get("params", {})
     mine = public_params(key.params)
@@ -95,8 +100,8 @@ def differences(key: Key, public: dict[str, Any]) -> list[str]:
         if shown.get(name, "<absent>") != json.loads(json.dumps(mine.get(name, "<absent>"), default=str)):
             out.append(f"params.{name}: committed {shown.get(name, '<absent>')!r}, the key has "
                        f"{mine.get(name, '<absent>')!r}")
-    if params_digest(nonce, key.params) != public["params_digest"] and not any(
-            d.startswith("params.") for d in out):
+    if params_digest(nonce, key.params, key.created) != public["params_digest"] and not any(
+            d.startswith(("params.", "created")) for d in out):
         out.append("params: a secret parameter (the seed) differs from the committed one")
     com = public["tensors"]
     for name in sorted(set(com) | set(key.tensors)):
@@ -104,7 +109,7 @@ def differences(key: Key, public: dict[str, Any]) -> list[str]:
             out.append(f"tensor '{name}': committed but missing from the key")
         elif name not in com:
             out.append(f"tensor '{name}': in the key but not committed")
-        elif tensor_digest(nonce, name, key.tensors[name]) != com[name]:
+        elif tensor_digest(nonce, name, key.tensors[name], key.created) != com[name]:
             out.append(f"tensor '{name}': its content differs from the committed one")
     return out
 
@@ -113,11 +118,11 @@ def check_tensors(opened: dict[str, torch.Tensor], nonce: bytes, public: dict[st
     """Every opened tensor must match its committed digest (for evidence files)."""
     com = public.get("tensors")
     if not isinstance(com, dict):
-        raise KeyIntegrityError("the commitment holds no tensor digests (format 1); it cannot check this")
+        raise KeyIntegrityError("the commitment holds no tensor digests; it cannot check this")
     for name, t in opened.items():
         if name not in com:
             raise KeyIntegrityError(f"opened tensor '{name}' was never committed")
-        if tensor_digest(nonce, name, t) != com[name]:
+        if tensor_digest(nonce, name, t, public["created"]) != com[name]:
             raise KeyIntegrityError(f"opened tensor '{name}' does not match its commitment")
 
 
@@ -157,6 +162,11 @@ def validate(public: Any, source: str) -> None:
     if fmt > FORMAT:
         raise KeyFormatError(f"{source} has commitment format {fmt}, newer than this modelseal reads ({FORMAT}); "
                              "upgrade modelseal")
+    if fmt < FORMAT:
+        # older formats bound less (format 1 no key tensors, format 2 no creation time): accepting them would
+        # let a commitment written for one key open another
+        raise KeyFormatError(f"{source} has commitment format {fmt}, which binds less than format {FORMAT} and is "
+                             "no longer accepted; write it again with `modelseal commit KEY --out FILE`")
     if not isinstance(public.get("method"), str):
         raise bad("'method' must be a string")
     sig = public.get("signature")
@@ -164,14 +174,13 @@ def validate(public: Any, source: str) -> None:
         raise bad("'signature' must be an object")
     if not isinstance(public.get("created"), str):
         raise bad("'created' must be a string")
-    if fmt >= 2:
-        if not isinstance(public.get("params"), dict) or not isinstance(public.get("params_digest"), str):
-            raise bad("'params' and 'params_digest' are required")
-        tens = public.get("tensors")
-        if not isinstance(tens, dict) or not all(_is_hex(v) for v in tens.values()):
-            raise bad("'tensors' must map names to SHA-256 hex digests")
+    if not isinstance(public.get("params"), dict) or not isinstance(public.get("params_digest"), str):
+        raise bad("'params' and 'params_digest' are required")
+    tens = public.get("tensors")
+    if not isinstance(tens, dict) or not all(_is_hex(v) for v in tens.values()):
+        raise bad("'tensors' must map names to SHA-256 hex digests")
     com = public.get("commitments")
-    if com is not None or fmt == 1:
+    if com is not None:
         if not isinstance(com, list) or not com or not all(_is_hex(c) for c in com):
             raise bad("'commitments' must be a non-empty list of SHA-256 hex digests")
 

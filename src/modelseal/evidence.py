@@ -6,13 +6,14 @@ recompute the statistic (opened: for trigger-set only the asked triggers, each o
 commitment; for the other methods the committed key tensors and the commitment nonce), every query input
 (the opened inputs) and every answer, the statistic, the p-value, and the library version.
 
-`check(path, commitment)` re-opens the secret part against the public commitment, recomputes the statistic
-and p-value from the transcript alone (through the method's `recheck`) and says whether they agree with
-what the file claims. A changed answer, query, opened tensor or parameter changes the recomputation or
-fails to open the commitment, and is reported.
-
-Deviation: trigger-set asks its triggers in an order derived from the secret seed; the evidence shows which
-triggers were asked but a third party cannot re-derive that order without the seed.
+`check(path, commitment, rule, suspect)` re-opens the secret part against the public commitment, checks
+that the transcript is what verify records (trigger-set: exactly the prefix of the query order the
+commitment fixes, so no trigger can be skipped, repeated or reordered), recomputes the statistic and
+p-value from the transcript (through the method's `recheck`) and judges the same answers under the
+*checker's* rule (alpha and every test parameter from the checker, defaults = verify's; the file's values
+are only compared). What it proves: the arithmetic, the openings and the order. What it does not prove
+without `suspect`: which model gave the answers — with `suspect`, every opened input is asked again and
+the answers must be the recorded ones.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import torch
 from . import commitment as _commitment
 from . import methods
 from ._version import __version__
-from .errors import KeyFormatError, KeyIntegrityError, ModelSealError
+from .errors import KeyFormatError, KeyIntegrityError, ModelSealError, first_line
 from .keys import Key
 from .tensorfile import write_atomic
 from .verdict import Verdict, jsonable
 
 TYPE = "modelseal-evidence"
-FORMAT = 1
+FORMAT = 2
 MAX_BYTES = 512 * 1024 * 1024
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "uint8": torch.uint8,
            "int32": torch.int32}
@@ -121,7 +122,8 @@ def _validate(ev: Any, source: str) -> None:
     if not isinstance(ev, dict) or ev.get("type") != TYPE:
         raise bad(f"'type' must be '{TYPE}'")
     if ev.get("format") != FORMAT:
-        raise bad(f"unsupported format {ev.get('format')!r} (this modelseal reads {FORMAT})")
+        raise bad(f"unsupported format {ev.get('format')!r} (this modelseal reads {FORMAT}; older evidence "
+                  "recorded less than a checker needs: verify again)")
     for field, kind in (("method", str), ("opened", dict), ("transcript", dict), ("result", dict),
                         ("commitment", dict), ("suspect", dict)):
         if not isinstance(ev.get(field), kind):
@@ -131,11 +133,21 @@ def _validate(ev: Any, source: str) -> None:
     _commitment.validate(ev["commitment"], f"{source} (its commitment)")
 
 
-def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLike | dict[str, Any]
-          ) -> dict[str, Any]:
-    """Re-check an evidence file against the owner's public commitment. Returns a report with `agrees`
-    (True when the opened secrets open the commitment and the recomputed statistic, p-value and decision
-    equal the recorded ones) and `problems` (what failed)."""
+def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLike | dict[str, Any],
+          rule: dict[str, Any] | None = None, suspect: Any = None) -> dict[str, Any]:
+    """Re-check an evidence file against the owner's public commitment, under the checker's own rule.
+
+    `rule` holds the checker's verifier parameters (alpha and the method's test parameters; every one not
+    given takes `verify`'s default), validated as `verify` validates them — the file never sets them. The
+    opened secrets must open the commitment, the transcript must be what verify records (for trigger-set:
+    the committed order's prefix, no trigger skipped or repeated), the recorded statistic must be what the
+    transcript gives under the recorded parameters, and the claimed decision must hold under the checker's
+    rule. With `suspect` (a Suspect, module, path or URL) the suspect is asked the opened inputs again and
+    every answer must equal the recorded one; without it, nothing shows which model gave the answers.
+
+    Returns a report: `agrees` (everything above holds), `problems`, `recorded`, `recomputed` (under the
+    recorded parameters), `checker` (the verdict under the checker's rule), `rule`, and `not_proved`
+    (what this check cannot show)."""
     ev = evidence if isinstance(evidence, dict) else load(evidence)
     if isinstance(evidence, dict):
         _validate(ev, "evidence")
@@ -149,6 +161,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         raise KeyIntegrityError(f"the commitment is for '{pub['method']}', the evidence for '{method}'")
     if not getattr(cls, "recheck", None):
         raise ModelSealError(f"'{method}' verdicts cannot be re-checked")
+    checker_rule = _checker_rule(cls, rule)
     opened = {k: _dec(v, f"opened tensor '{k}'") for k, v in ev["opened"].items()}
     try:
         if getattr(cls, "evidence_check", None):
@@ -157,7 +170,11 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
             nonce_hex = ev.get("nonce")
             if not isinstance(nonce_hex, str) or len(nonce_hex) != 64:
                 raise KeyIntegrityError("the evidence does not open the commitment nonce")
-            _commitment.check_tensors(opened, bytes.fromhex(nonce_hex), pub)
+            try:
+                nonce = bytes.fromhex(nonce_hex)
+            except ValueError:
+                raise KeyIntegrityError("the evidence's commitment nonce is not hex") from None
+            _commitment.check_tensors(opened, nonce, pub)
             missing = sorted(set(pub.get("tensors", {})) - set(opened))
             if missing:
                 raise KeyIntegrityError(f"the evidence does not open the committed tensor(s) {', '.join(missing)}")
@@ -169,13 +186,15 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
     result = ev["result"]
     verifier = tr["verifier"]
     recomputed: dict[str, Any] = {}
+    mine: dict[str, Any] = {}
     if verifier.get("alpha") != result.get("alpha"):
         problems.append(f"the verifier's alpha ({verifier.get('alpha')!r}) differs from the verdict's "
                         f"({result.get('alpha')!r})")
+    replayable = (KeyError, ValueError, TypeError, IndexError, RuntimeError, ModelSealError)
     try:
         recomputed = cls.recheck(opened, tr, pub)
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
-        problems.append(f"the transcript cannot be replayed: {type(e).__name__}: {e}")
+    except replayable as e:
+        problems.append(f"the transcript is not one verify records: {first_line(e)}")
     if recomputed:
         for field in ("score", "p_value"):
             a, b = recomputed.get(field), result.get(field)
@@ -187,6 +206,75 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         if "accused" in recomputed and list(recomputed["accused"]) != list(result.get("accused", [])):
             problems.append(f"recomputed accused {recomputed['accused']} differ from the recorded "
                             f"{result.get('accused')}")
+        try:
+            mine = cls.recheck(opened, tr, pub, rule=checker_rule)
+        except replayable as e:
+            problems.append(f"the transcript cannot be judged under the checker's rule: {first_line(e)}")
+    if mine:
+        if bool(result.get("owned")) and not bool(mine.get("owned")):
+            problems.append(f"the evidence claims OWNED (alpha {result.get('alpha')!r}), but under the checker's "
+                            f"rule ({_rule_text(checker_rule)}) it is not owned: p = {mine.get('p_value'):.3g}")
+        if "accused" in mine and sorted(result.get("accused", [])) != sorted(mine["accused"]):
+            problems.append(f"the evidence accuses {result.get('accused')}, the checker's rule "
+                            f"{mine['accused']}")
+    not_proved = list(getattr(cls, "evidence_not_proved", ()))
+    if suspect is None:
+        not_proved.insert(0, "which model gave these answers: this checked the arithmetic from the transcript and "
+                             "the commitment; pass the suspect (check --suspect) to re-query it")
+    else:
+        problems += _requery(cls, suspect, opened, tr, pub, ev["suspect"])
     return {"agrees": not problems, "method": method, "problems": problems,
-            "recorded": result, "recomputed": jsonable(recomputed), "suspect": ev["suspect"],
-            "verifier": verifier, "modelseal_version": ev.get("modelseal_version")}
+            "recorded": result, "recomputed": jsonable(recomputed), "checker": jsonable(mine),
+            "rule": jsonable(checker_rule), "not_proved": not_proved, "suspect": ev["suspect"],
+            "verifier": verifier, "modelseal_version": ev.get("modelseal_version"),
+            "suspect_requeried": suspect is not None}
+
+
+def _checker_rule(cls: type, rule: dict[str, Any] | None) -> dict[str, Any]:
+    """The checker's rule: verify's defaults, overridden by what the checker gave; validated."""
+    given = dict(rule or {})
+    allowed = {k for k in cls.verify_params if k != "references"}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ModelSealError(f"{cls.name} checks take the parameter(s) {', '.join(sorted(allowed))}, not "
+                             f"{', '.join(unknown)}")
+    merged = {k: given.get(k, cls.verify_params[k][0]) for k in allowed}
+    return cls.check_rule(merged) if getattr(cls, "check_rule", None) else merged
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v!r}" if not isinstance(v, float) else f"{k} {v:g}" for k, v in sorted(rule.items())
+                     if v is not None)
+
+
+def _requery(cls: type, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[str, Any], pub: dict[str, Any],
+             recorded: dict[str, Any]) -> list[str]:
+    """Ask the suspect the opened inputs again; what differs from the transcript."""
+    from .suspect import as_suspect
+
+    if not getattr(cls, "reanswer", None):
+        raise ModelSealError(f"'{cls.name}' evidence cannot be re-queried")
+    s = as_suspect(suspect)
+    out: list[str] = []
+    ident = s.identity()
+    for field in ("sha256", "sha256_tensors"):
+        if field in recorded and field in ident and recorded[field] != ident[field]:
+            out.append(f"the evidence names a suspect with {field} {recorded[field][:16]}..., but the suspect given "
+                       f"has {ident[field][:16]}...")
+    got = cls.reanswer(s, opened, tr, pub)
+    want = tr["answers"]
+    if isinstance(want, torch.Tensor) or isinstance(got, torch.Tensor):
+        a = torch.as_tensor(got).double().reshape(-1)
+        b = torch.as_tensor(want).double().reshape(-1)
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max().clamp_min(1))):
+            diff = float((a - b).abs().max()) if a.shape == b.shape else float("inf")
+            out.append(f"re-queried, the suspect's answers differ from the recorded ones (largest difference "
+                       f"{diff:.3g}): these answers did not come from this suspect")
+    else:
+        a, b = [int(x) for x in got], [int(x) for x in want]
+        if a != b:
+            first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            out.append(f"re-queried, the suspect answers {sum(x != y for x, y in zip(a, b, strict=False))} of "
+                       f"{len(b)} recorded queries differently (first: query {first}): these answers did not come "
+                       "from this suspect")
+    return out

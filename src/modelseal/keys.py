@@ -30,7 +30,8 @@ FORMAT_VERSION = 1
 _META_KEY = "modelseal"
 
 
-def _now() -> str:
+def now() -> str:
+    """The creation time a new key records (ISO 8601, UTC; SOURCE_DATE_EPOCH when set)."""
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde and sde.isdigit():
         t = _dt.datetime.fromtimestamp(int(sde), tz=_dt.timezone.utc)
@@ -47,7 +48,7 @@ class Key:
     params: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     signature: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=_now)
+    created: str = field(default_factory=now)
     format: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

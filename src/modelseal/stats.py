@@ -208,20 +208,73 @@ def sequential_test(answer: Callable[[int, int], np.ndarray], budget: int, p0: f
             "matches": matches, "queried": queried, "looks": j + 1, "stop": stop, "reachable": True}
 
 
-def sequential_replay(hits: Sequence[bool], budget: int, p0: float, alpha: float, batch: int) -> dict[str, Any]:
-    """Recompute a sequential test from its recorded answers (a transcript): the same result, or ValueError
-    when the transcript is not what the test would have asked."""
+class _TranscriptEnds(Exception):
+    pass
+
+
+def sequential_replay(hits: Sequence[bool], budget: int, p0: float, alpha: float, batch: int,
+                      exact: bool = True) -> dict[str, Any]:
+    """Recompute a sequential test from its recorded answers (a transcript, in the committed order).
+
+    exact=True: the same test as recorded — ValueError unless it stops exactly where the transcript ends.
+    exact=False (a checker's own rule on someone else's transcript): the test runs over the recorded
+    answers and, when it would ask past them, stops at its last complete look inside the transcript
+    (`stop` = "transcript ends"). Either way the reported p-value is valid, since the min-p adjusted
+    p-value is valid at any stopping time, chosen by anyone, as long as the answers are a prefix of the
+    committed order."""
     arr = np.asarray(hits, dtype=bool)
+    if not exact:
+        if budget < 1:
+            raise ValueError("the query budget must be at least 1")
+        schedule = sequential_schedule(budget, batch)
+        if schedule[0] > len(arr):
+            return {"owned": False, "p_value": 1.0, "p_nominal": 1.0, "score": 0.0, "threshold": float("inf"),
+                    "matches": 0, "queried": 0, "looks": 0, "planned_looks": len(schedule),
+                    "stop": f"transcript ends: {len(arr)} answers, before the first look of {schedule[0]}",
+                    "reachable": False}
 
     def answer(lo: int, hi: int) -> np.ndarray:
         if hi > len(arr):
-            raise ValueError(f"the transcript holds {len(arr)} answers but the test asks for {hi}")
+            if exact:
+                raise ValueError(f"the transcript holds {len(arr)} answers but the test asks for {hi}")
+            raise _TranscriptEnds
         return arr[lo:hi]
 
-    res = sequential_test(answer, budget, p0, alpha, batch)
-    if res["queried"] != len(arr):
-        raise ValueError(f"the transcript holds {len(arr)} answers but the test stops after {res['queried']}")
-    return res
+    if exact:
+        res = sequential_test(answer, budget, p0, alpha, batch)
+        if res["queried"] != len(arr):
+            raise ValueError(f"the transcript holds {len(arr)} answers but the test stops after {res['queried']}")
+        return res
+    # the checker's rule: the same test (the same planned looks), cut at the transcript's end
+    try:
+        return sequential_test(answer, budget, p0, alpha, batch)
+    except _TranscriptEnds:
+        return _sequential_prefix(arr, budget, p0, alpha, batch)
+
+
+def _sequential_prefix(arr: np.ndarray, budget: int, p0: float, alpha: float, batch: int) -> dict[str, Any]:
+    """The state of the sequential test (planned looks up to `budget`) after the looks `arr` covers."""
+    cut = len(arr)
+    schedule = sequential_schedule(budget, batch)
+    seq = sequential_design(tuple(schedule), float(p0))
+    matches, queried, best, j = 0, 0, 1.0, -1
+    p_adj = 1.0
+    for j, size in enumerate(schedule):
+        if size > cut:
+            j -= 1
+            break
+        matches += int(arr[queried:size].sum())
+        queried = size
+        best = min(best, seq.nominal(j, matches))
+        p_adj = seq.adjusted(best)
+        if p_adj <= alpha:
+            break
+    need = next((c for c in range(queried + 1) if seq.adjusted(min(best, seq.nominal(j, c))) <= alpha), None)
+    return {"planned_looks": len(schedule), "batch": batch, "budget": budget, "owned": p_adj <= alpha,
+            "p_value": p_adj, "p_nominal": seq.nominal(j, matches), "p_nominal_min": best,
+            "score": matches / queried, "threshold": (need / queried) if need is not None else float("inf"),
+            "matches": matches, "queried": queried, "looks": j + 1,
+            "stop": "owned" if p_adj <= alpha else "transcript ends", "reachable": True}
 
 
 # ------------------------------------------------------------------------------------------- correlation

@@ -340,20 +340,52 @@ def judge_counts(matches: int, n: int, counts: Sequence[int], alpha: float) -> d
             "null": null}
 
 
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
-            ) -> dict[str, Any]:
-    """Recompute the verdict from an evidence transcript and the opened examples' targets."""
+def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
+    """The verifier's (or checker's) alpha and max_queries, validated as verify validates them."""
+    out = {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error), "max_queries": None}
+    if rule.get("max_queries") is not None:
+        out["max_queries"] = validate.count("max_queries", rule["max_queries"], error=error)
+    return out
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the verdict from an evidence transcript and the opened examples' targets.
+
+    The examples asked are the first n of the committed ones (verify asks them in key order); the
+    reference counts are the verifier's and are bounded as verify bounds them (at most MAX_REFERENCES,
+    each between 0 and n). A checker's `rule` sets alpha and how many examples must have been asked
+    (default: every committed one)."""
     v = transcript["verifier"]
-    n = int(v["n"])
+    n = validate.count("n", v.get("n"), 1, len(opened["targets"]), error=ValueError)
+    counts = v.get("reference_counts")
+    if not isinstance(counts, list) or len(counts) > MAX_REFERENCES:
+        raise ValueError(f"the reference counts must be a list of at most {MAX_REFERENCES} (verify's bound)")
+    counts = [validate.count("a reference count", c, 0, n, error=ValueError) for c in counts]
     t = opened["targets"][:n].long()
     answers = torch.tensor(transcript["answers"], dtype=torch.int64)
     if len(answers) != n:
         raise ValueError(f"{len(answers)} answers for {n} examples")
+    if rule is None:
+        alpha = check_rule(v, error=ValueError)["alpha"]
+    else:
+        r = check_rule(rule)
+        alpha, need = r["alpha"], min(len(opened["targets"]), r["max_queries"] or len(opened["targets"]))
+        if n != need:
+            raise ValueError(f"the transcript asks {n} of the {len(opened['targets'])} committed examples, but the "
+                             f"checker's rule needs the first {need} (set max_queries={n} to judge what was asked)")
     matches = int((answers == t).sum())
-    if not v["reference_counts"]:
+    if not counts:
         return {"score": matches / n, "p_value": 1.0, "owned": False}
-    res = judge_counts(matches, n, v["reference_counts"], float(v["alpha"]))
-    return {"score": matches / n, "p_value": res["p_value"], "owned": res["p_value"] <= float(v["alpha"])}
+    res = judge_counts(matches, n, counts, alpha)
+    return {"score": matches / n, "p_value": res["p_value"], "owned": res["p_value"] <= alpha}
+
+
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> list[int]:
+    """The suspect's labels on the examples that were asked (for `check --suspect`)."""
+    n = int(transcript["verifier"]["n"])
+    return [int(a) for a in suspect.labels(opened["examples"][:n].float()).reshape(-1).tolist()]
 
 
 def match_rate(suspect: Suspect | nn.Module | str, key: Key) -> float:
@@ -422,3 +454,8 @@ def _check_suspect_signature(s: Suspect, signature: dict[str, Any], what: str) -
 
 
 CharacteristicExamples.recheck = staticmethod(recheck)
+CharacteristicExamples.check_rule = staticmethod(check_rule)
+CharacteristicExamples.reanswer = staticmethod(reanswer)
+CharacteristicExamples.evidence_not_proved = (
+    "the reference models' match counts: they are the verifier's, taken from the file as recorded (bounded as "
+    "verify bounds them); judge the suspect again with your own references to check the null",)

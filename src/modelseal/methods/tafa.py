@@ -57,7 +57,7 @@ from torch import nn
 
 from .. import stats, validate
 from ..data import as_input_spec
-from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError, first_line
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
@@ -294,15 +294,34 @@ def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, owner
 
 
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
-            ) -> dict[str, Any]:
+def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
+    """The verifier's (or checker's) rule, validated as verify validates it."""
+    out = {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error),
+           "margin": float(validate.number("margin", rule.get("margin", 0.1), 0.0, 1.0, hi_open=True, error=error)),
+           "permutations": validate.count("permutations", rule.get("permutations", 2000), 0,
+                                          validate.MAX_PERMUTATIONS, error=error),
+           "max_queries": None}
+    if rule.get("max_queries") is not None:
+        out["max_queries"] = validate.count("max_queries", rule["max_queries"], error=error)
+    return out
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recompute the kink statistic from an evidence transcript (the suspect's answers) and the opened
-    owner outputs."""
+    owner outputs, under the recorded parameters (rule=None) or a checker's rule."""
     v = transcript["verifier"]
+    r = check_rule(rule if rule is not None else v, error=ValueError)
     owner = opened["outputs"].double()
     out = torch.as_tensor(transcript["answers"]).double().reshape(len(owner), -1)
-    stat = kink_statistic(owner, out, permutations=0, seed=int(v["seed"]), margin=float(v["margin"]))
-    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= float(v["alpha"])}
+    stat = kink_statistic(owner, out, permutations=0, seed=int(v.get("seed", 0)), margin=r["margin"])
+    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= r["alpha"]}
+
+
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> torch.Tensor:
+    """The suspect's raw outputs on the fingerprint inputs (for `check --suspect`)."""
+    return suspect.predict(opened["inputs"].float()).reshape(len(opened["inputs"]), -1).float()
 
 
 def _free_direction(x: torch.Tensor, g: torch.Tensor, lo: float, hi: float, reach: float) -> torch.Tensor:
@@ -355,3 +374,5 @@ def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int
 
 
 TAFA.recheck = staticmethod(recheck)
+TAFA.check_rule = staticmethod(check_rule)
+TAFA.reanswer = staticmethod(reanswer)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ from torch.utils.data import Dataset
 from .. import stats, validate
 from ..data import as_tensors, meta_of
 from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError, ModelSealError
-from ..keys import Key
+from ..keys import Key, now
 from ..models import reinit, signature_of, spec_of
 from ..suspect import Suspect, as_suspect
 from ..train import fit, predict
@@ -60,8 +61,15 @@ from . import register
 
 METHOD = "trigger-set"
 MODES = ("pretrained", "scratch")
-COMMITMENT_HASH = "sha256(nonce[32] || image float32 little-endian C-order || label int64 little-endian)"
+TRIGGER_HASH = "c_i = sha256('modelseal-trigger-v2' 0 || nonce_i[32] || image_i float32 little-endian C-order)"
+ROOT_HASH = ("root = sha256('modelseal-trigger-root-v2' 0 || JSON [beacon, created, classes, n] 0 || "
+             "c_1 || ... || c_n as raw 32-byte digests)")
+LABEL_RULE_ID = "sha256-root-v2"
+LABEL_RULE = ("label_i = the first value v < floor(2^64 / C) * C of the 64-bit big-endian words of "
+              "sha256(root || 'label' || i || k), k = 0, 1, ..., taken mod C (exactly uniform); the query order "
+              "is a Fisher-Yates shuffle drawing j < i + 1 the same way from sha256(root || 'order' || i || k)")
 NONCE_BYTES = 32
+MAX_BEACON = 1024
 VIEWS_PER_EPOCH = 4  # default k shows every trigger about this often per epoch
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -81,6 +89,7 @@ class TriggerSet:
     batch_size: int = 64
     seed: int = 0
     image_folder: str | None = None
+    beacon: str = ""
     device: str | None = None
 
     # what the verifier sets (never read from a key): name -> (default, meaning)
@@ -110,9 +119,12 @@ class TriggerSet:
         bounds = _bounds_of(model, meta)
         images = (load_trigger_folder(self.image_folder, self.n, input_shape, bounds, self.seed)
                   if self.image_folder else make_triggers(self.n, input_shape, bounds, self.seed))
-        labels = _rng(self.seed, 2).integers(0, classes, size=self.n).astype(np.int64)
         nonces = _rng(self.seed, 3).integers(0, 256, size=(self.n, NONCE_BYTES), dtype=np.uint8)
-        labels_t = torch.from_numpy(labels)
+        # The labels exist only after the images and nonces are fixed: each is a hash of the root of every
+        # trigger's commitment (see `derive_labels`), so the owner cannot choose them.
+        created = now()
+        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, self.beacon, created)
+        labels_t = torch.from_numpy(derive_labels(root, self.n, classes))
 
         marked = copy.deepcopy(model)
         if self.mode == "scratch":
@@ -140,9 +152,11 @@ class TriggerSet:
             device=self.device, extra_batch=extra_batch, stop=stop, progress=progress,
             description="embed trigger-set")
         params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed,
-                  "num_classes": classes, "source": "folder" if self.image_folder else "abstract"}
+                  "num_classes": classes, "source": "folder" if self.image_folder else "abstract",
+                  "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
         key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
-                  tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)})
+                  tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)},
+                  created=created)
         return marked, key
 
     # ------------------------------------------------------------------------------------ verify
@@ -153,16 +167,15 @@ class TriggerSet:
         alpha, batch (the look size) and max_queries are the verifier's; the key's parameters never set them.
         """
         images, labels, _ = key_tensors(key)
-        alpha = validate.alpha(alpha)
-        batch = validate.count("batch", batch)
-        if max_queries is not None:
-            max_queries = validate.count("max_queries", max_queries)
+        rule = check_rule({"alpha": alpha, "batch": batch, "max_queries": max_queries})
+        alpha, batch, max_queries = rule["alpha"], rule["batch"], rule["max_queries"]
         suspect = as_suspect(suspect)
         key.check_signature(suspect.input_shape, suspect.output_size())
         classes = int(key.signature["output_size"])
         n = len(labels)
+        root = key_root(key)  # refuses a key whose labels its committed triggers do not derive
         budget = min(x for x in (n, max_queries, suspect.remaining()) if x is not None)
-        order = torch.from_numpy(_rng(int(key.params.get("seed", 0)), 5).permutation(n))
+        order = torch.from_numpy(committed_order(root, n))
         start_queries = suspect.queries
         asked: list[int] = []
         answers: list[int] = []
@@ -175,7 +188,7 @@ class TriggerSet:
             return (got == labels[idx]).numpy()
 
         res = stats.sequential_test(answer, budget, 1.0 / classes, alpha, batch)
-        details = {**res, "null_rate": 1.0 / classes, "triggers": n}
+        details = {**res, "null_rate": 1.0 / classes, "triggers": n, "order": "committed (derived from the root)"}
         verifier = {"alpha": alpha, "batch": batch, "max_queries": max_queries, "budget": budget}
         if not res["reachable"]:
             details["not_judged"] = (
@@ -202,6 +215,8 @@ class TriggerSet:
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
                                         and self.lr > 0):
             raise ModelSealError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.beacon, str) or len(self.beacon) > MAX_BEACON:
+            raise ModelSealError(f"beacon must be a text of at most {MAX_BEACON} characters")
 
 
 
@@ -315,12 +330,133 @@ def load_trigger_folder(folder: str | os.PathLike, n: int, input_shape: Sequence
     return torch.from_numpy(lo + (hi - lo) * np.stack(out)).reshape(n, *shape).float().contiguous()
 
 
-def evidence_open(key: Key, transcript: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The secret part an evidence file reveals: only the asked triggers (image, label, nonce), each of
-    which opens its own public commitment."""
+# ---------------------------------------------------------------------------------------------- commitments
+# Each trigger is committed without its label: c_i = H(nonce_i, image_i). The root binds every c_i (in
+# order), the model's class count, the key's creation time and an optional public beacon. Labels and the
+# query order are then *derived* from the root, so they exist only after every image is fixed: the owner
+# cannot pick labels that an innocent model happens to give, and the checker recomputes them from the
+# public commitment alone. An owner who wants other labels must regenerate the whole set (new nonces or
+# images), and each regeneration accuses a given independent model with probability at most alpha.
+def _trigger_digest(nonce: np.ndarray, image: np.ndarray) -> bytes:
+    h = hashlib.sha256(b"modelseal-trigger-v2\0")
+    h.update(np.ascontiguousarray(nonce, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(image, dtype="<f4").tobytes())
+    return h.digest()
+
+
+def trigger_commitments(images: np.ndarray, nonces: np.ndarray) -> list[str]:
+    """The public per-trigger commitments c_i (hex), in key order."""
+    return [_trigger_digest(nonces[i], images[i]).hex() for i in range(len(images))]
+
+
+def trigger_root(commitments: Sequence[str], classes: int, beacon: str, created: str) -> str:
+    """The root every label and the query order derive from (hex)."""
+    h = hashlib.sha256(b"modelseal-trigger-root-v2\0")
+    h.update(json.dumps([beacon, created, int(classes), len(commitments)]).encode() + b"\0")
+    for c in commitments:
+        h.update(bytes.fromhex(c))
+    return h.hexdigest()
+
+
+def _uniform(root: str, tag: str, i: int, m: int) -> int:
+    """An exactly uniform integer in [0, m) from the hash stream of (root, tag, i), by rejection."""
+    limit = (2**64 // m) * m
+    k = 0
+    while True:
+        block = hashlib.sha256(bytes.fromhex(root) + tag.encode() + i.to_bytes(8, "big") + k.to_bytes(8, "big"))
+        d = block.digest()
+        for w in range(4):
+            v = int.from_bytes(d[8 * w:8 * w + 8], "big")
+            if v < limit:
+                return v % m
+        k += 1
+
+
+def derive_labels(root: str, n: int, classes: int) -> np.ndarray:
+    """The n trigger labels the root derives, uniform on the classes and independent of the images."""
+    return np.array([_uniform(root, "label", i, classes) for i in range(n)], dtype=np.int64)
+
+
+def committed_order(root: str, n: int) -> np.ndarray:
+    """The order the triggers are asked in: a uniform permutation derived from the root."""
+    order = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = _uniform(root, "order", i, i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def key_root(key: Key) -> str:
+    """The root of a key's committed triggers; KeyIntegrityError unless its labels are the derived ones
+    (a key whose labels were chosen or edited, or one made before labels were derived, proves nothing)."""
     images, labels, nonces = key_tensors(key)
+    beacon = key.params.get("beacon", "")
+    if key.params.get("label_rule") != LABEL_RULE_ID or not isinstance(beacon, str):
+        raise KeyIntegrityError("this trigger-set key's labels were not derived from its committed triggers "
+                                "(it was made by an older modelseal, or edited), so no p-value can rest on them; "
+                                "embed the watermark again")
+    root = trigger_root(trigger_commitments(images.numpy(), nonces.numpy()),
+                        int(key.signature["output_size"]), beacon, key.created)
+    derived = derive_labels(root, len(labels), int(key.signature["output_size"]))
+    wrong = np.flatnonzero(derived != labels.numpy())
+    if len(wrong):
+        raise KeyIntegrityError(f"trigger {int(wrong[0])} of the key has label {int(labels[wrong[0]])}, but its "
+                                f"committed triggers derive {int(derived[wrong[0]])}: labels chosen by the owner "
+                                "prove nothing; use the key as embed made it")
+    return root
+
+
+def commitment_extra(key: Key) -> dict[str, Any]:
+    """Trigger-set's addition to the generic commitment: one commitment per trigger image (so a verifier
+    can be shown only the triggers that were asked), the root, the beacon and the rule that derives every
+    label and the query order from the root."""
+    images, _, nonces = key_tensors(key)
+    root = key_root(key)
+    return {"trigger_hash": TRIGGER_HASH, "root_hash": ROOT_HASH, "label_rule": LABEL_RULE,
+            "commitments": trigger_commitments(images.numpy(), nonces.numpy()), "root": root,
+            "beacon": key.params.get("beacon", "")}
+
+
+def _public_root(public: dict[str, Any]) -> str:
+    """The root a commitment states, recomputed from its own fields (KeyIntegrityError if they disagree)."""
+    com, beacon = public.get("commitments"), public.get("beacon")
+    if not isinstance(com, list) or not isinstance(beacon, str) or not isinstance(public.get("root"), str):
+        raise KeyIntegrityError("the commitment has no trigger commitments, root and beacon; it is not a "
+                                "trigger-set commitment of this modelseal")
+    root = trigger_root(com, int(public["signature"]["output_size"]), beacon, public["created"])
+    if root != public["root"]:
+        raise KeyIntegrityError("the commitment's root is not the one its trigger commitments, beacon, class "
+                                "count and creation time give: it was edited")
+    return root
+
+
+def check_commitment_extra(key: Key, public: dict[str, Any]) -> list[str]:
+    """Open the key's triggers against the per-trigger commitments and the root; what differs."""
+    com = public.get("commitments")
+    if not isinstance(com, list):
+        return ["the commitment has no per-trigger commitments"]
+    images, labels, nonces = key_tensors(key)
+    if len(com) != len(labels):
+        return [f"the key opens {len(labels)} triggers but {len(com)} were committed"]
+    mine = trigger_commitments(images.numpy(), nonces.numpy())
+    for i, c in enumerate(com):
+        if mine[i] != c:
+            return [f"trigger {i} of the key does not match its commitment (its image or nonce was changed after "
+                    "committing)"]
+    try:
+        if _public_root(public) != key_root(key):
+            return ["the committed root differs from the key's"]
+    except KeyIntegrityError as e:
+        return [str(e)]
+    return []
+
+
+def evidence_open(key: Key, transcript: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The secret part an evidence file reveals: only the asked triggers (image and nonce), each of which
+    opens its own public commitment; their labels follow from the public root."""
+    images, _, nonces = key_tensors(key)
     idx = torch.tensor(transcript["asked"], dtype=torch.int64)
-    return {"index": idx, "images": images[idx], "labels": labels[idx], "nonces": nonces[idx]}
+    return {"index": idx, "images": images[idx], "nonces": nonces[idx]}
 
 
 def evidence_check(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> None:
@@ -328,61 +464,66 @@ def evidence_check(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> N
     com = public.get("commitments")
     if not isinstance(com, list):
         raise KeyIntegrityError("the commitment has no per-trigger commitments; it is not a trigger-set one")
-    idx, imgs = opened["index"].tolist(), opened["images"].numpy()
-    labs, nons = opened["labels"].numpy(), opened["nonces"].numpy()
+    _public_root(public)
+    idx, imgs, nons = opened["index"].tolist(), opened["images"].numpy(), opened["nonces"].numpy()
+    if not (len(idx) == len(imgs) == len(nons)):
+        raise KeyIntegrityError("the evidence opens a different number of indices, images and nonces")
     for j, i in enumerate(idx):
-        if not 0 <= i < len(com) or _trigger_digest(nons[j], imgs[j], int(labs[j])) != com[i]:
-            raise KeyIntegrityError(f"opened trigger {i} does not match its commitment: its image, label or "
-                                    "nonce was changed")
+        if not 0 <= i < len(com) or _trigger_digest(nons[j], imgs[j]).hex() != com[i]:
+            raise KeyIntegrityError(f"opened trigger {i} does not match its commitment: its image or nonce was "
+                                    "changed")
 
 
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
-            ) -> dict[str, Any]:
-    """Recompute the sequential test from an evidence transcript and the opened triggers."""
-    v = transcript["verifier"]
-    if opened["index"].tolist() != list(transcript["asked"]):
+def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
+    """The verifier's (or checker's) rule, validated the one way verify and check both use."""
+    out = {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error),
+           "batch": validate.count("batch", rule.get("batch", 5), error=error), "max_queries": None}
+    if rule.get("max_queries") is not None:
+        out["max_queries"] = validate.count("max_queries", rule["max_queries"], error=error)
+    return out
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the sequential test from an evidence transcript and the opened triggers.
+
+    The transcript must be the committed order's prefix (no trigger skipped, repeated or reordered); the
+    labels are derived from the public root. rule=None replays the test exactly as recorded (its
+    parameters validated as verify validates them); a checker's `rule` (alpha, batch, max_queries) runs
+    the checker's own test over the same answers."""
+    idx = [int(i) for i in opened["index"].tolist()]
+    if idx != [int(i) for i in transcript["asked"]]:
         raise ValueError("the opened triggers are not the ones the transcript says were asked")
-    labels = opened["labels"].tolist()
+    com = public["commitments"]
+    n = len(com)
+    order = committed_order(_public_root(public), n).tolist()
+    if idx != order[:len(idx)]:
+        bad = next(j for j, (a, b) in enumerate(zip(idx, order, strict=False)) if a != b) \
+            if len(idx) <= n else n
+        raise ValueError(f"the transcript is not the committed query order: its answer {bad} is for trigger "
+                         f"{idx[bad] if bad < len(idx) else '?'}, but the commitment fixes trigger "
+                         f"{order[bad] if bad < n else 'none'} there (cherry-picked, repeated or reordered "
+                         "triggers prove nothing)")
+    classes = int(public["signature"]["output_size"])
+    labels = derive_labels(public["root"], n, classes)[idx].tolist()
     answers = transcript["answers"]
     if len(answers) != len(labels):
         raise ValueError(f"{len(answers)} answers for {len(labels)} opened triggers")
     hits = [int(a) == int(b) for a, b in zip(answers, labels, strict=True)]
-    p0 = 1.0 / int(public["signature"]["output_size"])
-    return stats.sequential_replay(hits, int(v["budget"]), p0, float(v["alpha"]), int(v["batch"]))
+    if rule is None:
+        v = transcript["verifier"]
+        r = check_rule(v, error=ValueError)
+        budget = validate.count("budget", v.get("budget"), 1, n, error=ValueError)
+        return stats.sequential_replay(hits, budget, 1.0 / classes, r["alpha"], r["batch"])
+    r = check_rule(rule)
+    budget = min(n, r["max_queries"] or n)
+    return stats.sequential_replay(hits, budget, 1.0 / classes, r["alpha"], r["batch"], exact=False)
 
 
-# ---------------------------------------------------------------------------------------------- commitments
-def _trigger_digest(nonce: np.ndarray, image: np.ndarray, label: int) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(nonce, dtype=np.uint8).tobytes())
-    h.update(np.ascontiguousarray(image, dtype="<f4").tobytes())
-    h.update(np.asarray(label, dtype="<i8").tobytes())
-    return h.hexdigest()
-
-
-def commitment_extra(key: Key) -> dict[str, Any]:
-    """Trigger-set's addition to the generic commitment: one SHA-256 commitment per trigger, so a verifier
-    can be shown only the triggers that were asked."""
-    images, labels, nonces = key_tensors(key)
-    imgs, labs, nons = images.numpy(), labels.numpy(), nonces.numpy()
-    return {"trigger_hash": COMMITMENT_HASH,
-            "commitments": [_trigger_digest(nons[i], imgs[i], int(labs[i])) for i in range(len(labs))]}
-
-
-def check_commitment_extra(key: Key, public: dict[str, Any]) -> list[str]:
-    """Open the key's triggers against the per-trigger commitments; what differs (empty if none)."""
-    com = public.get("commitments")
-    if not isinstance(com, list):
-        return ["the commitment has no per-trigger commitments"]
-    images, labels, nonces = key_tensors(key)
-    if len(com) != len(labels):
-        return [f"the key opens {len(labels)} triggers but {len(com)} were committed"]
-    imgs, labs, nons = images.numpy(), labels.numpy(), nonces.numpy()
-    for i, c in enumerate(com):
-        if _trigger_digest(nons[i], imgs[i], int(labs[i])) != c:
-            return [f"trigger {i} of the key does not match its commitment (its image, label or nonce was "
-                    "changed after committing)"]
-    return []
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> list[int]:
+    """The suspect's labels on the opened triggers (for `check --suspect`)."""
+    return [int(a) for a in suspect.labels(opened["images"]).reshape(-1).tolist()]
 
 
 TriggerSet.commitment_extra = staticmethod(commitment_extra)
@@ -390,3 +531,5 @@ TriggerSet.check_commitment_extra = staticmethod(check_commitment_extra)
 TriggerSet.evidence_open = staticmethod(evidence_open)
 TriggerSet.evidence_check = staticmethod(evidence_check)
 TriggerSet.recheck = staticmethod(recheck)
+TriggerSet.reanswer = staticmethod(reanswer)
+TriggerSet.check_rule = staticmethod(check_rule)

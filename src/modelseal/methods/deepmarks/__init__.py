@@ -281,14 +281,33 @@ def decide(b: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
             "max_colluders": k - 1, "layer": p["layer"], "norm": float(np.linalg.norm(b) / math.sqrt(v))}
 
 
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
-            ) -> dict[str, Any]:
-    """Recompute the trace from an evidence transcript (the suspect's channel means) and the opened key."""
-    key = Key("deepmarks", params=public["params"], signature=public["signature"], tensors=opened)
-    alpha = float(transcript["verifier"]["alpha"])
+def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
+    """The verifier's (or checker's) rule, validated as trace validates it."""
+    return {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error)}
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the trace from an evidence transcript (the suspect's channel means) and the opened key,
+    under the recorded alpha (rule=None) or a checker's rule."""
+    key = _opened_key(opened, public)
+    alpha = check_rule(rule if rule is not None else transcript["verifier"], error=ValueError)["alpha"]
     res = decide(_project(key, torch.as_tensor(transcript["answers"]).double()), key, alpha)
     return {"score": _log_p(res["p_value"]), "p_value": res["p_value"], "owned": bool(res["accused"]),
             "accused": res["accused"]}
 
 
+def _opened_key(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> Key:
+    return Key("deepmarks", params=public["params"], signature=public["signature"], tensors=opened,
+               created=public["created"])
+
+
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> torch.Tensor:
+    """The suspect's channel means, read again from its weights (for `check --suspect`)."""
+    return DeepMarks().channel_means(suspect, _opened_key(opened, public))
+
+
 DeepMarks.recheck = staticmethod(recheck)
+DeepMarks.check_rule = staticmethod(check_rule)
+DeepMarks.reanswer = staticmethod(reanswer)
