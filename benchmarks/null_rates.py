@@ -99,15 +99,21 @@ def lower95(k: int, n: int) -> float:
     return 0.0 if k == 0 else float(_st.beta.ppf(0.05, k, n - k + 1))
 
 
-def population(data: Any, count: int, seed0: int, epochs: int, what: str) -> list[dict[str, Any]]:
-    """`count` independent models on the attacker split, cycling through the variants, seeds seed0 + i."""
+def population(data: Any, count: int, seed0: int, epochs: int, what: str,
+               init_seed: int | None = None) -> list[dict[str, Any]]:
+    """`count` independent models on the attacker split, cycling through the variants, seeds seed0 + i.
+    With `init_seed`, every model is the owner's variant initialised with the owner's seed (only the data and
+    the training seed differ): the independents that share the owner's initialisation (issue 22)."""
     out = []
     for i in range(count):
         variant, seed = CYCLE[i % len(CYCLE)], seed0 + i
+        if init_seed is not None:
+            variant = OWNER_VARIANT
         arch, kw = VARIANTS[variant]
-        m = ms.models.build(arch, data.meta, seed=seed, **kw)
+        m = ms.models.build(arch, data.meta, seed=seed if init_seed is None else init_seed, **kw)
         ms.train.fit(m, data.attacker, epochs=epochs, seed=seed, progress=False)
-        out.append({"id": f"{what}-{i}", "variant": variant, "seed": seed, "model": m,
+        out.append({"id": f"{what}-{i}", "variant": variant + ("" if init_seed is None else "-same-init"),
+                    "seed": seed, "init_seed": seed if init_seed is None else init_seed, "model": m,
                     "test_accuracy": ms.train.evaluate(m, data.test)})
         if (i + 1) % 25 == 0 or i + 1 == count:
             log(f"trained {i + 1}/{count} {what} models")
@@ -118,8 +124,10 @@ def describe(models: list[dict[str, Any]]) -> dict[str, Any]:
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for m in models:
         by[m["variant"]].append(m)
-    return {v: {"architecture": VARIANTS[v][0],
-                "kwargs": {k: list(x) if isinstance(x, tuple) else x for k, x in VARIANTS[v][1].items()},
+    return {v: {"architecture": VARIANTS[v.removesuffix("-same-init")][0],
+                "kwargs": {k: list(x) if isinstance(x, tuple) else x
+                           for k, x in VARIANTS[v.removesuffix("-same-init")][1].items()},
+                "init_seeds": sorted({m["init_seed"] for m in ms_}),
                 "count": len(ms_), "seeds": [m["seed"] for m in ms_],
                 "mean_test_accuracy": round(float(np.mean([m["test_accuracy"] for m in ms_])), 4),
                 "min_test_accuracy": round(float(min(m["test_accuracy"] for m in ms_)), 4)}
@@ -181,6 +189,9 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=200, help="independent models judged (at least 50 by default)")
     ap.add_argument("--keys", type=int, default=3, help="keys per method (seeds seed, seed + 1, ...)")
     ap.add_argument("--references", type=int, default=20, help="further independent models: c-examples' null")
+    ap.add_argument("--same-init", type=int, default=20,
+                    help="further independents that share the owner's architecture and initialisation seed (the "
+                         "first also its training seed, as `modelseal train --split attacker` with the owner's seed)")
     ap.add_argument("--epochs", type=int, default=15, help="training epochs of every model (owner included)")
     ap.add_argument("--sims", type=int, default=100_000, help="null runs of the sequential test per alpha")
     ap.add_argument("--alphas", default="1e-6,1e-2,1e-1", help="alphas to judge at (comma-separated)")
@@ -188,7 +199,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.quick:
-        args.models, args.references, args.epochs, args.sims, args.keys = 4, 9, 6, 2000, 2
+        args.models, args.references, args.epochs, args.sims, args.keys, args.same_init = 4, 9, 6, 2000, 2, 2
     alphas = sorted({float(a) for a in args.alphas.split(",")})
     if min(args.models, args.references, args.sims, args.keys) < 1:
         ap.error("--models, --references, --sims and --keys must be positive")
@@ -219,6 +230,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     independent = population(data, args.models, args.seed + INDEPENDENT_SEED0, args.epochs, "independent")
+    # the owner's own init seed; the first one also trains with the owner's seed (only the data differ)
+    independent += population(data, args.same_init, args.seed, args.epochs, "same-init", init_seed=args.seed)
     references = population(data, args.references, args.seed + REFERENCE_SEED0, args.epochs, "reference")
     train_s = round(time.perf_counter() - t0, 2)
     refs = [r["model"] for r in references]
@@ -297,7 +310,7 @@ def main() -> None:
             "owner_detected": positives,
             "by_alpha": by_alpha,
             "not_judged_reasons": dict(not_judged_reasons),
-            "judged_architectures": sorted({VARIANTS[v][0] for v in judged_variants}),
+            "judged_architectures": sorted({VARIANTS[v.removesuffix("-same-init")][0] for v in judged_variants}),
             "judged_per_variant": dict(Counter(m["variant"] for m in judged_models)),
             "judged_seeds": "every seed of the judged variants (listed under independent_models)"
             if all(m["id"] in judged_ids for m in independent if m["variant"] in judged_variants)
@@ -318,14 +331,16 @@ def main() -> None:
         "data": {"name": "digits", "owner": len(data.owner), "attacker": len(data.attacker), "test": len(data.test),
                  "classes": data.meta.num_classes},
         "settings": {"seed": args.seed, "models": args.models, "keys": args.keys, "references": args.references,
-                     "epochs": args.epochs,
+                     "same_init": args.same_init, "epochs": args.epochs,
                      "alphas": alphas, "default_alpha": DEFAULT_ALPHA, "sims": args.sims, "quick": args.quick,
                      "threads": args.threads, "device": "cpu", "torch": torch.__version__,
                      "python": platform.python_version(), "modelseal": ms.__version__},
         "owner": {"variant": OWNER_VARIANT, "seed": args.seed, "trained_on": "owner split",
                   "test_accuracy": round(owner_acc, 4)},
         "independent_models": {"count": len(independent), "trained_on": "attacker split",
-                               "architectures": sorted({VARIANTS[m["variant"]][0] for m in independent}),
+                               "architectures": sorted({VARIANTS[m["variant"].removesuffix("-same-init")][0]
+                                                        for m in independent}),
+                               "same_init": sum(m["variant"].endswith("-same-init") for m in independent),
                                "variants": describe(independent)},
         "reference_models": {"count": len(references), "trained_on": "attacker split", "used_by": "c-examples",
                              "disjoint_from_judged": not ({r["seed"] for r in references}

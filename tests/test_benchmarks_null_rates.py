@@ -30,9 +30,12 @@ def result() -> dict:
 def test_structure_and_independent_population(result):
     assert result["benchmark"] == "null_rates" and result["settings"]["quick"]
     ind = result["independent_models"]
-    assert ind["count"] == result["settings"]["models"] == 4 and ind["trained_on"] == "attacker split"
+    # 4 varied independents + 2 that share the owner's architecture and initialisation seed
+    assert ind["count"] == result["settings"]["models"] + result["settings"]["same_init"] == 6
+    assert ind["trained_on"] == "attacker split" and ind["same_init"] == 2
+    assert ind["variants"]["cnn-same-init"]["init_seeds"] == [result["owner"]["seed"]]
     assert set(ind["architectures"]) == {"cnn", "mlp"}
-    assert sum(v["count"] for v in ind["variants"].values()) == 4
+    assert sum(v["count"] for v in ind["variants"].values()) == 6
     assert all(0.0 <= v["mean_test_accuracy"] <= 1.0 for v in ind["variants"].values())
     refs = result["reference_models"]
     assert refs["count"] >= 1 and refs["disjoint_from_judged"] and refs["trained_on"] == "attacker split"
