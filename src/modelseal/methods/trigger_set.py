@@ -11,6 +11,16 @@ Where modelseal deviates from the paper, and why:
 - Trigger images are generated from the seed (low-resolution uniform noise upsampled bilinearly, mixed
   with random sinusoids, matched to the input shape and bounds) instead of the paper's hand-picked
   abstract pictures, so a key needs no image files; a user's own folder works too (`image_folder`).
+  `kind="noise"` / `kind="content"` make triggers near the data instead (the owner's own inputs with keyed
+  Gaussian noise, or with a keyed patch: the noise and content schemes of Zhang et al., AsiaCCS 2018), which
+  an out-of-distribution query filter cannot single out as easily as abstract images. They reveal some of
+  the owner's inputs in an evidence file.
+- The labels are not drawn by the owner. Every trigger is committed first, c_i = SHA-256(nonce_i ‖
+  image_i), and each label (uniform, by rejection sampling) and the query order are derived from the root
+  over every c_i, the class count, the creation time and an optional public beacon. An owner cannot pick
+  labels an innocent model happens to give; the checker recomputes them from the public commitment, and a
+  key whose labels are not the derived ones is refused. To frame a given model an owner must regenerate
+  whole trigger sets, each accusing it with probability at most alpha (about 1/alpha tries).
 - The nonces are drawn from the seed as well, so the same seed gives the same key and the same digest.
   They hide the images inside the public commitments only as long as the seed stays secret: use a large
   random seed for a real key (the default seed 0 is for reproducible experiments).
@@ -61,6 +71,7 @@ from . import register
 
 METHOD = "trigger-set"
 MODES = ("pretrained", "scratch")
+KINDS = ("abstract", "noise", "content")  # generated images; owner inputs + keyed noise; + a keyed patch
 TRIGGER_HASH = "c_i = sha256('modelseal-trigger-v2' 0 || nonce_i[32] || image_i float32 little-endian C-order)"
 ROOT_HASH = ("root = sha256('modelseal-trigger-root-v2' 0 || JSON [beacon, created, classes, n] 0 || "
              "c_1 || ... || c_n as raw 32-byte digests)")
@@ -89,6 +100,8 @@ class TriggerSet:
     batch_size: int = 64
     seed: int = 0
     image_folder: str | None = None
+    kind: str = "abstract"
+    strength: float = 0.5
     beacon: str = ""
     device: str | None = None
 
@@ -117,8 +130,12 @@ class TriggerSet:
         if (meta is not None and meta.task != "classification") or classes < 2:
             raise ModelError("trigger-set watermarks classifiers (2 or more classes); this model is not one")
         bounds = _bounds_of(model, meta)
-        images = (load_trigger_folder(self.image_folder, self.n, input_shape, bounds, self.seed)
-                  if self.image_folder else make_triggers(self.n, input_shape, bounds, self.seed))
+        if self.image_folder:
+            images = load_trigger_folder(self.image_folder, self.n, input_shape, bounds, self.seed)
+        elif self.kind == "abstract":
+            images = make_triggers(self.n, input_shape, bounds, self.seed)
+        else:
+            images = data_triggers(x_data, self.n, bounds, self.seed, self.kind, self.strength)
         nonces = _rng(self.seed, 3).integers(0, 256, size=(self.n, NONCE_BYTES), dtype=np.uint8)
         # The labels exist only after the images and nonces are fixed: each is a hash of the root of every
         # trigger's commitment (see `derive_labels`), so the owner cannot choose them.
@@ -152,7 +169,7 @@ class TriggerSet:
             device=self.device, extra_batch=extra_batch, stop=stop, progress=progress,
             description="embed trigger-set")
         params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed,
-                  "num_classes": classes, "source": "folder" if self.image_folder else "abstract",
+                  "num_classes": classes, "source": "folder" if self.image_folder else self.kind,
                   "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
         key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
                   tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)},
@@ -215,6 +232,9 @@ class TriggerSet:
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
                                         and self.lr > 0):
             raise ModelSealError(f"lr must be a positive number, got {self.lr!r}")
+        if self.kind not in KINDS:
+            raise ModelSealError(f"unknown trigger kind '{self.kind}'; use one of {', '.join(KINDS)}")
+        validate.number("strength", self.strength, 0.0, 1.0, lo_open=True)
         if not isinstance(self.beacon, str) or len(self.beacon) > MAX_BEACON:
             raise ModelSealError(f"beacon must be a text of at most {MAX_BEACON} characters")
 
@@ -293,6 +313,35 @@ def make_triggers(n: int, input_shape: Sequence[int], bounds: tuple[float, float
     flat = (flat - lo_v) / (hi_v - lo_v).clamp_min(1e-8)
     lo, hi = bounds
     return (lo + (hi - lo) * flat).reshape(n, *shape).float().contiguous()
+
+
+def data_triggers(x: torch.Tensor, n: int, bounds: tuple[float, float], seed: int, kind: str,
+                  strength: float) -> torch.Tensor:
+    """n triggers near the data (the content and noise schemes of Zhang et al. 2018, as in Lukas et al.'s
+    Watermark-Robustness-Toolbox): a seeded choice of the owner's own inputs, each with keyed Gaussian
+    noise of sd `strength` x (hi - lo) (`noise`), or with one keyed random patch, a quarter of the input
+    wide, stamped at a keyed place (`content`). Their labels are derived from the commitment like every
+    trigger's, so they are uniform and the binomial null stays exact."""
+    if len(x) < n:
+        raise DataError(f"{kind} triggers are made from the owner's inputs, but the data holds {len(x)} and n = {n}")
+    lo, hi = bounds
+    rng = _rng(seed, 6)
+    base = x[torch.from_numpy(np.sort(rng.permutation(len(x))[:n]))].float().clone()
+    if kind == "noise":
+        noise = torch.from_numpy(rng.standard_normal(base.shape).astype(np.float32))
+        return (base + strength * (hi - lo) * noise).clamp(lo, hi).contiguous()
+    flat = base.reshape(n, -1) if base.dim() == 2 else base
+    if flat.dim() == 2:  # tabular: a keyed quarter of the features set to keyed values
+        d = flat.shape[1]
+        idx = torch.from_numpy(rng.permutation(d)[:max(1, d // 4)])
+        flat[:, idx] = torch.from_numpy(lo + (hi - lo) * rng.random(len(idx), dtype=np.float32))
+        return flat.reshape(base.shape).contiguous()
+    h, w = base.shape[-2], base.shape[-1]
+    ph, pw = max(1, h // 4), max(1, w // 4)
+    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    patch = torch.from_numpy(lo + (hi - lo) * (rng.random((*base.shape[1:-2], ph, pw)) > 0.5).astype(np.float32))
+    base[..., top:top + ph, left:left + pw] = patch
+    return base.contiguous()
 
 
 def load_trigger_folder(folder: str | os.PathLike, n: int, input_shape: Sequence[int],
