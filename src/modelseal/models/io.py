@@ -20,6 +20,7 @@ from ..tensorfile import (
     read_header,
     read_header_metadata,
     write_atomic,
+    write_target,
 )
 
 _META_KEY = "modelseal_model"
@@ -184,6 +185,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
 
     path = Path(path)
     check_writable(path, force)
+    target = write_target(path)  # a link to a regular file is written through, like every other output
     if input_shape is None:
         spec = spec_of(model)
         if spec is None:
@@ -193,7 +195,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     was = model.training
     model.eval()
     dummy = torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype)
-    tmp = path.with_name(path.name + ".tmp.onnx")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
@@ -206,5 +208,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
         raise ModelError(f"ONNX export failed: {first_line(e)}") from None
     finally:
         model.train(was)
-    os.replace(tmp, path)
+    try:
+        write_target(target)  # still a regular file (or absent) at the moment of the rename
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ModelError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
     return path
