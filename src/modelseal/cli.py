@@ -614,6 +614,13 @@ def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] |
         kw["alpha"] = alpha
     if max_queries is not None:
         kw["max_queries"] = max_queries
+    given = kw.pop("references", None)
+    if given is not None:  # `--set references=...` names model files, like --reference
+        files = [given] if isinstance(given, str) else given
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            raise ModelSealError(f"--set references takes model file paths (a path, or a JSON list of paths), "
+                                 f"not {json.dumps(given)[:60]}; or pass --reference PATH, once per model")
+        reference = [*(reference or []), *map(Path, files)]
     if reference:
         kw["references"] = [_load_model(p, device, arch, signature) for p in reference]
     return kw
@@ -829,7 +836,7 @@ def serve(
 ) -> None:
     """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
     try:
-        from .suspect.serve import model_url, run
+        from .suspect.serve import run
     except ImportError as e:
         _fail(ModelSealError(f"serving needs the server extra: {e}"))
     token = os.environ.get(token_env) if token_env else None
@@ -839,13 +846,18 @@ def serve(
         model: Any = model_path
         if arch is not None or (model_path.suffix != ".onnx" and device != "cpu"):
             model = _load_model(model_path, device, arch)
-        url = model_url(host, port, name)
-        _emit(as_json, {"url": url, "model": str(model_path)},
-              lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)"))
-        sys.stdout.flush()
-        run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch)
+
+        def ready(url: str) -> None:  # called once the server listens: "serving" is then true
+            _emit(as_json, {"url": url, "model": str(model_path)},
+                  lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)", soft_wrap=True))
+            sys.stdout.flush()
+
+        run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch,
+            on_ready=ready)
     except ModelSealError as e:
         _fail(e)
+    if not as_json:
+        err.print("stopped")
 
 
 # -------------------------------------------------------------------------------------------- bench
@@ -1068,6 +1080,13 @@ def main(argv: list[str] | None = None) -> int:
         if _debug:
             traceback.print_exception(e)
         _error_line(_one_line(e))
+        return 2
+    except OSError as e:  # a path the system refuses (a name too long, no permission): the user's input
+        if _debug:
+            traceback.print_exception(e)
+        name = str(e.filename or "")
+        where = f"{name if len(name) <= 80 else name[:50] + '...' + name[-20:]}: " if name else ""
+        _error_line(f"cannot use {where}{e.strerror or _one_line(e)}")
         return 2
     except Exception as e:  # the top level: no traceback reaches a user unless asked for
         if _debug:
