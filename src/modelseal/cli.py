@@ -898,7 +898,10 @@ def bench_run(
         _fail(e)
     _emit(as_json, summary, lambda: out.print(
         f"{summary['ran']} cells ran, {summary['skipped_finished']} already finished, {summary['pending']} pending, "
-        f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}"))
+        f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}" + (
+            f"\nPARTIAL RUN: {summary['finished']} of {summary['planned']} planned cells finished, "
+            f"{summary['pending']} not run; run the same command again to finish it" if summary["partial"] else ""),
+        soft_wrap=True))
 
 
 @bench_app.command("report", epilog=_examples("modelseal bench report run/results.sqlite --out report.html",
