@@ -479,7 +479,9 @@ def deepmarks_distribute(
 
     seed = _secret_seed(seed)
     try:
-        if out_dir.exists() and not out_dir.is_dir():
+        from .tensorfile import usable_path
+
+        if usable_path(out_dir, what="--out-dir").exists() and not out_dir.is_dir():
             raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
         manifest_path = out_dir / "manifest.json"
         # the copies' names depend on the number of users, known once distributed: check the fixed outputs
@@ -1089,7 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(e)
         name = str(e.filename or "")
         where = f"{name if len(name) <= 80 else name[:50] + '...' + name[-20:]}: " if name else ""
-        _error_line(f"cannot use {where}{e.strerror or _one_line(e)}")
+        _error_line(f"the system refused {where}{e.strerror or _one_line(e)}")
         return 2
     except Exception as e:  # the top level: no traceback reaches a user unless asked for
         if _debug:

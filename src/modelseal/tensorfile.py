@@ -126,6 +126,25 @@ def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict
     return meta
 
 
+def _short(p: str | os.PathLike) -> str:
+    s = str(p)
+    return s if len(s) <= 120 else f"{s[:60]}...{s[-30:]} ({len(s)} characters)"
+
+
+def usable_path(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "path") -> Path:
+    """`path` as a Path, once the system accepts its name: a name past the file system's limit, a folder
+    without permission or a NUL byte ends in one `err` naming it (pathlib's exists() and is_file() raise
+    OSError or ValueError on these instead of answering). A path that does not exist is fine here."""
+    p = Path(path)
+    try:
+        os.lstat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as e:
+        raise err(f"cannot use {what} {_short(p)}: {getattr(e, 'strerror', None) or e}") from None
+    return p
+
+
 def _regular_input(p: Path, err: type[Exception], what: str) -> None:
     """Refuse (one line) an input that does not exist, is a directory or is not a regular file (a FIFO would
     block the read forever, a device would be read without end); OSError (e.g. a name too long) included."""
@@ -134,7 +153,7 @@ def _regular_input(p: Path, err: type[Exception], what: str) -> None:
     except FileNotFoundError:
         raise err(f"{what} {p} does not exist") from None
     except (OSError, ValueError) as e:
-        raise err(f"cannot read {what} {p}: {getattr(e, 'strerror', None) or e}") from None
+        raise err(f"cannot read {what} {_short(p)}: {getattr(e, 'strerror', None) or e}") from None
     if stat.S_ISDIR(st.st_mode):
         raise err(f"{what} {p} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
@@ -177,7 +196,7 @@ def _kind(mode: int) -> str:
 
 
 def _oserror(p: Path, e: BaseException) -> WriteError:
-    return WriteError(f"cannot write {p}: {getattr(e, 'strerror', None) or e}")
+    return WriteError(f"cannot write {_short(p)}: {getattr(e, 'strerror', None) or e}")
 
 
 def write_target(path: str | os.PathLike) -> Path:

@@ -241,7 +241,9 @@ def _alpha_text(alpha: Any) -> str:
 
 
 def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
-    db_path = Path(db_path)
+    from ..tensorfile import usable_path
+
+    db_path = usable_path(db_path, what="results database")
     if not db_path.is_file():
         raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
     with Store(db_path) as s:
@@ -306,7 +308,7 @@ def partial_rows(rows: list[dict[str, Any]], part: dict[str, Any] | None) -> lis
         if done < total:
             r["verdict"] += f"; PARTIAL: {done} of {total} cells run"
             r["partial"] = True
-    for label, (done, total) in part["by_protection"].items():
+    for label, (_done, total) in part["by_protection"].items():
         if label not in seen:
             rows.append({"protection": label, "method": None, "family": None, "status": "not-run",
                          "verdict": f"not run: 0 of {total} cells (partial run)", "removed_by": [], "survived": [],
@@ -617,9 +619,9 @@ def _status_class(status: str) -> str:
 def report(db_path: str | Path, out_html: str | Path, force: bool = False,
            lock_margin: float = LOCK_HELD_MARGIN) -> Path:
     """Write the HTML report of the database `db_path` to `out_html` (refused if it exists without force)."""
-    from ..tensorfile import check_writable, write_atomic
+    from ..tensorfile import check_writable, usable_path, write_atomic
 
-    db_path, out_html = Path(db_path), Path(out_html)
+    db_path, out_html = usable_path(db_path, what="results database"), Path(out_html)
     if not db_path.is_file():
         raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
     check_writable(out_html, force)

@@ -460,7 +460,9 @@ def load(path: str | Path) -> Scenario:
     if s in BUILTIN:
         text = resources.files("modelseal.bench").joinpath("scenarios", f"{s}.toml").read_text()
         return parse(text, f"<built-in {s}>")
-    p = Path(s)
+    from ..tensorfile import usable_path
+
+    p = usable_path(s, ScenarioError, "scenario file")
     if not p.is_file():
         raise ScenarioError(f"scenario file {p} does not exist (or name a built-in: {', '.join(BUILTIN)})")
     try:

@@ -160,7 +160,9 @@ class Suspect:
                 raise SuspectError("remote suspects need modelseal.suspect.remote, which this install lacks") from None
             return cls(RemoteBackend(s, **{k: kw.pop(k) for k in list(kw) if k in RemoteBackend.OPTIONS}),
                        name=s, **kw)
-        path = Path(s)
+        from ..tensorfile import usable_path
+
+        path = usable_path(s, SuspectError, "suspect")
         if not path.exists():
             raise SuspectError(f"suspect {path} does not exist (expected a .safetensors model, an .onnx file "
                                "or an http(s):// URL)")

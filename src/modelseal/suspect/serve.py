@@ -38,7 +38,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,9 @@ def _as_suspect(model: nn.Module | Suspect | str | os.PathLike) -> Suspect:
         return model
     if isinstance(model, nn.Module):
         return Suspect(model)
-    path = Path(model)
+    from ..tensorfile import usable_path
+
+    path = usable_path(model, what="model file")
     if not path.is_file():
         raise ModelSealError(f"model file {path} does not exist; give a modelseal .safetensors model or an "
                              ".onnx file")
