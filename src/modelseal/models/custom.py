@@ -70,7 +70,8 @@ USER_ERRORS = (Exception, SystemExit)
 def _what(e: BaseException) -> str:
     if isinstance(e, SystemExit):
         return f"it called sys.exit({e.code!r})"
-    return f"{type(e).__name__}: {first_line(e, 160, empty='no message')}"
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines and lines[0] else type(e).__name__
 
 
 def _read_meta(path: Path) -> dict[str, str]:
