@@ -164,6 +164,8 @@ def ws(tmp_path_factory):
     f["link"].symlink_to(f["m"])
     f["hard"] = root / "hard.safetensors"
     os.link(f["m"], f["hard"])
+    f["fifo"] = root / "pipe"  # issue 27: a node that is not a regular file, as an input and an output
+    os.mkfifo(f["fifo"])
 
     # key files
     put("k_empty", b"")
@@ -529,6 +531,15 @@ OK("ok-commit-tafa-key", lambda w: ["commit", w["fk"], "--out", w.root / "okc" /
    or pytest.fail(err))
 E("commit-out-is-key", lambda w: ["commit", w["k"], "--out", w["k"], "--force"], "same file")
 E("commit-out-dir", lambda w: ["commit", w["k"], "--out", w["adir"], "--force"], "is a directory")
+E("commit-out-fifo", lambda w: ["commit", w["k"], "--out", w["fifo"], "--force"], "FIFO")
+E("commit-out-name-too-long", lambda w: ["commit", w["k"], "--out", w.root / ("n" * 300)], "too long")
+E("verify-evidence-fifo", lambda w: [V, w["fk"], w["m"], "--evidence", w["fifo"], "--force"], "FIFO")
+E("verify-suspect-fifo", lambda w: [V, w["fk"], w["fifo"]], "FIFO")
+E("verify-key-fifo", lambda w: [V, w["fifo"], w["m"]], "FIFO")
+E("verify-set-references-int", lambda w: [V, w["fk"], w["m"], "--set", "references=5"],
+  "references takes model file paths")
+E("train-arch-sys-exit", lambda w: ["train", "--data", "digits", "--arch", "sys:exit", "--epochs", "1",
+                                    "--out", w.root / "n-exit.safetensors"], "sys.exit")
 
 # ---- remote suspects that cannot answer (no server is started: each fails before any query)
 HTTP = ["--retries", "0", "--timeout", "3"]
@@ -587,6 +598,7 @@ E("out-lock-out-parent-file", _lock(lambda w: w["afile"] / "sub" / "x", lambda w
   "is a file, not a directory")
 E("out-lock-out-dir", _lock(lambda w: w["adir"], lambda w: w.root / "n7"), "is a directory")
 E("out-lock-key-dir", _lock(lambda w: w.root / "n8", lambda w: w["adir"], "--force"), "is a directory")
+E("out-lock-key-fifo", _lock(lambda w: w.root / "n8f", lambda w: w["fifo"], "--force"), "FIFO")
 E("out-lock-out-exists", _lock(lambda w: w["lm"], lambda w: w.root / "n9"), "already exists")
 E("out-lock-key-exists", _lock(lambda w: w.root / "n10", lambda w: w["k"]), "already exists")
 E("out-lock-out-empty-string", _lock(lambda w: "", lambda w: w.root / "n11"), "is a directory")

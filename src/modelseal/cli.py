@@ -479,7 +479,9 @@ def deepmarks_distribute(
 
     seed = _secret_seed(seed)
     try:
-        if out_dir.exists() and not out_dir.is_dir():
+        from .tensorfile import usable_path
+
+        if usable_path(out_dir, what="--out-dir").exists() and not out_dir.is_dir():
             raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
         manifest_path = out_dir / "manifest.json"
         # the copies' names depend on the number of users, known once distributed: check the fixed outputs
@@ -614,6 +616,13 @@ def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] |
         kw["alpha"] = alpha
     if max_queries is not None:
         kw["max_queries"] = max_queries
+    given = kw.pop("references", None)
+    if given is not None:  # `--set references=...` names model files, like --reference
+        files = [given] if isinstance(given, str) else given
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            raise ModelSealError(f"--set references takes model file paths (a path, or a JSON list of paths), "
+                                 f"not {json.dumps(given)[:60]}; or pass --reference PATH, once per model")
+        reference = [*(reference or []), *map(Path, files)]
     if reference:
         kw["references"] = [_load_model(p, device, arch, signature) for p in reference]
     return kw
@@ -848,7 +857,7 @@ def serve(
 ) -> None:
     """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
     try:
-        from .suspect.serve import model_url, run
+        from .suspect.serve import run
     except ImportError as e:
         _fail(ModelSealError(f"serving needs the server extra: {e}"))
     token = os.environ.get(token_env) if token_env else None
@@ -858,13 +867,18 @@ def serve(
         model: Any = model_path
         if arch is not None or (model_path.suffix != ".onnx" and device != "cpu"):
             model = _load_model(model_path, device, arch)
-        url = model_url(host, port, name)
-        _emit(as_json, {"url": url, "model": str(model_path)},
-              lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)"))
-        sys.stdout.flush()
-        run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch)
+
+        def ready(url: str) -> None:  # called once the server listens: "serving" is then true
+            _emit(as_json, {"url": url, "model": str(model_path)},
+                  lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)", soft_wrap=True))
+            sys.stdout.flush()
+
+        run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch,
+            on_ready=ready)
     except ModelSealError as e:
         _fail(e)
+    if not as_json:
+        err.print("stopped")
 
 
 # -------------------------------------------------------------------------------------------- bench
@@ -905,7 +919,10 @@ def bench_run(
         _fail(e)
     _emit(as_json, summary, lambda: out.print(
         f"{summary['ran']} cells ran, {summary['skipped_finished']} already finished, {summary['pending']} pending, "
-        f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}"))
+        f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}" + (
+            f"\nPARTIAL RUN: {summary['finished']} of {summary['planned']} planned cells finished, "
+            f"{summary['pending']} not run; run the same command again to finish it" if summary["partial"] else ""),
+        soft_wrap=True))
 
 
 @bench_app.command("report", epilog=_examples("modelseal bench report run/results.sqlite --out report.html",
@@ -1087,6 +1104,13 @@ def main(argv: list[str] | None = None) -> int:
         if _debug:
             traceback.print_exception(e)
         _error_line(_one_line(e))
+        return 2
+    except OSError as e:  # a path the system refuses (a name too long, no permission): the user's input
+        if _debug:
+            traceback.print_exception(e)
+        name = str(e.filename or "")
+        where = f"{name if len(name) <= 80 else name[:50] + '...' + name[-20:]}: " if name else ""
+        _error_line(f"the system refused {where}{e.strerror or _one_line(e)}")
         return 2
     except Exception as e:  # the top level: no traceback reaches a user unless asked for
         if _debug:

@@ -82,8 +82,9 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     from .bench import report, run
     from .bench.report import attack_text, key_params, outcomes, survival
     from .bench.store import Store
+    from .tensorfile import usable_path
 
-    out_dir = Path(out_dir)
+    out_dir = usable_path(out_dir, what="--out folder")
     existing = [n for n in OUTPUTS if (out_dir / n).exists()]
     if existing and not force:
         raise OutputExistsError(f"{out_dir} already holds demo results ({', '.join(existing)}); "

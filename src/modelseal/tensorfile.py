@@ -7,6 +7,14 @@ Bounds: a safetensors header is at most `MAX_HEADER` bytes and any JSON (header,
 at most `MAX_JSON_DEPTH` levels deep; NaN and Infinity literals are refused. Every `OSError` on a read or
 a write ends in a one-line `ModelSealError` that names the path.
 
+Only regular files are ever written or replaced. A target that is a directory, a FIFO, a socket, a character
+or block device, or a symbolic link to any of them (or a dangling link) is refused with and without `force`,
+and is never renamed away or deleted: `--force` means "overwrite my regular file". A symbolic link to a
+regular file is written through: the file it points to is replaced (atomically, next to that file) and the
+link stays a link, as a user who keeps `model.safetensors -> runs/7/model.safetensors` means. The type of a
+target is checked before any work and again just before each rename. Inputs are read only from regular
+files, so a FIFO given as a model or key is refused instead of blocking forever.
+
 Writes go to a temporary file next to the target (created 0600 for secrets), are flushed to disk, then
 renamed over the target, so an interrupted write (an error, Ctrl-C, SIGTERM under the CLI) leaves the old
 file or nothing, never a partial one. `write_files` writes several files as one unit: it checks that no
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -117,9 +126,44 @@ def read_header_metadata(data: bytes, source: str, err: type[Exception]) -> dict
     return meta
 
 
+def _short(p: str | os.PathLike) -> str:
+    s = str(p)
+    return s if len(s) <= 120 else f"{s[:60]}...{s[-30:]} ({len(s)} characters)"
+
+
+def usable_path(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "path") -> Path:
+    """`path` as a Path, once the system accepts its name: a name past the file system's limit, a folder
+    without permission or a NUL byte ends in one `err` naming it (pathlib's exists() and is_file() raise
+    OSError or ValueError on these instead of answering). A path that does not exist is fine here."""
+    p = Path(path)
+    try:
+        os.lstat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as e:
+        raise err(f"cannot use {what} {_short(p)}: {getattr(e, 'strerror', None) or e}") from None
+    return p
+
+
+def _regular_input(p: Path, err: type[Exception], what: str) -> None:
+    """Refuse (one line) an input that does not exist, is a directory or is not a regular file (a FIFO would
+    block the read forever, a device would be read without end); OSError (e.g. a name too long) included."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise err(f"{what} {p} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise err(f"cannot read {what} {_short(p)}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise err(f"{what} {p} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise err(f"{what} {p} is {_kind(st.st_mode)}, not a regular file; give a file")
+
+
 def read_head(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file") -> bytes:
     """The first bytes of a safetensors file up to the end of its header (at most MAX_HEADER + 9 bytes), for
     `read_header` without reading the tensors; an OSError ends in one line naming the path."""
+    _regular_input(Path(path), err, what)
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -133,11 +177,8 @@ def read_head(path: str | os.PathLike, err: type[Exception] = ModelSealError, wh
 def read_bytes(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file") -> bytes:
     """The bytes of `path`; a missing file, a directory or any OSError ends in one line naming the path."""
     p = Path(path)
+    _regular_input(p, err, what)
     try:
-        if not p.exists():
-            raise err(f"{what} {p} does not exist")
-        if p.is_dir():
-            raise err(f"{what} {p} is a directory, not a file")
         return p.read_bytes()
     except OSError as e:
         raise err(f"cannot read {what} {p}: {e.strerror or e}") from None
@@ -146,21 +187,70 @@ def read_bytes(path: str | os.PathLike, err: type[Exception] = ModelSealError, w
 # ------------------------------------------------------------------------------------------ writes
 
 
+_KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _oserror(p: Path, e: BaseException) -> WriteError:
+    return WriteError(f"cannot write {_short(p)}: {getattr(e, 'strerror', None) or e}")
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file a write to `path` creates or replaces: `path` itself, or for a symbolic link to a regular
+    file that file (written through; the link stays). Refuses (WriteError) a target that is not a regular
+    file (directory, FIFO, socket, device), a link to one, or a dangling link; never touches it."""
+    p = Path(path)
+    if "\0" in str(p):
+        raise WriteError(f"cannot write {str(p)!r}: a path cannot hold a NUL character")
+    try:
+        st = os.lstat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        return p
+    except (OSError, ValueError) as e:  # a name too long, a folder without permission
+        raise _oserror(p, e) from None
+    if stat.S_ISLNK(st.st_mode):
+        real = Path(os.path.realpath(p))
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise WriteError(f"{p} is a symbolic link to {real}, which does not exist; give the real path to "
+                             "write") from None
+        except OSError as e:  # a loop of links
+            raise _oserror(p, e) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise WriteError(f"{p} is a symbolic link to {_kind(st.st_mode)} ({real}); modelseal writes only "
+                             "regular files, even with --force: give another path")
+        return real
+    if stat.S_ISDIR(st.st_mode):
+        raise WriteError(f"{p} is a directory; give a file path to write")
+    if not stat.S_ISREG(st.st_mode):
+        raise WriteError(f"{p} is {_kind(st.st_mode)}, not a regular file; modelseal writes only regular files, "
+                         "even with --force (which overwrites a regular file): give another path")
+    return p
+
+
 def check_writable(path, force: bool) -> None:
-    """Raise OutputExistsError if `path` exists and `force` is false; WriteError if it cannot be a file.
+    """Raise OutputExistsError if `path` exists and `force` is false; WriteError if it cannot be a regular
+    file (see `write_target`) or its name cannot be used.
 
     A missing parent folder is created at write time; a parent that is a file is refused here.
     """
     p = Path(path)
-    if p.is_dir():
-        raise WriteError(f"{p} is a directory; give a file path to write")
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} already exists; pass --force (force=True) to overwrite it")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise WriteError(f"cannot write {p}: {parent} is a file, not a directory")
-            break
+    target = write_target(p)
+    try:
+        if target.exists() and not force:
+            raise OutputExistsError(f"{p} already exists; pass --force (force=True) to overwrite it")
+        for parent in target.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise WriteError(f"cannot write {p}: {parent} is a file, not a directory")
+                break
+    except OSError as e:
+        raise _oserror(p, e) from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -276,9 +366,10 @@ def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: b
     that is a directory or whose parent is a file. `private` targets are created with mode 0600.
     `names` labels the targets in messages (e.g. ["--out", "--key"]). Returns the written paths.
     """
-    paths = [Path(p) for p, _ in items]
-    labels = list(names) if names is not None else [str(p) for p in paths]
-    check_outputs(list(zip(labels, paths, strict=True)), force, inputs=inputs)
+    given = [Path(p) for p, _ in items]
+    labels = list(names) if names is not None else [str(p) for p in given]
+    check_outputs(list(zip(labels, given, strict=True)), force, inputs=inputs)
+    paths = [write_target(p) for p in given]
     secret = {os.path.realpath(p) for p in private}
     tmps: list[Path] = []
     backups: list[tuple[Path, Path]] = []
@@ -295,6 +386,7 @@ def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: b
             current = paths[0]
             try:
                 for current, tmp in zip(paths, tmps, strict=True):
+                    write_target(current)  # still a regular file (or absent) at the moment of the rename
                     if current.exists():
                         bak = current.with_name(f".{current.name}.{os.getpid()}.bak")
                         os.replace(current, bak)
@@ -309,13 +401,15 @@ def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: b
                 backups.clear()
                 if isinstance(e, OSError):
                     raise WriteError(f"cannot write {current}: {e.strerror or e}; nothing was written") from None
+                if isinstance(e, WriteError):
+                    raise WriteError(f"{e}; nothing was written") from None
                 raise
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
         for _, bak in backups:
             bak.unlink(missing_ok=True)
-    return paths
+    return given
 
 
 def write_atomic(path, data: bytes | str, force: bool = False, *, private: bool = False):

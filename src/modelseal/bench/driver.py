@@ -4,6 +4,10 @@ Stage 1 trains the owner, the negatives and the reference models; stage 2 protec
 protection and seed; stage 3 attacks and judges every cell and judges every negative. Every result is
 committed to the run directory's SQLite store as it arrives and prepared models and keys are cached in
 `cache/` (model files `Suspect.load` reads), so a re-run skips finished cells and retrains nothing cached.
+
+The store records what the run planned (`planned` meta: cells in all and per protection, negatives), so
+that a run stopped early (`max_cells`, an interrupt) is reported as partial, never as a finished run with
+fewer cells. A run that fails before storing any result leaves no database behind (nor the folders it made).
 """
 
 from __future__ import annotations
@@ -43,12 +47,19 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         (out / DB_NAME).unlink(missing_ok=True)
         shutil.rmtree(out / "cache", ignore_errors=True)
     cache = out / "cache"
+    made = [d for d in (out, cache) if not d.exists()]  # removed again if the run stores nothing
+    new_db = not (out / DB_NAME).exists()
     cache.mkdir(parents=True, exist_ok=True)
     dev = device or sc.device
     threads = sc.threads
     t0 = time.perf_counter()
-    store = Store(out / DB_NAME)
+    try:
+        store = Store(out / DB_NAME)
+    except BaseException:
+        _remove_empty(out, made, False)
+        raise
     be = None
+    stored = False
     try:
         from .._version import __version__
 
@@ -69,6 +80,9 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
             n["id"] = "neg-" + _digest(n)
         done = store.done_cells()
         pending = [c for c in sc.cells if c.id not in done]
+        by_prot: dict[str, int] = {}
+        for c in sc.cells:
+            by_prot[c.protection.label] = by_prot.get(c.protection.label, 0) + 1
         neg_jobs = []
         for p in sc.protections:
             if p.family == "lock":
@@ -78,6 +92,8 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
                     nid = _digest({"owner": sc.owner_spec(), "protection": p.label, "method": p.method,
                                    "params": p.params, "seed": s, "negative": n["id"]})
                     neg_jobs.append((p, s, {**n, "id": nid, "model_id": n["id"]}))
+        store.set_meta("planned", json.dumps({"cells": len(sc.cells), "by_protection": by_prot,
+                                              "negatives": len(neg_jobs)}, sort_keys=True))
         done_negs = store.done_negatives()
         neg_jobs = [j for j in neg_jobs if j[2]["id"] not in done_negs]
         needed_prot = {(c.protection.label, c.seed) for c in pending} | {(p.label, s) for p, s, _ in neg_jobs}
@@ -186,12 +202,33 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
                    "finished": finished, "pending": len(sc.cells) - finished, "errors": errors,
                    "negatives": len(store.done_negatives()), "owner_accuracy": owner_acc,
                    "seconds": seconds, "cells_per_second": ran / seconds if seconds > 0 else 0.0}
+        summary["planned"] = len(sc.cells)
+        summary["partial"] = summary["pending"] > 0
         store.set_meta("last_run", json.dumps(summary))
+        stored = True
         return summary
     finally:
         if be is not None:
             be.close()
+        if not stored and new_db:
+            stored = bool(store.done_cells() or store.done_negatives() or store.artifacts())
         store.close()
+        if not stored and new_db:
+            _remove_empty(out, made, True)
+
+
+def _remove_empty(out: Path, made: list[Path], db: bool) -> None:
+    """After a run that stored nothing: remove the database it created and the folders it made (if empty),
+    so that a refused run leaves the run directory as it was."""
+    if db:
+        (out / DB_NAME).unlink(missing_ok=True)
+        for extra in ("-journal", "-wal", "-shm"):
+            (out / (DB_NAME + extra)).unlink(missing_ok=True)
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def rows_for_comparison(db: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

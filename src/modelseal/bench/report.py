@@ -26,6 +26,11 @@ queries, removals, wall time), `cells` (every cell with its attack parameters, a
 `negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection` (p-value vs attack, log axis, alpha
 line) and `plot-scores` (p-values of negatives, unattacked and attacked models, jittered, alpha line).
 Plots are 1200 px wide with their legends outside the axes.
+
+A partial run (cells or negatives that the run planned but did not finish: `max_cells`, an interrupt) says so
+above the headline (`partial`, with the counts planned and finished) and in every row it concerns: a
+protection with unfinished cells gets "PARTIAL: k of n cells run" in its verdict, and one with no finished
+cell appears as "not run" (`partial_rows`), so that a stopped run never reads like a finished one.
 """
 
 from __future__ import annotations
@@ -236,12 +241,15 @@ def _alpha_text(alpha: Any) -> str:
 
 
 def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
-    db_path = Path(db_path)
+    from ..tensorfile import usable_path
+
+    db_path = usable_path(db_path, what="results database")
     if not db_path.is_file():
         raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
     with Store(db_path) as s:
-        cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()
-    return survival(cells, negatives, key_params(db_path, artifacts), lock_margin)
+        meta, cells, negatives, artifacts = s.meta(), s.cells(), s.negatives(), s.artifacts()
+    return partial_rows(survival(cells, negatives, key_params(db_path, artifacts), lock_margin),
+                        completeness(meta, cells, negatives))
 
 
 def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -264,6 +272,51 @@ def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict
     return out
 
 
+def completeness(meta: dict[str, str], cells: list[dict[str, Any]], negatives: list[dict[str, Any]]
+                 ) -> dict[str, Any] | None:
+    """What the run planned against what the database holds; None when the run is complete (or the database
+    predates the `planned` record)."""
+    try:
+        planned = json.loads(meta.get("planned") or "null")
+    except ValueError:
+        planned = None
+    if not isinstance(planned, dict) or not isinstance(planned.get("by_protection"), dict):
+        return None
+    have: dict[str, int] = defaultdict(int)
+    for c in cells:
+        have[c["protection"]] += 1
+    by = {str(k): (min(have.get(k, 0), int(v)), int(v)) for k, v in planned["by_protection"].items()}
+    done, total = sum(d for d, _ in by.values()), int(planned.get("cells", 0))
+    negs, negs_total = len(negatives), int(planned.get("negatives", 0))
+    if done >= total and negs >= negs_total:
+        return None
+    text = (f"PARTIAL RUN: {done} of {total} planned cells and {min(negs, negs_total)} of {negs_total} negative "
+            f"verdicts are in the database ({total - done} cells not run); every result below covers only the "
+            "finished part. Run `modelseal bench run` again on the same folder to finish it.")
+    return {"cells": done, "planned_cells": total, "negatives": negs, "planned_negatives": negs_total,
+            "by_protection": by, "text": text}
+
+
+def partial_rows(rows: list[dict[str, Any]], part: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The survival rows of a partial run: each unfinished protection's verdict says how much of it ran, and
+    a protection with no finished cell gets a "not run" row."""
+    if part is None:
+        return rows
+    seen = {r["protection"] for r in rows}
+    for r in rows:
+        done, total = part["by_protection"].get(r["protection"], (0, 0))
+        if done < total:
+            r["verdict"] += f"; PARTIAL: {done} of {total} cells run"
+            r["partial"] = True
+    for label, (_done, total) in part["by_protection"].items():
+        if label not in seen:
+            rows.append({"protection": label, "method": None, "family": None, "status": "not-run",
+                         "verdict": f"not run: 0 of {total} cells (partial run)", "removed_by": [], "survived": [],
+                         "alpha": None, "rule": None, "accuracy_cost": None, "accuracy_cost_text": "–",
+                         "false_positives": None, "partial": True})
+    return rows
+
+
 def survival_table(rows: list[dict[str, Any]]) -> Any:
     """The survival rows as a rich Table for the terminal (same words as the HTML headline)."""
     from rich.markup import escape
@@ -273,7 +326,7 @@ def survival_table(rows: list[dict[str, Any]]) -> Any:
     for col in ("protection", "verdict", "removed by", "alpha", "accuracy cost", "independent models accused"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        style = {"survived": "green", "removed": "red", "never": "yellow"}[r["status"]]
+        style = {"survived": "green", "removed": "red", "never": "yellow"}.get(r["status"], "yellow")
         t.add_row(escape(r["protection"]), f"[{style}]{escape(r['verdict'])}[/]",
                   escape("\n".join(r["removed_by"])) or "–", _alpha_text(r["alpha"]), r["accuracy_cost_text"],
                   r["false_positives"] or "–")
@@ -566,9 +619,9 @@ def _status_class(status: str) -> str:
 def report(db_path: str | Path, out_html: str | Path, force: bool = False,
            lock_margin: float = LOCK_HELD_MARGIN) -> Path:
     """Write the HTML report of the database `db_path` to `out_html` (refused if it exists without force)."""
-    from ..tensorfile import check_writable, write_atomic
+    from ..tensorfile import check_writable, usable_path, write_atomic
 
-    db_path, out_html = Path(db_path), Path(out_html)
+    db_path, out_html = usable_path(db_path, what="results database"), Path(out_html)
     if not db_path.is_file():
         raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
     check_writable(out_html, force)
@@ -580,7 +633,10 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>modelseal bench: {name}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>modelseal robustness benchmark: {name}</h1>"]
 
-    rows = survival(cells, negatives, keys, lock_margin)
+    part = completeness(meta, cells, negatives)
+    rows = partial_rows(survival(cells, negatives, keys, lock_margin), part)
+    if part is not None:
+        parts.append(f"<section id='partial'><p class='bad'>{html.escape(part['text'])}</p></section>")
     parts.append("<section id='headline'><h2>What survived?</h2>")
     parts.append(_table(
         ["protection", "verdict", "removed by (attack and parameters)", "survived", "alpha", "accuracy cost",

@@ -396,7 +396,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
             if not params[k]:
                 raise c.fail(k, "a sweep needs at least one value", i, "attacks")
             size *= len(params[k])
-        if len(variants) + size > MAX_VARIANTS:
+        if len(variants) - bool(baseline) + size > MAX_VARIANTS:  # the unattacked baseline is not a sweep value
             raise c.fail("params", f"the sweeps give more than {MAX_VARIANTS} attack variants; sweep fewer "
                          "values", i, "attacks")
         grid = itertools.product(*[params[k] for k in swept]) if swept else [()]
@@ -460,7 +460,9 @@ def load(path: str | Path) -> Scenario:
     if s in BUILTIN:
         text = resources.files("modelseal.bench").joinpath("scenarios", f"{s}.toml").read_text()
         return parse(text, f"<built-in {s}>")
-    p = Path(s)
+    from ..tensorfile import usable_path
+
+    p = usable_path(s, ScenarioError, "scenario file")
     if not p.is_file():
         raise ScenarioError(f"scenario file {p} does not exist (or name a built-in: {', '.join(BUILTIN)})")
     try:

@@ -25,6 +25,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zipfile
 import zlib
@@ -99,7 +100,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     if len(raw) < head:
         raise DataError(f"idx: {path} is truncated inside its header ({len(raw)} bytes)")
     dims = struct.unpack(f">{nd}I", raw[4:head])
-    size = int(np.prod(dims, dtype=np.int64))
+    size = math.prod(dims)  # Python ints: a product past 2**64 must not wrap (to 0) and match an empty file
     if len(raw) - head != size:
         raise DataError(f"idx: {path} holds {len(raw) - head} data bytes but its header {tuple(dims)} says "
                         f"{size}; the file is truncated or corrupt")

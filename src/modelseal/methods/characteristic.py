@@ -292,6 +292,9 @@ class CharacteristicExamples:
         the verifier's `references` (independent models) give; without references: not judged."""
         x, t, _ = _unpack(key)
         alpha = validate.alpha(alpha)
+        if references is not None and not isinstance(references, (list, tuple)):
+            raise ModelSealError(f"references must be a list of reference models (or their files), got "
+                                 f"{type(references).__name__}")
         refs = list(references or [])
         if len(refs) > MAX_REFERENCES:
             raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")

@@ -1,7 +1,9 @@
 """Bring your own architecture: `package.module:factory` (like `uvicorn module:app`) plus a state-dict file.
 
 `import_factory("pkg.mod:make")` imports `pkg.mod` (the current directory first, then `sys.path`) and
-returns `make`, a callable that takes no arguments and returns an `nn.Module` (a class works too).
+returns `make`, a callable that takes no arguments and returns an `nn.Module` (a class works too). Whatever
+the user's code does on import or call (raises, calls `sys.exit`, returns something else) ends in one
+`ModelError` naming `--arch`; only Ctrl-C passes through.
 Importing a module runs its code: that is why the architecture always comes from the command line or
 the caller, never from a model file's header.
 
@@ -43,16 +45,33 @@ def import_factory(spec: str) -> Any:
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ModelError(f"--arch {spec!r}: cannot import module {mod_name!r} ({e}); run from the folder that "
-                         "holds it or add that folder to PYTHONPATH") from None
+        raise ModelError(f"--arch {spec!r}: cannot import module {mod_name!r} ({first_line(e, 160)}); run from "
+                         "the folder that holds it or add that folder to PYTHONPATH") from None
+    except USER_ERRORS as e:  # the module's own code failed (or exited) while importing
+        raise ModelError(f"--arch {spec!r}: importing module {mod_name!r} failed ({_what(e)})") from None
     obj: Any = mod
     for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelError(f"--arch {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ModelError(f"--arch {spec!r}: module {mod_name!r} has no attribute {attr!r}") from None
+        except USER_ERRORS as e:  # a module-level __getattr__ or a property of the user's
+            raise ModelError(f"--arch {spec!r}: reading {attr!r} failed ({_what(e)})") from None
     if not callable(obj):
         raise ModelError(f"--arch {spec!r}: {attr!r} is not callable; it must return an nn.Module")
     return obj
+
+
+# What the user's code may raise that must end in one line: any Exception, and SystemExit (a factory that
+# calls sys.exit, e.g. `--arch sys:exit`, would otherwise end the program with exit 0 and no output).
+USER_ERRORS = (Exception, SystemExit)
+
+
+def _what(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines and lines[0] else type(e).__name__
 
 
 def _read_meta(path: Path) -> dict[str, str]:
@@ -76,11 +95,12 @@ def build_custom(arch: str, input_shape: tuple[int, ...], bounds: tuple[float, f
     factory = import_factory(arch)
     try:
         model = factory()
-    except Exception as e:  # the user's code: whatever it raises, say where it came from in one line
-        raise ModelError(f"--arch {arch!r}: calling the factory failed ({type(e).__name__}: "
-                         f"{first_line(e, 160, empty='no message')})") from None
+    except USER_ERRORS as e:  # the user's code: whatever it raises, say where it came from in one line
+        raise ModelError(f"--arch {arch!r}: calling the factory failed ({_what(e)}); it must return an "
+                         "nn.Module") from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module; the factory "
+                         "must return an nn.Module")
     return _tag(model, arch, input_shape, bounds)
 
 
@@ -90,10 +110,14 @@ def _tag(model: nn.Module, arch: str, input_shape: tuple[int, ...], bounds: tupl
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))
-    except Exception as e:
+    except USER_ERRORS as e:
         raise ModelError(f"--arch {arch!r}: the model does not accept inputs of shape {list(input_shape)} "
-                         f"({first_line(e, 160)})") from None
-    model.train(was)
+                         f"({_what(e)})") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"--arch {arch!r}: the model returns {type(out).__name__}, not a tensor; its forward "
+                         "must return one tensor of outputs")
     # The spec makes the model usable everywhere a zoo model is (signature, suspects, fingerprints); "name"
     # is the factory string, which the zoo cannot rebuild: such models are saved with save_custom.
     model.modelseal_spec = {"name": arch, "kwargs": {}, "input_shape": [int(s) for s in input_shape],

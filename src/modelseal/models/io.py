@@ -1,4 +1,15 @@
-"""Model files: safetensors with the architecture spec in the header (no pickle), and ONNX export."""
+"""Model files: safetensors with the architecture spec in the header (no pickle), and ONNX export.
+
+A saved model is the model that was saved: `model_to_bytes` rebuilds the architecture its header will name
+and checks that it is the module being saved (the same module tree and types, the same tensor names and
+shapes, and equal outputs on a probe input), so that loading the file can only give back that module.
+When a zoo MLP, VAE decoder or CNN was changed in its layer widths only (a structurally pruned copy, as
+torch-pruning makes: smaller Linear/Conv layers), the header records the widths the module has now, and
+the file loads back with equal outputs. Any other change (a layer replaced, e.g. a ReLU by nn.Identity, a
+changed forward, a hook that alters outputs) is refused with one line that points to saving the module as
+your own architecture (`--arch package.module:factory`, `models.custom.save_custom`, or a plain state dict)
+or to ONNX export.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ from ..tensorfile import (
     read_header,
     read_header_metadata,
     write_atomic,
+    write_target,
 )
 
 _META_KEY = "modelseal_model"
@@ -41,9 +53,109 @@ def model_to_bytes(model: nn.Module, extra: dict[str, Any] | None = None) -> byt
         raise ModelError("only models built by modelseal.models.build can be saved with their architecture; "
                          "export other models with export_onnx")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": MODEL_FORMAT, "spec": {**spec, "kwargs": _jsonable_kwargs(spec["kwargs"])},
+    kwargs = rebuild_kwargs(model, spec, state)
+    meta = {"format": MODEL_FORMAT, "spec": {**spec, "kwargs": _jsonable_kwargs(kwargs)},
             "extra": extra or {}}
     return save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def _tree(m: nn.Module) -> list[tuple[str, str]]:
+    return [(n, type(x).__qualname__) for n, x in m.named_modules()]
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _width_kwargs(name: str, model: nn.Module) -> dict[str, Any] | None:
+    """The zoo options that give a structurally pruned MLP / VAE decoder / CNN its current layer widths."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if name in ("mlp", "vae-decoder") and linears:
+        return {"hidden": tuple(int(m.out_features) for m in linears[:-1])}
+    if name == "cnn" and len(convs) == 2 and len(linears) == 2:
+        return {"channels": tuple(int(c.out_channels) for c in convs), "hidden": int(linears[0].out_features)}
+    return None
+
+
+def _first_difference(a: nn.Module, b: nn.Module, sa: dict, sb: dict) -> str:
+    ta, tb = dict(_tree(a)), dict(_tree(b))
+    for n in list(ta) + [n for n in tb if n not in ta]:
+        if ta.get(n) != tb.get(n):
+            return f"module '{n or '<root>'}' is {ta.get(n, 'missing')} but the architecture has {tb.get(n, 'none')}"
+    for k in list(sa) + [k for k in sb if k not in sa]:
+        if sa.get(k) != sb.get(k):
+            return f"tensor '{k}' is {list(sa[k]) if k in sa else 'missing'} but the architecture has " \
+                   f"{list(sb[k]) if k in sb else 'none'}"
+    return "the module differs from its architecture"
+
+
+def rebuild_kwargs(model: nn.Module, spec: dict[str, Any], state: dict[str, torch.Tensor] | None = None
+                   ) -> dict[str, Any]:
+    """The zoo options under which `spec["name"]` rebuilds exactly `model`: its spec's own, or (for a model
+    pruned in its widths) the widths it has now. Refuses (ModelError) a module the zoo cannot rebuild: a
+    different module tree or tensor shape, or different outputs on a probe input."""
+    from . import build
+
+    name = spec["name"]
+    state = state if state is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    have = _shapes(state)
+    shape = tuple(int(s) for s in spec["input_shape"])
+
+    def make(kw: dict[str, Any]) -> nn.Module:
+        return build(name, input_shape=shape, num_classes=int(spec["output_size"]),
+                     bounds=tuple(spec.get("bounds", (0.0, 1.0))), **kw)
+
+    refuse = (f"cannot save this module as zoo architecture {name!r}: {{why}}; it is no longer the model "
+              "its header would rebuild. Save it as your own architecture (--arch package.module:factory, "
+              "models.custom.save_custom, or safetensors.torch.save_file(model.state_dict(), PATH)) or "
+              "export it with export_onnx")
+    candidates = [dict(spec.get("kwargs") or {})]
+    widths = _width_kwargs(name, model)
+    if widths is not None:
+        candidates.append({**candidates[0], **widths})
+    why, chosen = "", None
+    for kw in candidates:
+        try:
+            with torch.device("meta"):
+                skeleton = make(kw)
+        except ModelError as e:
+            why = why or first_line(e)
+            continue
+        if _tree(skeleton) == _tree(model) and _shapes(skeleton.state_dict()) == have:
+            chosen = kw
+            break
+        why = why or _first_difference(model, skeleton, have, _shapes(skeleton.state_dict()))
+    if chosen is None:
+        raise ModelError(refuse.format(why=why))
+    rebuilt = make(chosen)
+    try:
+        rebuilt.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(refuse.format(why=first_line(e))) from None
+    dev = next((t.device for t in model.parameters()), torch.device("cpu"))
+    dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
+    rebuilt.to(dev, dtype)
+    lo, hi = (float(b) for b in spec.get("bounds", (0.0, 1.0)))
+    gen = torch.Generator().manual_seed(0)
+    probe = (lo + (hi - lo) * torch.rand(4, *shape, generator=gen)).to(dev, dtype)
+    was = model.training
+    model.eval()
+    rebuilt.eval()
+    try:
+        with torch.no_grad():
+            a, b = model(probe), rebuilt(probe)
+    except Exception as e:
+        raise ModelError(refuse.format(why=f"the module fails on a probe input ({first_line(e)})")) from None
+    finally:
+        model.train(was)
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5, equal_nan=True)):
+        gap = (a.float() - b.float()).abs().max().item() if isinstance(a, torch.Tensor) and a.shape == b.shape \
+            else "shape"
+        raise ModelError(refuse.format(why=f"its outputs differ from the rebuilt architecture's on a probe "
+                                           f"input (largest difference {gap})"))
+    return chosen
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
@@ -184,6 +296,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
 
     path = Path(path)
     check_writable(path, force)
+    target = write_target(path)  # a link to a regular file is written through, like every other output
     if input_shape is None:
         spec = spec_of(model)
         if spec is None:
@@ -193,7 +306,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     was = model.training
     model.eval()
     dummy = torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype)
-    tmp = path.with_name(path.name + ".tmp.onnx")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
@@ -206,5 +319,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
         raise ModelError(f"ONNX export failed: {first_line(e)}") from None
     finally:
         model.train(was)
-    os.replace(tmp, path)
+    try:
+        write_target(target)  # still a regular file (or absent) at the moment of the rename
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ModelError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
     return path

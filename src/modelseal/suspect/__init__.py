@@ -93,10 +93,15 @@ class _OnnxBackend:
         self.input_shape = tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
         # The output size the graph declares, so that a key's signature is checked before any query (a
         # 5-output model judged with a 10-class key would otherwise be tested against a 1/10 null).
-        out_dims = self.session.get_outputs()[0].shape[1:]
+        first = self.session.get_outputs()[0]
+        out_dims = first.shape[1:]
         self.output_size: int | None = None
         if out_dims and all(isinstance(d, int) and d > 0 for d in out_dims):
-            self.output_size = int(np.prod(out_dims))
+            self.output_size = math.prod(out_dims)
+        # An integer output of one value per input is a label, shaped [N] or [N, 1] alike: label-only (an
+        # [N, 1] label read as one score per input would be judged as "class 0" for every input).
+        if "int" in str(first.type) and (not out_dims or self.output_size == 1):
+            self.label_only, self.output_size = True, None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().cpu().numpy().astype(np.float32)
@@ -105,6 +110,11 @@ class _OnnxBackend:
         except Exception as e:
             raise SuspectError(f"ONNX model failed on a batch of shape {tuple(arr.shape)}: "
                                f"{first_line(e)}") from None
+        out = np.asarray(out)
+        if self.label_only:
+            if out.ndim == 0 or out.size != len(arr):
+                raise SuspectError(f"ONNX model answered {out.size} labels for {len(arr)} inputs")
+            return torch.from_numpy(out.reshape(len(arr)).astype(np.int64))
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
@@ -150,7 +160,9 @@ class Suspect:
                 raise SuspectError("remote suspects need modelseal.suspect.remote, which this install lacks") from None
             return cls(RemoteBackend(s, **{k: kw.pop(k) for k in list(kw) if k in RemoteBackend.OPTIONS}),
                        name=s, **kw)
-        path = Path(s)
+        from ..tensorfile import usable_path
+
+        path = usable_path(s, SuspectError, "suspect")
         if not path.exists():
             raise SuspectError(f"suspect {path} does not exist (expected a .safetensors model, an .onnx file "
                                "or an http(s):// URL)")

@@ -38,7 +38,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,9 @@ def _as_suspect(model: nn.Module | Suspect | str | os.PathLike) -> Suspect:
         return model
     if isinstance(model, nn.Module):
         return Suspect(model)
-    path = Path(model)
+    from ..tensorfile import usable_path
+
+    path = usable_path(model, what="model file")
     if not path.is_file():
         raise ModelSealError(f"model file {path} does not exist; give a modelseal .safetensors model or an "
                              ".onnx file")
@@ -298,14 +299,70 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     return app
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (not yet listening); a port in use or a host that cannot be bound ends
+    in one ModelSealError, before anything is announced."""
+    port = count("port", port, 0, 65535)
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise ModelSealError(f"cannot serve on {host}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        why = getattr(e, "strerror", None) or first_line(e)
+        hint = "; choose another --port or stop what listens there" if getattr(e, "errno", None) == 98 else ""
+        raise ModelSealError(f"cannot serve on {host}:{port}: {why}{hint}") from None
+    return sock
+
+
 def run(model: nn.Module | Suspect | str | os.PathLike, *, host: str = DEFAULT_HOST, port: int = 8000,
         name: str = "model", label_only: bool = False, token: str | None = None, max_batch: int = 4096,
-        log_level: str = "warning") -> None:
-    """Serve `model` with uvicorn until interrupted; the URL is `model_url(host, port, name)`."""
+        log_level: str = "warning", on_ready: Any = None) -> None:
+    """Serve `model` with uvicorn until Ctrl-C or SIGTERM, which stop it cleanly (`run` returns).
+
+    The model is loaded and the address bound first, so that a bad model file, a port in use or a host
+    that cannot be bound ends in one ModelSealError; `on_ready(url)` is called once the server listens
+    (the URL is `model_url(host, port, name)`, with the bound port when `port` is 0), so a caller announces
+    "serving" only when it is true."""
+    _need_stack()
+    import signal
+
     import uvicorn
 
     app = make_app(model, name, label_only=label_only, token=token, max_batch=max_batch)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    sock = _bind(host, port)
+    url = model_url(host, sock.getsockname()[1], name)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit and on_ready is not None:
+                on_ready(url)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # Stop on SIGINT/SIGTERM like uvicorn, but do not re-raise the signal after the shutdown (uvicorn
+            # does): a server stopped as documented has succeeded, and the caller's handlers stay untouched.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = [getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n)]
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level,
+                            timeout_graceful_shutdown=2)
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 @contextlib.contextmanager
