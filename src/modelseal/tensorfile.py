@@ -155,7 +155,7 @@ def check_writable(path, force: bool) -> None:
     if p.is_dir():
         raise WriteError(f"{p} is a directory; give a file path to write")
     if p.exists() and not force:
-        raise OutputExistsError(f"{p} already exists; pass --force (force=True) to overwrite it")
+        raise OutputExistsError(f"{p} already exists; pass --force to overwrite it (API: force=True)")
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -319,9 +319,10 @@ class CharacteristicExamples:
         details: dict[str, Any] = {"variant": key.params.get("variant"), "match_rate": rate, "matches": matches,
                                    "n": k, "references": len(refs)}
         if not refs:
-            details["not_judged"] = (f"no reference models (match rate {rate:.3g}); pass references=[...] "
-                                     "(independent models, e.g. made with `modelseal train` on data the owner "
-                                     "did not use) so the null can be estimated")
+            details["not_judged"] = (f"no reference models (match rate {rate:.3g}); give independent "
+                                     "reference models (CLI: verify --reference MODEL, repeatable; API: "
+                                     "references=[...]), e.g. made with `modelseal train --split attacker`, so "
+                                     "the null can be estimated")
             return Verdict(method="c-examples", owned=False, score=rate, threshold=math.inf, p_value=1.0,
                            alpha=alpha, queries=s.queries - before, details=details, judged=False,
                            transcript=transcript)
