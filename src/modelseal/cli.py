@@ -1197,9 +1197,10 @@ def list_methods(
             out.print(Text(title, style="bold"))
             for p in items:
                 out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
-                out.print(Padding(Text(p.meaning), (0, 0, 0, 4)))
+                out.print(Padding(Text(p.meaning), (0, 0, 0, 4), expand=False))
 
-        show(f"{kind} {name}: parameters (set with --set NAME=VALUE when protecting)", params)
+        how = "when protecting" if kind == "method" else f"on `modelseal attack {name}`"
+        show(f"{kind} {name}: parameters (set with --set NAME=VALUE {how})", params)
         if rule:
             show("verifier parameters (the verifier's rule, never read from a key: `verify --alpha` and "
                  "`verify --set NAME=VALUE`)", rule)

@@ -90,10 +90,10 @@ class AdvParams:
     every Conv/Linear weight).
     """
 
-    max_params: int = 50
+    max_params: int = 50  # most weights perturbed (the CLI grows it when not set and the target is missed)
     eps: float = 0.5
     target_accuracy: float = 0.1
-    batch_size: int = 256
+    batch_size: int = 256  # examples in the gradient batch and in the separate check batch
     layers: Sequence[str] | None = None
     seed: int = 0
 

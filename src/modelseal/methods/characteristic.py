@@ -118,9 +118,9 @@ def reference_null(counts: Sequence[int], n: int) -> dict[str, Any]:
 class CharacteristicExamples:
     """Characteristic examples: `extract(model, input_spec)` -> key; `verify(suspect, key)` -> Verdict."""
 
-    variant: str = "c"
-    n: int = 100
-    steps: int = 100
+    variant: str = "c"  # c: plain; rc: robust (noisy model copies); ltrc: rc + low-transferability
+    n: int = 100  # number of characteristic examples in the key
+    steps: int = 100  # descent steps per example
     step_size: float = 0.005  # per sign step, as a fraction of (hi - lo)
     eps: float = 1.0  # L-inf bound of x - x0 as a fraction of (hi - lo); 1.0 = the whole box
     margin: float = 2.0  # stop an example once its target logit leads by this much
@@ -128,7 +128,7 @@ class CharacteristicExamples:
     delta: float = 0.3  # parameter noise std relative to each layer's std (rc, ltrc)
     radius: float = 0.15  # high-pass radius in units of Nyquist (ltrc)
     seed: int = 0
-    max_rounds: int = 5
+    max_rounds: int = 5  # most rounds of new starts when fewer than n examples come out targeted
     batch_size: int = 256
 
     score_is_match_rate = True  # its Verdict score is the match rate: the bench report gives a Uniqueness Score
