@@ -113,7 +113,8 @@ def test_hints_name_the_right_command_and_speak_cli(work):
     assert "pass --force to overwrite it" in line and "(force=True)" not in line
     line = one_error_line(cli("watermark", "embed", "owner.safetensors", "--out", "m9.safetensors", "--key",
                               "k9.seal", "--set", "nn=1", cwd=d))
-    assert "no parameter 'nn'" in line and "k_per_batch" in line and "__init__" not in line
+    assert "bad parameter for trigger-set: no parameter 'nn'" in line and "k_per_batch" in line
+    assert "__init__" not in line
 
 
 def test_c_examples_without_references_names_the_cli_flag(work):

@@ -202,7 +202,8 @@ def _construct(cls: type, params: dict[str, Any]) -> Any:
         known = []
     unknown = [n for n in params if known and n not in known]
     if unknown:
-        raise ModelSealError(f"{cls.name} has no parameter {', '.join(map(repr, unknown))}; its parameters: "
+        raise ModelSealError(f"bad parameter for {cls.name}: no parameter {', '.join(map(repr, unknown))}; its "
+                             "parameters: "
                              f"{', '.join(known)} (see `modelseal methods {cls.name}`)")
     try:
         return cls(**params)
@@ -709,15 +710,15 @@ def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:
             raise ModelSealError(f"{label} {k} does not exist" if not Path(k).is_dir() else
                                  f"{label} {k} is a directory, not a key file")
         if _is_key_file(Path(k)) is False:
-            raise ModelSealError(f"{label} {k} is a model file, not a key; the order is KEY [KEY ...] SUSPECT "
-                                 "(the suspect model last)")
+            raise ModelSealError(f"{label} {k} is a model file, not a modelseal key; the order is "
+                                 "KEY [KEY ...] SUSPECT (the suspect model last)")
     if suspect.startswith(("http://", "https://")):
         return
     if not Path(suspect).exists():
         raise ModelSealError(f"SUSPECT {suspect} does not exist")
     if Path(suspect).is_file() and _is_key_file(Path(suspect)):
-        raise ModelSealError(f"SUSPECT {suspect} is a modelseal key, not a model; the order is KEY [KEY ...] "
-                             "SUSPECT (the suspect model last)")
+        raise ModelSealError(f"SUSPECT {suspect} is a modelseal key, not a model (a file without modelseal "
+                             "architecture metadata); the order is KEY [KEY ...] SUSPECT (the suspect model last)")
 
 
 def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
@@ -936,7 +937,7 @@ def commit(
 # ---------------------------------------------------------------------------------------- lock/unlock
 @app.command(epilog=_examples(
     "modelseal lock owner.safetensors --out locked.safetensors --key lock.seal",
-    "modelseal lock owner.safetensors --set max_params=20 --out locked.safetensors --key lock.seal --force"))
+    "modelseal lock owner.safetensors --set target_accuracy=0.2 --out locked.safetensors --key lock.seal --force"))
 def lock(
     model_path: Annotated[Path, typer.Argument(help="model file to lock")],
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
