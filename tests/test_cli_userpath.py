@@ -125,6 +125,13 @@ def test_c_examples_without_references_names_the_cli_flag(work):
     assert r.returncode == 0 and "verify --reference MODEL" in r.stdout, r.stdout
 
 
+def test_c_examples_rc_without_seed_as_its_help_example(work, tmp_path):
+    """The `fingerprint extract --help` example draws a fresh 62-bit seed: the rc variant must take it."""
+    r = cli("fingerprint", "extract", work / "owner.safetensors", "--method", "c-examples", "--variant", "rc",
+            "--set", "n=3", "--set", "steps=2", "--key", tmp_path / "ce.seal")
+    assert r.returncode == 0, r.stderr
+
+
 # ------------------------------------------------------------------------ item 12: output and paths
 def test_out_in_a_missing_folder_is_refused_and_no_folder_is_made(work, tmp_path):
     missing = tmp_path / "nonexistent-dir"

@@ -236,7 +236,8 @@ class CharacteristicExamples:
         robust = self.variant in ("rc", "ltrc")
         # one working copy whose parameters are re-drawn for every one of the M samples
         work = copy.deepcopy(model).eval() if robust else model
-        noise_gen = torch.Generator(device="cpu").manual_seed(int(self.seed) * 7919 + count)
+        # modulo 2^63: a CLI key's fresh seed has 62 bits, and 7919 times it overflows a generator's seed
+        noise_gen = torch.Generator(device="cpu").manual_seed((int(self.seed) * 7919 + count) % (1 << 63))
         stds = {k: (float(p.detach().float().std()) if p.numel() > 1 else float(p.detach().abs().mean()))
                 for k, p in model.named_parameters()}
         base = {k: p.detach().clone() for k, p in model.named_parameters()}
