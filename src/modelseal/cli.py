@@ -264,6 +264,9 @@ def _data_for(model_path: Path | None, data: str | None, flag: str = "--data") -
     every set once loaded (`check_data_fits`)."""
     head = _header_spec(model_path) if model_path is not None and Path(model_path).is_file() else {}
     shape = head.get("input_shape")
+    if data is None and model_path is not None and not Path(model_path).is_file():
+        what = "is a directory, not a model file" if Path(model_path).is_dir() else "does not exist"
+        raise ModelSealError(f"model file {model_path} {what}")
     if data is None:
         if head.get("data"):
             return head["data"]
