@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import importlib
 import io
 import re
@@ -99,11 +100,12 @@ def test_survival_in_plain_words():
     cells, negatives = rows()
     s = _by_prot(survival(cells, negatives))
     wm = s["trigger-set"]
-    assert wm["status"] == "removed" and wm["verdict"] == "removed by 1 of 3 attacks"
+    assert wm["status"] == "removed" and wm["verdict"] == ("removed by 1 of 3 attacks; 1 more left it undetected but "
+                                                           "cost the model more than 5 points of accuracy")
     assert wm["removed_by"] == ["prune (amount=0.6)"]  # rtal cost 42 points of accuracy: not a removal
     assert any(x.startswith("finetune (mode=rtal, epochs=2)") and "damaged" in x for x in wm["survived"])
     assert wm["alpha"] == pytest.approx(1e-6) and wm["false_positives"] == "0 of 3"
-    assert wm["accuracy_cost_text"] == "-0.4 points"
+    assert wm["accuracy_cost_text"] == "0.4 points lost (0.924 -> 0.920)"
     # never detected unattacked: nothing to remove, so its attacks are not called removals
     ce = s["c-examples"]
     assert ce["status"] == "never" and ce["removed_by"] == [] and ce["verdict"].startswith("never detected")
@@ -167,7 +169,7 @@ def test_plots_are_wide_and_every_cell_has_its_attack_parameters(html_text):
     cells = text.split("<section id='cells'>")[1].split("</section>")[0]
     assert "finetune (epochs=2, mode=rtal)" in cells and "collude (k=3)" in cells
     # the unattacked protected model is each group's first row
-    order = re.findall(r"<tr><td class='l'>(trigger-set|advparams)</td><td class='l'>([^<]*)</td>", cells)
+    order = re.findall(r"<tr><td class='l'>(trigger-set|advparams)</td><td class='(?:l|w)'>([^<]*)</td>", cells)
     assert order[0] == ("advparams", "no attack") and ("trigger-set", "no attack") in order
     assert order.index(("trigger-set", "no attack")) == min(i for i, o in enumerate(order) if o[0] == "trigger-set")
 
@@ -205,3 +207,144 @@ def test_bench_report_command_prints_the_headline(db, tmp_path):
     assert payload["survival"] == report_mod.survival_from_db(db)
     human = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--force"])
     assert human.exit_code == 0 and "What survived?" in human.output and "recovered" in human.output  # 80 columns
+
+
+# ------------------------------------------------------------------ issue 26, item 13: headline cells
+def _raw_rows(db: Path) -> tuple[list[dict], list[dict]]:
+    """The database rows read with sqlite3 alone (not through Store or the report), JSON columns decoded."""
+    import json
+
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        cells = [dict(r) for r in con.execute("SELECT * FROM cells")]
+        negs = [dict(r) for r in con.execute("SELECT * FROM negatives")]
+    finally:
+        con.close()
+    for r in cells + negs:
+        for k, v in r.items():
+            if isinstance(v, str) and v[:1] in "[{":
+                r[k] = json.loads(v)
+    return cells, negs
+
+
+def _expected_headline(cells: list[dict], negs: list[dict]) -> dict[str, dict]:
+    """Every headline cell recomputed from the raw rows with the rules written in the report's docstring."""
+    out = {}
+    for prot in sorted({c["protection"] for c in cells}):
+        cs = [c for c in cells if c["protection"] == prot and c["status"] == "ok"]
+        fam = cs[0]["family"]
+        owner = sum(c["owner_acc"] for c in cs) / len(cs)
+        prot_acc = sum(c["protected_acc"] for c in cs) / len(cs)
+        base = next(c for c in cs if c["attack_name"] == "none")
+        attacked = [c for c in cs if c["attack_name"] != "none"]
+        bound = (base.get("detail") or {}).get("max_colluders") if fam == "per-user" else None
+        removed = past = damaged = held = 0
+        for c in attacked:
+            if fam == "lock":
+                held += c["attacked_acc"] <= c["owner_acc"] - LOCK_HELD_MARGIN
+                continue
+            if c["owned"] or not base["owned"]:
+                continue
+            if c["attacked_acc"] < c["owner_acc"] - 0.05:
+                damaged += 1
+            elif bound is not None and len(c.get("colluders") or []) > bound:
+                past += 1
+            else:
+                removed += 1
+        n = len(attacked)
+        ns = [x for x in negs if x["protection"] == prot and x["status"] == "ok"]
+        out[prot] = {"n": n, "removed": removed, "past": past, "damaged": damaged, "held": held,
+                     "never": fam != "lock" and not base["owned"], "owner": owner, "protected": prot_acc,
+                     "fp": None if fam == "lock" else f"{sum(bool(x['owned']) for x in ns)} of {len(ns)}"}
+    return out
+
+
+def test_every_headline_cell_recomputed_from_the_database(db, html_text):
+    """Each number and word of the headline follows from the rows: the counts in the verdict equal the attacks
+    listed, an accuracy that rose is never called a cost, "survived all" never hides an undetected model, and
+    the terminal prints the very same words as the HTML."""
+    from rich.console import Console
+
+    want = _expected_headline(*_raw_rows(db))
+    rows_ = _by_prot(report_mod.survival_from_db(db))
+    headline = html_text.split("<section id='headline'>")[1].split("</section>")[0]
+    console = Console(record=True, width=500)
+    console.print(survival_table(list(rows_.values())))
+    terminal = console.export_text()
+    for prot, w in want.items():
+        r = rows_[prot]
+        if r["family"] == "lock":
+            removed_n = w["n"] - w["held"]
+            assert r["verdict"] == f"recovered by {removed_n} of {w['n']} attacks"
+            assert len(r["removed_by"]) == removed_n
+        elif w["never"]:
+            assert r["verdict"].startswith("never detected") and r["removed_by"] == []
+        else:
+            assert len(r["removed_by"]) == w["removed"] + w["past"]  # the list holds what the words count
+            if w["removed"]:
+                assert r["verdict"].startswith(f"removed by {w['removed']} of {w['n']} attacks")
+                assert (f"and by {w['past']} more past the code's bound" in r["verdict"]) == bool(w["past"])
+            elif w["past"]:
+                assert r["verdict"].startswith("survived every attack within its guarantee "
+                                               f"({w['n'] - w['past']} of {w['n']})")
+            else:
+                assert r["verdict"].startswith(f"survived {w['n'] - w['damaged']} of {w['n']} attacks"
+                                               if w["damaged"] else f"survived all {w['n']} attacks")
+            assert (f"{w['damaged']} more left it undetected" in r["verdict"]) == bool(w["damaged"])
+            assert not (w["damaged"] and "survived all" in r["verdict"])
+            d = 100 * (w["protected"] - w["owner"])
+            cost = r["accuracy_cost_text"]
+            assert f"({w['owner']:.3f} -> {w['protected']:.3f})" in cost
+            assert cost.startswith(f"{-d:.1f} points lost") if round(d, 1) < 0 else cost.startswith("none:")
+            assert r["false_positives"] == w["fp"]
+        for phrase in [r["verdict"], r["accuracy_cost_text"], *r["removed_by"]]:
+            assert phrase in terminal, phrase
+            assert html.escape(phrase) in headline, phrase
+
+
+def test_a_risen_accuracy_is_not_a_cost_and_a_damaging_attack_is_not_survived():
+    cells, negatives = rows()
+    risen = [{**c, "protected_acc": 0.947, "owner_acc": 0.923} for c in cells if c["protection"] == "trigger-set"]
+    risen = [c for c in risen if c["attack_name"] != "prune"]  # unattacked, and the damaging rtal only
+    r = survival(risen, negatives)[0]
+    assert r["accuracy_cost_text"] == "none: accuracy rose 2.4 points (0.923 -> 0.947)"
+    assert r["verdict"].startswith("survived 0 of 1 attacks; 1 more left it undetected")
+    assert report_mod.cost_text(0.9, 0.9) == "none: accuracy unchanged (0.900 -> 0.900)"
+
+
+def test_never_detected_says_why_from_the_verdict_details():
+    cells, negatives = rows()
+    ce = [{**c, "detail": {"references": 1}, "p_value": 0.5} for c in cells if c["protection"] == "c-examples"]
+    v = survival(ce, negatives)[0]["verdict"]
+    assert "p-value was 0.5" in v and "1 reference model;" in v and "give more reference models" in v
+
+
+def test_count_sweeps_get_whole_ticks_and_tables_wrap(html_text):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cells, _ = rows()
+    got = {}
+    real = report_mod._png
+
+    def capture(fig, alt):
+        got.setdefault(alt, fig)
+        return "<img>"
+
+    report_mod._png = capture
+    try:
+        report_mod._attack_panels(cells, "acc", "attacked test accuracy", LOCK_HELD_MARGIN)
+    finally:
+        report_mod._png = real
+    fig = got["attacked test accuracy per attack"]
+    collude = next(a for a in fig.axes if a.get_title().startswith("collude"))
+    assert [t.get_text() for t in collude.get_xticklabels()] == ["2", "3"]
+    assert all(line.get_linestyle() == "None" for line in collude.get_lines() if line.get_marker() != "None")
+    prune = next(a for a in fig.axes if a.get_title().startswith("prune"))
+    xs = [tuple(line.get_xdata()) for line in prune.get_lines() if line.get_label() in ("trigger-set", "c-examples")]
+    assert len(xs) == 2 and xs[0][0] != xs[1][0]  # equal values do not draw one line over another
+    cells_sec = html_text.split("<section id='cells'>")[1].split("</section>")[0]
+    assert "<td class='w'>" in cells_sec and "max-width:100%" in html_text
+    methods = html_text.split("<section id='methods'>")[1].split("</section>")[0]
+    assert "<b>ROC AUC</b> = " in methods and "<b>Uniqueness Score</b>" in methods

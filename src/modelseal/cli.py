@@ -12,6 +12,7 @@ when it runs, so `modelseal --help` and `modelseal methods` answer in a fraction
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,8 +57,17 @@ bench_app = typer.Typer(**_TYPER, help="Robustness benchmark: run scenarios, wri
     "modelseal bench run tiny --out run", "modelseal bench report run/results.sqlite --out report.html"))
 app.add_typer(bench_app, name="bench")
 
-out = Console()
-err = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """A console that wraps at the terminal's width on a terminal, and never wraps into a pipe or file (rich
+    would cut at 80 columns there and split paths; COLUMNS, when set, still wins)."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c = Console(stderr=stderr, width=100_000, soft_wrap=True)
+    return c
+
+
+out = _console()
+err = _console(stderr=True)
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
@@ -83,14 +93,29 @@ ArchOpt = Annotated[Optional[str], typer.Option(
     "--arch", help="your own architecture as package.module:factory: modelseal IMPORTS that module (current "
                    "folder first, then PYTHONPATH; its code runs) and calls factory() for the nn.Module; model "
                    "files are then plain safetensors state dicts (.pt2 files are refused: torch unpickles them)")]
-DataOpt = Annotated[str, typer.Option("--data", help="data set: mnist5k, digits, diabetes, sample-images, "
-                                                     "idx:DIR, cifar10:DIR, cifar100:DIR, npz:PATH, folder:DIR")]
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", help="data set: mnist5k, digits, diabetes, sample-images, idx:DIR, cifar10:DIR, cifar100:DIR, "
+                   "npz:PATH, folder:DIR (default for a command on a model: the data set the model file names, "
+                   "else the embedded one its input shape fits)")]
+
+
+def _check_folder(path: Path, label: str = "") -> None:
+    """An output's folder must exist: the command line creates no folder a user did not ask for (a typo such
+    as --out /nonexistent-dir/x would otherwise make a folder at the filesystem root)."""
+    from .errors import WriteError
+
+    parent = Path(path).parent
+    if not parent.is_dir():
+        what = f"{label} {path}" if label else str(path)
+        raise WriteError(f"cannot write {what}: its folder {parent} does not exist; create it first "
+                         f"(mkdir -p {parent}) or give a path in an existing folder")
 
 
 def check_writable(path: Path, force: bool) -> None:
     from .tensorfile import check_writable as check
 
     check(path, force)
+    _check_folder(path)
 
 
 def check_distinct(paths: Any) -> None:
@@ -99,10 +124,16 @@ def check_distinct(paths: Any) -> None:
     check(paths)
 
 
-def check_outputs(outputs: list[tuple[str, Any]], force: bool, inputs: dict[str, Any] | None = None) -> None:
+def check_outputs(outputs: list[tuple[str, Any]], force: bool, inputs: dict[str, Any] | None = None,
+                  created: tuple[Path, ...] = ()) -> None:
+    """tensorfile.check_outputs, and each output's folder exists (or is one of `created`, a folder the
+    command makes, such as `deepmarks distribute --out-dir`)."""
     from .tensorfile import check_outputs as check
 
     check(outputs, force, inputs=inputs)
+    for label, p in outputs:
+        if Path(p).parent not in created:
+            _check_folder(Path(p), label)
 
 
 DEBUG_ENV = "MODELSEAL_DEBUG"
@@ -163,10 +194,21 @@ def _secret_seed(seed: int | None) -> int:
 
 
 def _construct(cls: type, params: dict[str, Any]) -> Any:
+    import inspect
+
+    try:
+        known = [n for n in inspect.signature(cls).parameters if n != "progress"]
+    except (TypeError, ValueError):
+        known = []
+    unknown = [n for n in params if known and n not in known]
+    if unknown:
+        raise ModelSealError(f"bad parameter for {cls.name}: no parameter {', '.join(map(repr, unknown))}; its "
+                             "parameters: "
+                             f"{', '.join(known)} (see `modelseal methods {cls.name}`)")
     try:
         return cls(**params)
     except TypeError as e:
-        raise ModelSealError(f"bad parameter for {cls.name}: {e}") from None
+        raise ModelSealError(f"bad parameter for {cls.name}: {e} (see `modelseal methods {cls.name}`)") from None
 
 
 def _progress(as_json: bool):
@@ -181,16 +223,97 @@ def _device(device: str):
     return resolve_device(device)
 
 
+# input shapes of the embedded data sets, known without loading them (or importing torch)
+_EMBEDDED_SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "diabetes": (10,), "sample-images": (3, 32, 32)}
+
+
+def _shape_text(shape: Any) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _header_spec(path: Path) -> dict[str, Any]:
+    """What a model file's header records, read without torch and without trusting the file: `input_shape`
+    and the `data` set it was trained on (when recorded); {} when the header does not say (loading the file
+    later says what is wrong with it)."""
+    from .tensorfile import loads_json, read_head, read_header_metadata
+
+    try:
+        meta = read_header_metadata(read_head(path, ModelSealError, "model file"), str(path), ModelSealError)
+        if "modelseal_model" in meta:
+            info = loads_json(meta["modelseal_model"], str(path), ModelSealError)
+            spec, extra = info.get("spec", {}), info.get("extra", {})
+        else:
+            spec = loads_json(meta.get("modelseal_user_arch", "{}"), str(path), ModelSealError)
+            extra = {}
+        shape, data = spec.get("input_shape"), extra.get("data") if isinstance(extra, dict) else None
+    except (ModelSealError, AttributeError, TypeError):
+        return {}
+    found: dict[str, Any] = {}
+    if isinstance(shape, list) and shape and all(isinstance(s, int) for s in shape):
+        found["input_shape"] = tuple(shape)
+    if isinstance(data, str) and data:
+        found["data"] = data
+    return found
+
+
+def _data_for(model_path: Path | None, data: str | None, flag: str = "--data") -> str:
+    """The data set a command on MODEL uses, decided before any work (and before torch is imported):
+    `--data` when given; else the data set the model file's header names (`modelseal train` records it);
+    else the embedded data set whose input shape the header records (1x8x8 digits, 1x28x28 mnist5k, ...).
+    A `--data` whose input shape disagrees with the model's is refused here for the embedded sets, and for
+    every set once loaded (`check_data_fits`)."""
+    head = _header_spec(model_path) if model_path is not None and Path(model_path).is_file() else {}
+    shape = head.get("input_shape")
+    if data is None and model_path is not None and not Path(model_path).is_file():
+        what = "is a directory, not a model file" if Path(model_path).is_dir() else "does not exist"
+        raise ModelSealError(f"model file {model_path} {what}")
+    if data is None:
+        if head.get("data"):
+            return head["data"]
+        fits = [name for name, s in _EMBEDDED_SHAPES.items() if s == shape]
+        if len(fits) == 1:
+            return fits[0]
+        what = f"its input shape {_shape_text(shape)} fits no embedded data set" if shape else \
+            "its header records no input shape"
+        raise ModelSealError(f"{model_path} does not name its data set and {what}; pass {flag} NAME "
+                             "(mnist5k, digits, diabetes, sample-images, idx:DIR, npz:PATH, ...)")
+    want = _EMBEDDED_SHAPES.get(data)
+    if shape is not None and want is not None and tuple(want) != tuple(shape):
+        raise ModelSealError(_misfit_text(model_path, shape, data, want, flag))
+    return data
+
+
+def _misfit_text(model_path: Any, shape: Any, data: str, want: Any, flag: str = "--data") -> str:
+    fits = [name for name, s in _EMBEDDED_SHAPES.items() if tuple(s) == tuple(shape)]
+    hint = f"pass {flag} {fits[0]}, or leave {flag} out" if fits else f"pass a {flag} whose inputs are " \
+        f"{_shape_text(shape)}"
+    return (f"{model_path} takes inputs of shape {_shape_text(shape)}, but {flag} {data} has inputs of shape "
+            f"{_shape_text(want)}; {hint}")
+
+
+def check_data_fits(model: Any, meta: Any, data: str, model_path: Any = "the model", flag: str = "--data") -> None:
+    """The one shape check of every command that feeds data to a model: the model's recorded input shape
+    (its spec) must be the data set's, else one line naming both shapes and the --data that fits."""
+    spec = getattr(model, "modelseal_spec", None) or {}
+    shape, want = spec.get("input_shape"), getattr(meta, "input_shape", None)
+    if shape is not None and want is not None and tuple(shape) != tuple(want):
+        raise ModelSealError(_misfit_text(model_path, shape, data, want, flag))
+
+
 def _load_model(path: Path, device: str, arch: str | None = None, spec: Any = None):
     """A model file: modelseal's own (architecture in the header), or with `arch` a user's state dict. `spec` (a
-    data set's Meta, or a key's signature dict) gives a user architecture's input shape when the file lacks it."""
+    data set's Meta, or a key's signature dict) gives a user architecture's input shape when the file lacks it;
+    a Meta whose input shape is not the model's is refused (`check_data_fits`)."""
     from .models import custom, load_model
 
     if arch is None:
         info = custom.user_arch_of(path)
         if info is not None:
             raise ModelSealError(f"{path} holds the weights of your own architecture; pass --arch {info.get('arch')}")
-        return load_model(path, device=_device(device))
+        model = load_model(path, device=_device(device))
+        if spec is not None and not isinstance(spec, dict):
+            check_data_fits(model, spec, getattr(spec, "name", "data"), path)
+        return model
     shape = bounds = None
     if isinstance(spec, dict):
         shape = spec.get("input_shape")
@@ -203,24 +326,34 @@ def _model_bytes(model, arch: str | None = None) -> bytes:
     from . import models
     from .models import custom
 
-    return models.model_to_bytes(model) if arch is None else custom.custom_to_bytes(model, arch)
+    # the header's `extra` (the data set `train` recorded) stays with every model made from this one
+    return models.model_to_bytes(model, _extra_of(model)) if arch is None else custom.custom_to_bytes(model, arch)
 
 
-def _save_model(model, path: Path, force: bool, arch: str | None = None) -> None:
+def _extra_of(model: Any, data: str | None = None) -> dict[str, Any]:
+    extra = dict(getattr(model, "modelseal_extra", None) or {})
+    if data is not None:
+        extra["data"] = data
+    return extra
+
+
+def _save_model(model, path: Path, force: bool, arch: str | None = None, data: str | None = None) -> None:
     from . import models
     from .models import custom
 
     if arch is None:
-        models.save_model(model, path, force=force)
+        models.save_model(model, path, force=force, extra=_extra_of(model, data))
     else:
         custom.save_custom(model, path, arch, force=force)
 
 
 def _protect_and_save(method: Any, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
-                      force: bool, as_json: bool, arch: str | None = None):
+                      force: bool, as_json: bool, arch: str | None = None, again: Any = None):
     """Load the model and data, protect it through `methods.protect` (the method's family verb), write the
     model, the key (0600) and its public commitment as one unit (all or none); returns (test metric before,
-    after, key). Shared by `watermark embed` and `lock`, which check their outputs (`_check_pair`) first."""
+    after, key). Shared by `watermark embed` and `lock`, which check their outputs (`_check_pair`) first.
+    `again(method, key)`, when given, judges each result before anything is written: it returns a method to
+    protect with once more (e.g. a larger budget), None to accept, or raises to refuse (nothing written)."""
     from . import data as data_mod
     from . import train as train_mod
     from .tensorfile import write_files
@@ -229,6 +362,8 @@ def _protect_and_save(method: Any, model_path: Path, data: str, device: str, out
     model = _load_model(model_path, device, arch, splits.meta)
     before = train_mod.evaluate(model, splits.test)
     done = method_registry.protect(method, model, splits.owner, progress=_progress(as_json))
+    while again is not None and (method := again(method, done.key)) is not None:
+        done = method_registry.protect(method, model, splits.owner, progress=_progress(as_json))
     protected, key = done.models[0], done.key
     after = train_mod.evaluate(protected, splits.test)
     write_files([(out_path, _model_bytes(protected, arch)), (key_path, key.to_bytes()),
@@ -295,12 +430,12 @@ def train(
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Train a model from the zoo on a data split and save it."""
-    from . import data as data_mod
-    from . import models
-    from . import train as train_mod
-
     try:
         check_writable(out_path, force)
+        from . import data as data_mod
+        from . import models
+        from . import train as train_mod
+
         splits = data_mod.load(data, seed=seed)
         user_arch = arch if ":" in arch else None
         if user_arch:
@@ -317,7 +452,9 @@ def train(
                              progress=_progress(as_json), description=f"train {arch}")
         seconds = time.perf_counter() - t0
         acc = train_mod.evaluate(model, splits.test)
-        _save_model(model, out_path, force, user_arch)
+        # the header names an embedded data set, so later commands need no --data (never a user's file path:
+        # model files are shared, and a path says where the owner keeps its data)
+        _save_model(model, out_path, force, user_arch, data if data in _EMBEDDED_SHAPES else None)
     except ModelSealError as e:
         _fail(e)
     metric = "accuracy" if splits.meta.task == "classification" else "r2"
@@ -336,7 +473,7 @@ def attack(
     name: Annotated[str, typer.Argument(help="attack name (see --list)")] = "",
     model_path: Annotated[Optional[Path], typer.Argument(help="model file to attack")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="attacked model file to write")] = None,
-    data: DataOpt = "mnist5k",
+    data: DataOpt = None,
     split: Annotated[str, typer.Option(help="data the attacker holds: attacker | owner | test")] = "attacker",
     other: Annotated[Optional[list[Path]], typer.Option("--other", help="other models (collusion: average)")] = None,
     set_: SetOpt = None, list_: Annotated[bool, typer.Option("--list", help="list attacks", metavar="")] = False,
@@ -358,6 +495,7 @@ def attack(
         check_distinct([("MODEL", model_path), ("--out", out_path), *(("--other", o) for o in other or [])])
         cls = attack_registry.get(name)
         params = {"seed": seed, **_params(set_)}
+        data = _data_for(model_path, data)
         splits = data_mod.load(data, seed=0)
         if other:
             params["others"] = [_load_model(p, device, arch, splits.meta) for p in other]
@@ -389,13 +527,14 @@ def watermark_embed(
     out_path: Annotated[Path, typer.Option("--out", help="watermarked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
-    data: DataOpt = "mnist5k", set_: SetOpt = None, arch: ArchOpt = None,
+    data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Embed a watermark: writes the marked model and the secret key."""
 
     seed = _secret_seed(seed)
     try:
+        data = _data_for(model_path, data)
         _check_pair(model_path, data, out_path, key_path, force)
         mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
@@ -412,8 +551,8 @@ def watermark_embed(
 
 @fingerprint_app.command("extract", epilog=_examples(
     "modelseal fingerprint extract owner.safetensors --method tafa --key fp.seal",
-    "modelseal fingerprint extract owner.safetensors --method c-examples --variant rc --reference ref1.safetensors "
-    "--key ce.seal"))
+    "modelseal fingerprint extract owner.safetensors --method c-examples --variant rc --key ce.seal",
+    "modelseal verify ce.seal marked.safetensors --reference ref.safetensors   # c-examples judges with references"))
 def fingerprint_extract(
     model_path: Annotated[Path, typer.Argument(help="owner model file")],
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
@@ -426,11 +565,11 @@ def fingerprint_extract(
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Extract a fingerprint from a model without changing it, and without any data."""
-    from .data import InputSpec
-
     seed = _secret_seed(seed)
     try:
         _check_pair(model_path, None, None, key_path, force)
+        from .data import InputSpec
+
         mi = method_registry.require_family(method, "fingerprint", "modelseal fingerprint extract")
         params = {"seed": seed, **_params(set_)}
         if variant is not None:
@@ -469,12 +608,10 @@ def deepmarks_distribute(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for one model file per user")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
     users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
-    data: DataOpt = "mnist5k", set_: SetOpt = None, arch: ArchOpt = None,
+    data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
-    from . import data as data_mod
-    from . import train as train_mod
     from .tensorfile import write_files
 
     seed = _secret_seed(seed)
@@ -483,11 +620,16 @@ def deepmarks_distribute(
 
         if usable_path(out_dir, what="--out-dir").exists() and not out_dir.is_dir():
             raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
+        _check_folder(out_dir, "--out-dir")
+        data = _data_for(model_path, data)
         manifest_path = out_dir / "manifest.json"
         # the copies' names depend on the number of users, known once distributed: check the fixed outputs
         # now and every output again (distinct, writable) before anything is written
         check_outputs([("--key", key_path), ("commitment", _commitment_path(key_path)), ("manifest", manifest_path)],
-                      force, inputs=_inputs(model_path, data))
+                      force, inputs=_inputs(model_path, data), created=(out_dir,))
+        from . import data as data_mod
+        from . import train as train_mod
+
         dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
         splits = data_mod.load(data, seed=0)
         model = _load_model(model_path, device, arch, splits.meta)
@@ -551,6 +693,39 @@ def _open_suspect(suspect: str, device: str, *, max_queries: int | None, token_e
     return Suspect.load(suspect, **kw)
 
 
+def _is_key_file(path: Path) -> bool | None:
+    """True for a modelseal key, False for a model file, None when the header says neither (read without
+    torch: the key's metadata entry is 'modelseal', a model's 'modelseal_model' or 'modelseal_user_arch')."""
+    from .tensorfile import read_head, read_header_metadata
+
+    try:
+        meta = read_header_metadata(read_head(path, ModelSealError), str(path), ModelSealError)
+    except ModelSealError:
+        return None
+    if "modelseal" in meta:
+        return True
+    return False if {"modelseal_model", "modelseal_user_arch"} & set(meta) else None
+
+
+def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:
+    """Before torch is imported: every key file and a suspect file exist, and they are not swapped (a model
+    given as the key, or a key as the suspect); URLs are checked when they are queried."""
+    for label, k in keys.items():
+        if not Path(k).is_file():
+            raise ModelSealError(f"{label} {k} does not exist" if not Path(k).is_dir() else
+                                 f"{label} {k} is a directory, not a key file")
+        if _is_key_file(Path(k)) is False:
+            raise ModelSealError(f"{label} {k} is a model file, not a modelseal key; the order is "
+                                 "KEY [KEY ...] SUSPECT (the suspect model last)")
+    if suspect.startswith(("http://", "https://")):
+        return
+    if not Path(suspect).exists():
+        raise ModelSealError(f"SUSPECT {suspect} does not exist")
+    if Path(suspect).is_file() and _is_key_file(Path(suspect)):
+        raise ModelSealError(f"SUSPECT {suspect} is a modelseal key, not a model (a file without modelseal "
+                             "architecture metadata); the order is KEY [KEY ...] SUSPECT (the suspect model last)")
+
+
 def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
     """When a key's input shape differs from a suspect's of the same size, say that --reshape exists."""
     import math
@@ -572,24 +747,25 @@ def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
                               "modelseal trace dm.seal leaked.safetensors --json"))
 def trace(
     key_path: Annotated[Path, typer.Argument(help="deepmarks key")],
-    suspect: Annotated[str, typer.Argument(help="suspect model file")],
+    suspect: Annotated[str, typer.Argument(
+        help="suspect model file (.safetensors): DeepMarks reads the weights, so no URL or .onnx file")],
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
     arch: ArchOpt = None,
-    max_queries: MaxQueriesOpt = None, token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, input_name: InputNameOpt = None,
-    output_name: OutputNameOpt = None,
-    label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Name the users whose copies a suspect model was made from."""
-    from .api import trace as trace_fn
-
+    """Name the users whose copies a suspect model was made from (white-box: reads the suspect's weights)."""
     try:
         kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
+        if suspect.startswith(("http://", "https://")) or suspect.lower().endswith(".onnx"):
+            raise ModelSealError(f"trace reads the suspect's weights (DeepMarks is white-box), so {suspect} cannot "
+                                 "be traced; give its .safetensors model file")
         if evidence is not None:
             check_outputs([("--evidence", evidence)], force, inputs={"KEY": key_path, "SUSPECT": Path(suspect)})
+        _check_inputs_exist({"KEY": key_path}, suspect)
+        from .api import trace as trace_fn
+
         key: Any = key_path
         if arch is not None:
             from .keys import Key
@@ -597,10 +773,9 @@ def trace(
             key = Key.load(key_path)  # loaded once: its signature shapes the suspect, then it judges
             s = _arch_suspect(suspect, device, arch, key.signature)
         else:
-            s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
-                              retries=retries, rate_limit=rate_limit,
-                              input_name=input_name, output_name=output_name,
-                              label_only=label_only, max_batch=max_batch, reshape=reshape)
+            s = _open_suspect(suspect, device, max_queries=None, token_env="MODELSEAL_TOKEN", timeout=None,
+                              retries=None, rate_limit=None, output_name=None, label_only=False, max_batch=None,
+                              reshape=False)
         result = trace_fn(s, key, evidence=evidence, force=force, **kw)
     except ModelSealError as e:
         _fail(e)
@@ -665,7 +840,6 @@ def verify(
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0)."""
-    from .api import verify as verify_fn
     from .errors import KeyMismatchError
 
     s = None
@@ -681,6 +855,9 @@ def verify(
         check_outputs([(f"--evidence {i + 1}", e) for i, e in enumerate(evidence or [])], force,
                       inputs={**{f"KEY {i + 1}": k for i, k in enumerate(keys)}, "SUSPECT": Path(suspect),
                               **{f"--commitment {i + 1}": c for i, c in enumerate(commitment or [])}})
+        _check_inputs_exist({f"KEY {i + 1}" if len(keys) > 1 else "KEY": k for i, k in enumerate(keys)}, suspect)
+        from .api import verify as verify_fn
+
         sig, judges = None, list(keys)
         if arch is not None:
             from .keys import Key
@@ -775,12 +952,12 @@ def commit(
 ) -> None:
     """Write the public commitment of a key (safe to publish and timestamp). Keys made by modelseal already
     have one beside them (KEY.public.json); this re-derives it."""
-    from . import commitment as commitment_mod
-    from .keys import Key
-
     try:
         check_writable(out_path, force)
         check_distinct({"KEY": key_path, "--out": out_path})
+        from . import commitment as commitment_mod
+        from .keys import Key
+
         key = Key.load(key_path)
         commitment_mod.save(method_registry.commit(key), out_path, force=force)
     except ModelSealError as e:
@@ -791,22 +968,25 @@ def commit(
 # ---------------------------------------------------------------------------------------- lock/unlock
 @app.command(epilog=_examples(
     "modelseal lock owner.safetensors --out locked.safetensors --key lock.seal",
-    "modelseal lock owner.safetensors --set max_params=20 --out locked.safetensors --key lock.seal --force"))
+    "modelseal lock owner.safetensors --set target_accuracy=0.2 --out locked.safetensors --key lock.seal --force"))
 def lock(
     model_path: Annotated[Path, typer.Argument(help="model file to lock")],
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
-    data: DataOpt = "mnist5k", set_: SetOpt = None, arch: ArchOpt = None,
+    data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
 
     seed = _secret_seed(seed)
     try:
+        data = _data_for(model_path, data)
         _check_pair(model_path, data, out_path, key_path, force)
-        locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
-        before, after, key = _protect_and_save(locker, model_path, data, device, out_path, key_path, force,
-                                               as_json, arch)
+        params = _params(set_)
+        locker = _construct(method_registry.get("advparams"), {"seed": seed, **params})
+        with _lock_warnings_handled():
+            before, after, key = _protect_and_save(locker, model_path, data, device, out_path, key_path, force,
+                                                   as_json, arch, again=_lock_again("max_params" not in params))
     except ModelSealError as e:
         _fail(e)
     changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
@@ -815,6 +995,46 @@ def lock(
     _emit(as_json, payload, lambda: out.print(
         f"locked: test metric {before:.4f} -> {after:.4f} ({changed} parameters changed); "
         f"model -> {out_path}, key -> {key_path}"))
+
+
+_LOCK_BUDGET_CAP = 3200  # most parameters `lock` grows its budget to when --set max_params is not given
+
+
+def _lock_again(grow: bool):
+    """`lock`'s judge of a lock before it is written: a lock whose check-batch accuracy stayed above its
+    target is useless, so it is never written as if it worked. Without --set max_params the budget grows
+    4x per try (the greedy choice is deterministic, so each try extends the last) up to _LOCK_BUDGET_CAP
+    parameters while accuracy still falls; past that, or with the user's own budget, the lock is refused
+    with its numbers."""
+    import dataclasses
+
+    last: list[float] = []
+
+    def again(locker: Any, key: Any) -> Any:
+        p = key.params
+        if p.get("target_reached", True):
+            return None
+        acc, target = float(p.get("check_accuracy_after", float("nan"))), float(p.get("target_accuracy", 0))
+        falling = not last or acc < last[-1]
+        last.append(acc)
+        if grow and falling and locker.max_params < _LOCK_BUDGET_CAP:
+            return dataclasses.replace(locker, max_params=min(locker.max_params * 4, _LOCK_BUDGET_CAP))
+        raise ModelSealError(
+            f"lock missed its target: accuracy {acc:.3f} on the check batch after {p.get('changed')} parameters "
+            f"changed, above the target {target:g}, so the locked model would still work; nothing was written. "
+            f"Raise --set max_params (now {locker.max_params}) or --set eps (now {locker.eps:g}), or accept a "
+            f"weaker lock with --set target_accuracy={min(1.0, round(acc + 0.005, 2)):g}")
+    return again
+
+
+@contextlib.contextmanager
+def _lock_warnings_handled():
+    """`lock` judges a missed target itself (`_lock_again`): the method's warning about it is not shown."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="advparams stopped at accuracy")
+        yield
 
 
 @app.command(epilog=_examples("modelseal unlock locked.safetensors lock.seal --out restored.safetensors"))
@@ -826,12 +1046,12 @@ def unlock(
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Restore a locked model bit-exactly."""
-    from .api import unlock as unlock_fn
-    from .keys import Key
-
     try:
         check_writable(out_path, force)
         check_distinct({"MODEL": model_path, "KEY": key_path, "--out": out_path})
+        from .api import unlock as unlock_fn
+        from .keys import Key
+
         sig = Key.load(key_path).signature if arch is not None else None
         restored = unlock_fn(_load_model(model_path, "cpu", arch, sig), key_path)
         _save_model(restored, out_path, force, arch)
@@ -917,9 +1137,11 @@ def bench_run(
                             progress=_progress(as_json), max_cells=max_cells, device=device)
     except ModelSealError as e:
         _fail(e)
+    # the progress bar counts cells and negatives (independent models judged): say both
     _emit(as_json, summary, lambda: out.print(
         f"{summary['ran']} cells ran, {summary['skipped_finished']} already finished, {summary['pending']} pending, "
-        f"{summary['errors']} errors ({summary['seconds']:.1f} s) -> {summary['db']}" + (
+        f"{summary['errors']} errors; {summary['negatives']} negatives judged ({summary['seconds']:.1f} s) -> "
+        f"{summary['db']}" + (
             f"\nPARTIAL RUN: {summary['finished']} of {summary['planned']} planned cells finished, "
             f"{summary['pending']} not run; run the same command again to finish it" if summary["partial"] else ""),
         soft_wrap=True))
@@ -1015,9 +1237,10 @@ def list_methods(
             out.print(Text(title, style="bold"))
             for p in items:
                 out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
-                out.print(Padding(Text(p.meaning), (0, 0, 0, 4)))
+                out.print(Padding(Text(p.meaning), (0, 0, 0, 4), expand=False))
 
-        show(f"{kind} {name}: parameters (set with --set NAME=VALUE when protecting)", params)
+        how = "when protecting" if kind == "method" else f"on `modelseal attack {name}`"
+        show(f"{kind} {name}: parameters (set with --set NAME=VALUE {how})", params)
         if rule:
             show("verifier parameters (the verifier's rule, never read from a key: `verify --alpha` and "
                  "`verify --set NAME=VALUE`)", rule)
@@ -1056,6 +1279,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A Python warning reaches a user as one plain line on stderr, never with its source file and line."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(_one_line(message))}", soft_wrap=True, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `modelseal` program: runs the command line and turns every failure into one line on stderr.
 
@@ -1073,6 +1304,9 @@ def main(argv: list[str] | None = None) -> int:
     old_term = None
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    import warnings
+
+    old_show, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         code = app(args=args, prog_name="modelseal", standalone_mode=False)
         code = code if isinstance(code, int) else 0
@@ -1119,6 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
         _error_line(f"unexpected {type(e).__name__}: {_one_line(e)}{hint} (please report it)")
         return 2
     finally:
+        warnings.showwarning = old_show
         _debug = _debug_flag = False
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

@@ -206,7 +206,7 @@ def _ranges(tree: ast.Module, consts: dict[str, Any]) -> _Ranges:
 
 # Fields that mean the same in every method and attack; a field's own comment or docstring still wins.
 GLOSSARY = {
-    "seed": "random seed (of the secret, for methods)",
+    "seed": "random seed (for a method: of the secret)",
     "alpha": "significance level: owned when p-value <= alpha",
     "batch_size": "examples per batch",
     "device": "auto | cpu | cuda (None: where the model is)",

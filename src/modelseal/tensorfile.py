@@ -243,7 +243,7 @@ def check_writable(path, force: bool) -> None:
     target = write_target(p)
     try:
         if target.exists() and not force:
-            raise OutputExistsError(f"{p} already exists; pass --force (force=True) to overwrite it")
+            raise OutputExistsError(f"{p} already exists; pass --force to overwrite it (API: force=True)")
         for parent in target.parents:
             if parent.exists():
                 if not parent.is_dir():

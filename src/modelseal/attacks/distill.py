@@ -38,11 +38,11 @@ LABELS = ("soft", "hard")
 class Distill(Attack):
     """Train a fresh `student` ('same' or a zoo architecture) on the data's inputs labelled by the model."""
 
-    student: str = "same"
-    epochs: int = 10
-    temperature: float = 4.0
-    lr: float = 1e-3
-    labels: str = "soft"
+    student: str = "same"  # student architecture: same (the suspect's) or a zoo name
+    epochs: int = 10  # distillation epochs
+    temperature: float = 4.0  # softmax temperature of soft labels
+    lr: float = 1e-3  # learning rate (Adam)
+    labels: str = "soft"  # soft: the teacher's probabilities; hard: its top class only
     batch_size: int = 64
     seed: int = 0
     device: str | None = None

@@ -62,10 +62,10 @@ class FineTune(Attack):
     """Fine-tune the last layer (ftll) or all layers (ftal), optionally after re-initialising the last
     layer (rtll, rtal), on a `fraction` of the attacker's data."""
 
-    mode: str = "ftal"
-    epochs: int = 5
-    lr: float = 1e-3
-    fraction: float = 1.0
+    mode: str = "ftal"  # ftll/ftal: fine-tune last layer / all layers; rtll/rtal: re-initialise the last layer first
+    epochs: int = 5  # fine-tuning epochs
+    lr: float = 1e-3  # learning rate (Adam)
+    fraction: float = 1.0  # share of the attacker's data used (seeded)
     batch_size: int = 64
     seed: int = 0
     device: str | None = None

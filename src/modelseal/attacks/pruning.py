@@ -63,7 +63,7 @@ class Prune(Attack):
     together (scope='global') or in each layer (scope='layer')."""
 
     amount: float = 0.5
-    scope: str = "global"
+    scope: str = "global"  # global: one magnitude threshold over all layers; layer: the same share in every layer
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -147,8 +147,8 @@ class FinePrune(Attack):
     layer on the attacker's clean data, then fine-tune all layers keeping them pruned."""
 
     amount: float = 0.5
-    epochs: int = 2
-    lr: float = 1e-3
+    epochs: int = 2  # fine-tuning epochs after pruning
+    lr: float = 1e-3  # learning rate of that fine-tuning
     batch_size: int = 64
     seed: int = 0
     device: str | None = None

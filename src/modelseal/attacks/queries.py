@@ -56,9 +56,9 @@ class PerturbQueries(Attack):
     """Perturb every query before the model sees it: `kind` 'gaussian' (std, relative to the input range)
     or 'jpeg' (quality 1..100; inputs must be images N x C x H x W)."""
 
-    kind: str = "gaussian"
-    std: float = 0.1
-    quality: int = 50
+    kind: str = "gaussian"  # gaussian: additive noise; jpeg: 8x8 block-DCT quantization
+    std: float = 0.1  # gaussian noise std relative to the input range
+    quality: int = 50  # jpeg quality (1-100; lower removes more)
     seed: int = 0
     acts_on = "queries"
 

@@ -30,7 +30,7 @@ from .pruning import prunable
 class Quantize(Attack):
     """Round each Conv/Linear weight and bias tensor to `bits`-bit uniform levels between its min and max."""
 
-    bits: int = 8
+    bits: int = 8  # bits per weight after quantization
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,8 +63,8 @@ class Noise(Attack):
     """Add Gaussian noise to every floating parameter tensor: std `std`, times the tensor's own std when
     `relative`."""
 
-    std: float = 0.01
-    relative: bool = True
+    std: float = 0.01  # Gaussian noise std (times the layer's weight std when relative)
+    relative: bool = True  # std relative to each layer's weight std (else absolute)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,8 +91,8 @@ class Average(Attack):
     """Collusion: the (weighted) elementwise mean of the model's parameters and floating buffers with those
     of `others`, all of one architecture."""
 
-    others: Sequence[nn.Module] = field(default_factory=list)
-    weights: Sequence[float] | None = None
+    others: Sequence[nn.Module] = field(default_factory=list)  # the other models to average with
+    weights: Sequence[float] | None = None  # averaging weights (None: equal)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -146,7 +146,7 @@ class ResetOutliers(Attack):
     """Key-free recovery: in each parameter tensor, reset the values more than `z` standard deviations
     from the tensor's mean to that mean."""
 
-    z: float = 3.0
+    z: float = 3.0  # reset weights more than z standard deviations from their layer's mean
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -171,7 +171,7 @@ class ResetOutliers(Attack):
 class Collude(Attack):
     """Collusion of `k` users: the elementwise mean of their `k` distributed copies (`average`)."""
 
-    k: int = 3
+    k: int = 3  # number of copies averaged
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import OutputExistsError
 from ..runtime import track
+from ..tensorfile import write_atomic
 from . import scenario as scenario_mod
 from .backends import Shared, make_backend
 from .jobs import job_cell, job_negative, job_protect, job_train
@@ -50,6 +51,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
     made = [d for d in (out, cache) if not d.exists()]  # removed again if the run stores nothing
     new_db = not (out / DB_NAME).exists()
     cache.mkdir(parents=True, exist_ok=True)
+    cache.chmod(0o700)  # it holds secret keys: like every key modelseal writes, for the owner only
     dev = device or sc.device
     threads = sc.threads
     t0 = time.perf_counter()
@@ -158,7 +160,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
             label, s, pid = todo_p[i]
             for j, m in enumerate(res["models"]):
                 (cache / f"{pid}-{j}.safetensors").write_bytes(m)
-            (cache / f"{pid}.key").write_bytes(res["key"])
+            write_atomic(cache / f"{pid}.key", res["key"], force=True, private=True)  # 0600, as every key
             info = {**res["info"], "protection": label, "method": prot_of[label].method,
                     "family": prot_of[label].family, "seed": s}
             store.put_artifact(pid, "protection", f"{label} seed {s}", info, res["wall_s"])

@@ -18,8 +18,8 @@ from ..attacks.finetune import check_number
 class Overwrite(Attack):
     """Embed the attacker's own trigger-set mark (`n` triggers) into `model` with the attacker's data."""
 
-    n: int = 50
-    extra_epochs: int = 1
+    n: int = 50  # trigger images of the attacker's own watermark
+    extra_epochs: int = 1  # epochs trained on after the attacker's triggers are learned
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -54,7 +54,7 @@ LOCK_HELD_MARGIN = 0.5  # a lock holds only while the attacked accuracy stays >=
 P_FLOOR = 1e-30  # p-values below this are drawn at it on log axes
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+table{border-collapse:collapse;margin:1em 0;font-size:12px;max-width:100%}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right;white-space:nowrap}th{background:#f0f0f0}td.l,th.l{text-align:left}td.w{white-space:normal;
 text-align:left;min-width:9em;max-width:30em}section{overflow-x:auto}.note{color:#555;font-size:13px;max-width:60em}img{width:100%;max-width:1200px;
 border:1px solid #eee}#headline-table td{font-size:14px}.bad{color:#b00020;font-weight:600}
@@ -163,6 +163,41 @@ def _pts(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.1f} points"
 
 
+def cost_text(before: float | None, after: float | None, what: str = "accuracy") -> str:
+    """An accuracy change in words a reader cannot misread: a cost only when accuracy fell, e.g.
+    `0.4 points lost (0.924 -> 0.920)` or `none: accuracy rose 2.4 points (0.923 -> 0.947)`."""
+    if before is None or after is None:
+        return "–"
+    d = 100 * (after - before)
+    span = f"({before:.3f} -> {after:.3f})"
+    if round(d, 1) == 0:
+        return f"none: {what} unchanged {span}"
+    if d < 0:
+        return f"{-d:.1f} points lost {span}"
+    return f"none: {what} rose {d:.1f} points {span}"
+
+
+def _never_note(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """Why an unattacked protected model was not judged owned, from its verdict's details: its p-value, and
+    the reference models a reference-calibrated null had (few references cannot give a small p-value)."""
+    base = [c for c, _ in items if c.get("attack_name") == "none" and c.get("status") == "ok"]
+    if not base:
+        return ""
+    c = base[0]
+    d = c.get("detail") or {}
+    parts = []
+    if c.get("p_value") is not None:
+        parts.append(f"its p-value was {float(c['p_value']):.2g}")
+    if d.get("not_judged"):
+        parts.append(f"not judged: {str(d['not_judged']).split(';')[0]}")
+    elif isinstance(d.get("references"), int):
+        r = d["references"]
+        parts.append(f"judged against {r} reference model{'s' if r != 1 else ''}; with so few the smallest "
+                     "reachable p-value stays far above alpha, so give more reference models" if r < 10 else
+                     f"judged against {r} reference models")
+    return "; ".join(parts)
+
+
 def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
              keys: dict[str, dict[str, Any]] | None = None,
              lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
@@ -182,7 +217,9 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
         attacked = [(c, o) for c, o in items if c.get("attack_name") != "none" and o["kind"] != "not-judged"]
         removed = [(c, o) for c, o in attacked if o["removed"]]
         in_bound_removed = [(c, o) for c, o in removed if o["kind"] != "past-bound"]
+        past_bound = [(c, o) for c, o in removed if o["kind"] == "past-bound"]
         survived = [(c, o) for c, o in attacked if not o["removed"] and o["kind"] != "never"]
+        damaged = [(c, o) for c, o in survived if o["kind"] == "damaged"]
         never = any(o["kind"] == "never" for _, o in items)
         framed = sum(o["kind"] == "framed" for _, o in items)
         owner = _mean([c.get("owner_acc") for c, _ in items if c.get("status") == "ok"])
@@ -190,10 +227,10 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
         unlocked = _mean([c.get("unlocked_acc") for c, _ in items if c.get("status") == "ok"])
         if fam == "lock":
             cost = None if unlocked is None or owner is None else unlocked - owner
-            cost_text = f"unlocked {_pts(cost)} vs owner; locked accuracy {_fmt(prot_acc)}"
+            text = f"unlocked: {cost_text(owner, unlocked)}; locked accuracy {_fmt(prot_acc)}"
         else:
             cost = None if prot_acc is None or owner is None else prot_acc - owner
-            cost_text = _pts(cost)
+            text = cost_text(owner, prot_acc)
         alphas = sorted({alpha_of(c) for c, _ in items if fam != "lock"})
         n_att = len(attacked)
         if fam == "lock":
@@ -205,14 +242,22 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
             else:
                 verdict = f"held against all {n_att} attacks"
         elif never:
+            why = _never_note(items)
             verdict = ("never detected: the unattacked protected model was not judged owned at alpha "
-                       f"{_alpha_text(alphas)}")
+                       f"{_alpha_text(alphas)}" + (f" ({why})" if why else ""))
         elif in_bound_removed:
             verdict = f"removed by {len(in_bound_removed)} of {n_att} attacks"
+            if past_bound:
+                verdict += f" (and by {len(past_bound)} more past the code's bound)"
         elif removed:
             verdict = f"survived every attack within its guarantee ({n_att - len(removed)} of {n_att})"
+        elif damaged:
+            verdict = f"survived {n_att - len(damaged)} of {n_att} attacks"
         else:
             verdict = f"survived all {n_att} attacks"
+        if damaged and not never and fam != "lock":
+            verdict += (f"; {len(damaged)} more left it undetected but cost the model more than "
+                        f"{100 * REMOVAL_MARGIN:.0f} points of accuracy")
         if framed:
             verdict += f"; FRAMED innocent users in {framed} cells"
         neg_acc = [n for n in negs.get(prot, []) if n.get("owned")]
@@ -226,7 +271,8 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
             "rule": (f"held = attacked accuracy at least {100 * lock_margin:.0f} points below the owner's"
                      if fam == "lock" else "owned = p-value <= alpha; removed = not owned while accuracy stays "
                      f"within {100 * REMOVAL_MARGIN:.0f} points of the owner's"),
-            "accuracy_cost": cost, "accuracy_cost_text": cost_text,
+            "accuracy_cost": cost, "accuracy_cost_text": text,
+            "owner_acc": owner, "protected_acc": prot_acc,
             "false_positives": None if fam == "lock" else f"{len(neg_acc)} of {len(negs.get(prot, []))}",
         })
     return rows
@@ -551,8 +597,14 @@ def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_ma
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
 
+    markers, styles = "osD^vP", ["-", "--", "-.", ":"]
     for ax, name in zip(axes, swept, strict=False):
-        for p in prots:
+        every = sorted({c["strength"] for c in attacked if c["attack_name"] == name and c["strength"] is not None})
+        # lines of protections with equal values would hide each other: each is moved sideways by a small,
+        # fixed fraction of the axis and drawn with its own marker and dash
+        span = (every[-1] - every[0]) if len(every) > 1 else 1.0
+        counts = bool(every) and all(float(x).is_integer() for x in every)  # e.g. colluders k: no line between
+        for i, p in enumerate(prots):
             pts = defaultdict(list)
             for c in attacked:
                 if c["attack_name"] == name and c["protection"] == p and c["strength"] is not None \
@@ -560,7 +612,11 @@ def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_ma
                     pts[c["strength"]].append(y_of(c))
             if pts:
                 xs = sorted(pts)
-                ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", color=colors[p], label=p)
+                dx = span * 0.012 * (i - (len(prots) - 1) / 2)
+                ax.plot([x + dx for x in xs], [sum(pts[x]) / len(pts[x]) for x in xs], marker=markers[i % 6],
+                        ls="none" if counts else styles[i % 4], alpha=0.85, color=colors[p], label=p)
+        if counts:  # ticks only at the counts that ran
+            ax.set_xticks(every, [str(int(x)) for x in every])
         param = next(c["swept"] for c in attacked if c["attack_name"] == name)
         ax.set_title(f"{name}: swept {param}")
         ax.set_xlabel(param)
@@ -652,7 +708,9 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
         f"<b>never detected</b>, and no attack is counted as removing it. A lock <b>holds</b> while the attacked "
         f"model's accuracy stays at least {100 * lock_margin:.0f} points below the owner's. Accuracy cost: protected "
         f"minus owner accuracy (locks: unlocked minus owner), in percentage points. Collusion past the code's bound "
-        f"is labelled: the code does not promise to trace it.</p></section>")
+        "is labelled: the code does not promise to trace it. Accuracy cost is a cost only when accuracy fell; "
+        "the protected accuracy shown is the mean over this protection's cells, the same number everywhere."
+        "</p></section>")
 
     parts.append("<section id='summary'><h2>Run</h2>")
     parts.append(_table(["item", "value"], [
@@ -672,7 +730,13 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
                  "unlocked) minus owner accuracy; detection rate = share of this protection's cells judged owned "
                  "(locks: lock held); FPR = share of independent models judged owned; removed = cells whose outcome "
                  "is REMOVED (or RECOVERED for locks), as in the headline; colluders found = colluders accused of all "
-                 "colluders, over the collusion cells.</p>")
+                 "colluders, over the collusion cells. <b>ROC AUC</b> = the chance that a randomly chosen protected or "
+                 "attacked model of this protection gets a higher verdict score than a randomly chosen independent "
+                 "model (1 = the score always tells them apart, 0.5 = a coin flip). <b>Uniqueness Score</b> (for "
+                 "methods whose score is a match rate, e.g. c-examples; Wang et al. 2021) = robustness minus "
+                 "transferability: the mean match rate on attacked copies minus the mean on independent models "
+                 "(near 1: the fingerprint stays on copies and is absent elsewhere; near 0 or below: it does not "
+                 "single out this model).</p>")
     summ = method_summary(cells, negatives, keys, lock_margin)
     parts.append(_table(
         ["protection", "method", "cells ok", "owner acc", "fidelity", "detection rate", "FPR (negatives)",
@@ -681,7 +745,7 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
         [[r["protection"], r["method"], f"{r['ok']}/{r['cells']}", r["owner_acc"], _pts(r["fidelity"]),
           r["detection_rate"], r["fpr"], r["roc_auc"], r["uniqueness"], r["colluders_found"],
           r["innocents_accused"], r["locked_acc"], r["unlocked_acc"], r["recovered_acc"], r["queries"],
-          r["removed"], _Raw(f"{r['wall_s']:.1f}")] for r in summ], left=2))
+          r["removed"], _Raw(f"{r['wall_s']:.1f}")] for r in summ], left=2, wrap=(9,)))
     parts.append("</section>")
 
     parts.append("<section id='cells'><h2>Cells</h2>")
@@ -691,7 +755,7 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
         [[c["protection"], attack_text(c), c["seed"], o["word"], c["protected_acc"], c["attacked_acc"], c["p_value"],
           None if c["family"] == "lock" else alpha_of(c), c["queries"],
           c["accused"] if c["family"] == "per-user" else None, o["note"], _Raw(f"{c['wall_s'] or 0:.1f}")]
-         for c, o in outcomes(cells, keys, lock_margin)], left=2, wrap=(10,)))
+         for c, o in outcomes(cells, keys, lock_margin)], left=2, wrap=(1, 3, 10)))
     parts.append("</section>")
 
     parts.append("<section id='negatives'><h2>Negatives (independent models)</h2>")

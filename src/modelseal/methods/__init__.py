@@ -44,6 +44,9 @@ ACCESS = ("labels", "outputs", "white-box")
 # the CLI command that runs each family's protect verb, for error messages that name the right command
 COMMANDS = {"watermark": "modelseal watermark embed", "fingerprint": "modelseal fingerprint extract",
             "per-user": "modelseal deepmarks distribute", "lock": "modelseal lock"}
+# the CLI command that uses each family's key, for errors about a key handed to the wrong command
+KEY_COMMANDS = {"watermark": "modelseal verify KEY SUSPECT", "fingerprint": "modelseal verify KEY SUSPECT",
+                "per-user": "modelseal trace KEY SUSPECT", "lock": "modelseal unlock LOCKED KEY --out RESTORED"}
 
 _REGISTRY: dict[str, type] = {}
 # Where each known method lives: imported on first use so that `import modelseal` stays light.
@@ -140,8 +143,12 @@ def require_family(name: str, family: str, verb: str) -> MethodInfo:
     """The method's info, or one clear error naming the command that fits its family."""
     mi = info(name)
     if mi.family != family:
-        raise ModelSealError(f"'{name}' is a {mi.family} method, so `{verb}` does not apply to it; "
-                             f"use `{mi.command} --method {name}`")
+        if verb in COMMANDS.values():  # a protect command: name the one that makes this method's keys
+            raise ModelSealError(f"'{name}' is a {mi.family} method, so `{verb}` does not apply to it; "
+                                 f"use `{mi.command} --method {name}`")
+        # a command handed a key: name the command that takes this key
+        raise ModelSealError(f"this is a '{name}' key ({mi.family}), so `{verb}` does not apply to it; "
+                             f"use it with `{KEY_COMMANDS[mi.family]}`")
     return mi
 
 

@@ -18,6 +18,9 @@ Where modelseal deviates from the paper, and why:
   checked after every step on a second, disjoint seeded batch of the same size (the same batch when the
   data are too small for two), so the stop criterion is not measured on the examples the gradient
   overfits. The paper uses a small clean set too; its sizes and split are not fixed here.
+- A classifier that answers one class for the whole check batch counts as locked whatever its accuracy:
+  that accuracy is only the class's share of the batch (0.14 on a digits batch, above a 0.1 target), and
+  a model that always answers the same is useless. The key records `collapsed` when this stopped it.
 - The key stores the original values in the tensors' own dtype (exact bits, so unlock is a write-back,
   not `w + d - d`) and SHA-256 digests of the whole original and locked state dicts: unlock refuses a
   model that is not the one this key locked, and checks that the restored state is the original.
@@ -87,10 +90,10 @@ class AdvParams:
     every Conv/Linear weight).
     """
 
-    max_params: int = 50
+    max_params: int = 50  # most weights perturbed (the CLI grows it when not set and the target is missed)
     eps: float = 0.5
     target_accuracy: float = 0.1
-    batch_size: int = 256
+    batch_size: int = 256  # examples in the gradient batch and in the separate check batch
     layers: Sequence[str] | None = None
     seed: int = 0
 
@@ -172,11 +175,16 @@ class AdvParams:
         chosen = [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
         originals = [t.detach().clone() for t in tensors]
 
+        collapsed = False
+
         def score() -> float:
+            nonlocal collapsed
             with torch.no_grad():
                 out = locked(xc)
                 if task == CLASSIFICATION:
-                    return float((out.argmax(1) == yc).float().mean())
+                    pred = out.argmax(1)
+                    collapsed = len(xc) > 1 and bool((pred == pred[0]).all())
+                    return float((pred == yc).float().mean())
                 y = yc.float().reshape(out.shape)
                 ss_tot = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
                 return float(1.0 - ((out.float() - y) ** 2).sum() / ss_tot)
@@ -195,7 +203,7 @@ class AdvParams:
         stack = contextlib.ExitStack()
         bar = stack.enter_context(track(progress, int(self.max_params), "advparams lock"))
         try:
-            while len(steps) < int(self.max_params) and acc > float(self.target_accuracy):
+            while len(steps) < int(self.max_params) and acc > float(self.target_accuracy) and not collapsed:
                 grads = torch.autograd.grad(loss_fn(locked(xg)), tensors, allow_unused=True)
                 best: tuple[float, int, int] | None = None
                 for i, (t, g) in enumerate(zip(tensors, grads, strict=True)):
@@ -249,7 +257,8 @@ class AdvParams:
             used.append(name)
             key_tensors[f"position.{k}"] = pos.to(torch.int64)
             key_tensors[f"original.{k}"] = originals[i].reshape(-1)[pos.to(originals[i].device)].cpu()
-        if acc > float(self.target_accuracy):
+        reached = acc <= float(self.target_accuracy) or collapsed
+        if not reached:
             warnings.warn(f"advparams stopped at accuracy {acc:.3f} on the check batch after {len(steps)} "
                           f"parameters, above the target {self.target_accuracy}; raise max_params or eps",
                           stacklevel=2)
@@ -264,7 +273,7 @@ class AdvParams:
                 "target_accuracy": float(self.target_accuracy), "batch_size": b, "seed": int(self.seed),
                 "layers": list(names),
                 "check_accuracy_before": acc_before, "check_accuracy_after": acc,
-                "target_reached": bool(acc <= float(self.target_accuracy)),
+                "target_reached": bool(reached), "collapsed": bool(collapsed),
                 "original_digest": original_digest,
                 "locked_digest": state_digest(locked),
             },

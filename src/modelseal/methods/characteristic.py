@@ -118,9 +118,9 @@ def reference_null(counts: Sequence[int], n: int) -> dict[str, Any]:
 class CharacteristicExamples:
     """Characteristic examples: `extract(model, input_spec)` -> key; `verify(suspect, key)` -> Verdict."""
 
-    variant: str = "c"
-    n: int = 100
-    steps: int = 100
+    variant: str = "c"  # c: plain; rc: robust (noisy model copies); ltrc: rc + low-transferability
+    n: int = 100  # number of characteristic examples in the key
+    steps: int = 100  # descent steps per example
     step_size: float = 0.005  # per sign step, as a fraction of (hi - lo)
     eps: float = 1.0  # L-inf bound of x - x0 as a fraction of (hi - lo); 1.0 = the whole box
     margin: float = 2.0  # stop an example once its target logit leads by this much
@@ -128,7 +128,7 @@ class CharacteristicExamples:
     delta: float = 0.3  # parameter noise std relative to each layer's std (rc, ltrc)
     radius: float = 0.15  # high-pass radius in units of Nyquist (ltrc)
     seed: int = 0
-    max_rounds: int = 5
+    max_rounds: int = 5  # most rounds of new starts when fewer than n examples come out targeted
     batch_size: int = 256
 
     score_is_match_rate = True  # its Verdict score is the match rate: the bench report gives a Uniqueness Score
@@ -236,7 +236,8 @@ class CharacteristicExamples:
         robust = self.variant in ("rc", "ltrc")
         # one working copy whose parameters are re-drawn for every one of the M samples
         work = copy.deepcopy(model).eval() if robust else model
-        noise_gen = torch.Generator(device="cpu").manual_seed(int(self.seed) * 7919 + count)
+        # modulo 2^63: a CLI key's fresh seed has 62 bits, and 7919 times it overflows a generator's seed
+        noise_gen = torch.Generator(device="cpu").manual_seed((int(self.seed) * 7919 + count) % (1 << 63))
         stds = {k: (float(p.detach().float().std()) if p.numel() > 1 else float(p.detach().abs().mean()))
                 for k, p in model.named_parameters()}
         base = {k: p.detach().clone() for k, p in model.named_parameters()}
@@ -322,9 +323,10 @@ class CharacteristicExamples:
         details: dict[str, Any] = {"variant": key.params.get("variant"), "match_rate": rate, "matches": matches,
                                    "n": k, "references": len(refs)}
         if not refs:
-            details["not_judged"] = (f"no reference models (match rate {rate:.3g}); pass references=[...] "
-                                     "(independent models, e.g. made with `modelseal train` on data the owner "
-                                     "did not use) so the null can be estimated")
+            details["not_judged"] = (f"no reference models (match rate {rate:.3g}); give independent "
+                                     "reference models (CLI: verify --reference MODEL, repeatable; API: "
+                                     "references=[...]), e.g. made with `modelseal train --split attacker`, so "
+                                     "the null can be estimated")
             return Verdict(method="c-examples", owned=False, score=rate, threshold=math.inf, p_value=1.0,
                            alpha=alpha, queries=s.queries - before, details=details, judged=False,
                            transcript=transcript)

@@ -86,7 +86,7 @@ class TAFA:
     steps: int = 15
     lr: float = 1.0
     step_across: float = 0.03
-    tol: float = 1e-3
+    tol: float = 1e-3  # largest relative |pre-activation| accepted as on the boundary
     seed: int = 0
     batch_size: int = 256
 

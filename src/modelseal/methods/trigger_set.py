@@ -91,18 +91,18 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 class TriggerSet:
     """Trigger-set watermark. `embed(model, data) -> (marked, key)`; `verify(suspect, key) -> Verdict`."""
 
-    n: int = 100
-    mode: str = "pretrained"
-    k_per_batch: int | None = None
-    epochs: int | None = None
-    extra_epochs: int = 1
-    lr: float | None = None
+    n: int = 100  # number of trigger images in the key
+    mode: str = "pretrained"  # pretrained: fine-tune the given model; scratch: re-initialise it, then train
+    k_per_batch: int | None = None  # trigger images appended to every batch (None: each trigger about 4 times an epoch)
+    epochs: int | None = None  # most training epochs (None: 10 when pretrained, 5 from scratch)
+    extra_epochs: int = 1  # epochs trained on after every trigger is learned (helps the mark survive fine-tuning)
+    lr: float | None = None  # learning rate of the embedding (None: 3e-3 pretrained, 1e-3 scratch; Adam)
     batch_size: int = 64
     seed: int = 0
-    image_folder: str | None = None
-    kind: str = "abstract"
-    strength: float = 0.5
-    beacon: str = ""
+    image_folder: str | None = None  # folder of your own trigger images (None: images generated from the seed)
+    kind: str = "abstract"  # trigger kind: abstract (generated), noise or content (the owner's inputs, keyed)
+    strength: float = 0.5  # noise triggers: sd of the keyed noise as a fraction of the input range
+    beacon: str = ""  # public text bound into the labels' root (e.g. a randomness beacon's value)
     device: str | None = None
 
     # what the verifier sets (never read from a key): name -> (default, meaning)

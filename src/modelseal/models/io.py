@@ -169,8 +169,12 @@ def _model_meta(head: bytes, source: str) -> dict[str, Any]:
     meta = read_header_metadata(head, source, ModelError)
     raw = meta.get(_META_KEY)
     if raw is None:
-        raise ModelError(f"{source} is a safetensors file without modelseal architecture metadata; "
-                         "save models with modelseal.models.save_model")
+        if "modelseal" in meta:  # the metadata name of a key file
+            raise ModelError(f"{source} is a modelseal key, not a model (a file without modelseal architecture "
+                             "metadata); give the model file here, and to `verify` the key(s) first: "
+                             "KEY [KEY ...] SUSPECT")
+        raise ModelError(f"{source} is a safetensors file without modelseal architecture metadata; a state dict "
+                         "of your own architecture loads with --arch package.module:factory")
     info = loads_json(raw, f"{source}: modelseal model metadata", ModelError)
     try:
         spec = info["spec"]

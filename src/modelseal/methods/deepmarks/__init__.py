@@ -115,10 +115,10 @@ class DeepMarks:
     layer: str | None = None
     gamma: float = 1.0
     rows: int | None = None
-    epochs: int = 1
-    max_epochs: int = 20
-    min_fit: float = 0.99
-    lr: float = 1e-3
+    epochs: int = 1  # fine-tuning epochs of each copy before its fit is checked
+    max_epochs: int = 20  # most fine-tuning epochs of one copy while its code fit stays below min_fit
+    min_fit: float = 0.99  # correlation the code read back from a copy must reach with its user's code
+    lr: float = 1e-3  # learning rate of each copy's fine-tuning
     batch_size: int = 64
     seed: int = 0
 
