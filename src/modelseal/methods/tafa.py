@@ -57,7 +57,7 @@ from torch import nn
 
 from .. import stats, validate
 from ..data import as_input_spec
-from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError, first_line
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
@@ -67,6 +67,24 @@ from . import register
 
 # Each fingerprint is queried at x0 + k * step * u for these k (u: unit crossing direction).
 _STENCIL = (-2, -1, 0, 1, 2)
+
+# The verifier's rule (never read from a key). Independent models of one task share a little boundary
+# structure, so H0 is "kink correlation <= margin"; a margin below MIN_MARGIN would call that shared
+# structure ownership. 20 points give an exact floor 1/20! = 4e-19, far below the default alpha
+# (10 points are the fewest whose floor 1/10! = 2.8e-7 can reach 1e-6 at all).
+DEFAULT_MARGIN = 0.1
+MIN_MARGIN = 0.05
+DEFAULT_MIN_POINTS = 20
+MIN_MIN_POINTS = 3
+
+
+def verifier_rule(alpha: Any = DEFAULT_ALPHA, margin: Any = DEFAULT_MARGIN, min_points: Any = DEFAULT_MIN_POINTS,
+                  permutations: Any = 0) -> dict[str, Any]:
+    """The verifier's parameters, validated in one place (verify and recheck both use it)."""
+    return {"alpha": validate.alpha(alpha),
+            "margin": float(validate.number("tafa: margin", margin, MIN_MARGIN, 1.0, hi_open=True)),
+            "min_points": validate.count("tafa: min_points", min_points, MIN_MIN_POINTS, validate.MAX_COUNT),
+            "permutations": validate.count("tafa: permutations", permutations, 0, validate.MAX_PERMUTATIONS)}
 
 
 @register("tafa", family="fingerprint", access="outputs")
@@ -93,7 +111,10 @@ class TAFA:
     # what the verifier sets (never read from a key): name -> (default, meaning)
     verify_params = {
         "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "margin": (0.1, "kink correlation independent models may share; H0 is correlation <= margin"),
+        "margin": (DEFAULT_MARGIN, "kink correlation independent models may share; H0 is correlation <= margin "
+                                   "(at least 0.05, below 1)"),
+        "min_points": (DEFAULT_MIN_POINTS, "fewest fingerprint points a key must have to be judged (at "
+                                           "least 3; smaller keys are not judged)"),
         "permutations": (2000, "Monte Carlo permutations reported as a check (0 to skip; at most 100,000)"),
         "max_queries": (None, "most inputs the suspect may be asked (the test needs all 5n)"),
     }
@@ -247,25 +268,32 @@ class TAFA:
 
     # ------------------------------------------------------------------ verify
     def verify(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA,
-               max_queries: int | None = None, margin: float = 0.1, permutations: int = 2000) -> Verdict:
+               max_queries: int | None = None, margin: float = DEFAULT_MARGIN,
+               min_points: int = DEFAULT_MIN_POINTS, permutations: int = 2000) -> Verdict:
         """Correlate the suspect's output kinks across the owner's boundaries with the owner's."""
-        alpha = validate.alpha(alpha)
-        margin = float(validate.number("margin", margin, 0.0, 1.0, hi_open=True))
-        permutations = validate.count("permutations", permutations, 0, validate.MAX_PERMUTATIONS)
+        rule = verifier_rule(alpha, margin, min_points, permutations)
+        alpha = rule["alpha"]
         if max_queries is not None:
             max_queries = validate.count("max_queries", max_queries)
         suspect = as_suspect(suspect)
         inputs, owner = _unpack(key)
         suspect.require_outputs("tafa")
         key.check_signature(suspect.input_shape, suspect.output_size())
-        budget = min(x for x in (max_queries, suspect.remaining(), len(inputs) + 1) if x is not None)
-        verifier = {"alpha": alpha, "margin": margin, "permutations": permutations, "seed": int(key.params.get(
-            "seed", 0))}
-        if budget < len(inputs):
+        points = len(inputs) // len(_STENCIL)
+
+        def not_judged(why: str, **extra: Any) -> Verdict:
             return Verdict("tafa", owned=False, score=0.0, threshold=math.inf, p_value=1.0, alpha=alpha,
-                           judged=False, details={"not_judged": f"the test asks {len(inputs)} inputs (5 per "
-                                                  f"fingerprint) but only {budget} queries are allowed"})
+                           queries=suspect.queries - before, judged=False, details={"not_judged": why, **extra})
+
         before = suspect.queries
+        if points < rule["min_points"]:
+            return not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
+                              f"min_points={rule['min_points']}; extract a larger key (default n=300)")
+        budget = min(x for x in (max_queries, suspect.remaining(), len(inputs) + 1) if x is not None)
+        if budget < len(inputs):
+            return not_judged(f"the test asks {len(inputs)} inputs (5 per fingerprint) but only {budget} "
+                              "queries are allowed")
+        verifier = {**rule, "seed": int(key.params.get("seed", 0))}
         out = suspect.predict(inputs)
         if out.shape[0] != len(inputs):
             raise SuspectError("the suspect answered the fingerprint inputs with a malformed output")
@@ -273,13 +301,18 @@ class TAFA:
         if out.shape[1] != owner.shape[1]:
             raise SuspectError(f"the suspect gives {out.shape[1]} outputs per input but the key's model gave "
                                f"{owner.shape[1]}; use the key made for this model")
-        stat = kink_statistic(owner.double(), out, permutations=permutations, seed=verifier["seed"],
-                              margin=margin)
+        transcript = {"verifier": verifier, "answers": out.float()}
+        stat = kink_statistic(owner.double(), out.float().double(), permutations=rule["permutations"],
+                              seed=verifier["seed"], margin=rule["margin"])
+        if "not_judged" in stat:
+            v = not_judged(stat["not_judged"], output_scale=stat["output_scale"])
+            v.transcript = transcript
+            return v
         return Verdict("tafa", owned=bool(stat["p_value"] <= alpha), score=stat["score"],
                        threshold=stat["threshold"](alpha), p_value=stat["p_value"], alpha=alpha,
                        queries=suspect.queries - before,
                        details={k: v for k, v in stat.items() if k not in ("threshold", "p_value", "score")},
-                       transcript={"verifier": verifier, "answers": out.float()})
+                       transcript=transcript)
 
 
 def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,12 +330,21 @@ def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
 def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any]
             ) -> dict[str, Any]:
     """Recompute the kink statistic from an evidence transcript (the suspect's answers) and the opened
-    owner outputs."""
+    owner outputs, under the verifier values in `transcript["verifier"]` (validated as `verify` does:
+    ValueError on a value `verify` refuses) and the same output-scale transform `verify` applied."""
     v = transcript["verifier"]
+    try:
+        rule = verifier_rule(v["alpha"], v.get("margin", DEFAULT_MARGIN), v.get("min_points", DEFAULT_MIN_POINTS))
+    except ModelSealError as e:
+        raise ValueError(first_line(e)) from None
     owner = opened["outputs"].double()
+    if owner.dim() != 2 or len(owner) % len(_STENCIL):
+        raise ValueError("the opened owner outputs are not in groups of five")
+    if len(owner) // len(_STENCIL) < rule["min_points"]:
+        return {"score": 0.0, "p_value": 1.0, "owned": False}
     out = torch.as_tensor(transcript["answers"]).double().reshape(len(owner), -1)
-    stat = kink_statistic(owner, out, permutations=0, seed=int(v["seed"]), margin=float(v["margin"]))
-    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= float(v["alpha"])}
+    stat = kink_statistic(owner, out, permutations=0, seed=int(v["seed"]), margin=rule["margin"])
+    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= rule["alpha"]}
 
 
 def _free_direction(x: torch.Tensor, g: torch.Tensor, lo: float, hi: float, reach: float) -> torch.Tensor:
@@ -334,22 +376,60 @@ def _kinks(outputs: torch.Tensor) -> np.ndarray:
     return (d1 - d2 / 4).numpy()
 
 
+def output_scale(outputs: torch.Tensor) -> tuple[torch.Tensor, str, str | None]:
+    """Put one model's answers on the scale the kink test compares: (values, what was done, why not judged).
+
+    - Rows that are one-hot (every value 0 or 1, one 1 per row): labels, not judged.
+    - Rows that are probabilities (>= 0, summing to 1 within rounding): log-probabilities, clipped at half
+      the smallest positive value seen (a rounded API returns zeros), centred per row. Centred
+      log-softmax(z / T) is (z - mean z) / T: temperature becomes a positive scale per output, which the
+      per-dimension rank standardisation of the kinks removes.
+    - Anything else: raw values (positive rescaling and any offset already cancel in the rank-standardised
+      second differences).
+    """
+    x = outputs.double()
+    d = x.shape[1]
+    if d >= 2 and bool(torch.isfinite(x).all()):
+        sums = x.sum(1)
+        tol = 1e-3 + 5e-4 * d  # rounding to 3 decimals moves each value by <= 5e-4
+        if float(x.min()) >= -1e-6 and bool(((sums - 1).abs() <= tol).all()):
+            binary = ((x - x.round()).abs() <= 1e-6).all() and float(x.max()) <= 1 + 1e-6
+            if bool(binary) and bool(((x.round() == 1).sum(1) == 1).all()):
+                return x, "one-hot labels", ("the suspect returns labels (one-hot outputs), not scores; tafa "
+                                             "compares output kinks and needs scores, logits or probabilities")
+            pos = x[x > 0]
+            floor = max(float(pos.min()) / 2 if len(pos) else 1e-12, 1e-12)
+            lx = x.clamp_min(floor).log()
+            how = f"probabilities -> log (clipped at {floor:.3g}), centred per row"
+            return lx - lx.mean(1, keepdim=True), how, None
+    return x, "raw", None
+
+
 def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int = 0,
                    seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
     """Score, p-value and details of the kink correlation between owner and suspect outputs.
 
-    The p-value tests H0: correlation <= `margin` (not = 0): independent models of one task can share
-    a little boundary structure, and with hundreds of fingerprints even a correlation of 0.05 would
-    be "significant" against 0. The permutation sd is used around the margin (it barely changes for
-    small correlations).
+    Both are first put on a common scale (`output_scale`); when the suspect's answers are probabilities,
+    the owner's outputs are compared as centred log-probabilities too (centred logits: the same up to a
+    constant per row). The p-value tests H0: correlation <= `margin` (not = 0): independent models of
+    one task can share a little boundary structure, and with hundreds of fingerprints even a correlation
+    of 0.05 would be "significant" against 0. The permutation sd is used around the margin (it barely
+    changes for small correlations).
     """
-    a, b = stats.rank_standardize(_kinks(owner)), stats.rank_standardize(_kinks(suspect))
+    sus, scale, why = output_scale(suspect)
+    if why is not None:
+        return {"not_judged": why, "output_scale": scale}
+    own, own_scale, _ = output_scale(owner)
+    if scale != "raw" and own_scale == "raw":
+        own = own - own.mean(1, keepdim=True)
+    a, b = stats.rank_standardize(_kinks(own)), stats.rank_standardize(_kinks(sus))
     res = stats.paired_permutation_test(a, b, margin=margin, permutations=permutations, seed=seed)
     sd, norm = res.pop("sd"), res.pop("norm")
-    res.update(fingerprints=int(a.shape[0]), outputs_per_input=int(a.shape[1]))
+    n = int(a.shape[0])
+    res.update(fingerprints=n, outputs_per_input=int(a.shape[1]), output_scale=scale)
 
     def threshold(alpha: float) -> float:
-        return stats.paired_permutation_threshold(margin, sd, norm, alpha)
+        return stats.paired_permutation_threshold(margin, sd, norm, alpha, n=n)
 
     return {**res, "threshold": threshold}
 
