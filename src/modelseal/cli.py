@@ -206,12 +206,12 @@ def _model_bytes(model, arch: str | None = None) -> bytes:
     return models.model_to_bytes(model) if arch is None else custom.custom_to_bytes(model, arch)
 
 
-def _save_model(model, path: Path, force: bool, arch: str | None = None) -> None:
+def _save_model(model, path: Path, force: bool, arch: str | None = None, extra: dict | None = None) -> None:
     from . import models
     from .models import custom
 
     if arch is None:
-        models.save_model(model, path, force=force)
+        models.save_model(model, path, force=force, extra=extra)
     else:
         custom.save_custom(model, path, arch, force=force)
 
@@ -292,16 +292,27 @@ def train(
     epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     split: Annotated[str, typer.Option(help="which split to train on: owner | attacker")] = "owner",
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="seed of the initial weights and batch order (default: a fresh random seed, recorded in "
+                       "the model file; with --seed the data split uses it too, else split seed 0)")] = None,
+    as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Train a model from the zoo on a data split and save it."""
+    import secrets
+
     from . import data as data_mod
     from . import models
     from . import train as train_mod
 
+    # a fresh initialisation by default: models that share an initialisation share boundary structure that
+    # fingerprints (TAFA) detect as lineage, so two users must not get the same init by not choosing one
+    split_seed, seed_source = (seed, "--seed") if seed is not None else (0, "fresh")
+    if seed is None:
+        seed = secrets.randbelow(2 ** 31)
     try:
         check_writable(out_path, force)
-        splits = data_mod.load(data, seed=seed)
+        splits = data_mod.load(data, seed=split_seed)
         user_arch = arch if ":" in arch else None
         if user_arch:
             from .models import custom
@@ -317,11 +328,12 @@ def train(
                              progress=_progress(as_json), description=f"train {arch}")
         seconds = time.perf_counter() - t0
         acc = train_mod.evaluate(model, splits.test)
-        _save_model(model, out_path, force, user_arch)
+        _save_model(model, out_path, force, user_arch,
+                    extra={"seed": seed, "seed_source": seed_source, "split_seed": split_seed})
     except ModelSealError as e:
         _fail(e)
     metric = "accuracy" if splits.meta.task == "classification" else "r2"
-    payload = {"model": str(out_path), "arch": arch, "data": data, "epochs": hist["epochs"],
+    payload = {"model": str(out_path), "arch": arch, "data": data, "epochs": hist["epochs"], "seed": seed,
                f"test_{metric}": acc, "seconds": seconds}
     _emit(as_json, payload, lambda: out.print(
         f"trained {arch} on {data} ({hist['epochs']} epochs, {seconds:.1f} s): test {metric} {acc:.4f} -> {out_path}"))

@@ -79,12 +79,13 @@ MIN_MIN_POINTS = 3
 
 
 def verifier_rule(alpha: Any = DEFAULT_ALPHA, margin: Any = DEFAULT_MARGIN, min_points: Any = DEFAULT_MIN_POINTS,
-                  permutations: Any = 0) -> dict[str, Any]:
+                  permutations: Any = 0, repeats: Any = 1) -> dict[str, Any]:
     """The verifier's parameters, validated in one place (verify and recheck both use it)."""
     return {"alpha": validate.alpha(alpha),
             "margin": float(validate.number("tafa: margin", margin, MIN_MARGIN, 1.0, hi_open=True)),
             "min_points": validate.count("tafa: min_points", min_points, MIN_MIN_POINTS, validate.MAX_COUNT),
-            "permutations": validate.count("tafa: permutations", permutations, 0, validate.MAX_PERMUTATIONS)}
+            "permutations": validate.count("tafa: permutations", permutations, 0, validate.MAX_PERMUTATIONS),
+            "repeats": validate.count("tafa: repeats", repeats, 1, 1000)}
 
 
 @register("tafa", family="fingerprint", access="outputs")
@@ -115,6 +116,8 @@ class TAFA:
                                    "(at least 0.05, below 1)"),
         "min_points": (DEFAULT_MIN_POINTS, "fewest fingerprint points a key must have to be judged (at "
                                            "least 3; smaller keys are not judged)"),
+        "repeats": (1, "times each input is asked, answers averaged (noisy APIs: noise sd / sqrt(repeats); "
+                       "costs repeats x 5n queries)"),
         "permutations": (2000, "Monte Carlo permutations reported as a check (0 to skip; at most 100,000)"),
         "max_queries": (None, "most inputs the suspect may be asked (the test needs all 5n)"),
     }
@@ -269,9 +272,9 @@ class TAFA:
     # ------------------------------------------------------------------ verify
     def verify(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA,
                max_queries: int | None = None, margin: float = DEFAULT_MARGIN,
-               min_points: int = DEFAULT_MIN_POINTS, permutations: int = 2000) -> Verdict:
+               min_points: int = DEFAULT_MIN_POINTS, permutations: int = 2000, repeats: int = 1) -> Verdict:
         """Correlate the suspect's output kinks across the owner's boundaries with the owner's."""
-        rule = verifier_rule(alpha, margin, min_points, permutations)
+        rule = verifier_rule(alpha, margin, min_points, permutations, repeats)
         alpha = rule["alpha"]
         if max_queries is not None:
             max_queries = validate.count("max_queries", max_queries)
@@ -289,15 +292,20 @@ class TAFA:
         if points < rule["min_points"]:
             return not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
                               f"min_points={rule['min_points']}; extract a larger key (default n=300)")
-        budget = min(x for x in (max_queries, suspect.remaining(), len(inputs) + 1) if x is not None)
-        if budget < len(inputs):
-            return not_judged(f"the test asks {len(inputs)} inputs (5 per fingerprint) but only {budget} "
-                              "queries are allowed")
+        need = len(inputs) * rule["repeats"]
+        budget = min(x for x in (max_queries, suspect.remaining(), need + 1) if x is not None)
+        if budget < need:
+            return not_judged(f"the test asks {need} inputs (5 per fingerprint, {rule['repeats']} time(s) each) "
+                              f"but only {budget} queries are allowed")
         verifier = {**rule, "seed": int(key.params.get("seed", 0))}
-        out = suspect.predict(inputs)
-        if out.shape[0] != len(inputs):
-            raise SuspectError("the suspect answered the fingerprint inputs with a malformed output")
-        out = out.reshape(len(inputs), -1).double()
+        total = None
+        for _ in range(rule["repeats"]):
+            out = suspect.predict(inputs)
+            if out.shape[0] != len(inputs):
+                raise SuspectError("the suspect answered the fingerprint inputs with a malformed output")
+            out = out.reshape(len(inputs), -1).double()
+            total = out if total is None else total + out
+        out = total / rule["repeats"]
         if out.shape[1] != owner.shape[1]:
             raise SuspectError(f"the suspect gives {out.shape[1]} outputs per input but the key's model gave "
                                f"{owner.shape[1]}; use the key made for this model")
@@ -334,7 +342,8 @@ def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public:
     ValueError on a value `verify` refuses) and the same output-scale transform `verify` applied."""
     v = transcript["verifier"]
     try:
-        rule = verifier_rule(v["alpha"], v.get("margin", DEFAULT_MARGIN), v.get("min_points", DEFAULT_MIN_POINTS))
+        rule = verifier_rule(v["alpha"], v.get("margin", DEFAULT_MARGIN), v.get("min_points", DEFAULT_MIN_POINTS),
+                             0, v.get("repeats", 1))
     except ModelSealError as e:
         raise ValueError(first_line(e)) from None
     owner = opened["outputs"].double()
@@ -376,14 +385,24 @@ def _kinks(outputs: torch.Tensor) -> np.ndarray:
     return (d1 - d2 / 4).numpy()
 
 
+def _grid(x: torch.Tensor) -> int | None:
+    """k when every value is a multiple of 10^-k (k = 1..5, within float32 rounding), else None."""
+    for k in range(1, 6):
+        q = x * 10 ** k
+        if float((q - q.round()).abs().max()) <= 1e-2:
+            return k
+    return None
+
+
 def output_scale(outputs: torch.Tensor) -> tuple[torch.Tensor, str, str | None]:
     """Put one model's answers on the scale the kink test compares: (values, what was done, why not judged).
 
     - Rows that are one-hot (every value 0 or 1, one 1 per row): labels, not judged.
-    - Rows that are probabilities (>= 0, summing to 1 within rounding): log-probabilities, clipped at half
-      the smallest positive value seen (a rounded API returns zeros), centred per row. Centred
-      log-softmax(z / T) is (z - mean z) / T: temperature becomes a positive scale per output, which the
-      per-dimension rank standardisation of the kinks removes.
+    - Rows that are probabilities (>= 0, summing to 1 within rounding) and rounded to a grid of 10^-k:
+      compared as probabilities (the log of a rounded small probability is mostly rounding noise).
+    - Other probabilities: log-probabilities, clipped at half the smallest positive value seen, centred
+      per row. Centred log-softmax(z / T) is (z - mean z) / T: temperature becomes a positive scale per
+      output, which the per-dimension rank standardisation of the kinks removes.
     - Anything else: raw values (positive rescaling and any offset already cancel in the rank-standardised
       second differences).
     """
@@ -391,12 +410,15 @@ def output_scale(outputs: torch.Tensor) -> tuple[torch.Tensor, str, str | None]:
     d = x.shape[1]
     if d >= 2 and bool(torch.isfinite(x).all()):
         sums = x.sum(1)
-        tol = 1e-3 + 5e-4 * d  # rounding to 3 decimals moves each value by <= 5e-4
+        k = _grid(x)
+        tol = 1e-3 + (0.5 * 10.0 ** -k * d if k else 0.0)  # rounding to 10^-k moves each value <= 10^-k / 2
         if float(x.min()) >= -1e-6 and bool(((sums - 1).abs() <= tol).all()):
             binary = ((x - x.round()).abs() <= 1e-6).all() and float(x.max()) <= 1 + 1e-6
             if bool(binary) and bool(((x.round() == 1).sum(1) == 1).all()):
                 return x, "one-hot labels", ("the suspect returns labels (one-hot outputs), not scores; tafa "
                                              "compares output kinks and needs scores, logits or probabilities")
+            if k is not None:
+                return x, f"probabilities rounded to 1e-{k} -> compared as probabilities", None
             pos = x[x > 0]
             floor = max(float(pos.min()) / 2 if len(pos) else 1e-12, 1e-12)
             lx = x.clamp_min(floor).log()
@@ -409,18 +431,20 @@ def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int
                    seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
     """Score, p-value and details of the kink correlation between owner and suspect outputs.
 
-    Both are first put on a common scale (`output_scale`); when the suspect's answers are probabilities,
-    the owner's outputs are compared as centred log-probabilities too (centred logits: the same up to a
-    constant per row). The p-value tests H0: correlation <= `margin` (not = 0): independent models of
-    one task can share a little boundary structure, and with hundreds of fingerprints even a correlation
-    of 0.05 would be "significant" against 0. The permutation sd is used around the margin (it barely
-    changes for small correlations).
+    Both are first put on a common scale (`output_scale`): when the suspect's answers are probabilities,
+    the owner's raw outputs (logits) are compared as centred logits (the same as centred log-softmax up
+    to a constant per row), or as softmax probabilities when the suspect's are rounded. The p-value tests
+    H0: correlation <= `margin` (not = 0): independent models of one task can share a little boundary
+    structure, and with hundreds of fingerprints even a correlation of 0.05 would be "significant"
+    against 0. The permutation sd is used around the margin (it barely changes for small correlations).
     """
     sus, scale, why = output_scale(suspect)
     if why is not None:
         return {"not_judged": why, "output_scale": scale}
     own, own_scale, _ = output_scale(owner)
-    if scale != "raw" and own_scale == "raw":
+    if own_scale == "raw" and scale.startswith("probabilities rounded"):
+        own = own.softmax(1)
+    elif own_scale == "raw" and scale != "raw":
         own = own - own.mean(1, keepdim=True)
     a, b = stats.rank_standardize(_kinks(own)), stats.rank_standardize(_kinks(sus))
     res = stats.paired_permutation_test(a, b, margin=margin, permutations=permutations, seed=seed)
