@@ -262,6 +262,11 @@ def rank_standardize(a: np.ndarray) -> np.ndarray:
 PERMUTATION_EXACT_MAX = 8
 
 
+@lru_cache(maxsize=8)
+def _all_permutations(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+
+
 def permutation_floor(n: int) -> float:
     """1 / n!: the smallest p-value any exact permutation test on n paired rows can give."""
     return math.exp(-math.lgamma(n + 1))
@@ -291,7 +296,7 @@ def paired_permutation_test(a: np.ndarray, b: np.ndarray, margin: float = 0.0, p
     if var <= 0:
         p, method = 1.0, "constant"
     elif n <= PERMUTATION_EXACT_MAX:
-        perms = np.array(list(itertools.permutations(range(n))))
+        perms = _all_permutations(n)
         null = c[np.arange(n)[None, :], perms].sum(1)
         # ties within rounding count as reaching the observed value (conservative)
         reach = stat - margin * norm - 1e-9 * max(1.0, abs(stat))
