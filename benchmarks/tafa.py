@@ -163,7 +163,7 @@ def api_and_pruning(arch: str) -> dict:
     out: dict = {"task": f"api/digits-{arch}", "owner_accuracy": ms.train.evaluate(owner, d.test),
                  "extract_seconds": round(seconds, 2), "transforms": {}}
     for kind in TRANSFORMS:
-        reps = int(kind.split("x")[1]) if "x" in kind else 1
+        reps = int(kind.split("x")[1]) if kind.startswith("noise") and "x" in kind else 1
         judge_ = lambda m, kind=kind, reps=reps: ms.verify(ms.Suspect(API(m, kind)), key, repeats=reps)  # noqa: E731
         row = {"owner": _p(judge_(owner)), "ftal": _p(judge_(tuned)), "queries": 1500 * reps}
         neg = [judge_(m) for m in negatives]
