@@ -1,11 +1,18 @@
-"""TAFA benchmark: one JSON line per task (classification CNN, regression MLP, VAE decoder).
+"""TAFA benchmark: one JSON line per task (classification CNN, regression MLP, VAE decoder), then one per
+digits owner (MLP, CNN) with p-values behind each API output transform and per structured-pruning level.
 
 Positives: the owner, FTAL (3 epochs; for the CNN at lr 3e-4 and, reported apart, at lr 1e-3),
 50 % global magnitude pruning, 8-bit quantization. Negatives: independently trained models of the
 same architecture. Prints AUC of the score, the smallest p on a negative, the largest p on a positive,
 extraction seconds and verification queries.
 
-    python benchmarks/tafa.py [--quick]
+The API lines: owner, its FTAL copy (3 epochs, lr 1e-3) and independents (MLP and CNN, attacker split)
+behind logits, softmax, softmax T=3, probabilities rounded to 3 and 2 decimals, Gaussian logit noise
+(sigma 0.05 and 0.2, one query and 64 repeats averaged), one-hot labels; independents trained from the
+owner's initialisation (same build seed, attacker split); torch-pruning (if installed) of 20 % / 50 % of
+the hidden neurons by L2 magnitude, before and after 3 epochs of FTAL.
+
+    python benchmarks/tafa.py [--quick] [--api-only]
 """
 
 from __future__ import annotations
@@ -105,7 +112,90 @@ def generative() -> dict:
                  negatives)
 
 
+class API(torch.nn.Module):
+    """The network behind an output transform, as a served API returns it."""
+
+    def __init__(self, model, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+        self.gen = torch.Generator().manual_seed(5)
+
+    def forward(self, x):
+        z = self.model(x)
+        k = self.kind
+        if k.startswith("softmax"):
+            return (z / (3.0 if k == "softmax-T3" else 1.0)).softmax(1)
+        if k.startswith("round"):
+            q = 10 ** int(k[-1])
+            return torch.round(z.softmax(1) * q) / q
+        if k.startswith("noise"):
+            return z + float(k[5:].split("x")[0]) * torch.randn(z.shape, generator=self.gen)
+        if k == "one-hot":
+            return torch.nn.functional.one_hot(z.argmax(1), z.shape[1]).float()
+        return z
+
+
+TRANSFORMS = ("logits", "softmax", "softmax-T3", "round3", "round2", "noise0.05", "noise0.05x64", "noise0.2x64",
+              "one-hot")
+
+
+def _p(v) -> dict:
+    return {"p": float(f"{v.p_value:.3g}"), "score": round(v.score, 3), "owned": v.owned} if v.judged \
+        else {"not_judged": v.details["not_judged"]}
+
+
+def api_and_pruning(arch: str) -> dict:
+    d = ms.data.load("digits", seed=0)
+
+    def train(a, data, build_seed, fit_seed):
+        m = ms.models.build(a, d.meta, seed=build_seed)
+        ms.train.fit(m, data, epochs=10, seed=fit_seed, progress=False)
+        return m
+
+    owner = train(arch, d.owner, 0, 0)
+    tuned = attack("finetune")(mode="ftal", epochs=3).apply(owner, d.attacker)
+    k = 2 if QUICK else 4
+    negatives = [train("mlp" if i % 2 else "cnn", d.attacker, 100 + i, 100 + i) for i in range(k)]
+    same_init = [train(arch, d.attacker, 0, s) for s in (1, 2, 3)]
+    t0 = time.perf_counter()
+    key = ms.methods.get("tafa")().extract(owner, d.meta)
+    seconds = time.perf_counter() - t0
+    out: dict = {"task": f"api/digits-{arch}", "owner_accuracy": ms.train.evaluate(owner, d.test),
+                 "extract_seconds": round(seconds, 2), "transforms": {}}
+    for kind in TRANSFORMS:
+        reps = int(kind.split("x")[1]) if kind.startswith("noise") and "x" in kind else 1
+        judge_ = lambda m, kind=kind, reps=reps: ms.verify(ms.Suspect(API(m, kind)), key, repeats=reps)  # noqa: E731
+        row = {"owner": _p(judge_(owner)), "ftal": _p(judge_(tuned)), "queries": 1500 * reps}
+        neg = [judge_(m) for m in negatives]
+        row["negatives_min_p"] = min(v.p_value for v in neg)
+        row["negatives_owned"] = sum(v.owned for v in neg)
+        row["negatives_max_score"] = round(max(v.score for v in neg), 3)
+        row["output_scale"] = judge_(owner).details.get("output_scale")
+        out["transforms"][kind] = row
+    out["same_init_independents"] = [_p(ms.verify(m, key)) for m in same_init]
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        out["pruning"] = "torch-pruning not installed"
+        return out
+    out["pruning"] = {}
+    for ratio in (0.2, 0.5):
+        m = copy.deepcopy(owner).eval()
+        last = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1]
+        tp.pruner.MagnitudePruner(m, torch.rand(1, *d.meta.input_shape),
+                                  importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                                  ignored_layers=[last]).step()
+        ft = attack("finetune")(mode="ftal", epochs=3).apply(m, d.attacker)
+        out["pruning"][str(ratio)] = {"accuracy": ms.train.evaluate(m, d.test), "p": _p(ms.verify(m, key)),
+                                      "finetuned_accuracy": ms.train.evaluate(ft, d.test),
+                                      "finetuned_p": _p(ms.verify(ft, key))}
+    return out
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    for run in (regression, generative, classification):
+    runs = [] if "--api-only" in sys.argv else [regression, generative, classification]
+    for run in runs:
         print(json.dumps(run()), flush=True)
+    for arch in ("mlp", "cnn"):
+        print(json.dumps(api_and_pruning(arch)), flush=True)

@@ -330,19 +330,21 @@ def _model_bytes(model, arch: str | None = None) -> bytes:
     return models.model_to_bytes(model, _extra_of(model)) if arch is None else custom.custom_to_bytes(model, arch)
 
 
-def _extra_of(model: Any, data: str | None = None) -> dict[str, Any]:
-    extra = dict(getattr(model, "modelseal_extra", None) or {})
+def _extra_of(model: Any, data: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+    out = dict(getattr(model, "modelseal_extra", None) or {})
     if data is not None:
-        extra["data"] = data
-    return extra
+        out["data"] = data
+    out.update(extra or {})
+    return out
 
 
-def _save_model(model, path: Path, force: bool, arch: str | None = None, data: str | None = None) -> None:
+def _save_model(model, path: Path, force: bool, arch: str | None = None, data: str | None = None,
+                extra: dict | None = None) -> None:
     from . import models
     from .models import custom
 
     if arch is None:
-        models.save_model(model, path, force=force, extra=_extra_of(model, data))
+        models.save_model(model, path, force=force, extra=_extra_of(model, data, extra))
     else:
         custom.save_custom(model, path, arch, force=force)
 
@@ -427,16 +429,27 @@ def train(
     epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     split: Annotated[str, typer.Option(help="which split to train on: owner | attacker")] = "owner",
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="seed of the initial weights and batch order (default: a fresh random seed, recorded in "
+                       "the model file; with --seed the data split uses it too, else split seed 0)")] = None,
+    as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Train a model from the zoo on a data split and save it."""
+    import secrets
+
+    # a fresh initialisation by default: models that share an initialisation share boundary structure that
+    # fingerprints (TAFA) detect as lineage, so two users must not get the same init by not choosing one
+    split_seed, seed_source = (seed, "--seed") if seed is not None else (0, "fresh")
+    if seed is None:
+        seed = secrets.randbelow(2 ** 31)
     try:
         check_writable(out_path, force)
         from . import data as data_mod
         from . import models
         from . import train as train_mod
 
-        splits = data_mod.load(data, seed=seed)
+        splits = data_mod.load(data, seed=split_seed)
         user_arch = arch if ":" in arch else None
         if user_arch:
             from .models import custom
@@ -454,11 +467,12 @@ def train(
         acc = train_mod.evaluate(model, splits.test)
         # the header names an embedded data set, so later commands need no --data (never a user's file path:
         # model files are shared, and a path says where the owner keeps its data)
-        _save_model(model, out_path, force, user_arch, data if data in _EMBEDDED_SHAPES else None)
+        _save_model(model, out_path, force, user_arch, data if data in _EMBEDDED_SHAPES else None,
+                    extra={"seed": seed, "seed_source": seed_source, "split_seed": split_seed})
     except ModelSealError as e:
         _fail(e)
     metric = "accuracy" if splits.meta.task == "classification" else "r2"
-    payload = {"model": str(out_path), "arch": arch, "data": data, "epochs": hist["epochs"],
+    payload = {"model": str(out_path), "arch": arch, "data": data, "epochs": hist["epochs"], "seed": seed,
                f"test_{metric}": acc, "seconds": seconds}
     _emit(as_json, payload, lambda: out.print(
         f"trained {arch} on {data} ({hist['epochs']} epochs, {seconds:.1f} s): test {metric} {acc:.4f} -> {out_path}"))

@@ -1,11 +1,13 @@
 """Every statistic modelseal uses, in one place: binomial and beta-binomial tails, the Clopper-Pearson
 bound and the conservative beta-binomial null from reference models, the exact sequential binomial test
 (min-p adjustment over planned looks) and its replay from a transcript, correlation tails, the paired
-permutation test with Hoeffding's normal tail, Holm-Bonferroni combination, thresholds from null scores,
-ROC AUC and the Uniqueness Score. Methods compute their features; the decisions are made here."""
+permutation test (exact for small n, else Hoeffding's normal tail floored at 1/n!), Holm-Bonferroni
+combination, thresholds from null scores, ROC AUC and the Uniqueness Score. Methods compute their
+features; the decisions are made here."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -309,15 +311,32 @@ def rank_standardize(a: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, r / np.where(sd > 0, sd, 1), 0.0)
 
 
+# Keys of at most this many fingerprints get the exact permutation p-value (8! = 40,320 permutations).
+PERMUTATION_EXACT_MAX = 8
+
+
+@lru_cache(maxsize=8)
+def _all_permutations(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+
+
+def permutation_floor(n: int) -> float:
+    """1 / n!: the smallest p-value any exact permutation test on n paired rows can give."""
+    return math.exp(-math.lgamma(n + 1))
+
+
 def paired_permutation_test(a: np.ndarray, b: np.ndarray, margin: float = 0.0, permutations: int = 0,
                             seed: int = 0) -> dict[str, Any]:
     """Test H0: correlation(rows of a paired with rows of b) <= `margin`, against row permutations.
 
     `a`, `b` are (n, d) and column-centred. The statistic is the linear permutation statistic
     S = sum_i <a_i, b_i> = sum_i c[i, i] with c = a b^T doubly centred; its permutation mean (0) and
-    variance (sum c^2 / (n - 1)) are exact, and Hoeffding's combinatorial central limit theorem gives
-    the normal tail used as the p-value (shifted by `margin` times the norm). `permutations` > 0 adds a
-    Monte Carlo p-value against 0 as a check (it cannot go below 1 / (permutations + 1)).
+    variance (sum c^2 / (n - 1)) are exact. For n <= PERMUTATION_EXACT_MAX every permutation is
+    enumerated and the p-value is exact, P_pi[S_pi >= S - margin * norm]. For larger n, Hoeffding's
+    combinatorial central limit theorem gives the normal tail of (S - margin * norm) / sd, and the
+    p-value is never below 1 / n! (the floor of the exact test: only the identity pairing is sure to
+    reach the observed S). `permutations` > 0 adds a Monte Carlo p-value against 0 as a check (it
+    cannot go below 1 / (permutations + 1)).
     """
     n = a.shape[0]
     c = a @ b.T
@@ -325,14 +344,22 @@ def paired_permutation_test(a: np.ndarray, b: np.ndarray, margin: float = 0.0, p
     var = float((c ** 2).sum() / (n - 1))
     norm = math.sqrt(float((a ** 2).sum() * (b ** 2).sum()))
     score = stat / norm if norm > 0 else 0.0
+    floor = permutation_floor(n)
+    z = (stat - margin * norm) / math.sqrt(var) if var > 0 else 0.0
     if var <= 0:
-        p, z = 1.0, 0.0
+        p, method = 1.0, "constant"
+    elif n <= PERMUTATION_EXACT_MAX:
+        perms = _all_permutations(n)
+        null = c[np.arange(n)[None, :], perms].sum(1)
+        # ties within rounding count as reaching the observed value (conservative)
+        reach = stat - margin * norm - 1e-9 * max(1.0, abs(stat))
+        p, method = float(np.mean(null >= reach)), "exact"
     else:
-        z = (stat - margin * norm) / math.sqrt(var)
-        p = float(min(1.0, max(_st.norm.sf(z), 0.0)))
+        p = float(min(1.0, max(_st.norm.sf(z), floor)))
+        method = "normal tail, floored at 1/n!"
     sd = math.sqrt(var) if var > 0 else 0.0
     out: dict[str, Any] = {"score": score, "p_value": p, "z": z, "z_vs_zero": stat / sd if sd > 0 else 0.0,
-                           "margin": margin, "sd": sd, "norm": norm}
+                           "margin": margin, "sd": sd, "norm": norm, "p_method": method, "p_floor": floor}
     if permutations > 0 and var > 0:
         rng = np.random.default_rng(seed)
         idx = np.arange(n)
@@ -342,9 +369,13 @@ def paired_permutation_test(a: np.ndarray, b: np.ndarray, margin: float = 0.0, p
     return out
 
 
-def paired_permutation_threshold(margin: float, sd: float, norm: float, alpha: float) -> float:
-    """The score at which `paired_permutation_test`'s p-value equals alpha."""
-    return float(margin + _st.norm.isf(alpha) * sd / norm) if norm > 0 else float("inf")
+def paired_permutation_threshold(margin: float, sd: float, norm: float, alpha: float, n: int | None = None
+                                 ) -> float:
+    """The score at which `paired_permutation_test`'s normal-tail p-value equals alpha (inf when n
+    paired rows cannot reach alpha: 1 / n! > alpha)."""
+    if norm <= 0 or (n is not None and permutation_floor(n) > alpha):
+        return float("inf")
+    return float(margin + _st.norm.isf(alpha) * sd / norm)
 
 
 # ------------------------------------------------------------------------------------------- combining

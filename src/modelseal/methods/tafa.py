@@ -23,16 +23,41 @@ Where modelseal deviates, and why:
   correlation of the flattened owner and suspect matrices.
 - p-value. The permutation test permutes which fingerprint the suspect's kinks are paired with. For
   this statistic (a linear permutation statistic ``Σ_i c[i, π(i)]`` with a doubly centred c) the
-  permutation mean (0) and variance (``Σ c² / (n − 1)``) are exact, and Hoeffding's combinatorial
-  central limit theorem gives a normal tail. Values are rank-transformed per output dimension before
-  this, so the entries are bounded and the normal tail holds far out (a Monte Carlo check with
-  `permutations` draws is reported in the verdict's details; a Monte Carlo p alone could not go below
-  1/(P + 1), far above α = 1e-6). So the default α stays 1e-6.
+  permutation mean (0) and variance (``Σ c² / (n − 1)``) are exact. Keys of at most 8 points get the
+  exact p-value (all n! pairings enumerated); above that Hoeffding's combinatorial central limit
+  theorem gives a normal tail, and the p-value is never below 1/n!, the floor of the exact test (the
+  normal tail alone gave 0.037 at n = 3, floor 0.167). Values are rank-transformed per output dimension
+  first, so the entries are bounded. Simulated under the null (independent kink matrices, d = 1..64
+  outputs, n = 3..300), P[p <= a] stayed within Monte Carlo error of a at a = 0.001..0.1
+  (tests/test_tafa_null.py). A Monte Carlo check with `permutations` draws is reported in the verdict's
+  details; a Monte Carlo p alone could not go below 1/(P + 1), far above α = 1e-6.
+- The verifier's rule (`verify_params`, never the key): `margin` >= 0.05, `min_points` (default 20;
+  a key with fewer fingerprint points is not judged; 20 points have floor 1/20! = 4e-19, and 10 are the
+  fewest whose floor can reach 1e-6), `repeats`. `verify` and `recheck` validate them with one function
+  (`verifier_rule`).
 - Margin. The p-value tests "correlation <= `margin`" (default 0.1), not "= 0": independently
   trained models of one task share a little boundary structure (measured: independent CNNs up to
   ~0.05, regressors up to ~0.11 on our data), which a permutation test against 0 would call
   significant with enough fingerprints (an independent CNN reached p = 8e-6 against 0 in the demo).
   Derived copies measured 0.39-1.0.
+- A shared initialisation is lineage. Models trained independently on other data but from the owner's
+  initial weights (same build seed) keep part of the owner's boundary structure: on digits (300 points)
+  MLP 0.13-0.15 and CNN 0.11-0.15, against 0.00-0.02 for other initialisations; with enough points
+  (the issue measured 4,000) they are accused at 1e-6. TAFA detects this as lineage and no margin
+  separates it from a pruned + fine-tuned copy (0.11), so `modelseal train` draws a fresh random seed by
+  default (recorded in the model file) instead of seed 0. An arbiter must treat "trained from the
+  owner's published initialisation" as derived.
+- API outputs (`output_scale`, recorded in ``details["output_scale"]`` and re-applied by `recheck`).
+  Probabilities (rows >= 0 summing to 1) are compared as centred log-probabilities (= centred logits
+  / T, and the rank standardisation removes the 1/T); probabilities rounded to a grid of 10^-k are
+  compared as probabilities (the owner's logits through softmax); one-hot rows are not judged ("the
+  suspect returns labels"). Additive noise: the `repeats` verifier parameter averages repeated queries
+  (cost repeats x 5n). Measured on the digits MLP (n = 300, 1,500 queries; owner / FTAL copy /
+  independents, p): softmax 0 / 5e-33 / >= 0.99, softmax T = 3 the same, rounded to 3 decimals 2e-176 /
+  9e-12 / >= 0.97, rounded to 2 decimals 2e-12 / 0.63 (copy lost), rounded to 3 decimals at T = 3
+  2e-9 / 0.90 (copy lost: the owner's softmax is taken at T = 1); logit noise sd 0.05: one query 0.1 /
+  1.0 (lost), 32 repeats 3e-109 / 1.2e-6, 64 repeats (96,000 queries) owned; sd 0.2 at 32 repeats
+  5e-5 / 0.96.
 - Probes. Each boundary point x0 is queried at x0 + k·s·u, k = -2..2 (5n queries), u the unit crossing
   direction with box-face coordinates held (no clipping); s = `step_across` × box diagonal. The key
   also stores which ReLU layer each boundary belongs to (`layers`), for analysis only.
@@ -41,7 +66,14 @@ Measured limits (see benchmarks/tafa.py): independent models of the same task sc
 < 3); pruned (50 %) and 8-bit copies keep most kinks. Fine-tuning all layers with Adam at lr 1e-3 (the
 from-scratch rate) for 3 epochs moves the LeNet's boundaries on uniform-noise inputs past the probe
 steps and the fingerprint is lost; at lr 3e-4 or below it survives. Small MLPs (regression, VAE
-decoder) survive FTAL at their training rate.
+decoder) survive FTAL at their training rate. Structured pruning (torch-pruning, L2 magnitude, hidden
+neurons) then 3 epochs of FTAL on the digits attacker split: MLP 20 % owned (p 1e-33), 50 % NOT owned
+(score 0.11, p 0.33, accuracy 0.942 vs the owner's 0.920); CNN 20 % owned (p 1e-11), 50 % not (score
+0.14, p 0.06, accuracy 0.875 vs 0.911). Half the owner's boundaries are removed and the rest move.
+Judging only the points where the suspect still has a kink (its top half by kink size) raised the
+pruned MLP to 0.24 (p 2.4e-6 with 150 points) and did not rescue the CNN (p 0.04), while independents
+rose to 0.04, so it is not used; the paper's robustness claim is not reached for 50 % structured
+pruning plus fine-tuning.
 """
 
 from __future__ import annotations
@@ -68,6 +100,25 @@ from . import register
 # Each fingerprint is queried at x0 + k * step * u for these k (u: unit crossing direction).
 _STENCIL = (-2, -1, 0, 1, 2)
 
+# The verifier's rule (never read from a key). Independent models of one task share a little boundary
+# structure, so H0 is "kink correlation <= margin"; a margin below MIN_MARGIN would call that shared
+# structure ownership. 20 points give an exact floor 1/20! = 4e-19, far below the default alpha
+# (10 points are the fewest whose floor 1/10! = 2.8e-7 can reach 1e-6 at all).
+DEFAULT_MARGIN = 0.1
+MIN_MARGIN = 0.05
+DEFAULT_MIN_POINTS = 20
+MIN_MIN_POINTS = 3
+
+
+def verifier_rule(alpha: Any = DEFAULT_ALPHA, margin: Any = DEFAULT_MARGIN, min_points: Any = DEFAULT_MIN_POINTS,
+                  permutations: Any = 0, repeats: Any = 1) -> dict[str, Any]:
+    """The verifier's parameters, validated in one place (verify and recheck both use it)."""
+    return {"alpha": validate.alpha(alpha),
+            "margin": float(validate.number("tafa: margin", margin, MIN_MARGIN, 1.0, hi_open=True)),
+            "min_points": validate.count("tafa: min_points", min_points, MIN_MIN_POINTS, validate.MAX_COUNT),
+            "permutations": validate.count("tafa: permutations", permutations, 0, validate.MAX_PERMUTATIONS),
+            "repeats": validate.count("tafa: repeats", repeats, 1, 1000)}
+
 
 @register("tafa", family="fingerprint", access="outputs")
 @dataclass
@@ -93,7 +144,12 @@ class TAFA:
     # what the verifier sets (never read from a key): name -> (default, meaning)
     verify_params = {
         "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "margin": (0.1, "kink correlation independent models may share; H0 is correlation <= margin"),
+        "margin": (DEFAULT_MARGIN, "kink correlation independent models may share; H0 is correlation <= margin "
+                                   "(at least 0.05, below 1)"),
+        "min_points": (DEFAULT_MIN_POINTS, "fewest fingerprint points a key must have to be judged (at "
+                                           "least 3; smaller keys are not judged)"),
+        "repeats": (1, "times each input is asked, answers averaged (noisy APIs: noise sd / sqrt(repeats); "
+                       "costs repeats x 5n queries)"),
         "permutations": (2000, "Monte Carlo permutations reported as a check (0 to skip; at most 100,000)"),
         "max_queries": (None, "most inputs the suspect may be asked (the test needs all 5n)"),
     }
@@ -247,39 +303,56 @@ class TAFA:
 
     # ------------------------------------------------------------------ verify
     def verify(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA,
-               max_queries: int | None = None, margin: float = 0.1, permutations: int = 2000) -> Verdict:
+               max_queries: int | None = None, margin: float = DEFAULT_MARGIN,
+               min_points: int = DEFAULT_MIN_POINTS, permutations: int = 2000, repeats: int = 1) -> Verdict:
         """Correlate the suspect's output kinks across the owner's boundaries with the owner's."""
-        alpha = validate.alpha(alpha)
-        margin = float(validate.number("margin", margin, 0.0, 1.0, hi_open=True))
-        permutations = validate.count("permutations", permutations, 0, validate.MAX_PERMUTATIONS)
+        rule = verifier_rule(alpha, margin, min_points, permutations, repeats)
+        alpha = rule["alpha"]
         if max_queries is not None:
             max_queries = validate.count("max_queries", max_queries)
         suspect = as_suspect(suspect)
         inputs, owner = _unpack(key)
         suspect.require_outputs("tafa")
         key.check_signature(suspect.input_shape, suspect.output_size())
-        budget = min(x for x in (max_queries, suspect.remaining(), len(inputs) + 1) if x is not None)
-        verifier = {"alpha": alpha, "margin": margin, "permutations": permutations, "seed": int(key.params.get(
-            "seed", 0))}
-        if budget < len(inputs):
+        points = len(inputs) // len(_STENCIL)
+
+        def not_judged(why: str, **extra: Any) -> Verdict:
             return Verdict("tafa", owned=False, score=0.0, threshold=math.inf, p_value=1.0, alpha=alpha,
-                           judged=False, details={"not_judged": f"the test asks {len(inputs)} inputs (5 per "
-                                                  f"fingerprint) but only {budget} queries are allowed"})
+                           queries=suspect.queries - before, judged=False, details={"not_judged": why, **extra})
+
         before = suspect.queries
-        out = suspect.predict(inputs)
-        if out.shape[0] != len(inputs):
-            raise SuspectError("the suspect answered the fingerprint inputs with a malformed output")
-        out = out.reshape(len(inputs), -1).double()
+        if points < rule["min_points"]:
+            return not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
+                              f"min_points={rule['min_points']}; extract a larger key (default n=300)")
+        need = len(inputs) * rule["repeats"]
+        budget = min(x for x in (max_queries, suspect.remaining(), need + 1) if x is not None)
+        if budget < need:
+            return not_judged(f"the test asks {need} inputs (5 per fingerprint, {rule['repeats']} time(s) each) "
+                              f"but only {budget} queries are allowed")
+        verifier = {**rule, "seed": int(key.params.get("seed", 0))}
+        total = None
+        for _ in range(rule["repeats"]):
+            out = suspect.predict(inputs)
+            if out.shape[0] != len(inputs):
+                raise SuspectError("the suspect answered the fingerprint inputs with a malformed output")
+            out = out.reshape(len(inputs), -1).double()
+            total = out if total is None else total + out
+        out = total / rule["repeats"]
         if out.shape[1] != owner.shape[1]:
             raise SuspectError(f"the suspect gives {out.shape[1]} outputs per input but the key's model gave "
                                f"{owner.shape[1]}; use the key made for this model")
-        stat = kink_statistic(owner.double(), out, permutations=permutations, seed=verifier["seed"],
-                              margin=margin)
+        transcript = {"verifier": verifier, "answers": out.float()}
+        stat = kink_statistic(owner.double(), out.float().double(), permutations=rule["permutations"],
+                              seed=verifier["seed"], margin=rule["margin"])
+        if "not_judged" in stat:
+            v = not_judged(stat["not_judged"], output_scale=stat["output_scale"])
+            v.transcript = transcript
+            return v
         return Verdict("tafa", owned=bool(stat["p_value"] <= alpha), score=stat["score"],
                        threshold=stat["threshold"](alpha), p_value=stat["p_value"], alpha=alpha,
                        queries=suspect.queries - before,
                        details={k: v for k, v in stat.items() if k not in ("threshold", "p_value", "score")},
-                       transcript={"verifier": verifier, "answers": out.float()})
+                       transcript=transcript)
 
 
 def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,24 +368,32 @@ def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
-    """The verifier's (or checker's) rule, validated as verify validates it."""
-    out = {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error),
-           "margin": float(validate.number("margin", rule.get("margin", 0.1), 0.0, 1.0, hi_open=True, error=error)),
-           "permutations": validate.count("permutations", rule.get("permutations", 2000), 0,
-                                          validate.MAX_PERMUTATIONS, error=error),
-           "max_queries": None}
-    if rule.get("max_queries") is not None:
-        out["max_queries"] = validate.count("max_queries", rule["max_queries"], error=error)
+    """The verifier's (or checker's) rule as a dict, validated by `verifier_rule` (errors as `error`)."""
+    try:
+        out = verifier_rule(rule.get("alpha", DEFAULT_ALPHA), rule.get("margin", DEFAULT_MARGIN),
+                            rule.get("min_points", DEFAULT_MIN_POINTS), rule.get("permutations", 0),
+                            rule.get("repeats", 1))
+        if rule.get("max_queries") is not None:
+            out["max_queries"] = validate.count("max_queries", rule["max_queries"])
+    except ModelSealError as e:
+        if error is ModelSealError:
+            raise
+        raise error(first_line(e)) from None
     return out
 
 
 def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
             rule: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recompute the kink statistic from an evidence transcript (the suspect's answers) and the opened
-    owner outputs, under the recorded parameters (rule=None) or a checker's rule."""
+    owner outputs, under the recorded verifier values (rule=None; validated as `verify` does: ValueError on
+    a value `verify` refuses) or a checker's `rule`, with the same output-scale transform `verify` applied."""
     v = transcript["verifier"]
-    r = check_rule(rule if rule is not None else v, error=ValueError)
+    r = check_rule(v, error=ValueError) if rule is None else check_rule(rule)
     owner = opened["outputs"].double()
+    if owner.dim() != 2 or len(owner) % len(_STENCIL):
+        raise ValueError("the opened owner outputs are not in groups of five")
+    if len(owner) // len(_STENCIL) < r["min_points"]:
+        return {"score": 0.0, "p_value": 1.0, "owned": False}
     out = torch.as_tensor(transcript["answers"]).double().reshape(len(owner), -1)
     stat = kink_statistic(owner, out, permutations=0, seed=int(v.get("seed", 0)), margin=r["margin"])
     return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= r["alpha"]}
@@ -353,22 +434,75 @@ def _kinks(outputs: torch.Tensor) -> np.ndarray:
     return (d1 - d2 / 4).numpy()
 
 
+def _grid(x: torch.Tensor) -> int | None:
+    """k when every value is a multiple of 10^-k (k = 1..5, within float32 rounding), else None."""
+    for k in range(1, 6):
+        q = x * 10 ** k
+        if float((q - q.round()).abs().max()) <= 1e-2:
+            return k
+    return None
+
+
+def output_scale(outputs: torch.Tensor) -> tuple[torch.Tensor, str, str | None]:
+    """Put one model's answers on the scale the kink test compares: (values, what was done, why not judged).
+
+    - Rows that are one-hot (every value 0 or 1, one 1 per row): labels, not judged.
+    - Rows that are probabilities (>= 0, summing to 1 within rounding) and rounded to a grid of 10^-k:
+      compared as probabilities (the log of a rounded small probability is mostly rounding noise).
+    - Other probabilities: log-probabilities, clipped at half the smallest positive value seen, centred
+      per row. Centred log-softmax(z / T) is (z - mean z) / T: temperature becomes a positive scale per
+      output, which the per-dimension rank standardisation of the kinks removes.
+    - Anything else: raw values (positive rescaling and any offset already cancel in the rank-standardised
+      second differences).
+    """
+    x = outputs.double()
+    d = x.shape[1]
+    if d >= 2 and bool(torch.isfinite(x).all()):
+        sums = x.sum(1)
+        k = _grid(x)
+        tol = 1e-3 + (0.5 * 10.0 ** -k * d if k else 0.0)  # rounding to 10^-k moves each value <= 10^-k / 2
+        if float(x.min()) >= -1e-6 and bool(((sums - 1).abs() <= tol).all()):
+            binary = ((x - x.round()).abs() <= 1e-6).all() and float(x.max()) <= 1 + 1e-6
+            if bool(binary) and bool(((x.round() == 1).sum(1) == 1).all()):
+                return x, "one-hot labels", ("the suspect returns labels (one-hot outputs), not scores; tafa "
+                                             "compares output kinks and needs scores, logits or probabilities")
+            if k is not None:
+                return x, f"probabilities rounded to 1e-{k} -> compared as probabilities", None
+            pos = x[x > 0]
+            floor = max(float(pos.min()) / 2 if len(pos) else 1e-12, 1e-12)
+            lx = x.clamp_min(floor).log()
+            how = f"probabilities -> log (clipped at {floor:.3g}), centred per row"
+            return lx - lx.mean(1, keepdim=True), how, None
+    return x, "raw", None
+
+
 def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int = 0,
                    seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
     """Score, p-value and details of the kink correlation between owner and suspect outputs.
 
-    The p-value tests H0: correlation <= `margin` (not = 0): independent models of one task can share
-    a little boundary structure, and with hundreds of fingerprints even a correlation of 0.05 would
-    be "significant" against 0. The permutation sd is used around the margin (it barely changes for
-    small correlations).
+    Both are first put on a common scale (`output_scale`): when the suspect's answers are probabilities,
+    the owner's raw outputs (logits) are compared as centred logits (the same as centred log-softmax up
+    to a constant per row), or as softmax probabilities when the suspect's are rounded. The p-value tests
+    H0: correlation <= `margin` (not = 0): independent models of one task can share a little boundary
+    structure, and with hundreds of fingerprints even a correlation of 0.05 would be "significant"
+    against 0. The permutation sd is used around the margin (it barely changes for small correlations).
     """
-    a, b = stats.rank_standardize(_kinks(owner)), stats.rank_standardize(_kinks(suspect))
+    sus, scale, why = output_scale(suspect)
+    if why is not None:
+        return {"not_judged": why, "output_scale": scale}
+    own, own_scale, _ = output_scale(owner)
+    if own_scale == "raw" and scale.startswith("probabilities rounded"):
+        own = own.softmax(1)
+    elif own_scale == "raw" and scale != "raw":
+        own = own - own.mean(1, keepdim=True)
+    a, b = stats.rank_standardize(_kinks(own)), stats.rank_standardize(_kinks(sus))
     res = stats.paired_permutation_test(a, b, margin=margin, permutations=permutations, seed=seed)
     sd, norm = res.pop("sd"), res.pop("norm")
-    res.update(fingerprints=int(a.shape[0]), outputs_per_input=int(a.shape[1]))
+    n = int(a.shape[0])
+    res.update(fingerprints=n, outputs_per_input=int(a.shape[1]), output_scale=scale)
 
     def threshold(alpha: float) -> float:
-        return stats.paired_permutation_threshold(margin, sd, norm, alpha)
+        return stats.paired_permutation_threshold(margin, sd, norm, alpha, n=n)
 
     return {**res, "threshold": threshold}
 
