@@ -127,3 +127,175 @@ def test_same_seed_gives_the_same_secrets():
     xa, ua = a._secrets(7, 20, 7)
     xb, ub = b._secrets(7, 20, 7)
     assert torch.equal(xa, xb) and torch.equal(ua, ub)
+
+
+# ---------------------------------------------------------------- digits MLP (the README's owner): what a thief makes
+@pytest.fixture(scope="module")
+def digits():
+    return ms.data.load("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def mlp_owner(digits):
+    m = ms.models.build("mlp", digits.meta, seed=0)
+    ms.train.fit(m, digits.owner, epochs=10, seed=0, progress=False)
+    return m
+
+
+@pytest.fixture(scope="module")
+def cnn_owner(digits):
+    m = ms.models.build("cnn", digits.meta, seed=0)
+    ms.train.fit(m, digits.owner, epochs=10, seed=0, progress=False)
+    return m
+
+
+@pytest.fixture(scope="module")
+def seven(mlp_owner, digits):
+    return DeepMarks(users=7, seed=2).distribute(mlp_owner, digits.owner, progress=False)
+
+
+@pytest.fixture(scope="module")
+def seven_cnn(cnn_owner, digits):
+    return DeepMarks(users=7, seed=4).distribute(cnn_owner, digits.owner, progress=False)
+
+
+def _slice_outputs(model, layer, keep=0.5):
+    """Structured pruning: keep the carrier's output neurons of largest L1 norm, and the next layer's columns."""
+    out = copy.deepcopy(model)
+    seq, i = out.net, int(layer.split(".")[1])
+    lin, nxt = seq[i], seq[i + 2]
+    idx = lin.weight.detach().abs().sum(1).argsort(descending=True)[: int(lin.out_features * keep)].sort().values
+    a, b = torch.nn.Linear(lin.in_features, len(idx)), torch.nn.Linear(len(idx), nxt.out_features)
+    with torch.no_grad():
+        a.weight.copy_(lin.weight[idx]), a.bias.copy_(lin.bias[idx])
+        b.weight.copy_(nxt.weight[:, idx]), b.bias.copy_(nxt.bias)
+    seq[i], seq[i + 2] = a, b
+    return out
+
+
+def test_every_intact_copy_of_the_7_user_code_is_traced_at_the_default_alpha(seven, mlp_owner, digits):
+    copies, key = seven
+    assert key.params["rows"] > key.params["v"] == 7
+    base = ms.train.evaluate(mlp_owner, digits.test)
+    for j, c in enumerate(copies):
+        res = ms.trace(c, key)
+        assert res.accused == [j] and res.p_value <= 1e-12, (j, res.p_value)
+        assert ms.train.evaluate(c, digits.test) >= base - 0.01
+
+
+def test_a_structurally_pruned_copy_is_judged_and_traced(seven, digits):
+    copies, key = seven
+    pruned = _slice_outputs(copies[3], key.params["layer"])
+    assert tuple(pruned.net[1].weight.shape) == (128, 64) != tuple(key.params["weight_shape"])
+    res = ms.trace(pruned, key)
+    assert res.accused == [3] and res.p_value <= 1e-6
+
+
+def test_permuting_the_carriers_output_neurons_leaves_w_bar_unchanged(seven):
+    copies, key = seven
+    m = copy.deepcopy(copies[5])
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.net[1].weight.copy_(m.net[1].weight[perm]), m.net[1].bias.copy_(m.net[1].bias[perm])
+        m.net[3].weight.copy_(m.net[3].weight[:, perm])
+    x = torch.rand(16, 1, 8, 8)
+    assert torch.allclose(m(x), copies[5](x), atol=1e-5)
+    dm = DeepMarks()
+    assert torch.allclose(dm.channel_means(m, key), dm.channel_means(copies[5], key), atol=1e-6)
+    assert ms.trace(m, key).accused == [5]
+
+
+def test_a_copy_with_permuted_carrier_inputs_is_aligned_and_traced(seven_cnn):
+    copies, key = seven_cnn
+    assert key.params["layer"] == "classifier.1"
+    m = copy.deepcopy(copies[2])
+    conv, lin = m.features[3], m.classifier[1]
+    perm = torch.randperm(conv.out_channels, generator=torch.Generator().manual_seed(1))
+    per = lin.in_features // conv.out_channels
+    cols = (perm[:, None] * per + torch.arange(per)).reshape(-1)
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[perm]), conv.bias.copy_(conv.bias[perm])
+        lin.weight.copy_(lin.weight[:, cols])
+    x = torch.rand(16, 1, 8, 8)
+    assert torch.allclose(m(x), copies[2](x), atol=1e-5)
+    res = ms.trace(m, key)
+    assert res.accused == [2] and res.p_value <= 1e-6
+    assert res.details["alignment"]["moved"] > 0
+    intact = ms.trace(copies[2], key)
+    assert intact.details["alignment"]["moved"] == 0 and intact.accused == [2]
+
+
+def test_a_carrier_with_another_number_of_inputs_is_a_clear_error(seven):
+    copies, key = seven
+    m = copy.deepcopy(copies[0])
+    m.net[0] = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32))  # the carrier now takes 32 inputs
+    m.net[1] = torch.nn.Linear(32, 256)
+    with pytest.raises(KeyMismatchError, match=r"inputs \(32,\) per output channel, but the key was made for \(64,\)"):
+        ms.trace(m, key)
+
+
+def test_independent_models_are_not_accused_and_other_architectures_are_not_applicable(seven, digits):
+    _, key = seven
+    for arch, kw, seed in [("mlp", {}, 31), ("mlp", {}, 32), ("mlp", {"hidden": (128, 64)}, 33),
+                           ("mlp", {"hidden": (128, 64)}, 34)]:
+        m = ms.models.build(arch, digits.meta, seed=seed, **kw)
+        ms.train.fit(m, digits.attacker, epochs=5, seed=seed, progress=False)
+        res = ms.trace(m, key)
+        assert res.accused == [] and res.p_value > 1e-6, (arch, kw, res.p_value)
+        assert "nobody accused at alpha 1e-06 (best candidate: user" in res.summary()
+    cnn = ms.models.build("cnn", digits.meta, seed=35)
+    with pytest.raises(KeyMismatchError, match="no layer 'net.1'"):
+        ms.trace(cnn, key)
+
+
+def test_a_huge_seed_distributes(mlp_owner, digits):
+    copies, key = DeepMarks(users=7, seed=2**62 + 12345).distribute(mlp_owner, digits.owner, progress=False)
+    assert ms.trace(copies[1], key).accused == [1]
+    assert DeepMarks(seed=2**80)._secrets(7, 20, 7)[0].shape == (7, 20)
+
+
+def test_a_code_size_that_cannot_reach_alpha_is_refused_with_the_reason(mlp_owner, digits):
+    with pytest.raises(ModelSealError, match=r"cannot be traced at alpha 1e-06.*degrees of freedom"):
+        DeepMarks(users=7, rows=7).distribute(mlp_owner, digits.owner, progress=False)
+
+
+def test_the_summary_names_the_best_candidate_when_nobody_is_accused(seven):
+    copies, key = seven
+    res = ms.trace(copies[4], key, alpha=1e-300)
+    assert res.accused == [] and "nobody accused at alpha 1e-300 (best candidate: user 4, p = " in res.summary()
+    assert "accused user(s) 4 (p = " in ms.trace(copies[4], key).summary()
+
+
+@pytest.mark.slow
+def test_coalition_p_value_is_calibrated_under_the_null():
+    """20,000 independent models: X w-bar is isotropic Gaussian; accusations at alpha 1e-2 stay <= alpha."""
+    from modelseal.methods.deepmarks import decide_projection
+    from modelseal.methods.deepmarks.codes import design_for_users
+
+    rng = np.random.default_rng(5)
+    trials, alpha = 20_000, 1e-2
+    for users, m in [(7, 32), (13, 32)]:
+        d = design_for_users(users)
+        cb = d.codebook(users)
+        u, _ = np.linalg.qr(rng.standard_normal((m, d.v)))
+        params = {"v": d.v, "k": d.k, "layer": "x"}
+        accused = sum(bool(decide_projection(rng.standard_normal(m), u, cb, params, alpha)["accused"])
+                      for _ in range(trials))
+        se = np.sqrt(alpha * (1 - alpha) / trials)
+        assert accused / trials <= alpha + 3 * se, (users, accused / trials)
+
+
+def test_cli_distribute_without_seed_and_trace_names_the_user(mlp_owner, tmp_path):
+    """Issue 26 item 1: the --help example without --seed (a 62-bit secret seed) crashed in torch.manual_seed."""
+    from typer.testing import CliRunner
+
+    from modelseal.cli import app
+
+    ms.models.save_model(mlp_owner, tmp_path / "owner.safetensors")
+    runner = CliRunner()
+    r = runner.invoke(app, ["deepmarks", "distribute", str(tmp_path / "owner.safetensors"), "--data", "digits",
+                            "--users", "7", "--out-dir", str(tmp_path / "copies"), "--key", str(tmp_path / "dm.seal")])
+    assert r.exit_code == 0, r.output
+    assert "7 copies" in r.output and (tmp_path / "copies" / "user-003.safetensors").is_file()
+    r = runner.invoke(app, ["trace", str(tmp_path / "dm.seal"), str(tmp_path / "copies" / "user-003.safetensors")])
+    assert r.exit_code == 0 and "accused user(s) 3 (p = " in r.output, r.output

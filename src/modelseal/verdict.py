@@ -52,12 +52,24 @@ class Verdict:
         if not self.judged:
             return f"{self.method}: not judged: {self.details.get('not_judged', 'no decision possible')}"
         if self.accused is not None:
-            who = (f"accused user(s) {', '.join(str(j) for j in self.accused)}" if self.accused
-                   else "nobody accused")
-            return f"{self.method}: {who} (p = {self.p_value:.3g}, alpha = {self.alpha:.3g})"
+            if self.accused:
+                return (f"{self.method}: accused user(s) {', '.join(str(j) for j in self.accused)} "
+                        f"(p = {self.p_value:.3g}, alpha = {self.alpha:.3g})")
+            return f"{self.method}: nobody accused at alpha {self.alpha:.3g}{self._best_candidate()}"
         word = "OWNED" if self.owned else "not owned"
         return (f"{self.method}: {word} (score {self.score:.4g}, p = {self.p_value:.3g}, "
                 f"alpha = {self.alpha:.3g}, queries = {self.queries})")
+
+    def _best_candidate(self) -> str:
+        """The closest the per-user decoder came: its decoded coalition with the coalition p-value, else the
+        best single user with that user's p-value."""
+        cands, best = self.details.get("candidates"), self.details.get("best_user")
+        if cands:
+            who = f"user {cands[0]}" if len(cands) == 1 else f"users {', '.join(str(j) for j in cands)}"
+            return f" (best candidate: {who}, p = {self.p_value:.3g})"
+        if best is not None and self.details.get("single_p_value") is not None:
+            return f" (best candidate: user {best}, p = {float(self.details['single_p_value']):.3g})"
+        return f" (p = {self.p_value:.3g})"
 
 
 def jsonable(x: Any) -> Any:

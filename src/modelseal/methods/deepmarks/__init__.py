@@ -4,22 +4,47 @@ Chen, Rouhani, Koushanfar, "DeepMarks: A Digital Fingerprinting Framework for De
 (2018, ICMR 2019).
 
 Where modelseal deviates, and why:
-- Each user's copy is the owner model *fine-tuned* for a few epochs with `CE + gamma ||X w - U b_j||^2`
-  (the paper also trains from scratch); distributing 31 copies then costs 31 short fine-tunes.
-- `gamma` (default 1.0: one epoch then leaves |b~ - b_j| <= ~0.25 and accuracy within a point) and the
-  number of projection rows (`M = v`, so U is square and every code vector is reachable) are chosen
-  for our small models, where the entries of U^T X w of a trained layer are ~0.1.
+- Each user's copy is the owner model *fine-tuned* with `CE + gamma ||X w - U b_j||^2` (the paper also
+  trains from scratch); distributing 31 copies then costs 31 short fine-tunes. A copy keeps training (up
+  to `max_epochs`) until it is traced to exactly its user with p <= 1e-12 (six orders of magnitude under
+  the default alpha, a margin for attacks) and its code b~ reads back at correlation >= `min_fit`; a copy
+  not traced at 1e-6 by then is refused with the numbers, never written as if it worked.
+- More projection rows than the code length: `M = max(v, min(64, n // 2))` for a layer with n weights
+  per output channel (the paper's U is M x v with M free). The decoder reads the code as `b~ = U^T X w`
+  (v numbers) as in the paper, but the p-value is computed in all M dimensions of `X w`: with M = v the
+  7-user code (v = 7) has only v - 2 = 5 degrees of freedom and an intact copy read back at correlation
+  0.99 still has p ~ 2e-4 after the Bonferroni factor, so it could never be accused at 1e-6.
 - Decoding is scale- and offset-free: rather than one fixed threshold on b~ (which pruning or fine-tuning
   shrink), every threshold between consecutive values of b~ is tried, the AND-ACC rule gives a candidate
-  coalition at each, and the coalition whose mean code vector correlates best with b~ is kept.
+  coalition at each, and the coalition whose mean code vector, mapped through U, correlates best with
+  `X w` is kept.
 - Accusations carry a p-value (the paper gives none): for a model independent of the secret projection X,
-  b~ = U^T X w is an isotropic Gaussian vector, so the Pearson correlation r between b~ and any fixed
-  code vector has the exact null `r sqrt(v-2) / sqrt(1-r^2) ~ t(v-2)`. The coalition's p-value is that
-  tail times the number of coalitions of at most k - 1 of the issued users (Bonferroni), so an
-  independent model is accused with probability at most alpha. Users are accused only if p <= alpha.
-- The default layer is the first hidden Linear layer with at least M inputs (else the last such
-  convolution): on our small CNN it takes the code with less accuracy loss and faster than a
-  convolution. Any layer with a weight matrix can be named (`layer=`).
+  `X w` is an isotropic Gaussian vector in R^M (X has i.i.d. N(0, 1) entries), so the Pearson correlation
+  r between `X w` and any fixed vector `U c` has the exact null `r sqrt(M-2) / sqrt(1-r^2) ~ t(M-2)`.
+  The coalition's p-value is that tail times the number of coalitions of at most k - 1 of the issued
+  users (Bonferroni), so an independent model is accused with probability at most alpha. Users are
+  accused only if p <= alpha. Code sizes whose p-value could not reach 1e-6 even at a fit of `min_fit` in M dimensions
+  (a layer too small for the rows the code needs) are refused before training, with the reason.
+- Pruned copies are judged: the key asks only what the projection needs, the carrier layer's inputs per
+  output channel (w-bar is the mean over output channels, so a copy with fewer or permuted output
+  neurons of the carrier is read as usual; permuting them leaves w-bar unchanged). A copy whose carrier
+  has another number of inputs is refused (KeyMismatchError).
+- Neuron permutation is undone before decoding (the paper does not consider it): the key holds P = 128
+  probe inputs (uniform noise in the owner data's value range, drawn from the seed; no training data)
+  and the owner's activations at the carrier layer's input on them (per input unit; a convolution's are
+  averaged over space). At trace time the suspect runs the probes, its units are matched to the owner's
+  by the correlation of their activations (Hungarian algorithm, scipy's `linear_sum_assignment`, ties
+  broken towards the identity; skipped when every owner unit's best match is already itself), and w-bar
+  is read in the owner's unit order. The matching uses neither X nor U, so for an independent model the
+  aligned w-bar is still independent of X and the null above stays exact. Keys made before this carry no
+  probes and are read unaligned.
+- The default layer is the first hidden Linear layer with at least 2v inputs (else the last such
+  convolution; else the same with at least v inputs), so the code's constraints leave the layer room
+  (the 57-user code on the digits MLP's 64-input first layer left 13 of 57 copies untraced): on our
+  small CNN a Linear layer takes the code with less accuracy loss and faster than a convolution. Any
+  layer with a weight matrix can be named (`layer=`).
+- Seeds of any size work: torch seeds are the given seed reduced mod 2**63 (the CLI draws 62-bit seeds;
+  the per-user training seeds derived from them would overflow torch's 64-bit signed seed otherwise).
 """
 
 from __future__ import annotations
@@ -38,6 +63,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ... import stats, validate
+from ...data import as_tensors
 from ...errors import KeyMismatchError, ModelError, ModelSealError
 from ...keys import Key
 from ...methods import register
@@ -48,6 +74,23 @@ from ...verdict import DEFAULT_ALPHA, Verdict
 from .codes import and_acc_accuse, design_for_users
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PROBES = 128  # probe inputs for neuron alignment
+MAX_DEFAULT_ROWS = 64
+EMBED_P = 1e-12  # a copy trains until its own p-value is this far under the default alpha (margin for attacks)
+_SEED_MOD = 2**63  # torch seeds are signed 64-bit
+
+
+def torch_seed(*parts: int) -> int:
+    """A torch seed from any integers: `parts[0] * 100_003 + parts[1] + ...` reduced mod 2**63."""
+    s = 0
+    for p in parts:
+        s = s * 100_003 + int(p)
+    return s % _SEED_MOD
+
+
+def default_rows(v: int, n: int) -> int:
+    """Projection rows M for a code of length v on a layer with n weights per output channel."""
+    return max(v, min(MAX_DEFAULT_ROWS, n // 2))
 
 
 def _channel_mean(weight: torch.Tensor) -> torch.Tensor:
@@ -82,6 +125,8 @@ def default_layer(model: nn.Module, min_size: int) -> str:
 
 def _layer_weight(model: nn.Module, name: str, shape: list[int] | None = None,
                   err: type[ModelSealError] = KeyMismatchError) -> torch.Tensor:
+    """The weight of layer `name`; with `shape` (the key's), only its inputs per output channel must agree:
+    w-bar averages over output channels, so a copy with fewer (pruned) output neurons is still read."""
     mods = dict(model.named_modules())
     mod = mods.get(name)
     weight = getattr(mod, "weight", None) if mod is not None else None
@@ -92,10 +137,59 @@ def _layer_weight(model: nn.Module, name: str, shape: list[int] | None = None,
                 else "name one of these with layer=...")
         raise err(f"the model has no layer '{name}' with a weight matrix (layers: "
                   f"{', '.join(have[:12]) or 'none'}); {what}")
-    if shape is not None and list(weight.shape) != list(shape):
-        raise KeyMismatchError(f"layer '{name}' has weight shape {tuple(weight.shape)}, but the key was made "
-                               f"for {tuple(shape)}; use the key made for this model's architecture")
+    if shape is not None and list(weight.shape[1:]) != list(shape[1:]):
+        raise KeyMismatchError(
+            f"layer '{name}' has weight shape {tuple(weight.shape)}: inputs {tuple(weight.shape[1:])} per output "
+            f"channel, but the key was made for {tuple(shape[1:])} (weight shape {tuple(shape)}); the "
+            "fingerprint is read from the layer's inputs, so use the key made for this model's architecture")
     return weight
+
+
+def _unit_activations(model: nn.Module, layer: str, probes: torch.Tensor) -> torch.Tensor:
+    """The input of `layer` on `probes`, one column per input unit (P x units; a convolution's input channels
+    averaged over space), float64 on the CPU."""
+    mod = dict(model.named_modules())[layer]
+    got: list[torch.Tensor] = []
+    hook = mod.register_forward_pre_hook(lambda m, inp: got.append(inp[0].detach()))
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(probes.to(dev))
+    except Exception as e:  # noqa: BLE001 - a user model's forward may raise anything
+        raise ModelError(f"the suspect's forward pass failed on the alignment probes: {e}") from None
+    finally:
+        hook.remove()
+        model.train(was)
+    if not got:
+        raise ModelError(f"layer '{layer}' was not called in the suspect's forward pass")
+    x = got[0].double().cpu()
+    return x if x.dim() == 2 else x.flatten(2).mean(2)
+
+
+def align_units(owner_acts: torch.Tensor, acts: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
+    """For each owner unit i the suspect unit perm[i] whose activations on the probes correlate best, under a
+    one-to-one matching (Hungarian; ties broken towards the identity). Returns perm and a summary."""
+    from scipy.optimize import linear_sum_assignment
+
+    def standard(a: torch.Tensor) -> np.ndarray:
+        a = a.numpy() - a.numpy().mean(0, keepdims=True)
+        sd = np.linalg.norm(a, axis=0, keepdims=True)
+        return np.where(sd > 1e-12, a / np.where(sd > 1e-12, sd, 1.0), 0.0)
+
+    corr = standard(owner_acts).T @ standard(acts)
+    units = corr.shape[0]
+    corr = corr + 1e-9 * np.eye(units)  # among equal matches (e.g. units silent on every probe) keep identity
+    if (corr.argmax(1) == np.arange(units)).all():
+        perm = np.arange(units)  # every row's maximum on the diagonal: the identity is optimal
+    else:
+        _, perm = linear_sum_assignment(-corr)
+    match = corr[np.arange(units), perm]
+    silent = int((np.abs(standard(acts)).sum(0) == 0).sum())
+    return perm, {"units": int(units), "moved": int((perm != np.arange(units)).sum()),
+                  "mean_match": float(match.mean()), "silent_units": silent}
 
 
 @register("deepmarks", family="per-user", access="white-box")
@@ -105,10 +199,12 @@ class DeepMarks:
 
     users: copies to make (picks the smallest projective plane with that many codewords).
     layer: module name of the layer that carries the fingerprint (None: see `default_layer`).
-    gamma: weight of the embedding loss. rows: projection rows M (None: the code length v).
-    epochs, lr: fine-tuning of each copy; a copy keeps training (up to `max_epochs`) until the code read
-    back from it correlates with its user's code by at least `min_fit`, so small data sets or layers
-    still get a readable fingerprint. alpha: accusation level. seed: secrets and per-user training.
+    gamma: weight of the embedding loss. rows: projection rows M (None: max(v, min(64, n // 2)) for the
+    code length v and the layer's n weights per output channel).
+    epochs, lr: fine-tuning of each copy; a copy keeps training (up to `max_epochs`) until it is traced to
+    exactly its user at alpha 1e-6 and the code b~ read back from it correlates with its user's code by at
+    least `min_fit`, so small data sets or layers still get a readable fingerprint.
+    seed: secrets, probes and per-user training (any integer).
     """
 
     users: int = 31
@@ -118,7 +214,7 @@ class DeepMarks:
     epochs: int = 1  # fine-tuning epochs of each copy before its fit is checked
     max_epochs: int = 20  # most fine-tuning epochs of one copy while its code fit stays below min_fit
     min_fit: float = 0.99  # correlation the code read back from a copy must reach with its user's code
-    lr: float = 1e-3  # learning rate of each copy's fine-tuning
+    lr: float = 5e-4  # learning rate of each copy's fine-tuning
     batch_size: int = 64
     seed: int = 0
 
@@ -128,49 +224,86 @@ class DeepMarks:
     verify_params = {"alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)")}
 
     def _secrets(self, m: int, n: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(int(self.seed))
+        gen = torch.Generator().manual_seed(torch_seed(self.seed))
         x = torch.randn(m, n, generator=gen)
         u, _ = torch.linalg.qr(torch.randn(m, v, generator=gen))
         return x, u.contiguous()
+
+    def _probes(self, data: Dataset, shape: tuple[int, ...]) -> torch.Tensor:
+        """Uniform noise in the owner data's value range (two numbers of it; no data point is stored)."""
+        x, _ = as_tensors(data)
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+            lo, hi = 0.0, 1.0
+        gen = torch.Generator().manual_seed(torch_seed(self.seed, 7, 1))
+        return (lo + (hi - lo) * torch.rand(PROBES, *shape, generator=gen)).float()
 
     def distribute(self, model: nn.Module, data: Dataset, progress: Any = None,
                    input_shape: tuple[int, ...] | None = None) -> tuple[list[nn.Module], Key]:
         """One fingerprinted copy per user (fine-tuned from `model`, which is left untouched) and the key."""
         design = design_for_users(self.users)
         v, k = design.v, design.k
-        m = v if self.rows is None else int(self.rows)
-        if m < v:
-            raise ModelSealError(f"rows (projection rows M) must be at least the code length {v}, got {m}")
+        if self.rows is not None and int(self.rows) < v:
+            raise ModelSealError(f"rows (projection rows M) must be at least the code length {v}, got {self.rows}")
         if self.gamma <= 0 or self.epochs < 1:
             raise ModelSealError(f"gamma must be > 0 and epochs >= 1 (got {self.gamma}, {self.epochs})")
         if not 0 < self.min_fit <= 1:
             raise ModelSealError(f"min_fit must lie in (0, 1], got {self.min_fit}")
-        layer = self.layer if self.layer is not None else default_layer(model, m)
+        if self.layer is not None:
+            layer = self.layer
+        elif self.rows is not None:
+            layer = default_layer(model, int(self.rows))
+        else:
+            try:  # room for the code: a layer with at least 2v inputs, else one with at least v
+                layer = default_layer(model, 2 * v)
+            except ModelError:
+                layer = default_layer(model, v)
         weight = _layer_weight(model, layer, err=ModelError)
         n = math.prod(weight.shape[1:])
+        m = default_rows(v, n) if self.rows is None else int(self.rows)
         if n < m:
             raise ModelError(f"layer '{layer}' has {n} weights per output channel, fewer than the {m} "
                              "projection rows; pick a larger layer")
+        reach = _p_value(self.min_fit, m, self.users, k)
+        if reach > DEFAULT_ALPHA:
+            coalitions = math.exp(stats.log_count_subsets(self.users, k - 1))
+            raise ModelSealError(
+                f"{self.users} users cannot be traced at alpha {DEFAULT_ALPHA:g} on layer '{layer}': with {m} "
+                f"projection rows even a copy read back at correlation {self.min_fit} has p = {reach:.2g} "
+                f"(t test with {m - 2} degrees of freedom, times {coalitions:.0f} "
+                "possible coalitions); give more rows (rows=...) on a layer with that many inputs (layer=...)")
         x_proj, u = self._secrets(m, n, v)
         codebook = design.codebook(self.users)
         signature = signature_of(model, input_shape)
+        probes = self._probes(data, tuple(signature["input_shape"]))
+        probe_acts = _unit_activations(model, layer, probes).float()
+        meta = {"layer": layer, "v": v, "k": k}
+        codes = 2.0 * codebook.astype(np.float64) - 1.0
         copies: list[nn.Module] = []
         for j in range(self.users):
             target = u @ (2.0 * torch.from_numpy(codebook[j]).float() - 1.0)
             copy_j = copy.deepcopy(model)
             loss = self._embedding_loss(layer, x_proj, target)
-            code = 2.0 * torch.from_numpy(codebook[j]).double() - 1.0
+            reading: dict[str, Any] = {}
 
-            def embedded(m: nn.Module, epoch: int, code: torch.Tensor = code) -> bool:
+            def embedded(mod: nn.Module, epoch: int, j: int = j, reading: dict = reading) -> bool:
                 if epoch + 1 < self.epochs:
                     return False
                 with torch.no_grad():
-                    b = u.T.double() @ (x_proj.double() @ _channel_mean(_layer_weight(m, layer).cpu()).double())
-                return float(torch.corrcoef(torch.stack([b, code]))[0, 1]) >= self.min_fit
+                    y = (x_proj.double() @ _channel_mean(_layer_weight(mod, layer).detach().cpu()).double()).numpy()
+                res = decide_projection(y, u.double().numpy(), codebook, meta, DEFAULT_ALPHA)
+                reading.update(res, code_fit=stats.pearson(res["extracted"], codes[j]))
+                return res["accused"] == [j] and res["p_value"] <= EMBED_P and reading["code_fit"] >= self.min_fit
 
             fit(copy_j, data, epochs=max(self.epochs, self.max_epochs), lr=self.lr, batch_size=self.batch_size,
-                seed=int(self.seed) * 100_003 + j + 1, extra_loss=loss, stop=embedded, progress=progress,
+                seed=torch_seed(self.seed, j + 1), extra_loss=loss, stop=embedded, progress=progress,
                 description=f"deepmarks user {j + 1}/{self.users}")
+            if reading.get("accused") != [j]:
+                raise ModelError(
+                    f"user {j}'s copy was not fingerprinted within max_epochs={self.max_epochs}: it is traced "
+                    f"with p = {reading.get('p_value', 1.0):.2g} (accused {reading.get('accused')}, alpha "
+                    f"{DEFAULT_ALPHA:g}; code read back at correlation {reading.get('code_fit', 0.0):.3f}); "
+                    "raise gamma or max_epochs, or give more training data")
             copies.append(copy_j)
         params = {"users": int(self.users), "q": design.q, "v": v, "k": k, "rows": m, "layer": layer,
                   "weight_shape": list(weight.shape), "gamma": float(self.gamma), "epochs": int(self.epochs),
@@ -178,7 +311,8 @@ class DeepMarks:
                   "lr": float(self.lr), "seed": int(self.seed),
                   "architecture": architecture_digest(model)}
         key = Key("deepmarks", params=params, signature=signature,
-                  tensors={"X": x_proj, "U": u, "codebook": torch.from_numpy(codebook)})
+                  tensors={"X": x_proj, "U": u, "codebook": torch.from_numpy(codebook),
+                           "probes": probes, "probe_acts": probe_acts})
         return copies, key
 
     def _embedding_loss(self, layer: str, x_proj: torch.Tensor, target: torch.Tensor
@@ -197,8 +331,9 @@ class DeepMarks:
 
         return loss
 
-    def channel_means(self, suspect: Suspect | nn.Module, key: Key) -> torch.Tensor:
-        """w-bar: the suspect's fingerprinted layer averaged over output channels (white-box)."""
+    def aligned_channel_means(self, suspect: Suspect | nn.Module, key: Key) -> tuple[torch.Tensor, dict[str, Any]]:
+        """w-bar of the suspect's fingerprinted layer (white-box), its input units put in the owner's order
+        (see `align_units`; keys without probes are read unaligned), and the alignment summary."""
         suspect = as_suspect(suspect)
         module = suspect.require_module("deepmarks")
         p = key.params
@@ -208,11 +343,25 @@ class DeepMarks:
             wbar = _channel_mean(weight.detach().cpu()).double()
         if not torch.isfinite(wbar).all():
             raise ModelError(f"layer '{p['layer']}' of the suspect holds NaN or infinite weights")
-        return wbar
+        info: dict[str, Any] = {"aligned": False}
+        if "probes" in key.tensors and "probe_acts" in key.tensors:
+            owner_acts = key.tensors["probe_acts"].double()
+            acts = _unit_activations(module, p["layer"], key.tensors["probes"].float())
+            if acts.shape[1] != owner_acts.shape[1] or wbar.numel() % acts.shape[1]:
+                raise KeyMismatchError(f"layer '{p['layer']}' of the suspect takes {acts.shape[1]} input units, "
+                                       f"the key's owner {owner_acts.shape[1]}; use the key made for this model")
+            perm, info = align_units(owner_acts, acts)
+            wbar = wbar.reshape(acts.shape[1], -1)[torch.from_numpy(perm)].reshape(-1)
+            info["aligned"] = True
+        return wbar, info
+
+    def channel_means(self, suspect: Suspect | nn.Module, key: Key) -> torch.Tensor:
+        """w-bar of the suspect's fingerprinted layer, averaged over output channels and aligned (white-box)."""
+        return self.aligned_channel_means(suspect, key)[0]
 
     def decode(self, suspect: Suspect | nn.Module, key: Key) -> np.ndarray:
         """b~ = U^T X w-bar of the suspect's fingerprinted layer (white-box): the code read from its weights."""
-        return _project(key, self.channel_means(suspect, key))
+        return key.tensors["U"].double().numpy().T @ _project(key, self.channel_means(suspect, key))
 
     def trace(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA) -> Verdict:
         """Accuse the users whose copies the suspect was made from (one copy, or an average of several).
@@ -220,16 +369,18 @@ class DeepMarks:
         The Verdict's `accused` lists them (0-based, the copy's index in `distribute`'s list); `owned` is
         true iff anyone is accused; `score` is -log10 p and `threshold` -log10 alpha, so one scale serves
         every user. `details` holds the per-user p-values, the single-copy correlations (`scores`), the
-        best single user, the coalition fit and the decoded code.
+        best single user and its p-value, the decoded coalition (`candidates`, also when not accused), the
+        coalition fit, the decoded code and the neuron alignment.
         """
         if key.method != "deepmarks":
             raise KeyMismatchError(f"trace takes a deepmarks key, got a '{key.method}' key")
         alpha = validate.alpha(alpha)
-        wbar = self.channel_means(suspect, key)
+        wbar, info = self.aligned_channel_means(suspect, key)
         res = decide(_project(key, wbar), key, alpha)
         return Verdict("deepmarks", owned=bool(res["accused"]), score=_log_p(res["p_value"]),
                        threshold=_log_p(alpha), p_value=res["p_value"], alpha=alpha, queries=0,
-                       accused=list(res["accused"]), details={k: v for k, v in res.items() if k != "accused"},
+                       accused=list(res["accused"]),
+                       details={**{k: v for k, v in res.items() if k != "accused"}, "alignment": info},
                        transcript={"verifier": {"alpha": alpha}, "answers": wbar.float()})
 
 
@@ -237,24 +388,41 @@ def _log_p(p: float) -> float:
     return -math.log10(max(float(p), 1e-300))
 
 
+def _p_value(r: float, m: int, users: int, k: int) -> float:
+    """The coalition p-value at fit r in M = m dimensions: t tail times the coalitions of <= k - 1 users."""
+    log_p = stats.correlation_log_tail(r, m) + stats.log_count_subsets(users, k - 1)
+    return float(min(1.0, math.exp(min(0.0, log_p))))
+
+
 def _project(key: Key, wbar: torch.Tensor) -> np.ndarray:
-    x_proj, u = key.tensors["X"].double(), key.tensors["U"].double()
+    """y = X w-bar (M numbers)."""
+    x_proj = key.tensors["X"].double()
     if x_proj.shape[1] != wbar.numel():
         raise KeyMismatchError(f"the key projects {x_proj.shape[1]} weights per channel but the layer has "
                                f"{wbar.numel()}; use the key made for this model")
-    return (u.T @ (x_proj @ wbar.double())).numpy()
+    return (x_proj @ wbar.double()).numpy()
 
 
-def decide(b: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
-    """AND-ACC decoding of the read code `b` and the coalition test (stats.correlation_log_tail with a
-    Bonferroni factor over every coalition of at most k - 1 users)."""
-    p = key.params
+def decide(y: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
+    """AND-ACC decoding of the projection `y = X w-bar` and the coalition test."""
     codebook = key.tensors["codebook"].numpy().astype(np.int64)
-    users, v, k = codebook.shape[0], int(p["v"]), int(p["k"])
+    return decide_projection(y, key.tensors["U"].double().numpy(), codebook, key.params, alpha)
+
+
+def decide_projection(y: np.ndarray, u: np.ndarray, codebook: np.ndarray, params: dict[str, Any],
+                      alpha: float) -> dict[str, Any]:
+    """Read the code b~ = U^T y, decode a coalition at every threshold (AND-ACC) and keep the one whose mean
+    code through U correlates best with y; its p-value is stats.correlation_log_tail in M = len(y)
+    dimensions with a Bonferroni factor over every coalition of at most k - 1 users."""
+    codebook = np.asarray(codebook).astype(np.int64)
+    users, v, k = codebook.shape[0], int(params["v"]), int(params["k"])
+    m = int(y.shape[0])
     codes = 2.0 * codebook - 1.0
-    scores = [stats.pearson(b, codes[j]) for j in range(users)]
+    targets = codes @ u.T  # users x M: U b_j
+    b = u.T @ y
+    scores = [stats.pearson(y, targets[j]) for j in range(users)]
     best = int(np.argmax(scores))
-    single_p = min(1.0, users * math.exp(stats.correlation_log_tail(scores[best], v)))
+    single_p = min(1.0, users * math.exp(stats.correlation_log_tail(scores[best], m)))
 
     # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
     order = np.sort(b)
@@ -265,20 +433,17 @@ def decide(b: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
         acc = and_acc_accuse(dec, codebook)
         if not 1 <= len(acc) <= k - 1:
             continue
-        r = stats.pearson(b, codes[acc].mean(0))
+        r = stats.pearson(y, targets[acc].mean(0))
         if r > best_fit + 1e-12 or (abs(r - best_fit) <= 1e-12 and len(acc) < len(cands)):
             best_fit, cands, cut, bits = r, acc, float(t), dec
-    if cands:
-        log_p = stats.correlation_log_tail(best_fit, v) + stats.log_count_subsets(users, k - 1)
-        p_value = float(min(1.0, math.exp(min(0.0, log_p))))
-    else:
-        p_value = 1.0
+    p_value = _p_value(best_fit, m, users, k) if cands else 1.0
     accused = [int(j) for j in cands] if p_value <= alpha else []
     return {"accused": accused, "p_value": p_value, "p_values": {str(j): p_value for j in accused},
             "scores": scores, "best_user": best, "single_p_value": single_p,
             "fit": float(best_fit) if cands else 0.0, "candidates": [int(j) for j in cands],
             "bits": [int(x) for x in bits], "extracted": [float(x) for x in b], "cut": cut, "users": users,
-            "max_colluders": k - 1, "layer": p["layer"], "norm": float(np.linalg.norm(b) / math.sqrt(v))}
+            "rows": m, "max_colluders": k - 1, "layer": params["layer"],
+            "norm": float(np.linalg.norm(b) / math.sqrt(v))}
 
 
 def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
