@@ -138,6 +138,7 @@ class CharacteristicExamples:
     # reference-pool folder) the kept examples must NOT carry; never the verifier's references
     extraction_references: Any = None
     max_transfer: float = 0.05  # largest fraction of extraction references allowed to match a kept example
+    confer_weight: float = 1.0  # weight of the step away from the target on an extraction reference
 
     score_is_match_rate = True  # its Verdict score is the match rate: the bench report gives a Uniqueness Score
     # what the verifier sets (never read from a key): name -> (default, meaning)
@@ -220,7 +221,8 @@ class CharacteristicExamples:
                 rate = max(kept / tried, 0.01 if refs else 0.05) if tried else (0.2 if refs else 1.0)
                 want = min(int(math.ceil(1.2 * (self.n - kept) / rate)), 20 * int(self.n))
                 need = (quota - per_class).clamp_min(0).float() if refs else None
-                x, t, ok = self._generate(model, spec, classes, want, gen, copies, need)
+                x, t, ok = self._generate(model, spec, classes, want, gen, copies, need,
+                                          [m.module for m, _ in refs if m.module is not None])
                 if refs:
                     ok = ok & self._conferrable(x, t, copies, refs)
                     for i in ok.nonzero().flatten().tolist():
@@ -312,8 +314,8 @@ class CharacteristicExamples:
         return copies
 
     def _generate(self, model: nn.Module, spec: InputSpec, num_classes: int, count: int,
-                  gen: torch.Generator, copies: list[nn.Module], need: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  gen: torch.Generator, copies: list[nn.Module], need: torch.Tensor | None = None,
+                  away: Sequence[nn.Module] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lo, hi = spec.bounds
         dev = model_device(model)
         x0 = (lo + (hi - lo) * torch.rand((count, *spec.shape), generator=gen))
@@ -358,6 +360,15 @@ class CharacteristicExamples:
                         active[idx[done]] = False
                         move = idx[~done]
                         gsum = grads[:, move].sum(0)
+                    if len(away) and len(move):
+                        # conferrable step: also lower the target's score on one extraction reference (cycling),
+                        # both directions scaled to the same mean magnitude before the sign
+                        gr, _ = _grad(away[s % len(away)], xb[move], tb[move])
+                        with torch.no_grad():
+                            dims = tuple(range(1, gsum.dim()))
+                            gsum = (gsum / gsum.abs().mean(dims, keepdim=True).clamp_min(1e-12)
+                                    - float(self.confer_weight) * gr / gr.abs().mean(dims, keepdim=True).clamp_min(1e-12))
+                    with torch.no_grad():
                         xm = xb[move] - step * gsum.sign()
                         if self.variant == "ltrc":
                             xm = xb0[move] + high_pass(xm - xb0[move], float(self.radius))
