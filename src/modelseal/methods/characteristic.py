@@ -366,8 +366,9 @@ class CharacteristicExamples:
                         gr, _ = _grad(away[s % len(away)], xb[move], tb[move])
                         with torch.no_grad():
                             dims = tuple(range(1, gsum.dim()))
+                            scale = gr.abs().mean(dims, keepdim=True).clamp_min(1e-12)
                             gsum = (gsum / gsum.abs().mean(dims, keepdim=True).clamp_min(1e-12)
-                                    - float(self.confer_weight) * gr / gr.abs().mean(dims, keepdim=True).clamp_min(1e-12))
+                                    - float(self.confer_weight) * gr / scale)
                     with torch.no_grad():
                         xm = xb[move] - step * gsum.sign()
                         if self.variant == "ltrc":
