@@ -16,7 +16,7 @@ Where modelseal deviates from (or fixes what the paper leaves open), and why:
   example and step, and every example's steps run in one batch; each step refreshes one copy's input
   gradient (cycling) and follows the sign of the sum of every copy's latest gradient, so a step costs one
   forward/backward instead of M (before this change the copies were re-drawn M times per step: RC and LTRC
-  extraction took 16x and 42x one training epoch of 2,048 images on the mnist5k CNN, now about 4x and 12x).
+  extraction took 16x and 42x one training epoch of 2,048 images on the mnist5k CNN, now 3.4-4.2x and 10-12x).
 - LTRC builds on RC (Gradient Mean plus the filter). The filter zeros every 2-D frequency whose distance from
   DC is below `radius` (in units of the Nyquist frequency, so 0 < radius < 1.42) per channel, then the
   example is clipped back into the bounds (clipping can bring a little low-frequency energy back).
@@ -165,7 +165,8 @@ class CharacteristicExamples:
     # what the verifier sets (never read from a key): name -> (default, meaning)
     verify_params = {
         "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "references": (None, "independent models that estimate the null (none: not judged)"),
+        "references": (None, "independent models, or a reference-pool folder, that estimate the null "
+                               "(none: not judged)"),
         "max_queries": (None, "most examples to ask (default: all of them)"),
     }
 
@@ -187,6 +188,8 @@ class CharacteristicExamples:
             raise ModelSealError("max_rounds and batch_size must be >= 1")
         if not 0 <= float(self.max_transfer) < 1:
             raise ModelSealError(f"max_transfer must lie in [0, 1), got {self.max_transfer}")
+        if not float(self.confer_weight) >= 0:
+            raise ModelSealError(f"confer_weight must be >= 0, got {self.confer_weight}")
 
     @staticmethod
     def _signature(model: nn.Module, spec: InputSpec) -> dict[str, Any]:
