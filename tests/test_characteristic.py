@@ -95,12 +95,11 @@ def test_ltrc_transfers_less_than_rc(keys, independent_models):
     assert lt < rc - 0.05, (lt, rc)
 
 
-@pytest.mark.xfail(strict=False, reason="not shown on mnist5k: LTRC transfers about as much as C (measured "
-                   "mean over 5 independent models, n=100: 0.58 vs 0.53 with the defaults; 0.51 vs 0.53 at "
-                   "margin 1; 0.42 vs 0.53 at radius 0.2 but then LTRC is less robust than C)")
-def test_ltrc_transfers_less_than_c(keys, independent_models):
-    lt, c = _transfer(independent_models, keys["ltrc"]), _transfer(independent_models, keys["c"])
-    assert lt < c, (lt, c)
+# "LTRC transfers less than C" (the paper's claim for the variants as it defines them) is not shown on mnist5k
+# and is no longer tested as an expected failure: measured mean transfer over the 5 independent models, n=100,
+# LTRC 0.58 vs C 0.53 with the defaults (0.51 vs 0.53 at margin 1; 0.42 vs 0.53 at radius 0.2, but then LTRC
+# is less robust than C). Low transfer is reached by the conferrable selection instead: see
+# test_selection_cuts_transfer_on_digits and benchmarks/c_examples.py.
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +135,10 @@ def test_uniqueness_score_of_calibrated_key(calibrated, positives, independent_m
     assert u["robustness"] > u["transferability"] + 0.1, u
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="not reached on mnist5k: independent CNNs match 0.6-0.99 of the "
-                   "examples (every variant), the references disagree (CNN ~0.7, MLP ~0.2), so the honest "
-                   "beta-binomial null cannot reach p <= 1e-6 for the FTAL copy (match ~0.7-0.9)")
-def test_positives_owned(calibrated, positives, references):
-    pos = {name: ms.verify(m, calibrated, references=references) for name, m in positives.items()}
-    assert all(v.owned for v in pos.values()), {k: (v.score, v.p_value) for k, v in pos.items()}
+# "positives owned" at alpha 1e-6 with 4 references cannot hold by construction (4 references cannot support
+# p < 1/5) and is replaced by test_pool_selection_owns_positives_at_alpha_001 on digits (R = 99, alpha 0.01).
+# Measured before the selection on mnist5k: independent CNNs match 0.6-0.99 of the examples, the references
+# disagree (CNN ~0.7, MLP ~0.2), so the beta-binomial null could not reach p <= 1e-6 for the FTAL copy.
 
 
 def test_beta_binomial_null_is_conservative():
@@ -160,6 +156,8 @@ def test_beta_binomial_null_is_conservative():
     assert 0.01 <= zero["null_p0"] < 0.05 and null_tail(0, 100, zero) == 1.0
     # R references cannot support a p-value below 1/(R + 1)
     assert null_tail(100, 100, tight) == pytest.approx(1 / 3)
+    # and never below the rank p-value: a suspect matching no more than a reference is at best 2/(R + 1)
+    assert null_tail(31, 100, tight) >= 2 / 3 - 1e-12 and null_tail(30, 100, tight) == 1.0
 
 
 def test_extraction_never_touches_data(owner, mnist, monkeypatch):
@@ -198,3 +196,81 @@ def test_bad_inputs(owner, mnist, keys):
         ms.verify(wide, keys["c"])
     with pytest.raises(ModelSealError):
         CharacteristicExamples().verify(owner, keys["c"], alpha=2.0)
+
+
+# ---------------------------------------------------------------------- conferrable selection (digits)
+# Pools are made once per session: extraction references (seeds 1000+), the verifier's references (5000+) and
+# held-out independents (9000+), all small MLPs trained 3 epochs on the attacker split the owner never saw.
+@pytest.fixture(scope="session")
+def digits_pools(tmp_path_factory):
+    from modelseal import references as R
+
+    root = tmp_path_factory.mktemp("cex-pools")
+    d = ms.data.load("digits", seed=0)
+    make = {name: R.make_pool(d, r, root / name, archs="mlp", epochs=3, seed=seed, progress=False)
+            for name, r, seed in [("extraction", 20, 1000), ("verifier", 99, 5000), ("held", 50, 9000)]}
+    return {name: (root / name, R.load_pool(root / name)) for name in make}
+
+
+@pytest.fixture(scope="session")
+def digits_owner():
+    d = ms.data.load("digits", seed=0)
+    owner = ms.models.build("mlp", d.meta, seed=0)
+    ms.train.fit(owner, d.owner, epochs=30, seed=0, progress=False)
+    return d, owner
+
+
+@pytest.fixture(scope="session")
+def selected_key(digits_owner, digits_pools):
+    d, owner = digits_owner
+    return CE(variant="ltrc", n=60, extraction_references=digits_pools["extraction"][0]).extract(owner, d.meta)
+
+
+@pytest.mark.slow
+def test_selection_cuts_transfer_on_digits(selected_key, digits_owner, digits_pools):
+    d, owner = digits_owner
+    plain = CE(variant="ltrc", n=60).extract(owner, d.meta)
+    held = digits_pools["held"][1]
+    t_sel, t_plain = _transfer(held, selected_key), _transfer(held, plain)
+    p = selected_key.params
+    assert p["extraction_references"] == 20 and len(p["extraction_reference_digests"]) == 20
+    assert p["n"] >= 30 and match_rate(owner, selected_key) == 1.0
+    # targets stay spread over the classes (at most ceil(n / C) per class)
+    assert int(torch.bincount(selected_key.tensors["targets"]).max()) <= 6
+    # measured (seed 0): held-out transfer 0.36 without selection, about 0.03 with it
+    assert t_sel < t_plain / 3, (t_sel, t_plain)
+
+
+@pytest.mark.slow
+def test_pool_selection_owns_positives_at_alpha_001(selected_key, digits_owner, digits_pools):
+    d, owner = digits_owner
+    refs = digits_pools["verifier"][1]
+    positives = {"owner": owner,
+                 "ftal": ms.attacks.get("finetune")(mode="ftal", epochs=3).apply(owner, d.attacker),
+                 "prune50": ms.attacks.get("prune")(amount=0.5).apply(owner)}
+    for name, m in positives.items():
+        v = ms.verify(m, selected_key, references=digits_pools["verifier"][0], alpha=0.01)
+        assert v.owned and v.details["references"] == 99, (name, v.score, v.p_value)
+        assert v.details["reference_transfer"] < 0.1
+    accused = [i for i, m in enumerate(digits_pools["held"][1])
+               if ms.verify(m, selected_key, references=refs, alpha=0.01).owned]
+    assert accused == []
+
+
+def test_extraction_references_are_refused_as_verifier_references(digits_owner, tmp_path_factory):
+    from modelseal import references as R
+
+    d, owner = digits_owner
+    folder = tmp_path_factory.mktemp("tiny-pool")
+    R.make_pool(d, 3, folder, archs="mlp", epochs=1, seed=77, progress=False)
+    key = CE(variant="c", n=5, max_rounds=2, max_transfer=0.5, extraction_references=str(folder)).extract(
+        owner, d.meta)
+    assert key.params["extraction_reference_digests"] == [R.model_digest(m) for m in R.load_pool(folder)]
+    public = ms.methods.commit(key)
+    assert public["params"]["extraction_reference_digests"] == key.params["extraction_reference_digests"]
+    with pytest.raises(ModelSealError, match="extraction references"):
+        ms.verify(owner, key, references=folder, alpha=0.3)
+    with pytest.raises(ModelSealError, match="owner model itself"):
+        CE(variant="c", n=5, extraction_references=[owner]).extract(owner, d.meta)
+    with pytest.raises(ModelSealError, match="max_transfer"):
+        CE(variant="c", n=5, max_transfer=1.5).extract(owner, d.meta)

@@ -842,6 +842,9 @@ def verify(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     reference: Annotated[Optional[list[Path]], typer.Option(
         "--reference", help="independent reference model that estimates the null (c-examples; repeat)")] = None,
+    references: Annotated[Optional[Path], typer.Option(
+        "--references", help="reference pool folder (`modelseal references make`), added to any --reference")]
+        = None,
     evidence: Annotated[Optional[list[Path]], typer.Option(
         help="evidence file to write (one per key): the transcript `modelseal check` re-checks")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
@@ -879,6 +882,10 @@ def verify(
             judges[0] = Key.load(keys[0])  # loaded once: its signature shapes the suspect, then it judges
             sig = judges[0].signature
         kw = _verifier_kw(alpha, max_queries, set_, reference, device, arch, sig)
+        if references is not None:
+            from .references import load_pool
+
+            kw["references"] = list(kw.get("references", [])) + load_pool(references, device=_device(device))
         if arch is not None:
             s = _arch_suspect(suspect, device, arch, sig)
         else:
@@ -1272,6 +1279,44 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - typer without click
         pass
     return tuple(kinds)
+
+
+# -------------------------------------------------------------------------------------- references
+references_app = typer.Typer(**_TYPER, help="Reference pools: independent models that estimate a null.",
+                             epilog=_examples("modelseal references make --data digits --n 99 --out refs"))
+app.add_typer(references_app, name="references")
+
+
+@references_app.command("make", epilog=_examples(
+    "modelseal references make --data digits --n 99 --out verifier-refs --seed 5000",
+    "modelseal references make --data digits --n 99 --arch mlp --epochs 3 --out extraction-refs --seed 1000",
+    "modelseal verify ce.seal suspect.safetensors --references verifier-refs --alpha 0.01"))
+def references_make(
+    out_dir: Annotated[Path, typer.Option("--out", help="pool folder (models + pool.json); reused and grown")],
+    data: DataOpt = "digits",
+    n: Annotated[int, typer.Option("--n", help="number of reference models")] = 99,
+    arch: Annotated[str, typer.Option(
+        "--arch", help="comma-separated families (mlp, cnn) or zoo architectures, cycled")] = "mlp,cnn",
+    epochs: Annotated[int, typer.Option(help="training epochs per model")] = 3,
+    split: Annotated[str, typer.Option(help="split to train on: the attacker split the owner did not use")]
+        = "attacker",
+    seed: Annotated[int, typer.Option("--seed", help="seed of model 0 (model i gets seed + i); use different "
+                                      "seeds for extraction and verifier pools")] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train (or reuse) R independent reference models, cached in a folder. Models already there are kept."""
+    from .references import make_pool
+
+    try:
+        doc = make_pool(data, n, out_dir, archs=arch, epochs=epochs, seed=seed, split=split,
+                        progress=_progress(as_json))
+    except ModelSealError as e:
+        _fail(e)
+    accs = [m["test_accuracy"] for m in doc["models"]]
+    payload = {"folder": str(out_dir), "models": len(doc["models"]), "settings": doc["settings"],
+               "test_accuracy_min": min(accs), "test_accuracy_mean": sum(accs) / len(accs)}
+    _emit(as_json, payload, lambda: out.print(
+        f"{len(accs)} reference models in {out_dir} (test accuracy {min(accs):.3f} to {max(accs):.3f})"))
 
 
 def _aborts() -> tuple[type[BaseException], ...]:

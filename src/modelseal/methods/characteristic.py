@@ -10,9 +10,13 @@ Verification asks the suspect for labels only and counts how many examples it pu
 
 Where modelseal deviates from (or fixes what the paper leaves open), and why:
 
-- RC noise: each copy's parameters get N(0, (delta * std(layer))^2) noise, drawn fresh at every step.
-  Noise relative to each layer's spread (not to |w|) also moves the small weights that magnitude pruning
-  removes, which is what the copies are meant to imitate; fresh draws average over more models per step.
+- RC noise: each copy's parameters get N(0, (delta * std(layer))^2) noise. Noise relative to each layer's
+  spread (not to |w|) also moves the small weights that magnitude pruning removes, which is what the copies
+  are meant to imitate. The M copies are drawn once per extraction (from the seed) and shared by every
+  example and step, and every example's steps run in one batch; each step refreshes one copy's input
+  gradient (cycling) and follows the sign of the sum of every copy's latest gradient, so a step costs one
+  forward/backward instead of M (before this change the copies were re-drawn M times per step: RC and LTRC
+  extraction took 16x and 42x one training epoch of 2,048 images on the mnist5k CNN, now 3.4-4.2x and 10-12x).
 - LTRC builds on RC (Gradient Mean plus the filter). The filter zeros every 2-D frequency whose distance from
   DC is below `radius` (in units of the Nyquist frequency, so 0 < radius < 1.42) per channel, then the
   example is clipped back into the bounds (clipping can bring a little low-frequency energy back).
@@ -42,12 +46,30 @@ Where modelseal deviates from (or fixes what the paper leaves open), and why:
   LTRC transfers less than RC, about as much as C. The Verdict's `threshold` is the score rule equivalent
   to the test: the smallest match rate whose p-value is at most alpha.
 - `max_queries` in verify uses the first `max_queries` examples instead of refusing (a valid, weaker test).
+- The p-value is never below the rank p-value (1 + #{references matching at least as many}) / (R + 1),
+  valid by exchangeability of the suspect with R independent references alone, whatever the parametric fit.
+
+Extension (not in the paper): **conferrable selection**, in the spirit of conferrable adversarial examples
+(Lukas et al., ICLR 2021). With `extraction_references` (independent models or a reference-pool folder,
+see `modelseal.references`), every step also moves the example away from its target on one extraction
+reference (cycling; both directions scaled to the same mean magnitude, weight `confer_weight`), and an
+example is kept only when the owner and all M noisy copies put it in its target class while at most
+`max_transfer` of the extraction references do; at most ceil(n / C) examples per target class are kept
+(the selection otherwise favours the few classes the references rarely give noise: measured on digits, 58
+of 61 kept examples targeted one class and a held-out model biased to it matched 64 %). The key keeps fewer
+than `n` examples when too few pass. The key records the extraction references' weight digests (public in
+the commitment) and verification refuses a verifier reference among them: the verifier's null must come
+from models the key never saw. Measured on digits (MLP owner, 20 extraction references, R = 99 verifier
+references, 50 held-out independents, alpha 0.01; benchmarks/c_examples.py): transfer to held-out
+independents 0.36 -> about 0.03, the owner, its FTAL copy and its 50 %-pruned copy owned, no held-out
+model accused.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,9 +113,13 @@ def high_pass(d: torch.Tensor, radius: float) -> torch.Tensor:
 
 def null_tail(matches: int, n: int, null: dict[str, Any]) -> float:
     """P[an independent model matches >= `matches` of `n` examples] under a reference null (from
-    `reference_null`): the beta-binomial tail, never below 1/(R + 1) for R references."""
+    `reference_null`): the beta-binomial tail, never below the rank p-value (1 + #{references matching at
+    least as many}) / (R + 1), which is valid by exchangeability alone and is at least 1/(R + 1)."""
     tail = stats.beta_binomial_tail(matches, n, float(null["null_a"]), float(null["null_b"]))
-    return max(tail, 1.0 / (int(null["references"]) + 1))
+    rates = null.get("reference_rates")
+    r = int(null["references"])
+    above = sum(1 for q in rates if q * n >= matches - 1e-9) if rates is not None else 0
+    return max(tail, (1.0 + above) / (r + 1))
 
 
 def _quiet(model: Any) -> Suspect:
@@ -129,13 +155,19 @@ class CharacteristicExamples:
     radius: float = 0.15  # high-pass radius in units of Nyquist (ltrc)
     seed: int = 0
     max_rounds: int = 5  # most rounds of new starts when fewer than n examples come out targeted
-    batch_size: int = 256
+    batch_size: int = 1024
+    # extension (conferrable selection, after Lukas et al., ICLR 2021): independent models (a list, or a
+    # reference-pool folder) the kept examples must NOT carry; never the verifier's references
+    extraction_references: Any = None
+    max_transfer: float = 0.05  # largest fraction of extraction references allowed to match a kept example
+    confer_weight: float = 1.0  # weight of the step away from the target on an extraction reference
 
     score_is_match_rate = True  # its Verdict score is the match rate: the bench report gives a Uniqueness Score
     # what the verifier sets (never read from a key): name -> (default, meaning)
     verify_params = {
         "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "references": (None, "independent models that estimate the null (none: not judged)"),
+        "references": (None, "independent models, or a reference-pool folder, that estimate the null "
+                               "(none: not judged)"),
         "max_queries": (None, "most examples to ask (default: all of them)"),
     }
 
@@ -155,6 +187,10 @@ class CharacteristicExamples:
             raise ModelSealError(f"radius must lie in (0, 1.41) (units of Nyquist), got {self.radius}")
         if int(self.max_rounds) < 1 or int(self.batch_size) < 1:
             raise ModelSealError("max_rounds and batch_size must be >= 1")
+        if not 0 <= float(self.max_transfer) < 1:
+            raise ModelSealError(f"max_transfer must lie in [0, 1), got {self.max_transfer}")
+        if not float(self.confer_weight) >= 0:
+            raise ModelSealError(f"confer_weight must be >= 0, got {self.confer_weight}")
 
     @staticmethod
     def _signature(model: nn.Module, spec: InputSpec) -> dict[str, Any]:
@@ -192,16 +228,34 @@ class CharacteristicExamples:
                              "two spatial dimensions, use variant 'rc'")
         signature = self._signature(model, spec)
 
+        refs = self._extraction_references(model, signature)
         gen = torch.Generator().manual_seed(int(self.seed))
+        copies = self._noisy_copies(model) if self.variant in ("rc", "ltrc") or refs else []
         xs: list[torch.Tensor] = []
         ts: list[torch.Tensor] = []
         kept, tried, rounds = 0, 0, 0
+        classes = signature["output_size"]
+        # With selection, at most ceil(n / C) examples per target class: the selection would otherwise favour
+        # the few classes the references rarely give noise, and an independent model biased towards one of
+        # them would match most of the key (measured on digits: 58 of 61 examples targeted one class).
+        quota = int(math.ceil(self.n / classes)) if refs else int(self.n)
+        per_class = torch.zeros(classes, dtype=torch.int64)
         with track(progress, int(self.n), f"c-examples {self.variant}") as bar:
             while kept < self.n and rounds < self.max_rounds:
                 # ask for enough starts to fill the key at the acceptance rate seen so far
-                rate = max(kept / tried, 0.05) if tried else 1.0
+                rate = max(kept / tried, 0.01 if refs else 0.05) if tried else (0.2 if refs else 1.0)
                 want = min(int(math.ceil(1.2 * (self.n - kept) / rate)), 20 * int(self.n))
-                x, t, ok = self._generate(model, spec, signature["output_size"], want, gen)
+                need = (quota - per_class).clamp_min(0).float() if refs else None
+                x, t, ok = self._generate(model, spec, classes, want, gen, copies, need,
+                                          [m.module for m, _ in refs if m.module is not None])
+                if refs:
+                    ok = ok & self._conferrable(x, t, copies, refs)
+                    for i in ok.nonzero().flatten().tolist():
+                        c = int(t[i])
+                        if per_class[c] >= quota or kept + int(ok[:i].sum()) >= self.n:
+                            ok[i] = False
+                        else:
+                            per_class[c] += 1
                 tried += want
                 rounds += 1
                 xs.append(x[ok])
@@ -220,62 +274,128 @@ class CharacteristicExamples:
             "margin": float(self.margin), "eps": float(self.eps),
             "M": int(self.M), "delta": float(self.delta), "radius": float(self.radius),
             "seed": int(self.seed),
-            "bounds": list(spec.bounds), "noise": "N(0, (delta*std(layer))^2), fresh per step",
+            "bounds": list(spec.bounds),
+            "noise": "N(0, (delta*std(layer))^2), M copies drawn once per extraction",
         }
+        if refs:
+            params.update({"selection": "conferrable: owner and its M noisy copies match, at most max_transfer "
+                                        "of the extraction references match",
+                           "max_transfer": float(self.max_transfer), "extraction_references": len(refs),
+                           "extraction_reference_digests": [d for _, d in refs]})
         return Key(method="c-examples", params=params,
                    tensors={"examples": x.float(), "targets": t.to(torch.int64)}, signature=signature)
 
+    def _extraction_references(self, model: nn.Module, signature: dict[str, Any]
+                               ) -> list[tuple[Suspect, str]]:
+        """The extraction references as (Suspect, digest) pairs; each must be white-box (its digest goes into
+        the key so the verifier can prove its own references are different models) and not the owner."""
+        from ..references import as_references, model_digest
+
+        refs = as_references(self.extraction_references, device=model_device(model))
+        if len(refs) > MAX_REFERENCES:
+            raise ModelSealError(f"at most {MAX_REFERENCES} extraction references, got {len(refs)}")
+        owner = model_digest(model)
+        out = []
+        for i, r in enumerate(refs):
+            rs = _quiet(r)
+            digest = model_digest(rs)
+            if digest is None:
+                raise ModelSealError(f"extraction reference {i + 1} is black-box; extraction references must be "
+                                     "models with weights (their digests go into the key)")
+            if digest == owner:
+                raise ModelSealError(f"extraction reference {i + 1} is the owner model itself; references must "
+                                     "be independent models")
+            _check_suspect_signature(rs, signature, "extraction reference")
+            out.append((rs, digest))
+        return out
+
+    def _conferrable(self, x: torch.Tensor, t: torch.Tensor, copies: list[nn.Module],
+                     refs: list[tuple[Suspect, str]]) -> torch.Tensor:
+        """Which examples every noisy copy of the owner puts in the target class while at most
+        `max_transfer` of the extraction references do."""
+        keep = torch.ones(len(x), dtype=torch.bool)
+        for c in copies:
+            keep &= _labels(c, x).cpu() == t
+        hits = torch.zeros(len(x))
+        for rs, _ in refs:
+            hits += (rs.labels(x).reshape(-1).long() == t).float()
+        return keep & (hits <= float(self.max_transfer) * len(refs) + 1e-9)
+
+    def _noisy_copies(self, model: nn.Module) -> list[nn.Module]:
+        """The M noisy copies of the owner (rc, ltrc): drawn once per extraction from the key's seed and reused
+        by every example and every step (drawing them afresh per step cost more than the gradients did)."""
+        gen = torch.Generator(device="cpu").manual_seed((int(self.seed) * 7919 + 17) % (1 << 63))
+        copies = []
+        for _ in range(int(self.M)):
+            work = copy.deepcopy(model).eval()
+            with torch.no_grad():
+                for p in work.parameters():
+                    std = float(p.detach().float().std()) if p.numel() > 1 else float(p.detach().abs().mean())
+                    z = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
+                    p.add_(self.delta * std * z)
+            for p in work.parameters():
+                p.requires_grad_(False)
+            copies.append(work)
+        return copies
+
     def _generate(self, model: nn.Module, spec: InputSpec, num_classes: int, count: int,
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  gen: torch.Generator, copies: list[nn.Module], need: torch.Tensor | None = None,
+                  away: Sequence[nn.Module] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lo, hi = spec.bounds
         dev = model_device(model)
         x0 = (lo + (hi - lo) * torch.rand((count, *spec.shape), generator=gen))
-        start = _labels(model, x0)
-        # uniform among the labels other than the start's
-        t = (start + torch.randint(1, num_classes, (count,), generator=gen)) % num_classes
+        start = _labels(model, x0).cpu()
+        if need is None:  # uniform among the labels other than the start's
+            t = (start + torch.randint(1, num_classes, (count,), generator=gen)) % num_classes
+        else:  # in proportion to what each target class still needs, never the start's label
+            w = need.expand(count, num_classes).clone()
+            w[torch.arange(count), start] = 0
+            w[w.sum(1) == 0] = 1.0
+            w[torch.arange(count), start] = 0
+            t = torch.multinomial(w, 1, generator=gen).flatten()
         robust = self.variant in ("rc", "ltrc")
-        # one working copy whose parameters are re-drawn for every one of the M samples
-        work = copy.deepcopy(model).eval() if robust else model
-        # modulo 2^63: a CLI key's fresh seed has 62 bits, and 7919 times it overflows a generator's seed
-        noise_gen = torch.Generator(device="cpu").manual_seed((int(self.seed) * 7919 + count) % (1 << 63))
-        stds = {k: (float(p.detach().float().std()) if p.numel() > 1 else float(p.detach().abs().mean()))
-                for k, p in model.named_parameters()}
-        base = {k: p.detach().clone() for k, p in model.named_parameters()}
         step = float(self.step_size) * (hi - lo)
         eps = float(self.eps) * (hi - lo)
         x = x0.clone()
         was = model.training
         model.eval()
+        nets = copies if robust else [model]
+        m_count = len(nets)
         try:
             for i in range(0, count, self.batch_size):
                 sl = slice(i, i + self.batch_size)
                 xb0, tb = x0[sl].to(dev), t[sl].to(dev)
                 xb = xb0.clone()
-                active = torch.ones(len(xb), dtype=torch.bool, device=dev)
-                for _ in range(int(self.steps)):
+                nb = len(xb)
+                # Gradient Mean: each step refreshes one copy's gradient (cycling), the step follows the sum of
+                # every copy's latest gradient; an example stops once its target leads by `margin` on every copy
+                grads = torch.zeros((m_count, *xb.shape), device=dev)
+                margins = torch.full((m_count, nb), float("-inf"), device=dev)
+                active = torch.ones(nb, dtype=torch.bool, device=dev)
+                for s in range(int(self.steps)):
                     idx = active.nonzero().flatten()
                     if len(idx) == 0:
                         break
-                    xa, ta = xb[idx], tb[idx]
-                    if robust:
-                        g = torch.zeros_like(xa)
-                        margin = torch.full((len(idx),), float("inf"), device=dev)
-                        for _m in range(int(self.M)):
-                            with torch.no_grad():
-                                for k, p in work.named_parameters():
-                                    z = torch.randn(p.shape, generator=noise_gen).to(dev, p.dtype)
-                                    p.copy_(base[k] + self.delta * stds[k] * z)
-                            gm, mm = _grad(work, xa, ta)
-                            g += gm
-                            margin = torch.minimum(margin, mm)
-                    else:
-                        g, margin = _grad(model, xa, ta)
+                    j = s % m_count
+                    g, mm = _grad(nets[j], xb[idx], tb[idx])
                     with torch.no_grad():
-                        # stop an example once its target leads by `margin` (on every noisy copy for rc/ltrc)
-                        done = margin >= self.margin
+                        grads[j, idx] = g
+                        margins[j, idx] = mm
+                        done = margins[:, idx].min(0).values >= self.margin
                         active[idx[done]] = False
                         move = idx[~done]
-                        xm = xb[move] - step * g[~done].sign()
+                        gsum = grads[:, move].sum(0)
+                    if len(away) and len(move):
+                        # conferrable step: also lower the target's score on one extraction reference (cycling),
+                        # both directions scaled to the same mean magnitude before the sign
+                        gr, _ = _grad(away[s % len(away)], xb[move], tb[move])
+                        with torch.no_grad():
+                            dims = tuple(range(1, gsum.dim()))
+                            scale = gr.abs().mean(dims, keepdim=True).clamp_min(1e-12)
+                            gsum = (gsum / gsum.abs().mean(dims, keepdim=True).clamp_min(1e-12)
+                                    - float(self.confer_weight) * gr / scale)
+                    with torch.no_grad():
+                        xm = xb[move] - step * gsum.sign()
                         if self.variant == "ltrc":
                             xm = xb0[move] + high_pass(xm - xb0[move], float(self.radius))
                         d = (xm - xb0[move]).clamp(-eps, eps)
@@ -293,10 +413,12 @@ class CharacteristicExamples:
         the verifier's `references` (independent models) give; without references: not judged."""
         x, t, _ = _unpack(key)
         alpha = validate.alpha(alpha)
-        if references is not None and not isinstance(references, (list, tuple)):
-            raise ModelSealError(f"references must be a list of reference models (or their files), got "
-                                 f"{type(references).__name__}")
-        refs = list(references or [])
+        from ..references import as_references, model_digest
+
+        if references is not None and not isinstance(references, (list, tuple, str, os.PathLike)):
+            raise ModelSealError(f"references must be a list of reference models (or their files) or a pool "
+                                 f"folder, got {type(references).__name__}")
+        refs = as_references(references)
         if len(refs) > MAX_REFERENCES:
             raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")
         s = as_suspect(suspect)
@@ -309,9 +431,15 @@ class CharacteristicExamples:
             k = min(k, remaining)
         if k < 1:
             raise SuspectError("no query budget left to ask the suspect about any characteristic example")
+        seen = set(key.params.get("extraction_reference_digests") or [])
         counts = []
-        for r in refs:
+        for i, r in enumerate(refs):
             rs = _quiet(r)
+            if seen and model_digest(rs) in seen:
+                raise ModelSealError(f"verifier reference {i + 1} is one of the key's extraction references (its "
+                                     "digest is in the key): the verifier's references must never have been "
+                                     "seen by the key; make them with another seed (`modelseal references make "
+                                     "--seed ...`)")
             _check_suspect_signature(rs, key.signature, "reference model")
             counts.append(int((rs.labels(x[:k]) == t[:k]).sum()))
         before = s.queries
@@ -332,6 +460,8 @@ class CharacteristicExamples:
                            transcript=transcript)
         res = judge_counts(matches, k, counts, alpha)
         details.update(res["null"])
+        # transferability as the paper defines it, estimated on the verifier's independent references
+        details["reference_transfer"] = sum(counts) / (k * len(counts))
         return Verdict(method="c-examples", owned=res["p_value"] <= alpha, score=rate,
                        threshold=res["threshold"], p_value=res["p_value"], alpha=alpha,
                        queries=s.queries - before, details=details, transcript=transcript)
