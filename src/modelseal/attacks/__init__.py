@@ -180,31 +180,43 @@ def require_finite(model: Any, what: str = "the model to attack") -> None:
     check_finite(model, what, AttackError)
 
 
+def _costed(fn: Any, many: bool) -> Any:
+    """`fn` (an `apply`, or with `many` an `apply_many`) that refuses non-finite models first and records the
+    attack's `cost` after it ran."""
+
+    @functools.wraps(fn)
+    def checked(self, model, *args: Any, **kw: Any):
+        from torch import nn as _nn
+
+        for i, m in enumerate(model if many else [model]):
+            if not (self.takes_suspect and not isinstance(m, _nn.Module)):
+                require_finite(m, "the model to attack" if i == 0 else f"copy {i + 1} to attack")
+        self._usage = {"examples": 0, "queries": 0}
+        t0 = time.perf_counter()
+        out = fn(self, model, *args, **kw)
+        data = args[0] if args else kw.get("data")
+        n, usage = _size(data), self._usage
+        self.cost = {**usage, "wall_s": time.perf_counter() - t0,
+                     "data_fraction": (min(usage["examples"], n) / n) if n else 0.0}
+        return out
+
+    checked._checks_finite = True  # type: ignore[attr-defined]
+    return checked
+
+
 def register(name: str):
-    """Register an attack class under `name`. Its `apply` is wrapped to refuse a model with NaN or
-    infinite weights first: attacking one would "succeed" and hand back more garbage."""
+    """Register an attack class under `name`. Its `apply` (and its own `apply_many`) is wrapped to refuse a
+    model with NaN or infinite weights first (attacking one would "succeed" and hand back more garbage) and
+    to record the attack's `cost` when it returns."""
 
     def deco(cls: type) -> type:
         cls.name = name
         apply = getattr(cls, "apply", None)
         if apply is not None and not getattr(apply, "_checks_finite", False):
-            @functools.wraps(apply)
-            def checked(self, model, *args: Any, **kw: Any):
-                from torch import nn as _nn
-
-                if not (self.takes_suspect and not isinstance(model, _nn.Module)):
-                    require_finite(model)
-                self._usage = {"examples": 0, "queries": 0}
-                t0 = time.perf_counter()
-                out = apply(self, model, *args, **kw)
-                data = args[0] if args else kw.get("data")
-                n, usage = _size(data), self._usage
-                self.cost = {**usage, "wall_s": time.perf_counter() - t0,
-                             "data_fraction": (min(usage["examples"], n) / n) if n else 0.0}
-                return out
-
-            checked._checks_finite = True  # type: ignore[attr-defined]
-            cls.apply = checked
+            cls.apply = _costed(apply, many=False)
+        many = cls.__dict__.get("apply_many")
+        if many is not None and not getattr(many, "_checks_finite", False):
+            cls.apply_many = _costed(many, many=True)
         _REGISTRY[name] = cls
         return cls
 

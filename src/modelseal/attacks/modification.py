@@ -324,7 +324,7 @@ class Refit(Attack):
             x, y = torch.cat([x, xu]), torch.cat([y.to(yu.dtype), yu])
         train = TensorData(x, y, meta_of(data))
         anchor = [p.detach().clone() for p in out.parameters() if p.requires_grad]
-        fisher = fisher_diagonal(out, x[: min(len(x), 1024)]) if self.ewc > 0 else None
+        fisher = fisher_diagonal(out, x[: min(len(x), 512)]) if self.ewc > 0 else None
         params = [p for p in out.parameters() if p.requires_grad]
         lam = float(self.ewc)
 
