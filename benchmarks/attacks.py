@@ -83,7 +83,7 @@ def main() -> None:
         key, copies = done.key, done.models
         protected_acc = ms.train.evaluate(copies[0], data.test)
 
-        def judge(suspect: Suspect, alpha: float) -> dict:
+        def judge(suspect: Suspect, alpha: float, mi=mi, key=key) -> dict:
             kw = {"alpha": alpha}
             if "references" in mi.cls.verify_params:
                 kw["references"] = refs

@@ -161,7 +161,7 @@ def test_structured_pruning_gives_a_smaller_model_accepted_as_a_black_box_suspec
         out = pruned(torch.zeros(3, *digits.meta.input_shape))
         assert out.shape == (3, 10)
         backend = Suspect(pruned)
-        black = Suspect(lambda x, m=pruned: backend.predict(x), input_shape=digits.meta.input_shape)
+        black = Suspect(lambda x, b=backend: b.predict(x), input_shape=digits.meta.input_shape)
         assert black.module is None
         assert torch.equal(black.labels(digits.test.x), Suspect(pruned).labels(digits.test.x))
 

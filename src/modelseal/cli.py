@@ -367,7 +367,8 @@ def _save_attacked(model, path: Path, force: bool, arch: str | None) -> None:
 
 
 @app.command(epilog=_examples(
-    "modelseal attack finetune owner.safetensors --data digits --set mode=ftal --set epochs=2 --out pirated.safetensors",
+    "modelseal attack finetune owner.safetensors --data digits --set mode=ftal --set epochs=2 "
+    "--out pirated.safetensors",
     "modelseal attack prune owner.safetensors --data digits --set amount=0.5 --out pruned.safetensors",
     "modelseal attack collude copies/user-001.safetensors --other copies/user-002.safetensors --data digits "
     "--set k=2 --out leaked.safetensors",

@@ -80,11 +80,11 @@ class _Lookup:
 
 @dataclass
 class _Extraction(Attack):
-    queries: int = 1000
-    student: str = "same"
-    epochs: int = 10
-    lr: float = 1e-3
-    temperature: float = 1.0
+    queries: int = 1000  # query budget: inputs sent to the suspect
+    student: str = "same"  # student architecture: same | other | a zoo name
+    epochs: int = 10  # training epochs
+    lr: float = 1e-3  # learning rate
+    temperature: float = 1.0  # softmax temperature
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
@@ -191,7 +191,7 @@ class KnockoffAdaptive(_Extraction):
     """Knockoff with adaptive selection: `queries` spent in `rounds`, each on the pool inputs where the
     student trained so far is least certain (the first round at random)."""
 
-    rounds: int = 4
+    rounds: int = 4  # rounds of adaptive selection (the first at random)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -234,7 +234,7 @@ class RetrainCrossArch(_Extraction):
     """Cross-architecture retraining: a `student` of another architecture ('other', or a zoo name) trained
     on the suspect's soft answers to `queries` random pool inputs."""
 
-    student: str = "other"
+    student: str = "other"  # student architecture: same | other | a zoo name
 
 
 @register("transfer")
@@ -244,11 +244,11 @@ class Transfer(Attack):
     fresh Linear-ReLU-Linear head of `hidden` units, train the head for `epochs` on a `fraction` of the
     attacker's labelled data, then every layer for `finetune_epochs` more."""
 
-    hidden: int = 64
-    epochs: int = 5
-    finetune_epochs: int = 1
-    lr: float = 1e-3
-    fraction: float = 1.0
+    hidden: int = 64  # units of the new head's hidden layer
+    epochs: int = 5  # training epochs
+    finetune_epochs: int = 1  # epochs of fine-tuning every layer after the head
+    lr: float = 1e-3  # learning rate
+    fraction: float = 1.0  # fraction of the attacker's labelled data used
     batch_size: int = 64
     seed: int = 0
     device: str | None = None

@@ -98,7 +98,7 @@ class InputTransform(Attack):
 class Jpeg(InputTransform):
     """Re-encode every query as a JPEG at `quality` (1..100) with Pillow and decode it again."""
 
-    quality: int = 75
+    quality: int = 75  # JPEG quality, 1 (worst) .. 100 (best)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,7 +131,7 @@ class Jpeg(InputTransform):
 class Squeeze(InputTransform):
     """Feature squeezing: reduce every input value to `bits` bits (2**bits levels over the input range)."""
 
-    bits: int = 3
+    bits: int = 3  # bits per input value: 2**bits levels over the input range
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -148,7 +148,7 @@ class Squeeze(InputTransform):
 class Median(InputTransform):
     """Median smoothing: every pixel becomes the median of its `size` x `size` neighbourhood (per channel)."""
 
-    size: int = 3
+    size: int = 3  # side of the square neighbourhood (odd, pixels)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -172,7 +172,7 @@ class Median(InputTransform):
 class Blur(InputTransform):
     """Gaussian smoothing of every query with standard deviation `sigma` (pixels)."""
 
-    sigma: float = 0.5
+    sigma: float = 0.5  # standard deviation of the Gaussian kernel (pixels)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -196,7 +196,7 @@ class Blur(InputTransform):
 class InputNoise(InputTransform):
     """Add Gaussian noise of standard deviation `std` (relative to the input range) to every query."""
 
-    std: float = 0.05
+    std: float = 0.05  # standard deviation of the noise
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -213,7 +213,7 @@ class Shift(InputTransform):
     """Shift every query by a random whole number of pixels in [-pixels, pixels] along each image axis
     (edges replicated)."""
 
-    pixels: int = 1
+    pixels: int = 1  # largest shift along each axis (pixels)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -234,7 +234,7 @@ class Shift(InputTransform):
 class Flip(InputTransform):
     """Mirror each query left-right with probability `p` (1: every query)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability that a query is mirrored
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -253,8 +253,8 @@ class InputQuantize(InputTransform):
     """Random discretization: quantize every input value to `levels` evenly spaced levels, after adding
     uniform noise of one level's width when `dither`."""
 
-    levels: int = 16
-    dither: bool = True
+    levels: int = 16  # number of evenly spaced levels over the input range
+    dither: bool = True  # add uniform noise of one level's width before rounding
     seed: int = 0
 
     def __post_init__(self) -> None:

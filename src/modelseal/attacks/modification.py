@@ -61,10 +61,10 @@ class StructuredPrune(Attack):
     """Remove the `amount` fraction of channels/neurons of every hidden Conv/Linear layer (torch-pruning,
     `importance` magnitude or taylor), then fine-tune all layers for `epochs` on the attacker's data."""
 
-    amount: float = 0.5
+    amount: float = 0.5  # fraction of channels/neurons removed from every hidden layer
     importance: str = "magnitude"
-    epochs: int = 3
-    lr: float = 1e-3
+    epochs: int = 3  # training epochs
+    lr: float = 1e-3  # learning rate
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
@@ -131,8 +131,8 @@ class Permute(Attack):
     layer's inputs to match); with `rescale`, also scale each unit by a random positive factor in
     [1/`max_scale`, `max_scale`] and divide the next layer's weights by it (ReLU networks without BatchNorm)."""
 
-    rescale: bool = False
-    max_scale: float = 4.0
+    rescale: bool = False  # also scale each unit by a random positive factor (ReLU networks without BatchNorm)
+    max_scale: float = 4.0  # largest rescaling factor
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -215,11 +215,11 @@ class FineTuneRegularised(Attack):
     """Fine-tune all layers on a `fraction` of the attacker's data with label smoothing `smoothing`,
     weight decay `weight_decay` and SGD at a large learning rate `lr`, halved each epoch."""
 
-    epochs: int = 5
-    lr: float = 0.05
-    smoothing: float = 0.1
-    weight_decay: float = 5e-4
-    fraction: float = 1.0
+    epochs: int = 5  # training epochs
+    lr: float = 0.05  # learning rate
+    smoothing: float = 0.1  # label smoothing epsilon
+    weight_decay: float = 5e-4  # L2 weight decay
+    fraction: float = 1.0  # fraction of the attacker's labelled data used
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
@@ -289,11 +289,11 @@ class Refit(Attack):
     by the model (when `unlabeled`), with SGD from a large `lr` halved each epoch and an EWC penalty of
     weight `ewc` that keeps the parameters that matter for the task."""
 
-    epochs: int = 5
-    lr: float = 0.05
-    ewc: float = 10.0
-    fraction: float = 0.2
-    unlabeled: bool = True
+    epochs: int = 5  # training epochs
+    lr: float = 0.05  # learning rate
+    ewc: float = 10.0  # weight of the elastic weight consolidation penalty
+    fraction: float = 0.2  # fraction of the attacker's labelled data used
+    unlabeled: bool = True  # add the attacker's other inputs, labelled by the model itself
     batch_size: int = 64
     seed: int = 0
     device: str | None = None

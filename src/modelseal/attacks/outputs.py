@@ -70,7 +70,7 @@ class Softmax(OutputTransform):
 class Temperature(OutputTransform):
     """Answer softmax(logits / `temperature`): flatter (> 1) or sharper (< 1) probabilities."""
 
-    temperature: float = 5.0
+    temperature: float = 5.0  # softmax temperature
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,8 +85,8 @@ class Temperature(OutputTransform):
 class TopK(OutputTransform):
     """Answer the `k` highest probabilities, every other class 0 (renormalised to sum 1 when `renormalize`)."""
 
-    k: int = 1
-    renormalize: bool = False
+    k: int = 1  # number of top classes answered
+    renormalize: bool = False  # rescale the kept probabilities to sum 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,7 +107,7 @@ class TopK(OutputTransform):
 class Round(OutputTransform):
     """Answer probabilities rounded to `decimals` decimals (the top class kept on top)."""
 
-    decimals: int = 2
+    decimals: int = 2  # decimals the probabilities are rounded to
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,8 +144,8 @@ class LogitNoise(OutputTransform):
     """Add Gaussian noise of standard deviation `std` to the logits (times each answer's logit standard
     deviation when `relative`)."""
 
-    std: float = 0.2
-    relative: bool = False
+    std: float = 0.2  # standard deviation of the noise
+    relative: bool = False  # scale the noise by each answer's logit standard deviation
     seed: int = 0
     keeps_argmax = False
 
@@ -164,7 +164,7 @@ class LogitNoise(OutputTransform):
 class ProbNoise(OutputTransform):
     """Add Gaussian noise of standard deviation `std` to the probabilities, clip at 0 and renormalise."""
 
-    std: float = 0.05
+    std: float = 0.05  # standard deviation of the noise
     seed: int = 0
     keeps_argmax = False
 
@@ -183,8 +183,8 @@ class ReverseSigmoid(OutputTransform):
     """The reverse-sigmoid perturbation of the probabilities (Lee et al.): `beta` its size, `gamma` its
     slope; the top class may change."""
 
-    beta: float = 1.0
-    gamma: float = 0.1
+    beta: float = 1.0  # size of the reverse-sigmoid perturbation
+    gamma: float = 0.1  # slope of the reverse sigmoid
     seed: int = 0
     keeps_argmax = False
 

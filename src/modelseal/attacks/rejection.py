@@ -103,7 +103,7 @@ class RejectSoftmax(_Rejection):
     reach, and answer them with the `answer` class ('second' best or 'random')."""
 
     reject_rate: float = 0.05
-    answer: str = "second"
+    answer: str = "second"  # answer to a flagged query: second (best class) | random (other class)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -123,7 +123,7 @@ class RejectMahalanobis(_Rejection):
     the attacker's own inputs (`reject_rate` of them flagged), and answer them with the `answer` class."""
 
     reject_rate: float = 0.05
-    answer: str = "second"
+    answer: str = "second"  # answer to a flagged query: second (best class) | random (other class)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -59,13 +59,13 @@ class NeuralCleanse(Attack):
     on a `fraction` of the attacker's data with `stamp_rate` of it stamped with the triggers of the
     `classes` most anomalous classes, under the true labels."""
 
-    steps: int = 100
-    l1: float = 0.01
-    classes: int = 1
-    stamp_rate: float = 0.2
-    epochs: int = 2
-    lr: float = 1e-3
-    fraction: float = 1.0
+    steps: int = 100  # optimisation steps
+    l1: float = 0.01  # weight of the mask's L1 norm in the trigger search
+    classes: int = 1  # how many of the most anomalous classes are unlearned
+    stamp_rate: float = 0.2  # fraction of the fine-tuning inputs stamped with a recovered trigger
+    epochs: int = 2  # training epochs
+    lr: float = 1e-3  # learning rate
+    fraction: float = 1.0  # fraction of the attacker's labelled data used
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
@@ -157,13 +157,13 @@ class Dehydrate(Attack):
     `epochs` on a `fraction` of the attacker's labelled data while pushing the answers on the inverted
     inputs towards uniform (weight `unlearn`)."""
 
-    per_class: int = 10
-    steps: int = 100
-    tv: float = 0.05
-    unlearn: float = 1.0
-    epochs: int = 3
-    lr: float = 1e-3
-    fraction: float = 0.1
+    per_class: int = 10  # inverted inputs per class
+    steps: int = 100  # optimisation steps
+    tv: float = 0.05  # weight of the total-variation prior of the inversion
+    unlearn: float = 1.0  # weight of the unlearning term (answers on inverted inputs pushed to uniform)
+    epochs: int = 3  # training epochs
+    lr: float = 1e-3  # learning rate
+    fraction: float = 0.1  # fraction of the attacker's labelled data used
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
