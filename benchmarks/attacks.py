@@ -23,6 +23,7 @@ import torch
 
 import modelseal as ms
 from modelseal import attacks, methods
+from modelseal.bench.scenario import protect_params, verifier_params
 from modelseal.bench.store import REMOVAL_MARGIN
 from modelseal.suspect import Suspect
 
@@ -79,12 +80,14 @@ def main() -> None:
     t_all = time.perf_counter()
     for method, params in prots.items():
         mi = methods.info(method)
-        done = methods.protect(mi.cls(seed=0, **params), owner, data.owner, data.meta, progress=False)
+        rule = verifier_params(mi.cls, params)  # the verifier's parameters (e.g. tafa's permutations)
+        done = methods.protect(mi.cls(seed=0, **protect_params(mi.cls, params)), owner, data.owner, data.meta,
+                               progress=False)
         key, copies = done.key, done.models
         protected_acc = ms.train.evaluate(copies[0], data.test)
 
-        def judge(suspect: Suspect, alpha: float, mi=mi, key=key) -> dict:
-            kw = {"alpha": alpha}
+        def judge(suspect: Suspect, alpha: float, mi=mi, key=key, rule=rule) -> dict:
+            kw = {**rule, "alpha": alpha}
             if "references" in mi.cls.verify_params:
                 kw["references"] = refs
             v = methods.judge(suspect, key, **kw)

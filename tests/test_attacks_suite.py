@@ -401,3 +401,10 @@ def test_knockoff_from_the_cli_steals_an_onnx_file(model_file, owners):
     payload = json.loads(r.stdout)
     assert payload["family"] == "extraction" and payload["cost"]["queries"] == 200
     assert ms.models.load_model(model_file / "stolen.safetensors") is not None
+
+
+def test_the_demo_scenario_has_an_attack_of_every_family():
+    from modelseal import bench
+
+    used = {attacks.FAMILIES[c.attack.attack] for c in bench.load("demo").cells if c.attack.attack != "none"}
+    assert used >= FAMILIES
