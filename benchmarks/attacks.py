@@ -95,6 +95,9 @@ def main() -> None:
                     **({"accused": sorted(int(u) for u in v.accused)} if v.accused is not None else {})}
 
         base = {a: judge(Suspect(copies[0]), a) for a in ALPHAS} if mi.judges else None
+        results.append({"protection": method, "attack": "none", "family": None, "owner_acc": owner_acc,
+                        "protected_acc": protected_acc, "attacked_acc": protected_acc,
+                        **({f"alpha={a:g}": base[a] for a in ALPHAS} if base else {})})
         for name in names:
             cls = attacks.get(name)
             if name == "overwrite" and method != "trigger-set":
@@ -138,6 +141,8 @@ def main() -> None:
                                                        "removed@0.01", "error")}), file=sys.stderr, flush=True)
     summary: dict[str, dict] = {}
     for r in results:
+        if r["attack"] == "none":
+            continue
         s = summary.setdefault(r["protection"], {"removed_by@1e-06": [], "removed_by@0.01": [], "survived@1e-06": []})
         if r.get("removed@1e-06"):
             s["removed_by@1e-06"].append(r["attack"])
