@@ -184,7 +184,10 @@ def test_demo_refuses_to_overwrite_and_its_scenario_is_a_selection_of_the_parsed
     assert [(v.label, v.only) for v in two.attacks] == [
         ("none", None), ("finetune", ("trigger-set", "tafa")), ("prune amount=0.3", None),
         ("prune amount=0.6", None), ("quantize", ("trigger-set", "tafa")), ("distill-mlp", ("trigger-set",)),
-        ("overwrite", ("trigger-set",)), ("perturb", ("trigger-set", "tafa"))]
+        ("overwrite", ("trigger-set",)), ("perturb", ("trigger-set", "tafa")),
+        ("squeeze", ("trigger-set", "tafa")), ("round", ("trigger-set", "tafa")),
+        ("reject-softmax", ("trigger-set",)), ("structured-prune", ("trigger-set", "tafa")),
+        ("permute", ("tafa",)), ("knockoff", ("trigger-set", "tafa")), ("prune-then-steal", ("trigger-set",))]
     assert all(c.id in {d.id for d in full.cells} for c in two.cells)
     with pytest.raises(bench.ScenarioError, match="no protection uses nope"):
         full.select(methods=["nope"])

@@ -479,55 +479,133 @@ def train(
 
 
 # -------------------------------------------------------------------------------------------- attack
+QUERY_FAMILIES = ("input", "output", "rejection")
+
+
+def _query_side(name: str, family: str) -> ModelSealError:
+    """The refusal for an attack that changes what a served model answers, not a model file."""
+    return ModelSealError(
+        f"{name} is a query-side attack ({family} family): it changes what a served model answers, not its "
+        f"weights, so there is no attacked model file to write; it applies in `modelseal bench` scenarios "
+        f"([[attacks]] name = \"{name}\") and from Python: ms.attacks.get(\"{name}\")(...).wrap(ms.Suspect(model), "
+        "data.meta) gives the suspect a verifier would face")
+
+
+def _suspect_source(path: Path) -> str:
+    """MODEL as given: a URL keeps its '//' (a Path argument folds it to '/')."""
+    import re
+
+    return re.sub(r"^(https?):/(?!/)", r"\1://", str(path))
+
+
+def _save_attacked(model, path: Path, force: bool, arch: str | None) -> None:
+    """Save the attacked model and read it back: a model whose layers changed size (structured pruning) must
+    load again, or the file is removed and the error says why."""
+    from .errors import ModelError
+    from .models import load_model
+
+    _save_model(model, path, force, arch)
+    if arch is not None:
+        return
+    try:
+        load_model(path)
+    except ModelError as e:
+        path.unlink(missing_ok=True)
+        raise ModelSealError(f"the attacked model has another architecture than its zoo header says (its layers "
+                             f"changed size, e.g. by structured pruning), and this model file format cannot record "
+                             f"that yet, so nothing was written ({e}); use the attack from Python or in "
+                             "`modelseal bench`") from None
+
+
 @app.command(epilog=_examples(
-    "modelseal attack finetune owner.safetensors --set mode=ftal --set epochs=2 --out pirated.safetensors",
-    "modelseal attack prune owner.safetensors --set amount=0.5 --out pruned.safetensors",
+    "modelseal attack finetune owner.safetensors --data digits --set mode=ftal --set epochs=2 "
+    "--out pirated.safetensors",
+    "modelseal attack prune owner.safetensors --data digits --set amount=0.5 --out pruned.safetensors",
+    "modelseal attack collude copies/user-001.safetensors --other copies/user-002.safetensors --data digits "
+    "--set k=2 --out leaked.safetensors",
+    "modelseal attack knockoff model.onnx --data digits --set queries=500 --out stolen.safetensors",
     "modelseal attack --list"))
 def attack(
     name: Annotated[str, typer.Argument(help="attack name (see --list)")] = "",
-    model_path: Annotated[Optional[Path], typer.Argument(help="model file to attack")] = None,
+    model_path: Annotated[Optional[Path], typer.Argument(
+        help="model file to attack (extraction attacks also take an .onnx file or an http(s) URL)")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="attacked model file to write")] = None,
     data: DataOpt = None,
     split: Annotated[str, typer.Option(help="data the attacker holds: attacker | owner | test")] = "attacker",
-    other: Annotated[Optional[list[Path]], typer.Option("--other", help="other models (collusion: average)")] = None,
-    set_: SetOpt = None, list_: Annotated[bool, typer.Option("--list", help="list attacks", metavar="")] = False,
+    other: Annotated[Optional[list[Path]], typer.Option(
+        "--other", help="other copies (average: the models to average with; collude: the other colluders)")] = None,
+    set_: SetOpt = None, list_: Annotated[bool, typer.Option("--list", help="list attacks by family",
+                                                             metavar="")] = False,
     arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Apply a removal attack (fine-tuning, pruning, quantization, distillation, averaging ...)."""
-    from . import data as data_mod
-    from . import train as train_mod
-
+    """Apply a removal attack to a model file and write the attacked model (model modification and extraction
+    attacks; query-side attacks apply in `modelseal bench`)."""
     if list_ or not name:
-        _emit(as_json, {"attacks": attack_registry.names()},
-              lambda: out.print("attacks: " + ", ".join(attack_registry.names())))
+        groups = attack_registry.by_family()
+        _emit(as_json, {"attacks": attack_registry.names(), "families": groups},
+              lambda: out.print("\n".join(f"{fam}: {', '.join(ns)}" for fam, ns in groups.items()),
+                                soft_wrap=True, highlight=False))
         return
     try:
+        family = attack_registry.FAMILIES.get(name)
+        if family in QUERY_FAMILIES:
+            raise _query_side(name, family)
         if model_path is None or out_path is None:
             raise ModelSealError("attack needs a MODEL file and --out PATH")
+        source = _suspect_source(model_path)
+        remote = source.startswith(("http://", "https://"))
         check_writable(out_path, force)
-        check_distinct([("MODEL", model_path), ("--out", out_path), *(("--other", o) for o in other or [])])
+        check_distinct([*([] if remote else [("MODEL", model_path)]), ("--out", out_path),
+                        *(("--other", o) for o in other or [])])
+        import dataclasses
+
+        from . import data as data_mod
+        from . import train as train_mod
+
         cls = attack_registry.get(name)
         params = {"seed": seed, **_params(set_)}
         data = _data_for(model_path, data)
         splits = data_mod.load(data, seed=0)
-        if other:
-            params["others"] = [_load_model(p, device, arch, splits.meta) for p in other]
+        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+        others = [_load_model(p, device, arch, splits.meta) for p in other or []]
+        if others and "others" in fields:
+            params["others"] = others
         atk = _construct(cls, params)
-        model = _load_model(model_path, device, arch, splits.meta)
-        before = train_mod.evaluate(model, splits.test)
-        t0 = time.perf_counter()
+        if atk.acts_on == "queries":
+            raise _query_side(name, atk.family)
+        if atk.copies > 1 and len(others) + 1 != atk.copies:
+            fewer = f" (or --set k={len(others) + 1})" if len(others) >= 1 else ""
+            raise ModelSealError(f"{name} combines {atk.copies} copies: give MODEL and {atk.copies - 1} --other "
+                                 f"cop{'y' if atk.copies == 2 else 'ies'}{fewer}")
+        if others and atk.copies == 1 and "others" not in fields:
+            raise ModelSealError(f"{name} attacks one model; --other is for average and collude")
+        black_box = remote or model_path.suffix.lower() == ".onnx"
+        if black_box and not atk.takes_suspect:
+            raise ModelSealError(f"{name} changes weights and needs a model file; an .onnx file or a URL can only "
+                                 "be attacked by extraction (knockoff, knockoff-adaptive, retrain-xarch)")
+        if black_box:
+            from .suspect import Suspect
+
+            model: Any = Suspect.load(source)
+            before = float((model.labels(splits.test.x) == splits.test.y).float().mean())
+        else:
+            model = _load_model(model_path, device, arch, splits.meta)
+            before = train_mod.evaluate(model, splits.test)
         atk.progress = _progress(as_json)
-        attacked = atk.apply(model, _split(splits, split))
-        seconds = time.perf_counter() - t0
+        attacked = atk.apply_many([model, *others], _split(splits, split)) if atk.copies > 1 else \
+            atk.apply(model, _split(splits, split))
+        seconds = float(atk.cost.get("wall_s", 0.0))
         after = train_mod.evaluate(attacked, splits.test)
-        _save_model(attacked, out_path, force, arch)
+        _save_attacked(attacked, out_path, force, arch)
     except ModelSealError as e:
         _fail(e)
-    payload = {"attack": name, "params": {k: v for k, v in params.items() if k != "others"},
-               "test_metric_before": before, "test_metric_after": after, "seconds": seconds, "out": str(out_path)}
+    payload = {"attack": name, "family": atk.family, "params": {k: v for k, v in params.items() if k != "others"},
+               "test_metric_before": before, "test_metric_after": after, "seconds": seconds,
+               "cost": atk.cost, "out": str(out_path)}
+    spent = f", {atk.cost.get('queries', 0)} queries" if atk.cost.get("queries") else ""
     _emit(as_json, payload, lambda: out.print(
-        f"{name}: test metric {before:.4f} -> {after:.4f} ({seconds:.1f} s) -> {out_path}"))
+        f"{name}: test metric {before:.4f} -> {after:.4f} ({seconds:.1f} s{spent}) -> {out_path}"))
 
 
 # -------------------------------------------------------------------------------- watermark / fingerprint

@@ -166,7 +166,7 @@ class _Ranges:
             self.lo.setdefault(f, (0.0, True))
             self.hi.setdefault(f, (1.0, True))
             return
-        if fname not in ("number", "count", "_check", "check"):
+        if fname not in ("number", "count", "_check", "check", "check_number"):
             return
         kw = {k.arg: k.value for k in node.keywords if k.arg}
         rest = node.args[i + 1:]
@@ -257,11 +257,29 @@ def _parsed(module: str, name: str) -> tuple[str, ast.Module, dict[str, Any], as
     return src, tree, consts, cls
 
 
+def _fields(tree: ast.Module, cls: ast.ClassDef, depth: int = 0) -> list[ast.AnnAssign]:
+    """The annotated fields of `cls`, after those of its base classes defined in the same module (a dataclass
+    inherits them; a redefined field keeps its place and takes the subclass's default)."""
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    fields: list[ast.AnnAssign] = []
+    for base in cls.bases:
+        if isinstance(base, ast.Name) and base.id in classes and depth < 8:
+            fields += _fields(tree, classes[base.id], depth + 1)
+    for n in cls.body:
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            at = next((i for i, f in enumerate(fields) if f.target.id == n.target.id), None)
+            if at is None:
+                fields.append(n)
+            else:
+                fields[at] = n
+    return fields
+
+
 def describe(module: str, name: str) -> list[Param]:
     """The parameters of the class registered as `name` in `module` (read from source, never imported)."""
     src, tree, consts, cls = _parsed(module, name)
     lines = src.splitlines()
-    fields = [n for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    fields = _fields(tree, cls)
     names = [f.target.id for f in fields]
     ranges = _ranges(tree, consts)
     from_class = _doc_meanings(ast.get_docstring(cls) or "", names)

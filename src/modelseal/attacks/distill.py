@@ -47,6 +47,7 @@ class Distill(Attack):
     seed: int = 0
     device: str | None = None
     progress: Any = None
+    family = "extraction"
 
     def __post_init__(self) -> None:
         if self.student != "same" and self.student not in models.names():
@@ -83,6 +84,7 @@ class Distill(Attack):
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)
         x, y = as_tensors(data)
+        self.used(examples=len(x), queries=len(x))
         teacher = self.copy_model(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)

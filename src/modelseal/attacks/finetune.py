@@ -81,6 +81,7 @@ class FineTune(Attack):
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
+        self.used(examples=len(data))
         out = self.copy_model(model)
         _, head = last_linear(out)
         if self.mode.startswith("rt"):

@@ -171,6 +171,7 @@ class FinePrune(Attack):
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)
+        self.used(examples=len(data))
         out = self.copy_model(model)
         try:
             name, channels = self.pruned_channels(out, data)

@@ -61,6 +61,7 @@ class PerturbQueries(Attack):
     quality: int = 50  # jpeg quality (1-100; lower removes more)
     seed: int = 0
     acts_on = "queries"
+    family = "input"
 
     def __post_init__(self) -> None:
         if self.kind not in ("gaussian", "jpeg"):
@@ -87,7 +88,10 @@ class PerturbQueries(Attack):
         bounds = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
         gen = torch.Generator().manual_seed(self.seed)
 
+        self.reset_query_stats()
+
         def backend(x: torch.Tensor) -> torch.Tensor:
+            self.count_query(answered=len(x))
             return suspect.predict(self.transform(x.detach().cpu().float(), bounds, gen))
 
         return Suspect(backend, input_shape=suspect.input_shape, name=f"perturb-{self.kind}({suspect.name})")

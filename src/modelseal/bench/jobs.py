@@ -110,6 +110,19 @@ def _row_of(v: Any) -> dict[str, Any]:
     return row
 
 
+def _cost_of(attack: Any) -> dict[str, Any]:
+    """The attack's cost record for the row, JSON-able, without wall times (they differ between runs of one
+    scenario; the attack's own goes to the volatile `attack_wall_s` column)."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "wall_s"}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip(json.loads(json.dumps(attack.cost, default=str)))
+
+
 def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, prot_info: dict[str, Any],
              models_blob: list[bytes], key_blob: bytes, device: str, threads: int,
              references: list[bytes] | None = None, alpha: float = 1e-6) -> dict[str, Any]:
@@ -151,12 +164,22 @@ def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, 
                 int(u) for u in np.random.default_rng(seed).choice(len(copies), size=need, replace=False))
             attacked = copies[users[0]] if attack is None else attack.apply_many(
                 [copies[u] for u in users], splits.attacker)
+            cost = {} if attack is None else _cost_of(attack)
+            if attack is not None:
+                row["attack_wall_s"] = float(attack.cost.get("wall_s", 0.0))
             if attack is not None and attack.acts_on == "queries":
                 x, y = splits.test.x, splits.test.y
                 row["attacked_acc"] = float((attack.wrap(Suspect(attacked), splits.meta).labels(x) == y)
                                             .float().mean())
+                # what the wrapped suspect did on the test inputs (rejection: its false-rejection rate)
+                stats = dict(attack.query_stats)
+                if stats.get("answered"):
+                    cost["test_rejection_rate"] = stats.get("rejected", 0) / stats["answered"]
             else:
                 row["attacked_acc"] = float(train.evaluate(attacked, splits.test))
+            if attack is not None:
+                row["cost"] = {**cost, "owner_acc": owner_acc, "attacked_acc": row["attacked_acc"],
+                               "accuracy_delta": row["attacked_acc"] - owner_acc}
             if mi.judges:
                 suspect = Suspect(attacked) if attack is None else attack.wrap(Suspect(attacked), splits.meta)
                 v = methods.judge(suspect, key, **_verifier(cell | {"params": cell.get("protection_params", {})},

@@ -31,6 +31,7 @@ class Overwrite(Attack):
 
         if data is None:
             raise AttackError("overwrite needs the attacker's data")
+        self.used(examples=len(data))
         # The attacker's seed must differ from any owner seed: offset it far away.
         marker = methods.get("trigger-set")(n=int(self.n), extra_epochs=int(self.extra_epochs),
                                             seed=self.seed + 7919)

@@ -19,7 +19,11 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
   colluders JSON (deepmarks: the users whose copies were attacked), accused JSON, colluders_found,
   innocents_accused, detail JSON (method details or the reason for skipped/error), wall_s, finished_at,
   alpha (the significance level the verdict used; NULL in databases written before it was recorded, and
-  when the runner does not report it: readers then take the library default, `verdict.DEFAULT_ALPHA`).
+  when the runner does not report it: readers then take the library default, `verdict.DEFAULT_ALPHA`),
+  cost JSON (attacked cells: the attack's cost record, `modelseal.attacks`: examples, data_fraction,
+  queries, owner_acc, attacked_acc, accuracy_delta, test_rejection_rate for query-side attacks, steps for
+  chains; wall times left out; NULL in older databases and for unattacked cells), attack_wall_s (the
+  attack's own wall time).
 - `negatives(neg_id TEXT PRIMARY KEY, ...)`: one row per protection x seed x negative model: protection,
   method, family, seed, negative (label like `mlp#1`), arch, accuracy, status, owned, score, p_value,
   queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at, alpha. A key that cannot apply
@@ -43,16 +47,18 @@ SCHEMA_VERSION = 1
 CELL_COLUMNS = ["cell_id", "protection", "method", "family", "attack", "attack_name", "attack_params", "swept",
                 "strength", "seed", "status", "owner_acc", "protected_acc", "attacked_acc", "unlocked_acc",
                 "owned", "score", "p_value", "threshold", "queries", "removed", "colluders", "accused",
-                "colluders_found", "innocents_accused", "detail", "wall_s", "finished_at", "alpha"]
+                "colluders_found", "innocents_accused", "detail", "wall_s", "finished_at", "alpha", "cost",
+                "attack_wall_s"]
 NEG_COLUMNS = ["neg_id", "protection", "method", "family", "seed", "negative", "arch", "accuracy", "status",
                "owned", "score", "p_value", "queries", "accused", "innocents_accused", "detail", "wall_s",
                "finished_at", "alpha"]
 # Columns added after schema version 1 was first written: (table, column, SQL type). Opening an older
 # database adds them (NULL in old rows), so old run folders still resume and report.
-ADDED_COLUMNS = [("cells", "alpha", "REAL"), ("negatives", "alpha", "REAL")]
-JSON_COLUMNS = {"attack_params", "colluders", "accused", "detail", "info"}
+ADDED_COLUMNS = [("cells", "alpha", "REAL"), ("negatives", "alpha", "REAL"), ("cells", "cost", "TEXT"),
+                 ("cells", "attack_wall_s", "REAL")]
+JSON_COLUMNS = {"attack_params", "colluders", "accused", "detail", "info", "cost"}
 # Columns that legitimately differ between two runs of the same scenario.
-VOLATILE = {"wall_s", "finished_at"}
+VOLATILE = {"wall_s", "finished_at", "attack_wall_s"}
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);

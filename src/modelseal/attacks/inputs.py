@@ -1,0 +1,271 @@
+"""Input transforms: the suspect's owner changes every query before the model sees it (query-side, like
+`perturb`), hoping the verifier's special inputs stop working while normal inputs still do.
+
+Papers: JPEG compression (Dziugaite et al., 2016; Das et al., "Keeping the Bad Guys Out", 2017), feature
+squeezing by bit depth and median smoothing (Xu, Evans, Qi, NDSS 2018), Gaussian smoothing and noise
+(randomized smoothing, Cohen et al., ICML 2019), random shifts/flips (input transformations, Guo et al.,
+ICLR 2018), random discretization (Zhang & Liang, 2019); as watermark evasion: the WRT (Lukas et al.,
+S&P 2022) "input preprocessing" attacks. The same transforms are ART's preprocessors.
+
+Deviations: every transform acts on batches of images N x C x H x W (or N x H x W) inside the data's input
+bounds; JPEG goes through Pillow per image and channel group (1 or 3 channels), at 8 bit; randomness (noise,
+shifts, flips, dither) comes from one generator seeded by `seed`, so a wrapped suspect answers the same
+query sequence the same way. `apply` returns the model unchanged (nothing about the weights changes);
+`wrap(suspect, meta)` returns the suspect the verifier then queries.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..suspect import Suspect
+from . import Attack, AttackError, register
+from .finetune import check_number
+
+
+class _Wrapped:
+    """A Suspect backend that answers `fn(x)`; keeps the inner suspect's input shape and label-only flag."""
+
+    def __init__(self, inner: Suspect, fn: Callable[[torch.Tensor], torch.Tensor], label_only: bool = False):
+        self.inner, self.fn = inner, fn
+        self.input_shape = inner.input_shape
+        self.label_only = label_only or inner.label_only
+        self.output_size = inner.output_size()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def wrapped_suspect(attack: Attack, inner: Suspect, fn: Callable[[torch.Tensor], torch.Tensor],
+                    label_only: bool = False) -> Suspect:
+    """A black-box Suspect answering `fn(x)` (which queries `inner`); counts answers in `attack.query_stats`."""
+    attack.reset_query_stats()
+
+    def answer(x: torch.Tensor) -> torch.Tensor:
+        attack.count_query(answered=len(x))
+        return fn(x.detach().cpu().float())
+
+    return Suspect(_Wrapped(inner, answer, label_only), input_shape=inner.input_shape,
+                   name=f"{attack.name}({inner.name})")
+
+
+def _bounds(meta: Any) -> tuple[float, float]:
+    lo, hi = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
+    return float(lo), float(hi)
+
+
+def _images(x: torch.Tensor, what: str) -> tuple[torch.Tensor, bool]:
+    """`x` as N x C x H x W (and whether a channel axis was added)."""
+    if x.dim() == 4:
+        return x, False
+    if x.dim() == 3:
+        return x.unsqueeze(1), True
+    raise AttackError(f"{what} transforms images (N, C, H, W) or (N, H, W), got inputs of shape "
+                      f"{tuple(x.shape)}; use an attack for flat inputs (input-noise, input-quantize, squeeze)")
+
+
+class InputTransform(Attack):
+    """Base of the input transforms: `transform(x, bounds, gen)` changes a batch of queries."""
+
+    acts_on = "queries"
+    family = "input"
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
+        """The model is not changed (the queries are): returns it as it is."""
+        return model
+
+    def wrap(self, suspect: Suspect, meta: Any = None) -> Suspect:
+        """The suspect that answers with `suspect`'s outputs on transformed queries; `meta` gives the input
+        bounds (default [0, 1])."""
+        bounds = _bounds(meta)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        return wrapped_suspect(self, suspect, lambda x: suspect.predict(self.transform(x, bounds, gen)))
+
+
+@register("jpeg")
+@dataclass
+class Jpeg(InputTransform):
+    """Re-encode every query as a JPEG at `quality` (1..100) with Pillow and decode it again."""
+
+    quality: int = 75  # JPEG quality, 1 (worst) .. 100 (best)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("quality", self.quality, 1, 100, integer=True)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        lo, hi = bounds
+        img, added = _images(x, "jpeg")
+        n, c, h, w = img.shape
+        u8 = ((img - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+        out = np.empty_like(u8)
+        groups = [(0, 3)] if c == 3 else [(i, i + 1) for i in range(c)]
+        for i in range(n):
+            for a, b in groups:
+                arr = u8[i, a:b].transpose(1, 2, 0)
+                pil = Image.fromarray(arr[:, :, 0] if b - a == 1 else arr, mode="L" if b - a == 1 else "RGB")
+                buf = io.BytesIO()
+                pil.save(buf, format="JPEG", quality=int(self.quality))
+                back = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+                out[i, a:b] = back[None] if back.ndim == 2 else back.transpose(2, 0, 1)
+        res = torch.from_numpy(out).float().div(255) * (hi - lo) + lo
+        return res.squeeze(1) if added else res
+
+
+@register("squeeze")
+@dataclass
+class Squeeze(InputTransform):
+    """Feature squeezing: reduce every input value to `bits` bits (2**bits levels over the input range)."""
+
+    bits: int = 3  # bits per input value: 2**bits levels over the input range
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("bits", self.bits, 1, 16, integer=True)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        lo, hi = bounds
+        levels = 2 ** int(self.bits) - 1
+        return torch.round((x - lo) / (hi - lo) * levels).clamp(0, levels) / levels * (hi - lo) + lo
+
+
+@register("median")
+@dataclass
+class Median(InputTransform):
+    """Median smoothing: every pixel becomes the median of its `size` x `size` neighbourhood (per channel)."""
+
+    size: int = 3  # side of the square neighbourhood (odd, pixels)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("size", self.size, 1, 15, integer=True)
+        if int(self.size) % 2 == 0:
+            raise AttackError(f"median size must be odd, got {self.size}")
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        img, added = _images(x, "median")
+        k = int(self.size)
+        p = k // 2
+        n, c, h, w = img.shape
+        pad = F.pad(img, (p, p, p, p), mode="replicate")
+        patches = pad.unfold(2, k, 1).unfold(3, k, 1).reshape(n, c, h, w, k * k)
+        res = patches.median(dim=-1).values
+        return res.squeeze(1) if added else res
+
+
+@register("blur")
+@dataclass
+class Blur(InputTransform):
+    """Gaussian smoothing of every query with standard deviation `sigma` (pixels)."""
+
+    sigma: float = 0.5  # standard deviation of the Gaussian kernel (pixels)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("sigma", self.sigma, 0, 10, lo_open=True)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        img, added = _images(x, "blur")
+        r = max(1, int(math.ceil(2 * float(self.sigma))))
+        t = torch.arange(-r, r + 1, dtype=torch.float32)
+        k = torch.exp(-t ** 2 / (2 * float(self.sigma) ** 2))
+        k = k / k.sum()
+        c = img.shape[1]
+        pad = F.pad(img, (r, r, r, r), mode="replicate")
+        out = F.conv2d(pad, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        out = F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+        return out.squeeze(1) if added else out
+
+
+@register("input-noise")
+@dataclass
+class InputNoise(InputTransform):
+    """Add Gaussian noise of standard deviation `std` (relative to the input range) to every query."""
+
+    std: float = 0.05  # standard deviation of the noise
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("std", self.std, 0, 10)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        lo, hi = bounds
+        return (x + torch.randn(x.shape, generator=gen) * float(self.std) * (hi - lo)).clamp(lo, hi)
+
+
+@register("shift")
+@dataclass
+class Shift(InputTransform):
+    """Shift every query by a random whole number of pixels in [-pixels, pixels] along each image axis
+    (edges replicated)."""
+
+    pixels: int = 1  # largest shift along each axis (pixels)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("pixels", self.pixels, 1, 16, integer=True)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        img, added = _images(x, "shift")
+        p = int(self.pixels)
+        n, _, h, w = img.shape
+        pad = F.pad(img, (p, p, p, p), mode="replicate")
+        offs = torch.randint(0, 2 * p + 1, (n, 2), generator=gen)
+        res = torch.stack([pad[i, :, int(a):int(a) + h, int(b):int(b) + w] for i, (a, b) in enumerate(offs)])
+        return res.squeeze(1) if added else res
+
+
+@register("flip")
+@dataclass
+class Flip(InputTransform):
+    """Mirror each query left-right with probability `p` (1: every query)."""
+
+    p: float = 0.5  # probability that a query is mirrored
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("p", self.p, 0, 1)
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        img, added = _images(x, "flip")
+        which = torch.rand(len(img), generator=gen) < float(self.p)
+        res = torch.where(which.view(-1, 1, 1, 1), img.flip(-1), img)
+        return res.squeeze(1) if added else res
+
+
+@register("input-quantize")
+@dataclass
+class InputQuantize(InputTransform):
+    """Random discretization: quantize every input value to `levels` evenly spaced levels, after adding
+    uniform noise of one level's width when `dither`."""
+
+    levels: int = 16  # number of evenly spaced levels over the input range
+    dither: bool = True  # add uniform noise of one level's width before rounding
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("levels", self.levels, 2, 65536, integer=True)
+        if not isinstance(self.dither, bool):
+            raise AttackError(f"dither must be true or false, got {self.dither!r}")
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        lo, hi = bounds
+        steps = int(self.levels) - 1
+        z = (x - lo) / (hi - lo) * steps
+        if self.dither:
+            z = z + torch.rand(x.shape, generator=gen) - 0.5
+        return torch.round(z).clamp(0, steps) / steps * (hi - lo) + lo
