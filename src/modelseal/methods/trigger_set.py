@@ -17,7 +17,7 @@ Where modelseal deviates from the paper, and why:
   the owner's inputs in an evidence file.
 - The labels are not drawn by the owner. Every trigger is committed first, c_i = SHA-256(nonce_i ‖
   image_i), and each label (uniform, by rejection sampling) and the query order are derived from the root
-  over every c_i, the class count, the creation time and an optional public beacon. An owner cannot pick
+  over every c_i, the class count and an optional public beacon. An owner cannot pick
   labels an innocent model happens to give; the checker recomputes them from the public commitment, and a
   key whose labels are not the derived ones is refused. To frame a given model an owner must regenerate
   whole trigger sets, each accusing it with probability at most alpha (about 1/alpha tries).
@@ -62,7 +62,7 @@ from torch.utils.data import Dataset
 from .. import stats, validate
 from ..data import as_tensors, meta_of
 from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError, ModelSealError
-from ..keys import Key, now
+from ..keys import Key
 from ..models import reinit, signature_of, spec_of
 from ..suspect import Suspect, as_suspect
 from ..train import fit, predict
@@ -73,7 +73,7 @@ METHOD = "trigger-set"
 MODES = ("pretrained", "scratch")
 KINDS = ("abstract", "noise", "content")  # generated images; owner inputs + keyed noise; + a keyed patch
 TRIGGER_HASH = "c_i = sha256('modelseal-trigger-v2' 0 || nonce_i[32] || image_i float32 little-endian C-order)"
-ROOT_HASH = ("root = sha256('modelseal-trigger-root-v2' 0 || JSON [beacon, created, classes, n] 0 || "
+ROOT_HASH = ("root = sha256('modelseal-trigger-root-v2' 0 || JSON [beacon, classes, n] 0 || "
              "c_1 || ... || c_n as raw 32-byte digests)")
 LABEL_RULE_ID = "sha256-root-v2"
 LABEL_RULE = ("label_i = the first value v < floor(2^64 / C) * C of the 64-bit big-endian words of "
@@ -139,8 +139,7 @@ class TriggerSet:
         nonces = _rng(self.seed, 3).integers(0, 256, size=(self.n, NONCE_BYTES), dtype=np.uint8)
         # The labels exist only after the images and nonces are fixed: each is a hash of the root of every
         # trigger's commitment (see `derive_labels`), so the owner cannot choose them.
-        created = now()
-        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, self.beacon, created)
+        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, self.beacon)
         labels_t = torch.from_numpy(derive_labels(root, self.n, classes))
 
         marked = copy.deepcopy(model)
@@ -172,8 +171,7 @@ class TriggerSet:
                   "num_classes": classes, "source": "folder" if self.image_folder else self.kind,
                   "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
         key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
-                  tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)},
-                  created=created)
+                  tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)})
         return marked, key
 
     # ------------------------------------------------------------------------------------ verify
@@ -398,10 +396,11 @@ def trigger_commitments(images: np.ndarray, nonces: np.ndarray) -> list[str]:
     return [_trigger_digest(nonces[i], images[i]).hex() for i in range(len(images))]
 
 
-def trigger_root(commitments: Sequence[str], classes: int, beacon: str, created: str) -> str:
-    """The root every label and the query order derive from (hex)."""
+def trigger_root(commitments: Sequence[str], classes: int, beacon: str) -> str:
+    """The root every label and the query order derive from (hex). The creation time is not part of it (the
+    same seed gives the same key); the commitment binds it through every tensor digest."""
     h = hashlib.sha256(b"modelseal-trigger-root-v2\0")
-    h.update(json.dumps([beacon, created, int(classes), len(commitments)]).encode() + b"\0")
+    h.update(json.dumps([beacon, int(classes), len(commitments)]).encode() + b"\0")
     for c in commitments:
         h.update(bytes.fromhex(c))
     return h.hexdigest()
@@ -445,7 +444,7 @@ def key_root(key: Key) -> str:
                                 "(it was made by an older modelseal, or edited), so no p-value can rest on them; "
                                 "embed the watermark again")
     root = trigger_root(trigger_commitments(images.numpy(), nonces.numpy()),
-                        int(key.signature["output_size"]), beacon, key.created)
+                        int(key.signature["output_size"]), beacon)
     derived = derive_labels(root, len(labels), int(key.signature["output_size"]))
     wrong = np.flatnonzero(derived != labels.numpy())
     if len(wrong):
@@ -472,10 +471,10 @@ def _public_root(public: dict[str, Any]) -> str:
     if not isinstance(com, list) or not isinstance(beacon, str) or not isinstance(public.get("root"), str):
         raise KeyIntegrityError("the commitment has no trigger commitments, root and beacon; it is not a "
                                 "trigger-set commitment of this modelseal")
-    root = trigger_root(com, int(public["signature"]["output_size"]), beacon, public["created"])
+    root = trigger_root(com, int(public["signature"]["output_size"]), beacon)
     if root != public["root"]:
-        raise KeyIntegrityError("the commitment's root is not the one its trigger commitments, beacon, class "
-                                "count and creation time give: it was edited")
+        raise KeyIntegrityError("the commitment's root is not the one its trigger commitments, beacon and class "
+                                "count give: it was edited")
     return root
 
 
