@@ -78,6 +78,7 @@ def test_a_lock_that_misses_its_target_is_refused_with_its_numbers(work):
     assert not (work / "weak.safetensors").exists() and not (work / "weak.seal").exists()
 
 
+@pytest.mark.slow
 def test_the_lock_help_example_reaches_its_target(work):
     r = cli("lock", "owner.safetensors", "--out", "locked.safetensors", "--key", "lock.seal", "--seed", "4",
             "--json", cwd=work)
@@ -99,6 +100,7 @@ def test_a_python_warning_prints_as_one_plain_line():
 
 
 # ------------------------------------------------------------------------ item 10: hints for a CLI user
+@pytest.mark.slow
 def test_hints_name_the_right_command_and_speak_cli(work):
     d = work
     assert cli("watermark", "embed", "owner.safetensors", "--out", "marked.safetensors", "--key", "wm.seal",
@@ -117,6 +119,7 @@ def test_hints_name_the_right_command_and_speak_cli(work):
     assert "__init__" not in line
 
 
+@pytest.mark.slow
 def test_c_examples_without_references_names_the_cli_flag(work):
     d = work
     assert cli("fingerprint", "extract", "owner.safetensors", "--method", "c-examples", "--set", "n=5", "--set",
