@@ -173,8 +173,9 @@ HELP_NOT_RUN = {
     "modelseal watermark embed mine.safetensors --arch mymodels:make_net --data digits --out m.safetensors "
     "--key wm.seal": "needs the user's module",
     "modelseal verify ce.seal marked.safetensors --reference ref.safetensors": "needs a reference model",
-    # DeepMarks without --seed crashes today (issue 26 item 1, branch `deepmarks`); trace needs its copies
-    "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal": "issue 26 item 1",
+    # distributing trains one copy per user (minutes); the README's DeepMarks block runs the same path, and
+    # tests/test_deepmarks.py runs this exact command without --seed (issue 26 item 1)
+    "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal": "trains 7 copies",
     "modelseal trace dm.seal copies/user-003.safetensors": "needs the DeepMarks copies",
     "modelseal trace dm.seal leaked.safetensors --json": "needs the DeepMarks copies",
 }
