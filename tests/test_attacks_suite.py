@@ -78,8 +78,12 @@ def test_thirty_attacks_in_five_families_and_the_static_table_agrees():
     assert sum(len(v) for v in groups.values()) == len(names)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
-@pytest.mark.parametrize("name", attacks.names())
+# the attacks that train longest on the CNN (trigger-set embedding, per-class trigger search) run in the slow set
+HEAVY = {("overwrite", "cnn"), ("neural-cleanse", "cnn")}
+
+
+@pytest.mark.parametrize("name,arch", [pytest.param(n, a, marks=pytest.mark.slow) if (n, a) in HEAVY else (n, a)
+                                       for n in attacks.names() for a in ("mlp", "cnn")])
 def test_every_attack_runs_and_records_its_cost(name, arch, owners, peers, digits):
     owner, peer = owners[arch], peers[arch]
     before = {k: v.clone() for k, v in owner.state_dict().items()}
@@ -295,6 +299,7 @@ params = { reject_rate = 0.05 }
 """
 
 
+@pytest.mark.slow  # a whole (small) bench run: owner training, a trigger-set embedding, two cells
 def test_a_combined_attack_is_one_bench_row_with_every_steps_parameters(tmp_path):
     from modelseal import bench
     from modelseal.bench.store import Store

@@ -81,6 +81,11 @@ def attack_text(c: dict[str, Any]) -> str:
         return "no attack"
     base = str(c["attack"]).split(" ")[0]
     params = c.get("attack_params") or {}
+    steps = params.get("steps") if c.get("attack_name") == "chain" else None
+    if isinstance(steps, list):  # a chained attack: its steps in order, each with its parameters
+        inner = " -> ".join(attack_text({"attack": s.get("attack"), "attack_name": s.get("attack"),
+                                         "attack_params": s.get("params")}) for s in steps if isinstance(s, dict))
+        return f"{base}: {inner}"
     inner = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("seed", "others", "progress"))
     return f"{base} ({inner})" if inner else base
 
