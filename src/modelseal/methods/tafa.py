@@ -322,8 +322,12 @@ class TAFA:
 
         before = suspect.queries
         if points < rule["min_points"]:
-            return not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
-                              f"min_points={rule['min_points']}; extract a larger key (default n=300)")
+            v = not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
+                           f"min_points={rule['min_points']}; extract a larger key (default n=300)")
+            # nothing asked; the evidence of this verdict re-checks to the same "not owned"
+            v.transcript = {"verifier": {**rule, "seed": int(key.params.get("seed", 0))},
+                            "answers": torch.zeros(0, owner.shape[1])}
+            return v
         need = len(inputs) * rule["repeats"]
         budget = min(x for x in (max_queries, suspect.remaining(), need + 1) if x is not None)
         if budget < need:
