@@ -56,8 +56,8 @@ Where modelseal deviates, and why:
   independents, p): softmax 0 / 5e-33 / >= 0.99, softmax T = 3 the same, rounded to 3 decimals 2e-176 /
   9e-12 / >= 0.97, rounded to 2 decimals 2e-12 / 0.63 (copy lost), rounded to 3 decimals at T = 3
   2e-9 / 0.90 (copy lost: the owner's softmax is taken at T = 1); logit noise sd 0.05: one query 0.1 /
-  1.0 (lost), 32 repeats 3e-109 / 1.2e-6, 64 repeats (96,000 queries) owned; sd 0.2 at 32 repeats
-  5e-5 / 0.96.
+  1.0 (lost), 32 repeats 3e-109 / 1.2e-6, 64 repeats (96,000 queries) 8e-176 / 1e-13; sd 0.2 at 64
+  repeats 2e-14 / 0.61 (copy lost).
 - Probes. Each boundary point x0 is queried at x0 + k·s·u, k = -2..2 (5n queries), u the unit crossing
   direction with box-face coordinates held (no clipping); s = `step_across` × box diagonal. The key
   also stores which ReLU layer each boundary belongs to (`layers`), for analysis only.
@@ -322,8 +322,12 @@ class TAFA:
 
         before = suspect.queries
         if points < rule["min_points"]:
-            return not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
-                              f"min_points={rule['min_points']}; extract a larger key (default n=300)")
+            v = not_judged(f"the key has {points} fingerprint points, fewer than the verifier's minimum "
+                           f"min_points={rule['min_points']}; extract a larger key (default n=300)")
+            # nothing asked; the evidence of this verdict re-checks to the same "not owned"
+            v.transcript = {"verifier": {**rule, "seed": int(key.params.get("seed", 0))},
+                            "answers": torch.zeros(0, owner.shape[1])}
+            return v
         need = len(inputs) * rule["repeats"]
         budget = min(x for x in (max_queries, suspect.remaining(), need + 1) if x is not None)
         if budget < need:
