@@ -299,3 +299,9 @@ def test_cli_distribute_without_seed_and_trace_names_the_user(mlp_owner, tmp_pat
     assert "7 copies" in r.output and (tmp_path / "copies" / "user-003.safetensors").is_file()
     r = runner.invoke(app, ["trace", str(tmp_path / "dm.seal"), str(tmp_path / "copies" / "user-003.safetensors")])
     assert r.exit_code == 0 and "accused user(s) 3 (p = " in r.output, r.output
+
+
+def test_two_colluders_of_the_7_user_code_are_both_accused(seven):
+    copies, key = seven
+    res = ms.trace(average([copies[1], copies[5]]), key)
+    assert res.accused == [1, 5] and res.p_value <= 1e-6, (res.accused, res.p_value)

@@ -212,9 +212,9 @@ class DeepMarks:
     gamma: float = 1.0
     rows: int | None = None
     epochs: int = 1
-    max_epochs: int = 20
+    max_epochs: int = 40
     min_fit: float = 0.99
-    lr: float = 5e-4
+    lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
 
