@@ -268,12 +268,12 @@ def test_the_summary_names_the_best_candidate_when_nobody_is_accused(seven):
 
 @pytest.mark.slow
 def test_coalition_p_value_is_calibrated_under_the_null():
-    """20,000 independent models: X w-bar is isotropic Gaussian; accusations at alpha 1e-2 stay <= alpha."""
+    """10,000 independent models per code: X w-bar is isotropic Gaussian; accusations at 1e-2 stay <= alpha."""
     from modelseal.methods.deepmarks import decide_projection
     from modelseal.methods.deepmarks.codes import design_for_users
 
     rng = np.random.default_rng(5)
-    trials, alpha = 20_000, 1e-2
+    trials, alpha = 10_000, 1e-2
     for users, m in [(7, 32), (13, 32)]:
         d = design_for_users(users)
         cb = d.codebook(users)
