@@ -268,12 +268,12 @@ def test_the_summary_names_the_best_candidate_when_nobody_is_accused(seven):
 
 @pytest.mark.slow
 def test_coalition_p_value_is_calibrated_under_the_null():
-    """20,000 independent models: X w-bar is isotropic Gaussian; accusations at alpha 1e-2 stay <= alpha."""
+    """10,000 independent models per code: X w-bar is isotropic Gaussian; accusations at 1e-2 stay <= alpha."""
     from modelseal.methods.deepmarks import decide_projection
     from modelseal.methods.deepmarks.codes import design_for_users
 
     rng = np.random.default_rng(5)
-    trials, alpha = 20_000, 1e-2
+    trials, alpha = 10_000, 1e-2
     for users, m in [(7, 32), (13, 32)]:
         d = design_for_users(users)
         cb = d.codebook(users)
@@ -299,3 +299,9 @@ def test_cli_distribute_without_seed_and_trace_names_the_user(mlp_owner, tmp_pat
     assert "7 copies" in r.output and (tmp_path / "copies" / "user-003.safetensors").is_file()
     r = runner.invoke(app, ["trace", str(tmp_path / "dm.seal"), str(tmp_path / "copies" / "user-003.safetensors")])
     assert r.exit_code == 0 and "accused user(s) 3 (p = " in r.output, r.output
+
+
+def test_two_colluders_of_the_7_user_code_are_both_accused(seven):
+    copies, key = seven
+    res = ms.trace(average([copies[1], copies[5]]), key)
+    assert res.accused == [1, 5] and res.p_value <= 1e-6, (res.accused, res.p_value)

@@ -212,9 +212,9 @@ class DeepMarks:
     gamma: float = 1.0
     rows: int | None = None
     epochs: int = 1  # fine-tuning epochs of each copy before its fit is checked
-    max_epochs: int = 20  # most fine-tuning epochs of one copy while its code fit stays below min_fit
+    max_epochs: int = 40  # most fine-tuning epochs of one copy while its code fit stays below min_fit
     min_fit: float = 0.99  # correlation the code read back from a copy must reach with its user's code
-    lr: float = 5e-4  # learning rate of each copy's fine-tuning
+    lr: float = 1e-3  # learning rate of each copy's fine-tuning
     batch_size: int = 64
     seed: int = 0
 
