@@ -1296,6 +1296,9 @@ def demo(
         table.add_row(r["protection"], r["model"], f"{r['accuracy']:.3f}", r["verdict"], r["detail"])
     out.print(table)
     out.print(survival_table(result["survival"]))
+    # the progress bar counted both kinds of work: say both, so its total matches
+    out.print(f"{result['cells']} cells and {result['negatives']} independent models judged "
+              f"({result['cells'] + result['negatives']} in the progress bar)")
     out.print(f"results -> {result['out_dir']} (report: {result['report']})")
 
 

@@ -109,7 +109,10 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     rows = [{"protection": "-", "model": "owner " + sc.owner["arch"], "accuracy": owner_acc, "verdict": "-",
              "detail": f"{sc.owner['epochs']} epochs on the owner split"}]
     for c, o in outcomes(cells, keys):
-        acc = c["attacked_acc"] if c["attacked_acc"] is not None else float("nan")
+        # the unattacked row shows the protected model's accuracy, as the report does (a per-user cell's
+        # attacked model is one user's copy)
+        acc = c["protected_acc"] if c["attack"] == "none" else c["attacked_acc"]
+        acc = acc if acc is not None else float("nan")
         rows.append({"protection": c["protection"], "model": "protected, no attack" if c["attack"] == "none"
                      else f"attacked: {attack_text(c)}", "accuracy": acc, "verdict": o["word"],
                      "detail": _detail(c, o)})
