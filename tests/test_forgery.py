@@ -72,9 +72,9 @@ def _forge(wm, asked, answers) -> dict:
           "transcript": {"verifier": {"alpha": 1e-6, "batch": len(asked), "max_queries": None,
                                       "budget": len(asked)}, "asked": list(asked), "answers": list(answers)}}
     labels = wm.key.tensors["labels"][idx]
-    hits = [int(a) == int(b) for a, b in zip(answers, labels.tolist(), strict=True)]
-    res = ms.stats.sequential_replay(hits, len(asked), 0.1, 1e-6, len(asked))
-    ev["result"] = {"score": res["score"], "p_value": res["p_value"], "owned": res["owned"], "alpha": 1e-6,
+    hits = sum(int(a) == int(b) for a, b in zip(answers, labels.tolist(), strict=True))
+    p = ms.stats.binomial_tail(hits, len(asked), 0.1)  # the forger's claim: k of k matched, p = 0.1^k
+    ev["result"] = {"score": hits / len(asked), "p_value": p, "owned": p <= 1e-6, "alpha": 1e-6,
                     "judged": True, "queries": len(asked)}
     return ev
 
@@ -92,7 +92,7 @@ def test_cherry_picked_matches_of_an_innocent_model_are_refused(wm, innocents):
     picked = [i for i in range(len(labels)) if got[i] == int(labels[i])][:8]
     assert len(picked) >= 3
     ev = _forge(wm, picked, [got[i] for i in picked])
-    assert ev["result"]["owned"]  # the forged arithmetic itself is consistent: p is tiny
+    assert ev["result"]["p_value"] <= 1e-3  # what the forger claims: every asked trigger matched
     report = evidence.check(ev, wm.commitment)
     assert not report["agrees"]
     assert any("not the committed query order" in p for p in report["problems"]), report["problems"]
@@ -258,18 +258,18 @@ def tafa(owner, digits):
                            digits.meta, progress=False)
 
 
-def test_tafa_margin_rewritten_to_zero_is_not_the_checkers(tafa, innocents, tmp_path):
+def test_tafa_margin_rewritten_to_zero_is_refused(tafa, innocents, tmp_path):
+    """A file whose own margin was rewritten to 0 (which verify refuses) is not one verify records, and
+    the checker judges with its own margin (0.1 by default) anyway."""
     path = tmp_path / "ev.json"
     ms.verify(innocents[0], tafa.key, evidence=path)
     ev = json.loads(path.read_text())
     ev["transcript"]["verifier"]["margin"] = 0.0
-    recomputed = methods.get("tafa").recheck(
-        {k: evidence._dec(v, k) for k, v in ev["opened"].items()},
-        {**ev["transcript"], "answers": evidence._dec(ev["transcript"]["answers"], "answers")}, tafa.commitment)
-    ev["result"].update(p_value=recomputed["p_value"], score=recomputed["score"], owned=recomputed["owned"])
     report = evidence.check(ev, tafa.commitment)
+    assert not report["agrees"] and any("margin must be" in p for p in report["problems"]), report["problems"]
     assert report["rule"]["margin"] == 0.1
-    assert report["checker"]["p_value"] >= recomputed["p_value"]
+    with pytest.raises(ModelSealError, match="margin must be"):
+        evidence.check(ev, tafa.commitment, rule={"margin": 0.0})
 
 
 def test_tafa_check_suspect_detects_other_answers(tafa, innocents, tmp_path):

@@ -147,7 +147,7 @@ def ws(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, tkey = ms.methods.get("trigger-set")(n=12, seed=1, extra_epochs=1).embed(owner, data.owner)
-        fkey = ms.methods.get("tafa")(n=8, seed=2).extract(owner, input_spec=data.meta)
+        fkey = ms.methods.get("tafa")(n=24, seed=2).extract(owner, input_spec=data.meta)
         locked, lkey = ms.methods.get("advparams")(seed=3, max_params=10).lock(owner, data.owner)
     from modelseal import commitment as commitment_mod
 
@@ -1098,7 +1098,10 @@ SMALL_METHODS = [
 ]
 
 
-WHY_NOT = "ltrc filters images in 2-D frequency space|no characteristic example reached its target"
+# (DeepMarks refuses, before training, a code the tiny carrier layer cannot trace at alpha: issue 25's power
+# check, which names the rows and the layer)
+WHY_NOT = ("ltrc filters images in 2-D frequency space|no characteristic example reached its target|"
+           "users cannot be traced at alpha .* projection rows")
 
 
 @pytest.fixture(scope="module")

@@ -626,9 +626,9 @@ def watermark_embed(
 
     seed = _secret_seed(seed)
     try:
+        mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         data = _data_for(model_path, data)
         _check_pair(model_path, data, out_path, key_path, force)
-        mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(wm, model_path, data, device, out_path, key_path, force,
                                                as_json, arch)
@@ -802,16 +802,16 @@ def _is_key_file(path: Path) -> bool | None:
 def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:
     """Before torch is imported: every key file and a suspect file exist, and they are not swapped (a model
     given as the key, or a key as the suspect); URLs are checked when they are queried."""
+    from .tensorfile import _regular_input, usable_path
+
     for label, k in keys.items():
-        if not Path(k).is_file():
-            raise ModelSealError(f"{label} {k} does not exist" if not Path(k).is_dir() else
-                                 f"{label} {k} is a directory, not a key file")
+        _regular_input(usable_path(k, what=label), ModelSealError, label)  # exists, a regular file, a usable name
         if _is_key_file(Path(k)) is False:
             raise ModelSealError(f"{label} {k} is a model file, not a modelseal key; the order is "
                                  "KEY [KEY ...] SUSPECT (the suspect model last)")
     if suspect.startswith(("http://", "https://")):
         return
-    if not Path(suspect).exists():
+    if not usable_path(suspect, what="SUSPECT").exists():
         raise ModelSealError(f"SUSPECT {suspect} does not exist")
     if Path(suspect).is_file() and _is_key_file(Path(suspect)):
         raise ModelSealError(f"SUSPECT {suspect} is a modelseal key, not a model (a file without modelseal "

@@ -99,7 +99,7 @@ class Jpeg(InputTransform):
     """Re-encode every query as a JPEG at `quality` (1..100) with Pillow and decode it again."""
 
     quality: int = 75  # JPEG quality, 1 (worst) .. 100 (best)
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("quality", self.quality, 1, 100, integer=True)
@@ -132,7 +132,7 @@ class Squeeze(InputTransform):
     """Feature squeezing: reduce every input value to `bits` bits (2**bits levels over the input range)."""
 
     bits: int = 3  # bits per input value: 2**bits levels over the input range
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("bits", self.bits, 1, 16, integer=True)
@@ -149,7 +149,7 @@ class Median(InputTransform):
     """Median smoothing: every pixel becomes the median of its `size` x `size` neighbourhood (per channel)."""
 
     size: int = 3  # side of the square neighbourhood (odd, pixels)
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("size", self.size, 1, 15, integer=True)
@@ -173,7 +173,7 @@ class Blur(InputTransform):
     """Gaussian smoothing of every query with standard deviation `sigma` (pixels)."""
 
     sigma: float = 0.5  # standard deviation of the Gaussian kernel (pixels)
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("sigma", self.sigma, 0, 10, lo_open=True)
@@ -197,7 +197,7 @@ class InputNoise(InputTransform):
     """Add Gaussian noise of standard deviation `std` (relative to the input range) to every query."""
 
     std: float = 0.05  # standard deviation of the noise
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("std", self.std, 0, 10)
@@ -214,7 +214,7 @@ class Shift(InputTransform):
     (edges replicated)."""
 
     pixels: int = 1  # largest shift along each axis (pixels)
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("pixels", self.pixels, 1, 16, integer=True)
@@ -235,7 +235,7 @@ class Flip(InputTransform):
     """Mirror each query left-right with probability `p` (1: every query)."""
 
     p: float = 0.5  # probability that a query is mirrored
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("p", self.p, 0, 1)
@@ -255,7 +255,7 @@ class InputQuantize(InputTransform):
 
     levels: int = 16  # number of evenly spaced levels over the input range
     dither: bool = True  # add uniform noise of one level's width before rounding
-    seed: int = 0
+    seed: int = 0  # seed of the transform's randomness (deterministic given it)
 
     def __post_init__(self) -> None:
         check_number("levels", self.levels, 2, 65536, integer=True)

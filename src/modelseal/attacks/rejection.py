@@ -102,7 +102,7 @@ class RejectSoftmax(_Rejection):
     """Flag queries whose maximum softmax probability is below what `reject_rate` of the attacker's own inputs
     reach, and answer them with the `answer` class ('second' best or 'random')."""
 
-    reject_rate: float = 0.05
+    reject_rate: float = 0.05  # fraction of the attacker's own inputs flagged (false rejections it accepts)
     answer: str = "second"  # answer to a flagged query: second (best class) | random (other class)
     seed: int = 0
 
@@ -122,7 +122,7 @@ class RejectMahalanobis(_Rejection):
     """Flag queries whose penultimate features are far (Mahalanobis distance to the nearest class mean) from
     the attacker's own inputs (`reject_rate` of them flagged), and answer them with the `answer` class."""
 
-    reject_rate: float = 0.05
+    reject_rate: float = 0.05  # fraction of the attacker's own inputs flagged (false rejections it accepts)
     answer: str = "second"  # answer to a flagged query: second (best class) | random (other class)
     seed: int = 0
 

@@ -156,9 +156,8 @@ class CharacteristicExamples:
     seed: int = 0
     max_rounds: int = 5  # most rounds of new starts when fewer than n examples come out targeted
     batch_size: int = 1024
-    # extension (conferrable selection, after Lukas et al., ICLR 2021): independent models (a list, or a
-    # reference-pool folder) the kept examples must NOT carry; never the verifier's references
-    extraction_references: Any = None
+    # extension (conferrable selection, after Lukas et al., ICLR 2021); never the verifier's references
+    extraction_references: Any = None  # independent models (a list or a pool folder) kept examples must not carry
     max_transfer: float = 0.05  # largest fraction of extraction references allowed to match a kept example
     confer_weight: float = 1.0  # weight of the step away from the target on an extraction reference
 
