@@ -91,6 +91,8 @@ def test_no_module_imports_upward():
      "modelseal deepmarks distribute"),
 ])
 def test_family_verb_mismatch_names_the_right_command(tmp_path, args, right):
+    # a real model file: the commands check MODEL (before importing torch) ahead of the method's family
+    ms.models.save_model(ms.models.build("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0), tmp_path / "M")
     args = [str(tmp_path / a) if a in ("M", "K", "O") else a for a in args]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output

@@ -626,9 +626,9 @@ def watermark_embed(
 
     seed = _secret_seed(seed)
     try:
-        mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         data = _data_for(model_path, data)
         _check_pair(model_path, data, out_path, key_path, force)
+        mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
         wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
         before, after, key = _protect_and_save(wm, model_path, data, device, out_path, key_path, force,
                                                as_json, arch)
