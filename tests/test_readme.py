@@ -151,6 +151,8 @@ def test_every_help_example_parses_with_its_command():
 
 # Examples not run by the test below, each with why; everything else runs as written.
 HELP_NOT_RUN = {
+    "modelseal attack knockoff model.onnx --data digits --set queries=500 --out stolen.safetensors":
+        "needs an ONNX file (tests/test_attacks_suite.py steals one through this command)",
     "modelseal attack collude copies/user-001.safetensors --other copies/user-002.safetensors --data digits "
     "--set k=2 --out leaked.safetensors": "needs the DeepMarks copies (tests/test_attacks_suite.py runs collude)",
     "modelseal train --data mnist5k --arch cnn --epochs 5 --out owner.safetensors": "minutes of CPU; the digits "
