@@ -1371,7 +1371,7 @@ app.add_typer(references_app, name="references")
 @references_app.command("make", epilog=_examples(
     "modelseal references make --data digits --n 99 --out verifier-refs --seed 5000",
     "modelseal references make --data digits --n 99 --arch mlp --epochs 3 --out extraction-refs --seed 1000",
-    "modelseal verify ce.seal suspect.safetensors --references verifier-refs --alpha 0.01"))
+    "modelseal verify ce.seal owner.safetensors --references verifier-refs --alpha 0.01"))
 def references_make(
     out_dir: Annotated[Path, typer.Option("--out", help="pool folder (models + pool.json); reused and grown")],
     data: DataOpt = "digits",
