@@ -816,7 +816,7 @@ def _check_lock_pair(w, code, out, err, outdir):
 
 OK("ok-lock-fresh-paths", lambda w: (w.root / "okl").mkdir(exist_ok=True) or [
     LOCK, w["m"], "--out", w.root / "okl" / "locked.safetensors", "--key",
-                                     w.root / "okl" / "lock.seal", *D],
+                                     w.root / "okl" / "lock.seal", *D, "--set", "target_accuracy=0.3"],
    lambda w, code, out, err: _check_lock_pair(w, code, out, err, w.root / "okl"))
 
 
