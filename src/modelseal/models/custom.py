@@ -12,7 +12,7 @@ Weights are a plain safetensors state dict (`safetensors.torch.save_file(model.s
 output size, bounds) so that later commands know the input shape and can say which `--arch` to pass.
 
 torch.export `.pt2` files are refused: `torch.export.load` (torch 2.13) unpickles parts of the archive
-with `torch.load(weights_only=False)`, which can run code, and modelseal never unpickles.
+with torch's unsafe (weights_only=False) loader, which can run code, and modelseal never unpickles.
 """
 
 from __future__ import annotations
