@@ -103,8 +103,8 @@ def test_methods_name_lists_the_verifiers_parameters_as_the_class_declares_them(
         listed = {p["name"]: p for p in json.loads(r.stdout)["verifier_params"]}
         declared = methods.get(name).verify_params
         assert set(listed) == set(declared), name
-        for k, (default, meaning) in declared.items():
-            assert listed[k]["default"] == repr(default) and listed[k]["meaning"] == meaning.rstrip("."), (name, k)
+        for k, spec in declared.items():
+            assert listed[k]["default"] == repr(spec.default) and listed[k]["meaning"] == spec.meaning, (name, k)
         if declared:
             assert listed["alpha"]["range"] == "(0, 1)" and listed["alpha"]["default"] == "1e-06"
     human = runner.invoke(app, ["methods", "tafa"])

@@ -4,7 +4,6 @@ test-only method that runs through `bench run`, `verify` and the report with no 
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,12 @@ from typer.testing import CliRunner
 import modelseal as ms
 from modelseal import methods
 from modelseal.cli import app
-from modelseal.verdict import DEFAULT_ALPHA, Verdict
 
 SRC = Path(ms.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    {"errors", "_version", "validate", "verdict", "tensorfile", "keys", "stats", "commitment", "paramdoc"},
+    {"errors", "_version", "validate", "verdict", "tensorfile", "keys", "stats", "commitment", "schema"},
     {"runtime"},
     {"data"},
     {"models"},
@@ -109,51 +107,13 @@ def test_api_family_mismatch(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- a test-only method
-@dataclass
-class OutputBias:
-    """A toy watermark for tests: adds `shift` to the logit of class `target`; judges by how often the suspect
-    answers `target` on random inputs, against the binomial null of rate `null`."""
-
-    target: int = 3
-    shift: float = 20.0
-    n: int = 40
-    seed: int = 0
-
-    verify_params = {"alpha": (DEFAULT_ALPHA, "false-accusation rate"), "null": (0.5, "null match rate")}
-
-    def embed(self, model, data, progress=None):
-        import copy
-
-        from modelseal.models import last_linear, signature_of
-
-        out = copy.deepcopy(model)
-        _, head = last_linear(out)
-        with torch.no_grad():
-            head.bias[self.target] += self.shift
-        gen = torch.Generator().manual_seed(self.seed)
-        shape = tuple(signature_of(model)["input_shape"])
-        key = ms.Key("test-output-bias", params={"target": self.target, "seed": self.seed},
-                     tensors={"x": torch.rand((self.n, *shape), generator=gen)}, signature=signature_of(model))
-        return out, key
-
-    def verify(self, suspect, key, alpha=DEFAULT_ALPHA, null=0.5):
-        from modelseal import stats, validate
-        from modelseal.suspect import as_suspect
-
-        alpha = validate.alpha(alpha)
-        s = as_suspect(suspect)
-        x = key.tensors["x"]
-        hits = int((s.labels(x) == int(key.params["target"])).sum())
-        p = stats.binomial_tail(hits, len(x), null)
-        return Verdict("test-output-bias", owned=p <= alpha, score=hits / len(x), threshold=null, p_value=p,
-                       alpha=alpha, queries=len(x))
-
-
 @pytest.fixture
 def toy_method():
-    cls = methods.register("test-output-bias", family="watermark", access="labels")(OutputBias)
-    yield cls
-    methods._REGISTRY.pop("test-output-bias", None)
+    import toy_method as mod
+
+    methods.register(mod.NAME, family="watermark", access="labels")(mod.OutputBias)  # again after an unregister
+    yield mod.OutputBias
+    methods.unregister(mod.NAME)
 
 
 def test_a_test_only_method_runs_through_bench_verify_and_report(toy_method, tmp_path):

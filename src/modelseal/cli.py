@@ -194,13 +194,10 @@ def _secret_seed(seed: int | None) -> int:
 
 
 def _construct(cls: type, params: dict[str, Any]) -> Any:
-    import inspect
+    from .schema import fields_of
 
-    try:
-        known = [n for n in inspect.signature(cls).parameters if n != "progress"]
-    except (TypeError, ValueError):
-        known = []
-    unknown = [n for n in params if known and n not in known]
+    known = [s.name for s in fields_of(cls)]
+    unknown = [n for n in params if n not in known]
     if unknown:
         raise ModelSealError(f"bad parameter for {cls.name}: no parameter {', '.join(map(repr, unknown))}; its "
                              "parameters: "
@@ -1315,7 +1312,7 @@ def list_methods(
             f"methods: {', '.join(payload['methods'])}\nattacks: {', '.join(payload['attacks'])}\n"
             "parameters of one: modelseal methods NAME"))
         return
-    from . import paramdoc
+    from . import schema
 
     kinds = {"method": method_registry._available(), "attack": attack_registry._available()}
     kind = next((k for k, table in kinds.items() if name in table), None)
@@ -1323,13 +1320,17 @@ def list_methods(
         _fail(ModelSealError(f"unknown method or attack '{name}'; known: "
                              f"{', '.join(method_registry.names() + attack_registry.names())}"))
     try:
-        params = paramdoc.describe(kinds[kind][name], name)
-        rule = paramdoc.verifier(kinds[kind][name], name) if kind == "method" else []
-    except (LookupError, SyntaxError) as e:
+        declared = schema.read(kinds[kind][name], name)
+    except (LookupError, SyntaxError, ValueError) as e:
         _fail(ModelSealError(f"cannot read the parameters of '{name}': {e}"))
-    payload = {"name": name, "kind": kind, "params": [p.to_dict() for p in params]}
+
+    def listed(specs: list) -> list[dict[str, Any]]:
+        return [{**s.to_dict(), "default": repr(s.default)} for s in specs]
+
+    params, rule = listed(declared["params"]), listed(declared["verifier"]) if kind == "method" else []
+    payload = {"name": name, "kind": kind, "params": params}
     if kind == "method":
-        payload["verifier_params"] = [p.to_dict() for p in rule]
+        payload["verifier_params"] = rule
 
     def human() -> None:
         from rich.padding import Padding
@@ -1338,8 +1339,9 @@ def list_methods(
         def show(title: str, items: list) -> None:
             out.print(Text(title, style="bold"))
             for p in items:
-                out.print(Text.assemble((p.name, "bold cyan"), f"  {p.type} = {p.default}", f"   range: {p.range}"))
-                out.print(Padding(Text(p.meaning), (0, 0, 0, 4), expand=False))
+                out.print(Text.assemble((p["name"], "bold cyan"), f"  {p['type']} = {p['default']}",
+                                        f"   range: {p['range']}"))
+                out.print(Padding(Text(p["meaning"]), (0, 0, 0, 4), expand=False))
 
         how = "when protecting" if kind == "method" else f"on `modelseal attack {name}`"
         show(f"{kind} {name}: parameters (set with --set NAME=VALUE {how})", params)

@@ -80,15 +80,14 @@ def make(verdict: Verdict, key: Key, suspect: Any) -> dict[str, Any]:
     """The evidence of `verdict` (judged by `key` on `suspect`) as a JSON-able dict."""
     mi = methods.info(key.method)
     cls = mi.cls
-    if not getattr(cls, "recheck", None):
+    if not cls.writes_evidence():
         raise ModelSealError(f"'{key.method}' verdicts cannot be re-checked, so no evidence file is written")
     if verdict.transcript is None:
         raise ModelSealError("this verdict holds no transcript (it was not made by verify); no evidence")
     tr = verdict.transcript
-    if getattr(cls, "evidence_open", None):
-        opened = cls.evidence_open(key, tr)
-        nonce = None
-    else:
+    opened = cls.evidence_open(key, tr)
+    nonce = None
+    if opened is None:  # the default: every key tensor, opened with the commitment's nonce
         opened = dict(key.tensors)
         nonce = _commitment.nonce_of(key)
     result = {"score": verdict.score, "p_value": verdict.p_value, "owned": verdict.owned,
@@ -159,14 +158,12 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
     cls = methods.info(method).cls
     if pub["method"] != method:
         raise KeyIntegrityError(f"the commitment is for '{pub['method']}', the evidence for '{method}'")
-    if not getattr(cls, "recheck", None):
+    if not cls.writes_evidence():
         raise ModelSealError(f"'{method}' verdicts cannot be re-checked")
     checker_rule = _checker_rule(cls, rule)
     opened = {k: _dec(v, f"opened tensor '{k}'") for k, v in ev["opened"].items()}
     try:
-        if getattr(cls, "evidence_check", None):
-            cls.evidence_check(opened, pub)
-        else:
+        if not cls.evidence_check(opened, pub):
             nonce_hex = ev.get("nonce")
             if not isinstance(nonce_hex, str) or len(nonce_hex) != 64:
                 raise KeyIntegrityError("the evidence does not open the commitment nonce")
@@ -217,7 +214,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         if "accused" in mine and sorted(result.get("accused", [])) != sorted(mine["accused"]):
             problems.append(f"the evidence accuses {result.get('accused')}, the checker's rule "
                             f"{mine['accused']}")
-    not_proved = list(getattr(cls, "evidence_not_proved", ()))
+    not_proved = list(cls.evidence_not_proved)
     if suspect is None:
         not_proved.insert(0, "which model gave these answers: this checked the arithmetic from the transcript and "
                              "the commitment; pass the suspect (check --suspect) to re-query it")
@@ -233,13 +230,13 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
 def _checker_rule(cls: type, rule: dict[str, Any] | None) -> dict[str, Any]:
     """The checker's rule: verify's defaults, overridden by what the checker gave; validated."""
     given = dict(rule or {})
-    allowed = {k for k in cls.verify_params if k != "references"}
+    allowed = {k for k in cls.verify_params if k not in cls.rule_skip}
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ModelSealError(f"{cls.name} checks take the parameter(s) {', '.join(sorted(allowed))}, not "
                              f"{', '.join(unknown)}")
-    merged = {k: given.get(k, cls.verify_params[k][0]) for k in allowed}
-    return cls.check_rule(merged) if getattr(cls, "check_rule", None) else merged
+    merged = cls.rule(given)
+    return {k: v for k, v in merged.items() if k in allowed}
 
 
 def _rule_text(rule: dict[str, Any]) -> str:
@@ -252,8 +249,6 @@ def _requery(cls: type, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[
     """Ask the suspect the opened inputs again; what differs from the transcript."""
     from .suspect import as_suspect
 
-    if not getattr(cls, "reanswer", None):
-        raise ModelSealError(f"'{cls.name}' evidence cannot be re-queried")
     s = as_suspect(suspect)
     out: list[str] = []
     ident = s.identity()

@@ -57,8 +57,13 @@ class Spec:
 
     @property
     def base(self) -> str:
-        """The type without `| None`."""
-        return self.type.replace("| None", "").replace("None |", "").strip()
+        """The type without `| None` ("union" when several types remain: the class's `check` judges those)."""
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else "union"
+
+    @property
+    def parts(self) -> list[str]:
+        return [p.strip() for p in self.type.split("|") if p.strip() != "None"]
 
     @property
     def optional(self) -> bool:
@@ -71,11 +76,18 @@ class Spec:
         if self.choices is not None:
             text = " | ".join(self.choices)
         elif self.base in ("int", "float"):
-            lo = "-inf" if self.lo is None else f"{self.lo:g}"
-            hi = "inf" if self.hi is None else f"{self.hi:g}"
-            text = f"{'(' if self.lo_open or self.lo is None else '['}{lo}, {hi}{')' if self.hi_open or self.hi is None else ']'}"
+            def num(v: float) -> str:
+                return str(int(v)) if self.base == "int" else f"{v:g}"
+
+            lo = "-inf" if self.lo is None else num(self.lo)
+            hi = "inf" if self.hi is None else num(self.hi)
+            left = "(" if self.lo_open or self.lo is None else "["
+            right = ")" if self.hi_open or self.hi is None else "]"
+            text = f"{left}{lo}, {hi}{right}"
         elif self.base == "bool":
             text = "true | false"
+        elif self.base.startswith("list"):
+            text = "a list (see meaning)"
         elif self.base == "str":
             text = f"text of at most {self.max_len} characters"
         else:
@@ -195,8 +207,8 @@ def incomplete(specs: list[Spec]) -> list[str]:
     for s in specs:
         if not s.meaning:
             out.append(f"{s.name}: no meaning (declare it with param(...))")
-        if s.base not in _TYPES:
-            out.append(f"{s.name}: type {s.type!r} is not one of {', '.join(sorted(_TYPES))} (or | None)")
+        if any(p.split("[")[0] not in _TYPES for p in s.parts):
+            out.append(f"{s.name}: type {s.type!r} is not made of {', '.join(sorted(_TYPES))} (and None)")
         if s.base in ("int", "float") and (s.lo is None or s.hi is None):
             out.append(f"{s.name}: a number needs both bounds")
         if s.role not in ROLES:
@@ -254,13 +266,14 @@ class _Evaluator:
     """Evaluates a declaration's expression: literals, names of module constants (or of constants in
     validate/verdict/schema), arithmetic, and calls of this module's factories. Anything else is an error."""
 
-    def __init__(self, tree: ast.Module, module: str):
+    def __init__(self, tree: ast.Module, module: str, package: bool = False):
         self.module = module
+        anchor = module + ".x" if package else module  # a package's own name is the first relative level
         self.consts: dict[str, Any] = {}
         self.imported: dict[str, Any] = {}
         for node in tree.body:
             if isinstance(node, ast.ImportFrom):
-                base = module.rsplit(".", node.level)[0] if node.level else ""
+                base = anchor.rsplit(".", node.level)[0] if node.level else ""
                 target = f"{base}.{node.module}" if base and node.module else (node.module or base)
                 for a in node.names:
                     self.imported[a.asname or a.name] = (target, a.name)
@@ -270,7 +283,7 @@ class _Evaluator:
             if len(targets) == 1 and isinstance(targets[0], ast.Name):
                 try:
                     self.consts[targets[0].id] = self.eval(node.value)  # type: ignore[arg-type]
-                except (LookupError, ValueError, TypeError):
+                except Exception:  # noqa: BLE001 - a constant this reader cannot evaluate is simply not known
                     pass
 
     def name(self, ident: str) -> Any:
@@ -296,7 +309,13 @@ class _Evaluator:
             items = [self.eval(e) for e in node.elts]
             return tuple(items) if isinstance(node, ast.Tuple) else set(items) if isinstance(node, ast.Set) else items
         if isinstance(node, ast.Dict):
-            return {self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values, strict=True)}  # type: ignore[arg-type]
+            out: dict[Any, Any] = {}
+            for k, v in zip(node.keys, node.values, strict=True):
+                if k is None:  # {**other}
+                    out.update(self.eval(v))
+                else:
+                    out[self.eval(k)] = self.eval(v)
+            return out
         if isinstance(node, ast.Name):
             return self.name(node.id)
         if isinstance(node, ast.Attribute):
@@ -308,26 +327,30 @@ class _Evaluator:
             return -self.eval(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             return _BINOPS[type(node.op)](self.eval(node.left), self.eval(node.right))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FACTORIES:
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "math.sqrt":
+            return math.sqrt(self.eval(node.args[0]))
+        factory = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else \
+            node.func.attr if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("schema.") else None
+        if isinstance(node, ast.Call) and factory in _FACTORIES:
             args = [self.eval(a) for a in node.args]
             kw = {k.arg: self.eval(k.value) for k in node.keywords if k.arg}
-            return _FACTORIES[node.func.id](*args, **kw)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "sqrt":
-            return math.sqrt(self.eval(node.args[0]))
+            return _FACTORIES[factory](*args, **kw)
         raise ValueError(f"{self.module}: cannot read {ast.unparse(node)[:60]} without importing")
 
 
 @functools.lru_cache(maxsize=64)
-def _module_source(module: str) -> tuple[ast.Module, str]:
+def _module_source(module: str) -> tuple[ast.Module, bool]:
+    """The syntax tree of `module` (found, never imported) and whether it is a package."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise LookupError(f"module {module} is not installed")
-    return ast.parse(Path(spec.origin).read_text(encoding="utf-8")), spec.origin
+    return ast.parse(Path(spec.origin).read_text(encoding="utf-8")), spec.submodule_search_locations is not None
 
 
 @functools.lru_cache(maxsize=64)
 def _evaluator(module: str) -> _Evaluator:
-    return _Evaluator(_module_source(module)[0], module)
+    tree, package = _module_source(module)
+    return _Evaluator(tree, module, package)
 
 
 def _constant_of(module: str, name: str) -> Any:
@@ -350,47 +373,56 @@ def _registered(tree: ast.Module, name: str, ev: _Evaluator) -> ast.ClassDef:
     raise LookupError(f"{ev.module} registers no class named {name!r}")
 
 
-def _class_fields(tree: ast.Module, module: str, cls: ast.ClassDef, depth: int = 0) -> list[ast.AnnAssign]:
-    """The annotated fields of `cls` after those of its bases (in this module, or imported from another
-    modelseal module); a redefined field keeps its place."""
+def _bases(tree: ast.Module, module: str, cls: ast.ClassDef) -> list[tuple[ast.Module, str, ast.ClassDef]]:
+    """The base classes of `cls` defined in the same module or imported from another modelseal module."""
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     ev = _evaluator(module)
-    fields: list[ast.AnnAssign] = []
+    out = []
     for base in cls.bases:
-        if not isinstance(base, ast.Name) or depth > 8:
+        if not isinstance(base, ast.Name):
             continue
         if base.id in classes:
-            fields += _class_fields(tree, module, classes[base.id], depth + 1)
+            out.append((tree, module, classes[base.id]))
         elif base.id in ev.imported and ev.imported[base.id][0].startswith("modelseal."):
             target, attr = ev.imported[base.id]
             other, _ = _module_source(target)
             node = next((n for n in other.body if isinstance(n, ast.ClassDef) and n.name == attr), None)
             if node is not None:
-                fields += _class_fields(other, target, node, depth + 1)
+                out.append((other, target, node))
+    return out
+
+
+def _class_fields(tree: ast.Module, module: str, cls: ast.ClassDef, depth: int = 0) -> list[tuple[str, ast.AnnAssign]]:
+    """(module, field) for the annotated fields of `cls`, after those of its bases; a redefined field keeps
+    its place (as a dataclass orders them)."""
+    fields: list[tuple[str, ast.AnnAssign]] = []
+    if depth < 8:
+        for btree, bmod, bnode in _bases(tree, module, cls):
+            if any("dataclass" in ast.unparse(d) for d in bnode.decorator_list):  # only a dataclass has fields
+                fields += _class_fields(btree, bmod, bnode, depth + 1)
     for n in cls.body:
-        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and "ClassVar" not in ast.unparse(n.annotation):
-            at = next((i for i, f in enumerate(fields) if f.target.id == n.target.id), None)  # type: ignore[union-attr]
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) \
+                and "ClassVar" not in ast.unparse(n.annotation):
+            at = next((i for i, (_, f) in enumerate(fields) if f.target.id == n.target.id), None)  # type: ignore[union-attr]
             if at is None:
-                fields.append(n)
+                fields.append((module, n))
             else:
-                fields[at] = n
+                fields[at] = (module, n)
     return fields
 
 
 def _class_verifier(tree: ast.Module, module: str, cls: ast.ClassDef, depth: int = 0) -> dict[str, Spec]:
-    ev = _evaluator(module)
     for n in cls.body:
         if isinstance(n, (ast.Assign, ast.AnnAssign)):
             target = n.targets[0] if isinstance(n, ast.Assign) else n.target
             if getattr(target, "id", "") == "verify_params" and n.value is not None:
-                return ev.eval(n.value)
-    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    for base in cls.bases:
-        if isinstance(base, ast.Name) and base.id in classes and depth < 8:
-            found = _class_verifier(tree, module, classes[base.id], depth + 1)
-            if found:
+                return _evaluator(module).eval(n.value)
+    if depth < 8:
+        for btree, bmod, bnode in _bases(tree, module, cls):
+            found = _class_verifier(btree, bmod, bnode, depth + 1)
+            if found is not None:
                 return found
-    return {}
+    return None  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=128)
@@ -398,10 +430,10 @@ def read(module: str, name: str) -> dict[str, list[Spec]]:
     """What `of(cls)` gives for the class registered as `name` in `module`, read from its source (no import).
     A field declared without `param(...)` is listed with an empty meaning (incomplete)."""
     tree, _ = _module_source(module)
-    ev = _evaluator(module)
-    cls = _registered(tree, name, ev)
+    cls = _registered(tree, name, _evaluator(module))
     params = []
-    for f in _class_fields(tree, module, cls):
+    for fmod, f in _class_fields(tree, module, cls):
+        ev = _evaluator(fmod)
         fname = f.target.id  # type: ignore[union-attr]
         tname = _norm_type(ast.unparse(f.annotation))
         value = ev.eval(f.value) if f.value is not None and isinstance(f.value, ast.Call) \
@@ -414,7 +446,7 @@ def read(module: str, name: str) -> dict[str, list[Spec]]:
         else:
             default = ev.eval(f.value) if f.value is not None else None
             params.append(Spec(type=tname, default=default, meaning="", name=fname))
-    return {"params": params, "verifier": list(_class_verifier(tree, module, cls).values())}
+    return {"params": params, "verifier": list((_class_verifier(tree, module, cls) or {}).values())}
 
 
 __all__ = ["Spec", "param", "seed_param", "device_param", "batch_param", "progress_field", "vparam", "verifier",

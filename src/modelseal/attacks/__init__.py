@@ -38,6 +38,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelSealError, RegistryError
+from ..schema import Configurable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -93,6 +94,7 @@ _MODULES = {
     # combined
     "chain": "modelseal.attacks.chain",
 }
+_BUILTIN = frozenset(_MODULES)
 FAMILY_ORDER = ("input", "output", "rejection", "modification", "extraction", "chain")
 # The family of every attack, for listing without imports; tests check it against each class's `family`.
 FAMILIES = {
@@ -113,9 +115,13 @@ class AttackError(ModelSealError):
     """An attack was configured with bad parameters or given unusable data or models."""
 
 
-class Attack:
-    """Base class: `apply(model, data=None) -> nn.Module`, a new model; the input is left untouched."""
+class Attack(Configurable):
+    """Base class: `apply(model, data=None) -> nn.Module`, a new model; the input is left untouched.
 
+    A subclass is a dataclass whose fields are declared with `modelseal.schema.param(...)`: construction
+    checks them (AttackError), then the subclass's `check()` (relations between fields)."""
+
+    param_error = AttackError
     name = "attack"
     seed: int = 0
     copies = 1
@@ -218,9 +224,17 @@ def register(name: str):
         if many is not None and not getattr(many, "_checks_finite", False):
             cls.apply_many = _costed(many, many=True)
         _REGISTRY[name] = cls
+        _MODULES.setdefault(name, cls.__module__)  # an attack from another package is listed like ours
         return cls
 
     return deco
+
+
+def unregister(name: str) -> None:
+    """Forget an attack registered from outside modelseal (tests, plugins); the built-in ones stay."""
+    _REGISTRY.pop(name, None)
+    if name not in _BUILTIN:
+        _MODULES.pop(name, None)
 
 
 def _available() -> dict[str, str]:
@@ -228,7 +242,7 @@ def _available() -> dict[str, str]:
     modelseal; find_spec is asked only for this package's own submodules (asking for
     `modelseal.bench.overwrite` would import `modelseal.bench`, and with it torch, just to list names)."""
     return {n: m for n, m in _MODULES.items()
-            if not m.startswith("modelseal.attacks.") or importlib.util.find_spec(m) is not None}
+            if not m.startswith("modelseal.attacks.") or n not in _BUILTIN or importlib.util.find_spec(m) is not None}
 
 
 def get(name: str) -> type:

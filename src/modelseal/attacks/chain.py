@@ -12,7 +12,7 @@ queries and takes the largest number of examples (the steps share one data set);
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..data import meta_of
 from ..errors import RegistryError
+from ..schema import param, progress_field, seed_param
 from ..suspect import Suspect
 from . import Attack, AttackError, get, register
 
@@ -31,12 +32,12 @@ MAX_STEPS = 16
 class Chain(Attack):
     """Run `steps` (a list of {"attack": name, "params": {...}}) one after another as one attack."""
 
-    steps: list = field(default_factory=list)
-    seed: int = 0
-    progress: Any = None
+    steps: list = param([], "the attacks to run in order: a list of {'attack': NAME, 'params': {...}}")
+    seed: int = seed_param()
+    progress: Any = progress_field()
     family = "chain"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if not isinstance(self.steps, (list, tuple)) or not self.steps:
             raise AttackError("chain needs steps = [{attack = NAME, params = {...}}, ...]")
         if len(self.steps) > MAX_STEPS:

@@ -26,9 +26,10 @@ from .. import models, validate
 from ..data import CLASSIFICATION, TensorData, as_tensors, meta_of
 from ..models import reinit
 from ..runtime import model_device
+from ..schema import batch_param, device_param, param, progress_field, seed_param
 from ..train import fit, predict, task_of
 from . import Attack, AttackError, register
-from .finetune import check_number, require_data
+from .finetune import require_data
 
 LABELS = ("soft", "hard")
 
@@ -38,27 +39,21 @@ LABELS = ("soft", "hard")
 class Distill(Attack):
     """Train a fresh `student` ('same' or a zoo architecture) on the data's inputs labelled by the model."""
 
-    student: str = "same"  # student architecture: same (the suspect's) or a zoo name
-    epochs: int = 10  # distillation epochs
-    temperature: float = 4.0  # softmax temperature of soft labels
-    lr: float = 1e-3  # learning rate (Adam)
-    labels: str = "soft"  # soft: the teacher's probabilities; hard: its top class only
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
+    student: str = param('same', "student architecture: same (the suspect's) or a zoo name")
+    epochs: int = param(10, "distillation epochs", lo=0, hi=validate.MAX_EPOCHS)
+    temperature: float = param(4.0, "softmax temperature of soft labels", lo=0, hi=1e6, lo_open=True)
+    lr: float = param(0.001, "learning rate (Adam)", lo=0, hi=10, lo_open=True)
+    labels: str = param('soft', "soft: the teacher's probabilities; hard: its top class only", choices=LABELS)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
     family = "extraction"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.student != "same" and self.student not in models.names():
             raise AttackError(f"unknown student architecture '{self.student}'; use 'same' or one of "
                               f"{', '.join(models.names())}")
-        if self.labels not in LABELS:
-            raise AttackError(f"unknown distillation labels '{self.labels}'; use 'soft' or 'hard'")
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("temperature", self.temperature, 0, lo_open=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
 
     def build_student(self, teacher: nn.Module, input_shape: tuple[int, ...], output_size: int,
                       data: Dataset) -> nn.Module:

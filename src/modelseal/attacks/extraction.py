@@ -30,10 +30,11 @@ from torch.utils.data import Dataset
 from .. import models, validate
 from ..data import TensorData, as_tensors, meta_of
 from ..errors import SuspectError
+from ..schema import batch_param, device_param, param, progress_field, seed_param
 from ..suspect import Suspect
 from ..train import fit, predict
 from . import Attack, AttackError, register
-from .finetune import check_number, data_fraction, require_data, train_last_layer
+from .finetune import data_fraction, require_data, train_last_layer
 
 STUDENTS = ("same", "other")
 
@@ -80,27 +81,22 @@ class _Lookup:
 
 @dataclass
 class _Extraction(Attack):
-    queries: int = 1000  # query budget: inputs sent to the suspect
-    student: str = "same"  # student architecture: same | other | a zoo name
-    epochs: int = 10  # training epochs
-    lr: float = 1e-3  # learning rate
-    temperature: float = 1.0  # softmax temperature
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
+    queries: int = param(1000, "query budget: inputs sent to the suspect", lo=1, hi=validate.MAX_COUNT)
+    student: str = param('same', "student architecture: same | other | a zoo name")
+    epochs: int = param(10, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
+    temperature: float = param(1.0, "softmax temperature", lo=0, hi=1000000.0, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
     family = "extraction"
     takes_suspect = True
 
-    def __post_init__(self) -> None:
-        check_number("queries", self.queries, 1, validate.MAX_COUNT, integer=True)
+    def check(self) -> None:
         if self.student not in STUDENTS and self.student not in models.names():
             raise AttackError(f"unknown student architecture '{self.student}'; use same, other or one of "
                               f"{', '.join(models.names())}")
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("temperature", self.temperature, 0, 1e6, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
 
     def build_student(self, suspect: Suspect, input_shape: tuple[int, ...], classes: int, meta: Any) -> nn.Module:
         spec = models.spec_of(suspect.module) if suspect.module is not None else None
@@ -191,11 +187,7 @@ class KnockoffAdaptive(_Extraction):
     """Knockoff with adaptive selection: `queries` spent in `rounds`, each on the pool inputs where the
     student trained so far is least certain (the first round at random)."""
 
-    rounds: int = 4  # rounds of adaptive selection (the first at random)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("rounds", self.rounds, 1, 100, integer=True)
+    rounds: int = param(4, "rounds of adaptive selection (the first at random)", lo=1, hi=100)
 
     def select(self, suspect: Suspect, pool: torch.Tensor, meta: Any) -> tuple[torch.Tensor, torch.Tensor]:
         total = min(int(self.queries), len(pool))
@@ -234,7 +226,7 @@ class RetrainCrossArch(_Extraction):
     """Cross-architecture retraining: a `student` of another architecture ('other', or a zoo name) trained
     on the suspect's soft answers to `queries` random pool inputs."""
 
-    student: str = "other"  # student architecture: same | other | a zoo name
+    student: str = param('other', "student architecture: same | other | a zoo name")
 
 
 @register("transfer")
@@ -244,24 +236,16 @@ class Transfer(Attack):
     fresh Linear-ReLU-Linear head of `hidden` units, train the head for `epochs` on a `fraction` of the
     attacker's labelled data, then every layer for `finetune_epochs` more."""
 
-    hidden: int = 64  # units of the new head's hidden layer
-    epochs: int = 5  # training epochs
-    finetune_epochs: int = 1  # epochs of fine-tuning every layer after the head
-    lr: float = 1e-3  # learning rate
-    fraction: float = 1.0  # fraction of the attacker's labelled data used
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
+    hidden: int = param(64, "units of the new head's hidden layer", lo=1, hi=100000)
+    epochs: int = param(5, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    finetune_epochs: int = param(1, "epochs of fine-tuning every layer after the head", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
+    fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
     family = "extraction"
-
-    def __post_init__(self) -> None:
-        check_number("hidden", self.hidden, 1, 100_000, integer=True)
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("finetune_epochs", self.finetune_epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = data_fraction(require_data(data, self.name), self.fraction, self.seed)

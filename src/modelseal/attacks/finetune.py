@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from .. import validate
 from ..data import TensorData, as_tensors, meta_of
 from ..models import last_linear, reinit
+from ..schema import batch_param, device_param, param, progress_field, seed_param
 from ..train import fit
 from . import Attack, AttackError, register
 
@@ -62,22 +63,15 @@ class FineTune(Attack):
     """Fine-tune the last layer (ftll) or all layers (ftal), optionally after re-initialising the last
     layer (rtll, rtal), on a `fraction` of the attacker's data."""
 
-    mode: str = "ftal"  # ftll/ftal: fine-tune last layer / all layers; rtll/rtal: re-initialise the last layer first
-    epochs: int = 5  # fine-tuning epochs
-    lr: float = 1e-3  # learning rate (Adam)
-    fraction: float = 1.0  # share of the attacker's data used (seeded)
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise AttackError(f"unknown fine-tuning mode '{self.mode}'; use one of {', '.join(MODES)}")
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    mode: str = param('ftal', "ftll/ftal: fine-tune last layer / all layers; rtll/rtal: re-initialise the last layer "
+                      "first", choices=MODES)
+    epochs: int = param(5, "fine-tuning epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate (Adam)", lo=0, hi=10, lo_open=True)
+    fraction: float = param(1.0, "share of the attacker's data used (seeded)", lo=0, hi=1, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = data_fraction(require_data(data, self.name), self.fraction, self.seed)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema import param, seed_param
 from ..suspect import Suspect
 from . import Attack, AttackError, register
-from .finetune import check_number
 
 
 class _Wrapped:
@@ -98,11 +98,8 @@ class InputTransform(Attack):
 class Jpeg(InputTransform):
     """Re-encode every query as a JPEG at `quality` (1..100) with Pillow and decode it again."""
 
-    quality: int = 75  # JPEG quality, 1 (worst) .. 100 (best)
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("quality", self.quality, 1, 100, integer=True)
+    quality: int = param(75, "JPEG quality, 1 (worst) .. 100 (best)", lo=1, hi=100)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         import numpy as np
@@ -131,11 +128,8 @@ class Jpeg(InputTransform):
 class Squeeze(InputTransform):
     """Feature squeezing: reduce every input value to `bits` bits (2**bits levels over the input range)."""
 
-    bits: int = 3  # bits per input value: 2**bits levels over the input range
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("bits", self.bits, 1, 16, integer=True)
+    bits: int = param(3, "bits per input value: 2**bits levels over the input range", lo=1, hi=16)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds
@@ -148,11 +142,10 @@ class Squeeze(InputTransform):
 class Median(InputTransform):
     """Median smoothing: every pixel becomes the median of its `size` x `size` neighbourhood (per channel)."""
 
-    size: int = 3  # side of the square neighbourhood (odd, pixels)
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
+    size: int = param(3, "side of the square neighbourhood (odd, pixels)", lo=1, hi=15)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
-    def __post_init__(self) -> None:
-        check_number("size", self.size, 1, 15, integer=True)
+    def check(self) -> None:
         if int(self.size) % 2 == 0:
             raise AttackError(f"median size must be odd, got {self.size}")
 
@@ -172,11 +165,8 @@ class Median(InputTransform):
 class Blur(InputTransform):
     """Gaussian smoothing of every query with standard deviation `sigma` (pixels)."""
 
-    sigma: float = 0.5  # standard deviation of the Gaussian kernel (pixels)
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("sigma", self.sigma, 0, 10, lo_open=True)
+    sigma: float = param(0.5, "standard deviation of the Gaussian kernel (pixels)", lo=0, hi=10, lo_open=True)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         img, added = _images(x, "blur")
@@ -196,11 +186,8 @@ class Blur(InputTransform):
 class InputNoise(InputTransform):
     """Add Gaussian noise of standard deviation `std` (relative to the input range) to every query."""
 
-    std: float = 0.05  # standard deviation of the noise
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("std", self.std, 0, 10)
+    std: float = param(0.05, "standard deviation of the noise", lo=0, hi=10)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds
@@ -213,11 +200,8 @@ class Shift(InputTransform):
     """Shift every query by a random whole number of pixels in [-pixels, pixels] along each image axis
     (edges replicated)."""
 
-    pixels: int = 1  # largest shift along each axis (pixels)
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("pixels", self.pixels, 1, 16, integer=True)
+    pixels: int = param(1, "largest shift along each axis (pixels)", lo=1, hi=16)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         img, added = _images(x, "shift")
@@ -234,11 +218,8 @@ class Shift(InputTransform):
 class Flip(InputTransform):
     """Mirror each query left-right with probability `p` (1: every query)."""
 
-    p: float = 0.5  # probability that a query is mirrored
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("p", self.p, 0, 1)
+    p: float = param(0.5, "probability that a query is mirrored", lo=0, hi=1)
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         img, added = _images(x, "flip")
@@ -253,14 +234,9 @@ class InputQuantize(InputTransform):
     """Random discretization: quantize every input value to `levels` evenly spaced levels, after adding
     uniform noise of one level's width when `dither`."""
 
-    levels: int = 16  # number of evenly spaced levels over the input range
-    dither: bool = True  # add uniform noise of one level's width before rounding
-    seed: int = 0  # seed of the transform's randomness (deterministic given it)
-
-    def __post_init__(self) -> None:
-        check_number("levels", self.levels, 2, 65536, integer=True)
-        if not isinstance(self.dither, bool):
-            raise AttackError(f"dither must be true or false, got {self.dither!r}")
+    levels: int = param(16, "number of evenly spaced levels over the input range", lo=2, hi=65536)
+    dither: bool = param(True, "add uniform noise of one level's width before rounding")
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds

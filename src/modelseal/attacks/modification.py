@@ -32,9 +32,10 @@ from torch.utils.data import Dataset
 from .. import models, validate
 from ..data import TensorData, as_tensors, meta_of
 from ..runtime import model_device
+from ..schema import batch_param, device_param, param, progress_field, seed_param
 from ..train import fit, predict
 from . import Attack, AttackError, register
-from .finetune import check_number, data_fraction, require_data
+from .finetune import data_fraction, require_data
 from .pruning import prunable
 
 IMPORTANCE = ("magnitude", "taylor")
@@ -61,22 +62,15 @@ class StructuredPrune(Attack):
     """Remove the `amount` fraction of channels/neurons of every hidden Conv/Linear layer (torch-pruning,
     `importance` magnitude or taylor), then fine-tune all layers for `epochs` on the attacker's data."""
 
-    amount: float = 0.5  # fraction of channels/neurons removed from every hidden layer
-    importance: str = "magnitude"
-    epochs: int = 3  # training epochs
-    lr: float = 1e-3  # learning rate
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        check_number("amount", self.amount, 0, 1, hi_open=True)
-        if self.importance not in IMPORTANCE:
-            raise AttackError(f"unknown importance '{self.importance}'; use magnitude or taylor")
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    amount: float = param(0.5, "fraction of channels/neurons removed from every hidden layer", lo=0, hi=1, hi_open=True)
+    importance: str = param('magnitude', "magnitude or taylor), then fine-tune all layers for `epochs` on the "
+                            "attacker's data", choices=IMPORTANCE)
+    epochs: int = param(3, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         try:
@@ -131,14 +125,9 @@ class Permute(Attack):
     layer's inputs to match); with `rescale`, also scale each unit by a random positive factor in
     [1/`max_scale`, `max_scale`] and divide the next layer's weights by it (ReLU networks without BatchNorm)."""
 
-    rescale: bool = False  # also scale each unit by a random positive factor (ReLU networks without BatchNorm)
-    max_scale: float = 4.0  # largest rescaling factor
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rescale, bool):
-            raise AttackError(f"rescale must be true or false, got {self.rescale!r}")
-        check_number("max_scale", self.max_scale, 1, 1e3)
+    rescale: bool = param(False, "also scale each unit by a random positive factor (ReLU networks without BatchNorm)")
+    max_scale: float = param(4.0, "largest rescaling factor", lo=1, hi=1000.0)
+    seed: int = seed_param()
 
     @torch.no_grad()
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
@@ -215,23 +204,15 @@ class FineTuneRegularised(Attack):
     """Fine-tune all layers on a `fraction` of the attacker's data with label smoothing `smoothing`,
     weight decay `weight_decay` and SGD at a large learning rate `lr`, halved each epoch."""
 
-    epochs: int = 5  # training epochs
-    lr: float = 0.05  # learning rate
-    smoothing: float = 0.1  # label smoothing epsilon
-    weight_decay: float = 5e-4  # L2 weight decay
-    fraction: float = 1.0  # fraction of the attacker's labelled data used
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, 10, lo_open=True)
-        check_number("smoothing", self.smoothing, 0, 1, hi_open=True)
-        check_number("weight_decay", self.weight_decay, 0, 10)
-        check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    epochs: int = param(5, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.05, "learning rate", lo=0, hi=10, lo_open=True)
+    smoothing: float = param(0.1, "label smoothing epsilon", lo=0, hi=1, hi_open=True)
+    weight_decay: float = param(0.0005, "L2 weight decay", lo=0, hi=10)
+    fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
@@ -289,24 +270,15 @@ class Refit(Attack):
     by the model (when `unlabeled`), with SGD from a large `lr` halved each epoch and an EWC penalty of
     weight `ewc` that keeps the parameters that matter for the task."""
 
-    epochs: int = 5  # training epochs
-    lr: float = 0.05  # learning rate
-    ewc: float = 10.0  # weight of the elastic weight consolidation penalty
-    fraction: float = 0.2  # fraction of the attacker's labelled data used
-    unlabeled: bool = True  # add the attacker's other inputs, labelled by the model itself
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, 10, lo_open=True)
-        check_number("ewc", self.ewc, 0, 1e9)
-        check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        if not isinstance(self.unlabeled, bool):
-            raise AttackError(f"unlabeled must be true or false, got {self.unlabeled!r}")
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    epochs: int = param(5, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.05, "learning rate", lo=0, hi=10, lo_open=True)
+    ewc: float = param(10.0, "weight of the elastic weight consolidation penalty", lo=0, hi=1000000000.0)
+    fraction: float = param(0.2, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
+    unlabeled: bool = param(True, "add the attacker's other inputs, labelled by the model itself")
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..schema import param, seed_param
 from ..suspect import Suspect
 from . import Attack, AttackError, register
-from .finetune import check_number
 from .inputs import wrapped_suspect
 
 
@@ -59,7 +59,7 @@ class OutputTransform(Attack):
 class Softmax(OutputTransform):
     """Answer probabilities softmax(logits) instead of logits."""
 
-    seed: int = 0
+    seed: int = seed_param()
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return torch.softmax(out, 1)
@@ -70,11 +70,8 @@ class Softmax(OutputTransform):
 class Temperature(OutputTransform):
     """Answer softmax(logits / `temperature`): flatter (> 1) or sharper (< 1) probabilities."""
 
-    temperature: float = 5.0  # softmax temperature
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("temperature", self.temperature, 0, 1e6, lo_open=True)
+    temperature: float = param(5.0, "softmax temperature", lo=0, hi=1000000.0, lo_open=True)
+    seed: int = seed_param()
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return torch.softmax(out / float(self.temperature), 1)
@@ -85,14 +82,9 @@ class Temperature(OutputTransform):
 class TopK(OutputTransform):
     """Answer the `k` highest probabilities, every other class 0 (renormalised to sum 1 when `renormalize`)."""
 
-    k: int = 1  # number of top classes answered
-    renormalize: bool = False  # rescale the kept probabilities to sum 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("k", self.k, 1, 100_000, integer=True)
-        if not isinstance(self.renormalize, bool):
-            raise AttackError(f"renormalize must be true or false, got {self.renormalize!r}")
+    k: int = param(1, "number of top classes answered", lo=1, hi=100000)
+    renormalize: bool = param(False, "rescale the kept probabilities to sum 1")
+    seed: int = seed_param()
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         p = torch.softmax(out, 1)
@@ -107,11 +99,8 @@ class TopK(OutputTransform):
 class Round(OutputTransform):
     """Answer probabilities rounded to `decimals` decimals (the top class kept on top)."""
 
-    decimals: int = 2  # decimals the probabilities are rounded to
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("decimals", self.decimals, 0, 8, integer=True)
+    decimals: int = param(2, "decimals the probabilities are rounded to", lo=0, hi=8)
+    seed: int = seed_param()
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         p = torch.softmax(out.double(), 1)
@@ -132,7 +121,7 @@ class Round(OutputTransform):
 class LabelOnly(OutputTransform):
     """Answer the top class only, as a one-hot vector."""
 
-    seed: int = 0
+    seed: int = seed_param()
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return torch.zeros_like(out).scatter(1, out.argmax(1, keepdim=True), 1.0)
@@ -144,15 +133,10 @@ class LogitNoise(OutputTransform):
     """Add Gaussian noise of standard deviation `std` to the logits (times each answer's logit standard
     deviation when `relative`)."""
 
-    std: float = 0.2  # standard deviation of the noise
-    relative: bool = False  # scale the noise by each answer's logit standard deviation
-    seed: int = 0
+    std: float = param(0.2, "standard deviation of the noise", lo=0, hi=1000000.0)
+    relative: bool = param(False, "scale the noise by each answer's logit standard deviation")
+    seed: int = seed_param()
     keeps_argmax = False
-
-    def __post_init__(self) -> None:
-        check_number("std", self.std, 0, 1e6)
-        if not isinstance(self.relative, bool):
-            raise AttackError(f"relative must be true or false, got {self.relative!r}")
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         scale = out.std(1, keepdim=True) if self.relative else 1.0
@@ -164,12 +148,9 @@ class LogitNoise(OutputTransform):
 class ProbNoise(OutputTransform):
     """Add Gaussian noise of standard deviation `std` to the probabilities, clip at 0 and renormalise."""
 
-    std: float = 0.05  # standard deviation of the noise
-    seed: int = 0
+    std: float = param(0.05, "standard deviation of the noise", lo=0, hi=10)
+    seed: int = seed_param()
     keeps_argmax = False
-
-    def __post_init__(self) -> None:
-        check_number("std", self.std, 0, 10)
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         p = torch.softmax(out, 1) + torch.randn(out.shape, generator=gen) * float(self.std)
@@ -183,14 +164,10 @@ class ReverseSigmoid(OutputTransform):
     """The reverse-sigmoid perturbation of the probabilities (Lee et al.): `beta` its size, `gamma` its
     slope; the top class may change."""
 
-    beta: float = 1.0  # size of the reverse-sigmoid perturbation
-    gamma: float = 0.1  # slope of the reverse sigmoid
-    seed: int = 0
+    beta: float = param(1.0, "size of the reverse-sigmoid perturbation", lo=0, hi=1000.0)
+    gamma: float = param(0.1, "slope of the reverse sigmoid", lo=0, hi=1000.0, lo_open=True)
+    seed: int = seed_param()
     keeps_argmax = False
-
-    def __post_init__(self) -> None:
-        check_number("beta", self.beta, 0, 1e3)
-        check_number("gamma", self.gamma, 0, 1e3, lo_open=True)
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         eps = 1e-9

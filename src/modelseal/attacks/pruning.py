@@ -23,9 +23,10 @@ from .. import validate
 from ..data import as_tensors
 from ..errors import ModelError
 from ..runtime import model_device
+from ..schema import batch_param, device_param, param, progress_field, seed_param
 from ..train import fit
 from . import Attack, AttackError, register
-from .finetune import check_number, require_data
+from .finetune import require_data
 
 SCOPES = ("global", "layer")
 
@@ -62,14 +63,11 @@ class Prune(Attack):
     """Set the `amount` fraction of smallest-magnitude Conv/Linear weights to zero, over all such layers
     together (scope='global') or in each layer (scope='layer')."""
 
-    amount: float = 0.5
-    scope: str = "global"  # global: one magnitude threshold over all layers; layer: the same share in every layer
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("amount", self.amount, 0, 1, hi_open=True)
-        if self.scope not in SCOPES:
-            raise AttackError(f"unknown pruning scope '{self.scope}'; use 'global' or 'layer'")
+    amount: float = param(0.5, "The paper prunes until accuracy drops by a set amount; here the pruned fraction "
+                          "`amount` is given", lo=0, hi=1, hi_open=True)
+    scope: str = param('global', "global: one magnitude threshold over all layers; layer: the same share in every "
+                       "layer", choices=SCOPES)
+    seed: int = seed_param()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
@@ -146,19 +144,14 @@ class FinePrune(Attack):
     """Prune the `amount` fraction of least active channels of the last conv (or penultimate Linear)
     layer on the attacker's clean data, then fine-tune all layers keeping them pruned."""
 
-    amount: float = 0.5
-    epochs: int = 2  # fine-tuning epochs after pruning
-    lr: float = 1e-3  # learning rate of that fine-tuning
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        check_number("amount", self.amount, 0, 1, hi_open=True)
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    amount: float = param(0.5, "The paper prunes until accuracy drops by a set amount; here the pruned fraction "
+                          "`amount` is given", lo=0, hi=1, hi_open=True)
+    epochs: int = param(2, "fine-tuning epochs after pruning", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate of that fine-tuning", lo=0, hi=10, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def pruned_channels(self, model: nn.Module, data: Dataset) -> tuple[str, list[int]]:
         """Name of the layer fine-pruning acts on and the channels it prunes (least active first)."""

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..schema import param, seed_param
 from ..suspect import Suspect
 from . import Attack, AttackError, register
-from .finetune import check_number
 
 
 def _dct_matrix(n: int = 8) -> torch.Tensor:
@@ -56,18 +56,13 @@ class PerturbQueries(Attack):
     """Perturb every query before the model sees it: `kind` 'gaussian' (std, relative to the input range)
     or 'jpeg' (quality 1..100; inputs must be images N x C x H x W)."""
 
-    kind: str = "gaussian"  # gaussian: additive noise; jpeg: 8x8 block-DCT quantization
-    std: float = 0.1  # gaussian noise std relative to the input range
-    quality: int = 50  # jpeg quality (1-100; lower removes more)
-    seed: int = 0
+    kind: str = param('gaussian', "gaussian: additive noise; jpeg: 8x8 block-DCT quantization", choices=('gaussian',
+                      'jpeg'))
+    std: float = param(0.1, "gaussian noise std relative to the input range", lo=0, hi=10)
+    quality: int = param(50, "jpeg quality (1-100; lower removes more)", lo=1, hi=100)
+    seed: int = seed_param()
     acts_on = "queries"
     family = "input"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("gaussian", "jpeg"):
-            raise AttackError(f"perturb kind must be 'gaussian' or 'jpeg', got {self.kind!r}")
-        check_number("std", self.std, 0, 10)
-        check_number("quality", self.quality, 1, 100, integer=True)
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds

@@ -27,10 +27,11 @@ from torch.utils.data import Dataset
 from .. import models
 from ..data import as_tensors
 from ..runtime import model_device
+from ..schema import param, seed_param
 from ..suspect import Suspect
 from ..train import predict
 from . import Attack, AttackError, register
-from .finetune import check_number, require_data
+from .finetune import require_data
 from .inputs import wrapped_suspect
 
 ANSWERS = ("second", "random")
@@ -39,11 +40,6 @@ ANSWERS = ("second", "random")
 class _Rejection(Attack):
     acts_on = "queries"
     family = "rejection"
-
-    def check(self) -> None:
-        check_number("reject_rate", self.reject_rate, 0, 1, hi_open=True)
-        if self.answer not in ANSWERS:
-            raise AttackError(f"answer must be 'second' or 'random', got {self.answer!r}")
 
     def scores(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Higher = more out-of-distribution."""
@@ -102,12 +98,11 @@ class RejectSoftmax(_Rejection):
     """Flag queries whose maximum softmax probability is below what `reject_rate` of the attacker's own inputs
     reach, and answer them with the `answer` class ('second' best or 'random')."""
 
-    reject_rate: float = 0.05  # fraction of the attacker's own inputs flagged (false rejections it accepts)
-    answer: str = "second"  # answer to a flagged query: second (best class) | random (other class)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.check()
+    reject_rate: float = param(0.05, "fraction of the attacker's own inputs flagged (false rejections it accepts)",
+                               lo=0, hi=1, hi_open=True)
+    answer: str = param("second", "answer to a flagged query: second (best class) | random (other class)",
+                        choices=ANSWERS)
+    seed: int = seed_param()
 
     def fit_detector(self, model: nn.Module, x: torch.Tensor) -> None:
         pass
@@ -122,12 +117,11 @@ class RejectMahalanobis(_Rejection):
     """Flag queries whose penultimate features are far (Mahalanobis distance to the nearest class mean) from
     the attacker's own inputs (`reject_rate` of them flagged), and answer them with the `answer` class."""
 
-    reject_rate: float = 0.05  # fraction of the attacker's own inputs flagged (false rejections it accepts)
-    answer: str = "second"  # answer to a flagged query: second (best class) | random (other class)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.check()
+    reject_rate: float = param(0.05, "fraction of the attacker's own inputs flagged (false rejections it accepts)",
+                               lo=0, hi=1, hi_open=True)
+    answer: str = param("second", "answer to a flagged query: second (best class) | random (other class)",
+                        choices=ANSWERS)
+    seed: int = seed_param()
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,10 @@ from torch.utils.data import Dataset
 from .. import validate
 from ..data import TensorData, as_tensors, meta_of
 from ..runtime import model_device, track
+from ..schema import batch_param, device_param, param, progress_field, seed_param
 from ..train import fit
 from . import Attack, register
-from .finetune import check_number, data_fraction, require_data
+from .finetune import data_fraction, require_data
 
 
 def _frozen(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
@@ -59,27 +60,17 @@ class NeuralCleanse(Attack):
     on a `fraction` of the attacker's data with `stamp_rate` of it stamped with the triggers of the
     `classes` most anomalous classes, under the true labels."""
 
-    steps: int = 100  # optimisation steps
-    l1: float = 0.01  # weight of the mask's L1 norm in the trigger search
-    classes: int = 1  # how many of the most anomalous classes are unlearned
-    stamp_rate: float = 0.2  # fraction of the fine-tuning inputs stamped with a recovered trigger
-    epochs: int = 2  # training epochs
-    lr: float = 1e-3  # learning rate
-    fraction: float = 1.0  # fraction of the attacker's labelled data used
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        check_number("steps", self.steps, 1, validate.MAX_STEPS, integer=True)
-        check_number("l1", self.l1, 0, 1e3)
-        check_number("classes", self.classes, 1, 100_000, integer=True)
-        check_number("stamp_rate", self.stamp_rate, 0, 1)
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    steps: int = param(100, "optimisation steps", lo=1, hi=validate.MAX_STEPS)
+    l1: float = param(0.01, "weight of the mask's L1 norm in the trigger search", lo=0, hi=1000.0)
+    classes: int = param(1, "how many of the most anomalous classes are unlearned", lo=1, hi=100000)
+    stamp_rate: float = param(0.2, "fraction of the fine-tuning inputs stamped with a recovered trigger", lo=0, hi=1)
+    epochs: int = param(2, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
+    fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def reverse(self, model: nn.Module, x: torch.Tensor, bounds: tuple[float, float]) -> tuple[list, torch.Tensor]:
         """Per class: (mask, pattern), and the L1 norms of the masks."""
@@ -157,27 +148,18 @@ class Dehydrate(Attack):
     `epochs` on a `fraction` of the attacker's labelled data while pushing the answers on the inverted
     inputs towards uniform (weight `unlearn`)."""
 
-    per_class: int = 10  # inverted inputs per class
-    steps: int = 100  # optimisation steps
-    tv: float = 0.05  # weight of the total-variation prior of the inversion
-    unlearn: float = 1.0  # weight of the unlearning term (answers on inverted inputs pushed to uniform)
-    epochs: int = 3  # training epochs
-    lr: float = 1e-3  # learning rate
-    fraction: float = 0.1  # fraction of the attacker's labelled data used
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    progress: Any = None
-
-    def __post_init__(self) -> None:
-        check_number("per_class", self.per_class, 1, 10_000, integer=True)
-        check_number("steps", self.steps, 1, validate.MAX_STEPS, integer=True)
-        check_number("tv", self.tv, 0, 1e3)
-        check_number("unlearn", self.unlearn, 0, 1e3)
-        check_number("epochs", self.epochs, 0, validate.MAX_EPOCHS, integer=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("fraction", self.fraction, 0, 1, lo_open=True)
-        check_number("batch_size", self.batch_size, 1, validate.MAX_BATCH, integer=True)
+    per_class: int = param(10, "inverted inputs per class", lo=1, hi=10000)
+    steps: int = param(100, "optimisation steps", lo=1, hi=validate.MAX_STEPS)
+    tv: float = param(0.05, "weight of the total-variation prior of the inversion", lo=0, hi=1000.0)
+    unlearn: float = param(1.0, "weight of the unlearning term (answers on inverted inputs pushed to uniform)", lo=0,
+                           hi=1000.0)
+    epochs: int = param(3, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
+    fraction: float = param(0.1, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param()
+    device: str | None = device_param()
+    progress: Any = progress_field()
 
     def invert(self, model: nn.Module, shape: tuple[int, ...], n_cls: int, bounds: tuple[float, float]) -> torch.Tensor:
         dev = model_device(model)

@@ -13,13 +13,13 @@ statistics) and keeps the input's integer buffers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..schema import param, seed_param
 from . import Attack, AttackError, register, require_finite
 from .finetune import check_number
 from .pruning import prunable
@@ -30,11 +30,8 @@ from .pruning import prunable
 class Quantize(Attack):
     """Round each Conv/Linear weight and bias tensor to `bits`-bit uniform levels between its min and max."""
 
-    bits: int = 8  # bits per weight after quantization
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("bits", self.bits, 1, 32, integer=True)
+    bits: int = param(8, "bits per weight after quantization", lo=1, hi=32)
+    seed: int = seed_param()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
@@ -63,14 +60,9 @@ class Noise(Attack):
     """Add Gaussian noise to every floating parameter tensor: std `std`, times the tensor's own std when
     `relative`."""
 
-    std: float = 0.01  # Gaussian noise std (times the layer's weight std when relative)
-    relative: bool = True  # std relative to each layer's weight std (else absolute)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("std", self.std, 0)
-        if not isinstance(self.relative, bool):
-            raise AttackError(f"relative must be True or False, got {self.relative!r}")
+    std: float = param(0.01, "Gaussian noise std (times the layer's weight std when relative)", lo=0, hi=1e6)
+    relative: bool = param(True, "std relative to each layer's weight std (else absolute)")
+    seed: int = seed_param()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
@@ -91,11 +83,11 @@ class Average(Attack):
     """Collusion: the (weighted) elementwise mean of the model's parameters and floating buffers with those
     of `others`, all of one architecture."""
 
-    others: Sequence[nn.Module] = field(default_factory=list)  # the other models to average with
-    weights: Sequence[float] | None = None  # averaging weights (None: equal)
-    seed: int = 0
+    others: list = param([], "the other models to average with")
+    weights: list | None = param(None, "averaging weights (None: equal)")
+    seed: int = seed_param()
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if isinstance(self.others, nn.Module):
             self.others = [self.others]
         if not self.others or not all(isinstance(m, nn.Module) for m in self.others):
@@ -146,11 +138,9 @@ class ResetOutliers(Attack):
     """Key-free recovery: in each parameter tensor, reset the values more than `z` standard deviations
     from the tensor's mean to that mean."""
 
-    z: float = 3.0  # reset weights more than z standard deviations from their layer's mean
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("z", self.z, 0, lo_open=True)
+    z: float = param(3.0, "reset weights more than z standard deviations from their layer's mean", lo=0, hi=1e6,
+                     lo_open=True)
+    seed: int = seed_param()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
@@ -171,11 +161,10 @@ class ResetOutliers(Attack):
 class Collude(Attack):
     """Collusion of `k` users: the elementwise mean of their `k` distributed copies (`average`)."""
 
-    k: int = 3  # number of copies averaged
-    seed: int = 0
+    k: int = param(3, "number of copies averaged", lo=2, hi=1000)
+    seed: int = seed_param()
 
-    def __post_init__(self) -> None:
-        check_number("k", self.k, 2, 1000, integer=True)
+    def check(self) -> None:
         self.k = int(self.k)
 
     @property

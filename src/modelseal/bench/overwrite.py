@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..attacks import Attack, AttackError, register
-from ..attacks.finetune import check_number
+from ..schema import param, seed_param
 
 
 @register("overwrite")
@@ -18,13 +18,9 @@ from ..attacks.finetune import check_number
 class Overwrite(Attack):
     """Embed the attacker's own trigger-set mark (`n` triggers) into `model` with the attacker's data."""
 
-    n: int = 50  # trigger images of the attacker's own watermark
-    extra_epochs: int = 1  # epochs trained on after the attacker's triggers are learned
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_number("n", self.n, 1, 10_000, integer=True)
-        check_number("extra_epochs", self.extra_epochs, 0, 1000, integer=True)
+    n: int = param(50, "trigger images of the attacker's own watermark", lo=1, hi=10000)
+    extra_epochs: int = param(1, "epochs trained on after the attacker's triggers are learned", lo=0, hi=1000)
+    seed: int = seed_param()
 
     def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
         from .. import methods

@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
 import tomllib
 from collections.abc import Iterable
@@ -54,6 +53,7 @@ from typing import Any
 
 from .. import validate
 from ..errors import ModelSealError
+from ..schema import MAX_SEED, Spec
 from ..verdict import DEFAULT_ALPHA
 
 BUILTIN = ("demo", "tiny")
@@ -155,7 +155,7 @@ class Scenario:
                 attacks.append(replace(v, only=tuple(o for o in v.only if o in labels)))
         owner, seeds = dict(self.owner), list(self.seeds)
         if seed is not None:
-            seed = validate.count("seed", seed, 0, _SEED, error=ScenarioError)
+            seed = validate.count("seed", seed, 0, MAX_SEED, error=ScenarioError)
             owner["seed"], seeds = seed, [seed]
             selection["seed"] = seed
         return _expand(replace(self, protections=protections, attacks=attacks, owner=owner, seeds=seeds,
@@ -267,45 +267,35 @@ class _Checker:
                                 occ, table)
 
 
-# Numeric parameters of methods and attacks that size work or memory, by name: every one is bounded here
-# before any constructor runs (NaN/inf and TOML's huge floats included), whatever the method.
-_SEED = 2**63 - 1
-_PARAM_BOUNDS: dict[str, tuple[float, float]] = {
-    "n": (1, validate.MAX_COUNT), "count": (0, validate.MAX_COUNT), "users": (1, validate.MAX_COUNT),
-    "references": (0, 1000), "rows": (1, validate.MAX_COUNT), "k": (1, 1000),
-    "epochs": (0, validate.MAX_EPOCHS), "max_epochs": (0, validate.MAX_EPOCHS),
-    "extra_epochs": (0, validate.MAX_EPOCHS), "steps": (1, validate.MAX_STEPS),
-    "max_steps": (1, validate.MAX_STEPS), "permutations": (1, validate.MAX_PERMUTATIONS),
-    "batch_size": (1, validate.MAX_BATCH), "batch": (1, validate.MAX_BATCH), "M": (1, 10_000),
-    "max_params": (1, validate.MAX_COUNT), "max_queries": (1, validate.MAX_COUNT),
-    "queries": (1, validate.MAX_COUNT), "seed": (0, _SEED),
-}
 MAX_VARIANTS = 10_000
 MAX_CELLS = 100_000
 MAX_TEXT = 1 << 20
 
 
-def _check_params(c: _Checker, params: dict[str, Any], what: str, occ: int, table: str) -> None:
-    """Every number in `params` is finite; the ones named in `_PARAM_BOUNDS` are integers in range."""
-    def check(k: str, v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return
-        try:
-            if k in _PARAM_BOUNDS:
-                lo, hi = _PARAM_BOUNDS[k]
-                validate.number(f"{what} parameter {k}", v, lo, hi, integer=True)
-            elif not math.isfinite(v):
-                raise ModelSealError(f"{what} parameter {k} must be a finite number, got {v!r}")
-        except ModelSealError as e:
-            raise c.fail("params", str(e), occ, table) from None
+def _check_params(c: _Checker, cls: type, params: dict[str, Any], what: str, occ: int, table: str) -> None:
+    """Every parameter in `params` is one `cls` declares (its schema, and for a method its verifier's), and
+    every value (each value of a sweep) fits the declared type and range, before any constructor runs."""
+    from ..schema import fields_of
 
+    specs = {s.name: s for s in fields_of(cls)}
+    specs.update(getattr(cls, "verify_params", {}))
     for k, v in params.items():
-        for item in (v if isinstance(v, list) else [v]):
-            check(k, item)
+        spec = specs.get(k)
+        if spec is None:
+            raise c.fail("params", f"{what} has no parameter '{k}'; its parameters: {', '.join(specs)}", occ, table)
+        if k == "references":  # in a scenario: how many independent reference models the bench trains
+            spec = Spec("int", 0, "reference models to train", lo=0, hi=1000, name="references")
+        for item in (v if isinstance(v, list) and not spec.base.startswith("list") else [v]):
+            try:
+                spec.check(item)
+            except ModelSealError as e:
+                raise c.fail("params", f"{what} parameter {e}", occ, table) from None
 
 
 def _chain_steps(c: _Checker, steps: Any, known: set[str], occ: int) -> list[dict[str, Any]]:
     """The steps of a chained attack: [{attack = NAME, params = {...}}, ...], each known, none swept."""
+    from .. import attacks as attack_registry
+
     if not isinstance(steps, list) or not steps:
         raise c.fail("chain", "must be a non-empty list of {attack = NAME, params = {...}} tables", occ, "attacks")
     out = []
@@ -320,7 +310,7 @@ def _chain_steps(c: _Checker, steps: Any, known: set[str], occ: int) -> list[dic
         if not isinstance(params, dict) or any(isinstance(v, list) for v in params.values()):
             raise c.fail("chain", f"step {j + 1}: params must be a table of single values (a chain step is not "
                          "swept)", occ, "attacks")
-        _check_params(c, params, f"chain step {j + 1} ({name})", occ, "attacks")
+        _check_params(c, attack_registry.get(name), params, f"chain step {j + 1} ({name})", occ, "attacks")
         out.append({"attack": name, "params": dict(params)})
     return out
 
@@ -343,10 +333,10 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     c.unknown(raw, TOP_KEYS, "")
     name = c.typed(raw, "name", "name", str, Path(source).stem)
     data = c.typed(raw, "data", "data", str)
-    data_seed = c.bounded(raw, "data_seed", "data_seed", 0, 0, _SEED)
+    data_seed = c.bounded(raw, "data_seed", "data_seed", 0, 0, MAX_SEED)
     seeds = c.typed(raw, "seeds", "seeds", list, [0])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= _SEED for s in seeds):
-        raise c.fail("seeds", f"must be a non-empty list of integers in [0, {_SEED}], got {seeds!r}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+        raise c.fail("seeds", f"must be a non-empty list of integers in [0, {MAX_SEED}], got {seeds!r}")
     if len(seeds) > 1000:
         raise c.fail("seeds", f"at most 1000 seeds, got {len(seeds)}")
     baseline = c.typed(raw, "baseline", "baseline", bool, True)
@@ -359,7 +349,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
              "epochs": c.bounded(owner_t, "epochs", "owner.epochs", ..., 1, validate.MAX_EPOCHS),
              "lr": float(c.bounded(owner_t, "lr", "owner.lr", 1e-3, 0, 10, integer=False, lo_open=True)),
              "batch_size": c.bounded(owner_t, "batch_size", "owner.batch_size", 64, 1, validate.MAX_BATCH),
-             "seed": c.bounded(owner_t, "seed", "owner.seed", 0, 0, _SEED)}
+             "seed": c.bounded(owner_t, "seed", "owner.seed", 0, 0, MAX_SEED)}
     from .. import models as model_zoo
     if owner["arch"] not in model_zoo.names():
         raise c.fail("owner.arch", f"unknown architecture '{owner['arch']}'; known: {', '.join(model_zoo.names())}")
@@ -379,12 +369,9 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         except RegistryError as e:
             raise c.fail("method", str(e), i, "protections") from None
         params = c.typed(p, "params", "params", dict, {}, occ=i, table="protections")
-        _check_params(c, params, method, i, "protections")
+        _check_params(c, cls, params, method, i, "protections")
         try:
             cls(**protect_params(cls, params))
-            vp = verifier_params(cls, params)
-            if "references" in vp:
-                validate.count("references", vp["references"], 0, 1000)
         except (TypeError, ModelSealError) as e:
             raise c.fail("params", f"bad parameters for {method}: {e}", i, "protections") from None
         label = c.typed(p, "label", "label", str, method, occ=i, table="protections")
@@ -423,7 +410,8 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
             attack, params = "chain", {"steps": _chain_steps(c, chain, known_attacks, i)}
         elif attack == "chain":
             params = {**params, "steps": _chain_steps(c, params.get("steps"), known_attacks, i)}
-        _check_params(c, {k: v for k, v in params.items() if k != "steps"}, f"attack {attack}", i, "attacks")
+        _check_params(c, attack_registry.get(attack), {k: v for k, v in params.items() if k != "steps"},
+                      f"attack {attack}", i, "attacks")
         # a chain's list of steps is its value, not a sweep
         swept = [k for k, v in params.items() if isinstance(v, list) and not (attack == "chain" and k == "steps")]
         size = 1

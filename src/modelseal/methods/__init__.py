@@ -10,19 +10,12 @@ A method registers itself with `@register(name, family=..., access=...)`. Its fa
 
 `access` says what the judge verb needs of a suspect: `labels`, `outputs` or `white-box` weights.
 Consumers (CLI, bench, demo, report) call `protect`, `judge`, `restore` and `commit` below, which follow
-the declared family; nothing branches on a method's name. A method's verifier parameters (the ones that
-change a decision: alpha, looks, margins, the null) are declared in `verify_params` (name -> (default,
-meaning)) and always come from the caller (see `modelseal.validate`), never from a key.
-
-Optional hooks a method class may define: `commitment_extra(key) -> dict` and
-`check_commitment_extra(key, public) -> [differences]` (method-specific commitment fields);
-`recheck(opened, transcript, public) -> {score, p_value, owned}` (recompute a verdict from an evidence
-file; without it the method writes no evidence); `evidence_open(key, transcript)` and
-`evidence_check(opened, public)` (reveal and check less than every key tensor). `key_params` and
-`key_tensors` (tuples of names) declare what a key of the method must hold: `judge`, `restore` and `commit`
-check them first, so a key of another method relabelled as this one ends in one clear error.
-`score_is_match_rate = True` says the Verdict score is a match rate (the bench report then gives the
-Uniqueness Score).
+the declared family; nothing branches on a method's name. A method subclasses its family's base class in
+`methods.base` (which declares every optional hook with its default: commitment fields, evidence
+recheck/reanswer, capabilities) and declares its parameters once with `modelseal.schema` (its verifier
+parameters in `verify_params`, which always come from the caller, never from a key). `key_params` and
+`key_tensors` declare what a key of the method must hold: `judge`, `restore` and `commit` check them first,
+so a key of another method relabelled as this one ends in one clear error.
 """
 
 from __future__ import annotations
@@ -33,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelSealError, RegistryError
+from .base import BASES, Fingerprint, Lock, Method, PerUser, Watermark
 
 FAMILIES: dict[str, tuple[str, str | None]] = {
     "watermark": ("embed", "verify"),
@@ -57,6 +51,7 @@ _MODULES = {
     "tafa": "modelseal.methods.tafa",
     "advparams": "modelseal.methods.advparams",
 }
+_BUILTIN = frozenset(_MODULES)
 
 
 @dataclass(frozen=True)
@@ -93,18 +88,27 @@ def register(name: str, *, family: str, access: str):
         raise RegistryError(f"unknown access '{access}'; use one of {', '.join(ACCESS)}")
 
     def deco(cls: type) -> type:
-        protect, judge = FAMILIES[family]
-        missing = [v for v in (protect, judge) if v is not None and not callable(getattr(cls, v, None))]
-        if missing:
-            raise RegistryError(f"method '{name}' of family '{family}' lacks the verb(s) {', '.join(missing)}")
-        cls.name, cls.family, cls.access = name, family, access
-        cls.verify_params = dict(getattr(cls, "verify_params", {}))
-        cls.key_params = tuple(getattr(cls, "key_params", ()))
-        cls.key_tensors = tuple(getattr(cls, "key_tensors", ()))
+        if not (isinstance(cls, type) and issubclass(cls, BASES[family])):
+            raise RegistryError(f"method '{name}' of family '{family}' must subclass "
+                                f"modelseal.methods.base.{BASES[family].__name__}")
+        protect = FAMILIES[family][0]
+        if getattr(cls, protect) is getattr(BASES[family], protect) or \
+                (family != "lock" and cls.decide is BASES[family].decide):
+            raise RegistryError(f"method '{name}' of family '{family}' does not implement "
+                                f"{protect}{'' if family == 'lock' else ' and decide'}")
+        cls.name, cls.access = name, access
         _REGISTRY[name] = cls
+        _MODULES.setdefault(name, cls.__module__)  # a method from another package is listed like ours
         return cls
 
     return deco
+
+
+def unregister(name: str) -> None:
+    """Forget a method registered from outside modelseal (tests, plugins); the built-in ones stay."""
+    _REGISTRY.pop(name, None)
+    if name not in _BUILTIN:
+        _MODULES.pop(name, None)
 
 
 def _available() -> dict[str, str]:
@@ -196,7 +200,9 @@ def restore(locked: Any, key: Any, **kw: Any) -> Any:
 
 def declared(name: str) -> dict[str, Any]:
     """A method's default verifier parameters (recorded in commitments as the owner's declared ones)."""
-    return {k: v[0] for k, v in info(name).cls.verify_params.items() if k not in ("references", "max_queries")}
+    from .. import schema
+
+    return schema.declared_defaults(info(name).cls, skip=("references", "max_queries"))
 
 
 def commit(key: Any) -> dict[str, Any]:
@@ -205,7 +211,7 @@ def commit(key: Any) -> dict[str, Any]:
 
     cls = info(key.method).cls
     _require(key, cls)
-    extra = cls.commitment_extra(key) if getattr(cls, "commitment_extra", None) else None
+    extra = cls.commitment_extra(key)
     return commitment.make(key, declared=declared(key.method), extra=extra)
 
 
@@ -214,7 +220,7 @@ def commitment_differences(key: Any, public: dict[str, Any]) -> list[str]:
 
     diff = commitment.differences(key, public)
     cls = info(key.method).cls
-    if getattr(cls, "check_commitment_extra", None) and public.get("method") == key.method:
+    if public.get("method") == key.method:
         diff = diff + cls.check_commitment_extra(key, public)
     return diff
 
@@ -242,18 +248,15 @@ def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> An
                              f"use `modelseal unlock` to restore a locked model")
     _require(key, mi.cls)
     allowed = mi.cls.verify_params
-    unknown = sorted(set(verifier) - set(allowed))
-    if unknown:
-        raise ModelSealError(f"{key.method} does not take the verifier parameter(s) {', '.join(unknown)}; "
-                             f"it takes: {', '.join(allowed) or 'none'}")
+    mi.cls.rule(verifier)  # refuses unknown or out-of-range parameters before the commitment is opened
     public = None
     if commitment is not None:
         public = commitment if isinstance(commitment, dict) else _commitment.load(commitment)
         open_commitment(key, public)
-    v = getattr(mi.cls(), mi.judge_verb)(suspect, key, **verifier)
+    v = mi.cls().judge(suspect, key, **verifier)
     v.details["commitment_checked"] = public is not None
     if public is not None:
-        used = {k: verifier.get(k, allowed[k][0]) for k in public.get("declared", {}) if k in allowed}
+        used = {k: verifier.get(k, allowed[k].default) for k in public.get("declared", {}) if k in allowed}
         differ = {k: {"declared": public["declared"][k], "used": used[k]} for k in used
                   if public["declared"][k] != used[k]}
         if differ:
@@ -261,5 +264,6 @@ def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> An
     return v
 
 
-__all__ = ["FAMILIES", "ACCESS", "MethodInfo", "Protected", "register", "get", "info", "names", "protect", "judge",
-           "restore", "commit", "open_commitment", "commitment_differences", "declared", "require_family"]
+__all__ = ["Method", "Watermark", "Fingerprint", "PerUser", "Lock",
+           "FAMILIES", "ACCESS", "MethodInfo", "Protected", "register", "get", "info", "names", "protect", "judge",
+           "unregister", "restore", "commit", "open_commitment", "commitment_differences", "declared", "require_family"]

@@ -33,7 +33,6 @@ import copy
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +54,10 @@ from ..errors import (
 from ..keys import Key
 from ..models import signature_of
 from ..runtime import model_device, track
+from ..schema import param, seed_param
 from ..train import CLASSIFICATION, task_of
 from . import register
+from .base import Lock
 
 _EDGE_MARGIN = 0.01
 _PERTURBABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -75,37 +76,26 @@ def state_digest(model: nn.Module | dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _check(name: str, value: Any, lo: float, hi: float | None = None, *, lo_open: bool = False,
-           integer: bool = False) -> None:
-    validate.number(f"advparams: {name}", value, lo, hi, lo_open=lo_open, integer=integer)
-
-
 @register("advparams", family="lock", access="white-box")
 @dataclass
-class AdvParams:
-    """Lock a model by adversarially perturbing at most `max_params` weights; unlock it with the key.
+class AdvParams(Lock):
+    """Lock a model by adversarially perturbing at most `max_params` weights; unlock it with the key."""
 
-    `eps`: step as a fraction of the layer's value range. `target_accuracy`: stop once accuracy on the
-    check batch is at or below this. `layers`: module or parameter names that may be perturbed (default
-    every Conv/Linear weight).
-    """
+    max_params: int = param(50, "most weights perturbed (the CLI grows it when not set and the target is missed)",
+                            lo=1, hi=validate.MAX_COUNT)
+    eps: float = param(0.5, "step as a fraction of the layer's value range", lo=0, hi=1e3, lo_open=True)
+    target_accuracy: float = param(0.1, "stop once accuracy on the check batch is at or below this", lo=0, hi=1)
+    batch_size: int = param(256, "examples in the gradient batch and in the separate check batch", lo=1,
+                            hi=validate.MAX_BATCH)
+    layers: list[str] | None = param(None, "module or parameter names that may be perturbed (none: every "
+                                     "Conv/Linear weight)")
+    seed: int = seed_param("random seed of the gradient and check batches")
 
-    max_params: int = 50  # most weights perturbed (the CLI grows it when not set and the target is missed)
-    eps: float = 0.5
-    target_accuracy: float = 0.1
-    batch_size: int = 256  # examples in the gradient batch and in the separate check batch
-    layers: Sequence[str] | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check("max_params", self.max_params, 1, integer=True)
-        _check("eps", self.eps, 0, lo_open=True)
-        _check("target_accuracy", self.target_accuracy, 0, 1)
-        _check("batch_size", self.batch_size, 1, integer=True)
-        _check("seed", self.seed, 0, integer=True)
+    def check(self) -> None:
         if isinstance(self.layers, str):
             self.layers = [self.layers]
-        if self.layers is not None and (not self.layers or not all(isinstance(s, str) for s in self.layers)):
+        if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers
+                                        or not all(isinstance(s, str) for s in self.layers)):
             raise ModelSealError("advparams: layers must be a non-empty list of module or parameter names "
                                  "(or None for every Conv/Linear weight)")
 

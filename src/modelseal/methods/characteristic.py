@@ -83,10 +83,12 @@ from ..data import InputSpec, as_input_spec
 from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
 from ..keys import Key
 from ..runtime import model_device, track
+from ..schema import batch_param, param, seed_param, verifier, vparam
 from ..suspect import Suspect, as_suspect
 from ..train import predict
-from ..verdict import DEFAULT_ALPHA, Verdict
+from ..verdict import Verdict
 from . import register
+from .base import Fingerprint
 
 VARIANTS = ("c", "rc", "ltrc")
 MAX_REFERENCES = 1000
@@ -139,57 +141,166 @@ def reference_null(counts: Sequence[int], n: int) -> dict[str, Any]:
     return out
 
 
+def judge_counts(matches: int, n: int, counts: Sequence[int], alpha: float) -> dict[str, Any]:
+    """p-value and threshold of `matches` out of `n` against the null from reference counts."""
+    null = reference_null(counts, n)
+    m = stats.smallest_significant(n, lambda c: null_tail(c, n, null), alpha)
+    return {"p_value": null_tail(matches, n, null), "threshold": m / n if m is not None else math.inf,
+            "null": null}
+
+
+def _rule(given: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
+    return CharacteristicExamples.rule(given, error=error)  # type: ignore[arg-type]
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the verdict from an evidence transcript and the opened examples' targets.
+
+    The examples asked are the first n of the committed ones (verify asks them in key order); the
+    reference counts are the verifier's and are bounded as verify bounds them (at most MAX_REFERENCES,
+    each between 0 and n). A checker's `rule` sets alpha and how many examples must have been asked
+    (default: every committed one)."""
+    v = transcript["verifier"]
+    n = validate.count("n", v.get("n"), 1, len(opened["targets"]), error=ValueError)
+    counts = v.get("reference_counts")
+    if not isinstance(counts, list) or len(counts) > MAX_REFERENCES:
+        raise ValueError(f"the reference counts must be a list of at most {MAX_REFERENCES} (verify's bound)")
+    counts = [validate.count("a reference count", c, 0, n, error=ValueError) for c in counts]
+    t = opened["targets"][:n].long()
+    answers = torch.tensor(transcript["answers"], dtype=torch.int64)
+    if len(answers) != n:
+        raise ValueError(f"{len(answers)} answers for {n} examples")
+    if rule is None:
+        alpha = _rule({k: v[k] for k in ("alpha", "max_queries") if k in v}, error=ValueError)["alpha"]
+    else:
+        r = _rule(rule)
+        alpha, need = r["alpha"], min(len(opened["targets"]), r["max_queries"] or len(opened["targets"]))
+        if n != need:
+            raise ValueError(f"the transcript asks {n} of the {len(opened['targets'])} committed examples, but the "
+                             f"checker's rule needs the first {need} (set max_queries={n} to judge what was asked)")
+    matches = int((answers == t).sum())
+    if not counts:
+        return {"score": matches / n, "p_value": 1.0, "owned": False}
+    res = judge_counts(matches, n, counts, alpha)
+    return {"score": matches / n, "p_value": res["p_value"], "owned": res["p_value"] <= alpha}
+
+
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> list[int]:
+    """The suspect's labels on the examples that were asked (for `check --suspect`)."""
+    n = int(transcript["verifier"]["n"])
+    return [int(a) for a in suspect.labels(opened["examples"][:n].float()).reshape(-1).tolist()]
+
+
+def match_rate(suspect: Suspect | nn.Module | str, key: Key) -> float:
+    """Fraction of the key's examples the suspect labels as their targets."""
+    x, t, _ = _unpack(key)
+    s = as_suspect(suspect)
+    _check_suspect_signature(s, key.signature, "suspect")
+    return float((s.labels(x) == t).float().mean())
+
+
+def uniqueness(key: Key, positives: Sequence[Any], negatives: Sequence[Any]) -> dict[str, Any]:
+    """The paper's Uniqueness Score: robustness (mean match rate on `positives`, pruned / fine-tuned copies
+    of the owner) minus transferability (mean match rate on `negatives`, independent models)."""
+    if not positives or not negatives:
+        raise ModelSealError("uniqueness needs at least one positive and one negative model")
+    pos = [match_rate(m, key) for m in positives]
+    neg = [match_rate(m, key) for m in negatives]
+    rob = sum(pos) / len(pos)
+    tra = sum(neg) / len(neg)
+    return {"robustness": rob, "transferability": tra, "uniqueness_score": stats.uniqueness_score(rob, tra),
+            "positive_rates": pos, "negative_rates": neg}
+
+
+# ---------------------------------------------------------------------- helpers
+def _grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradient of the targeted cross-entropy, and each example's target logit margin."""
+    x = x.detach().requires_grad_(True)
+    out = model(x).float().reshape(len(x), -1)
+    loss = F.cross_entropy(out, t, reduction="sum")
+    (g,) = torch.autograd.grad(loss, x)
+    with torch.no_grad():
+        tgt = out.gather(1, t[:, None]).squeeze(1)
+        other = out.scatter(1, t[:, None], float("-inf")).max(1).values
+    return g, tgt - other
+
+
+def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return predict(model, x).reshape(len(x), -1).argmax(1)
+
+
+def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    if not isinstance(key, Key):
+        raise KeyFormatError(f"expected a c-examples Key, got {type(key).__name__}")
+    if key.method != "c-examples":
+        raise KeyMismatchError(f"this is a '{key.method}' key; c-examples verification needs a "
+                               "c-examples key")
+    x, t = key.tensors.get("examples"), key.tensors.get("targets")
+    p = key.params
+    if x is None or t is None or x.dim() < 2 or t.dim() != 1 or len(x) != len(t) or len(x) == 0:
+        raise KeyFormatError("c-examples key is missing its examples or targets; re-extract it")
+    return x.float(), t.long(), p
+
+
+def _check_suspect_signature(s: Suspect, signature: dict[str, Any], what: str) -> None:
+    if s.input_shape is not None and list(s.input_shape) != list(signature["input_shape"]):
+        raise KeyMismatchError(f"the key was made for inputs of shape {tuple(signature['input_shape'])}, but "
+                               f"the {what} takes {tuple(s.input_shape)}; use the key made for this model")
+    try:
+        out = s.output_size(probe_shape=tuple(signature["input_shape"]))
+    except SuspectError:
+        raise KeyMismatchError(f"the {what} does not accept the key's inputs; use the key made for "
+                               "this model") from None
+    if out is not None and int(out) != int(signature["output_size"]):
+        raise KeyMismatchError(f"the key was made for a model with {signature['output_size']} outputs, but "
+                               f"the {what} has {out}; use the key made for this model")
+
+
 @register("c-examples", family="fingerprint", access="labels")
 @dataclass
-class CharacteristicExamples:
+class CharacteristicExamples(Fingerprint):
     """Characteristic examples: `extract(model, input_spec)` -> key; `verify(suspect, key)` -> Verdict."""
 
-    variant: str = "c"  # c: plain; rc: robust (noisy model copies); ltrc: rc + low-transferability
-    n: int = 100  # number of characteristic examples in the key
-    steps: int = 100  # descent steps per example
-    step_size: float = 0.005  # per sign step, as a fraction of (hi - lo)
-    eps: float = 1.0  # L-inf bound of x - x0 as a fraction of (hi - lo); 1.0 = the whole box
-    margin: float = 2.0  # stop an example once its target logit leads by this much
-    M: int = 4  # noisy model copies per step (rc, ltrc)
-    delta: float = 0.3  # parameter noise std relative to each layer's std (rc, ltrc)
-    radius: float = 0.15  # high-pass radius in units of Nyquist (ltrc)
-    seed: int = 0
-    max_rounds: int = 5  # most rounds of new starts when fewer than n examples come out targeted
-    batch_size: int = 1024
+    variant: str = param("c", "c: plain; rc: robust (noisy model copies); ltrc: rc + low-transferability",
+                         choices=VARIANTS)
+    n: int = param(100, "number of characteristic examples in the key", lo=1, hi=validate.MAX_COUNT)
+    steps: int = param(100, "descent steps per example", lo=1, hi=validate.MAX_STEPS)
+    step_size: float = param(0.005, "per sign step, as a fraction of (hi - lo)", lo=0, hi=1, lo_open=True)
+    eps: float = param(1.0, "L-inf bound of x - x0 as a fraction of (hi - lo); 1.0 = the whole box", lo=0, hi=1,
+                       lo_open=True)
+    margin: float = param(2.0, "stop an example once its target logit leads by this much", lo=0, hi=1e6)
+    M: int = param(4, "noisy model copies per step (rc, ltrc)", lo=1, hi=1000)
+    delta: float = param(0.3, "parameter noise std relative to each layer's std (rc, ltrc)", lo=0, hi=100)
+    radius: float = param(0.15, "high-pass radius in units of Nyquist (ltrc)", lo=0, hi=math.sqrt(2), lo_open=True,
+                          hi_open=True)
+    seed: int = seed_param("random seed of the starting noise and the targets")
+    max_rounds: int = param(5, "most rounds of new starts when fewer than n examples come out targeted", lo=1,
+                            hi=1000)
+    batch_size: int = batch_param(1024)
     # extension (conferrable selection, after Lukas et al., ICLR 2021); never the verifier's references
-    extraction_references: Any = None  # independent models (a list or a pool folder) kept examples must not carry
-    max_transfer: float = 0.05  # largest fraction of extraction references allowed to match a kept example
-    confer_weight: float = 1.0  # weight of the step away from the target on an extraction reference
+    extraction_references: list | str | None = param(None, "independent models (a list or a pool folder) kept "
+                                                     "examples must not carry (never the verifier's references)")
+    max_transfer: float = param(0.05, "largest fraction of extraction references allowed to match a kept example",
+                                lo=0, hi=1, hi_open=True)
+    confer_weight: float = param(1.0, "weight of the step away from the target on an extraction reference", lo=0,
+                                 hi=1e6)
 
     score_is_match_rate = True  # its Verdict score is the match rate: the bench report gives a Uniqueness Score
-    # what the verifier sets (never read from a key): name -> (default, meaning)
-    verify_params = {
-        "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "references": (None, "independent models, or a reference-pool folder, that estimate the null "
-                               "(none: not judged)"),
-        "max_queries": (None, "most examples to ask (default: all of them)"),
-    }
-
-    # ------------------------------------------------------------------ checks
-    def _check(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ModelSealError(f"unknown c-examples variant '{self.variant}'; use one of "
-                                 f"{', '.join(VARIANTS)}")
-        if int(self.n) < 1:
-            raise ModelSealError(f"n must be at least 1 (number of characteristic examples), got {self.n}")
-        if int(self.steps) < 1 or not self.step_size > 0:
-            raise ModelSealError(f"steps must be >= 1 and step_size > 0, got {self.steps} and "
-                                 f"{self.step_size}")
-        if int(self.M) < 1 or not self.delta >= 0:
-            raise ModelSealError(f"M must be >= 1 and delta >= 0, got M={self.M}, delta={self.delta}")
-        if not 0 < self.radius < math.sqrt(2):
-            raise ModelSealError(f"radius must lie in (0, 1.41) (units of Nyquist), got {self.radius}")
-        if int(self.max_rounds) < 1 or int(self.batch_size) < 1:
-            raise ModelSealError("max_rounds and batch_size must be >= 1")
-        if not 0 <= float(self.max_transfer) < 1:
-            raise ModelSealError(f"max_transfer must lie in [0, 1), got {self.max_transfer}")
-        if not float(self.confer_weight) >= 0:
-            raise ModelSealError(f"confer_weight must be >= 0, got {self.confer_weight}")
+    # what the verifier sets (never read from a key)
+    verify_params = verifier(
+        references=vparam(None, "independent models, or a reference-pool folder, that estimate the null "
+                          "(none: not judged)", "list | str | None"),
+        max_queries=vparam(None, "most examples to ask (none: all of them)", "int | None", lo=1,
+                           hi=validate.MAX_COUNT),
+    )
+    rule_skip = ("references",)
+    recheck = staticmethod(recheck)
+    reanswer = staticmethod(reanswer)
+    evidence_not_proved = (
+        "the reference models' match counts: they are the verifier's, taken from the file as recorded (bounded as "
+        "verify bounds them); judge the suspect again with your own references to check the null",)
 
     @staticmethod
     def _signature(model: nn.Module, spec: InputSpec) -> dict[str, Any]:
@@ -218,7 +329,6 @@ class CharacteristicExamples:
     # ------------------------------------------------------------------ extraction
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """Generate characteristic examples for `model` from noise (no data); returns the key."""
-        self._check()
         if not isinstance(model, nn.Module):
             raise ModelError(f"extract needs the owner's torch module, got {type(model).__name__}")
         spec = as_input_spec(input_spec)
@@ -406,12 +516,14 @@ class CharacteristicExamples:
         return x, t, ok
 
     # ------------------------------------------------------------------ verification
-    def verify(self, suspect: Suspect | nn.Module | str, key: Key, alpha: float = DEFAULT_ALPHA,
-               max_queries: int | None = None, references: Sequence[Any] | None = None) -> Verdict:
+    def check_suspect(self, suspect: Suspect, key: Key) -> None:
+        _check_suspect_signature(suspect, key.signature, "suspect")
+
+    def decide(self, s: Suspect, key: Key, rule: dict[str, Any]) -> Verdict:
         """Match rate of the suspect's labels on the key's (example, target) pairs, judged against the null
         the verifier's `references` (independent models) give; without references: not judged."""
         x, t, _ = _unpack(key)
-        alpha = validate.alpha(alpha)
+        alpha, max_queries, references = rule["alpha"], rule["max_queries"], rule["references"]
         from ..references import as_references, model_digest
 
         if references is not None and not isinstance(references, (list, tuple, str, os.PathLike)):
@@ -420,11 +532,9 @@ class CharacteristicExamples:
         refs = as_references(references)
         if len(refs) > MAX_REFERENCES:
             raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")
-        s = as_suspect(suspect)
-        _check_suspect_signature(s, key.signature, "suspect")
         k = len(x)
         if max_queries is not None:
-            k = min(k, validate.count("max_queries", max_queries))
+            k = min(k, max_queries)
         remaining = s.remaining()
         if remaining is not None:
             k = min(k, remaining)
@@ -464,132 +574,3 @@ class CharacteristicExamples:
         return Verdict(method="c-examples", owned=res["p_value"] <= alpha, score=rate,
                        threshold=res["threshold"], p_value=res["p_value"], alpha=alpha,
                        queries=s.queries - before, details=details, transcript=transcript)
-
-
-def judge_counts(matches: int, n: int, counts: Sequence[int], alpha: float) -> dict[str, Any]:
-    """p-value and threshold of `matches` out of `n` against the null from reference counts."""
-    null = reference_null(counts, n)
-    m = stats.smallest_significant(n, lambda c: null_tail(c, n, null), alpha)
-    return {"p_value": null_tail(matches, n, null), "threshold": m / n if m is not None else math.inf,
-            "null": null}
-
-
-def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
-    """The verifier's (or checker's) alpha and max_queries, validated as verify validates them."""
-    out = {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error), "max_queries": None}
-    if rule.get("max_queries") is not None:
-        out["max_queries"] = validate.count("max_queries", rule["max_queries"], error=error)
-    return out
-
-
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
-            rule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recompute the verdict from an evidence transcript and the opened examples' targets.
-
-    The examples asked are the first n of the committed ones (verify asks them in key order); the
-    reference counts are the verifier's and are bounded as verify bounds them (at most MAX_REFERENCES,
-    each between 0 and n). A checker's `rule` sets alpha and how many examples must have been asked
-    (default: every committed one)."""
-    v = transcript["verifier"]
-    n = validate.count("n", v.get("n"), 1, len(opened["targets"]), error=ValueError)
-    counts = v.get("reference_counts")
-    if not isinstance(counts, list) or len(counts) > MAX_REFERENCES:
-        raise ValueError(f"the reference counts must be a list of at most {MAX_REFERENCES} (verify's bound)")
-    counts = [validate.count("a reference count", c, 0, n, error=ValueError) for c in counts]
-    t = opened["targets"][:n].long()
-    answers = torch.tensor(transcript["answers"], dtype=torch.int64)
-    if len(answers) != n:
-        raise ValueError(f"{len(answers)} answers for {n} examples")
-    if rule is None:
-        alpha = check_rule(v, error=ValueError)["alpha"]
-    else:
-        r = check_rule(rule)
-        alpha, need = r["alpha"], min(len(opened["targets"]), r["max_queries"] or len(opened["targets"]))
-        if n != need:
-            raise ValueError(f"the transcript asks {n} of the {len(opened['targets'])} committed examples, but the "
-                             f"checker's rule needs the first {need} (set max_queries={n} to judge what was asked)")
-    matches = int((answers == t).sum())
-    if not counts:
-        return {"score": matches / n, "p_value": 1.0, "owned": False}
-    res = judge_counts(matches, n, counts, alpha)
-    return {"score": matches / n, "p_value": res["p_value"], "owned": res["p_value"] <= alpha}
-
-
-def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
-             public: dict[str, Any]) -> list[int]:
-    """The suspect's labels on the examples that were asked (for `check --suspect`)."""
-    n = int(transcript["verifier"]["n"])
-    return [int(a) for a in suspect.labels(opened["examples"][:n].float()).reshape(-1).tolist()]
-
-
-def match_rate(suspect: Suspect | nn.Module | str, key: Key) -> float:
-    """Fraction of the key's examples the suspect labels as their targets."""
-    x, t, _ = _unpack(key)
-    s = as_suspect(suspect)
-    _check_suspect_signature(s, key.signature, "suspect")
-    return float((s.labels(x) == t).float().mean())
-
-
-def uniqueness(key: Key, positives: Sequence[Any], negatives: Sequence[Any]) -> dict[str, Any]:
-    """The paper's Uniqueness Score: robustness (mean match rate on `positives`, pruned / fine-tuned copies
-    of the owner) minus transferability (mean match rate on `negatives`, independent models)."""
-    if not positives or not negatives:
-        raise ModelSealError("uniqueness needs at least one positive and one negative model")
-    pos = [match_rate(m, key) for m in positives]
-    neg = [match_rate(m, key) for m in negatives]
-    rob = sum(pos) / len(pos)
-    tra = sum(neg) / len(neg)
-    return {"robustness": rob, "transferability": tra, "uniqueness_score": stats.uniqueness_score(rob, tra),
-            "positive_rates": pos, "negative_rates": neg}
-
-
-# ---------------------------------------------------------------------- helpers
-def _grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input gradient of the targeted cross-entropy, and each example's target logit margin."""
-    x = x.detach().requires_grad_(True)
-    out = model(x).float().reshape(len(x), -1)
-    loss = F.cross_entropy(out, t, reduction="sum")
-    (g,) = torch.autograd.grad(loss, x)
-    with torch.no_grad():
-        tgt = out.gather(1, t[:, None]).squeeze(1)
-        other = out.scatter(1, t[:, None], float("-inf")).max(1).values
-    return g, tgt - other
-
-
-def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return predict(model, x).reshape(len(x), -1).argmax(1)
-
-
-def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    if not isinstance(key, Key):
-        raise KeyFormatError(f"expected a c-examples Key, got {type(key).__name__}")
-    if key.method != "c-examples":
-        raise KeyMismatchError(f"this is a '{key.method}' key; c-examples verification needs a "
-                               "c-examples key")
-    x, t = key.tensors.get("examples"), key.tensors.get("targets")
-    p = key.params
-    if x is None or t is None or x.dim() < 2 or t.dim() != 1 or len(x) != len(t) or len(x) == 0:
-        raise KeyFormatError("c-examples key is missing its examples or targets; re-extract it")
-    return x.float(), t.long(), p
-
-
-def _check_suspect_signature(s: Suspect, signature: dict[str, Any], what: str) -> None:
-    if s.input_shape is not None and list(s.input_shape) != list(signature["input_shape"]):
-        raise KeyMismatchError(f"the key was made for inputs of shape {tuple(signature['input_shape'])}, but "
-                               f"the {what} takes {tuple(s.input_shape)}; use the key made for this model")
-    try:
-        out = s.output_size(probe_shape=tuple(signature["input_shape"]))
-    except SuspectError:
-        raise KeyMismatchError(f"the {what} does not accept the key's inputs; use the key made for "
-                               "this model") from None
-    if out is not None and int(out) != int(signature["output_size"]):
-        raise KeyMismatchError(f"the key was made for a model with {signature['output_size']} outputs, but "
-                               f"the {what} has {out}; use the key made for this model")
-
-
-CharacteristicExamples.recheck = staticmethod(recheck)
-CharacteristicExamples.check_rule = staticmethod(check_rule)
-CharacteristicExamples.reanswer = staticmethod(reanswer)
-CharacteristicExamples.evidence_not_proved = (
-    "the reference models' match counts: they are the verifier's, taken from the file as recorded (bounded as "
-    "verify bounds them); judge the suspect again with your own references to check the null",)

@@ -34,7 +34,7 @@ Where modelseal deviates, and why:
 - The verifier's rule (`verify_params`, never the key): `margin` >= 0.05, `min_points` (default 20;
   a key with fewer fingerprint points is not judged; 20 points have floor 1/20! = 4e-19, and 10 are the
   fewest whose floor can reach 1e-6), `repeats`. `verify` and `recheck` validate them with one function
-  (`verifier_rule`).
+  (`TAFA.verify_params`).
 - Margin. The p-value tests "correlation <= `margin`" (default 0.1), not "= 0": independently
   trained models of one task share a little boundary structure (measured: independent CNNs up to
   ~0.05, regressors up to ~0.11 on our data), which a permutation test against 0 would call
@@ -89,13 +89,15 @@ from torch import nn
 
 from .. import stats, validate
 from ..data import as_input_spec
-from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError, first_line
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
-from ..suspect import Suspect, as_suspect
-from ..verdict import DEFAULT_ALPHA, Verdict
+from ..schema import batch_param, param, seed_param, verifier, vparam
+from ..suspect import Suspect
+from ..verdict import Verdict
 from . import register
+from .base import Fingerprint
 
 # Each fingerprint is queried at x0 + k * step * u for these k (u: unit crossing direction).
 _STENCIL = (-2, -1, 0, 1, 2)
@@ -110,61 +112,185 @@ DEFAULT_MIN_POINTS = 20
 MIN_MIN_POINTS = 3
 
 
-def verifier_rule(alpha: Any = DEFAULT_ALPHA, margin: Any = DEFAULT_MARGIN, min_points: Any = DEFAULT_MIN_POINTS,
-                  permutations: Any = 0, repeats: Any = 1) -> dict[str, Any]:
-    """The verifier's parameters, validated in one place (verify and recheck both use it)."""
-    return {"alpha": validate.alpha(alpha),
-            "margin": float(validate.number("tafa: margin", margin, MIN_MARGIN, 1.0, hi_open=True)),
-            "min_points": validate.count("tafa: min_points", min_points, MIN_MIN_POINTS, validate.MAX_COUNT),
-            "permutations": validate.count("tafa: permutations", permutations, 0, validate.MAX_PERMUTATIONS),
-            "repeats": validate.count("tafa: repeats", repeats, 1, 1000)}
+def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+    if key.method != "tafa":
+        raise KeyMismatchError(f"this is a '{key.method}' key; tafa verification needs a tafa key")
+    inputs, owner = key.tensors.get("inputs"), key.tensors.get("outputs")
+    k = len(_STENCIL)
+    if inputs is None or owner is None or owner.dim() != 2 or len(inputs) != len(owner) \
+            or len(inputs) % k or len(inputs) < 3 * k:
+        raise KeyFormatError("tafa key is malformed (needs 'inputs' and 'outputs' in groups of five); "
+                             "extract the key again")
+    return inputs, owner
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the kink statistic from an evidence transcript (the suspect's answers) and the opened
+    owner outputs, under the recorded verifier values (rule=None; validated as `verify` does: ValueError on
+    a value `verify` refuses) or a checker's `rule`, with the same output-scale transform `verify` applied."""
+    v = transcript["verifier"]
+    r = TAFA.rule({k: v[k] for k in TAFA.verify_params if k in v}, error=ValueError) if rule is None \
+        else TAFA.rule(rule)
+    owner = opened["outputs"].double()
+    if owner.dim() != 2 or len(owner) % len(_STENCIL):
+        raise ValueError("the opened owner outputs are not in groups of five")
+    if len(owner) // len(_STENCIL) < r["min_points"]:
+        return {"score": 0.0, "p_value": 1.0, "owned": False}
+    out = torch.as_tensor(transcript["answers"]).double().reshape(len(owner), -1)
+    stat = kink_statistic(owner, out, permutations=0, seed=int(v.get("seed", 0)), margin=r["margin"])
+    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= r["alpha"]}
+
+
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> torch.Tensor:
+    """The suspect's raw outputs on the fingerprint inputs (for `check --suspect`)."""
+    return suspect.predict(opened["inputs"].float()).reshape(len(opened["inputs"]), -1).float()
+
+
+def _free_direction(x: torch.Tensor, g: torch.Tensor, lo: float, hi: float, reach: float) -> torch.Tensor:
+    """Unit direction along g with the coordinates that would leave the box within `reach` held fixed.
+
+    The neighbours then stay in the box without clipping: a clipped neighbour would turn the kink into
+    a one-sided slope, which independent models of one task share.
+    """
+    view = (-1, *([1] * (x.dim() - 1)))
+    free = torch.ones_like(x, dtype=torch.bool)
+    for _ in range(4):
+        gg = torch.where(free, g, torch.zeros_like(g))
+        u = gg / gg.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+        move = reach * u.abs()
+        free = free & ((x - lo) > move) & ((hi - x) > move)
+    gg = torch.where(free, g, torch.zeros_like(g))
+    return gg / gg.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+
+
+def _kinks(outputs: torch.Tensor) -> np.ndarray:
+    """Kink minus smooth curvature per fingerprint, shape (n, outputs): D(s) - D(2s) / 4.
+
+    D(h) = f(x0 + h u) + f(x0 - h u) - 2 f(x0). A kink at x0 gives D(s) = c s and D(2s) = 2 c s, so it
+    keeps half its size; a quadratic (the smooth curvature that models of one task share) cancels.
+    """
+    t = outputs.reshape(-1, len(_STENCIL), outputs.shape[1])
+    d1 = t[:, 1] + t[:, 3] - 2 * t[:, 2]
+    d2 = t[:, 0] + t[:, 4] - 2 * t[:, 2]
+    return (d1 - d2 / 4).numpy()
+
+
+def _grid(x: torch.Tensor) -> int | None:
+    """k when every value is a multiple of 10^-k (k = 1..5, within float32 rounding), else None."""
+    for k in range(1, 6):
+        q = x * 10 ** k
+        if float((q - q.round()).abs().max()) <= 1e-2:
+            return k
+    return None
+
+
+def output_scale(outputs: torch.Tensor) -> tuple[torch.Tensor, str, str | None]:
+    """Put one model's answers on the scale the kink test compares: (values, what was done, why not judged).
+
+    - Rows that are one-hot (every value 0 or 1, one 1 per row): labels, not judged.
+    - Rows that are probabilities (>= 0, summing to 1 within rounding) and rounded to a grid of 10^-k:
+      compared as probabilities (the log of a rounded small probability is mostly rounding noise).
+    - Other probabilities: log-probabilities, clipped at half the smallest positive value seen, centred
+      per row. Centred log-softmax(z / T) is (z - mean z) / T: temperature becomes a positive scale per
+      output, which the per-dimension rank standardisation of the kinks removes.
+    - Anything else: raw values (positive rescaling and any offset already cancel in the rank-standardised
+      second differences).
+    """
+    x = outputs.double()
+    d = x.shape[1]
+    if d >= 2 and bool(torch.isfinite(x).all()):
+        sums = x.sum(1)
+        k = _grid(x)
+        tol = 1e-3 + (0.5 * 10.0 ** -k * d if k else 0.0)  # rounding to 10^-k moves each value <= 10^-k / 2
+        if float(x.min()) >= -1e-6 and bool(((sums - 1).abs() <= tol).all()):
+            binary = ((x - x.round()).abs() <= 1e-6).all() and float(x.max()) <= 1 + 1e-6
+            if bool(binary) and bool(((x.round() == 1).sum(1) == 1).all()):
+                return x, "one-hot labels", ("the suspect returns labels (one-hot outputs), not scores; tafa "
+                                             "compares output kinks and needs scores, logits or probabilities")
+            if k is not None:
+                return x, f"probabilities rounded to 1e-{k} -> compared as probabilities", None
+            pos = x[x > 0]
+            floor = max(float(pos.min()) / 2 if len(pos) else 1e-12, 1e-12)
+            lx = x.clamp_min(floor).log()
+            how = f"probabilities -> log (clipped at {floor:.3g}), centred per row"
+            return lx - lx.mean(1, keepdim=True), how, None
+    return x, "raw", None
+
+
+def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int = 0,
+                   seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
+    """Score, p-value and details of the kink correlation between owner and suspect outputs.
+
+    Both are first put on a common scale (`output_scale`): when the suspect's answers are probabilities,
+    the owner's raw outputs (logits) are compared as centred logits (the same as centred log-softmax up
+    to a constant per row), or as softmax probabilities when the suspect's are rounded. The p-value tests
+    H0: correlation <= `margin` (not = 0): independent models of one task can share a little boundary
+    structure, and with hundreds of fingerprints even a correlation of 0.05 would be "significant"
+    against 0. The permutation sd is used around the margin (it barely changes for small correlations).
+    """
+    sus, scale, why = output_scale(suspect)
+    if why is not None:
+        return {"not_judged": why, "output_scale": scale}
+    own, own_scale, _ = output_scale(owner)
+    if own_scale == "raw" and scale.startswith("probabilities rounded"):
+        own = own.softmax(1)
+    elif own_scale == "raw" and scale != "raw":
+        own = own - own.mean(1, keepdim=True)
+    a, b = stats.rank_standardize(_kinks(own)), stats.rank_standardize(_kinks(sus))
+    res = stats.paired_permutation_test(a, b, margin=margin, permutations=permutations, seed=seed)
+    sd, norm = res.pop("sd"), res.pop("norm")
+    n = int(a.shape[0])
+    res.update(fingerprints=n, outputs_per_input=int(a.shape[1]), output_scale=scale)
+
+    def threshold(alpha: float) -> float:
+        return stats.paired_permutation_threshold(margin, sd, norm, alpha, n=n)
+
+    return {**res, "threshold": threshold}
 
 
 @register("tafa", family="fingerprint", access="outputs")
 @dataclass
-class TAFA:
+class TAFA(Fingerprint):
     """Fingerprint a ReLU network from its input box alone; verify from raw outputs of any task.
 
-    `n` boundary points (each queried at 5 points along its crossing direction: 5n queries), `steps`
-    descent steps per point,
-    `lr` damping of each step, `step_across` the step across a boundary as a fraction of the box
-    diagonal, `tol` the largest |pre-activation| (relative to its gradient norm times the box diagonal)
-    accepted as "on the boundary". The verifier's parameters (alpha, margin, permutations, max_queries)
-    are in `verify_params`.
+    Each of the `n` boundary points is queried at 5 points along its crossing direction (5n queries). The
+    verifier's parameters (alpha, margin, min_points, repeats, permutations, max_queries) are in
+    `verify_params`.
     """
 
-    n: int = 300
-    steps: int = 15
-    lr: float = 1.0
-    step_across: float = 0.03
-    tol: float = 1e-3  # largest relative |pre-activation| accepted as on the boundary
-    seed: int = 0
-    batch_size: int = 256
+    n: int = param(300, "boundary points in the key (each asked at 5 points: 5n queries)", lo=3, hi=100_000)
+    steps: int = param(15, "descent steps per boundary point", lo=1, hi=10_000)
+    lr: float = param(1.0, "damping of each descent step", lo=0, hi=1, lo_open=True)
+    step_across: float = param(0.03, "step across a boundary, as a fraction of the input box's diagonal", lo=0,
+                               hi=1, lo_open=True)
+    tol: float = param(1e-3, "largest |pre-activation| (relative to its gradient norm times the box diagonal) "
+                       "accepted as on the boundary", lo=0, hi=1, lo_open=True)
+    seed: int = seed_param("random seed of the starting inputs")
+    batch_size: int = batch_param(256)
 
-    # what the verifier sets (never read from a key): name -> (default, meaning)
-    verify_params = {
-        "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "margin": (DEFAULT_MARGIN, "kink correlation independent models may share; H0 is correlation <= margin "
-                                   "(at least 0.05, below 1)"),
-        "min_points": (DEFAULT_MIN_POINTS, "fewest fingerprint points a key must have to be judged (at "
-                                           "least 3; smaller keys are not judged)"),
-        "repeats": (1, "times each input is asked, answers averaged (noisy APIs: noise sd / sqrt(repeats); "
-                       "costs repeats x 5n queries)"),
-        "permutations": (2000, "Monte Carlo permutations reported as a check (0 to skip; at most 100,000)"),
-        "max_queries": (None, "most inputs the suspect may be asked (the test needs all 5n)"),
-    }
+    # what the verifier sets (never read from a key)
+    verify_params = verifier(
+        margin=vparam(DEFAULT_MARGIN, "kink correlation independent models may share; H0 is correlation <= margin",
+                      "float", lo=MIN_MARGIN, hi=1, hi_open=True),
+        min_points=vparam(DEFAULT_MIN_POINTS, "fewest fingerprint points a key must have to be judged (smaller "
+                          "keys are not judged)", "int", lo=MIN_MIN_POINTS, hi=validate.MAX_COUNT),
+        repeats=vparam(1, "times each input is asked, answers averaged (noisy APIs: noise sd / sqrt(repeats); "
+                       "costs repeats x 5n queries)", "int", lo=1, hi=1000),
+        permutations=vparam(2000, "Monte Carlo permutations reported as a check (0 to skip)", "int", lo=0,
+                            hi=validate.MAX_PERMUTATIONS),
+        max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all 5n)", "int | None", lo=1,
+                           hi=validate.MAX_COUNT),
+    )
+    recheck = staticmethod(recheck)
+    reanswer = staticmethod(reanswer)
 
     # ------------------------------------------------------------------ extract
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """Boundary points of `model`'s linear regions and the owner's raw outputs there (no data)."""
         if not isinstance(model, nn.Module):
             raise ModelError(f"tafa fingerprints an nn.Module, got {type(model).__name__}")
-        validate.count("tafa: n", self.n, 3, 100_000)
-        validate.count("tafa: steps", self.steps, 1, 10_000)
-        validate.number("tafa: lr", self.lr, 0.0, 1.0, lo_open=True)
-        validate.number("tafa: step_across", self.step_across, 0.0, 1.0, lo_open=True)
-        validate.number("tafa: tol", self.tol, 0.0, 1.0, lo_open=True)
-        validate.count("tafa: batch_size", self.batch_size, 1, validate.MAX_BATCH)
         spec = as_input_spec(input_spec)
         relus = relu_modules(model)
         if not relus:
@@ -302,18 +428,10 @@ class TAFA:
         return torch.cat(outs)
 
     # ------------------------------------------------------------------ verify
-    def verify(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA,
-               max_queries: int | None = None, margin: float = DEFAULT_MARGIN,
-               min_points: int = DEFAULT_MIN_POINTS, permutations: int = 2000, repeats: int = 1) -> Verdict:
+    def decide(self, suspect: Suspect, key: Key, rule: dict[str, Any]) -> Verdict:
         """Correlate the suspect's output kinks across the owner's boundaries with the owner's."""
-        rule = verifier_rule(alpha, margin, min_points, permutations, repeats)
-        alpha = rule["alpha"]
-        if max_queries is not None:
-            max_queries = validate.count("max_queries", max_queries)
-        suspect = as_suspect(suspect)
+        alpha, max_queries = rule["alpha"], rule["max_queries"]
         inputs, owner = _unpack(key)
-        suspect.require_outputs("tafa")
-        key.check_signature(suspect.input_shape, suspect.output_size())
         points = len(inputs) // len(_STENCIL)
 
         def not_judged(why: str, **extra: Any) -> Verdict:
@@ -357,160 +475,3 @@ class TAFA:
                        queries=suspect.queries - before,
                        details={k: v for k, v in stat.items() if k not in ("threshold", "p_value", "score")},
                        transcript=transcript)
-
-
-def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
-    if key.method != "tafa":
-        raise KeyMismatchError(f"this is a '{key.method}' key; tafa verification needs a tafa key")
-    inputs, owner = key.tensors.get("inputs"), key.tensors.get("outputs")
-    k = len(_STENCIL)
-    if inputs is None or owner is None or owner.dim() != 2 or len(inputs) != len(owner) \
-            or len(inputs) % k or len(inputs) < 3 * k:
-        raise KeyFormatError("tafa key is malformed (needs 'inputs' and 'outputs' in groups of five); "
-                             "extract the key again")
-    return inputs, owner
-
-
-def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
-    """The verifier's (or checker's) rule as a dict, validated by `verifier_rule` (errors as `error`)."""
-    try:
-        out = verifier_rule(rule.get("alpha", DEFAULT_ALPHA), rule.get("margin", DEFAULT_MARGIN),
-                            rule.get("min_points", DEFAULT_MIN_POINTS), rule.get("permutations", 0),
-                            rule.get("repeats", 1))
-        if rule.get("max_queries") is not None:
-            out["max_queries"] = validate.count("max_queries", rule["max_queries"])
-    except ModelSealError as e:
-        if error is ModelSealError:
-            raise
-        raise error(first_line(e)) from None
-    return out
-
-
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
-            rule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recompute the kink statistic from an evidence transcript (the suspect's answers) and the opened
-    owner outputs, under the recorded verifier values (rule=None; validated as `verify` does: ValueError on
-    a value `verify` refuses) or a checker's `rule`, with the same output-scale transform `verify` applied."""
-    v = transcript["verifier"]
-    r = check_rule(v, error=ValueError) if rule is None else check_rule(rule)
-    owner = opened["outputs"].double()
-    if owner.dim() != 2 or len(owner) % len(_STENCIL):
-        raise ValueError("the opened owner outputs are not in groups of five")
-    if len(owner) // len(_STENCIL) < r["min_points"]:
-        return {"score": 0.0, "p_value": 1.0, "owned": False}
-    out = torch.as_tensor(transcript["answers"]).double().reshape(len(owner), -1)
-    stat = kink_statistic(owner, out, permutations=0, seed=int(v.get("seed", 0)), margin=r["margin"])
-    return {"score": stat["score"], "p_value": stat["p_value"], "owned": stat["p_value"] <= r["alpha"]}
-
-
-def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
-             public: dict[str, Any]) -> torch.Tensor:
-    """The suspect's raw outputs on the fingerprint inputs (for `check --suspect`)."""
-    return suspect.predict(opened["inputs"].float()).reshape(len(opened["inputs"]), -1).float()
-
-
-def _free_direction(x: torch.Tensor, g: torch.Tensor, lo: float, hi: float, reach: float) -> torch.Tensor:
-    """Unit direction along g with the coordinates that would leave the box within `reach` held fixed.
-
-    The neighbours then stay in the box without clipping: a clipped neighbour would turn the kink into
-    a one-sided slope, which independent models of one task share.
-    """
-    view = (-1, *([1] * (x.dim() - 1)))
-    free = torch.ones_like(x, dtype=torch.bool)
-    for _ in range(4):
-        gg = torch.where(free, g, torch.zeros_like(g))
-        u = gg / gg.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-        move = reach * u.abs()
-        free = free & ((x - lo) > move) & ((hi - x) > move)
-    gg = torch.where(free, g, torch.zeros_like(g))
-    return gg / gg.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-
-
-def _kinks(outputs: torch.Tensor) -> np.ndarray:
-    """Kink minus smooth curvature per fingerprint, shape (n, outputs): D(s) - D(2s) / 4.
-
-    D(h) = f(x0 + h u) + f(x0 - h u) - 2 f(x0). A kink at x0 gives D(s) = c s and D(2s) = 2 c s, so it
-    keeps half its size; a quadratic (the smooth curvature that models of one task share) cancels.
-    """
-    t = outputs.reshape(-1, len(_STENCIL), outputs.shape[1])
-    d1 = t[:, 1] + t[:, 3] - 2 * t[:, 2]
-    d2 = t[:, 0] + t[:, 4] - 2 * t[:, 2]
-    return (d1 - d2 / 4).numpy()
-
-
-def _grid(x: torch.Tensor) -> int | None:
-    """k when every value is a multiple of 10^-k (k = 1..5, within float32 rounding), else None."""
-    for k in range(1, 6):
-        q = x * 10 ** k
-        if float((q - q.round()).abs().max()) <= 1e-2:
-            return k
-    return None
-
-
-def output_scale(outputs: torch.Tensor) -> tuple[torch.Tensor, str, str | None]:
-    """Put one model's answers on the scale the kink test compares: (values, what was done, why not judged).
-
-    - Rows that are one-hot (every value 0 or 1, one 1 per row): labels, not judged.
-    - Rows that are probabilities (>= 0, summing to 1 within rounding) and rounded to a grid of 10^-k:
-      compared as probabilities (the log of a rounded small probability is mostly rounding noise).
-    - Other probabilities: log-probabilities, clipped at half the smallest positive value seen, centred
-      per row. Centred log-softmax(z / T) is (z - mean z) / T: temperature becomes a positive scale per
-      output, which the per-dimension rank standardisation of the kinks removes.
-    - Anything else: raw values (positive rescaling and any offset already cancel in the rank-standardised
-      second differences).
-    """
-    x = outputs.double()
-    d = x.shape[1]
-    if d >= 2 and bool(torch.isfinite(x).all()):
-        sums = x.sum(1)
-        k = _grid(x)
-        tol = 1e-3 + (0.5 * 10.0 ** -k * d if k else 0.0)  # rounding to 10^-k moves each value <= 10^-k / 2
-        if float(x.min()) >= -1e-6 and bool(((sums - 1).abs() <= tol).all()):
-            binary = ((x - x.round()).abs() <= 1e-6).all() and float(x.max()) <= 1 + 1e-6
-            if bool(binary) and bool(((x.round() == 1).sum(1) == 1).all()):
-                return x, "one-hot labels", ("the suspect returns labels (one-hot outputs), not scores; tafa "
-                                             "compares output kinks and needs scores, logits or probabilities")
-            if k is not None:
-                return x, f"probabilities rounded to 1e-{k} -> compared as probabilities", None
-            pos = x[x > 0]
-            floor = max(float(pos.min()) / 2 if len(pos) else 1e-12, 1e-12)
-            lx = x.clamp_min(floor).log()
-            how = f"probabilities -> log (clipped at {floor:.3g}), centred per row"
-            return lx - lx.mean(1, keepdim=True), how, None
-    return x, "raw", None
-
-
-def kink_statistic(owner: torch.Tensor, suspect: torch.Tensor, permutations: int = 0,
-                   seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
-    """Score, p-value and details of the kink correlation between owner and suspect outputs.
-
-    Both are first put on a common scale (`output_scale`): when the suspect's answers are probabilities,
-    the owner's raw outputs (logits) are compared as centred logits (the same as centred log-softmax up
-    to a constant per row), or as softmax probabilities when the suspect's are rounded. The p-value tests
-    H0: correlation <= `margin` (not = 0): independent models of one task can share a little boundary
-    structure, and with hundreds of fingerprints even a correlation of 0.05 would be "significant"
-    against 0. The permutation sd is used around the margin (it barely changes for small correlations).
-    """
-    sus, scale, why = output_scale(suspect)
-    if why is not None:
-        return {"not_judged": why, "output_scale": scale}
-    own, own_scale, _ = output_scale(owner)
-    if own_scale == "raw" and scale.startswith("probabilities rounded"):
-        own = own.softmax(1)
-    elif own_scale == "raw" and scale != "raw":
-        own = own - own.mean(1, keepdim=True)
-    a, b = stats.rank_standardize(_kinks(own)), stats.rank_standardize(_kinks(sus))
-    res = stats.paired_permutation_test(a, b, margin=margin, permutations=permutations, seed=seed)
-    sd, norm = res.pop("sd"), res.pop("norm")
-    n = int(a.shape[0])
-    res.update(fingerprints=n, outputs_per_input=int(a.shape[1]), output_scale=scale)
-
-    def threshold(alpha: float) -> float:
-        return stats.paired_permutation_threshold(margin, sd, norm, alpha, n=n)
-
-    return {**res, "threshold": threshold}
-
-
-TAFA.recheck = staticmethod(recheck)
-TAFA.check_rule = staticmethod(check_rule)
-TAFA.reanswer = staticmethod(reanswer)

@@ -61,13 +61,15 @@ from torch.utils.data import Dataset
 
 from .. import stats, validate
 from ..data import as_tensors, meta_of
-from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError, ModelSealError
+from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError
 from ..keys import Key
 from ..models import reinit, signature_of, spec_of
-from ..suspect import Suspect, as_suspect
+from ..schema import batch_param, device_param, param, seed_param, verifier, vparam
+from ..suspect import Suspect
 from ..train import fit, predict
-from ..verdict import DEFAULT_ALPHA, Verdict
+from ..verdict import Verdict
 from . import register
+from .base import Watermark
 
 METHOD = "trigger-set"
 MODES = ("pretrained", "scratch")
@@ -81,161 +83,9 @@ LABEL_RULE = ("label_i = the first value v < floor(2^64 / C) * C of the 64-bit b
               "is a Fisher-Yates shuffle drawing j < i + 1 the same way from sha256(root || 'order' || i || k)")
 NONCE_BYTES = 32
 MAX_BEACON = 1024
+MAX_TRIGGERS = 100_000
 VIEWS_PER_EPOCH = 4  # default k shows every trigger about this often per epoch
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-# ---------------------------------------------------------------------------------------------- method
-@register(METHOD, family="watermark", access="labels")
-@dataclass
-class TriggerSet:
-    """Trigger-set watermark. `embed(model, data) -> (marked, key)`; `verify(suspect, key) -> Verdict`."""
-
-    n: int = 100  # number of trigger images in the key
-    mode: str = "pretrained"  # pretrained: fine-tune the given model; scratch: re-initialise it, then train
-    k_per_batch: int | None = None  # trigger images appended to every batch (None: each trigger about 4 times an epoch)
-    epochs: int | None = None  # most training epochs (None: 10 when pretrained, 5 from scratch)
-    extra_epochs: int = 1  # epochs trained on after every trigger is learned (helps the mark survive fine-tuning)
-    lr: float | None = None  # learning rate of the embedding (None: 3e-3 pretrained, 1e-3 scratch; Adam)
-    batch_size: int = 64
-    seed: int = 0
-    image_folder: str | None = None  # folder of your own trigger images (None: images generated from the seed)
-    kind: str = "abstract"  # trigger kind: abstract (generated), noise or content (the owner's inputs, keyed)
-    strength: float = 0.5  # noise triggers: sd of the keyed noise as a fraction of the input range
-    beacon: str = ""  # public text bound into the labels' root (e.g. a randomness beacon's value)
-    device: str | None = None
-
-    # what the verifier sets (never read from a key): name -> (default, meaning)
-    key_tensors = ("images", "labels", "nonces")
-    verify_params = {
-        "alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)"),
-        "batch": (5, "triggers asked per look of the sequential test"),
-        "max_queries": (None, "most triggers to ask (default: all of them)"),
-    }
-
-    # ------------------------------------------------------------------------------------ embed
-    def embed(self, model: nn.Module, data: Dataset, progress: Any = None) -> tuple[nn.Module, Key]:
-        """Train the triggers into a copy of `model` (or into a freshly initialised one in `scratch` mode)."""
-        self._check_params()
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"trigger-set embeds into an nn.Module, got {type(model).__name__}")
-        x_data, _ = as_tensors(data)
-        meta = meta_of(data)
-        input_shape = tuple(int(s) for s in x_data.shape[1:])
-        sig = signature_of(model, input_shape)
-        if list(sig["input_shape"]) != list(input_shape):
-            raise DataError(f"the data has inputs of shape {input_shape} but the model takes "
-                            f"{tuple(sig['input_shape'])}; give the data the model was trained on")
-        classes = int(sig["output_size"])
-        if (meta is not None and meta.task != "classification") or classes < 2:
-            raise ModelError("trigger-set watermarks classifiers (2 or more classes); this model is not one")
-        bounds = _bounds_of(model, meta)
-        if self.image_folder:
-            images = load_trigger_folder(self.image_folder, self.n, input_shape, bounds, self.seed)
-        elif self.kind == "abstract":
-            images = make_triggers(self.n, input_shape, bounds, self.seed)
-        else:
-            images = data_triggers(x_data, self.n, bounds, self.seed, self.kind, self.strength)
-        nonces = _rng(self.seed, 3).integers(0, 256, size=(self.n, NONCE_BYTES), dtype=np.uint8)
-        # The labels exist only after the images and nonces are fixed: each is a hash of the root of every
-        # trigger's commitment (see `derive_labels`), so the owner cannot choose them.
-        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, self.beacon)
-        labels_t = torch.from_numpy(derive_labels(root, self.n, classes))
-
-        marked = copy.deepcopy(model)
-        if self.mode == "scratch":
-            reinit(marked, self.seed)
-        cycle = torch.from_numpy(_rng(self.seed, 4).permutation(self.n))
-        steps = -(-len(x_data) // self.batch_size)
-        k = self.k_per_batch or max(2, math.ceil(VIEWS_PER_EPOCH * self.n / steps))
-
-        def extra_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = cycle[(torch.arange(k) + step * k) % self.n]
-            return images[idx], labels_t[idx]
-
-        learned_at: list[int] = []
-
-        def stop(m: nn.Module, epoch: int) -> bool:
-            if self.mode != "pretrained":
-                return False
-            if not learned_at and trigger_accuracy(m, images, labels_t) >= 1.0:
-                learned_at.append(epoch)
-            return bool(learned_at) and epoch >= learned_at[0] + self.extra_epochs
-
-        epochs = self.epochs if self.epochs is not None else (10 if self.mode == "pretrained" else 5)
-        lr = self.lr if self.lr is not None else (3e-3 if self.mode == "pretrained" else 1e-3)
-        fit(marked, data, epochs=epochs, lr=lr, batch_size=self.batch_size, seed=self.seed,
-            device=self.device, extra_batch=extra_batch, stop=stop, progress=progress,
-            description="embed trigger-set")
-        params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed,
-                  "num_classes": classes, "source": "folder" if self.image_folder else self.kind,
-                  "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
-        key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
-                  tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)})
-        return marked, key
-
-    # ------------------------------------------------------------------------------------ verify
-    def verify(self, suspect: Suspect | nn.Module | str, key: Key, alpha: float = DEFAULT_ALPHA,
-               max_queries: int | None = None, batch: int = 5) -> Verdict:
-        """Query the triggers sequentially and judge whether `suspect` carries the watermark.
-
-        alpha, batch (the look size) and max_queries are the verifier's; the key's parameters never set them.
-        """
-        images, labels, _ = key_tensors(key)
-        rule = check_rule({"alpha": alpha, "batch": batch, "max_queries": max_queries})
-        alpha, batch, max_queries = rule["alpha"], rule["batch"], rule["max_queries"]
-        suspect = as_suspect(suspect)
-        key.check_signature(suspect.input_shape, suspect.output_size())
-        classes = int(key.signature["output_size"])
-        n = len(labels)
-        root = key_root(key)  # refuses a key whose labels its committed triggers do not derive
-        budget = min(x for x in (n, max_queries, suspect.remaining()) if x is not None)
-        order = torch.from_numpy(committed_order(root, n))
-        start_queries = suspect.queries
-        asked: list[int] = []
-        answers: list[int] = []
-
-        def answer(lo: int, hi: int) -> np.ndarray:
-            idx = order[lo:hi]
-            got = suspect.labels(images[idx]).reshape(-1).long()
-            asked.extend(int(i) for i in idx)
-            answers.extend(int(a) for a in got)
-            return (got == labels[idx]).numpy()
-
-        res = stats.sequential_test(answer, budget, 1.0 / classes, alpha, batch)
-        details = {**res, "null_rate": 1.0 / classes, "triggers": n, "order": "committed (derived from the root)"}
-        verifier = {"alpha": alpha, "batch": batch, "max_queries": max_queries, "budget": budget}
-        if not res["reachable"]:
-            details["not_judged"] = (
-                f"a budget of {budget} queries cannot reach alpha = {alpha:g} even if every trigger matched "
-                f"(key: {n} triggers, max_queries: {max_queries}, suspect allows: {suspect.remaining()}); "
-                "allow more queries or use a key with more triggers")
-        return Verdict(METHOD, owned=res["owned"], score=res["score"], threshold=res["threshold"],
-                       p_value=res["p_value"], alpha=alpha, queries=suspect.queries - start_queries,
-                       details=details, judged=res["reachable"],
-                       transcript={"verifier": verifier, "asked": asked, "answers": answers})
-
-    # ------------------------------------------------------------------------------------ helpers
-    def _check_params(self) -> None:
-        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
-            raise ModelSealError(f"n (number of triggers) must be a positive integer, got {self.n!r}")
-        if self.mode not in MODES:
-            raise ModelSealError(f"unknown trigger-set mode '{self.mode}'; use 'pretrained' or 'scratch'")
-        if self.k_per_batch is not None and (not isinstance(self.k_per_batch, int) or self.k_per_batch < 1):
-            raise ModelSealError(f"k_per_batch must be a positive integer, got {self.k_per_batch!r}")
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise ModelSealError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.extra_epochs, int) or self.extra_epochs < 0:
-            raise ModelSealError(f"extra_epochs must be a non-negative integer, got {self.extra_epochs!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
-                                        and self.lr > 0):
-            raise ModelSealError(f"lr must be a positive number, got {self.lr!r}")
-        if self.kind not in KINDS:
-            raise ModelSealError(f"unknown trigger kind '{self.kind}'; use one of {', '.join(KINDS)}")
-        validate.number("strength", self.strength, 0.0, 1.0, lo_open=True)
-        if not isinstance(self.beacon, str) or len(self.beacon) > MAX_BEACON:
-            raise ModelSealError(f"beacon must be a text of at most {MAX_BEACON} characters")
-
 
 
 def trigger_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -507,7 +357,7 @@ def evidence_open(key: Key, transcript: dict[str, Any]) -> dict[str, torch.Tenso
     return {"index": idx, "images": images[idx], "nonces": nonces[idx]}
 
 
-def evidence_check(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> None:
+def evidence_check(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> bool:
     """Every opened trigger must open its commitment (KeyIntegrityError naming the first that does not)."""
     com = public.get("commitments")
     if not isinstance(com, list):
@@ -520,15 +370,7 @@ def evidence_check(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> N
         if not 0 <= i < len(com) or _trigger_digest(nons[j], imgs[j]).hex() != com[i]:
             raise KeyIntegrityError(f"opened trigger {i} does not match its commitment: its image or nonce was "
                                     "changed")
-
-
-def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
-    """The verifier's (or checker's) rule, validated the one way verify and check both use."""
-    out = {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error),
-           "batch": validate.count("batch", rule.get("batch", 5), error=error), "max_queries": None}
-    if rule.get("max_queries") is not None:
-        out["max_queries"] = validate.count("max_queries", rule["max_queries"], error=error)
-    return out
+    return True
 
 
 def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
@@ -560,10 +402,10 @@ def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public:
     hits = [int(a) == int(b) for a, b in zip(answers, labels, strict=True)]
     if rule is None:
         v = transcript["verifier"]
-        r = check_rule(v, error=ValueError)
+        r = TriggerSet.rule({k: v[k] for k in TriggerSet.verify_params if k in v}, error=ValueError)
         budget = validate.count("budget", v.get("budget"), 1, n, error=ValueError)
         return stats.sequential_replay(hits, budget, 1.0 / classes, r["alpha"], r["batch"])
-    r = check_rule(rule)
+    r = TriggerSet.rule(rule)
     budget = min(n, r["max_queries"] or n)
     return stats.sequential_replay(hits, budget, 1.0 / classes, r["alpha"], r["batch"], exact=False)
 
@@ -574,10 +416,142 @@ def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict
     return [int(a) for a in suspect.labels(opened["images"]).reshape(-1).tolist()]
 
 
-TriggerSet.commitment_extra = staticmethod(commitment_extra)
-TriggerSet.check_commitment_extra = staticmethod(check_commitment_extra)
-TriggerSet.evidence_open = staticmethod(evidence_open)
-TriggerSet.evidence_check = staticmethod(evidence_check)
-TriggerSet.recheck = staticmethod(recheck)
-TriggerSet.reanswer = staticmethod(reanswer)
-TriggerSet.check_rule = staticmethod(check_rule)
+# ---------------------------------------------------------------------------------------------- method
+@register(METHOD, family="watermark", access="labels")
+@dataclass
+class TriggerSet(Watermark):
+    """Trigger-set watermark. `embed(model, data) -> (marked, key)`; `verify(suspect, key) -> Verdict`."""
+
+    n: int = param(100, "number of trigger images in the key", lo=1, hi=MAX_TRIGGERS)
+    mode: str = param("pretrained", "pretrained: fine-tune the given model; scratch: re-initialise it, then train",
+                      choices=MODES)
+    k_per_batch: int | None = param(None, "trigger images appended to every batch (none: each trigger about 4 "
+                                    "times an epoch)", lo=1, hi=validate.MAX_BATCH)
+    epochs: int | None = param(None, "most training epochs (none: 10 when pretrained, 5 from scratch)", lo=1,
+                               hi=validate.MAX_EPOCHS)
+    extra_epochs: int = param(1, "epochs trained on after every trigger is learned (helps the mark survive "
+                              "fine-tuning)", lo=0, hi=validate.MAX_EPOCHS)
+    lr: float | None = param(None, "learning rate of the embedding (none: 3e-3 pretrained, 1e-3 scratch; Adam)",
+                             lo=0, hi=10, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param("random seed of the secret (images, nonces); use a large random one for a real key")
+    image_folder: str | None = param(None, "folder of your own trigger images (none: images generated from the "
+                                     "seed)")
+    kind: str = param("abstract", "trigger kind: abstract (generated), noise or content (the owner's inputs, "
+                      "keyed)", choices=KINDS)
+    strength: float = param(0.5, "noise triggers: sd of the keyed noise as a fraction of the input range", lo=0,
+                            hi=1, lo_open=True)
+    beacon: str = param("", "public text bound into the labels' root (e.g. a randomness beacon's value)",
+                        max_len=MAX_BEACON)
+    device: str | None = device_param()
+
+    key_tensors = ("images", "labels", "nonces")
+    # what the verifier sets (never read from a key)
+    verify_params = verifier(
+        batch=vparam(5, "triggers asked per look of the sequential test", "int", lo=1, hi=validate.MAX_COUNT),
+        max_queries=vparam(None, "most triggers to ask (none: all of them)", "int | None", lo=1,
+                           hi=validate.MAX_COUNT),
+    )
+    commitment_extra = staticmethod(commitment_extra)
+    check_commitment_extra = staticmethod(check_commitment_extra)
+    evidence_open = staticmethod(evidence_open)
+    evidence_check = staticmethod(evidence_check)
+    recheck = staticmethod(recheck)
+    reanswer = staticmethod(reanswer)
+
+    # ------------------------------------------------------------------------------------ embed
+    def embed(self, model: nn.Module, data: Dataset, progress: Any = None) -> tuple[nn.Module, Key]:
+        """Train the triggers into a copy of `model` (or into a freshly initialised one in `scratch` mode)."""
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"trigger-set embeds into an nn.Module, got {type(model).__name__}")
+        x_data, _ = as_tensors(data)
+        meta = meta_of(data)
+        input_shape = tuple(int(s) for s in x_data.shape[1:])
+        sig = signature_of(model, input_shape)
+        if list(sig["input_shape"]) != list(input_shape):
+            raise DataError(f"the data has inputs of shape {input_shape} but the model takes "
+                            f"{tuple(sig['input_shape'])}; give the data the model was trained on")
+        classes = int(sig["output_size"])
+        if (meta is not None and meta.task != "classification") or classes < 2:
+            raise ModelError("trigger-set watermarks classifiers (2 or more classes); this model is not one")
+        bounds = _bounds_of(model, meta)
+        if self.image_folder:
+            images = load_trigger_folder(self.image_folder, self.n, input_shape, bounds, self.seed)
+        elif self.kind == "abstract":
+            images = make_triggers(self.n, input_shape, bounds, self.seed)
+        else:
+            images = data_triggers(x_data, self.n, bounds, self.seed, self.kind, self.strength)
+        nonces = _rng(self.seed, 3).integers(0, 256, size=(self.n, NONCE_BYTES), dtype=np.uint8)
+        # The labels exist only after the images and nonces are fixed: each is a hash of the root of every
+        # trigger's commitment (see `derive_labels`), so the owner cannot choose them.
+        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, self.beacon)
+        labels_t = torch.from_numpy(derive_labels(root, self.n, classes))
+
+        marked = copy.deepcopy(model)
+        if self.mode == "scratch":
+            reinit(marked, self.seed)
+        cycle = torch.from_numpy(_rng(self.seed, 4).permutation(self.n))
+        steps = -(-len(x_data) // self.batch_size)
+        k = self.k_per_batch or max(2, math.ceil(VIEWS_PER_EPOCH * self.n / steps))
+
+        def extra_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = cycle[(torch.arange(k) + step * k) % self.n]
+            return images[idx], labels_t[idx]
+
+        learned_at: list[int] = []
+
+        def stop(m: nn.Module, epoch: int) -> bool:
+            if self.mode != "pretrained":
+                return False
+            if not learned_at and trigger_accuracy(m, images, labels_t) >= 1.0:
+                learned_at.append(epoch)
+            return bool(learned_at) and epoch >= learned_at[0] + self.extra_epochs
+
+        epochs = self.epochs if self.epochs is not None else (10 if self.mode == "pretrained" else 5)
+        lr = self.lr if self.lr is not None else (3e-3 if self.mode == "pretrained" else 1e-3)
+        fit(marked, data, epochs=epochs, lr=lr, batch_size=self.batch_size, seed=self.seed,
+            device=self.device, extra_batch=extra_batch, stop=stop, progress=progress,
+            description="embed trigger-set")
+        params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed,
+                  "num_classes": classes, "source": "folder" if self.image_folder else self.kind,
+                  "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
+        key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
+                  tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)})
+        return marked, key
+
+    # ------------------------------------------------------------------------------------ verify
+    def decide(self, suspect: Suspect, key: Key, rule: dict[str, Any]) -> Verdict:
+        """Query the triggers sequentially and judge whether `suspect` carries the watermark.
+
+        alpha, batch (the look size) and max_queries are the verifier's; the key's parameters never set them.
+        """
+        images, labels, _ = key_tensors(key)
+        alpha, batch, max_queries = rule["alpha"], rule["batch"], rule["max_queries"]
+        classes = int(key.signature["output_size"])
+        n = len(labels)
+        root = key_root(key)  # refuses a key whose labels its committed triggers do not derive
+        budget = min(x for x in (n, max_queries, suspect.remaining()) if x is not None)
+        order = torch.from_numpy(committed_order(root, n))
+        start_queries = suspect.queries
+        asked: list[int] = []
+        answers: list[int] = []
+
+        def answer(lo: int, hi: int) -> np.ndarray:
+            idx = order[lo:hi]
+            got = suspect.labels(images[idx]).reshape(-1).long()
+            asked.extend(int(i) for i in idx)
+            answers.extend(int(a) for a in got)
+            return (got == labels[idx]).numpy()
+
+        res = stats.sequential_test(answer, budget, 1.0 / classes, alpha, batch)
+        details = {**res, "null_rate": 1.0 / classes, "triggers": n, "order": "committed (derived from the root)"}
+        verifier = {"alpha": alpha, "batch": batch, "max_queries": max_queries, "budget": budget}
+        if not res["reachable"]:
+            details["not_judged"] = (
+                f"a budget of {budget} queries cannot reach alpha = {alpha:g} even if every trigger matched "
+                f"(key: {n} triggers, max_queries: {max_queries}, suspect allows: {suspect.remaining()}); "
+                "allow more queries or use a key with more triggers")
+        return Verdict(METHOD, owned=res["owned"], score=res["score"], threshold=res["threshold"],
+                       p_value=res["p_value"], alpha=alpha, queries=suspect.queries - start_queries,
+                       details=details, judged=res["reachable"],
+                       transcript={"verifier": verifier, "asked": asked, "answers": answers})

@@ -68,14 +68,17 @@ from ...errors import KeyMismatchError, ModelError, ModelSealError
 from ...keys import Key
 from ...methods import register
 from ...models import signature_of
+from ...schema import batch_param, param, seed_param
 from ...suspect import Suspect, as_suspect
 from ...train import fit
 from ...verdict import DEFAULT_ALPHA, Verdict
+from ..base import PerUser
 from .codes import and_acc_accuse, design_for_users
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 PROBES = 128  # probe inputs for neuron alignment
 MAX_DEFAULT_ROWS = 64
+MAX_USERS = 183  # PG(2, 13), the largest built-in design
 EMBED_P = 1e-12  # a copy trains until its own p-value is this far under the default alpha (margin for attacks)
 _SEED_MOD = 2**63  # torch seeds are signed 64-bit
 
@@ -192,36 +195,121 @@ def align_units(owner_acts: torch.Tensor, acts: torch.Tensor) -> tuple[np.ndarra
                   "mean_match": float(match.mean()), "silent_units": silent}
 
 
+def _log_p(p: float) -> float:
+    return -math.log10(max(float(p), 1e-300))
+
+
+def _p_value(r: float, m: int, users: int, k: int) -> float:
+    """The coalition p-value at fit r in M = m dimensions: t tail times the coalitions of <= k - 1 users."""
+    log_p = stats.correlation_log_tail(r, m) + stats.log_count_subsets(users, k - 1)
+    return float(min(1.0, math.exp(min(0.0, log_p))))
+
+
+def _project(key: Key, wbar: torch.Tensor) -> np.ndarray:
+    """y = X w-bar (M numbers)."""
+    x_proj = key.tensors["X"].double()
+    if x_proj.shape[1] != wbar.numel():
+        raise KeyMismatchError(f"the key projects {x_proj.shape[1]} weights per channel but the layer has "
+                               f"{wbar.numel()}; use the key made for this model")
+    return (x_proj @ wbar.double()).numpy()
+
+
+def decide(y: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
+    """AND-ACC decoding of the projection `y = X w-bar` and the coalition test."""
+    codebook = key.tensors["codebook"].numpy().astype(np.int64)
+    return decide_projection(y, key.tensors["U"].double().numpy(), codebook, key.params, alpha)
+
+
+def decide_projection(y: np.ndarray, u: np.ndarray, codebook: np.ndarray, params: dict[str, Any],
+                      alpha: float) -> dict[str, Any]:
+    """Read the code b~ = U^T y, decode a coalition at every threshold (AND-ACC) and keep the one whose mean
+    code through U correlates best with y; its p-value is stats.correlation_log_tail in M = len(y)
+    dimensions with a Bonferroni factor over every coalition of at most k - 1 users."""
+    codebook = np.asarray(codebook).astype(np.int64)
+    users, v, k = codebook.shape[0], int(params["v"]), int(params["k"])
+    m = int(y.shape[0])
+    codes = 2.0 * codebook - 1.0
+    targets = codes @ u.T  # users x M: U b_j
+    b = u.T @ y
+    scores = [stats.pearson(y, targets[j]) for j in range(users)]
+    best = int(np.argmax(scores))
+    single_p = min(1.0, users * math.exp(stats.correlation_log_tail(scores[best], m)))
+
+    # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
+    order = np.sort(b)
+    best_fit, cands, cut, bits = -2.0, [], float("nan"), np.ones(v, dtype=np.int64)
+    for i in range(v - 1):
+        t = 0.5 * (order[i] + order[i + 1])
+        dec = (b >= t).astype(np.int64)
+        acc = and_acc_accuse(dec, codebook)
+        if not 1 <= len(acc) <= k - 1:
+            continue
+        r = stats.pearson(y, targets[acc].mean(0))
+        if r > best_fit + 1e-12 or (abs(r - best_fit) <= 1e-12 and len(acc) < len(cands)):
+            best_fit, cands, cut, bits = r, acc, float(t), dec
+    p_value = _p_value(best_fit, m, users, k) if cands else 1.0
+    accused = [int(j) for j in cands] if p_value <= alpha else []
+    return {"accused": accused, "p_value": p_value, "p_values": {str(j): p_value for j in accused},
+            "scores": scores, "best_user": best, "single_p_value": single_p,
+            "fit": float(best_fit) if cands else 0.0, "candidates": [int(j) for j in cands],
+            "bits": [int(x) for x in bits], "extracted": [float(x) for x in b], "cut": cut, "users": users,
+            "rows": m, "max_colluders": k - 1, "layer": params["layer"],
+            "norm": float(np.linalg.norm(b) / math.sqrt(v))}
+
+
+def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+            rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute the trace from an evidence transcript (the suspect's channel means) and the opened key,
+    under the recorded alpha (rule=None) or a checker's rule."""
+    key = _opened_key(opened, public)
+    given = rule if rule is not None else {"alpha": transcript["verifier"].get("alpha")}
+    alpha = DeepMarks.rule(given, error=ValueError if rule is None else ModelSealError)["alpha"]
+    res = decide(_project(key, torch.as_tensor(transcript["answers"]).double()), key, alpha)
+    return {"score": _log_p(res["p_value"]), "p_value": res["p_value"], "owned": bool(res["accused"]),
+            "accused": res["accused"]}
+
+
+def _opened_key(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> Key:
+    return Key("deepmarks", params=public["params"], signature=public["signature"], tensors=opened,
+               created=public["created"])
+
+
+def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+             public: dict[str, Any]) -> torch.Tensor:
+    """The suspect's channel means, read again from its weights (for `check --suspect`)."""
+    return DeepMarks().channel_means(suspect, _opened_key(opened, public))
+
+
 @register("deepmarks", family="per-user", access="white-box")
 @dataclass
-class DeepMarks:
+class DeepMarks(PerUser):
     """Per-user weight fingerprints with AND-ACC codes: `distribute` copies, `trace` a suspect to its users.
 
-    users: copies to make (picks the smallest projective plane with that many codewords).
-    layer: module name of the layer that carries the fingerprint (None: see `default_layer`).
-    gamma: weight of the embedding loss. rows: projection rows M (None: max(v, min(64, n // 2)) for the
-    code length v and the layer's n weights per output channel).
-    epochs, lr: fine-tuning of each copy; a copy keeps training (up to `max_epochs`) until it is traced to
-    exactly its user at alpha 1e-6 and the code b~ read back from it correlates with its user's code by at
-    least `min_fit`, so small data sets or layers still get a readable fingerprint.
-    seed: secrets, probes and per-user training (any integer).
+    A copy keeps training (up to `max_epochs`) until it is traced to exactly its user at alpha 1e-6 and the
+    code b~ read back from it correlates with its user's code by at least `min_fit`, so small data sets or
+    layers still get a readable fingerprint.
     """
 
-    users: int = 31
-    layer: str | None = None
-    gamma: float = 1.0
-    rows: int | None = None
-    epochs: int = 1  # fine-tuning epochs of each copy before its fit is checked
-    max_epochs: int = 40  # most fine-tuning epochs of one copy while its code fit stays below min_fit
-    min_fit: float = 0.99  # correlation the code read back from a copy must reach with its user's code
-    lr: float = 1e-3  # learning rate of each copy's fine-tuning
-    batch_size: int = 64
-    seed: int = 0
+    users: int = param(31, "copies to make (the smallest projective plane with that many codewords)", lo=1,
+                       hi=MAX_USERS)
+    layer: str | None = param(None, "module name of the layer that carries the fingerprint (none: see "
+                              "`default_layer`)", max_len=256)
+    gamma: float = param(1.0, "weight of the embedding loss", lo=0, hi=1e6, lo_open=True)
+    rows: int | None = param(None, "projection rows M (none: max(v, min(64, n // 2)) for the code length v and the "
+                             "layer's n weights per output channel)", lo=1, hi=validate.MAX_COUNT)
+    epochs: int = param(1, "fine-tuning epochs of each copy before its fit is checked", lo=1, hi=validate.MAX_EPOCHS)
+    max_epochs: int = param(40, "most fine-tuning epochs of one copy while its code fit stays below min_fit", lo=1,
+                            hi=validate.MAX_EPOCHS)
+    min_fit: float = param(0.99, "correlation the code read back from a copy must reach with its user's code",
+                           lo=0, hi=1, lo_open=True)
+    lr: float = param(1e-3, "learning rate of each copy's fine-tuning", lo=0, hi=10, lo_open=True)
+    batch_size: int = batch_param()
+    seed: int = seed_param("random seed of the secrets, probes and per-user training")
 
-    # what the verifier sets (never read from a key): name -> (default, meaning)
     key_params = ("layer", "weight_shape", "v", "k")
     key_tensors = ("X", "U", "codebook")
-    verify_params = {"alpha": (DEFAULT_ALPHA, "false-accusation rate accepted (0 < alpha < 1)")}
+    recheck = staticmethod(recheck)
+    reanswer = staticmethod(reanswer)
 
     def _secrets(self, m: int, n: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(torch_seed(self.seed))
@@ -245,10 +333,6 @@ class DeepMarks:
         v, k = design.v, design.k
         if self.rows is not None and int(self.rows) < v:
             raise ModelSealError(f"rows (projection rows M) must be at least the code length {v}, got {self.rows}")
-        if self.gamma <= 0 or self.epochs < 1:
-            raise ModelSealError(f"gamma must be > 0 and epochs >= 1 (got {self.gamma}, {self.epochs})")
-        if not 0 < self.min_fit <= 1:
-            raise ModelSealError(f"min_fit must lie in (0, 1], got {self.min_fit}")
         if self.layer is not None:
             layer = self.layer
         elif self.rows is not None:
@@ -335,9 +419,12 @@ class DeepMarks:
         """w-bar of the suspect's fingerprinted layer (white-box), its input units put in the owner's order
         (see `align_units`; keys without probes are read unaligned), and the alignment summary."""
         suspect = as_suspect(suspect)
+        self.check_suspect(suspect, key)
+        return self._aligned(suspect, key)
+
+    def _aligned(self, suspect: Suspect, key: Key) -> tuple[torch.Tensor, dict[str, Any]]:
         module = suspect.require_module("deepmarks")
         p = key.params
-        key.check_signature(suspect.input_shape, suspect.output_size())
         weight = _layer_weight(module, p["layer"], p["weight_shape"])
         with torch.no_grad():
             wbar = _channel_mean(weight.detach().cpu()).double()
@@ -363,7 +450,7 @@ class DeepMarks:
         """b~ = U^T X w-bar of the suspect's fingerprinted layer (white-box): the code read from its weights."""
         return key.tensors["U"].double().numpy().T @ _project(key, self.channel_means(suspect, key))
 
-    def trace(self, suspect: Suspect | nn.Module, key: Key, alpha: float = DEFAULT_ALPHA) -> Verdict:
+    def decide(self, suspect: Suspect, key: Key, rule: dict[str, Any]) -> Verdict:
         """Accuse the users whose copies the suspect was made from (one copy, or an average of several).
 
         The Verdict's `accused` lists them (0-based, the copy's index in `distribute`'s list); `owned` is
@@ -374,105 +461,11 @@ class DeepMarks:
         """
         if key.method != "deepmarks":
             raise KeyMismatchError(f"trace takes a deepmarks key, got a '{key.method}' key")
-        alpha = validate.alpha(alpha)
-        wbar, info = self.aligned_channel_means(suspect, key)
+        alpha = rule["alpha"]
+        wbar, info = self._aligned(suspect, key)
         res = decide(_project(key, wbar), key, alpha)
         return Verdict("deepmarks", owned=bool(res["accused"]), score=_log_p(res["p_value"]),
                        threshold=_log_p(alpha), p_value=res["p_value"], alpha=alpha, queries=0,
                        accused=list(res["accused"]),
                        details={**{k: v for k, v in res.items() if k != "accused"}, "alignment": info},
                        transcript={"verifier": {"alpha": alpha}, "answers": wbar.float()})
-
-
-def _log_p(p: float) -> float:
-    return -math.log10(max(float(p), 1e-300))
-
-
-def _p_value(r: float, m: int, users: int, k: int) -> float:
-    """The coalition p-value at fit r in M = m dimensions: t tail times the coalitions of <= k - 1 users."""
-    log_p = stats.correlation_log_tail(r, m) + stats.log_count_subsets(users, k - 1)
-    return float(min(1.0, math.exp(min(0.0, log_p))))
-
-
-def _project(key: Key, wbar: torch.Tensor) -> np.ndarray:
-    """y = X w-bar (M numbers)."""
-    x_proj = key.tensors["X"].double()
-    if x_proj.shape[1] != wbar.numel():
-        raise KeyMismatchError(f"the key projects {x_proj.shape[1]} weights per channel but the layer has "
-                               f"{wbar.numel()}; use the key made for this model")
-    return (x_proj @ wbar.double()).numpy()
-
-
-def decide(y: np.ndarray, key: Key, alpha: float) -> dict[str, Any]:
-    """AND-ACC decoding of the projection `y = X w-bar` and the coalition test."""
-    codebook = key.tensors["codebook"].numpy().astype(np.int64)
-    return decide_projection(y, key.tensors["U"].double().numpy(), codebook, key.params, alpha)
-
-
-def decide_projection(y: np.ndarray, u: np.ndarray, codebook: np.ndarray, params: dict[str, Any],
-                      alpha: float) -> dict[str, Any]:
-    """Read the code b~ = U^T y, decode a coalition at every threshold (AND-ACC) and keep the one whose mean
-    code through U correlates best with y; its p-value is stats.correlation_log_tail in M = len(y)
-    dimensions with a Bonferroni factor over every coalition of at most k - 1 users."""
-    codebook = np.asarray(codebook).astype(np.int64)
-    users, v, k = codebook.shape[0], int(params["v"]), int(params["k"])
-    m = int(y.shape[0])
-    codes = 2.0 * codebook - 1.0
-    targets = codes @ u.T  # users x M: U b_j
-    b = u.T @ y
-    scores = [stats.pearson(y, targets[j]) for j in range(users)]
-    best = int(np.argmax(scores))
-    single_p = min(1.0, users * math.exp(stats.correlation_log_tail(scores[best], m)))
-
-    # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
-    order = np.sort(b)
-    best_fit, cands, cut, bits = -2.0, [], float("nan"), np.ones(v, dtype=np.int64)
-    for i in range(v - 1):
-        t = 0.5 * (order[i] + order[i + 1])
-        dec = (b >= t).astype(np.int64)
-        acc = and_acc_accuse(dec, codebook)
-        if not 1 <= len(acc) <= k - 1:
-            continue
-        r = stats.pearson(y, targets[acc].mean(0))
-        if r > best_fit + 1e-12 or (abs(r - best_fit) <= 1e-12 and len(acc) < len(cands)):
-            best_fit, cands, cut, bits = r, acc, float(t), dec
-    p_value = _p_value(best_fit, m, users, k) if cands else 1.0
-    accused = [int(j) for j in cands] if p_value <= alpha else []
-    return {"accused": accused, "p_value": p_value, "p_values": {str(j): p_value for j in accused},
-            "scores": scores, "best_user": best, "single_p_value": single_p,
-            "fit": float(best_fit) if cands else 0.0, "candidates": [int(j) for j in cands],
-            "bits": [int(x) for x in bits], "extracted": [float(x) for x in b], "cut": cut, "users": users,
-            "rows": m, "max_colluders": k - 1, "layer": params["layer"],
-            "norm": float(np.linalg.norm(b) / math.sqrt(v))}
-
-
-def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
-    """The verifier's (or checker's) rule, validated as trace validates it."""
-    return {"alpha": validate.alpha(rule.get("alpha", DEFAULT_ALPHA), error=error)}
-
-
-def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
-            rule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recompute the trace from an evidence transcript (the suspect's channel means) and the opened key,
-    under the recorded alpha (rule=None) or a checker's rule."""
-    key = _opened_key(opened, public)
-    alpha = check_rule(rule if rule is not None else transcript["verifier"], error=ValueError)["alpha"]
-    res = decide(_project(key, torch.as_tensor(transcript["answers"]).double()), key, alpha)
-    return {"score": _log_p(res["p_value"]), "p_value": res["p_value"], "owned": bool(res["accused"]),
-            "accused": res["accused"]}
-
-
-def _opened_key(opened: dict[str, torch.Tensor], public: dict[str, Any]) -> Key:
-    return Key("deepmarks", params=public["params"], signature=public["signature"], tensors=opened,
-               created=public["created"])
-
-
-def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
-             public: dict[str, Any]) -> torch.Tensor:
-    """The suspect's channel means, read again from its weights (for `check --suspect`)."""
-    return DeepMarks().channel_means(suspect, _opened_key(opened, public))
-
-
-DeepMarks.recheck = staticmethod(recheck)
-DeepMarks.check_rule = staticmethod(check_rule)
-DeepMarks.reanswer = staticmethod(reanswer)
