@@ -386,8 +386,8 @@ def ws(tmp_path_factory):
         "s_unknown_attack": base,
         "s_nan": base.replace("amount = 0.5", "amount = nan"),
         "s_seeds": base.replace("seeds = [0]", "seeds = [-1]"),
-        "s_sweep": base.replace("amount = 0.5", "amount = [" + ", ".join(["0.5"] * 200) + "], bits = ["
-                                + ", ".join(["8"] * 200) + "]"),
+        "s_sweep": base.replace("amount = 0.5", "amount = [" + ", ".join(["0.5"] * 200) + "], seed = ["
+                                + ", ".join(str(i) for i in range(200)) + "]"),
         "s_neg": base.replace('name = "teleport"', 'name = "prune"') + "[negatives]\ncount = 1000000\n",
         "s_batch": base.replace("epochs = 1", "epochs = 1\nbatch_size = 0"),
         "s_lr": base.replace("epochs = 1", "epochs = 1\nlr = inf"),
@@ -675,7 +675,7 @@ for i, (opt, value, match) in enumerate([
 ATK = [
     ("finetune", "epochs=1e9", "epochs must be"), ("finetune", "lr=NaN", "lr must be"),
     ("finetune", "lr=nan", "lr must be"), ("finetune", "batch_size=0", "batch_size must be"),
-    ("finetune", "batch_size=1e9", "batch_size must be"), ("finetune", "mode=xx", "unknown fine-tuning mode"),
+    ("finetune", "batch_size=1e9", "batch_size must be"), ("finetune", "mode=xx", "unknown mode 'xx'; use one of ftll"),
     ("finetune", "fraction=0", "fraction must be"), ("prune", "amount=1.5", "amount must be"),
     ("prune", "amount=-0.1", "amount must be"), ("prune", "scope=x", "scope"), ("quantize", "bits=0", "bits must be"),
     ("quantize", "bits=64", "bits must be"), ("noise", "std=-1", "std must be"),
@@ -713,7 +713,7 @@ E("num-extract-variant", lambda w: ["fingerprint", "extract", w["m"], "--key", w
 E("num-extract-watermark", lambda w: ["fingerprint", "extract", w["m"], "--key", w.root / "f4", "--method",
                                       "trigger-set"], "is a watermark method")
 E("num-distribute-users0", lambda w: ["deepmarks", "distribute", w["m"], "--out-dir", w.root / "u0", "--key",
-                                      w.root / "u0k", "--users", "0", *D], "at least one user")
+                                      w.root / "u0k", "--users", "0", *D], "users must be an integer in \\[1, 183\\]")
 E("usage-unknown-option", lambda w: ["train", "--bogus"], "No such option")
 E("usage-unknown-command", lambda w: ["teleport"], "No such command")
 E("usage-missing-argument", lambda w: ["lock"], "Missing")
@@ -756,7 +756,7 @@ for name, match in [
     ("s_invalid", "not valid TOML"), ("s_deep", "nested too deeply"), ("s_epochs", "line 6: key 'owner.epochs'"),
     ("s_epochs_int", "line 6: key 'owner.epochs': must be an integer in \\[1, 10000\\]"),
     ("s_trigger_n", "line 9: key 'params': trigger-set parameter n"),
-    ("s_unknown_attack", "line 14: key 'name': unknown attack 'teleport'"), ("s_nan", "line 12: .*finite"),
+    ("s_unknown_attack", "line 14: key 'name': unknown attack 'teleport'"), ("s_nan", "line 12: .*amount must be a number in \\[0, 1\\), got nan"),
     ("s_seeds", "line 3: key 'seeds'"), ("s_sweep", "more than 10000 attack variants"),
     ("s_neg", "key 'negatives.count'"), ("s_batch", "line 7: key 'owner.batch_size'"),
     ("s_lr", "line 7: key 'owner.lr'"), ("s_perms", "line 9: .*permutations must be"),

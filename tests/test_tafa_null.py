@@ -92,7 +92,7 @@ def small_case():
 
 def test_min_points_default_reaches_default_alpha():
     assert stats.permutation_floor(tafa_mod.DEFAULT_MIN_POINTS) < ms.verdict.DEFAULT_ALPHA
-    assert TAFA.verify_params["min_points"][0] == tafa_mod.DEFAULT_MIN_POINTS
+    assert TAFA.verify_params["min_points"].default == tafa_mod.DEFAULT_MIN_POINTS
 
 
 def test_key_below_the_verifiers_minimum_is_not_judged(small_case):

@@ -1320,7 +1320,7 @@ def list_methods(
         _fail(ModelSealError(f"unknown method or attack '{name}'; known: "
                              f"{', '.join(method_registry.names() + attack_registry.names())}"))
     try:
-        declared = schema.read(kinds[kind][name], name)
+        declared = schema.read(kinds[kind][name], name, "protection" if kind == "method" else "attack")
     except (LookupError, SyntaxError, ValueError) as e:
         _fail(ModelSealError(f"cannot read the parameters of '{name}': {e}"))
 

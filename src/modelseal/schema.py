@@ -69,8 +69,10 @@ class Spec:
     def optional(self) -> bool:
         return "None" in self.type
 
-    def named(self, name: str, type_: str | None = None) -> Spec:
-        return dataclasses.replace(self, name=name, type=_norm_type(type_) if type_ else self.type)
+    def named(self, name: str, type_: str | None = None, role: str = "protection") -> Spec:
+        """This spec as field `name` of a class: its annotation's type, and the class's role unless declared."""
+        return dataclasses.replace(self, name=name, type=_norm_type(type_) if type_ else self.type,
+                                   role=self.role or role)
 
     def range_text(self) -> str:
         if self.choices is not None:
@@ -129,9 +131,10 @@ def _norm_type(t: str) -> str:
 
 
 def param(default: Any, meaning: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-          hi_open: bool = False, choices: Any = None, max_len: int = MAX_TEXT, role: str = "protection") -> Any:
-    """A dataclass field declaring one parameter (use as `n: int = param(100, "triggers in the key", lo=1)`)."""
-    if role not in ROLES:
+          hi_open: bool = False, choices: Any = None, max_len: int = MAX_TEXT, role: str = "") -> Any:
+    """A dataclass field declaring one parameter (use as `n: int = param(100, "triggers in the key", lo=1)`).
+    The role defaults to the class's (`protection` for a method, `attack` for an attack)."""
+    if role and role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     spec = Spec(type="", default=default, meaning=meaning, role=role, lo=lo, hi=hi, lo_open=lo_open,
                 hi_open=hi_open, choices=tuple(str(c) for c in choices) if choices is not None else None,
@@ -141,8 +144,8 @@ def param(default: Any, meaning: str, *, lo: float | None = None, hi: float | No
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
-def seed_param(meaning: str = "random seed (deterministic given it)", role: str = "protection") -> Any:
-    return param(0, meaning, lo=0, hi=MAX_SEED, role=role)
+def seed_param(meaning: str = "random seed (deterministic given it)", role: str = "", hi: int = MAX_SEED) -> Any:
+    return param(0, meaning, lo=0, hi=hi, role=role)
 
 
 def device_param() -> Any:
@@ -150,7 +153,7 @@ def device_param() -> Any:
                  role="runtime")
 
 
-def batch_param(default: int = 64, role: str = "protection") -> Any:
+def batch_param(default: int = 64, role: str = "") -> Any:
     return param(default, "examples per batch", lo=1, hi=validate.MAX_BATCH, role=role)
 
 
@@ -179,12 +182,13 @@ def verifier(**params: Spec) -> dict[str, Spec]:
 # ------------------------------------------------------------------------------------------ runtime
 def fields_of(cls: type) -> list[Spec]:
     """The declared parameters of a dataclass `cls` (progress callbacks excluded), in field order."""
+    role = getattr(cls, "param_role", "protection")
     out = []
     for f in dataclasses.fields(cls):
         if _KEY not in f.metadata:
-            out.append(Spec(type=_norm_type(str(f.type)), default=_default(f), meaning="", name=f.name))
+            out.append(Spec(type=_norm_type(str(f.type)), default=_default(f), meaning="", name=f.name, role=role))
         elif f.metadata[_KEY] is not None:
-            out.append(f.metadata[_KEY].named(f.name, str(f.type)))
+            out.append(f.metadata[_KEY].named(f.name, str(f.type), role))
     return out
 
 
@@ -221,6 +225,7 @@ class Configurable:
     the class's own `check()` (relations between fields). `param_error` is the error raised."""
 
     param_error: type[ModelSealError] = ModelSealError
+    param_role: str = "protection"  # the role of a field declared without one
 
     def __post_init__(self) -> None:
         for s in fields_of(type(self)):
@@ -426,9 +431,10 @@ def _class_verifier(tree: ast.Module, module: str, cls: ast.ClassDef, depth: int
 
 
 @functools.lru_cache(maxsize=128)
-def read(module: str, name: str) -> dict[str, list[Spec]]:
-    """What `of(cls)` gives for the class registered as `name` in `module`, read from its source (no import).
-    A field declared without `param(...)` is listed with an empty meaning (incomplete)."""
+def read(module: str, name: str, role: str = "protection") -> dict[str, list[Spec]]:
+    """What `of(cls)` gives for the class registered as `name` in `module`, read from its source (no import);
+    `role` is the class's (`attack` for attacks). A field declared without `param(...)` is listed with an
+    empty meaning (incomplete)."""
     tree, _ = _module_source(module)
     cls = _registered(tree, name, _evaluator(module))
     params = []
@@ -442,10 +448,10 @@ def read(module: str, name: str) -> dict[str, list[Spec]]:
             spec = value.metadata.get(_KEY)
             if spec is None:
                 continue
-            params.append(spec.named(fname, tname))
+            params.append(spec.named(fname, tname, role))
         else:
             default = ev.eval(f.value) if f.value is not None else None
-            params.append(Spec(type=tname, default=default, meaning="", name=fname))
+            params.append(Spec(type=tname, default=default, meaning="", name=fname, role=role))
     return {"params": params, "verifier": list((_class_verifier(tree, module, cls) or {}).values())}
 
 

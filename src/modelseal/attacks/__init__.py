@@ -122,6 +122,7 @@ class Attack(Configurable):
     checks them (AttackError), then the subclass's `check()` (relations between fields)."""
 
     param_error = AttackError
+    param_role = "attack"
     name = "attack"
     seed: int = 0
     copies = 1

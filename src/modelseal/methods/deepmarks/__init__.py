@@ -304,7 +304,8 @@ class DeepMarks(PerUser):
                            lo=0, hi=1, lo_open=True)
     lr: float = param(1e-3, "learning rate of each copy's fine-tuning", lo=0, hi=10, lo_open=True)
     batch_size: int = batch_param()
-    seed: int = seed_param("random seed of the secrets, probes and per-user training")
+    seed: int = seed_param("random seed of the secrets, probes and per-user training (any size: torch seeds are "
+                           "derived from it)", hi=2**256 - 1)
 
     key_params = ("layer", "weight_shape", "v", "k")
     key_tensors = ("X", "U", "codebook")
