@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelSealError, OutputExistsError
-from .tensorfile import write_atomic
+from .safeio import write_atomic
 
 if TYPE_CHECKING:
     from .bench.scenario import Scenario
@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     from .bench import report, run
     from .bench.report import attack_text, key_params, outcomes, survival
     from .bench.store import Store
-    from .tensorfile import usable_path
+    from .safeio import usable_path
 
     out_dir = usable_path(out_dir, what="--out folder")
     existing = [n for n in OUTPUTS if (out_dir / n).exists()]

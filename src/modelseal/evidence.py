@@ -34,7 +34,7 @@ from . import methods
 from ._version import __version__
 from .errors import KeyFormatError, KeyIntegrityError, ModelSealError, first_line
 from .keys import Key
-from .tensorfile import write_atomic
+from .safeio import read_json, write_atomic
 from .verdict import Verdict, jsonable
 
 TYPE = "modelseal-evidence"
@@ -110,7 +110,7 @@ def write(path: str | os.PathLike, verdict: Verdict, key: Key, suspect: Any, for
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    ev = _commitment.read_json_file(path, "evidence file", MAX_BYTES)
+    ev = read_json(path, KeyFormatError, "evidence file", MAX_BYTES)
     _validate(ev, str(path))
     return ev
 

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
-from ..tensorfile import check_writable, loads_json, read_head, read_header_metadata, write_atomic
+from ..safeio import check_writable, loads_json, read_file, write_atomic
+from ..tensorfile import read_head, read_header_metadata
 from .io import check_finite
 
 USER_META_KEY = "modelseal_user_arch"
@@ -147,7 +148,7 @@ def load_custom(path: str | os.PathLike, arch: str, input_shape: tuple[int, ...]
     box = tuple(info.get("bounds") or bounds or (0.0, 1.0))
     model = build_custom(arch, tuple(int(s) for s in shape), box)
     try:
-        state = load(p.read_bytes())
+        state = load(read_file(p, ModelError, "model file"))
     except Exception as e:
         raise ModelError(f"{p}: not a safetensors state dict ({e.__class__.__name__})") from None
     try:

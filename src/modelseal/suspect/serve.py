@@ -66,7 +66,7 @@ def _as_suspect(model: nn.Module | Suspect | str | os.PathLike) -> Suspect:
         return model
     if isinstance(model, nn.Module):
         return Suspect(model)
-    from ..tensorfile import usable_path
+    from ..safeio import usable_path
 
     path = usable_path(model, what="model file")
     if not path.is_file():
