@@ -141,3 +141,9 @@ def test_a_failed_write_of_a_new_file_leaves_nothing(tmp_path, monkeypatch):
 def test_write_files_private_targets_are_0600(tmp_path):
     a, k = write_files([(tmp_path / "m", b"model"), (tmp_path / "k", b"key")], private=[tmp_path / "k"])
     assert k.stat().st_mode & 0o777 == 0o600 and a.read_bytes() == b"model"
+
+
+def test_read_file_under_the_default_bound_allocates_only_the_file(tmp_path):
+    p = tmp_path / "k.seal"
+    p.write_bytes(b"key")  # the default bound (tens of GiB) must not be allocated up front
+    assert read_file(p) == b"key"

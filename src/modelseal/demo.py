@@ -116,19 +116,20 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
         rows.append({"protection": c["protection"], "model": "protected, no attack" if c["attack"] == "none"
                      else f"attacked: {attack_text(c)}", "accuracy": acc, "verdict": o["word"],
                      "detail": _detail(c, o)})
-    for n in negatives:
-        word = n["status"] if n["status"] != "ok" else (
-            ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "per-user"
-            else ("OWNED" if n["owned"] else "not owned"))
-        d = n["detail"] or {}
-        if n["p_value"] is not None:
-            detail = f"p = {n['p_value']:.2g}"
+    for neg in negatives:
+        word = neg["status"] if neg["status"] != "ok" else (
+            ("accused " + str(neg["accused"]) if neg["accused"] else "nobody accused")
+            if neg["family"] == "per-user"
+            else ("OWNED" if neg["owned"] else "not owned"))
+        d = neg["detail"] or {}
+        if neg["p_value"] is not None:
+            detail = f"p = {neg['p_value']:.2g}"
         elif "not_applicable" in d:
             detail = "key does not apply to this architecture"
         else:
             detail = str(d.get("error", ""))
-        rows.append({"protection": n["protection"], "model": f"independent {n['negative']}",
-                     "accuracy": n["accuracy"], "verdict": word, "detail": detail})
+        rows.append({"protection": neg["protection"], "model": f"independent {neg['negative']}",
+                     "accuracy": neg["accuracy"], "verdict": word, "detail": detail})
     seconds = time.perf_counter() - t0
     return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
             "survival": survival(cells, negatives, keys),

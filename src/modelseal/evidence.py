@@ -24,7 +24,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def _enc_value(v: Any) -> Any:
 def make(verdict: Verdict, key: Key, suspect: Any) -> dict[str, Any]:
     """The evidence of `verdict` (judged by `key` on `suspect`) as a JSON-able dict."""
     mi = methods.info(key.method)
-    cls = mi.cls
+    cls: Any = mi.cls  # a family class; its optional hooks are looked up with getattr
     if not getattr(cls, "recheck", None):
         raise ModelSealError(f"'{key.method}' verdicts cannot be re-checked, so no evidence file is written")
     if verdict.transcript is None:
@@ -91,7 +91,7 @@ def make(verdict: Verdict, key: Key, suspect: Any) -> dict[str, Any]:
     else:
         opened = dict(key.tensors)
         nonce = _commitment.nonce_of(key)
-    result = {"score": verdict.score, "p_value": verdict.p_value, "owned": verdict.owned,
+    result: dict[str, Any] = {"score": verdict.score, "p_value": verdict.p_value, "owned": verdict.owned,
               "alpha": verdict.alpha, "judged": verdict.judged, "queries": verdict.queries}
     if verdict.accused is not None:
         result["accused"] = list(verdict.accused)
@@ -156,7 +156,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         _commitment.validate(pub, "commitment")
     problems: list[str] = []
     method = ev["method"]
-    cls = methods.info(method).cls
+    cls: Any = methods.info(method).cls
     if pub["method"] != method:
         raise KeyIntegrityError(f"the commitment is for '{pub['method']}', the evidence for '{method}'")
     if not getattr(cls, "recheck", None):
@@ -197,7 +197,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         problems.append(f"the transcript is not one verify records: {first_line(e)}")
     if recomputed:
         for field in ("score", "p_value"):
-            a, b = recomputed.get(field), result.get(field)
+            a, b = cast(Any, recomputed.get(field)), result.get(field)
             if not (isinstance(b, (int, float)) and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)):
                 problems.append(f"recomputed {field} {a!r} differs from the recorded {b!r}")
         if bool(recomputed.get("owned")) != bool(result.get("owned")):
@@ -230,7 +230,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
             "suspect_requeried": suspect is not None}
 
 
-def _checker_rule(cls: type, rule: dict[str, Any] | None) -> dict[str, Any]:
+def _checker_rule(cls: Any, rule: dict[str, Any] | None) -> dict[str, Any]:
     """The checker's rule: verify's defaults, overridden by what the checker gave; validated."""
     given = dict(rule or {})
     allowed = {k for k in cls.verify_params if k != "references"}
@@ -247,7 +247,7 @@ def _rule_text(rule: dict[str, Any]) -> str:
                      if v is not None)
 
 
-def _requery(cls: type, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[str, Any], pub: dict[str, Any],
+def _requery(cls: Any, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[str, Any], pub: dict[str, Any],
              recorded: dict[str, Any]) -> list[str]:
     """Ask the suspect the opened inputs again; what differs from the transcript."""
     from .suspect import as_suspect
@@ -271,7 +271,7 @@ def _requery(cls: type, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[
             out.append(f"re-queried, the suspect's answers differ from the recorded ones (largest difference "
                        f"{diff:.3g}): these answers did not come from this suspect")
     else:
-        a, b = [int(x) for x in got], [int(x) for x in want]
+        a, b = [int(x) for x in got], [int(x) for x in want]  # type: ignore[assignment]
         if a != b:
             first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             out.append(f"re-queried, the suspect answers {sum(x != y for x, y in zip(a, b, strict=False))} of "

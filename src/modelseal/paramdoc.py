@@ -162,6 +162,7 @@ class _Ranges:
         if not fields:
             return
         i, f = fields[0]
+        assert f is not None
         if fname == "alpha":
             self.lo.setdefault(f, (0.0, True))
             self.hi.setdefault(f, (1.0, True))
@@ -174,8 +175,8 @@ class _Ranges:
         hi = rest[1] if len(rest) > 1 else kw.get("hi")
         lo_v = _num(lo, self.consts) if lo is not None else (1 if fname == "count" else None)
         hi_v = _num(hi, self.consts) if hi is not None else None
-        lo_open = isinstance(kw.get("lo_open"), ast.Constant) and kw["lo_open"].value is True
-        hi_open = isinstance(kw.get("hi_open"), ast.Constant) and kw["hi_open"].value is True
+        lo_open = isinstance(c := kw.get("lo_open"), ast.Constant) and c.value is True
+        hi_open = isinstance(c := kw.get("hi_open"), ast.Constant) and c.value is True
         if lo_v is not None:
             self.lo.setdefault(f, (lo_v, lo_open))
         if hi_v is not None:
@@ -257,6 +258,12 @@ def _parsed(module: str, name: str) -> tuple[str, ast.Module, dict[str, Any], as
     return src, tree, consts, cls
 
 
+def _name(field: ast.AnnAssign) -> str:
+    """The name of a field `_fields` returned (it keeps only fields whose target is a plain name)."""
+    assert isinstance(field.target, ast.Name)
+    return field.target.id
+
+
 def _fields(tree: ast.Module, cls: ast.ClassDef, depth: int = 0) -> list[ast.AnnAssign]:
     """The annotated fields of `cls`, after those of its base classes defined in the same module (a dataclass
     inherits them; a redefined field keeps its place and takes the subclass's default)."""
@@ -267,7 +274,7 @@ def _fields(tree: ast.Module, cls: ast.ClassDef, depth: int = 0) -> list[ast.Ann
             fields += _fields(tree, classes[base.id], depth + 1)
     for n in cls.body:
         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
-            at = next((i for i, f in enumerate(fields) if f.target.id == n.target.id), None)
+            at = next((i for i, f in enumerate(fields) if _name(f) == n.target.id), None)
             if at is None:
                 fields.append(n)
             else:
@@ -280,13 +287,13 @@ def describe(module: str, name: str) -> list[Param]:
     src, tree, consts, cls = _parsed(module, name)
     lines = src.splitlines()
     fields = _fields(tree, cls)
-    names = [f.target.id for f in fields]
+    names = [_name(f) for f in fields]
     ranges = _ranges(tree, consts)
     from_class = _doc_meanings(ast.get_docstring(cls) or "", names)
     module_doc = ast.get_docstring(tree) or ""
     params = []
     for f in fields:
-        fname = f.target.id
+        fname = _name(f)
         if fname.startswith("_") or fname == "progress":
             continue
         comment = lines[f.lineno - 1].partition("#")[2].strip() if "#" in lines[f.lineno - 1] else ""

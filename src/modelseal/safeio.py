@@ -136,7 +136,7 @@ def usable_path(path: str | os.PathLike, err: type[Exception] = ModelSealError, 
     return p
 
 
-def _regular_input(p: Path, err: type[Exception], what: str) -> None:
+def _regular_input(p: Path, err: type[Exception], what: str) -> os.stat_result:
     """Refuse (one line) an input that does not exist, is a directory or is not a regular file (a FIFO would
     block the read forever, a device would be read without end); OSError (e.g. a name too long) included."""
     try:
@@ -149,6 +149,7 @@ def _regular_input(p: Path, err: type[Exception], what: str) -> None:
         raise err(f"{what} {p} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
         raise err(f"{what} {p} is {_kind(st.st_mode)}, not a regular file; give a file")
+    return st
 
 
 def read_file(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file",
@@ -157,10 +158,18 @@ def read_file(path: str | os.PathLike, err: type[Exception] = ModelSealError, wh
     or device, a file larger than `max_bytes` (also one that grows while read) or any OSError ends in one
     `err` line naming the path."""
     p = Path(path)
-    _regular_input(p, err, what)
+    size = _regular_input(p, err, what).st_size
+    if size > max_bytes:
+        raise err(f"{what} {p} is larger than {max_bytes} bytes; modelseal does not read it")
     try:
         with open(p, "rb") as f:
-            data = f.read(max_bytes + 1)
+            # read(n) allocates n bytes up front: ask for the size the file has, then for what it grew by
+            chunks = [f.read(size + 1)]
+            got = len(chunks[0])
+            while got > size and got <= max_bytes and (more := f.read(min(1 << 24, max_bytes + 1 - got))):
+                chunks.append(more)
+                got += len(more)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except OSError as e:
         raise err(f"cannot read {what} {p}: {e.strerror or e}") from None
     if len(data) > max_bytes:
@@ -273,11 +282,11 @@ def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], force: bool 
             raise WriteError(f"cannot write {str(p)!r}: a path cannot hold a NUL character")
     try:
         check_distinct([(label, Path(p)) for label, p in outputs])
-        for label, p in (inputs or {}).items():
-            if p is None:
+        for label, q in (inputs or {}).items():
+            if q is None:
                 continue
             for tl, t in zip([label for label, _ in outputs], paths, strict=True):
-                if _same_file(Path(p), t):
+                if _same_file(Path(q), t):
                     raise ModelSealError(f"{label} and {tl} name the same file ({t}); writing would destroy "
                                          "the input: give the output another path")
         for p in paths:

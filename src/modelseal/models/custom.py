@@ -121,7 +121,8 @@ def _tag(model: nn.Module, arch: str, input_shape: tuple[int, ...], bounds: tupl
                          "must return one tensor of outputs")
     # The spec makes the model usable everywhere a zoo model is (signature, suspects, fingerprints); "name"
     # is the factory string, which the zoo cannot rebuild: such models are saved with save_custom.
-    model.modelseal_spec = {"name": arch, "kwargs": {}, "input_shape": [int(s) for s in input_shape],
+    # torch's stubs type a Module's attributes as Tensor | Module; the spec is a plain dict
+    model.modelseal_spec = {"name": arch, "kwargs": {}, "input_shape": [int(s) for s in input_shape],  # type: ignore[assignment]
                             "output_size": int(out[0].numel()), "bounds": [float(b) for b in bounds],
                             "user_arch": True}
     return model
