@@ -147,3 +147,10 @@ def test_read_file_under_the_default_bound_allocates_only_the_file(tmp_path):
     p = tmp_path / "k.seal"
     p.write_bytes(b"key")  # the default bound (tens of GiB) must not be allocated up front
     assert read_file(p) == b"key"
+
+
+def test_an_inference_body_nested_too_deeply_is_one_tensor_error():
+    from modelseal.suspect import oip
+
+    with pytest.raises(oip.TensorError, match="body is not JSON"):
+        oip.split_body(b"[" * 100_000, None)
