@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MLS_VENV := .venv-mlserver
 MLS_VERSION := 1.7.1
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test typecheck demo bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# the type check ([tool.mypy] in pyproject.toml) runs first: CI (.ci/run) runs `make test`
+test: typecheck
 	$(BIN)/python -m pytest -q
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
 
 demo: $(STAMP)
 	$(BIN)/modelseal demo --out demo-out --force

@@ -216,7 +216,7 @@ def test_bench_cache_keys_are_written_0600(tmp_path):
 
     src = Path(driver.__file__).read_text()
     assert 'write_atomic(cache / f"{pid}.key", res["key"], force=True, private=True)' in src
-    from modelseal.tensorfile import write_atomic
+    from modelseal.safeio import write_atomic
 
     p = write_atomic(tmp_path / "k.key", b"secret", private=True)
     assert stat.S_IMODE(p.stat().st_mode) == 0o600

@@ -25,7 +25,8 @@ from modelseal import commitment as commitment_mod
 from modelseal import evidence as evidence_mod
 from modelseal.errors import KeyFormatError, ModelSealError
 from modelseal.keys import Key
-from modelseal.tensorfile import MAX_JSON_DEPTH, loads_json, read_header_metadata
+from modelseal.safeio import MAX_JSON_DEPTH, loads_json
+from modelseal.tensorfile import read_header_metadata
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

@@ -523,7 +523,7 @@ for name, match in [
 ]:
     E(f"commitment-{name}", lambda w, n=name: [V, w["k"], w["m"], "--commitment", w[n]], match)
 E("commitment-missing", lambda w: [V, w["k"], w["m"], "--commitment", w.root / "no.json"], "does not exist")
-E("commitment-deep", lambda w: [V, w["k"], w["m"], "--commitment", w["c_deep"]], "nests deeper than")
+E("commitment-deep", lambda w: [V, w["k"], w["m"], "--commitment", w["c_deep"]], "nested too deeply")
 E("commitment-of-another-key", lambda w: [V, w["fk"], w["m"], "--commitment", w["c"]],
   "does not open its commitment")
 # the command line makes no folder a user did not ask for (issue 26): an output's folder must exist
@@ -556,13 +556,13 @@ E("http-retries-negative", lambda w: [V, w["fk"], "http://127.0.0.1:9/v2/models/
 E("http-options-on-a-file", lambda w: [V, w["fk"], w["m"], "--timeout", "3"], "http")
 
 # ---- evidence files and the verifier's outputs
-for name, match in [("ev_text", "not valid JSON"), ("ev_deep", "nests deeper"), ("ev_list", "'type' must be"),
+for name, match in [("ev_text", "not valid JSON"), ("ev_deep", "nested too deeply"), ("ev_list", "'type' must be"),
                     ("ev_type", "'type' must be"), ("ev_format", "unsupported format"),
                     ("ev_no_transcript", "'transcript' must be"), ("m", "not valid JSON"),
                     ("adir", "does not exist|directory")]:
     E(f"check-{name}", lambda w, n=name: ["check", w[n], "--commitment", w["fkc"]], match)
 E("check-missing", lambda w: ["check", w.root / "none.json", "--commitment", w["fkc"]], "does not exist")
-E("check-bad-commitment", lambda w: ["check", w["ev"], "--commitment", w["c_deep"]], "nests deeper")
+E("check-bad-commitment", lambda w: ["check", w["ev"], "--commitment", w["c_deep"]], "nested too deeply")
 E("verify-evidence-is-key", lambda w: [V, w["fk"], w["m"], "--evidence", w["fk"], "--force"],
   "KEY 1 and --evidence 1 name the same file")
 E("verify-evidence-is-suspect", lambda w: [V, w["fk"], w["m"], "--evidence", w["m"], "--force"],
@@ -795,7 +795,7 @@ A("api-attack-average-nan-other", lambda w: ms.attacks.get("average")(others=[_n
 A("api-attack-not-a-module", lambda w: ms.attacks.get("prune")().apply("model.safetensors"), "nn.Module")
 A("api-key-load-dir", lambda w: Key.load(w["adir"]), "is a directory")
 A("api-write-nul", lambda w: Key("tafa").save(str(w.root / "a\0b")), "cannot write")
-A("api-write-pair-same", lambda w: ms.tensorfile.write_files([(w.root / "p", b"1"), (w.root / "p", b"2")]),
+A("api-write-pair-same", lambda w: ms.safeio.write_files([(w.root / "p", b"1"), (w.root / "p", b"2")]),
   "name the same file")
 A("api-load-model-dir", lambda w: ms.models.load_model(w["adir"]), "is a directory")
 A("api-onnx5-verify", lambda w: ms.verify(ms.Suspect.load(w["onnx5"]), Key.load(w["k"])), "outputs")
@@ -965,7 +965,7 @@ def test_failing_commands_leave_user_files_unchanged(ws, capsys):
 
 
 def test_a_pair_is_written_both_or_neither_when_the_second_rename_fails(tmp_path, monkeypatch):
-    from modelseal import tensorfile
+    from modelseal import safeio
 
     a, b = tmp_path / "model.safetensors", tmp_path / "key.seal"
     a.write_bytes(b"old model")
@@ -978,9 +978,9 @@ def test_a_pair_is_written_both_or_neither_when_the_second_rename_fails(tmp_path
             raise OSError(28, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(tensorfile.os, "replace", flaky)
+    monkeypatch.setattr(safeio.os, "replace", flaky)
     with pytest.raises(ModelSealError, match="No space left on device; nothing was written"):
-        tensorfile.write_files([(a, b"new model"), (b, b"new key")], force=True, private=[b])
+        safeio.write_files([(a, b"new model"), (b, b"new key")], force=True, private=[b])
     assert a.read_bytes() == b"old model" and not b.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temporary or backup left
 
@@ -992,7 +992,7 @@ def test_keys_are_written_private(tmp_path):
 
 INTERRUPT_SCRIPT = r'''
 import json, os, signal, sys
-import modelseal.tensorfile as tf
+import modelseal.safeio as tf
 from modelseal.cli import main
 
 real_write, real_replace = tf._write_tmp, os.replace

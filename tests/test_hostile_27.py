@@ -122,7 +122,7 @@ def test_non_regular_targets_are_refused_and_kept(ws, tmp_path, capsys, command,
 
 
 def test_api_writers_refuse_a_fifo_even_with_force(ws, tmp_path):
-    from modelseal.tensorfile import write_atomic, write_files
+    from modelseal.safeio import write_atomic, write_files
 
     fifo = _fifo(tmp_path / "pipe")
     for write in (lambda: write_atomic(fifo, b"x", force=True),

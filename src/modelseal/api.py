@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -41,7 +41,7 @@ def verify(suspect: Suspect | nn.Module | str, key: Key | str | Sequence[Key | s
     if isinstance(key, (list, tuple)):
         return _fused(suspect, list(key), commitment, evidence, force, verifier)
     s = as_suspect(suspect)
-    k = _key(key)
+    k = _key(cast(Key | str, key))  # a list or tuple of keys went to _fused above
     v = methods.judge(s, k, commitment=commitment, **verifier)
     if evidence is not None:
         from . import evidence as _evidence
@@ -66,7 +66,7 @@ def _fused(suspect: Any, keys: list, commitments: Any, evidences: Any, force: bo
     verdicts = []
     for k, c, e in zip(loaded, commitments, evidences, strict=True):
         # each key is judged at the fused alpha; its own method's other parameters pass through when it takes them
-        params = {p: v for p, v in verifier.items() if p in methods.info(k.method).cls.verify_params}
+        params = {p: v for p, v in verifier.items() if p in cast(Any, methods.info(k.method).cls).verify_params}
         verdicts.append(verify(s, k, commitment=c, evidence=e, force=force, **params))
     judged = [v for v in verdicts if v.judged]
     adjusted = stats.holm([v.p_value for v in judged]) if judged else []

@@ -112,14 +112,14 @@ def _check_folder(path: Path, label: str = "") -> None:
 
 
 def check_writable(path: Path, force: bool) -> None:
-    from .tensorfile import check_writable as check
+    from .safeio import check_writable as check
 
     check(path, force)
     _check_folder(path)
 
 
 def check_distinct(paths: Any) -> None:
-    from .tensorfile import check_distinct as check
+    from .safeio import check_distinct as check
 
     check(paths)
 
@@ -128,7 +128,7 @@ def check_outputs(outputs: list[tuple[str, Any]], force: bool, inputs: dict[str,
                   created: tuple[Path, ...] = ()) -> None:
     """tensorfile.check_outputs, and each output's folder exists (or is one of `created`, a folder the
     command makes, such as `deepmarks distribute --out-dir`)."""
-    from .tensorfile import check_outputs as check
+    from .safeio import check_outputs as check
 
     check(outputs, force, inputs=inputs)
     for label, p in outputs:
@@ -232,7 +232,8 @@ def _header_spec(path: Path) -> dict[str, Any]:
     """What a model file's header records, read without torch and without trusting the file: `input_shape`
     and the `data` set it was trained on (when recorded); {} when the header does not say (loading the file
     later says what is wrong with it)."""
-    from .tensorfile import loads_json, read_head, read_header_metadata
+    from .safeio import loads_json
+    from .tensorfile import read_head, read_header_metadata
 
     try:
         meta = read_header_metadata(read_head(path, ModelSealError, "model file"), str(path), ModelSealError)
@@ -355,7 +356,7 @@ def _protect_and_save(method: Any, model_path: Path, data: str, device: str, out
     protect with once more (e.g. a larger budget), None to accept, or raises to refuse (nothing written)."""
     from . import data as data_mod
     from . import train as train_mod
-    from .tensorfile import write_files
+    from .safeio import write_files
 
     splits = data_mod.load(data, seed=0)
     model = _load_model(model_path, device, arch, splits.meta)
@@ -677,7 +678,7 @@ def fingerprint_extract(
                                        progress=_progress(as_json))
         key = done.key
         seconds = time.perf_counter() - t0
-        from .tensorfile import write_files
+        from .safeio import write_files
 
         write_files([(key_path, key.to_bytes()), (_commitment_path(key_path), _commitment_text(done))], force,
                     private=[key_path], inputs=_inputs(model_path), names=["--key", "commitment"])
@@ -701,11 +702,11 @@ def deepmarks_distribute(
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
-    from .tensorfile import write_files
+    from .safeio import write_files
 
     seed = _secret_seed(seed)
     try:
-        from .tensorfile import usable_path
+        from .safeio import usable_path
 
         if usable_path(out_dir, what="--out-dir").exists() and not out_dir.is_dir():
             raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
@@ -799,7 +800,7 @@ def _is_key_file(path: Path) -> bool | None:
 def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:
     """Before torch is imported: every key file and a suspect file exist, and they are not swapped (a model
     given as the key, or a key as the suspect); URLs are checked when they are queried."""
-    from .tensorfile import _regular_input, usable_path
+    from .safeio import _regular_input, usable_path
 
     for label, k in keys.items():
         _regular_input(usable_path(k, what=label), ModelSealError, label)  # exists, a regular file, a usable name

@@ -32,14 +32,14 @@ import torch
 
 from .errors import KeyFormatError, KeyIntegrityError
 from .keys import Key
-from .tensorfile import tensor_bytes, write_atomic
+from .safeio import read_json, write_atomic
+from .tensorfile import tensor_bytes
 
 TYPE = "modelseal-commitment"
 FORMAT = 3
 HASH = "sha256(nonce[32] || JSON [name, dtype, shape, created] || tensor bytes little-endian C-order)"
 SECRET_PARAMS = ("seed",)
 MAX_BYTES = 64 * 1024 * 1024
-MAX_DEPTH = 32
 
 
 def nonce_of(key: Key) -> bytes:
@@ -127,27 +127,6 @@ def check_tensors(opened: dict[str, torch.Tensor], nonce: bytes, public: dict[st
 
 
 # ---------------------------------------------------------------------------------------------- files
-def parse_json(text: bytes | str, source: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
-               err: type[Exception] = KeyFormatError) -> Any:
-    """JSON from an untrusted file: bounded in size and nesting depth; one clear error otherwise."""
-    if len(text) > max_bytes:
-        raise err(f"{source} is larger than {max_bytes} bytes; not a modelseal file")
-    # a cheap depth bound before the recursive parser sees the text
-    depth = cur = 0
-    for ch in (text.decode("utf-8", "replace") if isinstance(text, bytes) else text):
-        if ch in "[{":
-            cur += 1
-            depth = max(depth, cur)
-            if depth > max_depth:
-                raise err(f"{source} nests deeper than {max_depth} levels; not a modelseal file")
-        elif ch in "]}":
-            cur -= 1
-    try:
-        return json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise err(f"{source} is not valid JSON") from None
-
-
 def validate(public: Any, source: str) -> None:
     def bad(what: str) -> KeyFormatError:
         return KeyFormatError(f"{source} is not a modelseal commitment: {what}")
@@ -199,22 +178,7 @@ def save(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -
     return write_atomic(path, dumps(public), force)
 
 
-def read_json_file(path: str | os.PathLike, what: str, max_bytes: int) -> Any:
-    """The parsed JSON of a small public file (`what`: "commitment", "evidence file"): it must exist, be at
-    most `max_bytes` long and parse under parse_json's bounds; else one KeyFormatError naming the path."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise KeyFormatError(f"{what} {path} does not exist")
-        if path.stat().st_size > max_bytes:
-            raise KeyFormatError(f"{path} is larger than {max_bytes} bytes; not a modelseal {what}")
-        data = path.read_bytes()
-    except OSError as e:
-        raise KeyFormatError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    return parse_json(data, str(path), max_bytes=max_bytes)
-
-
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    public = read_json_file(path, "commitment", MAX_BYTES)
+    public = read_json(path, KeyFormatError, "commitment", MAX_BYTES)
     validate(public, str(path))
     return public

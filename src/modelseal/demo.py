@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelSealError, OutputExistsError
-from .tensorfile import write_atomic
+from .safeio import write_atomic
 
 if TYPE_CHECKING:
     from .bench.scenario import Scenario
@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     from .bench import report, run
     from .bench.report import attack_text, key_params, outcomes, survival
     from .bench.store import Store
-    from .tensorfile import usable_path
+    from .safeio import usable_path
 
     out_dir = usable_path(out_dir, what="--out folder")
     existing = [n for n in OUTPUTS if (out_dir / n).exists()]
@@ -116,19 +116,20 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
         rows.append({"protection": c["protection"], "model": "protected, no attack" if c["attack"] == "none"
                      else f"attacked: {attack_text(c)}", "accuracy": acc, "verdict": o["word"],
                      "detail": _detail(c, o)})
-    for n in negatives:
-        word = n["status"] if n["status"] != "ok" else (
-            ("accused " + str(n["accused"]) if n["accused"] else "nobody accused") if n["family"] == "per-user"
-            else ("OWNED" if n["owned"] else "not owned"))
-        d = n["detail"] or {}
-        if n["p_value"] is not None:
-            detail = f"p = {n['p_value']:.2g}"
+    for neg in negatives:
+        word = neg["status"] if neg["status"] != "ok" else (
+            ("accused " + str(neg["accused"]) if neg["accused"] else "nobody accused")
+            if neg["family"] == "per-user"
+            else ("OWNED" if neg["owned"] else "not owned"))
+        d = neg["detail"] or {}
+        if neg["p_value"] is not None:
+            detail = f"p = {neg['p_value']:.2g}"
         elif "not_applicable" in d:
             detail = "key does not apply to this architecture"
         else:
             detail = str(d.get("error", ""))
-        rows.append({"protection": n["protection"], "model": f"independent {n['negative']}",
-                     "accuracy": n["accuracy"], "verdict": word, "detail": detail})
+        rows.append({"protection": neg["protection"], "model": f"independent {neg['negative']}",
+                     "accuracy": neg["accuracy"], "verdict": word, "detail": detail})
     seconds = time.perf_counter() - t0
     return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
             "survival": survival(cells, negatives, keys),

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from . import methods
 from ._version import __version__
 from .errors import KeyFormatError, KeyIntegrityError, ModelSealError, first_line
 from .keys import Key
-from .tensorfile import write_atomic
+from .safeio import read_json, write_atomic
 from .verdict import Verdict, jsonable
 
 TYPE = "modelseal-evidence"
@@ -90,7 +90,7 @@ def make(verdict: Verdict, key: Key, suspect: Any) -> dict[str, Any]:
     if opened is None:  # the default: every key tensor, opened with the commitment's nonce
         opened = dict(key.tensors)
         nonce = _commitment.nonce_of(key)
-    result = {"score": verdict.score, "p_value": verdict.p_value, "owned": verdict.owned,
+    result: dict[str, Any] = {"score": verdict.score, "p_value": verdict.p_value, "owned": verdict.owned,
               "alpha": verdict.alpha, "judged": verdict.judged, "queries": verdict.queries}
     if verdict.accused is not None:
         result["accused"] = list(verdict.accused)
@@ -109,7 +109,7 @@ def write(path: str | os.PathLike, verdict: Verdict, key: Key, suspect: Any, for
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    ev = _commitment.read_json_file(path, "evidence file", MAX_BYTES)
+    ev = read_json(path, KeyFormatError, "evidence file", MAX_BYTES)
     _validate(ev, str(path))
     return ev
 
@@ -155,7 +155,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         _commitment.validate(pub, "commitment")
     problems: list[str] = []
     method = ev["method"]
-    cls = methods.info(method).cls
+    cls: Any = methods.info(method).cls
     if pub["method"] != method:
         raise KeyIntegrityError(f"the commitment is for '{pub['method']}', the evidence for '{method}'")
     if not cls.writes_evidence():
@@ -194,7 +194,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
         problems.append(f"the transcript is not one verify records: {first_line(e)}")
     if recomputed:
         for field in ("score", "p_value"):
-            a, b = recomputed.get(field), result.get(field)
+            a, b = cast(Any, recomputed.get(field)), result.get(field)
             if not (isinstance(b, (int, float)) and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)):
                 problems.append(f"recomputed {field} {a!r} differs from the recorded {b!r}")
         if bool(recomputed.get("owned")) != bool(result.get("owned")):
@@ -227,7 +227,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
             "suspect_requeried": suspect is not None}
 
 
-def _checker_rule(cls: type, rule: dict[str, Any] | None) -> dict[str, Any]:
+def _checker_rule(cls: Any, rule: dict[str, Any] | None) -> dict[str, Any]:
     """The checker's rule: verify's defaults, overridden by what the checker gave; validated."""
     given = dict(rule or {})
     allowed = {k for k in cls.verify_params if k not in cls.rule_skip}
@@ -244,7 +244,7 @@ def _rule_text(rule: dict[str, Any]) -> str:
                      if v is not None)
 
 
-def _requery(cls: type, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[str, Any], pub: dict[str, Any],
+def _requery(cls: Any, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[str, Any], pub: dict[str, Any],
              recorded: dict[str, Any]) -> list[str]:
     """Ask the suspect the opened inputs again; what differs from the transcript."""
     from .suspect import as_suspect
@@ -266,7 +266,7 @@ def _requery(cls: type, suspect: Any, opened: dict[str, torch.Tensor], tr: dict[
             out.append(f"re-queried, the suspect's answers differ from the recorded ones (largest difference "
                        f"{diff:.3g}): these answers did not come from this suspect")
     else:
-        a, b = [int(x) for x in got], [int(x) for x in want]
+        a, b = [int(x) for x in got], [int(x) for x in want]  # type: ignore[assignment]
         if a != b:
             first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             out.append(f"re-queried, the suspect answers {sum(x != y for x, y in zip(a, b, strict=False))} of "

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, first_line
-from .tensorfile import loads_json, read_bytes, read_header_metadata, tensor_bytes, write_atomic
+from .safeio import loads_json, read_file, write_atomic
+from .tensorfile import read_header_metadata, tensor_bytes
 
 FORMAT_VERSION = 1
 _META_KEY = "modelseal"
@@ -128,7 +129,7 @@ class Key:
     @classmethod
     def load(cls, path: str | os.PathLike, method: str | None = None) -> Key:
         path = Path(path)
-        return cls.from_bytes(read_bytes(path, KeyFormatError, "key file"), method=method, source=str(path))
+        return cls.from_bytes(read_file(path, KeyFormatError, "key file"), method=method, source=str(path))
 
     def require(self, params: Iterable[str] = (), tensors: Iterable[str] = ()) -> None:
         """Raise KeyFormatError unless the key holds these parameters and tensors: a method calls this

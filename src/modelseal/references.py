@@ -25,7 +25,8 @@ from torch import nn
 
 from .errors import DataError, ModelError, ModelSealError
 from .runtime import track
-from .tensorfile import loads_json, read_bytes, tensor_bytes, write_atomic
+from .safeio import read_json, write_atomic
+from .tensorfile import tensor_bytes
 
 MANIFEST = "pool.json"
 POOL_TYPE = "modelseal-reference-pool"
@@ -83,7 +84,7 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
     if not path.exists():
         return None
-    doc = loads_json(read_bytes(path, DataError, "reference pool manifest"), str(path), DataError)
+    doc = read_json(path, DataError, "reference pool manifest")
     if not isinstance(doc, dict) or doc.get("type") != POOL_TYPE or not isinstance(doc.get("models"), list):
         raise DataError(f"{path} is not a modelseal reference pool manifest; make one with "
                         "`modelseal references make`")

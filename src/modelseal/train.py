@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from torch.utils.data import Dataset
 from .data import CLASSIFICATION, REGRESSION, Meta, TensorData, as_tensors, meta_of
 from .errors import DataError, ModelSealError
 from .runtime import model_device, resolve_device, seed_everything, track
+
+if TYPE_CHECKING:
+    from .models.vae import VAE
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ExtraBatch = Callable[[int], "tuple[torch.Tensor, torch.Tensor] | None"]
@@ -75,6 +78,7 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not trainable:
         raise ModelSealError("no trainable parameters were given to fit")
+    opt: torch.optim.Optimizer
     if optimizer == "adam":
         opt = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
@@ -90,7 +94,8 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
         for epoch in range(epochs):
             model.train()
             perm = torch.randperm(n, generator=gen).to(dev)
-            total, count = 0.0, 0
+            total: torch.Tensor | float = 0.0
+            count = 0
             for i in range(0, n, batch_size):
                 idx = perm[i : i + batch_size]
                 xb, yb = x_all[idx], y_all[idx]
@@ -165,14 +170,14 @@ def reconstruction_data(data: Dataset) -> TensorData:
     return TensorData(x, x.clone(), Meta(f"{name}-recon", tuple(x.shape[1:]), bounds, size, REGRESSION))
 
 
-def train_vae(vae: nn.Module, data: Dataset, *, epochs: int = 20, lr: float = 2e-3, beta: float = 0.05,
+def train_vae(vae: VAE, data: Dataset, *, epochs: int = 20, lr: float = 2e-3, beta: float = 0.05,
               seed: int = 0, progress: Any = None, **kw: Any) -> dict[str, Any]:
     """Train a `modelseal.models.vae.VAE` in place on `data`'s images (labels ignored) with the ELBO.
 
     Returns fit's history."""
     pixels = int(math.prod(vae.image_shape))
 
-    def kl(model: nn.Module, _x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+    def kl(model: Any, _x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
         return beta * model.last_kl / pixels
 
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import OutputExistsError
 from ..runtime import track
-from ..tensorfile import write_atomic
+from ..safeio import write_atomic
 from . import scenario as scenario_mod
 from .backends import Shared, make_backend
 from .jobs import job_cell, job_negative, job_protect, job_train

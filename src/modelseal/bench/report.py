@@ -292,7 +292,7 @@ def _alpha_text(alpha: Any) -> str:
 
 
 def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
-    from ..tensorfile import usable_path
+    from ..safeio import usable_path
 
     db_path = usable_path(db_path, what="results database")
     if not db_path.is_file():
@@ -305,7 +305,8 @@ def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN)
 
 def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The JSON parameters of each protection's key in the run's cache (header only), by protection label."""
-    from ..tensorfile import loads_json, read_head, read_header_metadata
+    from ..safeio import loads_json
+    from ..tensorfile import read_head, read_header_metadata
 
     out: dict[str, dict[str, Any]] = {}
     for a in artifacts:
@@ -680,7 +681,7 @@ def _status_class(status: str) -> str:
 def report(db_path: str | Path, out_html: str | Path, force: bool = False,
            lock_margin: float = LOCK_HELD_MARGIN) -> Path:
     """Write the HTML report of the database `db_path` to `out_html` (refused if it exists without force)."""
-    from ..tensorfile import check_writable, usable_path, write_atomic
+    from ..safeio import check_writable, usable_path, write_atomic
 
     db_path, out_html = usable_path(db_path, what="results database"), Path(out_html)
     if not db_path.is_file():

@@ -483,7 +483,7 @@ def load(path: str | Path) -> Scenario:
     if s in BUILTIN:
         text = resources.files("modelseal.bench").joinpath("scenarios", f"{s}.toml").read_text()
         return parse(text, f"<built-in {s}>")
-    from ..tensorfile import usable_path
+    from ..safeio import usable_path
 
     p = usable_path(s, ScenarioError, "scenario file")
     if not p.is_file():

@@ -151,7 +151,8 @@ def split(x: torch.Tensor, y: torch.Tensor, meta: Meta, seed: int = 0,
     n1 = int(fractions[0] * len(x))
     n2 = n1 + int(fractions[1] * len(x))
     parts = [perm[:n1], perm[n1:n2], perm[n2:]]
-    return Splits(*(TensorData(x[p].contiguous(), y[p].contiguous(), meta) for p in parts), meta)
+    owner, attacker, test = (TensorData(x[p].contiguous(), y[p].contiguous(), meta) for p in parts)
+    return Splits(owner, attacker, test, meta)
 
 
 def load(name: str, seed: int = 0, fractions: tuple[float, float, float] = (0.4, 0.4, 0.2),

@@ -121,7 +121,8 @@ def load_idx(arg: str | Path, **kw: Any) -> Loaded:
     _no_extra("idx", kw)
     expected = "train-images-idx3-ubyte and train-labels-idx1-ubyte (and/or the t10k- pair), optionally .gz"
     d = _directory("idx", arg, expected)
-    xs, ys = [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for prefix in ("train", "t10k"):
         img, lab = _idx_file(d, prefix, "images", 3), _idx_file(d, prefix, "labels", 1)
         if img is None and lab is None:
@@ -386,7 +387,7 @@ def _pixels(im: Any, mode: str, target: tuple[int, int]) -> np.ndarray:
         im = Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8), "L")
     im = im.convert(mode)
     if im.size != target:
-        im = im.resize(target, Image.BILINEAR)
+        im = im.resize(target, Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -426,6 +427,7 @@ def load_folder(arg: str | Path, size: int | tuple[int, int] | None = None, **kw
         except bad as e:
             raise _unreadable(f, e) from None
     mode = "L" if all(m in _GREY for m in modes) else "RGB"
+    target: tuple[int, ...] | None  # its length is checked below
     if size is None:
         target = first_size
     elif isinstance(size, int) and not isinstance(size, bool):

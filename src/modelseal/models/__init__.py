@@ -57,7 +57,8 @@ def build(name: str, meta: Any = None, *, input_shape: tuple[int, ...] | None = 
     except (TypeError, ValueError, RuntimeError) as e:
         raise ModelError(f"cannot build '{name}' for inputs {input_shape} with {kw or 'default options'}: "
                          f"{first_line(e, limit=10_000)}") from None
-    model.modelseal_spec = {"name": name, "kwargs": dict(kw), "input_shape": list(input_shape),
+    # torch's stubs type a Module's attributes as Tensor | Module; the spec is a plain dict
+    model.modelseal_spec = {"name": name, "kwargs": dict(kw), "input_shape": list(input_shape),  # type: ignore[assignment]
                             "output_size": int(num_classes),
                             "bounds": [float(b) for b in (bounds or (0.0, 1.0))]}
     return model

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
-from ..tensorfile import check_writable, loads_json, read_head, read_header_metadata, write_atomic
+from ..safeio import check_writable, loads_json, read_file, write_atomic
+from ..tensorfile import read_head, read_header_metadata
 from .io import check_finite
 
 USER_META_KEY = "modelseal_user_arch"
@@ -120,7 +121,8 @@ def _tag(model: nn.Module, arch: str, input_shape: tuple[int, ...], bounds: tupl
                          "must return one tensor of outputs")
     # The spec makes the model usable everywhere a zoo model is (signature, suspects, fingerprints); "name"
     # is the factory string, which the zoo cannot rebuild: such models are saved with save_custom.
-    model.modelseal_spec = {"name": arch, "kwargs": {}, "input_shape": [int(s) for s in input_shape],
+    # torch's stubs type a Module's attributes as Tensor | Module; the spec is a plain dict
+    model.modelseal_spec = {"name": arch, "kwargs": {}, "input_shape": [int(s) for s in input_shape],  # type: ignore[assignment]
                             "output_size": int(out[0].numel()), "bounds": [float(b) for b in bounds],
                             "user_arch": True}
     return model
@@ -147,7 +149,7 @@ def load_custom(path: str | os.PathLike, arch: str, input_shape: tuple[int, ...]
     box = tuple(info.get("bounds") or bounds or (0.0, 1.0))
     model = build_custom(arch, tuple(int(s) for s in shape), box)
     try:
-        state = load(p.read_bytes())
+        state = load(read_file(p, ModelError, "model file"))
     except Exception as e:
         raise ModelError(f"{p}: not a safetensors state dict ({e.__class__.__name__})") from None
     try:

@@ -23,16 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
-from ..tensorfile import (
-    check_writable,
-    loads_json,
-    read_bytes,
-    read_head,
-    read_header,
-    read_header_metadata,
-    write_atomic,
-    write_target,
-)
+from ..safeio import check_writable, loads_json, read_file, write_atomic, write_target
+from ..tensorfile import read_head, read_header, read_header_metadata
 
 _META_KEY = "modelseal_model"
 MODEL_FORMAT = 1
@@ -290,7 +282,7 @@ def model_from_bytes(blob: bytes, source: str = "model", device: str | torch.dev
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model file written by `save_model` (no pickle: the architecture comes from the header)."""
     path = Path(path)
-    return model_from_bytes(read_bytes(path, ModelError, "model file"), str(path), device)
+    return model_from_bytes(read_file(path, ModelError, "model file"), str(path), device)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None,

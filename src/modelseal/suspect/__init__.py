@@ -160,7 +160,7 @@ class Suspect:
                 raise SuspectError("remote suspects need modelseal.suspect.remote, which this install lacks") from None
             return cls(RemoteBackend(s, **{k: kw.pop(k) for k in list(kw) if k in RemoteBackend.OPTIONS}),
                        name=s, **kw)
-        from ..tensorfile import usable_path
+        from ..safeio import usable_path
 
         path = usable_path(s, SuspectError, "suspect")
         if not path.exists():

@@ -212,7 +212,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
         head, tail = bytes(view[:n]), view[n:]
     try:
         doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise TensorError("body is not JSON" + (" (binary requests need the header "
                           f"{HEADER_LENGTH})" if header_length is None else "")) from None
     if not isinstance(doc, dict):

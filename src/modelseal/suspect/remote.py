@@ -166,7 +166,7 @@ class RemoteBackend:
             return
         try:
             meta = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
             return
         if isinstance(meta, dict):
             self.server_metadata = meta
@@ -188,7 +188,7 @@ class RemoteBackend:
             return
         try:
             meta = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
             log.debug("model metadata is not JSON; input shape unknown")
             return
         if not isinstance(meta, dict):
@@ -546,7 +546,7 @@ def _error_text(raw: bytes, mask: Callable[[str], str]) -> str:
     """The server's error text, masked first and cut to one line of 200 characters after."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         return _snippet(raw, mask)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         lines = mask(body["error"]).splitlines()

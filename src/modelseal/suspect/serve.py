@@ -66,7 +66,7 @@ def _as_suspect(model: nn.Module | Suspect | str | os.PathLike) -> Suspect:
         return model
     if isinstance(model, nn.Module):
         return Suspect(model)
-    from ..tensorfile import usable_path
+    from ..safeio import usable_path
 
     path = usable_path(model, what="model file")
     if not path.is_file():
@@ -188,7 +188,7 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
         if not np.isfinite(x).all():
             return error(400, "input data contains NaN or infinite values")
         outs = req.get("outputs")
-        params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+        params = given if isinstance(given := req.get("parameters"), dict) else {}
         default_binary = params.get("binary_data_output") is True
         if outs is None or outs == []:
             want = {output_name: default_binary}
