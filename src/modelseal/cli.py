@@ -6,6 +6,11 @@ with --restart). Methods and attacks are reached through their registries, and t
 `--set NAME=VALUE` (VALUE is read as JSON when it parses, else a string); `modelseal methods NAME` lists them.
 Every `--help` ends with examples. A user's own architecture comes in as `--arch package.module:factory`.
 
+Thin by design: model files are read and written by `modelseal.models.files`, suspects opened from a source
+string by `modelseal.suspect.open_source` (with `RemoteOptions`), protected models, keys and commitments
+written by `modelseal.api.protect_and_save` / `save_protection`. A ModelSealError from any command is
+turned into its one line and exit 2 in one place, the root command group (`_Commands`).
+
 Start-up: this module imports neither torch nor any module that does; every command imports what it needs
 when it runs, so `modelseal --help` and `modelseal methods` answer in a fraction of a second.
 """
@@ -1052,8 +1057,10 @@ def serve(
     token = os.environ.get(token_env) if token_env else None
     if token_env and not token:
         raise ModelSealError(f"--token-env {token_env} is set but the variable is empty")
+    from .sources import source_kind
+
     model: Any = model_path
-    if arch is not None or (model_path.suffix != ".onnx" and device != "cpu"):
+    if arch is not None or (source_kind(model_path) != "onnx" and device != "cpu"):
         model = _open_model(model_path, device, arch)
 
     def ready(url: str) -> None:  # called once the server listens: "serving" is then true

@@ -6,6 +6,9 @@ an `.onnx` file run by onnxruntime (black-box), or an `http(s)://` Open Inferenc
 the top class; `queries` counts every input sent to the model; `module` is None when black-box. A query
 budget (`max_queries`) is enforced before any input is sent, and NaN/inf outputs are refused.
 
+Opening: `open_source(source, RemoteOptions(...), device=, arch=)` turns a source string into a Suspect; what
+a source is (URL, .onnx file, model file) is decided by `modelseal.sources.source_kind` alone.
+
 Counting: a backend that may send an input more than once (a remote one retries) declares
 `counts_queries = True` and is handed `charge(n)`, which it calls right before it sends `n` inputs; `charge`
 raises `BudgetExceeded` instead of going over the budget, so `queries` never undercounts what the model saw
