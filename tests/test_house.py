@@ -79,8 +79,9 @@ epochs = 2
 
     # a scenario value outside the toy's declared range is refused before anything runs
     with pytest.raises(ms.errors.ModelSealError, match="factor must be a number in \\(0, 100\\]"):
-        bench.parse(f'name = "t"\ndata = "digits"\n[owner]\narch = "mlp"\nepochs = 1\n[[protections]]\nmethod = "{toy_method.NAME}"\n'
-                    f'[[attacks]]\nname = "{toy_attack.NAME}"\nparams = {{ factor = 0 }}\n', "t")
+        bench.parse(f'name = "t"\ndata = "digits"\n[owner]\narch = "mlp"\nepochs = 1\n[[protections]]\n'
+                    f'method = "{toy_method.NAME}"\n[[attacks]]\nname = "{toy_attack.NAME}"\n'
+                    'params = { factor = 0 }\n', "t")
 
     # verify from the API and the CLI, the verifier's parameter from --set
     d = ms.data.load("digits", seed=0)

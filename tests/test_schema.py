@@ -120,7 +120,8 @@ def test_scenario_parameters_are_checked_against_the_schema():
     with pytest.raises(ScenarioError, match="n must be an integer in \\[1, 100000\\]"):
         parse(base + '[[protections]]\nmethod = "trigger-set"\nparams = { n = 0 }\n')
     with pytest.raises(ScenarioError, match="amount must be a number in \\[0, 1\\)"):
-        parse(base + '[[protections]]\nmethod = "tafa"\n[[attacks]]\nname = "prune"\nparams = { amount = [0.5, 1.5] }\n')
+        parse(base + '[[protections]]\nmethod = "tafa"\n[[attacks]]\nname = "prune"\n'
+              'params = { amount = [0.5, 1.5] }\n')
     sc = parse(base + '[[protections]]\nmethod = "tafa"\nparams = { margin = 0.2 }\n[[attacks]]\nname = "prune"\n'
                'params = { amount = [0.2, 0.5] }\n')
     assert len(sc.cells) == 3

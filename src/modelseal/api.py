@@ -1,4 +1,5 @@
-"""Top-level verbs that dispatch on the key's method family: `verify`, `trace`, `unlock`.
+"""Top-level verbs that dispatch on the key's method family: `verify`, `trace`, `unlock`, and
+`protect_and_save`, which protects a model and writes the protected model(s), the key and its commitment.
 
 `verify` judges one suspect with one key, or with several keys at once (one fused verdict).
 """
@@ -6,8 +7,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 from torch import nn
 
@@ -97,3 +99,50 @@ def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verd
 def unlock(locked: nn.Module, key: Key | str, **kw: Any) -> nn.Module:
     """Restore a locked model bit-exactly with its key (lock methods: AdvParams)."""
     return methods.restore(locked, _key(key), **kw)
+
+
+class Saved(NamedTuple):
+    """What `protect_and_save` did: the test metric of the model before and after protection, and the key."""
+
+    before: float
+    after: float
+    key: Key
+
+
+def save_protection(done: methods.Protected, key_path: str | os.PathLike, *,
+                    files: Sequence[tuple[str | os.PathLike, bytes | str, str]] = (), force: bool = False,
+                    inputs: dict[str, str | os.PathLike | None] | None = None) -> list[Path]:
+    """Write `files` (path, content, label: protected models, a manifest), the key of `done` (mode 0600) and
+    its public commitment (`safeio.commitment_path(key_path)`) as one unit: all of them or none. Nothing
+    existing is overwritten without `force`, and no output may be one of `inputs` (label -> path)."""
+    from . import commitment as commitment_mod
+    from .safeio import commitment_path, write_files
+
+    items = [(p, content) for p, content, _ in files]
+    items += [(key_path, done.key.to_bytes()), (commitment_path(key_path), commitment_mod.dumps(done.commitment))]
+    names = [label for _, _, label in files] + ["--key", "commitment"]
+    return write_files(items, force, private=[key_path], inputs=inputs, names=names)
+
+
+def protect_and_save(method: Any, model: nn.Module, data: Any, out_path: str | os.PathLike,
+                     key_path: str | os.PathLike, *, arch: str | None = None, force: bool = False,
+                     again: Callable[[Any, Key], Any] | None = None, progress: Any = None,
+                     inputs: dict[str, str | os.PathLike | None] | None = None) -> Saved:
+    """Protect `model` through `methods.protect` (the family verb of `method`, trained on `data.owner`), then
+    write the protected model to `out_path`, the key to `key_path` and its public commitment beside it, as
+    one unit (`save_protection`); the test metric on `data.test` is measured before and after. `arch` writes
+    the model as a state dict of that user architecture. `again(method, key)`, when given, judges each result
+    before anything is written: it returns a method to protect with once more (e.g. a larger budget), None to
+    accept, or raises to refuse (nothing written)."""
+    from . import train
+    from .models.files import model_bytes
+
+    before = train.evaluate(model, data.test)
+    done = methods.protect(method, model, data.owner, progress=progress)
+    while again is not None and (method := again(method, done.key)) is not None:
+        done = methods.protect(method, model, data.owner, progress=progress)
+    protected = done.models[0]
+    after = train.evaluate(protected, data.test)
+    save_protection(done, key_path, files=[(out_path, model_bytes(protected, arch), "--out")], force=force,
+                    inputs=inputs)
+    return Saved(before, after, done.key)

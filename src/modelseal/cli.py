@@ -6,6 +6,11 @@ with --restart). Methods and attacks are reached through their registries, and t
 `--set NAME=VALUE` (VALUE is read as JSON when it parses, else a string); `modelseal methods NAME` lists them.
 Every `--help` ends with examples. A user's own architecture comes in as `--arch package.module:factory`.
 
+Thin by design: model files are read and written by `modelseal.models.files`, suspects opened from a source
+string by `modelseal.suspect.open_source` (with `RemoteOptions`), protected models, keys and commitments
+written by `modelseal.api.protect_and_save` / `save_protection`. A ModelSealError from any command is
+turned into its one line and exit 2 in one place, the root command group (`_Commands`).
+
 Start-up: this module imports neither torch nor any module that does; every command imports what it needs
 when it runs, so `modelseal --help` and `modelseal methods` answer in a fraction of a second.
 """
@@ -30,6 +35,7 @@ from rich.table import Table
 from . import attacks as attack_registry
 from . import methods as method_registry
 from .errors import ModelSealError
+from .safeio import check_distinct
 
 
 def _examples(*lines: str) -> str:
@@ -37,9 +43,20 @@ def _examples(*lines: str) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+class _Commands(typer.core.TyperGroup):
+    """The root group: a ModelSealError raised by any command ends here, once, in one line and exit 2 (the
+    traceback too with --debug), whether the command line runs through `main` or as the typer `app`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModelSealError as e:
+            _fail(e)
+
+
 # Plain click help (rich_markup_mode=None): flags show as `--json`, not `--json <bool>`, and examples keep their lines.
 _TYPER = {"no_args_is_help": True, "rich_markup_mode": None}
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **_TYPER,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, cls=_Commands, **_TYPER,
                   help="modelseal: watermark, fingerprint, lock and judge neural networks.",
                   epilog=_examples("modelseal train --data digits --arch mlp --epochs 3 --out owner.safetensors",
                                    "modelseal methods trigger-set",
@@ -116,12 +133,6 @@ def check_writable(path: Path, force: bool) -> None:
 
     check(path, force)
     _check_folder(path)
-
-
-def check_distinct(paths: Any) -> None:
-    from .safeio import check_distinct as check
-
-    check(paths)
 
 
 def check_outputs(outputs: list[tuple[str, Any]], force: bool, inputs: dict[str, Any] | None = None,
@@ -214,12 +225,6 @@ def _progress(as_json: bool):
     return make_progress(False if as_json else None)
 
 
-def _device(device: str):
-    from .runtime import resolve_device
-
-    return resolve_device(device)
-
-
 # input shapes of the embedded data sets, known without loading them (or importing torch)
 _EMBEDDED_SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "diabetes": (10,), "sample-images": (3, 32, 32)}
 
@@ -298,90 +303,29 @@ def check_data_fits(model: Any, meta: Any, data: str, model_path: Any = "the mod
         raise ModelSealError(_misfit_text(model_path, shape, data, want, flag))
 
 
-def _load_model(path: Path, device: str, arch: str | None = None, spec: Any = None):
-    """A model file: modelseal's own (architecture in the header), or with `arch` a user's state dict. `spec` (a
-    data set's Meta, or a key's signature dict) gives a user architecture's input shape when the file lacks it;
-    a Meta whose input shape is not the model's is refused (`check_data_fits`)."""
-    from .models import custom, load_model
+def _open_model(path: Path, device: str, arch: str | None = None, spec: Any = None):
+    """A model file (`models.files.open_model`: modelseal's own, or with `arch` a user's state dict, whose input
+    shape `spec` gives when the file lacks it); a data set's Meta as `spec` must fit the model
+    (`check_data_fits`)."""
+    from .models.files import open_model
 
-    if arch is None:
-        info = custom.user_arch_of(path)
-        if info is not None:
-            raise ModelSealError(f"{path} holds the weights of your own architecture; pass --arch {info.get('arch')}")
-        model = load_model(path, device=_device(device))
-        if spec is not None and not isinstance(spec, dict):
-            check_data_fits(model, spec, getattr(spec, "name", "data"), path)
-        return model
-    shape = bounds = None
-    if isinstance(spec, dict):
-        shape = spec.get("input_shape")
-    elif spec is not None:
-        shape, bounds = getattr(spec, "input_shape", None), getattr(spec, "bounds", None)
-    return custom.load_custom(path, arch, tuple(shape) if shape else None, bounds, device=_device(device))
+    model = open_model(path, device, arch, spec)
+    if arch is None and spec is not None and not isinstance(spec, dict):
+        check_data_fits(model, spec, getattr(spec, "name", "data"), path)
+    return model
 
 
-def _model_bytes(model, arch: str | None = None) -> bytes:
-    from . import models
-    from .models import custom
-
-    # the header's `extra` (the data set `train` recorded) stays with every model made from this one
-    return models.model_to_bytes(model, _extra_of(model)) if arch is None else custom.custom_to_bytes(model, arch)
-
-
-def _extra_of(model: Any, data: str | None = None, extra: dict | None = None) -> dict[str, Any]:
-    out = dict(getattr(model, "modelseal_extra", None) or {})
-    if data is not None:
-        out["data"] = data
-    out.update(extra or {})
-    return out
-
-
-def _save_model(model, path: Path, force: bool, arch: str | None = None, data: str | None = None,
-                extra: dict | None = None) -> None:
-    from . import models
-    from .models import custom
-
-    if arch is None:
-        models.save_model(model, path, force=force, extra=_extra_of(model, data, extra))
-    else:
-        custom.save_custom(model, path, arch, force=force)
-
-
-def _protect_and_save(method: Any, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
-                      force: bool, as_json: bool, arch: str | None = None, again: Any = None):
-    """Load the model and data, protect it through `methods.protect` (the method's family verb), write the
-    model, the key (0600) and its public commitment as one unit (all or none); returns (test metric before,
-    after, key). Shared by `watermark embed` and `lock`, which check their outputs (`_check_pair`) first.
-    `again(method, key)`, when given, judges each result before anything is written: it returns a method to
-    protect with once more (e.g. a larger budget), None to accept, or raises to refuse (nothing written)."""
+def _protect_file(method: Any, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
+                  force: bool, as_json: bool, arch: str | None = None, again: Any = None):
+    """`watermark embed` and `lock` (which check their outputs first, `_check_pair`): load --data and MODEL,
+    then `api.protect_and_save` writes the protected model, the key and its commitment (all or none)."""
     from . import data as data_mod
-    from . import train as train_mod
-    from .safeio import write_files
+    from .api import protect_and_save
 
     splits = data_mod.load(data, seed=0)
-    model = _load_model(model_path, device, arch, splits.meta)
-    before = train_mod.evaluate(model, splits.test)
-    done = method_registry.protect(method, model, splits.owner, progress=_progress(as_json))
-    while again is not None and (method := again(method, done.key)) is not None:
-        done = method_registry.protect(method, model, splits.owner, progress=_progress(as_json))
-    protected, key = done.models[0], done.key
-    after = train_mod.evaluate(protected, splits.test)
-    write_files([(out_path, _model_bytes(protected, arch)), (key_path, key.to_bytes()),
-                 (_commitment_path(key_path), _commitment_text(done))], force,
-                private=[key_path], inputs=_inputs(model_path, data), names=["--out", "--key", "commitment"])
-    return before, after, key
-
-
-def _commitment_path(key_path: Path) -> Path:
-    return key_path.with_name(key_path.stem + ".public.json")
-
-
-def _commitment_text(done: Any) -> str:
-    """Every key gets its public commitment the moment it is made (KEY.public.json beside it): the text of
-    the commitment `methods.protect` made, for a write of several files as one unit."""
-    from . import commitment as commitment_mod
-
-    return commitment_mod.dumps(done.commitment)
+    model = _open_model(model_path, device, arch, splits.meta)
+    return protect_and_save(method, model, splits, out_path, key_path, arch=arch, force=force, again=again,
+                            progress=_progress(as_json), inputs=_inputs(model_path, data))
 
 
 def _inputs(model_path: Path | None, data: str | None = None) -> dict[str, Path | None]:
@@ -394,8 +338,10 @@ def _check_pair(model_path: Path | None, data: str | None, out_path: Path | None
                 force: bool) -> None:
     """Before any work: the input model, --out, --key and the key's commitment are different files, and
     each output can be written (no existing file without --force, no directory, no parent that is a file)."""
+    from .safeio import commitment_path
+
     outs = [("--out", out_path)] if out_path is not None else []
-    check_outputs([*outs, ("--key", key_path), ("commitment", _commitment_path(key_path))], force,
+    check_outputs([*outs, ("--key", key_path), ("commitment", commitment_path(key_path))], force,
                   inputs=_inputs(model_path, data))
 
 
@@ -441,34 +387,23 @@ def train(
     split_seed, seed_source = (seed, "--seed") if seed is not None else (0, "fresh")
     if seed is None:
         seed = secrets.randbelow(2 ** 31)
-    try:
-        check_writable(out_path, force)
-        from . import data as data_mod
-        from . import models
-        from . import train as train_mod
+    check_writable(out_path, force)
+    from . import data as data_mod
+    from . import train as train_mod
+    from .models import files
 
-        splits = data_mod.load(data, seed=split_seed)
-        user_arch = arch if ":" in arch else None
-        if user_arch:
-            from .models import custom
-            from .runtime import seed_everything
-
-            seed_everything(seed)
-            model = custom.build_custom(arch, tuple(splits.meta.input_shape), tuple(splits.meta.bounds))
-            model = model.to(_device(device))
-        else:
-            model = models.build(arch, splits.meta, seed=seed).to(_device(device))
-        t0 = time.perf_counter()
-        hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed,
-                             progress=_progress(as_json), description=f"train {arch}")
-        seconds = time.perf_counter() - t0
-        acc = train_mod.evaluate(model, splits.test)
-        # the header names an embedded data set, so later commands need no --data (never a user's file path:
-        # model files are shared, and a path says where the owner keeps its data)
-        _save_model(model, out_path, force, user_arch, data if data in _EMBEDDED_SHAPES else None,
-                    extra={"seed": seed, "seed_source": seed_source, "split_seed": split_seed})
-    except ModelSealError as e:
-        _fail(e)
+    splits = data_mod.load(data, seed=split_seed)
+    model = files.build_model(arch, splits.meta, seed=seed, device=device)
+    t0 = time.perf_counter()
+    hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed,
+                         progress=_progress(as_json), description=f"train {arch}")
+    seconds = time.perf_counter() - t0
+    acc = train_mod.evaluate(model, splits.test)
+    # the header names an embedded data set, so later commands need no --data (never a user's file path:
+    # model files are shared, and a path says where the owner keeps its data)
+    files.write_model(model, out_path, force, arch if files.is_user_arch(arch) else None,
+                      data if data in _EMBEDDED_SHAPES else None,
+                      extra={"seed": seed, "seed_source": seed_source, "split_seed": split_seed})
     metric = "accuracy" if splits.meta.task == "classification" else "r2"
     payload = {"model": str(out_path), "arch": arch, "data": data, "epochs": hist["epochs"], "seed": seed,
                f"test_{metric}": acc, "seconds": seconds}
@@ -489,20 +424,14 @@ def _query_side(name: str, family: str) -> ModelSealError:
         "data.meta) gives the suspect a verifier would face")
 
 
-def _suspect_source(path: Path) -> str:
-    """MODEL as given: a URL keeps its '//' (a Path argument folds it to '/')."""
-    import re
-
-    return re.sub(r"^(https?):/(?!/)", r"\1://", str(path))
-
-
 def _save_attacked(model, path: Path, force: bool, arch: str | None) -> None:
     """Save the attacked model and read it back: a model whose layers changed size (structured pruning) must
     load again, or the file is removed and the error says why."""
     from .errors import ModelError
     from .models import load_model
+    from .models.files import write_model
 
-    _save_model(model, path, force, arch)
+    write_model(model, path, force, arch)
     if arch is not None:
         return
     try:
@@ -545,59 +474,58 @@ def attack(
               lambda: out.print("\n".join(f"{fam}: {', '.join(ns)}" for fam, ns in groups.items()),
                                 soft_wrap=True, highlight=False))
         return
-    try:
-        family = attack_registry.FAMILIES.get(name)
-        if family in QUERY_FAMILIES:
-            raise _query_side(name, family)
-        if model_path is None or out_path is None:
-            raise ModelSealError("attack needs a MODEL file and --out PATH")
-        source = _suspect_source(model_path)
-        remote = source.startswith(("http://", "https://"))
-        check_writable(out_path, force)
-        check_distinct([*([] if remote else [("MODEL", model_path)]), ("--out", out_path),
-                        *(("--other", o) for o in other or [])])
-        import dataclasses
+    family = attack_registry.FAMILIES.get(name)
+    if family in QUERY_FAMILIES:
+        raise _query_side(name, family)
+    if model_path is None or out_path is None:
+        raise ModelSealError("attack needs a MODEL file and --out PATH")
+    from .sources import source_kind
 
-        from . import data as data_mod
-        from . import train as train_mod
+    kind = source_kind(model_path)
+    remote = kind == "url"
+    check_writable(out_path, force)
+    check_distinct([*([] if remote else [("MODEL", model_path)]), ("--out", out_path),
+                    *(("--other", o) for o in other or [])])
+    import dataclasses
 
-        cls = attack_registry.get(name)
-        params = {"seed": seed, **_params(set_)}
-        data = _data_for(model_path, data)
-        splits = data_mod.load(data, seed=0)
-        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-        others = [_load_model(p, device, arch, splits.meta) for p in other or []]
-        if others and "others" in fields:
-            params["others"] = others
-        atk = _construct(cls, params)
-        if atk.acts_on == "queries":
-            raise _query_side(name, atk.family)
-        if atk.copies > 1 and len(others) + 1 != atk.copies:
-            fewer = f" (or --set k={len(others) + 1})" if len(others) >= 1 else ""
-            raise ModelSealError(f"{name} combines {atk.copies} copies: give MODEL and {atk.copies - 1} --other "
-                                 f"cop{'y' if atk.copies == 2 else 'ies'}{fewer}")
-        if others and atk.copies == 1 and "others" not in fields:
-            raise ModelSealError(f"{name} attacks one model; --other is for average and collude")
-        black_box = remote or model_path.suffix.lower() == ".onnx"
-        if black_box and not atk.takes_suspect:
-            raise ModelSealError(f"{name} changes weights and needs a model file; an .onnx file or a URL can only "
-                                 "be attacked by extraction (knockoff, knockoff-adaptive, retrain-xarch)")
-        if black_box:
-            from .suspect import Suspect
+    from . import data as data_mod
+    from . import train as train_mod
 
-            model: Any = Suspect.load(source)
-            before = float((model.labels(splits.test.x) == splits.test.y).float().mean())
-        else:
-            model = _load_model(model_path, device, arch, splits.meta)
-            before = train_mod.evaluate(model, splits.test)
-        atk.progress = _progress(as_json)
-        attacked = atk.apply_many([model, *others], _split(splits, split)) if atk.copies > 1 else \
-            atk.apply(model, _split(splits, split))
-        seconds = float(atk.cost.get("wall_s", 0.0))
-        after = train_mod.evaluate(attacked, splits.test)
-        _save_attacked(attacked, out_path, force, arch)
-    except ModelSealError as e:
-        _fail(e)
+    cls = attack_registry.get(name)
+    params = {"seed": seed, **_params(set_)}
+    data = _data_for(model_path, data)
+    splits = data_mod.load(data, seed=0)
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    others = [_open_model(p, device, arch, splits.meta) for p in other or []]
+    if others and "others" in fields:
+        params["others"] = others
+    atk = _construct(cls, params)
+    if atk.acts_on == "queries":
+        raise _query_side(name, atk.family)
+    if atk.copies > 1 and len(others) + 1 != atk.copies:
+        fewer = f" (or --set k={len(others) + 1})" if len(others) >= 1 else ""
+        raise ModelSealError(f"{name} combines {atk.copies} copies: give MODEL and {atk.copies - 1} --other "
+                             f"cop{'y' if atk.copies == 2 else 'ies'}{fewer}")
+    if others and atk.copies == 1 and "others" not in fields:
+        raise ModelSealError(f"{name} attacks one model; --other is for average and collude")
+    black_box = kind != "file"
+    if black_box and not atk.takes_suspect:
+        raise ModelSealError(f"{name} changes weights and needs a model file; an .onnx file or a URL can only "
+                             "be attacked by extraction (knockoff, knockoff-adaptive, retrain-xarch)")
+    if black_box:
+        from .suspect import open_source
+
+        model: Any = open_source(model_path)
+        before = float((model.labels(splits.test.x) == splits.test.y).float().mean())
+    else:
+        model = _open_model(model_path, device, arch, splits.meta)
+        before = train_mod.evaluate(model, splits.test)
+    atk.progress = _progress(as_json)
+    attacked = atk.apply_many([model, *others], _split(splits, split)) if atk.copies > 1 else \
+        atk.apply(model, _split(splits, split))
+    seconds = float(atk.cost.get("wall_s", 0.0))
+    after = train_mod.evaluate(attacked, splits.test)
+    _save_attacked(attacked, out_path, force, arch)
     payload = {"attack": name, "family": atk.family, "params": {k: v for k, v in params.items() if k != "others"},
                "test_metric_before": before, "test_metric_after": after, "seconds": seconds,
                "cost": atk.cost, "out": str(out_path)}
@@ -623,15 +551,12 @@ def watermark_embed(
     """Embed a watermark: writes the marked model and the secret key."""
 
     seed = _secret_seed(seed)
-    try:
-        data = _data_for(model_path, data)
-        _check_pair(model_path, data, out_path, key_path, force)
-        mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
-        wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
-        before, after, key = _protect_and_save(wm, model_path, data, device, out_path, key_path, force,
-                                               as_json, arch)
-    except ModelSealError as e:
-        _fail(e)
+    data = _data_for(model_path, data)
+    _check_pair(model_path, data, out_path, key_path, force)
+    mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
+    wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
+    before, after, key = _protect_file(wm, model_path, data, device, out_path, key_path, force, as_json,
+                                       arch)
     payload = {"method": method, "test_metric_before": before, "test_metric_after": after,
                "model": str(out_path), "key": str(key_path), "digest": key.digest()}
     _emit(as_json, payload, lambda: out.print(
@@ -656,34 +581,30 @@ def fingerprint_extract(
 ) -> None:
     """Extract a fingerprint from a model without changing it, and without any data."""
     seed = _secret_seed(seed)
-    try:
-        _check_pair(model_path, None, None, key_path, force)
-        from .data import InputSpec
+    _check_pair(model_path, None, None, key_path, force)
+    from .data import InputSpec
 
-        mi = method_registry.require_family(method, "fingerprint", "modelseal fingerprint extract")
-        params = {"seed": seed, **_params(set_)}
-        if variant is not None:
-            params["variant"] = variant
-        fp = _construct(mi.cls, params)
-        meta = None
-        if arch is not None and data is not None:
-            from . import data as data_mod
+    mi = method_registry.require_family(method, "fingerprint", "modelseal fingerprint extract")
+    params = {"seed": seed, **_params(set_)}
+    if variant is not None:
+        params["variant"] = variant
+    fp = _construct(mi.cls, params)
+    meta = None
+    if arch is not None and data is not None:
+        from . import data as data_mod
 
-            meta = data_mod.load(data, seed=0).meta
-        model = _load_model(model_path, device, arch, meta)
-        spec = model.modelseal_spec
-        bounds = tuple(spec.get("bounds", (0.0, 1.0)))
-        t0 = time.perf_counter()
-        done = method_registry.protect(fp, model, input_spec=InputSpec(tuple(spec["input_shape"]), bounds),
-                                       progress=_progress(as_json))
-        key = done.key
-        seconds = time.perf_counter() - t0
-        from .safeio import write_files
+        meta = data_mod.load(data, seed=0).meta
+    model = _open_model(model_path, device, arch, meta)
+    spec = model.modelseal_spec
+    bounds = tuple(spec.get("bounds", (0.0, 1.0)))
+    t0 = time.perf_counter()
+    done = method_registry.protect(fp, model, input_spec=InputSpec(tuple(spec["input_shape"]), bounds),
+                                   progress=_progress(as_json))
+    key = done.key
+    seconds = time.perf_counter() - t0
+    from .api import save_protection
 
-        write_files([(key_path, key.to_bytes()), (_commitment_path(key_path), _commitment_text(done))], force,
-                    private=[key_path], inputs=_inputs(model_path), names=["--key", "commitment"])
-    except ModelSealError as e:
-        _fail(e)
+    save_protection(done, key_path, force=force, inputs=_inputs(model_path))
     payload = {"method": method, "key": str(key_path), "digest": key.digest(), "seconds": seconds,
                "params": key.params}
     _emit(as_json, payload, lambda: out.print(
@@ -702,41 +623,36 @@ def deepmarks_distribute(
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
-    from .safeio import write_files
-
     seed = _secret_seed(seed)
-    try:
-        from .safeio import usable_path
+    from .safeio import commitment_path, usable_path
 
-        if usable_path(out_dir, what="--out-dir").exists() and not out_dir.is_dir():
-            raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
-        _check_folder(out_dir, "--out-dir")
-        data = _data_for(model_path, data)
-        manifest_path = out_dir / "manifest.json"
-        # the copies' names depend on the number of users, known once distributed: check the fixed outputs
-        # now and every output again (distinct, writable) before anything is written
-        check_outputs([("--key", key_path), ("commitment", _commitment_path(key_path)), ("manifest", manifest_path)],
-                      force, inputs=_inputs(model_path, data), created=(out_dir,))
-        from . import data as data_mod
-        from . import train as train_mod
+    if usable_path(out_dir, what="--out-dir").exists() and not out_dir.is_dir():
+        raise ModelSealError(f"--out-dir {out_dir} is a file, not a folder; give a folder for the copies")
+    _check_folder(out_dir, "--out-dir")
+    data = _data_for(model_path, data)
+    manifest_path = out_dir / "manifest.json"
+    # the copies' names depend on the number of users, known once distributed: check the fixed outputs
+    # now and every output again (distinct, writable) before anything is written
+    check_outputs([("--key", key_path), ("commitment", commitment_path(key_path)), ("manifest", manifest_path)],
+                  force, inputs=_inputs(model_path, data), created=(out_dir,))
+    from . import data as data_mod
+    from . import train as train_mod
+    from .api import save_protection
+    from .models.files import model_bytes
 
-        dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
-        splits = data_mod.load(data, seed=0)
-        model = _load_model(model_path, device, arch, splits.meta)
-        done = method_registry.protect(dm, model, splits.owner, progress=_progress(as_json))
-        copies, key = done.models, done.key
-        rows, files = [], []
-        for j, m in enumerate(copies):
-            p = out_dir / f"user-{j:03d}.safetensors"
-            files.append((p, _model_bytes(m, arch)))
-            rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
-        manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
-        files += [(manifest_path, json.dumps(manifest, indent=2) + "\n"), (key_path, key.to_bytes()),
-                  (_commitment_path(key_path), _commitment_text(done))]
-        write_files(files, force, private=[key_path], inputs=_inputs(model_path, data),
-                    names=[f"copy {r['file']}" for r in rows] + ["manifest", "--key", "commitment"])
-    except ModelSealError as e:
-        _fail(e)
+    dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
+    splits = data_mod.load(data, seed=0)
+    model = _open_model(model_path, device, arch, splits.meta)
+    done = method_registry.protect(dm, model, splits.owner, progress=_progress(as_json))
+    copies, key = done.models, done.key
+    rows, files = [], []
+    for j, m in enumerate(copies):
+        p = out_dir / f"user-{j:03d}.safetensors"
+        files.append((p, model_bytes(m, arch), f"copy {p.name}"))
+        rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
+    manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
+    files.append((manifest_path, json.dumps(manifest, indent=2) + "\n", "manifest"))
+    save_protection(done, key_path, files=files, force=force, inputs=_inputs(model_path, data))
     _emit(as_json, manifest, lambda: out.print(
         f"deepmarks: {len(rows)} copies -> {out_dir} (test metric {min(r['test_metric'] for r in rows):.4f}"
         f"..{max(r['test_metric'] for r in rows):.4f}); key -> {key_path}"))
@@ -760,29 +676,6 @@ ReshapeOpt = Annotated[bool, typer.Option(
     "--reshape", help="send inputs in the model's declared shape when the sizes match")]
 
 
-def _open_suspect(suspect: str, device: str, *, max_queries: int | None, token_env: str, timeout: float | None,
-                  retries: int | None, rate_limit: float | None, output_name: str | None, label_only: bool,
-                  max_batch: int | None, reshape: bool, input_name: str | None = None):
-    """The Suspect for `trace`/`verify`: a model file, an .onnx file or an http(s) endpoint with its options."""
-    from .suspect import Suspect
-
-    kw: dict[str, Any] = {"max_queries": max_queries, "reshape": reshape}
-    http_opts = {"--timeout": timeout, "--retries": retries, "--rate-limit": rate_limit,
-                 "--input-name": input_name, "--output-name": output_name, "--max-batch": max_batch,
-                 "--label-only": label_only or None}
-    if suspect.startswith(("http://", "https://")):
-        kw.update({"token_env": token_env, "label_only": True if label_only else None,
-                   **{k.lstrip("-").replace("-", "_"): v for k, v in http_opts.items()
-                      if v is not None and k != "--label-only"}})
-    else:
-        given = [k for k, v in http_opts.items() if v is not None]
-        if given:
-            raise ModelSealError(f"{', '.join(given)} apply to http(s) suspects only; {suspect} is a file")
-        if not suspect.endswith(".onnx"):
-            kw["device"] = _device(device)
-    return Suspect.load(suspect, **kw)
-
-
 def _is_key_file(path: Path) -> bool | None:
     """True for a modelseal key, False for a model file, None when the header says neither (read without
     torch: the key's metadata entry is 'modelseal', a model's 'modelseal_model' or 'modelseal_user_arch')."""
@@ -801,13 +694,14 @@ def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:
     """Before torch is imported: every key file and a suspect file exist, and they are not swapped (a model
     given as the key, or a key as the suspect); URLs are checked when they are queried."""
     from .safeio import _regular_input, usable_path
+    from .sources import source_kind
 
     for label, k in keys.items():
         _regular_input(usable_path(k, what=label), ModelSealError, label)  # exists, a regular file, a usable name
         if _is_key_file(Path(k)) is False:
             raise ModelSealError(f"{label} {k} is a model file, not a modelseal key; the order is "
                                  "KEY [KEY ...] SUSPECT (the suspect model last)")
-    if suspect.startswith(("http://", "https://")):
+    if source_kind(suspect) == "url":
         return
     if not usable_path(suspect, what="SUSPECT").exists():
         raise ModelSealError(f"SUSPECT {suspect} does not exist")
@@ -846,29 +740,25 @@ def trace(
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from (white-box: reads the suspect's weights)."""
-    try:
-        kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
-        if suspect.startswith(("http://", "https://")) or suspect.lower().endswith(".onnx"):
-            raise ModelSealError(f"trace reads the suspect's weights (DeepMarks is white-box), so {suspect} cannot "
-                                 "be traced; give its .safetensors model file")
-        if evidence is not None:
-            check_outputs([("--evidence", evidence)], force, inputs={"KEY": key_path, "SUSPECT": Path(suspect)})
-        _check_inputs_exist({"KEY": key_path}, suspect)
-        from .api import trace as trace_fn
+    kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
+    from .sources import source_kind
 
-        key: Any = key_path
-        if arch is not None:
-            from .keys import Key
+    if source_kind(suspect) != "file":
+        raise ModelSealError(f"trace reads the suspect's weights (DeepMarks is white-box), so {suspect} cannot "
+                             "be traced; give its .safetensors model file")
+    if evidence is not None:
+        check_outputs([("--evidence", evidence)], force, inputs={"KEY": key_path, "SUSPECT": Path(suspect)})
+    _check_inputs_exist({"KEY": key_path}, suspect)
+    from .api import trace as trace_fn
+    from .suspect import open_source
 
-            key = Key.load(key_path)  # loaded once: its signature shapes the suspect, then it judges
-            s = _arch_suspect(suspect, device, arch, key.signature)
-        else:
-            s = _open_suspect(suspect, device, max_queries=None, token_env="MODELSEAL_TOKEN", timeout=None,
-                              retries=None, rate_limit=None, output_name=None, label_only=False, max_batch=None,
-                              reshape=False)
-        result = trace_fn(s, key, evidence=evidence, force=force, **kw)
-    except ModelSealError as e:
-        _fail(e)
+    key: Any = key_path
+    if arch is not None:
+        from .keys import Key
+
+        key = Key.load(key_path)  # loaded once: its signature shapes the suspect, then it judges
+    s = open_source(suspect, device=device, arch=arch, signature=key.signature if arch is not None else None)
+    result = trace_fn(s, key, evidence=evidence, force=force, **kw)
     _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
 
 
@@ -889,17 +779,8 @@ def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] |
                                  f"not {json.dumps(given)[:60]}; or pass --reference PATH, once per model")
         reference = [*(reference or []), *map(Path, files)]
     if reference:
-        kw["references"] = [_load_model(p, device, arch, signature) for p in reference]
+        kw["references"] = [_open_model(p, device, arch, signature) for p in reference]
     return kw
-
-
-def _arch_suspect(suspect: str, device: str, arch: str, signature: dict) -> Any:
-    """A state-dict suspect of the user's own architecture (`--arch`), shaped by the key's signature."""
-    from .suspect import Suspect
-
-    if suspect.startswith(("http://", "https://")) or suspect.endswith(".onnx"):
-        raise ModelSealError("--arch is for state-dict .safetensors suspects; ONNX files and URLs need none")
-    return Suspect(_load_model(Path(suspect), device, arch, signature))
 
 
 @app.command(epilog=_examples(
@@ -960,24 +841,23 @@ def verify(
         kw = _verifier_kw(alpha, max_queries, set_, reference, device, arch, sig)
         if references is not None:
             from .references import load_pool
+            from .runtime import resolve_device
 
-            kw["references"] = list(kw.get("references", [])) + load_pool(references, device=_device(device))
-        if arch is not None:
-            s = _arch_suspect(suspect, device, arch, sig)
-        else:
-            s = _open_suspect(suspect, device, max_queries=max_queries, token_env=token_env, timeout=timeout,
-                              retries=retries, rate_limit=rate_limit,
-                              input_name=input_name, output_name=output_name,
-                              label_only=label_only, max_batch=max_batch, reshape=reshape)
+            kw["references"] = [*kw.get("references", []), *load_pool(references, device=resolve_device(device))]
+        from .sources import RemoteOptions
+        from .suspect import open_source
+
+        options = RemoteOptions(max_queries=max_queries, reshape=reshape, token_env=token_env, timeout=timeout,
+                                retries=retries, rate_limit=rate_limit, input_name=input_name,
+                                output_name=output_name, max_batch=max_batch, label_only=label_only)
+        s = open_source(suspect, options, device=device, arch=arch, signature=sig)
         if len(keys) == 1:
             verdict = verify_fn(s, judges[0], commitment=commitment[0] if commitment else None,
                                 evidence=evidence[0] if evidence else None, force=force, **kw)
         else:
             verdict = verify_fn(s, judges, commitment=commitment, evidence=evidence, force=force, **kw)
     except KeyMismatchError as e:
-        _fail(KeyMismatchError(f"{e}{_shape_hint(s, keys)}"))
-    except ModelSealError as e:
-        _fail(e)
+        raise KeyMismatchError(f"{e}{_shape_hint(s, keys)}") from None
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
 
 
@@ -1019,8 +899,10 @@ def check(
         rule["alpha"] = alpha
     s = None
     if suspect is not None:
-        s = _open_suspect(suspect, device, max_queries=None, token_env=token_env, timeout=timeout, retries=None,
-                          rate_limit=None, output_name=None, label_only=False, max_batch=None, reshape=False)
+        from .sources import RemoteOptions
+        from .suspect import open_source
+
+        s = open_source(suspect, RemoteOptions(token_env=token_env, timeout=timeout), device=device)
     report = evidence_mod.check(evidence_path, commitment, rule=rule, suspect=s)
 
     def human() -> None:
@@ -1049,16 +931,13 @@ def commit(
 ) -> None:
     """Write the public commitment of a key (safe to publish and timestamp). Keys made by modelseal already
     have one beside them (KEY.public.json); this re-derives it."""
-    try:
-        check_writable(out_path, force)
-        check_distinct({"KEY": key_path, "--out": out_path})
-        from . import commitment as commitment_mod
-        from .keys import Key
+    check_writable(out_path, force)
+    check_distinct({"KEY": key_path, "--out": out_path})
+    from . import commitment as commitment_mod
+    from .keys import Key
 
-        key = Key.load(key_path)
-        commitment_mod.save(method_registry.commit(key), out_path, force=force)
-    except ModelSealError as e:
-        _fail(e)
+    key = Key.load(key_path)
+    commitment_mod.save(method_registry.commit(key), out_path, force=force)
     _emit(as_json, {"commitment": str(out_path)}, lambda: out.print(f"commitment -> {out_path}"))
 
 
@@ -1076,16 +955,13 @@ def lock(
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
 
     seed = _secret_seed(seed)
-    try:
-        data = _data_for(model_path, data)
-        _check_pair(model_path, data, out_path, key_path, force)
-        params = _params(set_)
-        locker = _construct(method_registry.get("advparams"), {"seed": seed, **params})
-        with _lock_warnings_handled():
-            before, after, key = _protect_and_save(locker, model_path, data, device, out_path, key_path, force,
-                                                   as_json, arch, again=_lock_again("max_params" not in params))
-    except ModelSealError as e:
-        _fail(e)
+    data = _data_for(model_path, data)
+    _check_pair(model_path, data, out_path, key_path, force)
+    params = _params(set_)
+    locker = _construct(method_registry.get("advparams"), {"seed": seed, **params})
+    with _lock_warnings_handled():
+        before, after, key = _protect_file(locker, model_path, data, device, out_path, key_path, force,
+                                           as_json, arch, again=_lock_again("max_params" not in params))
     changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
     payload = {"test_metric_before": before, "test_metric_locked": after, "changed_params": changed,
                "model": str(out_path), "key": str(key_path)}
@@ -1143,17 +1019,16 @@ def unlock(
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Restore a locked model bit-exactly."""
-    try:
-        check_writable(out_path, force)
-        check_distinct({"MODEL": model_path, "KEY": key_path, "--out": out_path})
-        from .api import unlock as unlock_fn
-        from .keys import Key
+    check_writable(out_path, force)
+    check_distinct({"MODEL": model_path, "KEY": key_path, "--out": out_path})
+    from .api import unlock as unlock_fn
+    from .keys import Key
 
-        sig = Key.load(key_path).signature if arch is not None else None
-        restored = unlock_fn(_load_model(model_path, "cpu", arch, sig), key_path)
-        _save_model(restored, out_path, force, arch)
-    except ModelSealError as e:
-        _fail(e)
+    sig = Key.load(key_path).signature if arch is not None else None
+    from .models.files import write_model
+
+    restored = unlock_fn(_open_model(model_path, "cpu", arch, sig), key_path)
+    write_model(restored, out_path, force, arch)
     _emit(as_json, {"model": str(out_path)}, lambda: out.print(f"unlocked -> {out_path}"))
 
 
@@ -1176,24 +1051,23 @@ def serve(
     try:
         from .suspect.serve import run
     except ImportError as e:
-        _fail(ModelSealError(f"serving needs the server extra: {e}"))
+        raise ModelSealError(f"serving needs the server extra: {e}") from None
     token = os.environ.get(token_env) if token_env else None
     if token_env and not token:
-        _fail(ModelSealError(f"--token-env {token_env} is set but the variable is empty"))
-    try:
-        model: Any = model_path
-        if arch is not None or (model_path.suffix != ".onnx" and device != "cpu"):
-            model = _load_model(model_path, device, arch)
+        raise ModelSealError(f"--token-env {token_env} is set but the variable is empty")
+    from .sources import source_kind
 
-        def ready(url: str) -> None:  # called once the server listens: "serving" is then true
-            _emit(as_json, {"url": url, "model": str(model_path)},
-                  lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)", soft_wrap=True))
-            sys.stdout.flush()
+    model: Any = model_path
+    if arch is not None or (source_kind(model_path) != "onnx" and device != "cpu"):
+        model = _open_model(model_path, device, arch)
 
-        run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch,
-            on_ready=ready)
-    except ModelSealError as e:
-        _fail(e)
+    def ready(url: str) -> None:  # called once the server listens: "serving" is then true
+        _emit(as_json, {"url": url, "model": str(model_path)},
+              lambda: err.print(f"serving {model_path} at {url} (Ctrl-C stops)", soft_wrap=True))
+        sys.stdout.flush()
+
+    run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch,
+        on_ready=ready)
     if not as_json:
         err.print("stopped")
 
@@ -1223,17 +1097,14 @@ def bench_run(
     """Run a scenario, or resume it: protections x attacks x parameters x seeds, stored in SQLite."""
     from . import bench
 
-    try:
-        if force:
-            raise ModelSealError("bench run resumes by default and never overwrites finished results; "
-                                 "pass --restart to discard them and start over")
-        sc = bench.load(scenario)
-        if only is not None or seed is not None:
-            sc = sc.select(methods=_only(only), seed=seed)
-        summary = bench.run(sc, out_dir, backend=backend, address=address, force=restart,
-                            progress=_progress(as_json), max_cells=max_cells, device=device)
-    except ModelSealError as e:
-        _fail(e)
+    if force:
+        raise ModelSealError("bench run resumes by default and never overwrites finished results; "
+                             "pass --restart to discard them and start over")
+    sc = bench.load(scenario)
+    if only is not None or seed is not None:
+        sc = sc.select(methods=_only(only), seed=seed)
+    summary = bench.run(sc, out_dir, backend=backend, address=address, force=restart,
+                        progress=_progress(as_json), max_cells=max_cells, device=device)
     # the progress bar counts cells and negatives (independent models judged): say both
     _emit(as_json, summary, lambda: out.print(
         f"{summary['ran']} cells ran, {summary['skipped_finished']} already finished, {summary['pending']} pending, "
@@ -1254,13 +1125,9 @@ def bench_report(
 ) -> None:
     """Write one self-contained HTML report from a results database: what survived, then tables and plots."""
     from .bench.report import report, survival_from_db, survival_table
-
-    try:
-        check_distinct({"DB": db, "--out": out_html})
-        path = report(db, out_html, force=force)
-        rows = survival_from_db(db)
-    except ModelSealError as e:
-        _fail(e)
+    check_distinct({"DB": db, "--out": out_html})
+    path = report(db, out_html, force=force)
+    rows = survival_from_db(db)
     _emit(as_json, {"report": str(path), "survival": rows}, lambda: (
         out.print(survival_table(rows)), out.print(f"report -> {path}")))
 
@@ -1277,11 +1144,8 @@ def demo(
     """The main job: protect an owner CNN on mnist5k with every method, attack it, and judge."""
     from .demo import run_demo
 
-    try:
-        result = run_demo(out_dir, device=device, seed=seed, force=force, progress=_progress(as_json),
-                          methods=_only(only))
-    except ModelSealError as e:
-        _fail(e)
+    result = run_demo(out_dir, device=device, seed=seed, force=force, progress=_progress(as_json),
+                      methods=_only(only))
     if as_json:
         _emit(True, result, lambda: None)
         return
@@ -1391,11 +1255,8 @@ def references_make(
     """Train (or reuse) R independent reference models, cached in a folder. Models already there are kept."""
     from .references import make_pool
 
-    try:
-        doc = make_pool(data, n, out_dir, archs=arch, epochs=epochs, seed=seed, split=split,
-                        progress=_progress(as_json))
-    except ModelSealError as e:
-        _fail(e)
+    doc = make_pool(data, n, out_dir, archs=arch, epochs=epochs, seed=seed, split=split,
+                    progress=_progress(as_json))
     accs = [m["test_accuracy"] for m in doc["models"]]
     payload = {"folder": str(out_dir), "models": len(doc["models"]), "settings": doc["settings"],
                "test_accuracy_min": min(accs), "test_accuracy_mean": sum(accs) / len(accs)}

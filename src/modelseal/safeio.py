@@ -416,3 +416,9 @@ def write_atomic(path, data: bytes | str, force: bool = False, *, private: bool 
     half-written file; refuses to overwrite an existing file unless `force`. `private` creates the file
     with mode 0600 (keys). Returns the Path."""
     return write_files([(path, data)], force, private=[path] if private else ())[0]
+
+
+def commitment_path(key_path: str | os.PathLike) -> Path:
+    """Where a key's public commitment is written, beside it: KEY.seal -> KEY.public.json."""
+    key_path = Path(key_path)
+    return key_path.with_name(key_path.stem + ".public.json")

@@ -6,6 +6,9 @@ an `.onnx` file run by onnxruntime (black-box), or an `http(s)://` Open Inferenc
 the top class; `queries` counts every input sent to the model; `module` is None when black-box. A query
 budget (`max_queries`) is enforced before any input is sent, and NaN/inf outputs are refused.
 
+Opening: `open_source(source, RemoteOptions(...), device=, arch=)` turns a source string into a Suspect; what
+a source is (URL, .onnx file, model file) is decided by `modelseal.sources.source_kind` alone.
+
 Counting: a backend that may send an input more than once (a remote one retries) declares
 `counts_queries = True` and is handed `charge(n)`, which it calls right before it sends `n` inputs; `charge`
 raises `BudgetExceeded` instead of going over the budget, so `queries` never undercounts what the model saw
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import BudgetExceeded, ModelSealError, SuspectError, WhiteBoxRequired, first_line
+from ..sources import RemoteOptions, source_kind, source_text
 from ..validate import count
 
 QueryBudgetExceeded = BudgetExceeded  # the name this module used before errors.BudgetExceeded
@@ -152,8 +156,9 @@ class Suspect:
             return source
         if isinstance(source, nn.Module):
             return cls(source, **kw)
-        s = str(source)
-        if s.startswith(("http://", "https://")):
+        s = source_text(source)
+        kind = source_kind(s)
+        if kind == "url":
             try:
                 from .remote import RemoteBackend
             except ImportError:
@@ -166,7 +171,7 @@ class Suspect:
         if not path.exists():
             raise SuspectError(f"suspect {path} does not exist (expected a .safetensors model, an .onnx file "
                                "or an http(s):// URL)")
-        if path.suffix.lower() == ".onnx":
+        if kind == "onnx":
             out = cls(_OnnxBackend(path), name=path.name, **kw)
             out.source_path = str(path)
             return out
@@ -301,12 +306,40 @@ class Suspect:
                 h.update(tensor_bytes(t))
             return {"kind": "module", "name": self.name, "sha256_tensors": h.hexdigest()}
         meta = getattr(self._backend, "metadata", None)
-        return {"kind": "remote" if self.name.startswith(("http://", "https://")) else "callable",
+        return {"kind": "remote" if source_kind(self.name) == "url" else "callable",
                 "name": self.name, "metadata": meta if isinstance(meta, dict) else None}
 
     def __repr__(self) -> str:
         kind = "white-box" if self.white_box else "black-box"
         return f"Suspect({self.name}, {kind}, queries={self.queries})"
+
+
+def open_source(source: str | os.PathLike, options: RemoteOptions | None = None, *, device: Any = None,
+                arch: str | None = None, signature: dict[str, Any] | None = None) -> Suspect:
+    """The Suspect for a source string: a modelseal model file, an `.onnx` file or an `http(s)://` endpoint,
+    asked as `options` say (`RemoteOptions`; http-only options on a file are refused). `device` (auto, cpu,
+    cuda) places a model file's module. With `arch` ("package.module:factory") the source is a state dict of
+    that architecture (`modelseal.models.files.open_model`, shaped by the key `signature`); ONNX files and URLs
+    are refused, and `options` are not used."""
+    s = source_text(source)
+    kind = source_kind(s)
+    if arch is not None:
+        if kind != "file":
+            raise ModelSealError("--arch is for state-dict .safetensors suspects; ONNX files and URLs need none")
+        from ..models.files import open_model
+
+        return Suspect(open_model(Path(s), "auto" if device is None else device, arch, signature))
+    opts = options or RemoteOptions()
+    kw = opts.suspect_kwargs()
+    if kind == "url":
+        kw.update(opts.backend_kwargs())
+    elif opts.http_given():
+        raise ModelSealError(f"{', '.join(opts.http_given())} apply to http(s) suspects only; {s} is a file")
+    elif kind == "file" and device is not None:
+        from ..runtime import resolve_device
+
+        kw["device"] = resolve_device(device)
+    return Suspect.load(s, **kw)
 
 
 def as_suspect(x: Any) -> Suspect:
