@@ -118,8 +118,9 @@ def save_protection(done: methods.Protected, key_path: str | os.PathLike, *,
     from . import commitment as commitment_mod
     from .safeio import commitment_path, write_files
 
+    public = done.commitment if done.commitment is not None else methods.commit(done.key)
     items = [(p, content) for p, content, _ in files]
-    items += [(key_path, done.key.to_bytes()), (commitment_path(key_path), commitment_mod.dumps(done.commitment))]
+    items += [(key_path, done.key.to_bytes()), (commitment_path(key_path), commitment_mod.dumps(public))]
     names = [label for _, _, label in files] + ["--key", "commitment"]
     return write_files(items, force, private=[key_path], inputs=inputs, names=names)
 

@@ -1182,12 +1182,12 @@ def list_methods(
     kinds = {"method": method_registry._available(), "attack": attack_registry._available()}
     kind = next((k for k, table in kinds.items() if name in table), None)
     if kind is None:
-        _fail(ModelSealError(f"unknown method or attack '{name}'; known: "
-                             f"{', '.join(method_registry.names() + attack_registry.names())}"))
+        raise ModelSealError(f"unknown method or attack '{name}'; known: "
+                             f"{', '.join(method_registry.names() + attack_registry.names())}")
     try:
         declared = schema.read(kinds[kind][name], name, "protection" if kind == "method" else "attack")
     except (LookupError, SyntaxError, ValueError) as e:
-        _fail(ModelSealError(f"cannot read the parameters of '{name}': {e}"))
+        raise ModelSealError(f"cannot read the parameters of '{name}': {e}") from None
 
     def listed(specs: list) -> list[dict[str, Any]]:
         return [{**s.to_dict(), "default": repr(s.default)} for s in specs]

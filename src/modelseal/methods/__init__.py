@@ -42,7 +42,7 @@ COMMANDS = {"watermark": "modelseal watermark embed", "fingerprint": "modelseal 
 KEY_COMMANDS = {"watermark": "modelseal verify KEY SUSPECT", "fingerprint": "modelseal verify KEY SUSPECT",
                 "per-user": "modelseal trace KEY SUSPECT", "lock": "modelseal unlock LOCKED KEY --out RESTORED"}
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 # Where each known method lives: imported on first use so that `import modelseal` stays light.
 _MODULES = {
     "trigger-set": "modelseal.methods.trigger_set",
@@ -61,7 +61,7 @@ class MethodInfo:
     name: str
     family: str
     access: str
-    cls: type
+    cls: type[Method]
 
     @property
     def protect_verb(self) -> str:
@@ -115,7 +115,7 @@ def _available() -> dict[str, str]:
     return {name: mod for name, mod in _MODULES.items() if importlib.util.find_spec(mod) is not None}
 
 
-def get(name: str) -> type:
+def get(name: str) -> type[Method]:
     """The method class registered as `name`."""
     if not isinstance(name, str):
         raise RegistryError(f"a method name is a string, got {type(name).__name__}")
