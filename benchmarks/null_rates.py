@@ -304,7 +304,7 @@ def main() -> None:
             "family": cls.family, "access": cls.access, "keys": len(key_seeds), "key_seeds": key_seeds,
             "key_params": {k: v for k, v in first.params.items()
                            if isinstance(v, (int, float, str, bool)) and k not in ("seed", "architecture")},
-            "verifier": {k: d for k, (d, _) in cls.verify_params.items() if k not in ("alpha", "max_queries")}
+            "verifier": {k: s.default for k, s in cls.verify_params.items() if k not in ("alpha", "max_queries")}
             | ({"references": len(refs)} if "references" in cls.verify_params else {}),
             "protect_seconds": protect_s[name],
             "owner_detected": positives,
@@ -322,7 +322,7 @@ def main() -> None:
 
     tsp = protected["trigger-set"][0].key
     seq_sim = sequential_simulation(budget=len(tsp.tensors["labels"]), p0=1.0 / int(tsp.signature["output_size"]),
-                                    batch=ms.methods.get("trigger-set").verify_params["batch"][0],
+                                    batch=ms.methods.get("trigger-set").verify_params["batch"].default,
                                     sims=args.sims, alphas=[1e-2, 1e-3], seed=args.seed, judged_alphas=alphas)
 
     doc = {

@@ -81,7 +81,7 @@ def test_near_data_triggers_are_less_conspicuous_than_abstract_ones(marked, digi
     assert flagged(marked["noise"]) < flagged(marked["abstract"])
 
 
-@pytest.mark.parametrize("kw, msg", [({"kind": "nope"}, "unknown trigger kind"),
+@pytest.mark.parametrize("kw, msg", [({"kind": "nope"}, "unknown kind .nope.; use one of abstract"),
                                      ({"kind": "noise", "strength": 0.0}, "strength"),
                                      ({"kind": "noise", "n": 10_000}, "the data holds")])
 def test_bad_trigger_kinds(owner, digits, kw, msg):

@@ -234,8 +234,8 @@ def test_scratch_mode_reinitialises(mnist):
 
 # ------------------------------------------------------------------------------------------ bad inputs
 @pytest.mark.parametrize("kw, msg", [
-    (dict(n=0), "n \\(number of triggers\\)"),
-    (dict(mode="fancy"), "unknown trigger-set mode"),
+    (dict(n=0), "n must be an integer in \\[1, 100000\\]"),
+    (dict(mode="fancy"), "unknown mode .fancy.; use one of pretrained, scratch"),
     (dict(k_per_batch=0), "k_per_batch"),
     (dict(lr=-1.0), "lr"),
 ])

@@ -125,7 +125,11 @@ class Spec:
                 "meaning": self.meaning, "role": self.role}
 
 
-def _norm_type(t: str) -> str:
+def _norm_type(t: Any) -> str:
+    """An annotation as text: `int | None` whether it came as a string (postponed annotations) or a type."""
+    if isinstance(t, type):
+        t = t.__name__
+    t = str(t).replace("typing.", "")
     t = t.replace("Optional[", "").rstrip("]") if t.startswith("Optional[") else t
     return " | ".join(p.strip() for p in t.split("|"))
 
@@ -186,9 +190,9 @@ def fields_of(cls: type) -> list[Spec]:
     out = []
     for f in dataclasses.fields(cls):
         if _KEY not in f.metadata:
-            out.append(Spec(type=_norm_type(str(f.type)), default=_default(f), meaning="", name=f.name, role=role))
+            out.append(Spec(type=_norm_type(f.type), default=_default(f), meaning="", name=f.name, role=role))
         elif f.metadata[_KEY] is not None:
-            out.append(f.metadata[_KEY].named(f.name, str(f.type), role))
+            out.append(f.metadata[_KEY].named(f.name, _norm_type(f.type), role))
     return out
 
 

@@ -24,7 +24,7 @@ from ..safeio import write_atomic
 from . import scenario as scenario_mod
 from .backends import Shared, make_backend
 from .jobs import job_cell, job_negative, job_protect, job_train
-from .scenario import _digest
+from .scenario import spec_digest
 from .store import Store
 
 DB_NAME = "results.sqlite"
@@ -75,11 +75,11 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         store.set_meta("modelseal_version", __version__)
 
         data_spec = {"data": sc.data, "data_seed": sc.data_seed}
-        owner_id = "owner-" + _digest(sc.owner_spec())
+        owner_id = "owner-" + spec_digest(sc.owner_spec())
         prot_of = {p.label: p for p in sc.protections}
         neg_specs = sc.negative_specs()
         for n in neg_specs:
-            n["id"] = "neg-" + _digest(n)
+            n["id"] = "neg-" + spec_digest(n)
         done = store.done_cells()
         pending = [c for c in sc.cells if c.id not in done]
         by_prot: dict[str, int] = {}
@@ -91,7 +91,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
                 continue
             for s in sc.seeds:
                 for n in neg_specs:
-                    nid = _digest({"owner": sc.owner_spec(), "protection": p.label, "method": p.method,
+                    nid = spec_digest({"owner": sc.owner_spec(), "protection": p.label, "method": p.method,
                                    "params": p.params, "seed": s, "negative": n["id"]})
                     neg_jobs.append((p, s, {**n, "id": nid, "model_id": n["id"]}))
         store.set_meta("planned", json.dumps({"cells": len(sc.cells), "by_protection": by_prot,
@@ -113,7 +113,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
             refs = max([int(p.params.get("references", 0)) for p in sc.protections
                         if p.label in needed_labels] or [0])
             for r in sc.reference_specs(refs):
-                items.append(("ref-" + _digest(r), "reference", r, "attacker"))
+                items.append(("ref-" + spec_digest(r), "reference", r, "attacker"))
             return items
 
         blobs: dict[str, bytes] = {}
@@ -141,7 +141,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         todo_p = []
         for label, s in sorted(needed_prot):
             p = prot_of[label]
-            pid = "prot-" + _digest({"owner": sc.owner_spec(), "method": p.method, "params": p.params, "seed": s})
+            pid = "prot-" + spec_digest({"owner": sc.owner_spec(), "method": p.method, "params": p.params, "seed": s})
             art = store.artifact(pid)
             keyp = cache / f"{pid}.key"
             if art is not None and keyp.is_file():

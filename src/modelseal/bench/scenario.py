@@ -76,7 +76,8 @@ def verifier_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in cls.verify_params}
 
 
-def _digest(obj: Any) -> str:
+def spec_digest(obj: Any) -> str:
+    """A short, stable name for a JSON-able spec (an owner, a negative, a cell): the cache and row ids."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -472,7 +473,7 @@ def _expand(sc: Scenario) -> Scenario:
                 continue
             for s in sc.seeds:
                 cell = Cell(p, v, s)
-                cell.id = _digest({"owner": sc.owner_spec(), **cell.spec()})
+                cell.id = spec_digest({"owner": sc.owner_spec(), **cell.spec()})
                 sc.cells.append(cell)
     return sc
 

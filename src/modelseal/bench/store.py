@@ -8,10 +8,10 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
 - `artifacts(artifact_id TEXT PRIMARY KEY, kind TEXT, label TEXT, info TEXT JSON, wall_s REAL)`: prepared
   models and keys: kind `owner`, `negative`, `reference` (info: spec, accuracy) and `protection`
   (info: protection label, method, family, seed, protected accuracy, unlocked accuracy for locks,
-  number of copies for deepmarks). Their weights and keys are cached next to the database in `cache/`.
+  number of copies for per-user methods). Their weights and keys are cached next to the database in `cache/`.
 - `cells(cell_id TEXT PRIMARY KEY, ...)`: one row per protection x attack variant x seed. `cell_id` is a
   hash of the cell's parameters and the owner's spec. Columns: protection, method, family
-  (watermark | fingerprint | deepmarks | lock), attack (label incl. swept values), attack_name,
+  (watermark | fingerprint | per-user | lock: the registry's families), attack (label incl. swept values), attack_name,
   attack_params JSON, swept (name of the swept parameter or NULL), strength (its value), seed,
   status (`ok` | `skipped` | `error`), owner_acc, protected_acc, attacked_acc, unlocked_acc (locks),
   owned (0/1; for locks: the accuracy stays more than 5 points below the owner's), score, p_value,

@@ -39,10 +39,24 @@ QueryBudgetExceeded = BudgetExceeded  # the name this module used before errors.
 
 
 class Backend(Protocol):
-    input_shape: tuple[int, ...] | None
-    label_only: bool
+    """What answers a Suspect's queries: `__call__`, `input_shape` and `label_only`. The optional members a
+    Suspect also reads are named, with their defaults, in `BACKEND_DEFAULTS`: `counts_queries` (the backend
+    charges queries itself: `__call__(x, charge=fn)` before each send), `output_size` (outputs per input when
+    known) and `metadata` (what a server says of its model, recorded in evidence)."""
+
+    input_shape: tuple[int, ...] | None  # the per-example input shape (None: unknown, any)
+    label_only: bool  # answers are class labels, not raw outputs
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+BACKEND_DEFAULTS: dict[str, Any] = {"input_shape": None, "label_only": False, "counts_queries": False,
+                                    "output_size": None, "metadata": None}
+
+
+def _backend_attr(backend: Any, name: str) -> Any:
+    """`backend.name`, or the protocol's default for a backend that leaves it out (the one place read)."""
+    return getattr(backend, name, BACKEND_DEFAULTS[name])
 
 
 class _TorchBackend:
@@ -193,12 +207,12 @@ class Suspect:
         return None if self.reshape else self._declared_shape()
 
     def _declared_shape(self) -> tuple[int, ...] | None:
-        shape = self._input_shape or getattr(self._backend, "input_shape", None)
+        shape = self._input_shape or _backend_attr(self._backend, "input_shape")
         return tuple(shape) if shape is not None else None
 
     @property
     def label_only(self) -> bool:
-        return bool(getattr(self._backend, "label_only", False))
+        return bool(_backend_attr(self._backend, "label_only"))
 
     @property
     def white_box(self) -> bool:
@@ -226,7 +240,7 @@ class Suspect:
         if self.max_queries is not None and self.queries + len(x) > self.max_queries:
             raise BudgetExceeded(f"query budget of {self.max_queries} would be exceeded "
                                  f"({self.queries} used, {len(x)} more asked); raise the budget (--max-queries)")
-        counts = bool(getattr(self._backend, "counts_queries", False))
+        counts = bool(_backend_attr(self._backend, "counts_queries"))
         outs = []
         for i in range(0, len(x), self.batch_size):
             xb = x[i : i + self.batch_size]
@@ -277,7 +291,7 @@ class Suspect:
         spec = getattr(self.module, "modelseal_spec", None) if self.module is not None else None
         if spec:
             return int(spec["output_size"])
-        size = getattr(self._backend, "output_size", None)
+        size = _backend_attr(self._backend, "output_size")
         if size:
             return int(size)
         if probe_shape is not None and self.module is not None:
@@ -305,7 +319,7 @@ class Suspect:
                 h.update(k.encode() + b"\0" + str(t.dtype).encode() + str(list(t.shape)).encode())
                 h.update(tensor_bytes(t))
             return {"kind": "module", "name": self.name, "sha256_tensors": h.hexdigest()}
-        meta = getattr(self._backend, "metadata", None)
+        meta = _backend_attr(self._backend, "metadata")
         return {"kind": "remote" if source_kind(self.name) == "url" else "callable",
                 "name": self.name, "metadata": meta if isinstance(meta, dict) else None}
 
