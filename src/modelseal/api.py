@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -26,8 +26,8 @@ def _key(key: Key | str | os.PathLike) -> Key:
     return key if isinstance(key, Key) else Key.load(key)
 
 
-def verify(suspect: Suspect | nn.Module | str, key: Key | str | Sequence[Key | str], *,
-           commitment: Any = None, evidence: str | os.PathLike | None = None, force: bool = False,
+def verify(suspect: Suspect | nn.Module | str, key: Key | str | os.PathLike | Sequence[Key | str | os.PathLike], *,
+           commitment: Any = None, evidence: str | os.PathLike | Sequence[str | os.PathLike] | None = None, force: bool = False,
            **verifier: Any) -> Verdict:
     """Judge `suspect` with `key` through the judge verb of its method's family. Returns a Verdict.
 
@@ -43,12 +43,12 @@ def verify(suspect: Suspect | nn.Module | str, key: Key | str | Sequence[Key | s
     if isinstance(key, (list, tuple)):
         return _fused(suspect, list(key), commitment, evidence, force, verifier)
     s = as_suspect(suspect)
-    k = _key(cast(Key | str, key))  # a list or tuple of keys went to _fused above
+    k = _key(cast("Key | str | os.PathLike", key))  # a list or tuple of keys went to _fused above
     v = methods.judge(s, k, commitment=commitment, **verifier)
     if evidence is not None:
         from . import evidence as _evidence
 
-        _evidence.write(evidence, v, k, s, force=force)
+        _evidence.write(cast("str | os.PathLike", evidence), v, k, s, force=force)
         v.details["evidence"] = str(evidence)
     return v
 
@@ -96,7 +96,7 @@ def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verd
     return verify(suspect, key, **kw)
 
 
-def unlock(locked: nn.Module, key: Key | str, **kw: Any) -> nn.Module:
+def unlock(locked: nn.Module, key: Key | str | os.PathLike, **kw: Any) -> nn.Module:
     """Restore a locked model bit-exactly with its key (lock methods: AdvParams)."""
     return methods.restore(locked, _key(key), **kw)
 
@@ -111,7 +111,7 @@ class Saved(NamedTuple):
 
 def save_protection(done: methods.Protected, key_path: str | os.PathLike, *,
                     files: Sequence[tuple[str | os.PathLike, bytes | str, str]] = (), force: bool = False,
-                    inputs: dict[str, str | os.PathLike | None] | None = None) -> list[Path]:
+                    inputs: Mapping[str, str | os.PathLike | None] | None = None) -> list[Path]:
     """Write `files` (path, content, label: protected models, a manifest), the key of `done` (mode 0600) and
     its public commitment (`safeio.commitment_path(key_path)`) as one unit: all of them or none. Nothing
     existing is overwritten without `force`, and no output may be one of `inputs` (label -> path)."""
@@ -128,7 +128,7 @@ def save_protection(done: methods.Protected, key_path: str | os.PathLike, *,
 def protect_and_save(method: Any, model: nn.Module, data: Any, out_path: str | os.PathLike,
                      key_path: str | os.PathLike, *, arch: str | None = None, force: bool = False,
                      again: Callable[[Any, Key], Any] | None = None, progress: Any = None,
-                     inputs: dict[str, str | os.PathLike | None] | None = None) -> Saved:
+                     inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Saved:
     """Protect `model` through `methods.protect` (the family verb of `method`, trained on `data.owner`), then
     write the protected model to `out_path`, the key to `key_path` and its public commitment beside it, as
     one unit (`save_protection`); the test metric on `data.test` is measured before and after. `arch` writes

@@ -55,7 +55,7 @@ class _Commands(typer.core.TyperGroup):
 
 
 # Plain click help (rich_markup_mode=None): flags show as `--json`, not `--json <bool>`, and examples keep their lines.
-_TYPER = {"no_args_is_help": True, "rich_markup_mode": None}
+_TYPER: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, cls=_Commands, **_TYPER,
                   help="modelseal: watermark, fingerprint, lock and judge neural networks.",
                   epilog=_examples("modelseal train --data digits --arch mlp --epochs 3 --out owner.safetensors",
@@ -204,7 +204,7 @@ def _secret_seed(seed: int | None) -> int:
     return secrets.randbits(62)
 
 
-def _construct(cls: type, params: dict[str, Any]) -> Any:
+def _construct(cls: Any, params: dict[str, Any]) -> Any:
     from .schema import fields_of
 
     known = [s.name for s in fields_of(cls)]
@@ -345,6 +345,15 @@ def _check_pair(model_path: Path | None, data: str | None, out_path: Path | None
                   inputs=_inputs(model_path, data))
 
 
+def _before_protect(model_path: Path, data: str | None, out_path: Path, key_path: Path, force: bool,
+                    seed: int | None) -> tuple[int, str]:
+    """The start of `watermark embed` and `lock`, before torch: the key's seed (fresh unless given), the data
+    set the model takes, and outputs that can be written."""
+    data = _data_for(model_path, data)
+    _check_pair(model_path, data, out_path, key_path, force)
+    return _secret_seed(seed), data
+
+
 def _emit(as_json: bool, payload: dict[str, Any], human) -> None:
     if as_json:
         from .verdict import jsonable
@@ -392,7 +401,7 @@ def train(
     from . import train as train_mod
     from .models import files
 
-    splits = data_mod.load(data, seed=split_seed)
+    splits = data_mod.load(data or "mnist5k", seed=split_seed)
     model = files.build_model(arch, splits.meta, seed=seed, device=device)
     t0 = time.perf_counter()
     hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed,
@@ -550,9 +559,7 @@ def watermark_embed(
 ) -> None:
     """Embed a watermark: writes the marked model and the secret key."""
 
-    seed = _secret_seed(seed)
-    data = _data_for(model_path, data)
-    _check_pair(model_path, data, out_path, key_path, force)
+    seed, data = _before_protect(model_path, data, out_path, key_path, force, seed)
     mi = method_registry.require_family(method, "watermark", "modelseal watermark embed")
     wm = _construct(mi.cls, {"seed": seed, **_params(set_)})
     before, after, key = _protect_file(wm, model_path, data, device, out_path, key_path, force, as_json,
@@ -645,17 +652,19 @@ def deepmarks_distribute(
     model = _open_model(model_path, device, arch, splits.meta)
     done = method_registry.protect(dm, model, splits.owner, progress=_progress(as_json))
     copies, key = done.models, done.key
-    rows, files = [], []
+    rows: list[dict[str, Any]] = []
+    files: list[tuple[Path, bytes | str, str]] = []
     for j, m in enumerate(copies):
         p = out_dir / f"user-{j:03d}.safetensors"
         files.append((p, model_bytes(m, arch), f"copy {p.name}"))
         rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
+    metrics = [float(r["test_metric"]) for r in rows]
     manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
     files.append((manifest_path, json.dumps(manifest, indent=2) + "\n", "manifest"))
     save_protection(done, key_path, files=files, force=force, inputs=_inputs(model_path, data))
     _emit(as_json, manifest, lambda: out.print(
-        f"deepmarks: {len(rows)} copies -> {out_dir} (test metric {min(r['test_metric'] for r in rows):.4f}"
-        f"..{max(r['test_metric'] for r in rows):.4f}); key -> {key_path}"))
+        f"deepmarks: {len(rows)} copies -> {out_dir} (test metric {min(metrics):.4f}..{max(metrics):.4f}); "
+        f"key -> {key_path}"))
 
 
 # --------------------------------------------------------------------------- suspects (trace, verify)
@@ -722,7 +731,7 @@ def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
             want = Key.load(path).signature.get("input_shape")
         except ModelSealError:
             continue
-        if want and tuple(want) != tuple(have) and math.prod(want) == math.prod(have):
+        if want and have is not None and tuple(want) != tuple(have) and math.prod(want) == math.prod(have):
             return f"; the sizes match, so --reshape would send the key's inputs as {tuple(have)}"
     return ""
 
@@ -832,7 +841,7 @@ def verify(
         _check_inputs_exist({f"KEY {i + 1}" if len(keys) > 1 else "KEY": k for i, k in enumerate(keys)}, suspect)
         from .api import verify as verify_fn
 
-        sig, judges = None, list(keys)
+        sig, judges = None, list[Any](keys)
         if arch is not None:
             from .keys import Key
 
@@ -954,9 +963,7 @@ def lock(
 ) -> None:
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
 
-    seed = _secret_seed(seed)
-    data = _data_for(model_path, data)
-    _check_pair(model_path, data, out_path, key_path, force)
+    seed, data = _before_protect(model_path, data, out_path, key_path, force, seed)
     params = _params(set_)
     locker = _construct(method_registry.get("advparams"), {"seed": seed, **params})
     with _lock_warnings_handled():
@@ -1128,8 +1135,11 @@ def bench_report(
     check_distinct({"DB": db, "--out": out_html})
     path = report(db, out_html, force=force)
     rows = survival_from_db(db)
-    _emit(as_json, {"report": str(path), "survival": rows}, lambda: (
-        out.print(survival_table(rows)), out.print(f"report -> {path}")))
+    def human() -> None:
+        out.print(survival_table(rows))
+        out.print(f"report -> {path}")
+
+    _emit(as_json, {"report": str(path), "survival": rows}, human)
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -1172,9 +1182,9 @@ def list_methods(
 ) -> None:
     """List the protection methods and attacks, or one's parameters (type, default, range, meaning)."""
     if name is None:
-        payload = {"methods": method_registry.names(), "attacks": attack_registry.names()}
-        _emit(as_json, payload, lambda: out.print(
-            f"methods: {', '.join(payload['methods'])}\nattacks: {', '.join(payload['attacks'])}\n"
+        names = {"methods": method_registry.names(), "attacks": attack_registry.names()}
+        _emit(as_json, names, lambda: out.print(
+            f"methods: {', '.join(names['methods'])}\nattacks: {', '.join(names['attacks'])}\n"
             "parameters of one: modelseal methods NAME"))
         return
     from . import schema
@@ -1193,7 +1203,7 @@ def list_methods(
         return [{**s.to_dict(), "default": repr(s.default)} for s in specs]
 
     params, rule = listed(declared["params"]), listed(declared["verifier"]) if kind == "method" else []
-    payload = {"name": name, "kind": kind, "params": params}
+    payload: dict[str, Any] = {"name": name, "kind": kind, "params": params}
     if kind == "method":
         payload["verifier_params"] = rule
 
@@ -1319,13 +1329,13 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except _usage_errors() as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `modelseal` alone, or a group alone: its help
-            e.show()
+            e.show()  # type: ignore[attr-defined]
             return 2
         if _debug:
             traceback.print_exception(e)
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _error_line(_one_line(e.format_message()) + hint)
+        _error_line(_one_line(e.format_message()) + hint)  # type: ignore[attr-defined]
         return 2
     except _aborts():
         _error_line("aborted")

@@ -38,7 +38,7 @@ import os
 import signal
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +273,7 @@ def check_distinct(paths: dict[str, str | os.PathLike | None] | Sequence[tuple[s
 
 
 def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], force: bool = False, *,
-                  inputs: dict[str, str | os.PathLike | None] | None = None) -> None:
+                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
     """Everything `write_files` refuses, checked before any work is done: `outputs` (label, path) are
     distinct files, none is one of `inputs`, and each can be written (see `check_writable`)."""
     paths = [Path(p) for _, p in outputs]
@@ -356,7 +356,7 @@ class _SignalsHeld:
 
 def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: bool = False, *,
                 private: Iterable[str | os.PathLike] = (),
-                inputs: dict[str, str | os.PathLike | None] | None = None,
+                inputs: Mapping[str, str | os.PathLike | None] | None = None,
                 names: Sequence[str] | None = None) -> list[Path]:
     """Write several files as one unit: all of them, or none (the old files stay as they were).
 

@@ -26,6 +26,7 @@ import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from . import validate
@@ -37,6 +38,7 @@ MAX_SEED = 2**63 - 1
 MAX_TEXT = 4096  # longest free-text parameter (a path, a beacon, a layer name)
 _KEY = "modelseal"
 _TYPES = {"int", "float", "str", "bool", "list"}
+_Error = type[ModelSealError]  # named here: inside Spec, `type` is the field of that name
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class Spec:
             text = "see meaning"
         return text + (" or none" if self.optional else "")
 
-    def check(self, value: Any, error: type[ModelSealError] = ModelSealError) -> Any:
+    def check(self, value: Any, error: _Error = ModelSealError) -> Any:
         """`value` if it fits this parameter (numbers are range-checked, texts bounded); else `error`."""
         if value is None:
             if self.optional:
@@ -199,8 +201,8 @@ def fields_of(cls: type) -> list[Spec]:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return None
 
 
@@ -264,7 +266,7 @@ def declared_defaults(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ source
-_FACTORIES = {"param": param, "seed_param": seed_param, "device_param": device_param, "batch_param": batch_param,
+_FACTORIES: dict[str, Callable[..., Any]] = {"param": param, "seed_param": seed_param, "device_param": device_param, "batch_param": batch_param,
               "progress_field": progress_field, "vparam": vparam, "verifier": verifier}
 _SAFE_MODULES = {"validate": validate, "schema": __import__(__name__, fromlist=["x"])}
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -287,11 +289,15 @@ class _Evaluator:
                 for a in node.names:
                     self.imported[a.asname or a.name] = (target, a.name)
         for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else \
-                [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
+            if isinstance(node, ast.Assign):
+                targets, value = node.targets, node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                targets, value = [node.target], node.value
+            else:
+                continue
             if len(targets) == 1 and isinstance(targets[0], ast.Name):
                 try:
-                    self.consts[targets[0].id] = self.eval(node.value)  # type: ignore[arg-type]
+                    self.consts[targets[0].id] = self.eval(value)
                 except Exception:  # noqa: BLE001 - a constant this reader cannot evaluate is simply not known
                     pass
 
@@ -338,9 +344,13 @@ class _Evaluator:
             return _BINOPS[type(node.op)](self.eval(node.left), self.eval(node.right))
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "math.sqrt":
             return math.sqrt(self.eval(node.args[0]))
-        factory = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else \
-            node.func.attr if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("schema.") else None
-        if isinstance(node, ast.Call) and factory in _FACTORIES:
+        factory = None
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                factory = node.func.id
+            elif isinstance(node.func, ast.Attribute) and ast.unparse(node.func).startswith("schema."):
+                factory = node.func.attr
+        if isinstance(node, ast.Call) and factory is not None and factory in _FACTORIES:
             args = [self.eval(a) for a in node.args]
             kw = {k.arg: self.eval(k.value) for k in node.keywords if k.arg}
             return _FACTORIES[factory](*args, **kw)

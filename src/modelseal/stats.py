@@ -166,12 +166,14 @@ def sequential_schedule(budget: int, batch: int) -> list[int]:
 
 
 def sequential_test(answer: Callable[[int, int], np.ndarray], budget: int, p0: float, alpha: float,
-                    batch: int) -> dict[str, Any]:
+                    batch: int, available: int | None = None) -> dict[str, Any]:
     """Sequential binomial test: `answer(lo, hi)` returns match booleans of items lo..hi-1 (in order).
 
     Looks are at batch, 2*batch, ..., budget. Stops when the adjusted p-value <= alpha ("owned"), when
     alpha can no longer be reached even if every remaining item matched ("futile"), or at the budget.
     When even `budget` matches out of `budget` cannot reach alpha, nothing is asked and `stop` says so.
+    `available` (a recorded transcript's length, at least the first look) stops the test at its last
+    complete look inside it ("transcript ends").
     """
     if budget < 1:
         return {"owned": False, "p_value": 1.0, "p_nominal": 1.0, "score": 0.0, "threshold": float("inf"),
@@ -185,14 +187,17 @@ def sequential_test(answer: Callable[[int, int], np.ndarray], budget: int, p0: f
                 "threshold": float("inf"), "matches": 0, "queried": 0, "looks": 0, "reachable": False,
                 "stop": f"unreachable: even {budget} matches out of {budget} cannot reach alpha = {alpha:g}; "
                         "raise the query budget"}
-    matches, queried, best = 0, 0, 1.0
+    matches, queried, best, looks = 0, 0, 1.0, 0
     stop = "budget"
     for j, size in enumerate(schedule):
+        if available is not None and size > available:
+            stop = "transcript ends"
+            break
         hits = np.asarray(answer(queried, size), dtype=bool)
         if hits.shape != (size - queried,):
             raise ValueError(f"expected {size - queried} answers, got {hits.shape}")
         matches += int(hits.sum())
-        queried = size
+        queried, looks = size, j + 1
         nominal = seq.nominal(j, matches)
         best = min(best, nominal)
         p_adj = seq.adjusted(best)
@@ -204,14 +209,13 @@ def sequential_test(answer: Callable[[int, int], np.ndarray], budget: int, p0: f
             if seq.adjusted(min(best, seq.nominal(len(schedule) - 1, matches + rest))) > alpha:
                 stop = "futile"
                 break
-    need = next((c for c in range(queried + 1) if seq.adjusted(min(best, seq.nominal(j, c))) <= alpha), None)
+    if looks == 0:
+        raise ValueError(f"the transcript holds {available} answers, fewer than the first look ({schedule[0]})")
+    last = looks - 1
+    need = next((c for c in range(queried + 1) if seq.adjusted(min(best, seq.nominal(last, c))) <= alpha), None)
     return {**base, "owned": p_adj <= alpha, "p_value": p_adj, "p_nominal": nominal, "p_nominal_min": best,
             "score": matches / queried, "threshold": (need / queried) if need is not None else float("inf"),
-            "matches": matches, "queried": queried, "looks": j + 1, "stop": stop, "reachable": True}
-
-
-class _TranscriptEnds(Exception):
-    pass
+            "matches": matches, "queried": queried, "looks": looks, "stop": stop, "reachable": True}
 
 
 def sequential_replay(hits: Sequence[bool], budget: int, p0: float, alpha: float, batch: int,
@@ -237,9 +241,7 @@ def sequential_replay(hits: Sequence[bool], budget: int, p0: float, alpha: float
 
     def answer(lo: int, hi: int) -> np.ndarray:
         if hi > len(arr):
-            if exact:
-                raise ValueError(f"the transcript holds {len(arr)} answers but the test asks for {hi}")
-            raise _TranscriptEnds
+            raise ValueError(f"the transcript holds {len(arr)} answers but the test asks for {hi}")
         return arr[lo:hi]
 
     if exact:
@@ -248,35 +250,7 @@ def sequential_replay(hits: Sequence[bool], budget: int, p0: float, alpha: float
             raise ValueError(f"the transcript holds {len(arr)} answers but the test stops after {res['queried']}")
         return res
     # the checker's rule: the same test (the same planned looks), cut at the transcript's end
-    try:
-        return sequential_test(answer, budget, p0, alpha, batch)
-    except _TranscriptEnds:
-        return _sequential_prefix(arr, budget, p0, alpha, batch)
-
-
-def _sequential_prefix(arr: np.ndarray, budget: int, p0: float, alpha: float, batch: int) -> dict[str, Any]:
-    """The state of the sequential test (planned looks up to `budget`) after the looks `arr` covers."""
-    cut = len(arr)
-    schedule = sequential_schedule(budget, batch)
-    seq = sequential_design(tuple(schedule), float(p0))
-    matches, queried, best, j = 0, 0, 1.0, -1
-    p_adj = 1.0
-    for j, size in enumerate(schedule):
-        if size > cut:
-            j -= 1
-            break
-        matches += int(arr[queried:size].sum())
-        queried = size
-        best = min(best, seq.nominal(j, matches))
-        p_adj = seq.adjusted(best)
-        if p_adj <= alpha:
-            break
-    need = next((c for c in range(queried + 1) if seq.adjusted(min(best, seq.nominal(j, c))) <= alpha), None)
-    return {"planned_looks": len(schedule), "batch": batch, "budget": budget, "owned": p_adj <= alpha,
-            "p_value": p_adj, "p_nominal": seq.nominal(j, matches), "p_nominal_min": best,
-            "score": matches / queried, "threshold": (need / queried) if need is not None else float("inf"),
-            "matches": matches, "queried": queried, "looks": j + 1,
-            "stop": "owned" if p_adj <= alpha else "transcript ends", "reachable": True}
+    return sequential_test(answer, budget, p0, alpha, batch, available=len(arr))
 
 
 # ------------------------------------------------------------------------------------------- correlation

@@ -23,10 +23,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ModelSealError, RegistryError
-from .base import BASES, Fingerprint, Lock, Method, PerUser, Watermark
+from .base import BASES, Fingerprint, Judging, Lock, Method, PerUser, Watermark
 
 FAMILIES: dict[str, tuple[str, str | None]] = {
     "watermark": ("embed", "verify"),
@@ -93,7 +93,7 @@ def register(name: str, *, family: str, access: str):
                                 f"modelseal.methods.base.{BASES[family].__name__}")
         protect = FAMILIES[family][0]
         if getattr(cls, protect) is getattr(BASES[family], protect) or \
-                (family != "lock" and cls.decide is BASES[family].decide):
+                (family != "lock" and getattr(cls, "decide") is getattr(BASES[family], "decide")):
             raise RegistryError(f"method '{name}' of family '{family}' does not implement "
                                 f"{protect}{'' if family == 'lock' else ' and decide'}")
         cls.name, cls.access = name, access
@@ -186,7 +186,7 @@ def protect(method: Any, model: Any, data: Any = None, input_spec: Any = None, p
     return Protected(list(out) if isinstance(out, (list, tuple)) else [out], key, commit(key))
 
 
-def _require(key: Any, cls: type) -> None:
+def _require(key: Any, cls: type[Method]) -> None:
     """KeyFormatError unless `key` holds what its method declares (`key_params`, `key_tensors`)."""
     key.require(params=cls.key_params, tensors=cls.key_tensors)
 
@@ -195,7 +195,7 @@ def restore(locked: Any, key: Any, **kw: Any) -> Any:
     """Undo a lock with its key (lock family)."""
     mi = require_family(key.method, "lock", "unlock")
     _require(key, mi.cls)
-    return mi.cls().unlock(locked, key, **kw)
+    return cast(Lock, mi.cls()).unlock(locked, key, **kw)
 
 
 def declared(name: str) -> dict[str, Any]:
@@ -253,7 +253,7 @@ def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> An
     if commitment is not None:
         public = commitment if isinstance(commitment, dict) else _commitment.load(commitment)
         open_commitment(key, public)
-    v = mi.cls().judge(suspect, key, **verifier)
+    v = cast(Judging, mi.cls()).judge(suspect, key, **verifier)
     v.details["commitment_checked"] = public is not None
     if public is not None:
         used = {k: verifier.get(k, allowed[k].default) for k in public.get("declared", {}) if k in allowed}

@@ -159,16 +159,25 @@ class RemoteBackend:
         raise TypeError("a RemoteBackend holds a connection and a token and cannot be pickled or copied")
 
     # ----------------------------------------------------------------- metadata
-    def _read_server_metadata(self, path: str) -> None:
-        status, body, _ = self._request("GET", path, what="server metadata")
+    def _get_json(self, path: str, what: str, missing: str, fatal: tuple[int, ...] = ()) -> dict[str, Any] | None:
+        """GET `path` and parse a JSON object; None (logged: `missing`) when the server has none to give.
+        A status in `fatal` is an error."""
+        status, body, _ = self._request("GET", path, what=what)
+        if status in fatal:
+            raise SuspectError(self._status_message(status, body))
         if status != 200:
-            log.debug("server metadata unavailable (HTTP %s); assuming JSON tensors only", status)
-            return
+            log.debug("%s unavailable (HTTP %s); %s", what, status, missing)
+            return None
         try:
             meta = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
-            return
-        if isinstance(meta, dict):
+            log.debug("%s is not JSON; %s", what, missing)
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _read_server_metadata(self, path: str) -> None:
+        meta = self._get_json(path, "server metadata", "assuming JSON tensors only")
+        if meta is not None:
             self.server_metadata = meta
 
     def _named(self, entries: list[dict[str, Any]], name: str, kind: str) -> dict[str, Any]:
@@ -180,18 +189,8 @@ class RemoteBackend:
         return entries[names.index(name)]
 
     def _read_metadata(self, label_only: bool | None) -> None:
-        status, body, _ = self._request("GET", self.path, what="model metadata")
-        if status in (401, 403, 404):
-            raise SuspectError(self._status_message(status, body))
-        if status != 200:
-            log.debug("model metadata unavailable (HTTP %s); input shape unknown", status)
-            return
-        try:
-            meta = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
-            log.debug("model metadata is not JSON; input shape unknown")
-            return
-        if not isinstance(meta, dict):
+        meta = self._get_json(self.path, "model metadata", "input shape unknown", fatal=(401, 403, 404))
+        if meta is None:
             return
         self.metadata = meta
         inputs = _entries(meta, "inputs")
