@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MLS_VENV := .venv-mlserver
 MLS_VERSION := 1.7.1
 
-.PHONY: install test typecheck demo bench lint clean
+.PHONY: install test test-fast typecheck demo bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# the type check ([tool.mypy] in pyproject.toml) runs first: CI (.ci/run) runs `make test`
+# the type check ([tool.mypy] in pyproject.toml) runs first: CI (.ci/run) runs `make test`, the whole suite
 test: typecheck
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# the developer's loop: a plain `pytest` leaves out the tests marked slow (addopts in pyproject.toml)
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 typecheck: $(STAMP)
