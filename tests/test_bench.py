@@ -17,7 +17,7 @@ from modelseal import bench  # noqa: E402
 from modelseal.attacks.queries import PerturbQueries, jpeg_like  # noqa: E402
 from modelseal.bench import backends, driver, jobs  # noqa: E402
 from modelseal.bench.report import SECTIONS  # noqa: E402
-from modelseal.bench.scenario import ScenarioError  # noqa: E402
+from modelseal.bench.scenario import Protection, ScenarioError  # noqa: E402
 from modelseal.bench.store import Store  # noqa: E402
 from modelseal.errors import ModelSealError, OutputExistsError  # noqa: E402
 
@@ -222,12 +222,16 @@ def test_negative_of_another_architecture_is_not_accused_and_says_why():
     ms.train.fit(owner, d.owner, epochs=2, seed=0, progress=False)
     _, key = ms.methods.get("deepmarks")(users=7, epochs=1, seed=0).distribute(owner, d.owner, progress=False)
     other = ms.models.build("cnn", d.meta, seed=1)
-    prot = {"label": "deepmarks", "method": "deepmarks", "family": "per-user"}
-    neg = {"id": "n0", "label": "cnn#0", "arch": "cnn"}
-    row = jobs.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(other), key.to_bytes(), "cpu", 1)
+    prot = Protection("deepmarks", "deepmarks", "per-user", {})
+
+    def neg(model):
+        return jobs.NegativeJob("n0", "cnn#0", "cnn", 0.5, ms.models.model_to_bytes(model), prot, 0, key.to_bytes(),
+                                [], 1e-6, "cpu", 1)
+
+    row = jobs.job_negative(neg(other))
     assert row["status"] == "ok" and row["owned"] is False and row["innocents_accused"] == 0
     assert row["p_value"] is None and "layer" in row["detail"]["not_applicable"]
     # a negative the key does apply to gets a real verdict with a p-value
     same = ms.models.build("mlp", d.meta, seed=2)
-    row = jobs.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(same), key.to_bytes(), "cpu", 1)
+    row = jobs.job_negative(neg(same))
     assert row["status"] == "ok" and row["p_value"] is not None and row["innocents_accused"] == 0
