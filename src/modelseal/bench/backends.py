@@ -79,7 +79,7 @@ class RayBackend:
             except Exception as e:  # ConnectionError and friends, as one line
                 raise ModelSealError(f"cannot start or reach Ray ({address or 'local'}): {e}") from None
             self.started = True
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+        self._remote: Any = ray.remote(num_cpus=1, max_retries=0)(_call)
 
     def share(self, value: Any) -> Any:
         return self.ray.put(value)

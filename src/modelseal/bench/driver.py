@@ -293,7 +293,7 @@ def summarize(store: Store, sc: Scenario, out: Path, backend: str, todo: Plan, r
               owner_acc: float | None, seconds: float) -> dict[str, Any]:
     """The run's summary (also stored as the `last_run` meta)."""
     finished = len(store.done_cells() & {c.id for c in sc.cells})
-    summary = {"scenario": sc.name, "out_dir": str(out), "db": str(out / DB_NAME), "backend": backend,
+    summary: dict[str, Any] = {"scenario": sc.name, "out_dir": str(out), "db": str(out / DB_NAME), "backend": backend,
                "cells": len(sc.cells), "ran": ran, "skipped_finished": len(sc.cells) - len(todo.pending),
                "finished": finished, "pending": len(sc.cells) - finished, "errors": errors,
                "negatives": len(store.done_negatives()), "owner_accuracy": owner_acc,

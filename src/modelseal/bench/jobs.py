@@ -28,7 +28,6 @@ from .backends import Shared
 from .scenario import AttackVariant, Protection
 from .store import REMOVAL_MARGIN
 
-
 Blob = bytes | Shared
 Blobs = list[bytes] | Shared
 
