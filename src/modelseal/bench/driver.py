@@ -219,16 +219,16 @@ def train_models(ctx: Context, items: list[TrainItem]) -> Trained:
 
 def protect(ctx: Context, todo: Plan, trained: Trained) -> dict[tuple[str, int], Protected]:
     """Protect the owner with every needed protection and seed; cached protections are read back."""
-    prot_of = {p.label: p for p in ctx.sc.protections}
+    cache, prot_of = ctx.cache, {p.label: p for p in ctx.sc.protections}
     out: dict[tuple[str, int], Protected] = {}
     jobs, ids = [], []
     for label, s in sorted(todo.needed):
         p = prot_of[label]
         pid = "prot-" + spec_digest({"owner": ctx.sc.owner_spec(), "method": p.method, "params": p.params,
                                      "seed": s})
-        art, keyp = ctx.store.artifact(pid), ctx.cache / f"{pid}.key"
+        art, keyp = ctx.store.artifact(pid), cache / f"{pid}.key"
         if art is not None and keyp.is_file():
-            models = [(ctx.cache / f"{pid}-{i}.safetensors").read_bytes() for i in range(art["info"]["copies"])]
+            models = [(cache / f"{pid}-{i}.safetensors").read_bytes() for i in range(art["info"]["copies"])]
             out[(label, s)] = Protected(pid, art["info"], keyp.read_bytes(), models)
         else:  # the owner is among the trained models whenever a protection is needed
             jobs.append(ProtectJob(p, s, ctx.data, trained.blobs[todo.owner_id], ctx.device, ctx.sc.threads))
@@ -236,8 +236,8 @@ def protect(ctx: Context, todo: Plan, trained: Trained) -> dict[tuple[str, int],
     for i, res in ctx.backend.map(job_protect, jobs):
         job, pid = jobs[i], ids[i]
         for j, m in enumerate(res["models"]):
-            (ctx.cache / f"{pid}-{j}.safetensors").write_bytes(m)
-        write_atomic(ctx.cache / f"{pid}.key", res["key"], force=True, private=True)  # 0600, as every key
+            (cache / f"{pid}-{j}.safetensors").write_bytes(m)
+        write_atomic(cache / f"{pid}.key", res["key"], force=True, private=True)  # 0600, as every key
         p = job.protection
         info = {**res["info"], "protection": p.label, "method": p.method, "family": p.family, "seed": job.seed}
         ctx.store.put_artifact(pid, "protection", f"{p.label} seed {job.seed}", info, res["wall_s"])
