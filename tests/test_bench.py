@@ -235,3 +235,21 @@ def test_negative_of_another_architecture_is_not_accused_and_says_why():
     same = ms.models.build("mlp", d.meta, seed=2)
     row = jobs.job_negative(neg(same))
     assert row["status"] == "ok" and row["p_value"] is not None and row["innocents_accused"] == 0
+
+
+def _spec_job(key, references):
+    return jobs.NegativeJob("n0", "mlp#0", "mlp", 0.5, b"model", Protection("tafa", "tafa", "fingerprint", {}), 0,
+                            key, references, 1e-6, "cpu", 1)
+
+
+def test_a_backend_hands_each_job_its_shared_values():
+    """A job spec's `Shared` fields reach the job as the values the backend shared; other fields as given."""
+    job = _spec_job(backends.Shared("k:tafa:0"), backends.Shared("refs"))
+    ((i, got),) = list(backends.LocalBackend().map(lambda j: j, [job], {"k:tafa:0": b"KEY", "refs": [b"R"]}))
+    assert i == 0 and got.key == b"KEY" and got.references == [b"R"] and got.model == b"model"
+    assert job.key == backends.Shared("k:tafa:0")  # specs are frozen: the original is untouched
+
+
+def test_a_job_run_without_its_backend_says_so_in_its_row():
+    row = jobs.job_negative(_spec_job(backends.Shared("k:tafa:0"), []))
+    assert row["status"] == "error" and "unresolved shared value 'k:tafa:0'" in row["detail"]["error"]

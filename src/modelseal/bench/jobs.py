@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from .backends import Shared
 from .scenario import AttackVariant, Protection
 from .store import REMOVAL_MARGIN
 
+T = TypeVar("T")
 Blob = bytes | Shared
 Blobs = list[bytes] | Shared
 
@@ -100,14 +101,8 @@ class NegativeJob:
     threads: int
 
 
-def _bytes(v: Blob) -> bytes:
+def _value(v: T | Shared) -> T:
     if isinstance(v, Shared):  # the backend resolves handles before a job runs
-        raise ModelSealError(f"bench job got the unresolved shared value '{v.name}'; run it through a backend")
-    return v
-
-
-def _list(v: Blobs) -> list[bytes]:
-    if isinstance(v, Shared):
         raise ModelSealError(f"bench job got the unresolved shared value '{v.name}'; run it through a backend")
     return v
 
@@ -177,7 +172,7 @@ def job_protect(job: ProtectJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     with _job_env(job.seed, job.threads):
         splits = _splits(job.data.data, job.data.data_seed)
-        model = model_from_bytes(_bytes(job.owner)).to(_device(job.device))
+        model = model_from_bytes(_value(job.owner)).to(_device(job.device))
         mi = methods.info(prot.method)
         params = protect_params(mi.cls, prot.params)
         method = mi.cls(**{"seed": job.seed, **params})
@@ -267,8 +262,8 @@ def _judge_cell(job: CellJob, row: dict[str, Any], attack: Any, attacked: Any, u
                    detail={"recovered_acc": row["attacked_acc"]})
         return
     suspect = Suspect(attacked) if attack is None else attack.wrap(Suspect(attacked), splits.meta)
-    v = methods.judge(suspect, Key.from_bytes(_bytes(job.key)),
-                      **_verifier(job.protection, job.alpha, _list(job.references), dev))
+    v = methods.judge(suspect, Key.from_bytes(_value(job.key)),
+                      **_verifier(job.protection, job.alpha, _value(job.references), dev))
     row.update(_row_of(v))
     if v.accused is not None:
         row.update(colluders=users, colluders_found=len(set(row["accused"]) & set(users)),
@@ -288,7 +283,7 @@ def job_cell(job: CellJob) -> dict[str, Any]:
             splits = _splits(job.data.data, job.data.data_seed)
             dev = _device(job.device)
             mi = methods.info(job.protection.method)
-            copies = [model_from_bytes(b).to(dev) for b in _list(job.models)]
+            copies = [model_from_bytes(b).to(dev) for b in _value(job.models)]
             attack = None if job.attack.attack == "none" else \
                 attacks.get(job.attack.attack)(**job.attack.params, seed=job.seed)
             reason = _skip_reason(attack, mi.access, mi.family, len(copies), job.protection.method)
@@ -333,9 +328,9 @@ def job_negative(job: NegativeJob) -> dict[str, Any]:
     try:
         with _job_env(job.seed, job.threads):
             dev = _device(job.device)
-            key = Key.from_bytes(_bytes(job.key))
-            model = model_from_bytes(_bytes(job.model)).to(dev)
-            v = methods.judge(Suspect(model), key, **_verifier(prot, job.alpha, _list(job.references), dev))
+            key = Key.from_bytes(_value(job.key))
+            model = model_from_bytes(_value(job.model)).to(dev)
+            v = methods.judge(Suspect(model), key, **_verifier(prot, job.alpha, _value(job.references), dev))
             row.update(_row_of(v))
             row.pop("threshold")
             if v.accused is not None:
