@@ -53,6 +53,7 @@ COST_ORDER = ("data_fraction", "queries", "attack_wall_s")  # cheapest first, in
 
 Row = dict[str, Any]
 
+
 def _owned(c: dict[str, Any]) -> bool:
     return bool(c.get("owned"))
 
@@ -272,8 +273,6 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
     return rows
 
 
-
-
 def alpha_text(alpha: Any) -> str:
     if alpha is None:
         return "–"
@@ -282,13 +281,12 @@ def alpha_text(alpha: Any) -> str:
     return f"{alpha:.0e}"
 
 
-
 def cost_key(c: Row) -> tuple[float, int, float, str]:
     """Sort key of an attacked cell by its recorded cost (`COST_ORDER`), cheapest first; a cost not recorded
     (older databases) sorts last."""
     cost = c.get("cost") or {}
-    wall = c.get("attack_wall_s")
-    return (float(cost.get("data_fraction", math.inf)), int(cost.get("queries", 2**62)),
+    data, queries, wall = cost.get("data_fraction"), cost.get("queries"), c.get("attack_wall_s")
+    return (math.inf if data is None else float(data), 2**62 if queries is None else int(queries),
             math.inf if wall is None else float(wall), attack_text(c))
 
 
