@@ -253,3 +253,22 @@ def test_a_backend_hands_each_job_its_shared_values():
 def test_a_job_run_without_its_backend_says_so_in_its_row():
     row = jobs.job_negative(_spec_job(backends.Shared("k:tafa:0"), []))
     assert row["status"] == "error" and "unresolved shared value 'k:tafa:0'" in row["detail"]["error"]
+
+
+def test_a_resumed_run_records_key_parameters_an_older_run_did_not(resumed):
+    out, _, _ = resumed
+    with Store(out / "results.sqlite") as s:
+        recorded = s.protection_params()
+        for a in s.artifacts():
+            if a["kind"] == "protection":
+                a["info"].pop("key_params")
+                s.put_artifact(a["artifact_id"], a["kind"], a["label"], a["info"], a["wall_s"])
+        assert s.protection_params() == {}
+        s.db.execute("DELETE FROM cells WHERE attack = 'none'")  # one pending cell per protection
+        s.db.commit()
+    assert recorded["trigger-set"]["n"] == 20 and set(recorded) == {"trigger-set", "tafa"}
+    summary = bench.run(TINY, out)
+    assert summary["ran"] == 2 and summary["pending"] == 0  # nothing else reruns: the protections come from
+    # the cache, and their parameters from the cached keys
+    with Store(out / "results.sqlite") as s:
+        assert s.protection_params() == recorded

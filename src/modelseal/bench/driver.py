@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputExistsError
+from ..keys import Key
 from ..runtime import track
 from ..safeio import write_atomic
 from . import scenario as scenario_mod
@@ -230,6 +231,9 @@ def protect(ctx: Context, todo: Plan, trained: Trained) -> dict[tuple[str, int],
         if art is not None and keyp.is_file():
             models = [(cache / f"{pid}-{i}.safetensors").read_bytes() for i in range(art["info"]["copies"])]
             out[(label, s)] = Protected(pid, art["info"], keyp.read_bytes(), models)
+            if "key_params" not in art["info"]:  # a run folder from before key parameters were recorded
+                art["info"]["key_params"] = Key.from_bytes(out[(label, s)].key).params
+                ctx.store.put_artifact(pid, art["kind"], art["label"], art["info"], art["wall_s"])
         else:  # the owner is among the trained models whenever a protection is needed
             jobs.append(ProtectJob(p, s, ctx.data, trained.blobs[todo.owner_id], ctx.device, ctx.sc.threads))
             ids.append(pid)
