@@ -17,7 +17,7 @@ from modelseal import bench  # noqa: E402
 from modelseal.attacks.queries import PerturbQueries, jpeg_like  # noqa: E402
 from modelseal.bench import backends, driver, jobs  # noqa: E402
 from modelseal.bench.report import SECTIONS  # noqa: E402
-from modelseal.bench.scenario import ScenarioError  # noqa: E402
+from modelseal.bench.scenario import Protection, ScenarioError  # noqa: E402
 from modelseal.bench.store import Store  # noqa: E402
 from modelseal.errors import ModelSealError, OutputExistsError  # noqa: E402
 
@@ -222,12 +222,53 @@ def test_negative_of_another_architecture_is_not_accused_and_says_why():
     ms.train.fit(owner, d.owner, epochs=2, seed=0, progress=False)
     _, key = ms.methods.get("deepmarks")(users=7, epochs=1, seed=0).distribute(owner, d.owner, progress=False)
     other = ms.models.build("cnn", d.meta, seed=1)
-    prot = {"label": "deepmarks", "method": "deepmarks", "family": "per-user"}
-    neg = {"id": "n0", "label": "cnn#0", "arch": "cnn"}
-    row = jobs.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(other), key.to_bytes(), "cpu", 1)
+    prot = Protection("deepmarks", "deepmarks", "per-user", {})
+
+    def neg(model):
+        return jobs.NegativeJob("n0", "cnn#0", "cnn", 0.5, ms.models.model_to_bytes(model), prot, 0, key.to_bytes(),
+                                [], 1e-6, "cpu", 1)
+
+    row = jobs.job_negative(neg(other))
     assert row["status"] == "ok" and row["owned"] is False and row["innocents_accused"] == 0
     assert row["p_value"] is None and "layer" in row["detail"]["not_applicable"]
     # a negative the key does apply to gets a real verdict with a p-value
     same = ms.models.build("mlp", d.meta, seed=2)
-    row = jobs.job_negative(neg, prot, 0, {}, 0.5, ms.models.model_to_bytes(same), key.to_bytes(), "cpu", 1)
+    row = jobs.job_negative(neg(same))
     assert row["status"] == "ok" and row["p_value"] is not None and row["innocents_accused"] == 0
+
+
+def _spec_job(key, references):
+    return jobs.NegativeJob("n0", "mlp#0", "mlp", 0.5, b"model", Protection("tafa", "tafa", "fingerprint", {}), 0,
+                            key, references, 1e-6, "cpu", 1)
+
+
+def test_a_backend_hands_each_job_its_shared_values():
+    """A job spec's `Shared` fields reach the job as the values the backend shared; other fields as given."""
+    job = _spec_job(backends.Shared("k:tafa:0"), backends.Shared("refs"))
+    ((i, got),) = list(backends.LocalBackend().map(lambda j: j, [job], {"k:tafa:0": b"KEY", "refs": [b"R"]}))
+    assert i == 0 and got.key == b"KEY" and got.references == [b"R"] and got.model == b"model"
+    assert job.key == backends.Shared("k:tafa:0")  # specs are frozen: the original is untouched
+
+
+def test_a_job_run_without_its_backend_says_so_in_its_row():
+    row = jobs.job_negative(_spec_job(backends.Shared("k:tafa:0"), []))
+    assert row["status"] == "error" and "unresolved shared value 'k:tafa:0'" in row["detail"]["error"]
+
+
+def test_a_resumed_run_records_key_parameters_an_older_run_did_not(resumed):
+    out, _, _ = resumed
+    with Store(out / "results.sqlite") as s:
+        recorded = s.protection_params()
+        for a in s.artifacts():
+            if a["kind"] == "protection":
+                a["info"].pop("key_params")
+                s.put_artifact(a["artifact_id"], a["kind"], a["label"], a["info"], a["wall_s"])
+        assert s.protection_params() == {}
+        s.db.execute("DELETE FROM cells WHERE attack = 'none'")  # one pending cell per protection
+        s.db.commit()
+    assert recorded["trigger-set"]["n"] == 20 and set(recorded) == {"trigger-set", "tafa"}
+    summary = bench.run(TINY, out)
+    assert summary["ran"] == 2 and summary["pending"] == 0  # nothing else reruns: the protections come from
+    # the cache, and their parameters from the cached keys
+    with Store(out / "results.sqlite") as s:
+        assert s.protection_params() == recorded

@@ -1,4 +1,5 @@
-"""The report answers "what survived?": one decision for the HTML headline, the terminal and the demo."""
+"""The report answers "what survived?": one decision (`bench.outcomes`) for the HTML headline, the terminal and
+the demo."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from modelseal.bench.report import LOCK_HELD_MARGIN, cell_outcome, survival, survival_table
+from modelseal.bench import outcomes
+from modelseal.bench.outcomes import LOCK_HELD_MARGIN, cell_outcome, survival
+from modelseal.bench.report import survival_table
 from modelseal.bench.store import Store
 
 report_mod = importlib.import_module("modelseal.bench.report")  # the package's `report` is the function
@@ -142,8 +145,8 @@ def test_terminal_and_html_say_the_same(db, html_text):
         assert f"id='{sec}'" in text, sec
     assert text.index("id='headline'") < text.index("id='summary'") < text.index("id='plot-scores'")
     headline = text.split("<section id='headline'>")[1].split("</section>")[0]
-    console = Console(record=True, width=400)
-    rs = report_mod.survival_from_db(db)
+    console = Console(record=True, width=600)  # one line per cell: 7 columns
+    rs = outcomes.survival_from_db(db)
     console.print(survival_table(rs))
     terminal = console.export_text()
     for r in rs:
@@ -190,7 +193,7 @@ def test_an_old_database_without_alpha_still_reports(tmp_path):
         assert cell["alpha"] is None
         s.put_cell({**cell, "cell_id": "y", "alpha": 1e-3})
         assert sorted(c["alpha"] or 0 for c in s.cells()) == [0, 1e-3]
-    rs = report_mod.survival_from_db(old)
+    rs = outcomes.survival_from_db(old)
     assert rs[0]["alpha"] == [1e-6, 1e-3]  # the default for the old row, the recorded one for the new
 
 
@@ -204,7 +207,7 @@ def test_bench_report_command_prints_the_headline(db, tmp_path):
     r = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--json"])
     assert r.exit_code == 0, r.output
     payload = json.loads(r.stdout)
-    assert payload["survival"] == report_mod.survival_from_db(db)
+    assert payload["survival"] == outcomes.survival_from_db(db)
     human = CliRunner().invoke(app, ["bench", "report", str(db), "--out", str(tmp_path / "r.html"), "--force"])
     assert human.exit_code == 0 and "What survived?" in human.output and "recovered" in human.output  # 80 columns
 
@@ -267,9 +270,9 @@ def test_every_headline_cell_recomputed_from_the_database(db, html_text):
     from rich.console import Console
 
     want = _expected_headline(*_raw_rows(db))
-    rows_ = _by_prot(report_mod.survival_from_db(db))
+    rows_ = _by_prot(outcomes.survival_from_db(db))
     headline = html_text.split("<section id='headline'>")[1].split("</section>")[0]
-    console = Console(record=True, width=500)
+    console = Console(record=True, width=600)
     console.print(survival_table(list(rows_.values())))
     terminal = console.export_text()
     for prot, w in want.items():
@@ -310,7 +313,7 @@ def test_a_risen_accuracy_is_not_a_cost_and_a_damaging_attack_is_not_survived():
     r = survival(risen, negatives)[0]
     assert r["accuracy_cost_text"] == "none: accuracy rose 2.4 points (0.923 -> 0.947)"
     assert r["verdict"].startswith("survived 0 of 1 attacks; 1 more left it undetected")
-    assert report_mod.cost_text(0.9, 0.9) == "none: accuracy unchanged (0.900 -> 0.900)"
+    assert outcomes.cost_text(0.9, 0.9) == "none: accuracy unchanged (0.900 -> 0.900)"
 
 
 def test_never_detected_says_why_from_the_verdict_details():
@@ -348,3 +351,82 @@ def test_count_sweeps_get_whole_ticks_and_tables_wrap(html_text):
     assert "<td class='w'>" in cells_sec and "max-width:100%" in html_text
     methods = html_text.split("<section id='methods'>")[1].split("</section>")[0]
     assert "<b>ROC AUC</b> = " in methods and "<b>Uniqueness Score</b>" in methods
+
+
+# ------------------------------------------------------------------ issue 24: the cheapest attack that removed it
+def _removal(attack: str, data_fraction: float, queries: int, wall: float, *, acc: float = 0.91,
+             owned: bool = False) -> dict:
+    return _cell("trigger-set", "watermark", attack, {}, owned=owned, acc=acc, p=1e-9 if owned else 0.3,
+                 cost={"data_fraction": data_fraction, "queries": queries, "examples": int(2000 * data_fraction)},
+                 attack_wall_s=wall)
+
+
+def test_headline_names_the_cheapest_attack_that_removed_it(tmp_path):
+    """Of the attacks that removed the mark, the headline names the one that used the least data, then the
+    fewest queries, then the least time; cheaper attacks that did not remove it are never named."""
+    cells = [
+        _cell("trigger-set", "watermark", "none", {}, owned=True, acc=OWNER, p=1e-9),
+        _removal("finetune", 1.0, 0, 0.5),                # removed, but used all the data
+        _removal("knockoff", 0.5, 1000, 9.0),             # half the data, 1000 queries
+        _removal("distill", 0.5, 200, 30.0),              # half the data, fewer queries, slower: the cheapest
+        _removal("prune", 0.0, 0, 0.1, owned=True),       # cheapest of all, but the mark survived it
+        _removal("noise", 0.0, 0, 0.1, acc=0.5),          # free, but it wrecked the model: not a removal
+    ]
+    path = tmp_path / "results.sqlite"
+    with Store(path) as s:
+        for c in cells:
+            s.put_cell(c)
+    (row,) = outcomes.survival_from_db(path)
+    assert row["cheapest_removal"].startswith("distill: 50% of the attacker's data, 200 queries, 30.0 s")
+    assert sorted(x.split(" ")[0] for x in row["removed_by"]) == ["distill", "finetune", "knockoff"]
+    assert [x.split(" ")[0] for x in row["survived"]] == ["noise", "prune"]
+    html_text = report_mod.report(path, tmp_path / "r.html").read_text()
+    headline = html_text.split("<section id='headline'>")[1].split("</section>")[0]
+    assert html.escape(row["cheapest_removal"]) in headline and "Cheapest attack that removed it" in headline
+
+
+def test_a_survivor_has_no_cheapest_removal_and_wall_time_breaks_ties():
+    base = _cell("trigger-set", "watermark", "none", {}, owned=True, acc=OWNER, p=1e-9)
+    survivor = survival([base, _removal("prune", 0.0, 0, 0.1, owned=True)], [])[0]
+    assert survivor["status"] == "survived" and survivor["cheapest_removal"] is None
+    tie = survival([base, _removal("slow", 0.1, 10, 5.0), _removal("fast", 0.1, 10, 1.0)], [])[0]
+    assert tie["cheapest_removal"].startswith("fast: 10% of the attacker's data, 10 queries, 1.0 s")
+
+
+def test_key_parameters_come_from_the_store_not_the_key_files(tmp_path):
+    """The collusion bound falls back to the key parameters recorded when the protection was made (k - 1),
+    read from the database alone: no key file exists next to it."""
+    cells, negatives = rows()
+    path = tmp_path / "results.sqlite"
+    with Store(path) as s:
+        for c in cells:
+            s.put_cell({**c, "detail": {}} if c["family"] == "per-user" else c)
+        s.put_artifact("prot-dm", "protection", "deepmarks seed 0",
+                       {"protection": "deepmarks", "key_params": {"k": 3}}, 1.0)
+        assert s.protection_params() == {"deepmarks": {"k": 3}}
+    assert not (tmp_path / "cache").exists()
+    dm = _by_prot(outcomes.survival_from_db(path))["deepmarks"]
+    assert dm["status"] == "survived" and dm["cheapest_removal"] is None
+    assert dm["removed_by"] == ["collude (k=3) [3 colluders: past the code's bound of 2]"]
+
+
+def test_a_database_naming_an_unknown_family_is_refused_in_one_line(tmp_path):
+    from modelseal.errors import ModelSealError
+
+    old = tmp_path / "old.sqlite"
+    with Store(old) as s:
+        s.put_cell({**rows()[0][6], "family": "deepmarks"})  # how modelseal before the registry's families wrote it
+    with pytest.raises(ModelSealError, match="older modelseal .*family deepmarks.*new run directory") as e:
+        outcomes.survival_from_db(old)
+    assert "\n" not in str(e.value)
+
+
+def test_negatives_get_their_words_from_the_one_rule(html_text):
+    _, negatives = rows()
+    assert outcomes.negative_outcome(negatives[0]) == {"word": "not owned", "note": "p = 0.12"}
+    dm = next(n for n in negatives if n["family"] == "per-user")
+    assert outcomes.negative_outcome({**dm, "accused": [4]})["word"] == "accused [4]"
+    assert outcomes.negative_outcome({**dm, "status": "error", "detail": {"error": "boom"}}) == \
+        {"word": "error", "note": "boom"}
+    negs = html_text.split("<section id='negatives'>")[1].split("</section>")[0]
+    assert negs.count(">not owned<") == 6 and negs.count(">nobody accused<") == 3

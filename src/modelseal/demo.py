@@ -4,8 +4,9 @@ every installed protection, a representative attack set, independent models as n
 of models and secret keys stays in a private 0700 folder of the user's cache dir (`private_run_dir`), never
 in the output folder, which people share.
 
-Every verdict word the demo prints comes from `bench.report.cell_outcome`, and its closing "what survived"
-table from `bench.report.survival`: the terminal and the HTML report say the same thing.
+Every verdict word the demo prints comes from `bench.outcomes` (`cell_outcome`, `negative_outcome`), and its
+closing "what survived" table from `bench.outcomes.survival`: the terminal and the HTML report say the same
+thing.
 
 `methods` (`modelseal demo --only NAME,...`) runs the demo on some of the protections only.
 """
@@ -58,8 +59,8 @@ def private_run_dir(out_dir: str | Path) -> Path:
 
 
 def _detail(c: dict[str, Any], outcome: dict[str, Any]) -> str:
-    """The numbers behind a cell's outcome word (the word itself comes from bench.report.cell_outcome)."""
-    from .bench.report import alpha_of
+    """The numbers behind a cell's outcome word (the word itself comes from bench.outcomes.cell_outcome)."""
+    from .bench.outcomes import alpha_of
 
     parts = []
     if c["status"] == "ok":
@@ -80,8 +81,7 @@ def _detail(c: dict[str, Any], outcome: dict[str, Any]) -> str:
 def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int = 0, force: bool = False,
              progress: Any = None, methods: Iterable[str] | None = None) -> dict[str, Any]:
     from .bench import report, run
-    from .bench.report import attack_text, key_params, outcomes, survival
-    from .bench.store import Store
+    from .bench.outcomes import attack_text, negative_outcome, outcomes, read_rows, survival
     from .safeio import usable_path
 
     out_dir = usable_path(out_dir, what="--out folder")
@@ -99,12 +99,9 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
     # a private folder and copies only the results database into the (possibly shared) output folder.
     run_dir = private_run_dir(out_dir)
     summary = run(sc, run_dir, backend="local", progress=progress, device=dev, force=True)
-    db = run_dir / "results.sqlite"  # read here: the key parameters come from the run's private cache/
-    write_atomic(out_dir / "results.sqlite", db.read_bytes(), force=True)
+    db = write_atomic(out_dir / "results.sqlite", (run_dir / "results.sqlite").read_bytes(), force=True)
     report(db, out_dir / "report.html", force=True)
-    with Store(db) as s:
-        cells, negatives, artifacts = s.cells(), s.negatives(), s.artifacts()
-    keys = key_params(db, artifacts)
+    _, cells, negatives, artifacts, keys = read_rows(db)
     owner_acc = summary["owner_accuracy"]
     rows = [{"protection": "-", "model": "owner " + sc.owner["arch"], "accuracy": owner_acc, "verdict": "-",
              "detail": f"{sc.owner['epochs']} epochs on the owner split"}]
@@ -117,19 +114,9 @@ def run_demo(out_dir: str | Path = "demo-out", device: str = "auto", seed: int =
                      else f"attacked: {attack_text(c)}", "accuracy": acc, "verdict": o["word"],
                      "detail": _detail(c, o)})
     for neg in negatives:
-        word = neg["status"] if neg["status"] != "ok" else (
-            ("accused " + str(neg["accused"]) if neg["accused"] else "nobody accused")
-            if neg["family"] == "per-user"
-            else ("OWNED" if neg["owned"] else "not owned"))
-        d = neg["detail"] or {}
-        if neg["p_value"] is not None:
-            detail = f"p = {neg['p_value']:.2g}"
-        elif "not_applicable" in d:
-            detail = "key does not apply to this architecture"
-        else:
-            detail = str(d.get("error", ""))
+        o = negative_outcome(neg)
         rows.append({"protection": neg["protection"], "model": f"independent {neg['negative']}",
-                     "accuracy": neg["accuracy"], "verdict": word, "detail": detail})
+                     "accuracy": neg["accuracy"], "verdict": o["word"], "detail": o["note"]})
     seconds = time.perf_counter() - t0
     return {"data": sc.data, "owner_accuracy": owner_acc, "rows": rows, "seconds": seconds,
             "survival": survival(cells, negatives, keys),

@@ -2,7 +2,8 @@
 in-process or on Ray, stored in SQLite, and summarised in one self-contained HTML report.
 
 `run(scenario, out_dir, backend="local" | "ray", address=None, force=False, progress=None)` and
-`report(db_path, out_html, force=False)` are what `modelseal bench run` / `bench report` call.
+`report(db_path, out_html, force=False)` are what `modelseal bench run` / `bench report` call; `outcomes` holds
+the rules behind every word the report, `bench report` and `demo` print.
 """
 
 from __future__ import annotations

@@ -1,21 +1,53 @@
 """Where bench jobs run: `local` (in this process, one after another) or `ray` (one Ray task per job, one
-CPU each). A backend maps a job function over argument tuples and yields (index, result) as results
-arrive; `share` puts a big value in the object store once (`Shared(name)` refers to it in arguments)."""
+CPU each). A backend maps a job function over job specs (`jobs.TrainJob`, ...) and yields (index, result)
+as results arrive; `share` puts a big value in the object store once, and a spec field holding
+`Shared(name)` receives that value when the job runs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from ..errors import ModelSealError
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """A big value (bytes or a list of bytes) that the backend shares once; `name` looks it up."""
+
+    name: str
+
+
+def _handles(job: Any) -> dict[str, str]:
+    """The fields of a job spec that hold a `Shared` handle: field name -> shared name."""
+    return {f.name: v.name for f in dataclasses.fields(job) if isinstance(v := getattr(job, f.name), Shared)}
+
+
+def _call(fn: Callable[[Any], R], job: Any, **values: Any) -> R:
+    """Run `fn` on `job` with its shared fields replaced by their values."""
+    return fn(dataclasses.replace(job, **values))
+
+
+class Backend(Protocol):
+    def map(self, fn: Callable[[J], R], jobs: list[J], shared: dict[str, Any] | None = None
+            ) -> Iterator[tuple[int, R]]: ...
+
+    def share(self, value: Any) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class LocalBackend:
     """Runs jobs in this process, one after another."""
 
-    def map(self, fn: Callable, calls: list[tuple], shared: dict[str, Any] | None = None) -> Iterable:
-        for i, args in enumerate(calls):
-            yield i, fn(*[shared[a.name] if isinstance(a, Shared) else a for a in args])
+    def map(self, fn: Callable[[J], R], jobs: list[J], shared: dict[str, Any] | None = None
+            ) -> Iterator[tuple[int, R]]:
+        for i, job in enumerate(jobs):
+            yield i, _call(fn, job, **{f: (shared or {})[n] for f, n in _handles(job).items()})
 
     def share(self, value: Any) -> Any:
         return value
@@ -24,13 +56,9 @@ class LocalBackend:
         pass
 
 
-class Shared:
-    def __init__(self, name: str):
-        self.name = name
-
-
 class RayBackend:
-    """Runs every job as a Ray task (one CPU each); big blobs go through the object store once."""
+    """Runs every job as a Ray task (one CPU each); big blobs go through the object store once (Ray
+    resolves object references given as task arguments, so each shared field travels as one)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         try:
@@ -51,19 +79,17 @@ class RayBackend:
             except Exception as e:  # ConnectionError and friends, as one line
                 raise ModelSealError(f"cannot start or reach Ray ({address or 'local'}): {e}") from None
             self.started = True
-        self._remote: dict[Callable, Any] = {}
+        self._remote: Any = ray.remote(num_cpus=1, max_retries=0)(_call)
 
     def share(self, value: Any) -> Any:
         return self.ray.put(value)
 
-    def map(self, fn: Callable, calls: list[tuple], shared: dict[str, Any] | None = None) -> Iterable:
-        if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
-        remote = self._remote[fn]
+    def map(self, fn: Callable[[J], R], jobs: list[J], shared: dict[str, Any] | None = None
+            ) -> Iterator[tuple[int, R]]:
         pending = {}
-        for i, args in enumerate(calls):
-            ref = remote.remote(*[shared[a.name] if isinstance(a, Shared) else a for a in args])
-            pending[ref] = i
+        for i, job in enumerate(jobs):
+            refs = {f: (shared or {})[n] for f, n in _handles(job).items()}
+            pending[self._remote.remote(fn, job, **refs)] = i
         try:
             while pending:
                 done, _ = self.ray.wait(list(pending), num_returns=1)
@@ -78,7 +104,7 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def make_backend(backend: str, address: str | None = None, num_cpus: int | None = None):
+def make_backend(backend: str, address: str | None = None, num_cpus: int | None = None) -> Backend:
     if backend == "local":
         if address:
             raise ModelSealError("--address applies to the ray backend only")

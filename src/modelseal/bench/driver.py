@@ -1,9 +1,11 @@
-"""The bench driver: run (or resume) a scenario into a run directory.
+"""The bench driver: run (or resume) a scenario into a run directory, in named stages.
 
-Stage 1 trains the owner, the negatives and the reference models; stage 2 protects the owner with every
-protection and seed; stage 3 attacks and judges every cell and judges every negative. Every result is
-committed to the run directory's SQLite store as it arrives and prepared models and keys are cached in
-`cache/` (model files `Suspect.load` reads), so a re-run skips finished cells and retrains nothing cached.
+`plan` reads what the store already holds and lists what is left; `train_models` trains the owner, the
+negatives and the reference models (`train_items`); `protect` protects the owner with every protection and
+seed; `run_cells` attacks and judges every pending cell and `run_negatives` judges every negative; `summarize`
+records the run. Every result is committed to the run directory's SQLite store as it arrives and prepared
+models and keys are cached in `cache/` (model files `Suspect.load` reads), so a re-run skips finished cells
+and retrains nothing cached.
 
 The store records what the run planned (`planned` meta: cells in all and per protection, negatives), so
 that a run stopped early (`max_cells`, an interrupt) is reported as partial, never as a finished run with
@@ -15,24 +17,87 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputExistsError
+from ..keys import Key
 from ..runtime import track
 from ..safeio import write_atomic
 from . import scenario as scenario_mod
-from .backends import Shared, make_backend
-from .jobs import job_cell, job_negative, job_protect, job_train
-from .scenario import spec_digest
-from .store import Store
+from .backends import Backend, Shared, make_backend
+from .jobs import CellJob, DataSpec, NegativeJob, ProtectJob, TrainJob, job_cell, job_negative, job_protect, job_train
+from .scenario import Cell, Protection, Scenario, spec_digest
+from .store import VOLATILE, Store
 
 DB_NAME = "results.sqlite"
 
 
+@dataclass
+class Context:
+    """What every stage works with: the scenario, the store, the cache folder and the backend."""
+
+    sc: Scenario
+    store: Store
+    cache: Path
+    backend: Backend
+    device: str
+
+    @property
+    def data(self) -> DataSpec:
+        return DataSpec(self.sc.data, self.sc.data_seed)
 
 
-def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backend: str = "local",
+@dataclass(frozen=True)
+class PendingNegative:
+    """One negative verdict still to judge: a protection and seed's key against one independent model."""
+
+    protection: Protection
+    seed: int
+    neg_id: str
+    model_id: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    owner_id: str
+    negatives: list[dict[str, Any]]  # the negative models' specs, each with its artifact `id`
+    pending: list[Cell]
+    pending_negatives: list[PendingNegative]
+    planned: dict[str, Any]  # cells, by_protection, negatives: recorded so partial runs say so
+
+    @property
+    def needed(self) -> set[tuple[str, int]]:
+        """The (protection label, seed) pairs whose protected model a pending cell or negative needs."""
+        return ({(c.protection.label, c.seed) for c in self.pending}
+                | {(n.protection.label, n.seed) for n in self.pending_negatives})
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    artifact_id: str
+    kind: str  # owner | negative | reference
+    spec: dict[str, Any]
+    split: str
+
+
+@dataclass
+class Trained:
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Protected:
+    artifact_id: str
+    info: dict[str, Any]
+    key: bytes
+    models: list[bytes]
+
+
+def run(scenario: str | Path | Scenario, out_dir: str | Path, backend: str = "local",
         address: str | None = None, force: bool = False, progress: Any = None, max_cells: int | None = None,
         num_cpus: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Run (or resume) `scenario` into `out_dir/results.sqlite`; returns a summary.
@@ -40,7 +105,7 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
     A re-run of the same directory skips finished cells; `force` starts over (deletes the database and the
     cache). `max_cells` stops after that many cells ran in this call (the rest stay pending).
     """
-    sc = scenario if isinstance(scenario, scenario_mod.Scenario) else scenario_mod.load(scenario)
+    sc = scenario if isinstance(scenario, Scenario) else scenario_mod.load(scenario)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory; choose another run directory")
@@ -52,161 +117,30 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
     new_db = not (out / DB_NAME).exists()
     cache.mkdir(parents=True, exist_ok=True)
     cache.chmod(0o700)  # it holds secret keys: like every key modelseal writes, for the owner only
-    dev = device or sc.device
-    threads = sc.threads
     t0 = time.perf_counter()
     try:
         store = Store(out / DB_NAME)
     except BaseException:
         _remove_empty(out, made, False)
         raise
-    be = None
+    be: Backend | None = None
     stored = False
     try:
-        from .._version import __version__
-
-        if store.get_meta("created") is None:
-            store.set_meta("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        store.set_meta("scenario", sc.text)
-        if sc.selection:  # `Scenario.select` narrowed the text above (methods, seed)
-            store.set_meta("selection", json.dumps(sc.selection, sort_keys=True))
-        store.set_meta("scenario_name", sc.name)
-        store.set_meta("data", sc.data)
-        store.set_meta("modelseal_version", __version__)
-
-        data_spec = {"data": sc.data, "data_seed": sc.data_seed}
-        owner_id = "owner-" + spec_digest(sc.owner_spec())
-        prot_of = {p.label: p for p in sc.protections}
-        neg_specs = sc.negative_specs()
-        for n in neg_specs:
-            n["id"] = "neg-" + spec_digest(n)
-        done = store.done_cells()
-        pending = [c for c in sc.cells if c.id not in done]
-        by_prot: dict[str, int] = {}
-        for c in sc.cells:
-            by_prot[c.protection.label] = by_prot.get(c.protection.label, 0) + 1
-        neg_jobs = []
-        for p in sc.protections:
-            if p.family == "lock":
-                continue
-            for s in sc.seeds:
-                for n in neg_specs:
-                    nid = spec_digest({"owner": sc.owner_spec(), "protection": p.label, "method": p.method,
-                                   "params": p.params, "seed": s, "negative": n["id"]})
-                    neg_jobs.append((p, s, {**n, "id": nid, "model_id": n["id"]}))
-        store.set_meta("planned", json.dumps({"cells": len(sc.cells), "by_protection": by_prot,
-                                              "negatives": len(neg_jobs)}, sort_keys=True))
-        done_negs = store.done_negatives()
-        neg_jobs = [j for j in neg_jobs if j[2]["id"] not in done_negs]
-        needed_prot = {(c.protection.label, c.seed) for c in pending} | {(p.label, s) for p, s, _ in neg_jobs}
-        ran = 0
+        record_meta(store, sc)
+        todo = plan(sc, store)
         be = make_backend(backend, address, num_cpus)
-
-        # ---------------------------------------------------------------- stage 1: owner, negatives, refs
-        def train_specs() -> list[tuple[str, str, dict[str, Any], str]]:
-            items = []
-            if needed_prot:
-                items.append((owner_id, "owner", {**sc.owner_spec(), "label": "owner"}, "owner"))
-            need_negs = {j[2]["model_id"] for j in neg_jobs}
-            items += [(n["id"], "negative", n, "attacker") for n in neg_specs if n["id"] in need_negs]
-            needed_labels = {label for label, _ in needed_prot}
-            refs = max([int(p.params.get("references", 0)) for p in sc.protections
-                        if p.label in needed_labels] or [0])
-            for r in sc.reference_specs(refs):
-                items.append(("ref-" + spec_digest(r), "reference", r, "attacker"))
-            return items
-
-        blobs: dict[str, bytes] = {}
-        accs: dict[str, float] = {}
-        todo = []
-        specs = train_specs()
-        for aid, kind, spec, split in specs:
-            path = cache / f"{aid}.safetensors"
-            art = store.artifact(aid)
-            if art is not None and path.is_file():
-                blobs[aid] = path.read_bytes()
-                accs[aid] = art["info"]["accuracy"]
-            else:
-                todo.append((aid, kind, spec, split))
-        for i, res in be.map(job_train, [(s, split, dev, threads) for _, _, s, split in todo]):
-            aid, kind, spec, _ = todo[i]
-            (cache / f"{aid}.safetensors").write_bytes(res["model"])
-            store.put_artifact(aid, kind, spec.get("label", kind), {"spec": spec, "accuracy": res["accuracy"]},
-                               res["wall_s"])
-            blobs[aid], accs[aid] = res["model"], res["accuracy"]
-        ref_ids = [a for a, k, _, _ in specs if k == "reference"]
-
-        # ---------------------------------------------------------------- stage 2: protections
-        prot_data: dict[tuple[str, int], dict[str, Any]] = {}
-        todo_p = []
-        for label, s in sorted(needed_prot):
-            p = prot_of[label]
-            pid = "prot-" + spec_digest({"owner": sc.owner_spec(), "method": p.method, "params": p.params, "seed": s})
-            art = store.artifact(pid)
-            keyp = cache / f"{pid}.key"
-            if art is not None and keyp.is_file():
-                n = art["info"]["copies"]
-                prot_data[(label, s)] = {"id": pid, "info": art["info"], "key": keyp.read_bytes(),
-                                         "models": [(cache / f"{pid}-{i}.safetensors").read_bytes() for i in range(n)]}
-            else:
-                todo_p.append((label, s, pid))
-        owner_blob = blobs.get(owner_id)
-        calls = []
-        for label, s, _pid in todo_p:
-            p = prot_of[label]
-            calls.append(({"label": p.label, "method": p.method, "family": p.family, "params": p.params}, s,
-                          data_spec, owner_blob, dev, threads))
-        for i, res in be.map(job_protect, calls):
-            label, s, pid = todo_p[i]
-            for j, m in enumerate(res["models"]):
-                (cache / f"{pid}-{j}.safetensors").write_bytes(m)
-            write_atomic(cache / f"{pid}.key", res["key"], force=True, private=True)  # 0600, as every key
-            info = {**res["info"], "protection": label, "method": prot_of[label].method,
-                    "family": prot_of[label].family, "seed": s}
-            store.put_artifact(pid, "protection", f"{label} seed {s}", info, res["wall_s"])
-            prot_data[(label, s)] = {"id": pid, "info": info, "key": res["key"], "models": res["models"]}
-
-        # ---------------------------------------------------------------- stage 3: cells and negatives
-        owner_art = store.artifact(owner_id)
-        owner_acc = accs.get(owner_id, owner_art["info"]["accuracy"] if owner_art else None)
-        shared = {"refs": be.share([blobs[r] for r in ref_ids])}
-        for (label, s), d in prot_data.items():
-            shared[f"m:{label}:{s}"] = be.share(d["models"])
-            shared[f"k:{label}:{s}"] = be.share(d["key"])
-        cell_calls = []
-        for c in pending:
-            spec = {**c.spec(), "id": c.id, "attack": c.attack.label, "swept": c.attack.swept}
-            d = prot_data[(c.protection.label, c.seed)]
-            cell_calls.append((spec, data_spec, owner_acc, d["info"], Shared(f"m:{c.protection.label}:{c.seed}"),
-                               Shared(f"k:{c.protection.label}:{c.seed}"), dev, threads, Shared("refs"), sc.alpha))
-        if max_cells is not None:
-            cell_calls = cell_calls[:max_cells]
-        errors = 0
-        with track(progress, len(cell_calls) + len(neg_jobs), "bench cells") as bar:
-            for _i, row in be.map(job_cell, cell_calls, shared):
-                store.put_cell(row)
-                errors += row["status"] == "error"
-                ran += 1
-                bar.advance()
-            neg_calls = []
-            if len(cell_calls) == len(pending):  # a max_cells-limited run leaves the negatives pending too
-                for p, s, n in neg_jobs:
-                    prot = {"label": p.label, "method": p.method, "family": p.family, "params": p.params}
-                    neg_calls.append((n, prot, s, data_spec, accs[n["model_id"]], blobs[n["model_id"]],
-                                      Shared(f"k:{p.label}:{s}"), dev, threads, Shared("refs"), sc.alpha))
-                for _i, row in be.map(job_negative, neg_calls, shared):
-                    store.put_negative(row)
-                    bar.advance()
-        seconds = time.perf_counter() - t0
-        finished = len(store.done_cells() & {c.id for c in sc.cells})
-        summary = {"scenario": sc.name, "out_dir": str(out), "db": str(out / DB_NAME), "backend": backend,
-                   "cells": len(sc.cells), "ran": ran, "skipped_finished": len(sc.cells) - len(pending),
-                   "finished": finished, "pending": len(sc.cells) - finished, "errors": errors,
-                   "negatives": len(store.done_negatives()), "owner_accuracy": owner_acc,
-                   "seconds": seconds, "cells_per_second": ran / seconds if seconds > 0 else 0.0}
-        summary["planned"] = len(sc.cells)
-        summary["partial"] = summary["pending"] > 0
-        store.set_meta("last_run", json.dumps(summary))
+        ctx = Context(sc, store, cache, be, device or sc.device)
+        items = train_items(sc, todo)
+        trained = train_models(ctx, items)
+        prots = protect(ctx, todo, trained)
+        owner_acc = _owner_accuracy(store, trained, todo.owner_id)
+        refs = [trained.blobs[i.artifact_id] for i in items if i.kind == "reference"]
+        shared = share(be, prots, refs)
+        with track(progress, len(todo.pending[:max_cells]) + len(todo.pending_negatives), "bench cells") as bar:
+            ran, errors = run_cells(ctx, todo, prots, owner_acc, shared, max_cells, bar)
+            if ran == len(todo.pending):  # a max_cells-limited run leaves the negatives pending too
+                run_negatives(ctx, todo, trained, shared, bar)
+        summary = summarize(store, sc, out, backend, todo, ran, errors, owner_acc, time.perf_counter() - t0)
         stored = True
         return summary
     finally:
@@ -217,6 +151,161 @@ def run(scenario: str | Path | scenario_mod.Scenario, out_dir: str | Path, backe
         store.close()
         if not stored and new_db:
             _remove_empty(out, made, True)
+
+
+def record_meta(store: Store, sc: Scenario) -> None:
+    """The run's description: scenario text (and what `Scenario.select` kept), data, library version."""
+    from .._version import __version__
+
+    if store.get_meta("created") is None:
+        store.set_meta("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    store.set_meta("scenario", sc.text)
+    if sc.selection:
+        store.set_meta("selection", json.dumps(sc.selection, sort_keys=True))
+    store.set_meta("scenario_name", sc.name)
+    store.set_meta("data", sc.data)
+    store.set_meta("modelseal_version", __version__)
+
+
+def plan(sc: Scenario, store: Store) -> Plan:
+    """Every cell and negative verdict of the scenario, what is still pending, and the `planned` record."""
+    negatives = [{**n, "id": "neg-" + spec_digest(n)} for n in sc.negative_specs()]
+    all_negs = [PendingNegative(p, s, spec_digest({"owner": sc.owner_spec(), "protection": p.label,
+                                                   "method": p.method, "params": p.params, "seed": s,
+                                                   "negative": n["id"]}), n["id"], n)
+                for p in sc.protections if p.family != "lock" for s in sc.seeds for n in negatives]
+    by_prot: dict[str, int] = {}
+    for c in sc.cells:
+        by_prot[c.protection.label] = by_prot.get(c.protection.label, 0) + 1
+    planned = {"cells": len(sc.cells), "by_protection": by_prot, "negatives": len(all_negs)}
+    store.set_meta("planned", json.dumps(planned, sort_keys=True))
+    done, done_negs = store.done_cells(), store.done_negatives()
+    return Plan("owner-" + spec_digest(sc.owner_spec()), negatives, [c for c in sc.cells if c.id not in done],
+                [n for n in all_negs if n.neg_id not in done_negs], planned)
+
+
+def train_items(sc: Scenario, todo: Plan) -> list[TrainItem]:
+    """The models to have before protecting: the owner (when a protection is needed), the negatives still
+    to judge, and as many reference models as the needed protections ask for."""
+    needed = todo.needed
+    items = [TrainItem(todo.owner_id, "owner", {**sc.owner_spec(), "label": "owner"}, "owner")] if needed else []
+    want = {n.model_id for n in todo.pending_negatives}
+    items += [TrainItem(n["id"], "negative", n, "attacker") for n in todo.negatives if n["id"] in want]
+    labels = {label for label, _ in needed}
+    count = max([int(p.params.get("references", 0)) for p in sc.protections if p.label in labels] or [0])
+    items += [TrainItem("ref-" + spec_digest(r), "reference", r, "attacker") for r in sc.reference_specs(count)]
+    return items
+
+
+def train_models(ctx: Context, items: list[TrainItem]) -> Trained:
+    """Train what the cache lacks (in one backend map) and read back what it holds."""
+    out = Trained()
+    todo = []
+    for it in items:
+        path = ctx.cache / f"{it.artifact_id}.safetensors"
+        art = ctx.store.artifact(it.artifact_id)
+        if art is not None and path.is_file():
+            out.blobs[it.artifact_id], out.accuracy[it.artifact_id] = path.read_bytes(), art["info"]["accuracy"]
+        else:
+            todo.append(it)
+    jobs = [TrainJob(it.spec, it.split, ctx.device, ctx.sc.threads) for it in todo]
+    for i, res in ctx.backend.map(job_train, jobs):
+        it = todo[i]
+        (ctx.cache / f"{it.artifact_id}.safetensors").write_bytes(res["model"])
+        ctx.store.put_artifact(it.artifact_id, it.kind, it.spec.get("label", it.kind),
+                               {"spec": it.spec, "accuracy": res["accuracy"]}, res["wall_s"])
+        out.blobs[it.artifact_id], out.accuracy[it.artifact_id] = res["model"], res["accuracy"]
+    return out
+
+
+def protect(ctx: Context, todo: Plan, trained: Trained) -> dict[tuple[str, int], Protected]:
+    """Protect the owner with every needed protection and seed; cached protections are read back."""
+    cache, prot_of = ctx.cache, {p.label: p for p in ctx.sc.protections}
+    out: dict[tuple[str, int], Protected] = {}
+    jobs, ids = [], []
+    for label, s in sorted(todo.needed):
+        p = prot_of[label]
+        pid = "prot-" + spec_digest({"owner": ctx.sc.owner_spec(), "method": p.method, "params": p.params,
+                                     "seed": s})
+        art, keyp = ctx.store.artifact(pid), cache / f"{pid}.key"
+        if art is not None and keyp.is_file():
+            models = [(cache / f"{pid}-{i}.safetensors").read_bytes() for i in range(art["info"]["copies"])]
+            out[(label, s)] = Protected(pid, art["info"], keyp.read_bytes(), models)
+            if "key_params" not in art["info"]:  # a run folder from before key parameters were recorded
+                art["info"]["key_params"] = Key.from_bytes(out[(label, s)].key).params
+                ctx.store.put_artifact(pid, art["kind"], art["label"], art["info"], art["wall_s"])
+        else:  # the owner is among the trained models whenever a protection is needed
+            jobs.append(ProtectJob(p, s, ctx.data, trained.blobs[todo.owner_id], ctx.device, ctx.sc.threads))
+            ids.append(pid)
+    for i, res in ctx.backend.map(job_protect, jobs):
+        job, pid = jobs[i], ids[i]
+        for j, m in enumerate(res["models"]):
+            (cache / f"{pid}-{j}.safetensors").write_bytes(m)
+        write_atomic(cache / f"{pid}.key", res["key"], force=True, private=True)  # 0600, as every key
+        p = job.protection
+        info = {**res["info"], "protection": p.label, "method": p.method, "family": p.family, "seed": job.seed}
+        ctx.store.put_artifact(pid, "protection", f"{p.label} seed {job.seed}", info, res["wall_s"])
+        out[(p.label, job.seed)] = Protected(pid, info, res["key"], res["models"])
+    return out
+
+
+def _owner_accuracy(store: Store, trained: Trained, owner_id: str) -> float | None:
+    if owner_id in trained.accuracy:
+        return trained.accuracy[owner_id]
+    art = store.artifact(owner_id)
+    return None if art is None else float(art["info"]["accuracy"])
+
+
+def share(be: Backend, prots: dict[tuple[str, int], Protected], refs: list[bytes]) -> dict[str, Any]:
+    """Put the reference models and every protection's models and key in the backend's store once."""
+    shared = {"refs": be.share(refs)}
+    for (label, s), d in prots.items():
+        shared[f"m:{label}:{s}"] = be.share(d.models)
+        shared[f"k:{label}:{s}"] = be.share(d.key)
+    return shared
+
+
+def run_cells(ctx: Context, todo: Plan, prots: dict[tuple[str, int], Protected], owner_acc: float | None,
+              shared: dict[str, Any], max_cells: int | None, bar: Any) -> tuple[int, int]:
+    """Attack and judge the pending cells (at most `max_cells`); returns (cells run, errors)."""
+    jobs = []
+    for c in todo.pending[:max_cells]:
+        info = prots[(c.protection.label, c.seed)].info
+        tag = f"{c.protection.label}:{c.seed}"
+        jobs.append(CellJob(c.id, c.protection, c.attack, c.seed, ctx.data, owner_acc, info.get("protected_acc"),
+                            info.get("unlocked_acc"), Shared(f"m:{tag}"), Shared(f"k:{tag}"), Shared("refs"),
+                            ctx.sc.alpha, ctx.device, ctx.sc.threads))
+    errors = 0
+    for _i, row in ctx.backend.map(job_cell, jobs, shared):
+        ctx.store.put_cell(row)
+        errors += row["status"] == "error"
+        bar.advance()
+    return len(jobs), errors
+
+
+def run_negatives(ctx: Context, todo: Plan, trained: Trained, shared: dict[str, Any], bar: Any) -> None:
+    """Judge every pending negative with its protection's key."""
+    jobs = [NegativeJob(n.neg_id, n.spec["label"], n.spec["arch"], trained.accuracy[n.model_id],
+                        trained.blobs[n.model_id], n.protection, n.seed, Shared(f"k:{n.protection.label}:{n.seed}"),
+                        Shared("refs"), ctx.sc.alpha, ctx.device, ctx.sc.threads) for n in todo.pending_negatives]
+    for _i, row in ctx.backend.map(job_negative, jobs, shared):
+        ctx.store.put_negative(row)
+        bar.advance()
+
+
+def summarize(store: Store, sc: Scenario, out: Path, backend: str, todo: Plan, ran: int, errors: int,
+              owner_acc: float | None, seconds: float) -> dict[str, Any]:
+    """The run's summary (also stored as the `last_run` meta)."""
+    finished = len(store.done_cells() & {c.id for c in sc.cells})
+    summary: dict[str, Any] = {"scenario": sc.name, "out_dir": str(out), "db": str(out / DB_NAME), "backend": backend,
+               "cells": len(sc.cells), "ran": ran, "skipped_finished": len(sc.cells) - len(todo.pending),
+               "finished": finished, "pending": len(sc.cells) - finished, "errors": errors,
+               "negatives": len(store.done_negatives()), "owner_accuracy": owner_acc,
+               "seconds": seconds, "cells_per_second": ran / seconds if seconds > 0 else 0.0,
+               "planned": len(sc.cells)}
+    summary["partial"] = summary["pending"] > 0
+    store.set_meta("last_run", json.dumps(summary))
+    return summary
 
 
 def _remove_empty(out: Path, made: list[Path], db: bool) -> None:
@@ -235,10 +324,7 @@ def _remove_empty(out: Path, made: list[Path], db: bool) -> None:
 
 def rows_for_comparison(db: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Cells and negatives of a database without the columns that differ between runs (wall time)."""
-    from .store import VOLATILE
-
     with Store(db) as s:
         strip = [[{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
                  for rows in (s.cells(), s.negatives())]
     return strip[0], strip[1]
-

@@ -1,7 +1,9 @@
-"""Bench jobs: plain functions of JSON-able specs and bytes that any backend can run.
+"""Bench jobs: plain functions of one small, frozen job spec that any backend can run.
 
-Models travel as safetensors bytes (`models.model_to_bytes`), keys as `Key.to_bytes()`, never as pickled
-objects. Every job seeds itself and fixes torch's thread count, so the same seeds give the same rows
+A spec (`TrainJob`, `ProtectJob`, `CellJob`, `NegativeJob`) holds JSON-able values, bytes, and `Shared`
+handles for big values a backend puts in its object store once (the protected models, a key, the reference
+models). Models travel as safetensors bytes (`models.model_to_bytes`), keys as `Key.to_bytes()`, never as
+pickled objects. Every job seeds itself and fixes torch's thread count, so the same seeds give the same rows
 in-process and on Ray workers. Jobs reach methods and attacks only through their registries and protocols
 (`methods.protect`, `methods.judge`, `methods.restore`; `Attack.apply_many`, `Attack.wrap`): nothing here
 branches on a method's or an attack's name.
@@ -13,25 +15,107 @@ import contextlib
 import functools
 import json
 import time
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..errors import KeyMismatchError, ModelSealError
 from ..models.io import model_from_bytes, model_to_bytes
+from .backends import Shared
+from .scenario import AttackVariant, Protection
 from .store import REMOVAL_MARGIN
+
+T = TypeVar("T")
+Blob = bytes | Shared
+Blobs = list[bytes] | Shared
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set every job loads (`modelseal.data.load(data, seed=data_seed)`)."""
+
+    data: str
+    data_seed: int
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train a fresh model: `spec` holds data, data_seed, arch, epochs, lr, batch_size and seed."""
+
+    spec: dict[str, Any]
+    split: str  # "owner" or "attacker"
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class ProtectJob:
+    """Protect the owner model with one protection and seed."""
+
+    protection: Protection
+    seed: int
+    data: DataSpec
+    owner: Blob
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Attack the protected model(s) of one protection and seed with one attack variant, then judge."""
+
+    cell_id: str
+    protection: Protection
+    attack: AttackVariant
+    seed: int
+    data: DataSpec
+    owner_acc: float | None
+    protected_acc: float | None
+    unlocked_acc: float | None
+    models: Blobs
+    key: Blob
+    references: Blobs
+    alpha: float
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class NegativeJob:
+    """Judge one independent model with one protection's key."""
+
+    neg_id: str
+    label: str
+    arch: str
+    accuracy: float
+    model: Blob
+    protection: Protection
+    seed: int
+    key: Blob
+    references: Blobs
+    alpha: float
+    device: str
+    threads: int
+
+
+def _value(v: T | Shared) -> T:
+    if isinstance(v, Shared):  # the backend resolves handles before a job runs
+        raise ModelSealError(f"bench job got the unresolved shared value '{v.name}'; run it through a backend")
+    return v
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(name: str, seed: int):
+def _splits(name: str, seed: int) -> Any:
     from .. import data
 
     return data.load(name, seed=seed)
 
 
 @contextlib.contextmanager
-def _job_env(seed: int, threads: int):
+def _job_env(seed: int, threads: int) -> Iterator[None]:
     from ..runtime import seed_everything
 
     before = torch.get_num_threads()
@@ -49,53 +133,56 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _verifier(prot: dict[str, Any], alpha: float, references: list[bytes], dev: torch.device) -> dict[str, Any]:
+def _verifier(prot: Protection, alpha: float, references: list[bytes], dev: torch.device) -> dict[str, Any]:
     """The verifier's parameters for one protection: the scenario's alpha, the protection's verifier
     parameters, and reference models where the method takes them (as many as asked)."""
     from .. import methods
     from .scenario import verifier_params
 
-    cls = methods.get(prot["method"])
-    out = {"alpha": alpha, **verifier_params(cls, prot.get("params", {}))}
+    cls = methods.get(prot.method)
+    out = {"alpha": alpha, **verifier_params(cls, prot.params)}
     if "references" in out:
         n = int(out["references"])
         out["references"] = [model_from_bytes(b).to(dev) for b in references[:n]]
     return out
 
 
-def job_train(spec: dict[str, Any], split: str, device: str, threads: int) -> dict[str, Any]:
+def job_train(job: TrainJob) -> dict[str, Any]:
     """Train a fresh `spec['arch']` on the `split` part of the data; returns its bytes and accuracy."""
     from .. import models, train
 
+    spec = job.spec
     t0 = time.perf_counter()
-    with _job_env(spec["seed"], threads):
+    with _job_env(spec["seed"], job.threads):
         splits = _splits(spec["data"], spec["data_seed"])
-        model = models.build(spec["arch"], splits.meta, seed=spec["seed"]).to(_device(device))
-        train.fit(model, getattr(splits, split), epochs=spec["epochs"], lr=spec["lr"],
+        model = models.build(spec["arch"], splits.meta, seed=spec["seed"]).to(_device(job.device))
+        train.fit(model, getattr(splits, job.split), epochs=spec["epochs"], lr=spec["lr"],
                   batch_size=spec["batch_size"], seed=spec["seed"])
         acc = train.evaluate(model, splits.test)
     return {"model": model_to_bytes(model), "accuracy": float(acc), "wall_s": time.perf_counter() - t0}
 
 
-def job_protect(prot: dict[str, Any], seed: int, data_spec: dict[str, Any], owner: bytes, device: str,
-                threads: int) -> dict[str, Any]:
-    """Protect the owner model with one method and seed: protected model(s), key bytes and fidelity."""
+def job_protect(job: ProtectJob) -> dict[str, Any]:
+    """Protect the owner model with one method and seed: protected model(s), key bytes, fidelity, and the
+    key's parameters (recorded in the store, so that the report never reads key files)."""
     from .. import methods, train
     from .scenario import protect_params
 
+    prot = job.protection
     t0 = time.perf_counter()
-    with _job_env(seed, threads):
-        splits = _splits(data_spec["data"], data_spec["data_seed"])
-        model = model_from_bytes(owner).to(_device(device))
-        mi = methods.info(prot["method"])
-        params = protect_params(mi.cls, prot["params"])
-        method = mi.cls(**{"seed": seed, **params})
+    with _job_env(job.seed, job.threads):
+        splits = _splits(job.data.data, job.data.data_seed)
+        model = model_from_bytes(_value(job.owner)).to(_device(job.device))
+        mi = methods.info(prot.method)
+        params = protect_params(mi.cls, prot.params)
+        method = mi.cls(**{"seed": job.seed, **params})
         done = methods.protect(method, model, splits.owner, splits.meta)
         info: dict[str, Any] = {}
         if not mi.judges:  # a lock: how much of the owner's accuracy the key gives back
             info["unlocked_acc"] = float(train.evaluate(methods.restore(done.models[0], done.key), splits.test))
         info["protected_acc"] = float(np.mean([float(train.evaluate(m, splits.test)) for m in done.models]))
         info["copies"] = len(done.models)
+        info["key_params"] = json.loads(json.dumps(done.key.params, default=str))
     return {"models": [model_to_bytes(m) for m in done.models], "key": done.key.to_bytes(), "info": info,
             "wall_s": time.perf_counter() - t0}
 
@@ -120,109 +207,130 @@ def _cost_of(attack: Any) -> dict[str, Any]:
             return [strip(x) for x in v]
         return v
 
-    return strip(json.loads(json.dumps(attack.cost, default=str)))
+    out: dict[str, Any] = strip(json.loads(json.dumps(attack.cost, default=str)))
+    return out
 
 
-def job_cell(cell: dict[str, Any], data_spec: dict[str, Any], owner_acc: float, prot_info: dict[str, Any],
-             models_blob: list[bytes], key_blob: bytes, device: str, threads: int,
-             references: list[bytes] | None = None, alpha: float = 1e-6) -> dict[str, Any]:
-    """Attack the protected model(s) of one cell and judge the result; returns the cell's row."""
-    from .. import attacks, methods, train
+def _cell_row(job: CellJob) -> dict[str, Any]:
+    p, a = job.protection, job.attack
+    return {"cell_id": job.cell_id, "protection": p.label, "method": p.method, "family": p.family,
+            "attack": a.label, "attack_name": a.attack, "attack_params": a.params, "swept": a.swept,
+            "strength": a.strength, "seed": job.seed, "owner_acc": job.owner_acc,
+            "protected_acc": job.protected_acc, "unlocked_acc": job.unlocked_acc, "status": "ok"}
+
+
+def _skip_reason(attack: Any, access: str, family: str, copies: int, method: str) -> str | None:
+    """Why an attack does not apply to this protection (None when it does)."""
+    if attack is None:
+        return None
+    if attack.acts_on == "queries" and access == "white-box":
+        return f"{family} judges weights; query perturbation does not apply"
+    if attack.copies > 1 and copies == 1:
+        return f"{attack.name} combines {attack.copies} distributed copies; {method} makes one model"
+    if attack.copies > copies:
+        raise ModelSealError(f"{attack.name} k={attack.copies} exceeds the {copies} distributed copies")
+    return None
+
+
+def _attacked_accuracy(attack: Any, attacked: Any, splits: Any, cost: dict[str, Any]) -> float:
+    """Test accuracy of the attacked model; query-side attacks are measured through their wrapped suspect
+    (and their false-rejection rate on the test inputs goes into `cost`)."""
+    from .. import train
+    from ..suspect import Suspect
+
+    if attack is None or attack.acts_on != "queries":
+        return float(train.evaluate(attacked, splits.test))
+    x, y = splits.test.x, splits.test.y
+    acc = float((attack.wrap(Suspect(attacked), splits.meta).labels(x) == y).float().mean())
+    stats = dict(attack.query_stats)
+    if stats.get("answered"):
+        cost["test_rejection_rate"] = stats.get("rejected", 0) / stats["answered"]
+    return acc
+
+
+def _judge_cell(job: CellJob, row: dict[str, Any], attack: Any, attacked: Any, users: list[int], splits: Any,
+                dev: torch.device) -> None:
+    """The verdict columns of a cell: a judged protection's verdict, or whether a lock held."""
+    from .. import methods
     from ..keys import Key
     from ..suspect import Suspect
 
+    if not methods.info(job.protection.method).judges:  # a lock holds while accuracy stays well below
+        owner = job.owner_acc if job.owner_acc is not None else float("nan")
+        gap = owner - row["attacked_acc"]
+        row.update(owned=gap > REMOVAL_MARGIN, score=float(gap), threshold=REMOVAL_MARGIN, queries=0,
+                   detail={"recovered_acc": row["attacked_acc"]})
+        return
+    suspect = Suspect(attacked) if attack is None else attack.wrap(Suspect(attacked), splits.meta)
+    v = methods.judge(suspect, Key.from_bytes(_value(job.key)),
+                      **_verifier(job.protection, job.alpha, _value(job.references), dev))
+    row.update(_row_of(v))
+    if v.accused is not None:
+        row.update(colluders=users, colluders_found=len(set(row["accused"]) & set(users)),
+                   innocents_accused=len(set(row["accused"]) - set(users)))
+        row["detail"] = {"best_user": v.details["best_user"], "fit": v.details["fit"],
+                         "max_colluders": v.details["max_colluders"]}
+
+
+def job_cell(job: CellJob) -> dict[str, Any]:
+    """Attack the protected model(s) of one cell and judge the result; returns the cell's row."""
+    from .. import attacks, methods
+
     t0 = time.perf_counter()
-    seed = int(cell["seed"])
-    row: dict[str, Any] = {
-        "cell_id": cell["id"], "protection": cell["protection"], "method": cell["method"],
-        "family": cell["family"], "attack": cell["attack"], "attack_name": cell["attack_name"],
-        "attack_params": cell["attack_params"], "swept": cell.get("swept"), "strength": cell["strength"],
-        "seed": seed, "owner_acc": owner_acc, "protected_acc": prot_info.get("protected_acc"),
-        "unlocked_acc": prot_info.get("unlocked_acc"), "status": "ok"}
+    row = _cell_row(job)
     try:
-        with _job_env(seed, threads):
-            splits = _splits(data_spec["data"], data_spec["data_seed"])
-            dev = _device(device)
-            mi = methods.info(cell["method"])
-            key = Key.from_bytes(key_blob)
-            copies = [model_from_bytes(b).to(dev) for b in models_blob]
-            attack = None if cell["attack_name"] == "none" else \
-                attacks.get(cell["attack_name"])(**cell["attack_params"], seed=seed)
-
-            def skip(reason: str) -> dict[str, Any]:
+        with _job_env(job.seed, job.threads):
+            splits = _splits(job.data.data, job.data.data_seed)
+            dev = _device(job.device)
+            mi = methods.info(job.protection.method)
+            copies = [model_from_bytes(b).to(dev) for b in _value(job.models)]
+            attack = None if job.attack.attack == "none" else \
+                attacks.get(job.attack.attack)(**job.attack.params, seed=job.seed)
+            reason = _skip_reason(attack, mi.access, mi.family, len(copies), job.protection.method)
+            if reason is not None:
                 return {**row, "status": "skipped", "wall_s": time.perf_counter() - t0, "detail": {"reason": reason}}
-
-            if attack is not None and attack.acts_on == "queries" and mi.access == "white-box":
-                return skip(f"{mi.family} judges weights; query perturbation does not apply")
-            need = attack.copies if attack is not None else 1
-            if need > 1 and len(copies) == 1:
-                return skip(f"{attack.name} combines {need} distributed copies; {cell['method']} makes one model")
-            if need > len(copies):
-                raise ModelSealError(f"{attack.name} k={need} exceeds the {len(copies)} distributed copies")
+            need = 1 if attack is None else attack.copies
             # which copies the attacker holds: one user's copy, or `need` colluders' (seeded)
             users = [0] if len(copies) == 1 else sorted(
-                int(u) for u in np.random.default_rng(seed).choice(len(copies), size=need, replace=False))
+                int(u) for u in np.random.default_rng(job.seed).choice(len(copies), size=need, replace=False))
             attacked = copies[users[0]] if attack is None else attack.apply_many(
                 [copies[u] for u in users], splits.attacker)
             cost = {} if attack is None else _cost_of(attack)
             if attack is not None:
                 row["attack_wall_s"] = float(attack.cost.get("wall_s", 0.0))
-            if attack is not None and attack.acts_on == "queries":
-                x, y = splits.test.x, splits.test.y
-                row["attacked_acc"] = float((attack.wrap(Suspect(attacked), splits.meta).labels(x) == y)
-                                            .float().mean())
-                # what the wrapped suspect did on the test inputs (rejection: its false-rejection rate)
-                stats = dict(attack.query_stats)
-                if stats.get("answered"):
-                    cost["test_rejection_rate"] = stats.get("rejected", 0) / stats["answered"]
-            else:
-                row["attacked_acc"] = float(train.evaluate(attacked, splits.test))
+            row["attacked_acc"] = _attacked_accuracy(attack, attacked, splits, cost)
             if attack is not None:
-                row["cost"] = {**cost, "owner_acc": owner_acc, "attacked_acc": row["attacked_acc"],
-                               "accuracy_delta": row["attacked_acc"] - owner_acc}
-            if mi.judges:
-                suspect = Suspect(attacked) if attack is None else attack.wrap(Suspect(attacked), splits.meta)
-                v = methods.judge(suspect, key, **_verifier(cell | {"params": cell.get("protection_params", {})},
-                                                            alpha, references or [], dev))
-                row.update(_row_of(v))
-                if v.accused is not None:
-                    row.update(colluders=users, colluders_found=len(set(row["accused"]) & set(users)),
-                               innocents_accused=len(set(row["accused"]) - set(users)))
-                    row["detail"] = {"best_user": v.details["best_user"], "fit": v.details["fit"],
-                                     "max_colluders": v.details["max_colluders"]}
-            else:  # a lock holds while the attacked model stays well below the owner's accuracy
-                gap = owner_acc - row["attacked_acc"]
-                row.update(owned=gap > REMOVAL_MARGIN, score=float(gap), threshold=REMOVAL_MARGIN, queries=0,
-                           detail={"recovered_acc": row["attacked_acc"]})
+                row["cost"] = {**cost, "owner_acc": job.owner_acc, "attacked_acc": row["attacked_acc"],
+                               "accuracy_delta": row["attacked_acc"] - (job.owner_acc or 0.0)}
+            _judge_cell(job, row, attack, attacked, users, splits, dev)
             # the unattacked cell cannot remove anything: a protected model judged not owned is a missed
             # detection (owned = 0 in its row), not a removal
             row["removed"] = (attack is not None and not row["owned"]
-                              and row["attacked_acc"] >= owner_acc - REMOVAL_MARGIN)
+                              and row["attacked_acc"] >= (job.owner_acc or 0.0) - REMOVAL_MARGIN)
     except ModelSealError as e:
         row.update(status="error", detail={"error": f"{type(e).__name__}: {e}"})
     row["wall_s"] = time.perf_counter() - t0
     return row
 
 
-def job_negative(neg: dict[str, Any], prot: dict[str, Any], seed: int, data_spec: dict[str, Any],
-                 neg_acc: float, neg_blob: bytes, key_blob: bytes, device: str, threads: int,
-                 references: list[bytes] | None = None, alpha: float = 1e-6) -> dict[str, Any]:
+def job_negative(job: NegativeJob) -> dict[str, Any]:
     """Judge one independent model with one protection's key."""
     from .. import methods
     from ..keys import Key
     from ..suspect import Suspect
 
+    prot = job.protection
     t0 = time.perf_counter()
-    row: dict[str, Any] = {"neg_id": neg["id"], "protection": prot["label"], "method": prot["method"],
-                           "family": prot["family"], "seed": seed, "negative": neg["label"], "arch": neg["arch"],
-                           "accuracy": neg_acc, "status": "ok"}
-    per_user = methods.info(prot["method"]).family == "per-user"
+    row: dict[str, Any] = {"neg_id": job.neg_id, "protection": prot.label, "method": prot.method,
+                           "family": prot.family, "seed": job.seed, "negative": job.label, "arch": job.arch,
+                           "accuracy": job.accuracy, "status": "ok"}
+    per_user = methods.info(prot.method).family == "per-user"
     try:
-        with _job_env(seed, threads):
-            dev = _device(device)
-            key = Key.from_bytes(key_blob)
-            model = model_from_bytes(neg_blob).to(dev)
-            v = methods.judge(Suspect(model), key, **_verifier(prot, alpha, references or [], dev))
+        with _job_env(job.seed, job.threads):
+            dev = _device(job.device)
+            key = Key.from_bytes(_value(job.key))
+            model = model_from_bytes(_value(job.model)).to(dev)
+            v = methods.judge(Suspect(model), key, **_verifier(prot, job.alpha, _value(job.references), dev))
             row.update(_row_of(v))
             row.pop("threshold")
             if v.accused is not None:

@@ -1,36 +1,20 @@
-"""What survived: one self-contained HTML report from a bench database, and the same answer for the terminal.
+"""What survived: one self-contained HTML report from a bench database (rendering only).
 
-The answer comes from one function, `survival(cells, negatives)`, used by the HTML headline, `modelseal bench
-report` and `modelseal demo` alike, so they cannot disagree. Per cell it decides (`cell_outcome`):
-
-- watermarks and fingerprints (judged with a p-value at significance level alpha): `detected` when the
-  verdict says owned; `REMOVED` only when an attack ran, the *unattacked* protected model of the same
-  protection and seed was detected, the attacked model is not, and its accuracy stayed within 5 points
-  of the owner's (`REMOVAL_MARGIN`); `not detected, model damaged` when the verdict flipped but the attack
-  cost more accuracy than that; `never detected` for every cell of a protection whose unattacked model
-  was not judged owned (nothing was there to remove);
-- per-user fingerprints (DeepMarks): `traced` when someone was accused and nobody innocent; `FRAMED` when
-  an innocent user was accused; collusion cells past the code's bound (more colluders than the code
-  guarantees to trace: the `max_colluders` of the verdict, else the key's `k - 1`) are labelled so;
-- locks: `held` while the attacked model's accuracy stays at least `LOCK_HELD_MARGIN` (50 points) below
-  the owner's, else `RECOVERED` (a lock that leaves a thief a usable model has failed even if accuracy
-  stays a few points lower).
-
-Alpha is the one recorded in the row (`alpha` column), else the library default (`DEFAULT_ALPHA`).
+Every word it prints comes from `outcomes.py` (the one set of rules, shared with `modelseal bench report` and
+`modelseal demo`): this module lays those words out as HTML tables and draws the plots; `survival_table` is the
+same headline for the terminal.
 
 Sections (each an element with this id): `headline` (per protection in plain words: survived / removed by
-which attacks, with parameters / never detected, at what alpha, with the accuracy cost), `summary` (run and
-prepared models), `methods` (per protection: fidelity, detection rate, false-positive rate on negatives,
-ROC AUC, Uniqueness Score, colluders found / innocents accused, locked / unlocked / recovered accuracy,
-queries, removals, wall time), `cells` (every cell with its attack parameters, alpha and outcome),
-`negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection` (p-value vs attack, log axis, alpha
-line) and `plot-scores` (p-values of negatives, unattacked and attacked models, jittered, alpha line).
-Plots are 1200 px wide with their legends outside the axes.
+which attacks, with parameters / never detected, the cheapest attack that removed it with its cost, at what
+alpha, with the accuracy cost), `summary` (run and prepared models), `methods` (per protection: fidelity,
+detection rate, false-positive rate on negatives, ROC AUC, Uniqueness Score, colluders found / innocents
+accused, locked / unlocked / recovered accuracy, queries, removals, wall time), `cells` (every cell with its
+attack parameters, alpha and outcome), `negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection`
+(p-value vs attack, log axis, alpha line) and `plot-scores` (p-values of negatives, unattacked and attacked
+models, jittered, alpha line). Plots are 1200 px wide with their legends outside the axes.
 
-A partial run (cells or negatives that the run planned but did not finish: `max_cells`, an interrupt) says so
-above the headline (`partial`, with the counts planned and finished) and in every row it concerns: a
-protection with unfinished cells gets "PARTIAL: k of n cells run" in its verdict, and one with no finished
-cell appears as "not run" (`partial_rows`), so that a stopped run never reads like a finished one.
+A partial run says so above the headline (`partial`, with the counts planned and finished) and in every row it
+concerns (`outcomes.partial_rows`).
 """
 
 from __future__ import annotations
@@ -44,14 +28,33 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelSealError
-from ..verdict import DEFAULT_ALPHA
-from .store import REMOVAL_MARGIN, Store
+from .outcomes import (
+    COST_ORDER,
+    LOCK_HELD_MARGIN,
+    REMOVAL_MARGIN,
+    alpha_of,
+    alpha_text,
+    attack_text,
+    completeness,
+    cost_text,
+    fmt,
+    mean,
+    negative_outcome,
+    outcomes,
+    partial_rows,
+    read_rows,
+    survival,
+    survival_from_db,
+)
+
+__all__ = ["SECTIONS", "report", "survival_table", "method_summary", "survival_from_db", "cost_text",
+           "LOCK_HELD_MARGIN"]
 
 SECTIONS = ["headline", "summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection",
             "plot-scores"]
-LOCK_HELD_MARGIN = 0.5  # a lock holds only while the attacked accuracy stays >= 50 points below the owner's
-P_FLOOR = 1e-30  # p-values below this are drawn at it on log axes
+P_FLOOR = 1e-30
+_COST_WORDS = {"data_fraction": "the fraction of the attacker's data it used", "queries": "the queries it sent",
+               "attack_wall_s": "its wall time"}  # p-values below this are drawn at it on log axes
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:1em 0;font-size:12px;max-width:100%}th,td{border:1px solid #ccc;padding:3px 7px;
@@ -61,313 +64,6 @@ border:1px solid #eee}#headline-table td{font-size:14px}.bad{color:#b00020;font-
 .good{color:#0a7d32;font-weight:600}.warn{color:#9a6700;font-weight:600}"""
 
 
-# ============================================================================ the one decision
-def _owned(c: dict[str, Any]) -> bool:
-    return bool(c.get("owned"))
-
-
-def alpha_of(row: dict[str, Any]) -> float:
-    """The significance level of a verdict row: recorded, or for traced rows 10^-threshold, or the default."""
-    if row.get("alpha") is not None:
-        return float(row["alpha"])
-    if row.get("family") == "per-user" and row.get("threshold") is not None:
-        return 10.0 ** (-float(row["threshold"]))
-    return DEFAULT_ALPHA
-
-
-def attack_text(c: dict[str, Any]) -> str:
-    """The attack of a cell with all its parameters, e.g. `finetune (mode=ftal, epochs=2)`."""
-    if c.get("attack_name") in (None, "none") or c.get("attack") == "none":
-        return "no attack"
-    base = str(c["attack"]).split(" ")[0]
-    params = c.get("attack_params") or {}
-    steps = params.get("steps") if c.get("attack_name") == "chain" else None
-    if isinstance(steps, list):  # a chained attack: its steps in order, each with its parameters
-        inner = " -> ".join(attack_text({"attack": s.get("attack"), "attack_name": s.get("attack"),
-                                         "attack_params": s.get("params")}) for s in steps if isinstance(s, dict))
-        return f"{base}: {inner}"
-    inner = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("seed", "others", "progress"))
-    return f"{base} ({inner})" if inner else base
-
-
-def _collusion_size(c: dict[str, Any]) -> int:
-    return len(c.get("colluders") or []) or 1
-
-
-def cell_outcome(c: dict[str, Any], baseline_detected: bool | None, bound: int | None = None,
-                 lock_margin: float = LOCK_HELD_MARGIN) -> dict[str, Any]:
-    """What one cell shows: {word, removed, kind, note}. `baseline_detected`: whether the unattacked protected
-    model of the same protection and seed was detected (None when that cell is missing)."""
-    attacked = c.get("attack_name") not in (None, "none")
-    if c.get("status") != "ok":
-        reason = (c.get("detail") or {}).get("reason") or (c.get("detail") or {}).get("error") or ""
-        return {"word": c.get("status", "?"), "removed": False, "kind": "not-judged", "note": reason}
-    owner, acc = c.get("owner_acc"), c.get("attacked_acc")
-    if c.get("family") == "lock":
-        held = owner is not None and acc is not None and acc <= owner - lock_margin
-        word = ("held" if attacked else "locked") if held else ("RECOVERED" if attacked else "NOT LOCKED")
-        note = "" if held or owner is None or acc is None else f"accuracy {acc:.3f} vs owner {owner:.3f}"
-        return {"word": word, "removed": attacked and not held, "kind": "held" if held else "removed", "note": note}
-    note = ""
-    past_bound = bound is not None and c.get("family") == "per-user" and _collusion_size(c) > bound
-    if past_bound:
-        note = f"{_collusion_size(c)} colluders: past the code's bound of {bound}"
-    if c.get("family") == "per-user" and (c.get("innocents_accused") or 0) > 0:
-        return {"word": "FRAMED an innocent user", "removed": False, "kind": "framed", "note": note}
-    if _owned(c):
-        word = "traced" if c.get("family") == "per-user" else "detected"
-        if c.get("family") == "per-user" and c.get("colluders"):
-            word += f" ({c.get('colluders_found') or 0} of {_collusion_size(c)} found)"
-        return {"word": word, "removed": False, "kind": "detected", "note": note}
-    if not attacked:
-        return {"word": "never detected", "removed": False, "kind": "never",
-                "note": note or "not judged owned even unattacked, so no attack can remove it"}
-    if baseline_detected is False:
-        return {"word": "never detected", "removed": False, "kind": "never", "note": note}
-    if owner is not None and acc is not None and acc < owner - REMOVAL_MARGIN:
-        return {"word": "not detected, model damaged", "removed": False, "kind": "damaged",
-                "note": (note + "; " if note else "") + f"accuracy {acc:.3f} < owner {owner:.3f} - 0.05"}
-    return {"word": "REMOVED", "removed": True, "kind": "past-bound" if past_bound else "removed", "note": note}
-
-
-def ordered(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cells grouped by protection, the unattacked one first, then attacks by name and strength."""
-    return sorted(cells, key=lambda c: (c["protection"], c.get("attack_name") != "none", c.get("attack_name") or "",
-                                        c.get("strength") if c.get("strength") is not None else -1.0,
-                                        str(c.get("attack")), c.get("seed") or 0))
-
-
-def _bounds(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> dict[str, int | None]:
-    """The collusion bound per per-user protection: from a verdict's `max_colluders`, else its key's k - 1."""
-    out: dict[str, int | None] = {}
-    for c in cells:
-        if c.get("family") != "per-user":
-            continue
-        b = (c.get("detail") or {}).get("max_colluders")
-        if b is None:
-            params = keys.get(c["protection"], {})
-            b = params.get("max_colluders", params["k"] - 1 if isinstance(params.get("k"), int) else None)
-        if b is not None:
-            out[c["protection"]] = int(b)
-        else:
-            out.setdefault(c["protection"], None)
-    return out
-
-
-def outcomes(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]] | None = None,
-             lock_margin: float = LOCK_HELD_MARGIN) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(cell, outcome) for every cell, in `ordered` order."""
-    base = {(c["protection"], c.get("seed")): _owned(c) if c.get("family") != "lock" else True
-            for c in cells if c.get("attack_name") == "none" and c.get("status") == "ok"}
-    bounds = _bounds(cells, keys or {})
-    return [(c, cell_outcome(c, base.get((c["protection"], c.get("seed"))), bounds.get(c["protection"]),
-                             lock_margin)) for c in ordered(cells)]
-
-
-def _pts(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:+.1f} points"
-
-
-def cost_text(before: float | None, after: float | None, what: str = "accuracy") -> str:
-    """An accuracy change in words a reader cannot misread: a cost only when accuracy fell, e.g.
-    `0.4 points lost (0.924 -> 0.920)` or `none: accuracy rose 2.4 points (0.923 -> 0.947)`."""
-    if before is None or after is None:
-        return "–"
-    d = 100 * (after - before)
-    span = f"({before:.3f} -> {after:.3f})"
-    if round(d, 1) == 0:
-        return f"none: {what} unchanged {span}"
-    if d < 0:
-        return f"{-d:.1f} points lost {span}"
-    return f"none: {what} rose {d:.1f} points {span}"
-
-
-def _never_note(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
-    """Why an unattacked protected model was not judged owned, from its verdict's details: its p-value, and
-    the reference models a reference-calibrated null had (few references cannot give a small p-value)."""
-    base = [c for c, _ in items if c.get("attack_name") == "none" and c.get("status") == "ok"]
-    if not base:
-        return ""
-    c = base[0]
-    d = c.get("detail") or {}
-    parts = []
-    if c.get("p_value") is not None:
-        parts.append(f"its p-value was {float(c['p_value']):.2g}")
-    if d.get("not_judged"):
-        parts.append(f"not judged: {str(d['not_judged']).split(';')[0]}")
-    elif isinstance(d.get("references"), int):
-        r = d["references"]
-        parts.append(f"judged against {r} reference model{'s' if r != 1 else ''}; with so few the smallest "
-                     "reachable p-value stays far above alpha, so give more reference models" if r < 10 else
-                     f"judged against {r} reference models")
-    return "; ".join(parts)
-
-
-def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
-             keys: dict[str, dict[str, Any]] | None = None,
-             lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
-    """Per protection, in plain words: what survived, what removed it (with parameters), at what alpha and
-    accuracy cost. The one decision behind the HTML headline, `bench report` and the demo's summary."""
-    by_prot: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
-    for c, o in outcomes(cells, keys, lock_margin):
-        by_prot[c["protection"]].append((c, o))
-    negs = defaultdict(list)
-    for n in negatives:
-        if n.get("status") == "ok":
-            negs[n["protection"]].append(n)
-    rows = []
-    for prot, items in by_prot.items():
-        first = items[0][0]
-        fam = first["family"]
-        attacked = [(c, o) for c, o in items if c.get("attack_name") != "none" and o["kind"] != "not-judged"]
-        removed = [(c, o) for c, o in attacked if o["removed"]]
-        in_bound_removed = [(c, o) for c, o in removed if o["kind"] != "past-bound"]
-        past_bound = [(c, o) for c, o in removed if o["kind"] == "past-bound"]
-        survived = [(c, o) for c, o in attacked if not o["removed"] and o["kind"] != "never"]
-        damaged = [(c, o) for c, o in survived if o["kind"] == "damaged"]
-        never = any(o["kind"] == "never" for _, o in items)
-        framed = sum(o["kind"] == "framed" for _, o in items)
-        owner = _mean([c.get("owner_acc") for c, _ in items if c.get("status") == "ok"])
-        prot_acc = _mean([c.get("protected_acc") for c, _ in items if c.get("status") == "ok"])
-        unlocked = _mean([c.get("unlocked_acc") for c, _ in items if c.get("status") == "ok"])
-        if fam == "lock":
-            cost = None if unlocked is None or owner is None else unlocked - owner
-            text = f"unlocked: {cost_text(owner, unlocked)}; locked accuracy {_fmt(prot_acc)}"
-        else:
-            cost = None if prot_acc is None or owner is None else prot_acc - owner
-            text = cost_text(owner, prot_acc)
-        alphas = sorted({alpha_of(c) for c, _ in items if fam != "lock"})
-        n_att = len(attacked)
-        if fam == "lock":
-            base_locked = all(o["kind"] == "held" for c, o in items if c.get("attack_name") == "none")
-            if not base_locked:
-                verdict = "did not lock: the locked model stays usable"
-            elif removed:
-                verdict = f"recovered by {len(removed)} of {n_att} attacks"
-            else:
-                verdict = f"held against all {n_att} attacks"
-        elif never:
-            why = _never_note(items)
-            verdict = ("never detected: the unattacked protected model was not judged owned at alpha "
-                       f"{_alpha_text(alphas)}" + (f" ({why})" if why else ""))
-        elif in_bound_removed:
-            verdict = f"removed by {len(in_bound_removed)} of {n_att} attacks"
-            if past_bound:
-                verdict += f" (and by {len(past_bound)} more past the code's bound)"
-        elif removed:
-            verdict = f"survived every attack within its guarantee ({n_att - len(removed)} of {n_att})"
-        elif damaged:
-            verdict = f"survived {n_att - len(damaged)} of {n_att} attacks"
-        else:
-            verdict = f"survived all {n_att} attacks"
-        if damaged and not never and fam != "lock":
-            verdict += (f"; {len(damaged)} more left it undetected but cost the model more than "
-                        f"{100 * REMOVAL_MARGIN:.0f} points of accuracy")
-        if framed:
-            verdict += f"; FRAMED innocent users in {framed} cells"
-        neg_acc = [n for n in negs.get(prot, []) if n.get("owned")]
-        rows.append({
-            "protection": prot, "method": first["method"], "family": fam, "verdict": verdict,
-            "status": ("never" if never else "removed" if (in_bound_removed or (fam == "lock" and removed))
-                       else "survived"),
-            "removed_by": [attack_text(c) + (f" [{o['note']}]" if o["note"] else "") for c, o in removed],
-            "survived": [attack_text(c) + f" [{o['word']}]" for c, o in survived],
-            "alpha": None if fam == "lock" else (alphas[0] if len(alphas) == 1 else alphas),
-            "rule": (f"held = attacked accuracy at least {100 * lock_margin:.0f} points below the owner's"
-                     if fam == "lock" else "owned = p-value <= alpha; removed = not owned while accuracy stays "
-                     f"within {100 * REMOVAL_MARGIN:.0f} points of the owner's"),
-            "accuracy_cost": cost, "accuracy_cost_text": text,
-            "owner_acc": owner, "protected_acc": prot_acc,
-            "false_positives": None if fam == "lock" else f"{len(neg_acc)} of {len(negs.get(prot, []))}",
-        })
-    return rows
-
-
-def _alpha_text(alpha: Any) -> str:
-    if alpha is None:
-        return "–"
-    if isinstance(alpha, list):
-        return ", ".join(f"{a:.0e}" for a in alpha)
-    return f"{alpha:.0e}"
-
-
-def survival_from_db(db_path: str | Path, lock_margin: float = LOCK_HELD_MARGIN) -> list[dict[str, Any]]:
-    from ..safeio import usable_path
-
-    db_path = usable_path(db_path, what="results database")
-    if not db_path.is_file():
-        raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
-    with Store(db_path) as s:
-        meta, cells, negatives, artifacts = s.meta(), s.cells(), s.negatives(), s.artifacts()
-    return partial_rows(survival(cells, negatives, key_params(db_path, artifacts), lock_margin),
-                        completeness(meta, cells, negatives))
-
-
-def key_params(db_path: Path, artifacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The JSON parameters of each protection's key in the run's cache (header only), by protection label."""
-    from ..safeio import loads_json
-    from ..tensorfile import read_head, read_header_metadata
-
-    out: dict[str, dict[str, Any]] = {}
-    for a in artifacts:
-        if a["kind"] != "protection":
-            continue
-        path = db_path.parent / "cache" / f"{a['artifact_id']}.key"
-        try:
-            meta = read_header_metadata(read_head(path), str(path), ModelSealError)
-            head = loads_json(meta.get("modelseal", "{}"), str(path))  # keys.py writes its JSON under this name
-        except ModelSealError:  # a missing or unreadable key file: its parameters are not shown
-            continue
-        params = head.get("params") if isinstance(head, dict) else None
-        if isinstance(params, dict):
-            out[a["info"].get("protection", a["label"])] = params
-    return out
-
-
-def completeness(meta: dict[str, str], cells: list[dict[str, Any]], negatives: list[dict[str, Any]]
-                 ) -> dict[str, Any] | None:
-    """What the run planned against what the database holds; None when the run is complete (or the database
-    predates the `planned` record)."""
-    try:
-        planned = json.loads(meta.get("planned") or "null")
-    except ValueError:
-        planned = None
-    if not isinstance(planned, dict) or not isinstance(planned.get("by_protection"), dict):
-        return None
-    have: dict[str, int] = defaultdict(int)
-    for c in cells:
-        have[c["protection"]] += 1
-    by = {str(k): (min(have.get(k, 0), int(v)), int(v)) for k, v in planned["by_protection"].items()}
-    done, total = sum(d for d, _ in by.values()), int(planned.get("cells", 0))
-    negs, negs_total = len(negatives), int(planned.get("negatives", 0))
-    if done >= total and negs >= negs_total:
-        return None
-    text = (f"PARTIAL RUN: {done} of {total} planned cells and {min(negs, negs_total)} of {negs_total} negative "
-            f"verdicts are in the database ({total - done} cells not run); every result below covers only the "
-            "finished part. Run `modelseal bench run` again on the same folder to finish it.")
-    return {"cells": done, "planned_cells": total, "negatives": negs, "planned_negatives": negs_total,
-            "by_protection": by, "text": text}
-
-
-def partial_rows(rows: list[dict[str, Any]], part: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The survival rows of a partial run: each unfinished protection's verdict says how much of it ran, and
-    a protection with no finished cell gets a "not run" row."""
-    if part is None:
-        return rows
-    seen = {r["protection"] for r in rows}
-    for r in rows:
-        done, total = part["by_protection"].get(r["protection"], (0, 0))
-        if done < total:
-            r["verdict"] += f"; PARTIAL: {done} of {total} cells run"
-            r["partial"] = True
-    for label, (_done, total) in part["by_protection"].items():
-        if label not in seen:
-            rows.append({"protection": label, "method": None, "family": None, "status": "not-run",
-                         "verdict": f"not run: 0 of {total} cells (partial run)", "removed_by": [], "survived": [],
-                         "alpha": None, "rule": None, "accuracy_cost": None, "accuracy_cost_text": "–",
-                         "false_positives": None, "partial": True})
-    return rows
-
 
 def survival_table(rows: list[dict[str, Any]]) -> Any:
     """The survival rows as a rich Table for the terminal (same words as the HTML headline)."""
@@ -375,33 +71,19 @@ def survival_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     t = Table(title="What survived? (one row per protection)", title_justify="left", show_lines=True)
-    for col in ("protection", "verdict", "removed by", "alpha", "accuracy cost", "independent models accused"):
+    for col in ("protection", "verdict", "cheapest removal", "removed by", "alpha", "accuracy cost",
+                "independent models accused"):
         t.add_column(col, overflow="fold")
     for r in rows:
         style = {"survived": "green", "removed": "red", "never": "yellow"}.get(r["status"], "yellow")
         t.add_row(escape(r["protection"]), f"[{style}]{escape(r['verdict'])}[/]",
-                  escape("\n".join(r["removed_by"])) or "–", _alpha_text(r["alpha"]), r["accuracy_cost_text"],
-                  r["false_positives"] or "–")
+                  escape(r.get("cheapest_removal") or "none"), escape("\n".join(r["removed_by"])) or "–",
+                  alpha_text(r["alpha"]), r["accuracy_cost_text"], r["false_positives"] or "–")
     return t
 
 
+
 # ============================================================================ formatting
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-            return f"{v:.2e}"
-        return f"{v:.{digits}f}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return str(v)
-
-
 def _table(headers: list[str], rows: list[list[Any]], left: int = 1, wrap: tuple[int, ...] = (),
            table_id: str | None = None) -> str:
     def cls(i: int) -> str:
@@ -411,7 +93,7 @@ def _table(headers: list[str], rows: list[list[Any]], left: int = 1, wrap: tuple
     out = [f"<table{ident}><tr>" + "".join(f"<th class='{'l' if i < left or i in wrap else ''}'>{html.escape(h)}</th>"
                                            for i, h in enumerate(headers)) + "</tr>"]
     for r in rows:
-        out.append("<tr>" + "".join(f"<td class='{cls(i)}'>{v if isinstance(v, _Raw) else html.escape(_fmt(v))}</td>"
+        out.append("<tr>" + "".join(f"<td class='{cls(i)}'>{v if isinstance(v, _Raw) else html.escape(fmt(v))}</td>"
                                     for i, v in enumerate(r)) + "</tr>")
     return "".join(out) + "</table>"
 
@@ -424,13 +106,13 @@ def _lines(items: list[str]) -> _Raw:
     return _Raw("<br>".join(html.escape(i) for i in items) if items else "–")
 
 
-def _mean(xs: list[Any]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
 
 def _int(x: float | None) -> int | None:
     return None if x is None else int(round(x))
+
+
+def _pts(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f} points"
 
 
 # ============================================================================ per-method metrics
@@ -476,10 +158,10 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
         detected = [o["kind"] in ("detected", "held") for c, o in items if c["status"] == "ok"]
         row: dict[str, Any] = {
             "protection": prot, "method": cs[0]["method"], "family": fam, "cells": len(cs), "ok": len(ok),
-            "owner_acc": _mean([c["owner_acc"] for c in ok]), "protected_acc": _mean([c["protected_acc"] for c in ok]),
-            "detection_rate": _mean([float(d) for d in detected]),
-            "fpr": _mean([float(bool(n["owned"])) for n in ns]) if ns else None,
-            "roc_auc": auc, "queries": _int(_mean([c["queries"] for c in ok])),
+            "owner_acc": mean([c["owner_acc"] for c in ok]), "protected_acc": mean([c["protected_acc"] for c in ok]),
+            "detection_rate": mean([float(d) for d in detected]),
+            "fpr": mean([float(bool(n["owned"])) for n in ns]) if ns else None,
+            "roc_auc": auc, "queries": _int(mean([c["queries"] for c in ok])),
             "removed": sum(o["removed"] for _, o in items), "wall_s": sum(c["wall_s"] or 0 for c in cs),
             "uniqueness": None, "colluders_found": None, "innocents_accused": None,
             "locked_acc": None, "unlocked_acc": None, "recovered_acc": None}
@@ -498,7 +180,7 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
                 sum(n["innocents_accused"] or 0 for n in ns)
         if fam == "lock":
             row["locked_acc"] = row["protected_acc"]
-            row["unlocked_acc"] = _mean([c["unlocked_acc"] for c in ok])
+            row["unlocked_acc"] = mean([c["unlocked_acc"] for c in ok])
             rec = [c["attacked_acc"] for c in ok if c["attack_name"] != "none"]
             row["recovered_acc"] = max(rec) if rec else None
             row["fidelity"] = None if row["unlocked_acc"] is None or row["owner_acc"] is None \
@@ -587,7 +269,7 @@ def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_ma
 
     def finish(ax: Any) -> None:
         if value == "acc":
-            owner = _mean([c["owner_acc"] for c in ok])
+            owner = mean([c["owner_acc"] for c in ok])
             if owner is not None:
                 ax.axhline(owner, color="black", ls="--", lw=1, label="owner accuracy")
                 ax.axhline(owner - REMOVAL_MARGIN, color="grey", ls=":", lw=1,
@@ -611,11 +293,11 @@ def _attack_panels(cells: list[dict[str, Any]], value: str, ylabel: str, lock_ma
         span = (every[-1] - every[0]) if len(every) > 1 else 1.0
         counts = bool(every) and all(float(x).is_integer() for x in every)  # e.g. colluders k: no line between
         for i, p in enumerate(prots):
-            pts = defaultdict(list)
+            pts: dict[float, list[float]] = defaultdict(list)
             for c in attacked:
-                if c["attack_name"] == name and c["protection"] == p and c["strength"] is not None \
-                        and y_of(c) is not None:
-                    pts[c["strength"]].append(y_of(c))
+                y = y_of(c)
+                if c["attack_name"] == name and c["protection"] == p and c["strength"] is not None and y is not None:
+                    pts[c["strength"]].append(y)
             if pts:
                 xs = sorted(pts)
                 dx = span * 0.012 * (i - (len(prots) - 1) / 2)
@@ -681,15 +363,11 @@ def _status_class(status: str) -> str:
 def report(db_path: str | Path, out_html: str | Path, force: bool = False,
            lock_margin: float = LOCK_HELD_MARGIN) -> Path:
     """Write the HTML report of the database `db_path` to `out_html` (refused if it exists without force)."""
-    from ..safeio import check_writable, usable_path, write_atomic
+    from ..safeio import check_writable, write_atomic
 
-    db_path, out_html = usable_path(db_path, what="results database"), Path(out_html)
-    if not db_path.is_file():
-        raise ModelSealError(f"results database {db_path} does not exist; run `modelseal bench run` first")
+    meta, cells, negatives, artifacts, keys = read_rows(db_path)
+    out_html = Path(out_html)
     check_writable(out_html, force)
-    with Store(db_path) as s:
-        meta, cells, negatives, artifacts = s.meta(), s.cells(), s.negatives(), s.artifacts()
-    keys = key_params(db_path, artifacts)
     last = json.loads(meta.get("last_run", "{}"))
     name = html.escape(meta.get("scenario_name", "?"))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>modelseal bench: {name}</title>"
@@ -701,11 +379,12 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
         parts.append(f"<section id='partial'><p class='bad'>{html.escape(part['text'])}</p></section>")
     parts.append("<section id='headline'><h2>What survived?</h2>")
     parts.append(_table(
-        ["protection", "verdict", "removed by (attack and parameters)", "survived", "alpha", "accuracy cost",
-         "independent models accused"],
+        ["protection", "verdict", "cheapest attack that removed it", "removed by (attack and parameters)",
+         "survived", "alpha", "accuracy cost", "independent models accused"],
         [[r["protection"], _Raw(f"<span class='{_status_class(r['status'])}'>{html.escape(r['verdict'])}</span>"),
-          _lines(r["removed_by"]), _lines(r["survived"]), _alpha_text(r["alpha"]), r["accuracy_cost_text"],
-          r["false_positives"]] for r in rows], left=1, wrap=(1, 2, 3, 5), table_id="headline-table"))
+          r["cheapest_removal"] or "none", _lines(r["removed_by"]), _lines(r["survived"]), alpha_text(r["alpha"]),
+          r["accuracy_cost_text"], r["false_positives"]] for r in rows], left=1, wrap=(1, 2, 3, 4, 6),
+        table_id="headline-table"))
     parts.append(
         f"<p class='note'>A watermark or fingerprint is <b>detected</b> when its verdict's p-value is at most alpha "
         f"(the chance that an independent model scores as well). An attack <b>removes</b> it when the unattacked "
@@ -715,8 +394,10 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
         f"model's accuracy stays at least {100 * lock_margin:.0f} points below the owner's. Accuracy cost: protected "
         f"minus owner accuracy (locks: unlocked minus owner), in percentage points. Collusion past the code's bound "
         "is labelled: the code does not promise to trace it. Accuracy cost is a cost only when accuracy fell; "
-        "the protected accuracy shown is the mean over this protection's cells, the same number everywhere."
-        "</p></section>")
+        "the protected accuracy shown is the mean over this protection's cells, the same number everywhere. "
+        "<b>Cheapest attack that removed it</b> (locks: that recovered it): the removal that cost the thief least, "
+        f"ordered by {', then '.join(_COST_WORDS[k] for k in COST_ORDER)} (collusion past the code's bound is "
+        "not counted).</p></section>")
 
     parts.append("<section id='summary'><h2>Run</h2>")
     parts.append(_table(["item", "value"], [
@@ -766,12 +447,11 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
 
     parts.append("<section id='negatives'><h2>Negatives (independent models)</h2>")
     parts.append(_table(
-        ["protection", "negative", "seed", "status", "accuracy", "owned", "p-value", "alpha", "queries",
+        ["protection", "negative", "seed", "status", "accuracy", "outcome", "p-value", "alpha", "queries",
          "innocents accused", "note"],
-        [[n["protection"], n["negative"], n["seed"], n["status"], n["accuracy"],
-          None if n["owned"] is None else bool(n["owned"]), n["p_value"], alpha_of(n), n["queries"],
-          n["innocents_accused"], (n["detail"] or {}).get("not_applicable", "")] for n in negatives],
-        left=2, wrap=(10,)))
+        [[n["protection"], n["negative"], n["seed"], n["status"], n["accuracy"], negative_outcome(n)["word"],
+          n["p_value"], alpha_of(n), n["queries"], n["innocents_accused"],
+          (n["detail"] or {}).get("not_applicable", "")] for n in negatives], left=2, wrap=(10,)))
     parts.append("</section>")
 
     parts.append("<section id='plot-accuracy'><h2>Accuracy after each attack</h2>"
@@ -785,3 +465,4 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
                  + _plot_scores(cells, negatives) + "</section>")
     parts.append("</body></html>")
     return write_atomic(out_html, "".join(parts), force=True)
+

@@ -49,12 +49,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import validate
 from ..errors import ModelSealError
 from ..schema import MAX_SEED, Spec
 from ..verdict import DEFAULT_ALPHA
+
+if TYPE_CHECKING:
+    from ..methods.base import Method
 
 BUILTIN = ("demo", "tiny")
 TOP_KEYS = {"name", "data", "data_seed", "seeds", "baseline", "device", "threads", "owner", "protections",
@@ -65,12 +68,12 @@ class ScenarioError(ModelSealError):
     """A scenario file is not valid TOML or does not follow the scenario schema."""
 
 
-def protect_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+def protect_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
     """The protection's parameters that configure the method (its constructor)."""
     return {k: v for k, v in params.items() if k not in cls.verify_params}
 
 
-def verifier_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+def verifier_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
     """The protection's parameters that belong to the verifier (the method's `verify_params`); for
     `references` the value is the number of independent reference models the bench trains."""
     return {k: v for k, v in params.items() if k in cls.verify_params}

@@ -8,7 +8,10 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
 - `artifacts(artifact_id TEXT PRIMARY KEY, kind TEXT, label TEXT, info TEXT JSON, wall_s REAL)`: prepared
   models and keys: kind `owner`, `negative`, `reference` (info: spec, accuracy) and `protection`
   (info: protection label, method, family, seed, protected accuracy, unlocked accuracy for locks,
-  number of copies for per-user methods). Their weights and keys are cached next to the database in `cache/`.
+  number of copies for per-user methods, `key_params`: the JSON parameters of the protection's key, which
+  the report reads here, never from the key files). Their weights and keys are cached next to the database in
+  `cache/`; `protection_params()` gives the key parameters by protection label (none for databases written
+  before they were recorded).
 - `cells(cell_id TEXT PRIMARY KEY, ...)`: one row per protection x attack variant x seed. `cell_id` is a
   hash of the cell's parameters and the owner's spec. Columns: protection, method, family
   (watermark | fingerprint | per-user | lock: the registry's families), attack (label incl. swept values), attack_name,
@@ -16,7 +19,7 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
   status (`ok` | `skipped` | `error`), owner_acc, protected_acc, attacked_acc, unlocked_acc (locks),
   owned (0/1; for locks: the accuracy stays more than 5 points below the owner's), score, p_value,
   threshold, queries, removed (0/1: an attack ran, and not owned while attacked_acc >= owner_acc - 0.05),
-  colluders JSON (deepmarks: the users whose copies were attacked), accused JSON, colluders_found,
+  colluders JSON (per-user family: the users whose copies were attacked), accused JSON, colluders_found,
   innocents_accused, detail JSON (method details or the reason for skipped/error), wall_s, finished_at,
   alpha (the significance level the verdict used; NULL in databases written before it was recorded, and
   when the runner does not report it: readers then take the library default, `verdict.DEFAULT_ALPHA`),
@@ -132,6 +135,25 @@ class Store:
             raise bad(str(e)) from None
         if not tables & {"meta", "cells"}:  # databases of older modelseal versions may lack `meta`
             raise bad("it has neither a meta nor a cells table")
+        self._check_families(tables & {"cells", "negatives"})
+
+    def _check_families(self, tables: set[str]) -> None:
+        """Refuse a database whose rows name a family the method registry does not know (modelseal before
+        the registry's families named the protection family, not the method): its outcomes cannot be read."""
+        from ..errors import ModelSealError
+        from ..methods import FAMILIES
+
+        ro = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            found = {r[0] for t in sorted(tables) for r in ro.execute(f"SELECT DISTINCT family FROM {t}")}
+        except sqlite3.Error:
+            found = set()
+        finally:
+            ro.close()
+        unknown = sorted(str(f) for f in found - set(FAMILIES) - {None})
+        if unknown:
+            raise ModelSealError(f"{self.path} was written by an older modelseal (family {', '.join(unknown)} is not "
+                                 f"one of {', '.join(FAMILIES)}); run the scenario again into a new run directory")
 
     def close(self) -> None:
         self.db.close()
@@ -170,6 +192,15 @@ class Store:
         rows = self.db.execute("SELECT artifact_id, kind, label, info, wall_s FROM artifacts ORDER BY kind, label")
         return [{"artifact_id": r[0], "kind": r[1], "label": r[2], "info": json.loads(r[3]), "wall_s": r[4]}
                 for r in rows.fetchall()]
+
+    def protection_params(self) -> dict[str, dict[str, Any]]:
+        """The key parameters recorded for each protection (by label) when it was made."""
+        out: dict[str, dict[str, Any]] = {}
+        for a in self.artifacts():
+            params = a["info"].get("key_params") if a["kind"] == "protection" else None
+            if isinstance(params, dict):
+                out[str(a["info"].get("protection", a["label"]))] = params
+        return out
 
     # ------------------------------------------------------------------ results
     def _put(self, table: str, cols: list[str], row: dict[str, Any]) -> None:
