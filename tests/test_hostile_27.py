@@ -327,7 +327,7 @@ def test_a_partial_run_says_so_in_the_report_and_the_terminal(tmp_path, capsys):
     assert "PARTIAL RUN: 1 of 20002 planned cells" in text and "20001 cells not run" in text
     assert "tafa-b" in text and "not run: 0 of 10001 cells" in text
     assert "PARTIAL: 1 of 10001 cells run" in text
-    from modelseal.bench.report import survival_from_db
+    from modelseal.bench.outcomes import survival_from_db
 
     rows = {r["protection"]: r for r in survival_from_db(run_dir / "results.sqlite")}
     assert set(rows) == {"tafa-a", "tafa-b"} and rows["tafa-b"]["status"] == "not-run"

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -26,9 +26,12 @@ def _key(key: Key | str | os.PathLike) -> Key:
     return key if isinstance(key, Key) else Key.load(key)
 
 
-def verify(suspect: Suspect | nn.Module | str, key: Key | str | os.PathLike | Sequence[Key | str | os.PathLike], *,
-           commitment: Any = None, evidence: str | os.PathLike | Sequence[str | os.PathLike] | None = None, force: bool = False,
-           **verifier: Any) -> Verdict:
+KeyLike = Key | str | os.PathLike
+
+
+def verify(suspect: Suspect | nn.Module | str, key: KeyLike | Sequence[KeyLike], *,
+           commitment: Any = None, evidence: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+           force: bool = False, **verifier: Any) -> Verdict:
     """Judge `suspect` with `key` through the judge verb of its method's family. Returns a Verdict.
 
     `verifier` holds the verifier's rule: `alpha` (default 1e-6) and the method's own test parameters

@@ -1131,10 +1131,13 @@ def bench_report(
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Write one self-contained HTML report from a results database: what survived, then tables and plots."""
-    from .bench.report import report, survival_from_db, survival_table
+    from .bench.outcomes import survival_from_db
+    from .bench.report import report, survival_table
+
     check_distinct({"DB": db, "--out": out_html})
     path = report(db, out_html, force=force)
     rows = survival_from_db(db)
+
     def human() -> None:
         out.print(survival_table(rows))
         out.print(f"report -> {path}")

@@ -24,9 +24,9 @@ import importlib
 import importlib.util
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from . import validate
@@ -266,8 +266,10 @@ def declared_defaults(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ source
-_FACTORIES: dict[str, Callable[..., Any]] = {"param": param, "seed_param": seed_param, "device_param": device_param, "batch_param": batch_param,
-              "progress_field": progress_field, "vparam": vparam, "verifier": verifier}
+_FACTORIES: dict[str, Callable[..., Any]] = {
+    "param": param, "seed_param": seed_param, "device_param": device_param, "batch_param": batch_param,
+    "progress_field": progress_field, "vparam": vparam, "verifier": verifier,
+}
 _SAFE_MODULES = {"validate": validate, "schema": __import__(__name__, fromlist=["x"])}
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv}

@@ -44,11 +44,9 @@ from .outcomes import (
     partial_rows,
     read_rows,
     survival,
-    survival_from_db,
 )
 
-__all__ = ["SECTIONS", "report", "survival_table", "method_summary", "survival_from_db", "cost_text",
-           "LOCK_HELD_MARGIN"]
+__all__ = ["SECTIONS", "report", "survival_table", "method_summary", "cost_text", "LOCK_HELD_MARGIN"]
 
 SECTIONS = ["headline", "summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection",
             "plot-scores"]

@@ -93,7 +93,7 @@ def register(name: str, *, family: str, access: str):
                                 f"modelseal.methods.base.{BASES[family].__name__}")
         protect = FAMILIES[family][0]
         if getattr(cls, protect) is getattr(BASES[family], protect) or \
-                (family != "lock" and getattr(cls, "decide") is getattr(BASES[family], "decide")):
+                (family != "lock" and cls.decide is BASES[family].decide):  # type: ignore[attr-defined]
             raise RegistryError(f"method '{name}' of family '{family}' does not implement "
                                 f"{protect}{'' if family == 'lock' else ' and decide'}")
         cls.name, cls.access = name, access
