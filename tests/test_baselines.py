@@ -137,17 +137,22 @@ def test_bad_inputs_end_in_one_line(zoo):
 
 
 def test_cli_extracts_and_verifies_a_baseline(zoo, tmp_path):
+    """The data set comes from the model file's header (as `modelseal train` records it), else from --set."""
     runner = CliRunner()
-    ms.models.save_model(zoo["owner"], tmp_path / "owner.safetensors")
+    ms.models.save_model(zoo["owner"], tmp_path / "owner.safetensors", extra={"data": "digits"})
+    ms.models.save_model(zoo["owner"], tmp_path / "bare.safetensors")
     ms.models.save_model(zoo["independents"][2], tmp_path / "other.safetensors")
     r = runner.invoke(app, ["fingerprint", "extract", str(tmp_path / "owner.safetensors"), "--method", "akh",
-                            "--key", str(tmp_path / "akh.seal"), "--set", "data=digits", "--seed", "1", "--json"])
+                            "--key", str(tmp_path / "akh.seal"), "--seed", "1", "--json"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["verify", str(tmp_path / "akh.seal"), str(tmp_path / "other.safetensors"),
                             "--commitment", str(tmp_path / "akh.public.json"), "--json"])
     assert r.exit_code == 0, r.output
     v = json.loads(r.stdout)
     assert v["owned"] is False and v["details"]["score_only"] is True
-    r = runner.invoke(app, ["fingerprint", "extract", str(tmp_path / "owner.safetensors"), "--method", "sac",
+    r = runner.invoke(app, ["fingerprint", "extract", str(tmp_path / "bare.safetensors"), "--method", "sac",
                             "--key", str(tmp_path / "sac.seal")])
     assert r.exit_code == 2 and "--set data=" in r.output
+    r = runner.invoke(app, ["fingerprint", "extract", str(tmp_path / "bare.safetensors"), "--method", "sac",
+                            "--key", str(tmp_path / "sac.seal"), "--set", "data=digits"])
+    assert r.exit_code == 0, r.output

@@ -12,8 +12,9 @@ Where modelseal deviates, and why:
 - Data. The fingerprint protocol's `extract(model, input_spec)` is given no data, so the owner's test inputs
   come through the declared parameter `data` (a `modelseal.data` name: `digits`, `mnist5k`, `npz:PATH`...)
   and its `split` of `data.load(data, seed=data_seed)`; when `data` is none and the input specification is a
-  data set's `Meta` (what the bench passes), the Meta's name is loaded. A plain `InputSpec` (the CLI's) with
-  no `data` ends in one line asking for `--set data=NAME`. The bench's data seed is not in the Meta, so the
+  data set's `Meta` (what the bench passes), the Meta's name is loaded; else the data set the model file's
+  header names (`modelseal train` records it, so `modelseal fingerprint extract --method akh` needs no
+  `--set`). Otherwise one line asks for `--set data=NAME`. The bench's data seed is not in the Meta, so the
   bench extracts from the `test` split of seed 0, which can overlap the owner's training split when the
   bench's data seed differs (the owner then misclassifies fewer of those inputs; nothing else changes).
 - p-value. The paper has none, and an independent model of the same task repeats many of the owner's
@@ -55,12 +56,24 @@ SPLITS = ("test", "attacker", "owner")
 
 
 # ---------------------------------------------------------------------- helpers shared by the baselines
-def owner_data(method: str, data: str | None, data_seed: int, split: str, input_spec: Any
+def data_name(data: str | None, input_spec: Any, model: Any) -> str | None:
+    """Where the owner's inputs come from: `data`, else the input specification's data set (a Meta), else the
+    data set the model file's header names (`modelseal train` records it)."""
+    if data is not None:
+        return data
+    if isinstance(input_spec, Meta):
+        return input_spec.name
+    recorded = (getattr(model, "modelseal_extra", None) or {}).get("data")
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def owner_data(method: str, data: str | None, data_seed: int, split: str, input_spec: Any, model: Any = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The owner's (x, y) from `data` (a modelseal.data name), else from the input specification's data set."""
+    """The owner's (x, y) from `data` (a modelseal.data name), else from the data set behind the input
+    specification or the model file (`data_name`)."""
     from .. import data as data_mod
 
-    name = data if data is not None else (input_spec.name if isinstance(input_spec, Meta) else None)
+    name = data_name(data, input_spec, model)
     if name is None:
         raise ModelSealError(f"{method} needs the owner's test data: give a data set name with data=NAME "
                              f"(CLI: --set data=digits)")
@@ -293,7 +306,7 @@ class AKH(Fingerprint):
         """The owner's misclassified inputs of the data set's split and the owner's (wrong) labels on them."""
         spec = as_input_spec(input_spec)
         sig = model_signature(model, "akh", spec.shape)
-        x, y = owner_data("akh", self.data, self.data_seed, self.split, input_spec)
+        x, y = owner_data("akh", self.data, self.data_seed, self.split, input_spec, model)
         pred = predict(model, x).reshape(len(x), -1).argmax(1)
         wrong = (pred != y).nonzero().flatten()
         if len(wrong) == 0:

@@ -8,7 +8,8 @@ DDVs. The pairs are normal inputs and perturbed copies of them chosen so that th
 Where modelseal deviates, and why:
 
 - Pairs. x_i are the owner's inputs from `data` (a modelseal.data name, its `split`; see `methods.akh` for
-  where data come from) or, with `data` none and no data set behind the input specification, uniform noise
+  where data come from) or, with `data` none and no data set behind the input specification or the model
+  file, uniform noise
   in the input box. x'_i is an untargeted sign-gradient (PGD) step sequence of size `eps` (a fraction of the
   box) that moves the owner's prediction away from its label on x_i, instead of the paper's search that
   maximises the DDVs' diversity (which needs a pool of models). The output distance is the cosine distance
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import validate
-from ..data import Meta, as_input_spec
+from ..data import as_input_spec
 from ..keys import Key
 from ..runtime import model_device
 from ..schema import param, seed_param, verifier, vparam
@@ -42,6 +43,7 @@ from .akh import (
     AKH,
     REFERENCES_MEANING,
     SPLITS,
+    data_name,
     decide_baseline,
     evidence_hooks,
     model_signature,
@@ -106,10 +108,11 @@ class ModelDiff(Fingerprint):
         gen = torch.Generator().manual_seed(int(self.seed))
         lo, hi = spec.bounds
         source = "noise"
-        if self.data is not None or isinstance(input_spec, Meta):
-            x, _ = owner_data("modeldiff", self.data, self.data_seed, self.split, input_spec)
+        name = data_name(self.data, input_spec, model)
+        if name is not None:
+            x, _ = owner_data("modeldiff", name, self.data_seed, self.split, input_spec, model)
             x = x[torch.randperm(len(x), generator=gen)[: self.n]]
-            source = f"{self.data or input_spec.name}:{self.split}"
+            source = f"{name}:{self.split}"
         else:
             x = lo + (hi - lo) * torch.rand((int(self.n), *spec.shape), generator=gen)
         x2 = self._perturb(model, x, lo, hi)

@@ -125,7 +125,7 @@ class SAC(Fingerprint):
         """The samples and the owner's outputs on them."""
         spec = as_input_spec(input_spec)
         sig = model_signature(model, "sac", spec.shape)
-        x, y = owner_data("sac", self.data, self.data_seed, self.split, input_spec)
+        x, y = owner_data("sac", self.data, self.data_seed, self.split, input_spec, model)
         gen = torch.Generator().manual_seed(int(self.seed))
         if self.samples == "cutmix":
             inputs = cutmix(x, int(self.n), gen)
