@@ -314,7 +314,8 @@ class AKH(Fingerprint):
                              "use a larger split or another data set (data=NAME)")
         pick = wrong[torch.randperm(len(wrong), generator=torch.Generator().manual_seed(int(self.seed)))][: self.n]
         pick = pick.sort().values
-        params = {"n": len(pick), "n_requested": int(self.n), "data": self.data, "split": self.split,
+        params = {"n": len(pick), "n_requested": int(self.n), "data": data_name(self.data, input_spec, model),
+                  "split": self.split,
                   "data_seed": int(self.data_seed), "seed": int(self.seed), "inputs_seen": len(x),
                   "owner_error_rate": len(wrong) / len(x)}
         return Key("akh", params=params, tensors={"inputs": x[pick].float(), "labels": pred[pick].long(),

@@ -45,6 +45,7 @@ from .akh import (
     AKH,
     REFERENCES_MEANING,
     SPLITS,
+    data_name,
     decide_baseline,
     evidence_hooks,
     model_signature,
@@ -136,7 +137,8 @@ class SAC(Fingerprint):
                                  "least 2: use samples=cutmix or a larger split")
             inputs = x[wrong[torch.randperm(len(wrong), generator=gen)][: self.n].sort().values]
         outputs = predict(model, inputs.float()).reshape(len(inputs), -1).float()
-        params = {"n": len(inputs), "n_requested": int(self.n), "samples": self.samples, "data": self.data,
+        params = {"n": len(inputs), "n_requested": int(self.n), "samples": self.samples,
+                  "data": data_name(self.data, input_spec, model),
                   "split": self.split, "data_seed": int(self.data_seed), "seed": int(self.seed)}
         return Key("sac", params=params, tensors={"inputs": inputs.float(), "outputs": outputs}, signature=sig)
 
