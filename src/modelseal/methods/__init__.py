@@ -50,6 +50,10 @@ _MODULES = {
     "c-examples": "modelseal.methods.characteristic",
     "tafa": "modelseal.methods.tafa",
     "advparams": "modelseal.methods.advparams",
+    "akh": "modelseal.methods.akh",
+    "ipguard": "modelseal.methods.ipguard",
+    "modeldiff": "modelseal.methods.modeldiff",
+    "sac": "modelseal.methods.sac",
 }
 _BUILTIN = frozenset(_MODULES)
 

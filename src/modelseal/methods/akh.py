@@ -1,0 +1,326 @@
+"""AKH: "the suspect repeats the victim's own mistakes" — a peer baseline fingerprint.
+
+Paper: Godinot et al., "Queries, Representation & Detection: The Next 100 Model Fingerprinting Schemes",
+AAAI 2025 (QuRD). Queries: test inputs the owner misclassifies; representation: the labels; detection: the
+agreement rate between the suspect's labels and the owner's (wrong) labels on those inputs.
+
+This module also holds the helpers the four peer baselines share (akh, ipguard, modeldiff, sac): where
+their data come from, how their outputs are read, and their verdict.
+
+Where modelseal deviates, and why:
+
+- Data. The fingerprint protocol's `extract(model, input_spec)` is given no data, so the owner's test inputs
+  come through the declared parameter `data` (a `modelseal.data` name: `digits`, `mnist5k`, `npz:PATH`...)
+  and its `split` of `data.load(data, seed=data_seed)`; when `data` is none and the input specification is a
+  data set's `Meta` (what the bench passes), the Meta's name is loaded; else the data set the model file's
+  header names (`modelseal train` records it, so `modelseal fingerprint extract --method akh` needs no
+  `--set`). Otherwise one line asks for `--set data=NAME`. The bench's data seed is not in the Meta, so the
+  bench extracts from the `test` split of seed 0, which can overlap the owner's training split when the
+  bench's data seed differs (the owner then misclassifies fewer of those inputs; nothing else changes).
+- p-value. The paper has none, and an independent model of the same task repeats many of the owner's
+  mistakes (confusable digits), at a rate that differs from one model to the next, so no null is valid
+  without independent models. Without the verifier's `references` the method is **score only**: its
+  Verdict has owned=False, p_value=1.0, details["score_only"]=True and the reason; it enters ROC scoring and
+  never accuses. With references the agreement count is judged as c-examples judges match counts (a
+  beta-binomial fitted conservatively to the references' counts, never below the rank p-value
+  (1 + #{references agreeing at least as often}) / (R + 1)), so reaching alpha needs R >= 1/alpha - 1.
+- The key keeps at most `n` misclassified inputs (a seeded random choice among all of them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import stats, validate
+from ..data import Meta, as_input_spec, as_tensors
+from ..errors import KeyFormatError, ModelError, ModelSealError, SuspectError
+from ..keys import Key
+from ..models import signature_of
+from ..schema import param, seed_param, verifier, vparam
+from ..suspect import Suspect, as_suspect
+from ..train import predict
+from ..verdict import Verdict
+from . import register
+from .base import Fingerprint
+
+MAX_REFERENCES = 1000
+SPLITS = ("test", "attacker", "owner")
+
+
+# ---------------------------------------------------------------------- helpers shared by the baselines
+def data_name(data: str | None, input_spec: Any, model: Any) -> str | None:
+    """Where the owner's inputs come from: `data`, else the input specification's data set (a Meta), else the
+    data set the model file's header names (`modelseal train` records it)."""
+    if data is not None:
+        return data
+    if isinstance(input_spec, Meta):
+        return input_spec.name
+    recorded = (getattr(model, "modelseal_extra", None) or {}).get("data")
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def owner_data(method: str, data: str | None, data_seed: int, split: str, input_spec: Any, model: Any = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The owner's (x, y) from `data` (a modelseal.data name), else from the data set behind the input
+    specification or the model file (`data_name`)."""
+    from .. import data as data_mod
+
+    name = data_name(data, input_spec, model)
+    if name is None:
+        raise ModelSealError(f"{method} needs the owner's test data: give a data set name with data=NAME "
+                             f"(CLI: --set data=digits)")
+    splits = data_mod.load(name, seed=int(data_seed))
+    x, y = as_tensors(getattr(splits, split))
+    spec = as_input_spec(input_spec)
+    if tuple(x.shape[1:]) != tuple(spec.shape):
+        raise ModelSealError(f"data set '{name}' has inputs of shape {tuple(x.shape[1:])} but the model takes "
+                             f"{tuple(spec.shape)}; give the owner's own data set with data=NAME")
+    return x.float(), y.long()
+
+
+def model_signature(model: Any, method: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """{input_shape, output_size} of the owner; a classifier with at least 2 outputs is required."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{method} fingerprints an nn.Module, got {type(model).__name__}")
+    try:
+        sig = signature_of(model, shape)
+    except RuntimeError as e:
+        raise ModelError(f"the model does not accept inputs of shape {shape} ({str(e).splitlines()[0][:120]}); "
+                         "pass the model's own input spec") from None
+    if int(sig["output_size"]) < 2:
+        raise ModelError(f"{method} needs a classifier with at least 2 outputs, the model has {sig['output_size']}")
+    return {"input_shape": list(shape), "output_size": int(sig["output_size"])}
+
+
+def probabilities(out: torch.Tensor) -> torch.Tensor:
+    """Rows as probabilities: kept when they already are (>= 0, summing to 1), else softmax of the logits."""
+    x = out.reshape(len(out), -1).double()
+    if float(x.min()) >= -1e-6 and bool(((x.sum(1) - 1).abs() <= 1e-3).all()):
+        return x.clamp_min(0)
+    return x.softmax(1)
+
+
+def quiet(model: Any) -> Suspect:
+    """A reference model as a Suspect without a query budget (a Suspect the caller built keeps its own)."""
+    if isinstance(model, Suspect):
+        return model
+    s = as_suspect(model)
+    s.max_queries = None
+    return s
+
+
+def references_of(rule: dict[str, Any], key: Key) -> list[Suspect]:
+    """The verifier's reference models as Suspects, each checked against the key's signature."""
+    from ..references import as_references
+
+    refs_given = rule.get("references")
+    if refs_given is not None and not isinstance(refs_given, (list, tuple, str, os.PathLike)):
+        raise ModelSealError(f"references must be a list of reference models (or their files) or a pool folder, "
+                             f"got {type(refs_given).__name__}")
+    refs = [quiet(r) for r in as_references(refs_given)]
+    if len(refs) > MAX_REFERENCES:
+        raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")
+    for r in refs:
+        key.check_signature(r.input_shape, r.output_size(probe_shape=tuple(key.signature["input_shape"])))
+    return refs
+
+
+def budget(s: Suspect, need: int, rule: dict[str, Any], method: str) -> None:
+    """SuspectError unless the suspect may be asked `need` inputs under the verifier's and its own budget."""
+    allowed = [b for b in (rule.get("max_queries"), s.remaining()) if b is not None]
+    if allowed and min(allowed) < need:
+        raise SuspectError(f"{method} asks the suspect {need} inputs but only {min(allowed)} queries are allowed; "
+                           "raise the budget (--max-queries)")
+
+
+def baseline_verdict(method: str, score: float, alpha: float, queries: int, details: dict[str, Any],
+                     ref_scores: list[float], counts: tuple[int, int, list[int]] | None = None) -> Verdict:
+    """The verdict of a peer baseline: score only without references; with them, a reference null.
+
+    `counts` = (matches, n, reference counts) judges a count statistic with the beta-binomial reference null
+    of c-examples; otherwise the rank p-value (1 + #{reference scores >= score}) / (R + 1), valid by
+    exchangeability of the suspect with R independent references."""
+    details = {**details, "references": len(ref_scores)}
+    if not ref_scores:
+        details.update(score_only=True, reason=(
+            f"score only: {method} has no null without independent reference models (independent models of one "
+            "task share part of its statistic), so it never accuses; give references (CLI: verify --reference "
+            "MODEL) for a p-value"))
+        return Verdict(method, owned=False, score=score, threshold=math.inf, p_value=1.0, alpha=alpha,
+                       queries=queries, details=details)
+    details["reference_scores"] = [float(r) for r in ref_scores]
+    if counts is not None:
+        from .characteristic import judge_counts
+
+        matches, n, ref_counts = counts
+        res = judge_counts(matches, n, ref_counts, alpha)
+        details.update({k: v for k, v in res["null"].items() if k != "reference_rates"})
+        p, threshold = float(res["p_value"]), float(res["threshold"])
+    else:
+        p = stats.permutation_pvalue(score, ref_scores)
+        k = int(math.floor(alpha * (len(ref_scores) + 1) + 1e-12)) - 1  # most references allowed at or above
+        desc = sorted(ref_scores, reverse=True)
+        threshold = math.inf if k < 0 else (float(np.nextafter(desc[k], math.inf)) if k < len(desc) else -math.inf)
+    details["p_floor"] = 1.0 / (len(ref_scores) + 1)
+    return Verdict(method, owned=bool(p <= alpha), score=score, threshold=threshold, p_value=p, alpha=alpha,
+                   queries=queries, details=details)
+
+
+def unpack(key: Key, method: str, tensors: tuple[str, ...]) -> list[torch.Tensor]:
+    """The key's tensors, checked to be present, non-empty and of one length."""
+    if key.method != method:
+        raise KeyFormatError(f"this is a '{key.method}' key; {method} verification needs a {method} key")
+    out = [key.tensors.get(t) for t in tensors]
+    got = [t for t in out if t is not None and t.dim() >= 1 and len(t) > 0]
+    if len(got) != len(out) or len({len(t) for t in got}) != 1:
+        raise KeyFormatError(f"{method} key is malformed (needs {', '.join(tensors)} of one length); extract it again")
+    return got
+
+
+Statistic = Callable[[dict[str, torch.Tensor], Any], tuple[float, int | None, int]]
+
+
+def ask(suspect: Suspect, inputs: torch.Tensor, labels: bool, outputs: int) -> Any:
+    """The suspect's answers as a transcript records them: a list of labels, or a float32 tensor (n, outputs)."""
+    if labels:
+        return [int(a) for a in suspect.labels(inputs.float()).reshape(-1).tolist()]
+    out = suspect.predict(inputs.float())
+    if out.dim() < 2 or out.reshape(len(inputs), -1).shape[1] != outputs:
+        raise SuspectError("this method needs the suspect's output scores (one per class), got another shape; use a "
+                           "suspect that returns logits or probabilities")
+    return out.reshape(len(inputs), -1).float()
+
+
+def judge_answers(method: str, statistic: Statistic, opened: dict[str, torch.Tensor], answers: Any,
+                  ref_answers: list[Any], alpha: float, queries: int, details: dict[str, Any]) -> Verdict:
+    """The verdict from the suspect's and the references' answers (one function for verify and recheck)."""
+    score, matches, n = statistic(opened, answers)
+    refs = [statistic(opened, a) for a in ref_answers]
+    counts = (int(matches), n, [int(r[1] or 0) for r in refs]) if matches is not None else None
+    return baseline_verdict(method, score, alpha, queries, {**details, "n": n}, [r[0] for r in refs], counts)
+
+
+def evidence_hooks(method: str, statistic: Statistic, labels: bool) -> tuple[Any, Any]:
+    """`recheck` and `reanswer` of a baseline whose transcript holds the suspect's and the references' answers.
+
+    The references' answers are the verifier's (taken from the file as recorded, at most MAX_REFERENCES): a
+    checker who doubts them judges the suspect again with its own references."""
+
+    def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
+                rule: dict[str, Any] | None = None) -> dict[str, Any]:
+        from . import get
+
+        cls = get(method)
+        v = transcript["verifier"]
+        if rule is None:  # the recorded values, validated as verify validates them
+            r = cls.rule({"alpha": v["alpha"]} if "alpha" in v else {}, error=ValueError)  # type: ignore[arg-type]
+        else:
+            r = cls.rule(rule)
+        refs = v.get("reference_answers", [])
+        if not isinstance(refs, list) or len(refs) > MAX_REFERENCES:
+            raise ValueError(f"the reference answers must be a list of at most {MAX_REFERENCES} (verify's bound)")
+
+        def as_answers(a: Any) -> Any:
+            return [int(x) for x in a] if labels else torch.as_tensor(a, dtype=torch.float32)
+
+        verdict = judge_answers(method, statistic, opened, as_answers(transcript["answers"]),
+                                [as_answers(a) for a in refs], r["alpha"], 0, {})
+        return {"score": verdict.score, "p_value": verdict.p_value, "owned": verdict.owned}
+
+    def reanswer(suspect: Suspect, opened: dict[str, torch.Tensor], transcript: dict[str, Any],
+                 public: dict[str, Any]) -> Any:
+        outputs = int(opened["outputs"].shape[1]) if "outputs" in opened else 0
+        return ask(suspect, opened["inputs"], labels, outputs)
+
+    return staticmethod(recheck), staticmethod(reanswer)
+
+
+def decide_baseline(method: str, statistic: Statistic, labels: bool, suspect: Suspect, key: Key,
+                    rule: dict[str, Any], tensors: tuple[str, ...]) -> Verdict:
+    """Ask the suspect (and the verifier's references) the key's inputs and judge the answers."""
+    unpack(key, method, tensors)
+    inputs = key.tensors["inputs"]
+    outputs = int(key.tensors["outputs"].shape[1]) if "outputs" in key.tensors else 0
+    refs = references_of(rule, key)
+    budget(suspect, len(inputs), rule, method)
+    before = suspect.queries
+    answers = ask(suspect, inputs, labels, outputs)
+    queries = suspect.queries - before
+    ref_answers = [ask(r, inputs, labels, outputs) for r in refs]
+    v = judge_answers(method, statistic, dict(key.tensors), answers, ref_answers, rule["alpha"], queries, {})
+
+    def enc(a: Any) -> Any:
+        return a if labels else a.tolist()
+
+    v.transcript = {"verifier": {"alpha": rule["alpha"], "reference_answers": [enc(a) for a in ref_answers]},
+                    "answers": answers}
+    return v
+
+
+def label_matches(opened: dict[str, torch.Tensor], answers: Any) -> tuple[float, int | None, int]:
+    """Match rate of label answers with the key's labels (AKH, IPGuard)."""
+    lab = opened["labels"].long().reshape(-1)
+    got = torch.as_tensor(answers, dtype=torch.int64).reshape(-1)
+    if len(got) != len(lab):
+        raise ValueError(f"{len(got)} answers for {len(lab)} inputs")
+    m = int((got == lab).sum())
+    return m / len(lab), m, len(lab)
+
+
+REFERENCES_MEANING = "independent models, or a reference-pool folder, for a reference null (none: score only)"
+
+
+# ---------------------------------------------------------------------- AKH
+@register("akh", family="fingerprint", access="labels")
+@dataclass
+class AKH(Fingerprint):
+    """The owner's misclassified test inputs and its wrong labels; score = the suspect's agreement rate."""
+
+    n: int = param(100, "most misclassified inputs kept in the key", lo=1, hi=validate.MAX_COUNT)
+    data: str | None = param(None, "data set of the owner's test inputs (a modelseal.data name; none: the input "
+                             "specification's data set)")
+    split: str = param("test", "split of the data set the inputs come from", choices=SPLITS)
+    data_seed: int = param(0, "seed of the data set's owner/attacker/test split", lo=0, hi=2**31 - 1)
+    seed: int = seed_param("random seed of the choice among misclassified inputs")
+
+    verify_params = verifier(
+        references=vparam(None, REFERENCES_MEANING, "list | str | None"),
+        max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all of the key's)",
+                           "int | None", lo=1, hi=validate.MAX_COUNT),
+    )
+    rule_skip = ("references",)
+    key_tensors = ("inputs", "labels")
+    recheck, reanswer = evidence_hooks("akh", label_matches, labels=True)
+    evidence_not_proved = ("the reference models' answers: they are the verifier's, taken from the file as "
+                           "recorded; judge the suspect again with your own references to check the null",)
+
+    def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
+        """The owner's misclassified inputs of the data set's split and the owner's (wrong) labels on them."""
+        spec = as_input_spec(input_spec)
+        sig = model_signature(model, "akh", spec.shape)
+        x, y = owner_data("akh", self.data, self.data_seed, self.split, input_spec, model)
+        pred = predict(model, x).reshape(len(x), -1).argmax(1)
+        wrong = (pred != y).nonzero().flatten()
+        if len(wrong) == 0:
+            raise ModelError(f"the owner misclassifies none of the {len(x)} inputs of the '{self.split}' split; "
+                             "use a larger split or another data set (data=NAME)")
+        pick = wrong[torch.randperm(len(wrong), generator=torch.Generator().manual_seed(int(self.seed)))][: self.n]
+        pick = pick.sort().values
+        params = {"n": len(pick), "n_requested": int(self.n), "data": data_name(self.data, input_spec, model),
+                  "split": self.split,
+                  "data_seed": int(self.data_seed), "seed": int(self.seed), "inputs_seen": len(x),
+                  "owner_error_rate": len(wrong) / len(x)}
+        return Key("akh", params=params, tensors={"inputs": x[pick].float(), "labels": pred[pick].long(),
+                                                  "true_labels": y[pick].long()}, signature=sig)
+
+    def decide(self, suspect: Suspect, key: Key, rule: dict[str, Any]) -> Verdict:
+        """Agreement of the suspect's labels with the owner's wrong labels."""
+        return decide_baseline("akh", label_matches, True, suspect, key, rule, self.key_tensors)
