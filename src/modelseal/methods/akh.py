@@ -33,7 +33,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -283,6 +283,8 @@ REFERENCES_MEANING = "independent models, or a reference-pool folder, for a refe
 @dataclass
 class AKH(Fingerprint):
     """The owner's misclassified test inputs and its wrong labels; score = the suspect's agreement rate."""
+
+    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "most misclassified inputs kept in the key", lo=1, hi=validate.MAX_COUNT)
     data: str | None = param(None, "data set of the owner's test inputs (a modelseal.data name; none: the input "

@@ -18,7 +18,9 @@ Hooks with their defaults (a method overrides the ones it needs; consumers call 
   `reanswer(suspect, opened, transcript, public)`: recompute a verdict from an evidence file and re-ask the
   suspect; a method without them writes no evidence (`writes_evidence()` is False);
 - `evidence_not_proved`: what a check of this method's evidence cannot show;
-- `score_is_match_rate`: the Verdict score is a match rate (the bench report gives the Uniqueness Score).
+- `score_is_match_rate`: the Verdict score is a match rate (the bench report gives the Uniqueness Score);
+- `peer_baseline`: a peer fingerprint from the literature (AKH, IPGuard, ModelDiff, SAC-m) kept to compare the
+  protections against (scored in the bench and the arena), not one of the protections `modelseal demo` shows.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Method(schema.Configurable):
     key_params: ClassVar[tuple[str, ...]] = ()
     key_tensors: ClassVar[tuple[str, ...]] = ()
     score_is_match_rate: ClassVar[bool] = False
+    peer_baseline: ClassVar[bool] = False
     evidence_not_proved: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ the verifier's rule

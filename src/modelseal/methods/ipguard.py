@@ -23,7 +23,7 @@ Where modelseal deviates, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,6 +46,8 @@ from .base import Fingerprint
 @dataclass
 class IPGuard(Fingerprint):
     """Points just across the owner's decision boundary and the owner's labels on them."""
+
+    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "boundary points in the key", lo=1, hi=validate.MAX_COUNT)
     k: float = param(0.5, "logit margin of the point's label over the runner-up class", lo=0, hi=1e6, lo_open=True)

@@ -24,7 +24,7 @@ Where modelseal deviates, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,8 @@ def ddv_statistic(opened: dict[str, torch.Tensor], answers: Any) -> tuple[float,
 @dataclass
 class ModelDiff(Fingerprint):
     """Input pairs whose owner outputs differ; score = cosine similarity of owner and suspect DDVs."""
+
+    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "input pairs in the key (2n queries)", lo=2, hi=validate.MAX_COUNT)
     eps: float = param(0.1, "L-inf size of the perturbation making x' from x, as a fraction of the input box",

@@ -26,7 +26,7 @@ Where modelseal deviates, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,8 @@ def cutmix(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
 @dataclass
 class SAC(Fingerprint):
     """CutMix (SAC-m) or misclassified (SAC-w) samples and the owner's outputs; score = correlation closeness."""
+
+    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "samples in the key (n queries; the matrix is n x n)", lo=2, hi=5000)
     samples: str = param("cutmix", "cutmix: SAC-m; misclassified: SAC-w (inputs the owner gets wrong)",
