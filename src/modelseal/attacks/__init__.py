@@ -20,7 +20,9 @@ Families (`family`, one file per family for the new ones; `FAMILIES` lists them 
 `finetune.py`, `pruning.py`, `weights.py`, `modification.py`, `unlearning.py`), "extraction" (a new model
 trained from the suspect's answers, `distill.py`, `extraction.py`), and "chain" (several attacks in a row,
 `chain.py`). Extraction attacks take a Suspect (a module, a model file, an ONNX file or a URL) where others
-take a module (`takes_suspect`).
+take a module (`takes_suspect`). The attacks that train subclass `training.TrainingAttack`, which declares
+their training fields (epochs, lr, batch_size, seed, device, progress) once and turns them into the arguments
+of `modelseal.train.fit`; the input transforms share `inputs.InputTransform` (images: `ImageTransform`).
 
 Cost: after every `apply` the attack's `cost` holds `wall_s`, `examples` (attacker examples it trained or
 fitted on), `data_fraction` (examples / the size of the data it was given) and `queries` (inputs it sent to

@@ -72,8 +72,7 @@ class StructuredPrune(TrainingAttack):
             import torch_pruning as tp
         except ImportError:  # pragma: no cover - a declared dependency
             raise AttackError("structured-prune needs torch-pruning (pip install torch-pruning)") from None
-        needs_data = self.epochs > 0 or self.importance == "taylor"
-        if needs_data:
+        if self.epochs > 0 or self.importance == "taylor":
             data = require_data(data, self.name)
         out = self.copy_model(model)
         out.eval()
