@@ -413,3 +413,44 @@ def test_the_demo_scenario_has_an_attack_of_every_family():
 
     used = {attacks.FAMILIES[c.attack.attack] for c in bench.load("demo").cells if c.attack.attack != "none"}
     assert used >= FAMILIES
+
+
+# ART's KnockoffNets (random selection) as the reference for the native knockoff: the same MLP owner, the same
+# pool (the attacker split), the same budget (500 queries), the same student (a zoo MLP from seed 1), the same
+# epochs, batch size and Adam learning rate. ART labels its queries one-hot (use_probability=False: ART fits
+# with cross-entropy on class indices either way); the native attack trains on the soft answers.
+# The margin is the project's "comparable accuracy" rule (5 points, as for a removal). Measured 2026-12-06 on the
+# shared 2-core machine: native 0.892, ART 0.917 (the native student is 2.5 points below ART's here).
+KNOCKOFF_MARGIN = 0.05
+
+
+@pytest.mark.slow  # about 5 minutes with the owners' training on the loaded shared machine
+def test_native_knockoff_is_as_good_as_arts_knockoffnets_on_the_same_budget(owners, digits):
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("art", reason="ART is in the dev extra (pip install -e .[dev])")
+    from art.attacks.extraction import KnockoffNets
+    from art.estimators.classification import PyTorchClassifier
+
+    budget, epochs, lr, batch = 500, 10, 1e-3, 64
+    owner = owners["mlp"]
+    shape, classes = tuple(digits.meta.input_shape), digits.meta.num_classes
+    native = attacks.get("knockoff")(queries=budget, epochs=epochs, lr=lr, batch_size=batch, student="mlp", seed=1)
+    native_student = native.apply(owner, digits.attacker)
+    assert native.cost["queries"] == budget
+
+    student = ms.models.build("mlp", digits.meta, seed=1)
+    victim = PyTorchClassifier(model=copy.deepcopy(owner), loss=nn.CrossEntropyLoss(), input_shape=shape,
+                               nb_classes=classes, clip_values=tuple(digits.meta.bounds), device_type="cpu")
+    thief = PyTorchClassifier(model=student, loss=nn.CrossEntropyLoss(), input_shape=shape, nb_classes=classes,
+                              optimizer=torch.optim.Adam(student.parameters(), lr=lr),
+                              clip_values=tuple(digits.meta.bounds), device_type="cpu")
+    np.random.seed(1)  # ART draws its random queries from numpy's global generator
+    stolen = KnockoffNets(victim, batch_size_fit=batch, batch_size_query=batch, nb_epochs=epochs, nb_stolen=budget,
+                          sampling_strategy="random", verbose=False).extract(
+        digits.attacker.x.numpy().astype(np.float32), thieved_classifier=thief)
+    art_acc = float((stolen.predict(digits.test.x.numpy().astype(np.float32)).argmax(1)
+                     == digits.test.y.numpy()).mean())
+    native_acc = ms.train.evaluate(native_student, digits.test)
+    print(f"knockoff on digits, {budget} queries: native {native_acc:.3f}, ART KnockoffNets {art_acc:.3f}")
+    assert art_acc > 0.5  # the reference itself learned the task, so the comparison means something
+    assert native_acc >= art_acc - KNOCKOFF_MARGIN

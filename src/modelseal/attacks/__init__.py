@@ -20,7 +20,9 @@ Families (`family`, one file per family for the new ones; `FAMILIES` lists them 
 `finetune.py`, `pruning.py`, `weights.py`, `modification.py`, `unlearning.py`), "extraction" (a new model
 trained from the suspect's answers, `distill.py`, `extraction.py`), and "chain" (several attacks in a row,
 `chain.py`). Extraction attacks take a Suspect (a module, a model file, an ONNX file or a URL) where others
-take a module (`takes_suspect`).
+take a module (`takes_suspect`). The attacks that train subclass `training.TrainingAttack`, which declares
+their training fields (epochs, lr, batch_size, seed, device, progress) once and turns them into the arguments
+of `modelseal.train.fit`; the input transforms share `inputs.InputTransform` (images: `ImageTransform`).
 
 Cost: after every `apply` the attack's `cost` holds `wall_s`, `examples` (attacker examples it trained or
 fitted on), `data_fraction` (examples / the size of the data it was given) and `queries` (inputs it sent to
@@ -35,15 +37,16 @@ import functools
 import importlib
 import importlib.util
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ModelSealError, RegistryError
+from ..registry import Registry
 from ..schema import Configurable
 
 if TYPE_CHECKING:
     from torch import nn
 
-_REGISTRY: dict[str, type] = {}
 # Where each attack lives: imported on first use, so that listing names (`modelseal methods`) needs no torch.
 # tests/test_cli_help.py checks that this table and the registered names agree.
 _MODULES = {
@@ -94,7 +97,8 @@ _MODULES = {
     # combined
     "chain": "modelseal.attacks.chain",
 }
-_BUILTIN = frozenset(_MODULES)
+_TABLE: Registry[type[Attack]] = Registry(_MODULES)
+_REGISTRY, _BUILTIN = _TABLE.classes, _TABLE.builtin  # the registered classes; the names that ship with modelseal
 FAMILY_ORDER = ("input", "output", "rejection", "modification", "extraction", "chain")
 # The family of every attack, for listing without imports; tests check it against each class's `family`.
 FAMILIES = {
@@ -211,21 +215,23 @@ def _costed(fn: Any, many: bool) -> Any:
     return checked
 
 
-def register(name: str):
+_A = TypeVar("_A", bound=Attack)
+
+
+def register(name: str) -> Callable[[type[_A]], type[_A]]:
     """Register an attack class under `name`. Its `apply` (and its own `apply_many`) is wrapped to refuse a
     model with NaN or infinite weights first (attacking one would "succeed" and hand back more garbage) and
     to record the attack's `cost` when it returns."""
 
-    def deco(cls: type) -> type:
+    def deco(cls: type[_A]) -> type[_A]:
         cls.name = name
         apply = getattr(cls, "apply", None)
         if apply is not None and not getattr(apply, "_checks_finite", False):
-            cls.apply = _costed(apply, many=False)
+            cls.apply = _costed(apply, many=False)  # type: ignore[method-assign]
         many = cls.__dict__.get("apply_many")
         if many is not None and not getattr(many, "_checks_finite", False):
-            cls.apply_many = _costed(many, many=True)
-        _REGISTRY[name] = cls
-        _MODULES.setdefault(name, cls.__module__)  # an attack from another package is listed like ours
+            cls.apply_many = _costed(many, many=True)  # type: ignore[method-assign]
+        _TABLE.add(name, cls)
         return cls
 
     return deco
@@ -233,9 +239,7 @@ def register(name: str):
 
 def unregister(name: str) -> None:
     """Forget an attack registered from outside modelseal (tests, plugins); the built-in ones stay."""
-    _REGISTRY.pop(name, None)
-    if name not in _BUILTIN:
-        _MODULES.pop(name, None)
+    _TABLE.remove(name)
 
 
 def _available() -> dict[str, str]:
@@ -246,7 +250,7 @@ def _available() -> dict[str, str]:
             if not m.startswith("modelseal.attacks.") or n not in _BUILTIN or importlib.util.find_spec(m) is not None}
 
 
-def get(name: str) -> type:
+def get(name: str) -> type[Attack]:
     if name not in _REGISTRY and name in _available():
         importlib.import_module(_MODULES[name])
     if name not in _REGISTRY:
@@ -263,7 +267,7 @@ def by_family() -> dict[str, list[str]]:
     """Attack names grouped by family (in FAMILY_ORDER), without importing the attacks (or torch)."""
     groups: dict[str, list[str]] = {}
     for n in names():
-        fam = FAMILIES.get(n) or getattr(_REGISTRY.get(n), "family", "modification")
+        fam = FAMILIES.get(n) or str(getattr(_REGISTRY.get(n), "family", "modification"))
         groups.setdefault(fam, []).append(n)
     order = [f for f in FAMILY_ORDER if f in groups] + sorted(f for f in groups if f not in FAMILY_ORDER)
     return {f: groups[f] for f in order}

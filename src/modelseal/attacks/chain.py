@@ -13,7 +13,7 @@ queries and takes the largest number of examples (the steps share one data set);
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -83,7 +83,8 @@ class Chain(Attack):
                 suspect: Suspect = Suspect(current)
                 for q in pending:
                     suspect = q.wrap(suspect, meta)
-                current, pending = atk.apply(suspect, data), []
+                # an extraction step (takes_suspect) steals through the wrapped suspect instead of a module
+                current, pending = atk.apply(cast(nn.Module, suspect), data), []
             else:
                 current = atk.apply(current, data)
             self.step_costs.append({"attack": atk.name, **atk.cost, **({"query_stats": dict(atk.query_stats)}
@@ -102,7 +103,7 @@ class Chain(Attack):
         return suspect
 
     @property
-    def query_stats(self) -> dict[str, int]:  # type: ignore[override]
+    def query_stats(self) -> dict[str, int]:
         """What the outermost wrapper answered, and what all query-side steps rejected."""
         pending = self.__dict__.get("_pending") or []
         if not pending:

@@ -15,7 +15,6 @@ spec is copied and every layer re-initialised.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +25,17 @@ from .. import models, validate
 from ..data import CLASSIFICATION, TensorData, as_tensors, meta_of
 from ..models import reinit
 from ..runtime import model_device
-from ..schema import batch_param, device_param, param, progress_field, seed_param
+from ..schema import param
 from ..train import fit, predict, task_of
-from . import Attack, AttackError, register
-from .finetune import require_data
+from . import AttackError, register
+from .training import OutputCapture, TrainingAttack
 
 LABELS = ("soft", "hard")
 
 
 @register("distill")
 @dataclass
-class Distill(Attack):
+class Distill(TrainingAttack):
     """Train a fresh `student` ('same' or a zoo architecture) on the data's inputs labelled by the model."""
 
     student: str = param('same', "student architecture: same (the suspect's) or a zoo name")
@@ -44,10 +43,6 @@ class Distill(Attack):
     temperature: float = param(4.0, "softmax temperature of soft labels", lo=0, hi=1e6, lo_open=True)
     lr: float = param(0.001, "learning rate (Adam)", lo=0, hi=10, lo_open=True)
     labels: str = param('soft', "soft: the teacher's probabilities; hard: its top class only", choices=LABELS)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
     family = "extraction"
 
     def check(self) -> None:
@@ -77,9 +72,9 @@ class Distill(Attack):
                               f"{output_size} outputs ({e}); choose another student architecture") from None
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
-        data = require_data(data, self.name)
+        data = self.attacker_data(data)
         x, y = as_tensors(data)
-        self.used(examples=len(x), queries=len(x))
+        self.used(queries=len(x))
         teacher = self.copy_model(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -88,24 +83,20 @@ class Distill(Attack):
         targets = t_out.argmax(1) if classify else t_out
         student = self.build_student(teacher, tuple(x.shape[1:]), int(t_out[0].numel()), data)
         student.to(model_device(teacher))
-        extra, hook = None, None
+        extra, capture = None, None
         if classify and self.labels == "soft":
             temp = float(self.temperature)
-            last: dict[str, torch.Tensor] = {}
-            # fit hands extra_loss no outputs; keep the student's own forward instead of running it twice.
-            hook = student.register_forward_hook(lambda _m, _i, o: last.__setitem__("out", o))
+            capture = student_out = OutputCapture(student)
 
             def extra(_m: nn.Module, xb: torch.Tensor, _yb: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
                     soft = F.softmax(teacher(xb.to(model_device(teacher))).float().to(xb.device) / temp, 1)
-                log_p = F.log_softmax(last["out"].float() / temp, 1)
+                log_p = F.log_softmax(student_out.out() / temp, 1)
                 return F.kl_div(log_p, soft, reduction="batchmean") * temp * temp
 
         try:
-            fit(student, TensorData(x, targets), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                seed=self.seed, device=self.device, extra_loss=extra, progress=self.progress,
-                description="attack distill")
+            fit(student, TensorData(x, targets), **self.fit_kwargs("attack distill", extra_loss=extra))
         finally:
-            if hook is not None:
-                hook.remove()
+            if capture is not None:
+                capture.remove()
         return student

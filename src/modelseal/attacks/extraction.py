@@ -30,11 +30,11 @@ from torch.utils.data import Dataset
 from .. import models, validate
 from ..data import TensorData, as_tensors, meta_of
 from ..errors import SuspectError
-from ..schema import batch_param, device_param, param, progress_field, seed_param
+from ..schema import param
 from ..suspect import Suspect
 from ..train import fit, predict
-from . import Attack, AttackError, register
-from .finetune import data_fraction, require_data, train_last_layer
+from . import AttackError, register
+from .training import TrainingAttack, bounds_of, captured, require_data, train_last_layer
 
 STUDENTS = ("same", "other")
 
@@ -80,16 +80,11 @@ class _Lookup:
 
 
 @dataclass
-class _Extraction(Attack):
+class _Extraction(TrainingAttack):
     queries: int = param(1000, "query budget: inputs sent to the suspect", lo=1, hi=validate.MAX_COUNT)
     student: str = param('same', "student architecture: same | other | a zoo name")
     epochs: int = param(10, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
-    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
     temperature: float = param(1.0, "softmax temperature", lo=0, hi=1000000.0, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
     family = "extraction"
     takes_suspect = True
 
@@ -100,8 +95,7 @@ class _Extraction(Attack):
 
     def build_student(self, suspect: Suspect, input_shape: tuple[int, ...], classes: int, meta: Any) -> nn.Module:
         spec = models.spec_of(suspect.module) if suspect.module is not None else None
-        bounds = tuple(spec["bounds"]) if spec and "bounds" in spec else tuple(getattr(meta, "bounds", None)
-                                                                               or (0.0, 1.0))
+        bounds = tuple(spec["bounds"]) if spec and "bounds" in spec else bounds_of(meta)
         own = spec["name"] if spec else None
         image = len(input_shape) >= 2
         if self.student == "same":
@@ -138,20 +132,13 @@ class _Extraction(Attack):
 
     def train_student(self, student: nn.Module, x: torch.Tensor, soft: torch.Tensor, description: str) -> None:
         lookup = _Lookup(x, soft, int(self.seed))
-        last: dict[str, torch.Tensor] = {}
-        hook = student.register_forward_hook(lambda _m, _i, o: last.__setitem__("out", o))
+        with captured(student) as out:
+            def extra(_m: nn.Module, xb: torch.Tensor, _yb: torch.Tensor) -> torch.Tensor:
+                target = lookup(xb)
+                log_p = F.log_softmax(out.out(), 1)
+                return -(target * log_p).sum(1).mean()  # cross-entropy on the soft answers (Knockoff Nets)
 
-        def extra(_m: nn.Module, xb: torch.Tensor, _yb: torch.Tensor) -> torch.Tensor:
-            target = lookup(xb)
-            log_p = F.log_softmax(last["out"].float(), 1)
-            return -(target * log_p).sum(1).mean()  # cross-entropy on the soft answers (Knockoff Nets)
-
-        try:
-            fit(student, TensorData(x, soft.argmax(1)), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                seed=self.seed, device=self.device, extra_loss=extra, progress=self.progress,
-                description=description)
-        finally:
-            hook.remove()
+            fit(student, TensorData(x, soft.argmax(1)), **self.fit_kwargs(description, extra_loss=extra))
 
     def apply(self, model: Any, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)
@@ -231,27 +218,22 @@ class RetrainCrossArch(_Extraction):
 
 @register("transfer")
 @dataclass
-class Transfer(Attack):
+class Transfer(TrainingAttack):
     """Transfer learning to a new head: keep the model's feature layers, replace its last Linear layer by a
     fresh Linear-ReLU-Linear head of `hidden` units, train the head for `epochs` on a `fraction` of the
     attacker's labelled data, then every layer for `finetune_epochs` more."""
 
     hidden: int = param(64, "units of the new head's hidden layer", lo=1, hi=100000)
-    epochs: int = param(5, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
     finetune_epochs: int = param(1, "epochs of fine-tuning every layer after the head", lo=0, hi=validate.MAX_EPOCHS)
-    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
     fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
     family = "extraction"
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
-        data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
-        self.used(examples=len(data))
+        data = self.attacker_data(data, self.fraction)
         out = self.copy_model(model)
         name, head = models.last_linear(out)
+        if not isinstance(head, nn.Linear):  # last_linear finds nn.Linear layers; this tells the type checker
+            raise AttackError("transfer replaces the model's last nn.Linear layer; this model has none")
         parent_name, _, attr = name.rpartition(".")
         parent = out.get_submodule(parent_name) if parent_name else out
         with torch.random.fork_rng(devices=[]):
@@ -260,9 +242,7 @@ class Transfer(Attack):
                                 nn.Linear(int(self.hidden), head.out_features))
         new.to(head.weight.device)
         setattr(parent, attr, new)
-        train_last_layer(out, new, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                         device=self.device, progress=self.progress, description="attack transfer (head)")
+        train_last_layer(out, new, data, **self.fit_kwargs("attack transfer (head)"))
         if self.finetune_epochs > 0:
-            fit(out, data, epochs=self.finetune_epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                device=self.device, progress=self.progress, description="attack transfer (all)")
+            fit(out, data, **self.fit_kwargs("attack transfer (all)", epochs=self.finetune_epochs))
         return out

@@ -29,6 +29,7 @@ from torch import nn
 from ..schema import param, seed_param
 from ..suspect import Suspect
 from . import Attack, AttackError, register
+from .training import bounds_of
 
 
 class _Wrapped:
@@ -45,8 +46,9 @@ class _Wrapped:
 
 
 def wrapped_suspect(attack: Attack, inner: Suspect, fn: Callable[[torch.Tensor], torch.Tensor],
-                    label_only: bool = False) -> Suspect:
-    """A black-box Suspect answering `fn(x)` (which queries `inner`); counts answers in `attack.query_stats`."""
+                    label_only: bool = False, name: str | None = None) -> Suspect:
+    """A black-box Suspect answering `fn(x)` (which queries `inner`); counts answers in `attack.query_stats`.
+    It is called `name(inner's name)`, `name` defaulting to the attack's."""
     attack.reset_query_stats()
 
     def answer(x: torch.Tensor) -> torch.Tensor:
@@ -54,12 +56,7 @@ def wrapped_suspect(attack: Attack, inner: Suspect, fn: Callable[[torch.Tensor],
         return fn(x.detach().cpu().float())
 
     return Suspect(_Wrapped(inner, answer, label_only), input_shape=inner.input_shape,
-                   name=f"{attack.name}({inner.name})")
-
-
-def _bounds(meta: Any) -> tuple[float, float]:
-    lo, hi = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
-    return float(lo), float(hi)
+                   name=f"{name or attack.name}({inner.name})")
 
 
 def _images(x: torch.Tensor, what: str) -> tuple[torch.Tensor, bool]:
@@ -72,9 +69,11 @@ def _images(x: torch.Tensor, what: str) -> tuple[torch.Tensor, bool]:
                       f"{tuple(x.shape)}; use an attack for flat inputs (input-noise, input-quantize, squeeze)")
 
 
+@dataclass
 class InputTransform(Attack):
     """Base of the input transforms: `transform(x, bounds, gen)` changes a batch of queries."""
 
+    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
     acts_on = "queries"
     family = "input"
 
@@ -88,25 +87,43 @@ class InputTransform(Attack):
     def wrap(self, suspect: Suspect, meta: Any = None) -> Suspect:
         """The suspect that answers with `suspect`'s outputs on transformed queries; `meta` gives the input
         bounds (default [0, 1])."""
-        bounds = _bounds(meta)
+        bounds = bounds_of(meta)
         gen = torch.Generator().manual_seed(int(self.seed))
-        return wrapped_suspect(self, suspect, lambda x: suspect.predict(self.transform(x, bounds, gen)))
+        return wrapped_suspect(self, suspect, lambda x: suspect.predict(self.transform(x, bounds, gen)),
+                               name=self.suspect_label())
+
+    def suspect_label(self) -> str:
+        """What the wrapped suspect is called, around the inner suspect's name."""
+        return self.name
+
+
+@dataclass
+class ImageTransform(InputTransform):
+    """An input transform of images: `transform_images` sees N x C x H x W (a channel axis is added to
+    N x H x W queries and taken away again)."""
+
+    def transform_images(self, img: torch.Tensor, bounds: tuple[float, float],
+                         gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+        img, added = _images(x, self.name)
+        res = self.transform_images(img, bounds, gen)
+        return res.squeeze(1) if added else res
 
 
 @register("jpeg")
 @dataclass
-class Jpeg(InputTransform):
+class Jpeg(ImageTransform):
     """Re-encode every query as a JPEG at `quality` (1..100) with Pillow and decode it again."""
 
     quality: int = param(75, "JPEG quality, 1 (worst) .. 100 (best)", lo=1, hi=100)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
-    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    def transform_images(self, img: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         import numpy as np
         from PIL import Image
 
         lo, hi = bounds
-        img, added = _images(x, "jpeg")
         n, c, h, w = img.shape
         u8 = ((img - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
         out = np.empty_like(u8)
@@ -119,8 +136,7 @@ class Jpeg(InputTransform):
                 pil.save(buf, format="JPEG", quality=int(self.quality))
                 back = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
                 out[i, a:b] = back[None] if back.ndim == 2 else back.transpose(2, 0, 1)
-        res = torch.from_numpy(out).float().div(255) * (hi - lo) + lo
-        return res.squeeze(1) if added else res
+        return torch.from_numpy(out).float().div(255) * (hi - lo) + lo
 
 
 @register("squeeze")
@@ -129,7 +145,6 @@ class Squeeze(InputTransform):
     """Feature squeezing: reduce every input value to `bits` bits (2**bits levels over the input range)."""
 
     bits: int = param(3, "bits per input value: 2**bits levels over the input range", lo=1, hi=16)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds
@@ -139,37 +154,32 @@ class Squeeze(InputTransform):
 
 @register("median")
 @dataclass
-class Median(InputTransform):
+class Median(ImageTransform):
     """Median smoothing: every pixel becomes the median of its `size` x `size` neighbourhood (per channel)."""
 
     size: int = param(3, "side of the square neighbourhood (odd, pixels)", lo=1, hi=15)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def check(self) -> None:
         if int(self.size) % 2 == 0:
             raise AttackError(f"median size must be odd, got {self.size}")
 
-    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
-        img, added = _images(x, "median")
+    def transform_images(self, img: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         k = int(self.size)
         p = k // 2
         n, c, h, w = img.shape
         pad = F.pad(img, (p, p, p, p), mode="replicate")
         patches = pad.unfold(2, k, 1).unfold(3, k, 1).reshape(n, c, h, w, k * k)
-        res = patches.median(dim=-1).values
-        return res.squeeze(1) if added else res
+        return patches.median(dim=-1).values
 
 
 @register("blur")
 @dataclass
-class Blur(InputTransform):
+class Blur(ImageTransform):
     """Gaussian smoothing of every query with standard deviation `sigma` (pixels)."""
 
     sigma: float = param(0.5, "standard deviation of the Gaussian kernel (pixels)", lo=0, hi=10, lo_open=True)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
-    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
-        img, added = _images(x, "blur")
+    def transform_images(self, img: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         r = max(1, int(math.ceil(2 * float(self.sigma))))
         t = torch.arange(-r, r + 1, dtype=torch.float32)
         k = torch.exp(-t ** 2 / (2 * float(self.sigma) ** 2))
@@ -177,8 +187,7 @@ class Blur(InputTransform):
         c = img.shape[1]
         pad = F.pad(img, (r, r, r, r), mode="replicate")
         out = F.conv2d(pad, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-        out = F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-        return out.squeeze(1) if added else out
+        return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 @register("input-noise")
@@ -187,7 +196,6 @@ class InputNoise(InputTransform):
     """Add Gaussian noise of standard deviation `std` (relative to the input range) to every query."""
 
     std: float = param(0.05, "standard deviation of the noise", lo=0, hi=10)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds
@@ -196,36 +204,30 @@ class InputNoise(InputTransform):
 
 @register("shift")
 @dataclass
-class Shift(InputTransform):
+class Shift(ImageTransform):
     """Shift every query by a random whole number of pixels in [-pixels, pixels] along each image axis
     (edges replicated)."""
 
     pixels: int = param(1, "largest shift along each axis (pixels)", lo=1, hi=16)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
-    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
-        img, added = _images(x, "shift")
+    def transform_images(self, img: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         p = int(self.pixels)
         n, _, h, w = img.shape
         pad = F.pad(img, (p, p, p, p), mode="replicate")
         offs = torch.randint(0, 2 * p + 1, (n, 2), generator=gen)
-        res = torch.stack([pad[i, :, int(a):int(a) + h, int(b):int(b) + w] for i, (a, b) in enumerate(offs)])
-        return res.squeeze(1) if added else res
+        return torch.stack([pad[i, :, int(a):int(a) + h, int(b):int(b) + w] for i, (a, b) in enumerate(offs)])
 
 
 @register("flip")
 @dataclass
-class Flip(InputTransform):
+class Flip(ImageTransform):
     """Mirror each query left-right with probability `p` (1: every query)."""
 
     p: float = param(0.5, "probability that a query is mirrored", lo=0, hi=1)
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
-    def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
-        img, added = _images(x, "flip")
+    def transform_images(self, img: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         which = torch.rand(len(img), generator=gen) < float(self.p)
-        res = torch.where(which.view(-1, 1, 1, 1), img.flip(-1), img)
-        return res.squeeze(1) if added else res
+        return torch.where(which.view(-1, 1, 1, 1), img.flip(-1), img)
 
 
 @register("input-quantize")
@@ -236,7 +238,6 @@ class InputQuantize(InputTransform):
 
     levels: int = param(16, "number of evenly spaced levels over the input range", lo=2, hi=65536)
     dither: bool = param(True, "add uniform noise of one level's width before rounding")
-    seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds

@@ -32,11 +32,11 @@ from torch.utils.data import Dataset
 from .. import models, validate
 from ..data import TensorData, as_tensors, meta_of
 from ..runtime import model_device
-from ..schema import batch_param, device_param, param, progress_field, seed_param
+from ..schema import param, seed_param
 from ..train import fit, predict
 from . import Attack, AttackError, register
-from .finetune import data_fraction, require_data
-from .pruning import prunable
+from .pruning import Layer, prunable
+from .training import TrainingAttack, captured, require_data
 
 IMPORTANCE = ("magnitude", "taylor")
 
@@ -58,7 +58,7 @@ def parameter_count(model: nn.Module) -> int:
 
 @register("structured-prune")
 @dataclass
-class StructuredPrune(Attack):
+class StructuredPrune(TrainingAttack):
     """Remove the `amount` fraction of channels/neurons of every hidden Conv/Linear layer (torch-pruning,
     `importance` magnitude or taylor), then fine-tune all layers for `epochs` on the attacker's data."""
 
@@ -66,11 +66,6 @@ class StructuredPrune(Attack):
     importance: str = param('magnitude', "magnitude or taylor), then fine-tune all layers for `epochs` on the "
                             "attacker's data", choices=IMPORTANCE)
     epochs: int = param(3, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
-    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         try:
@@ -90,7 +85,7 @@ class StructuredPrune(Attack):
                                           ignored_layers=[head])
         except Exception as e:  # torch-pruning traces the model; an untraceable one ends here
             raise AttackError(f"torch-pruning cannot trace this model: {e}") from None
-        if self.importance == "taylor":
+        if self.importance == "taylor" and data is not None:
             x, y = as_tensors(data)
             k = min(len(x), 256)
             self.used(examples=k)
@@ -98,21 +93,20 @@ class StructuredPrune(Attack):
             F.cross_entropy(out(x[:k].to(example.device)).float(), y[:k].to(example.device)).backward()
         pruner.step()
         out.zero_grad(set_to_none=True)
-        if self.epochs > 0:
-            self.used(examples=len(data))
-            fit(out, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                device=self.device, progress=self.progress, description="attack structured-prune")
+        if self.epochs > 0 and data is not None:
+            self.used(examples=len(data))  # type: ignore[arg-type]
+            fit(out, data, **self.fit_kwargs("attack structured-prune"))
         return out.eval()
 
 
-def _chain(model: nn.Module) -> list[nn.Module]:
+def _chain(model: nn.Module) -> list[Layer]:
     layers = [m for _, m in prunable(model)]
     if len(layers) < 2:
         raise AttackError("permute needs at least two Conv/Linear layers")
     return layers
 
 
-def _norms_between(model: nn.Module, a: nn.Module, b: nn.Module) -> list[nn.Module]:
+def _norms_between(model: nn.Module, a: nn.Module, b: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     mods = list(model.modules())
     i, j = mods.index(a), mods.index(b)
     return [m for m in mods[i + 1:j] if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -184,62 +178,39 @@ class Permute(Attack):
                               "(mlp, cnn), not residual or branching networks")
 
 
-class _SoftLoss:
-    """Extra loss terms on the student's own outputs, captured once per forward by a hook."""
-
-    def __init__(self, model: nn.Module):
-        self.last: dict[str, torch.Tensor] = {}
-        self.hook = model.register_forward_hook(lambda _m, _i, o: self.last.__setitem__("out", o))
-
-    def out(self) -> torch.Tensor:
-        return self.last["out"].float()
-
-    def remove(self) -> None:
-        self.hook.remove()
-
-
 @register("finetune-reg")
 @dataclass
-class FineTuneRegularised(Attack):
+class FineTuneRegularised(TrainingAttack):
     """Fine-tune all layers on a `fraction` of the attacker's data with label smoothing `smoothing`,
     weight decay `weight_decay` and SGD at a large learning rate `lr`, halved each epoch."""
 
-    epochs: int = param(5, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
     lr: float = param(0.05, "learning rate", lo=0, hi=10, lo_open=True)
     smoothing: float = param(0.1, "label smoothing epsilon", lo=0, hi=1, hi_open=True)
     weight_decay: float = param(0.0005, "L2 weight decay", lo=0, hi=10)
     fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
-        data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
-        self.used(examples=len(data))
+        data = self.attacker_data(data, self.fraction)
         out = self.copy_model(model)
-        soft = _SoftLoss(out)
         eps = float(self.smoothing)
+        with captured(out) as soft:
+            def extra(_m: nn.Module, _xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+                # label smoothing: (1 - eps) CE + eps * CE(uniform); fit already adds CE, so add eps*(uniform - CE)
+                logp = F.log_softmax(soft.out(), 1)
+                ce = F.nll_loss(logp, yb)
+                return eps * (-logp.mean(1).mean() - ce)
 
-        def extra(_m: nn.Module, _xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            # label smoothing: (1 - eps) CE + eps * CE(uniform); fit already adds CE, so add eps*(uniform - CE)
-            logp = F.log_softmax(soft.out(), 1)
-            ce = F.nll_loss(logp, yb)
-            return eps * (-logp.mean(1).mean() - ce)
-
-        try:
-            sgd_schedule(out, data, self, extra)
-        finally:
-            soft.remove()
+            sgd_schedule(out, data, self, extra, weight_decay=float(self.weight_decay))
         return out
 
 
-def sgd_schedule(model: nn.Module, data: Dataset, atk: Any, extra: Any) -> None:
+def sgd_schedule(model: nn.Module, data: Dataset, atk: TrainingAttack, extra: Any,
+                 weight_decay: float = 0.0) -> None:
     """SGD with momentum, learning rate `atk.lr` halved after every epoch (one fit call per epoch)."""
     for e in range(int(atk.epochs)):
-        fit(model, data, epochs=1, lr=float(atk.lr) * 0.5 ** e, batch_size=atk.batch_size, optimizer="sgd",
-            weight_decay=float(getattr(atk, "weight_decay", 0.0)), seed=int(atk.seed) + e, device=atk.device,
-            extra_loss=extra, progress=atk.progress, description=f"attack {atk.name} epoch {e + 1}")
+        fit(model, data, **atk.fit_kwargs(f"attack {atk.name} epoch {e + 1}", epochs=1,
+                                          lr=float(atk.lr) * 0.5 ** e, optimizer="sgd", weight_decay=weight_decay,
+                                          seed=int(atk.seed) + e, extra_loss=extra))
 
 
 def fisher_diagonal(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
@@ -265,20 +236,15 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> 
 
 @register("refit")
 @dataclass
-class Refit(Attack):
+class Refit(TrainingAttack):
     """REFIT: fine-tune on a `fraction` of the attacker's labelled data plus the rest of its inputs labelled
     by the model (when `unlabeled`), with SGD from a large `lr` halved each epoch and an EWC penalty of
     weight `ewc` that keeps the parameters that matter for the task."""
 
-    epochs: int = param(5, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
     lr: float = param(0.05, "learning rate", lo=0, hi=10, lo_open=True)
     ewc: float = param(10.0, "weight of the elastic weight consolidation penalty", lo=0, hi=1000000000.0)
     fraction: float = param(0.2, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
     unlabeled: bool = param(True, "add the attacker's other inputs, labelled by the model itself")
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)
@@ -301,9 +267,12 @@ class Refit(Attack):
         lam = float(self.ewc)
 
         def extra(_m: nn.Module, _xb: torch.Tensor, _yb: torch.Tensor) -> torch.Tensor:
+            total = torch.zeros((), device=_xb.device)
             if fisher is None:
-                return torch.zeros((), device=_xb.device)
-            return lam * sum((f * (p - a) ** 2).sum() for f, p, a in zip(fisher, params, anchor, strict=True))
+                return total
+            for f, p, a in zip(fisher, params, anchor, strict=True):
+                total = total + (f * (p - a) ** 2).sum()
+            return lam * total
 
         sgd_schedule(out, train, self, extra)
         return out

@@ -23,15 +23,16 @@ from .. import validate
 from ..data import as_tensors
 from ..errors import ModelError
 from ..runtime import model_device
-from ..schema import batch_param, device_param, param, progress_field, seed_param
+from ..schema import param, seed_param
 from ..train import fit
 from . import Attack, AttackError, register
-from .finetune import require_data
+from .training import TrainingAttack
 
 SCOPES = ("global", "layer")
+Layer = nn.modules.conv._ConvNd | nn.Linear  # what pruning acts on
 
 
-def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def prunable(model: nn.Module) -> list[tuple[str, Layer]]:
     """The Conv and Linear layers of `model`, whose weights (not biases) magnitude pruning acts on."""
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, torch.Tensor)]
@@ -82,7 +83,7 @@ class Prune(Attack):
         return out
 
 
-def _target_layer(model: nn.Module) -> tuple[str, nn.Module]:
+def _target_layer(model: nn.Module) -> tuple[str, Layer]:
     """The last conv layer, or the penultimate Linear layer when the model has no convolution."""
     layers = prunable(model)
     convs = [(n, m) for n, m in layers if isinstance(m, nn.modules.conv._ConvNd)]
@@ -94,7 +95,7 @@ def _target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     return linears[-2]
 
 
-def _channels_of(layer: nn.Module) -> int:
+def _channels_of(layer: Layer) -> int:
     return int(layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features)
 
 
@@ -140,7 +141,7 @@ def mean_activation(model: nn.Module, layer_name: str, x: torch.Tensor,
 
 @register("fine-prune")
 @dataclass
-class FinePrune(Attack):
+class FinePrune(TrainingAttack):
     """Prune the `amount` fraction of least active channels of the last conv (or penultimate Linear)
     layer on the attacker's clean data, then fine-tune all layers keeping them pruned."""
 
@@ -148,10 +149,6 @@ class FinePrune(Attack):
                           "`amount` is given", lo=0, hi=1, hi_open=True)
     epochs: int = param(2, "fine-tuning epochs after pruning", lo=0, hi=validate.MAX_EPOCHS)
     lr: float = param(0.001, "learning rate of that fine-tuning", lo=0, hi=10, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
 
     def pruned_channels(self, model: nn.Module, data: Dataset) -> tuple[str, list[int]]:
         """Name of the layer fine-pruning acts on and the channels it prunes (least active first)."""
@@ -163,8 +160,7 @@ class FinePrune(Attack):
         return name, sorted(int(c) for c in order[:k])
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
-        data = require_data(data, self.name)
-        self.used(examples=len(data))
+        data = self.attacker_data(data)
         out = self.copy_model(model)
         try:
             name, channels = self.pruned_channels(out, data)
@@ -183,8 +179,7 @@ class FinePrune(Attack):
         hooks = [p.register_hook(lambda g, m=m: g * m.to(g.device, g.dtype)) for p, m in masks]
         try:
             if self.epochs > 0:
-                fit(out, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                    device=self.device, progress=self.progress, description="attack fine-prune")
+                fit(out, data, **self.fit_kwargs("attack fine-prune"))
         finally:
             for h in hooks:
                 h.remove()

@@ -2,21 +2,20 @@
 
 The suspect's owner perturbs every query before the model sees it (Gaussian noise of `std` relative to
 the input range, or a JPEG-like 8x8 block-DCT quantization at `quality`), hoping the verifier's special
-inputs stop working while normal inputs still do. The attack is a Suspect wrapper (`wrap`).
+inputs stop working while normal inputs still do. The attack is a Suspect wrapper (`wrap`), an input
+transform like those of `inputs.py`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
 from ..schema import param, seed_param
-from ..suspect import Suspect
-from . import Attack, AttackError, register
+from . import AttackError, register
+from .inputs import InputTransform
 
 
 def _dct_matrix(n: int = 8) -> torch.Tensor:
@@ -52,7 +51,7 @@ def jpeg_like(x: torch.Tensor, quality: int, bounds: tuple[float, float] = (0.0,
 
 @register("perturb")
 @dataclass
-class PerturbQueries(Attack):
+class PerturbQueries(InputTransform):
     """Perturb every query before the model sees it: `kind` 'gaussian' (std, relative to the input range)
     or 'jpeg' (quality 1..100; inputs must be images N x C x H x W)."""
 
@@ -61,8 +60,6 @@ class PerturbQueries(Attack):
     std: float = param(0.1, "gaussian noise std relative to the input range", lo=0, hi=10)
     quality: int = param(50, "jpeg quality (1-100; lower removes more)", lo=1, hi=100)
     seed: int = seed_param()
-    acts_on = "queries"
-    family = "input"
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         lo, hi = bounds
@@ -73,20 +70,5 @@ class PerturbQueries(Attack):
             raise AttackError(f"jpeg perturbation needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
         return jpeg_like(x, int(self.quality), bounds)
 
-    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
-        """The model is not changed (the queries are): returns it as it is."""
-        return model
-
-    def wrap(self, suspect: Suspect, meta: Any = None) -> Suspect:
-        """A black-box Suspect answering with `suspect`'s outputs on perturbed queries; `meta` (the data's
-        metadata) gives the input bounds (default [0, 1])."""
-        bounds = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
-        gen = torch.Generator().manual_seed(self.seed)
-
-        self.reset_query_stats()
-
-        def backend(x: torch.Tensor) -> torch.Tensor:
-            self.count_query(answered=len(x))
-            return suspect.predict(self.transform(x.detach().cpu().float(), bounds, gen))
-
-        return Suspect(backend, input_shape=suspect.input_shape, name=f"perturb-{self.kind}({suspect.name})")
+    def suspect_label(self) -> str:
+        return f"perturb-{self.kind}"

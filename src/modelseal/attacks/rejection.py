@@ -31,15 +31,29 @@ from ..schema import param, seed_param
 from ..suspect import Suspect
 from ..train import predict
 from . import Attack, AttackError, register
-from .finetune import require_data
 from .inputs import wrapped_suspect
+from .training import require_data
 
 ANSWERS = ("second", "random")
 
 
+@dataclass
 class _Rejection(Attack):
+    """Base of the query-rejection attacks: a detector fitted in `apply`, scores (higher = more out of
+    distribution) and a threshold that flags `reject_rate` of the attacker's own inputs."""
+
+    reject_rate: float = param(0.05, "fraction of the attacker's own inputs flagged (false rejections it accepts)",
+                               lo=0, hi=1, hi_open=True)
+    answer: str = param("second", "answer to a flagged query: second (best class) | random (other class)",
+                        choices=ANSWERS)
+    seed: int = seed_param()
     acts_on = "queries"
     family = "rejection"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._model: nn.Module | None = None  # set by apply: the model whose answers are falsified
+        self._threshold = float("inf")
 
     def scores(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Higher = more out-of-distribution."""
@@ -75,10 +89,15 @@ class _Rejection(Attack):
         out[rows, top], out[rows, other] = b, a
         return out
 
+    def fitted_model(self) -> nn.Module:
+        """The model `apply` fitted the detector on."""
+        if self._model is None:
+            raise AttackError(f"{self.name} fits its detector in apply(model, data); call apply before wrap")
+        return self._model
+
     def wrap(self, suspect: Suspect, meta: Any = None) -> Suspect:
         """The suspect that answers flagged queries with another class on top."""
-        if getattr(self, "_model", None) is None:
-            raise AttackError(f"{self.name} fits its detector in apply(model, data); call apply before wrap")
+        self.fitted_model()
         gen = torch.Generator().manual_seed(int(self.seed))
 
         def answer(x: torch.Tensor) -> torch.Tensor:
@@ -98,11 +117,6 @@ class RejectSoftmax(_Rejection):
     """Flag queries whose maximum softmax probability is below what `reject_rate` of the attacker's own inputs
     reach, and answer them with the `answer` class ('second' best or 'random')."""
 
-    reject_rate: float = param(0.05, "fraction of the attacker's own inputs flagged (false rejections it accepts)",
-                               lo=0, hi=1, hi_open=True)
-    answer: str = param("second", "answer to a flagged query: second (best class) | random (other class)",
-                        choices=ANSWERS)
-    seed: int = seed_param()
 
     def fit_detector(self, model: nn.Module, x: torch.Tensor) -> None:
         pass
@@ -117,15 +131,10 @@ class RejectMahalanobis(_Rejection):
     """Flag queries whose penultimate features are far (Mahalanobis distance to the nearest class mean) from
     the attacker's own inputs (`reject_rate` of them flagged), and answer them with the `answer` class."""
 
-    reject_rate: float = param(0.05, "fraction of the attacker's own inputs flagged (false rejections it accepts)",
-                               lo=0, hi=1, hi_open=True)
-    answer: str = param("second", "answer to a flagged query: second (best class) | random (other class)",
-                        choices=ANSWERS)
-    seed: int = seed_param()
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        model = self._model
+        model = self.fitted_model()
         _, head = models.last_linear(model)
         got: list[torch.Tensor] = []
         hook = head.register_forward_hook(lambda _m, i, _o: got.append(i[0].detach().float().cpu()))

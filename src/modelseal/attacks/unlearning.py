@@ -19,7 +19,6 @@ identification and split of the inverted samples are left out, so every class's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +28,10 @@ from torch.utils.data import Dataset
 from .. import validate
 from ..data import TensorData, as_tensors, meta_of
 from ..runtime import model_device, track
-from ..schema import batch_param, device_param, param, progress_field, seed_param
+from ..schema import param
 from ..train import fit
-from . import Attack, register
-from .finetune import data_fraction, require_data
+from . import register
+from .training import TrainingAttack, bounds_of
 
 
 def _frozen(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
@@ -55,7 +54,7 @@ def _classes(model: nn.Module, x: torch.Tensor) -> int:
 
 @register("neural-cleanse")
 @dataclass
-class NeuralCleanse(Attack):
+class NeuralCleanse(TrainingAttack):
     """Reverse-engineer a trigger (mask and pattern) per class for `steps` steps, then fine-tune for `epochs`
     on a `fraction` of the attacker's data with `stamp_rate` of it stamped with the triggers of the
     `classes` most anomalous classes, under the true labels."""
@@ -65,12 +64,7 @@ class NeuralCleanse(Attack):
     classes: int = param(1, "how many of the most anomalous classes are unlearned", lo=1, hi=100000)
     stamp_rate: float = param(0.2, "fraction of the fine-tuning inputs stamped with a recovered trigger", lo=0, hi=1)
     epochs: int = param(2, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
-    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
     fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
 
     def reverse(self, model: nn.Module, x: torch.Tensor, bounds: tuple[float, float]) -> tuple[list, torch.Tensor]:
         """Per class: (mask, pattern), and the L1 norms of the masks."""
@@ -109,11 +103,10 @@ class NeuralCleanse(Attack):
         return triggers, torch.tensor(norms)
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
-        data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
+        data = self.attacker_data(data, self.fraction)
         x, y = as_tensors(data)
-        self.used(examples=len(x))
         meta = meta_of(data)
-        bounds = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
+        bounds = bounds_of(meta)
         out = self.copy_model(model)
         triggers, norms = self.reverse(out, x, bounds)
         med = norms.median()
@@ -130,8 +123,7 @@ class NeuralCleanse(Attack):
             mask, pattern = (t.cpu() for t in triggers[c])
             xs[sel] = (1 - mask) * x[sel] + mask * pattern
         if self.epochs > 0:
-            fit(out, TensorData(xs, y, meta), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                seed=self.seed, device=self.device, progress=self.progress, description="attack neural-cleanse")
+            fit(out, TensorData(xs, y, meta), **self.fit_kwargs("attack neural-cleanse"))
         return out
 
 
@@ -143,7 +135,7 @@ def _tv(x: torch.Tensor) -> torch.Tensor:
 
 @register("dehydrate")
 @dataclass
-class Dehydrate(Attack):
+class Dehydrate(TrainingAttack):
     """Neural Dehydration: invert `per_class` inputs per class for `steps` steps, then fine-tune for
     `epochs` on a `fraction` of the attacker's labelled data while pushing the answers on the inverted
     inputs towards uniform (weight `unlearn`)."""
@@ -154,12 +146,7 @@ class Dehydrate(Attack):
     unlearn: float = param(1.0, "weight of the unlearning term (answers on inverted inputs pushed to uniform)", lo=0,
                            hi=1000.0)
     epochs: int = param(3, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
-    lr: float = param(0.001, "learning rate", lo=0, hi=10, lo_open=True)
     fraction: float = param(0.1, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
-    batch_size: int = batch_param()
-    seed: int = seed_param()
-    device: str | None = device_param()
-    progress: Any = progress_field()
 
     def invert(self, model: nn.Module, shape: tuple[int, ...], n_cls: int, bounds: tuple[float, float]) -> torch.Tensor:
         dev = model_device(model)
@@ -184,11 +171,9 @@ class Dehydrate(Attack):
         return (lo + (hi - lo) * torch.sigmoid(z)).detach()
 
     def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
-        data = data_fraction(require_data(data, self.name), self.fraction, self.seed)
+        data = self.attacker_data(data, self.fraction)
         x, _ = as_tensors(data)
-        self.used(examples=len(x))
-        meta = meta_of(data)
-        bounds = tuple(getattr(meta, "bounds", None) or (0.0, 1.0))
+        bounds = bounds_of(meta_of(data))
         out = self.copy_model(model)
         n_cls = _classes(out, x)
         inverted = self.invert(out, tuple(x.shape[1:]), n_cls, bounds)
@@ -201,6 +186,5 @@ class Dehydrate(Attack):
             return weight * (-logp.mean(1)).mean()  # cross-entropy towards the uniform answer
 
         if self.epochs > 0:
-            fit(out, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                device=self.device, extra_loss=extra, progress=self.progress, description="attack dehydrate")
+            fit(out, data, **self.fit_kwargs("attack dehydrate", extra_loss=extra))
         return out
