@@ -504,7 +504,7 @@ def attack(
     params = {"seed": seed, **_params(set_)}
     data = _data_for(model_path, data)
     splits = data_mod.load(data, seed=0)
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    fields: set[str] = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     others = [_open_model(p, device, arch, splits.meta) for p in other or []]
     if others and "others" in fields:
         params["others"] = others

@@ -1,7 +1,6 @@
 """A registry of named classes whose built-in entries live in modules imported on first use (torch-free).
 
-`modelseal.attacks` keeps its table here; `modelseal.methods` still has its own copy of the same logic
-(issue 23: it can move onto this class without changing behaviour).
+`modelseal.methods` and `modelseal.attacks` each keep their table in one of these.
 """
 
 from __future__ import annotations

@@ -284,8 +284,8 @@ def job_cell(job: CellJob) -> dict[str, Any]:
             dev = _device(job.device)
             mi = methods.info(job.protection.method)
             copies = [model_from_bytes(b).to(dev) for b in _value(job.models)]
-            attack = None if job.attack.attack == "none" else \
-                attacks.get(job.attack.attack)(**job.attack.params, seed=job.seed)
+            make: Any = None if job.attack.attack == "none" else attacks.get(job.attack.attack)
+            attack = None if make is None else make(**job.attack.params, seed=job.seed)
             reason = _skip_reason(attack, mi.access, mi.family, len(copies), job.protection.method)
             if reason is not None:
                 return {**row, "status": "skipped", "wall_s": time.perf_counter() - t0, "detail": {"reason": reason}}

@@ -432,7 +432,8 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
             strength = values[0] if values and isinstance(values[0], (int, float)) else None
             tag = label + ("" if not swept else " " + ",".join(f"{k}={v}" for k, v in zip(swept, values, strict=False)))
             try:
-                attack_registry.get(attack)(**concrete, seed=0)
+                make: Any = attack_registry.get(attack)  # every attack declares a seed (its schema)
+                make(**concrete, seed=0)
             except (TypeError, ModelSealError) as e:
                 raise c.fail("params", f"bad parameters for attack {attack}: {e}", i, "attacks") from None
             variants.append(AttackVariant(tag, attack, concrete,

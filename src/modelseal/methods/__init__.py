@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..errors import ModelSealError, RegistryError
+from ..registry import Registry
 from .base import BASES, Fingerprint, Judging, Lock, Method, PerUser, Watermark
 
 FAMILIES: dict[str, tuple[str, str | None]] = {
@@ -42,7 +43,6 @@ COMMANDS = {"watermark": "modelseal watermark embed", "fingerprint": "modelseal 
 KEY_COMMANDS = {"watermark": "modelseal verify KEY SUSPECT", "fingerprint": "modelseal verify KEY SUSPECT",
                 "per-user": "modelseal trace KEY SUSPECT", "lock": "modelseal unlock LOCKED KEY --out RESTORED"}
 
-_REGISTRY: dict[str, type[Method]] = {}
 # Where each known method lives: imported on first use so that `import modelseal` stays light.
 _MODULES = {
     "trigger-set": "modelseal.methods.trigger_set",
@@ -55,7 +55,8 @@ _MODULES = {
     "modeldiff": "modelseal.methods.modeldiff",
     "sac": "modelseal.methods.sac",
 }
-_BUILTIN = frozenset(_MODULES)
+_TABLE: Registry[type[Method]] = Registry(_MODULES)
+_REGISTRY, _BUILTIN = _TABLE.classes, _TABLE.builtin  # the registered classes; the names that ship with modelseal
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,7 @@ def register(name: str, *, family: str, access: str):
             raise RegistryError(f"method '{name}' of family '{family}' does not implement "
                                 f"{protect}{'' if family == 'lock' else ' and decide'}")
         cls.name, cls.access = name, access
-        _REGISTRY[name] = cls
-        _MODULES.setdefault(name, cls.__module__)  # a method from another package is listed like ours
+        _TABLE.add(name, cls)
         return cls
 
     return deco
@@ -110,9 +110,7 @@ def register(name: str, *, family: str, access: str):
 
 def unregister(name: str) -> None:
     """Forget a method registered from outside modelseal (tests, plugins); the built-in ones stay."""
-    _REGISTRY.pop(name, None)
-    if name not in _BUILTIN:
-        _MODULES.pop(name, None)
+    _TABLE.remove(name)
 
 
 def _available() -> dict[str, str]:
