@@ -60,6 +60,7 @@ from . import register
 from .base import Lock
 
 _EDGE_MARGIN = 0.01
+_POOL = 32  # with hide_rank, candidates are drawn from the _POOL x candidates best first-order moves
 _PERTURBABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -87,6 +88,11 @@ class AdvParams(Lock):
     target_accuracy: float = param(0.1, "stop once accuracy on the check batch is at or below this", lo=0, hi=1)
     batch_size: int = param(256, "examples in the gradient batch and in the separate check batch", lo=1,
                             hi=validate.MAX_BATCH)
+    hide_rank: int = param(0, "keep every perturbed weight out of the top hide_rank of the locked model's "
+                           "|loss gradient| on the check batch, where a key-free attacker looks (0: off, the "
+                           "paper's greedy step)", lo=0, hi=validate.MAX_COUNT)
+    candidates: int = param(16, "with hide_rank: weights tried per step, a seeded sample of the "
+                            f"{_POOL} x as many with the largest first-order loss increase", lo=1, hi=1024)
     layers: list[str] | None = param(None, "module or parameter names that may be perturbed (none: every "
                                      "Conv/Linear weight)")
     seed: int = seed_param("random seed of the gradient and check batches")
@@ -179,10 +185,119 @@ class AdvParams(Lock):
                 ss_tot = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
                 return float(1.0 - ((out.float() - y) ** 2).sum() / ss_tot)
 
-        def loss_fn(out: torch.Tensor) -> torch.Tensor:
+        def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             if task == CLASSIFICATION:
-                return F.cross_entropy(out.float(), yg)
-            return F.mse_loss(out.float().reshape(yg.shape), yg.float())
+                return F.cross_entropy(out.float(), y)
+            return F.mse_loss(out.float().reshape(y.shape), y.float())
+
+        def write(t: torch.Tensor, j: int, value: torch.Tensor) -> None:
+            with torch.no_grad():
+                if t.is_contiguous():
+                    t.view(-1)[j] = value
+                else:
+                    tmp = t.detach().reshape(-1).clone()
+                    tmp[j] = value
+                    t.copy_(tmp.view_as(t))
+
+        def greedy_pick(grads: tuple[torch.Tensor | None, ...]) -> tuple[int, int, torch.Tensor] | None:
+            """The paper's step: the free weight with the largest |gradient|, moved eps x its layer's range."""
+            best: tuple[float, int, int] | None = None
+            for i, (t, g) in enumerate(zip(tensors, grads, strict=True)):
+                if g is None:
+                    continue
+                w = t.detach()
+                # A weight at its layer's edge in the loss-increasing direction cannot move: skip it.
+                edge = (hi[i] - lo[i]) * _EDGE_MARGIN
+                stuck = ((g > 0) & (w >= hi[i] - edge)) | ((g < 0) & (w <= lo[i] + edge)) | (g == 0)
+                s = g.abs().masked_fill(chosen[i] | stuck, -1.0)
+                j = int(s.reshape(-1).argmax())
+                v = float(s.reshape(-1)[j])
+                if v > 0 and (best is None or v > best[0]):
+                    best = (v, i, j)
+            if best is None:
+                return None
+            _, i, j = best
+            g_ij = grads[i].reshape(-1)[j]  # type: ignore[union-attr]
+            step = self.eps * (hi[i] - lo[i]) * torch.sign(g_ij)
+            cur = tensors[i].detach().reshape(-1)[j]
+            # Clipped moves stop a seeded sliver short of the edge: several weights equal to the
+            # layer's exact min or max would themselves be a tell.
+            margin = (hi[i] - lo[i]) * _EDGE_MARGIN * (1.0 - float(torch.rand((), generator=gen)))
+            new = torch.minimum(torch.maximum(cur + step.to(cur.dtype), lo[i] + margin), hi[i] - margin)
+            return i, j, new
+
+        sizes = [t.numel() for t in tensors]
+        offsets = [0]
+        for n in sizes:
+            offsets.append(offsets[-1] + n)
+
+        def visible_rank() -> int:
+            """How many weights have a larger |loss gradient| on the check batch than the most visible
+            perturbed one: an attacker resetting fewer than this many largest-gradient weights misses all."""
+            gc = torch.autograd.grad(loss_fn(locked(xc), yc), tensors, allow_unused=True)
+            mags = [torch.zeros_like(t) if g is None else g.detach().abs() for t, g in zip(tensors, gc, strict=True)]
+            top = max((float(m[c].max()) for m, c in zip(mags, chosen, strict=True) if bool(c.any())), default=-1.0)
+            return int(sum(int((m > top).sum()) for m in mags))
+
+        unhidden = 0
+
+        def trial(i: int, j: int, value: torch.Tensor, with_rank: bool) -> tuple[float, int]:
+            """The gradient-batch loss (and the visible rank) with weight j of tensor i set to value; then undone."""
+            t = tensors[i]
+            old = t.detach().reshape(-1)[j].clone()
+            write(t, j, value)
+            chosen[i].view(-1)[j] = True
+            try:
+                with torch.no_grad():
+                    loss = float(loss_fn(locked(xg), yg))
+                return loss, (visible_rank() if with_rank else -1)
+            finally:
+                chosen[i].view(-1)[j] = False
+                write(t, j, old)
+
+        def hidden_pick(grads: tuple[torch.Tensor | None, ...]) -> tuple[int, int, torch.Tensor] | None:
+            """Try a seeded sample of the best first-order moves; keep the one that raises the loss most
+            while every perturbed weight stays out of the top `hide_rank` gradients (else the least visible)."""
+            nonlocal unhidden
+            u = float(torch.rand((), generator=gen))
+            gains, news = [], []
+            for i, (t, g) in enumerate(zip(tensors, grads, strict=True)):
+                w = t.detach()
+                if g is None:
+                    gains.append(torch.full((w.numel(),), -torch.inf, device=w.device))
+                    news.append(w.reshape(-1))
+                    continue
+                span = hi[i] - lo[i]
+                margin = span * _EDGE_MARGIN * (1.0 - u)
+                new = torch.minimum(torch.maximum(w + self.eps * span * torch.sign(g), lo[i] + margin), hi[i] - margin)
+                gain = (g * (new - w)).float().masked_fill(chosen[i], -torch.inf)
+                gains.append(gain.masked_fill(gain <= 0, -torch.inf).reshape(-1))
+                news.append(new.reshape(-1))
+            flat = torch.cat([x.cpu() for x in gains])
+            valid = int(torch.isfinite(flat).sum())
+            if valid == 0:
+                return None
+            pool = flat.topk(min(valid, _POOL * int(self.candidates))).indices
+            picks = pool[torch.randperm(len(pool), generator=gen)[: int(self.candidates)]].tolist()
+            tried: list[tuple[float, int, int]] = []
+            for f in picks:
+                i = next(k for k in range(len(tensors)) if offsets[k] <= f < offsets[k + 1])
+                j = f - offsets[i]
+                tried.append((trial(i, j, news[i][j], with_rank=False)[0], i, j))
+            # The loss needs a forward pass only; the rank a backward one: rank the best-loss moves first
+            # and keep the first that stays hidden.
+            tried.sort(key=lambda c: -c[0])
+            least_visible: tuple[int, int, int] | None = None
+            for _, i, j in tried:
+                rank = trial(i, j, news[i][j], with_rank=True)[1]
+                if rank >= int(self.hide_rank):
+                    return i, j, news[i][j]
+                if least_visible is None or rank > least_visible[0]:
+                    least_visible = (rank, i, j)
+            assert least_visible is not None
+            unhidden += 1
+            _, i, j = least_visible
+            return i, j, news[i][j]
 
         acc_before = score()
         acc = acc_before
@@ -192,46 +307,21 @@ class AdvParams(Lock):
             t.requires_grad_(True)
         stack = contextlib.ExitStack()
         bar = stack.enter_context(track(progress, int(self.max_params), "advparams lock"))
+        rank_after: int | None = None
         try:
             while len(steps) < int(self.max_params) and acc > float(self.target_accuracy) and not collapsed:
-                grads = torch.autograd.grad(loss_fn(locked(xg)), tensors, allow_unused=True)
-                best: tuple[float, int, int] | None = None
-                for i, (t, g) in enumerate(zip(tensors, grads, strict=True)):
-                    if g is None:
-                        continue
-                    w = t.detach()
-                    # A weight at its layer's edge in the loss-increasing direction cannot move: skip it.
-                    edge = (hi[i] - lo[i]) * _EDGE_MARGIN
-                    stuck = ((g > 0) & (w >= hi[i] - edge)) | ((g < 0) & (w <= lo[i] + edge)) | (g == 0)
-                    s = g.abs().masked_fill(chosen[i] | stuck, -1.0)
-                    j = int(s.reshape(-1).argmax())
-                    v = float(s.reshape(-1)[j])
-                    if v > 0 and (best is None or v > best[0]):
-                        best = (v, i, j)
-                if best is None:
+                grads = torch.autograd.grad(loss_fn(locked(xg), yg), tensors, allow_unused=True)
+                pick = hidden_pick(grads) if self.hide_rank else greedy_pick(grads)
+                if pick is None:
                     break
-                _, i, j = best
-                t = tensors[i]
-                with torch.no_grad():
-                    flat = t.view(-1) if t.is_contiguous() else None
-                    g = grads[i].reshape(-1)[j]
-                    step = self.eps * (hi[i] - lo[i]) * torch.sign(g)
-                    cur = t.reshape(-1)[j]
-                    # Clipped moves stop a seeded sliver short of the edge: several weights equal to the
-                    # layer's exact min or max would themselves be a tell.
-                    margin = (hi[i] - lo[i]) * _EDGE_MARGIN * (1.0 - float(torch.rand((), generator=gen)))
-                    target = cur + step.to(cur.dtype)
-                    new = torch.minimum(torch.maximum(target, lo[i] + margin), hi[i] - margin)
-                    if flat is not None:
-                        flat[j] = new
-                    else:
-                        tmp = t.detach().reshape(-1).clone()
-                        tmp[j] = new
-                        t.copy_(tmp.view_as(t))
-                    chosen[i].view(-1)[j] = True
+                i, j, new = pick
+                write(tensors[i], j, new)
+                chosen[i].view(-1)[j] = True
                 acc = score()
                 steps.append(acc)
                 bar.advance(info=f"accuracy {acc:.3f}")
+            if self.hide_rank and steps:
+                rank_after = visible_rank()
         finally:
             for t, r in zip(tensors, req, strict=True):
                 t.requires_grad_(r)
@@ -261,7 +351,8 @@ class AdvParams(Lock):
                 "total_params": int(n_total),
                 "max_params": int(self.max_params), "eps": float(self.eps),
                 "target_accuracy": float(self.target_accuracy), "batch_size": b, "seed": int(self.seed),
-                "layers": list(names),
+                "layers": list(names), "hide_rank": int(self.hide_rank), "candidates": int(self.candidates),
+                "unhidden_steps": unhidden, "visible_rank_after": rank_after,
                 "check_accuracy_before": acc_before, "check_accuracy_after": acc,
                 "target_reached": bool(reached), "collapsed": bool(collapsed),
                 "original_digest": original_digest,
