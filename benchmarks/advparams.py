@@ -10,7 +10,9 @@ owner's), the best test accuracy an attacker without the key gets back from the 
   attacker's data is largest (AdvParams moves the weights with the largest gradient, and a moved weight
   keeps a large gradient), to their layer's median, each followed by the fine-tuning grid, and (c) fine-tunes
   only the k largest-gradient weights (a sparse fine-tune: the lock changed few weights, so the attacker
-  searches for few), over the fine-tuning grid;
+  searches for few), over the fine-tuning grid; (d) fine-tunes only the weights within 2 % of their layer's
+  range from its min or max, or (e) only each layer's 10 % smallest and 10 % largest values (where a lock
+  that moves weights far puts them);
 
 and the same architecture trained from scratch on the same data over a grid of learning rates x epochs
 (up to 200 epochs: converged on these sizes), best of. The best is taken on the test split (an oracle
@@ -91,17 +93,48 @@ def _reset_gradient(model: torch.nn.Module, data: Any, k: int) -> torch.nn.Modul
     return out
 
 
-def _sparse_finetune(model: torch.nn.Module, data: Any, k: int, lr: float, epochs: int, seed: int) -> torch.nn.Module:
-    """Fine-tune only the k weights with the largest |loss gradient| on the attacker's data (Adam, batches of
-    32): the attacker knows a lock changes few weights and lets only the most suspicious ones move."""
-    out = copy.deepcopy(model)
+def _gradient_mask(model: torch.nn.Module, data: Any, k: int) -> list[torch.Tensor]:
+    """The k weights with the largest |loss gradient| on the attacker's data (one mask per weight tensor)."""
     x, y = ms.data.as_tensors(data)
-    params = [p for p in out.parameters() if p.dim() >= 2]
-    grads = torch.autograd.grad(F.cross_entropy(out(x), y), params)
+    params = [p for p in model.parameters() if p.dim() >= 2]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     flat = torch.cat([g.abs().flatten() for g in grads])
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[flat.topk(min(k, len(flat))).indices] = True
-    masks = list(torch.split(keep, [p.numel() for p in params]))
+    return [m.view_as(p) for m, p in zip(torch.split(keep, [p.numel() for p in params]), params, strict=True)]
+
+
+def _edge_mask(model: torch.nn.Module, within: float) -> list[torch.Tensor]:
+    """Weights within `within` x their layer's range of its min or max (where a lock that moves weights to the
+    edge of the range puts them)."""
+    out = []
+    for p in (p for p in model.parameters() if p.dim() >= 2):
+        w = p.detach()
+        span = w.max() - w.min()
+        out.append((w <= w.min() + within * span) | (w >= w.max() - within * span))
+    return out
+
+
+def _tail_mask(model: torch.nn.Module, share: float) -> list[torch.Tensor]:
+    """The `share` smallest and `share` largest values of each layer."""
+    out = []
+    for p in (p for p in model.parameters() if p.dim() >= 2):
+        w = p.detach().flatten()
+        k = max(1, int(share * len(w)))
+        m = torch.zeros_like(w, dtype=torch.bool)
+        m[w.topk(k).indices] = True
+        m[(-w).topk(k).indices] = True
+        out.append(m.view_as(p))
+    return out
+
+
+def _sparse_finetune(model: torch.nn.Module, data: Any, masks: list[torch.Tensor], lr: float, epochs: int,
+                     seed: int) -> torch.nn.Module:
+    """Fine-tune only the masked weights (Adam, batches of 32): the attacker knows a lock changes few weights
+    and lets only the suspicious ones move."""
+    out = copy.deepcopy(model)
+    x, y = ms.data.as_tensors(data)
+    params = [p for p in out.parameters() if p.dim() >= 2]
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     out.train()
@@ -112,17 +145,18 @@ def _sparse_finetune(model: torch.nn.Module, data: Any, k: int, lr: float, epoch
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(out(x[idx]), y[idx]).backward()
             for p, m in zip(params, masks, strict=True):
-                p.grad.mul_(m.view_as(p))  # type: ignore[union-attr]
+                p.grad.mul_(m)  # type: ignore[union-attr]
             opt.step()  # Adam leaves weights with zero gradient (and zero moments) where they are
     out.eval()
     return out
 
 
-def _sparse_best(model: torch.nn.Module, part: Any, test: Any, g: dict[str, list], k: int, seed: int) -> dict:
+def _sparse_best(model: torch.nn.Module, part: Any, test: Any, g: dict[str, list], masks: list[torch.Tensor],
+                 seed: int) -> dict:
     best = {"accuracy": -1.0}
     for lr in g["ft_lr"]:
         for ep in g["ft_epochs"]:
-            a = ms.train.evaluate(_sparse_finetune(model, part, k, lr, ep, seed), test)
+            a = ms.train.evaluate(_sparse_finetune(model, part, masks, lr, ep, seed), test)
             if a > best["accuracy"]:
                 best = {"accuracy": round(a, 4), "lr": lr, "epochs": ep}
     return best
@@ -178,7 +212,11 @@ def _attack_lock(owner: torch.nn.Module, data: Any, lock_params: dict[str, Any],
             grad_reset = _reset_gradient(locked, part, k)
             cands[f"gradient k={k}"] = {"accuracy": acc(grad_reset)}
             cands[f"gradient k={k} + finetune"] = _finetune_best(grad_reset, part, data.test, g, seed)
-            cands[f"sparse finetune k={k}"] = _sparse_best(locked, part, data.test, g, k, seed)
+            cands[f"sparse finetune k={k}"] = _sparse_best(locked, part, data.test, g, _gradient_mask(locked, part, k),
+                                                           seed)
+        cands["edge 2 % + sparse finetune"] = _sparse_best(locked, part, data.test, g, _edge_mask(locked, 0.02), seed)
+        cands["tails 10 % + sparse finetune"] = _sparse_best(locked, part, data.test, g, _tail_mask(locked, 0.10),
+                                                             seed)
         best_name = max(cands, key=lambda c: cands[c]["accuracy"])
         best = max(cands[best_name]["accuracy"], max(no_data.values()))
         rows.append({"fraction": frac, "samples": len(part), "attacks": cands, "best_attack": best_name,

@@ -185,6 +185,7 @@ class AdvParams(Lock):
         hi = [t.detach().max() for t in tensors]
         chosen = [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
         originals = [t.detach().clone() for t in tensors]
+        ordered = [t.reshape(-1).sort().values for t in originals] if self.hide_rank else []
 
         collapsed = False
 
@@ -282,9 +283,20 @@ class AdvParams(Lock):
                     gains.append(torch.full((w.numel(),), -torch.inf, device=w.device))
                     news.append(w.reshape(-1))
                     continue
+                # The new value is the layer's own value distribution read at a seeded level of the far half
+                # beyond w (interpolated between neighbours, so no value is an exact copy): moved weights look
+                # like the values already in the layer, never piled up at its edges.
+                srt = ordered[i]
+                n = len(srt)
+                q = torch.searchsorted(srt, w.reshape(-1).contiguous()).clamp(0, n - 1).double() / max(n - 1, 1)
+                level = 0.5 + 0.5 * u
+                q_new = torch.where(g.reshape(-1) > 0, q + (1 - q) * level, q * (1 - level)) * (n - 1)
+                low = q_new.floor().long().clamp(0, n - 1)
+                frac = (q_new - low).to(srt.dtype)
+                target = srt[low] + frac * (srt[(low + 1).clamp(max=n - 1)] - srt[low])
                 span = hi[i] - lo[i]
-                margin = span * _EDGE_MARGIN * (1.0 - u)
-                new = torch.minimum(torch.maximum(w + self.eps * span * torch.sign(g), lo[i] + margin), hi[i] - margin)
+                step = self.eps * span
+                new = torch.minimum(torch.maximum(target.view_as(w), w - step), w + step)
                 gain = (g * (new - w)).float().masked_fill(chosen[i], -torch.inf)
                 gains.append(gain.masked_fill(gain <= 0, -torch.inf).reshape(-1))
                 news.append(new.reshape(-1))
