@@ -22,19 +22,22 @@ Where modelseal deviates from the paper, and why:
   that accuracy is only the class's share of the batch (0.14 on a digits batch, above a 0.1 target), and
   a model that always answers the same is useless. The key records `collapsed` when this stopped it.
 - Hidden lock (`hide_rank` > 0, a modelseal extension): the greedy step leaves every moved weight at the top
-  of the locked model's |loss gradient| (ranks 0-24 of 22,154 on a digits CNN), so a key-free attacker who
-  knows the method resets or fine-tunes the largest-gradient weights and gets the model back (0.83 with 7
-  images, where training from scratch on them reaches 0.40). With `hide_rank`, each step draws `candidates`
-  moves (seeded) from the best first-order ones, tries them in order of the loss they cause, and keeps the
-  first after which every moved weight is still outside the top `hide_rank` gradients on the check batch (else
-  the least visible one; `unhidden_steps` in the key counts those). Moves are to the layer's edge with
-  `eps=1.0`: the weights it picks carry information their median does not, so resetting them restores
-  nothing. Measured (`benchmarks/advparams.py --quick`, digits CNN, owner 0.939): with `hide_rank=100,
-  eps=1.0, max_params=300` the best key-free recovery is 0.363 / 0.731 / 0.889 with 1 / 10 / 25 % of the data
-  against 0.404 / 0.848 / 0.942 from scratch, where the greedy lock gives 0.828 / 0.939 / 0.961. Its cost:
-  300 weights (1.35 % of the model, not the paper's 0.0002 % nor the 0.01 % goal), a locked accuracy of 0.188
-  (the 0.1 target is missed at that budget), and about 250 times the greedy lock's time (429 s vs 1.7 s on
-  a loaded machine). It is off by default for that reason.
+  of the locked model's |loss gradient| (ranks 0-24 of 22,154 on a digits CNN) and, with a large `eps`, at
+  its layer's edges, so a key-free attacker who knows the method resets or fine-tunes those weights and gets
+  the model back (0.85 with 7 images, where training from scratch on them reaches 0.40). With `hide_rank`,
+  each step draws `candidates` moves (seeded) from the best first-order ones, tries them in order of the loss
+  they cause, and keeps the first after which every moved weight is still outside the top `hide_rank`
+  gradients on the check batch (else the least visible one; the key counts those as `unhidden_steps`). The
+  new value is read from the layer's own sorted values at a seeded level of the far half beyond the weight
+  (interpolated, at most `eps` x the range away), so moved weights neither pile up at the edges nor copy a
+  value exactly. Measured (`benchmarks/advparams.py --quick`, digits CNN, owner 0.939, attackers: fine-tune
+  grid, pruning, reset-outliers, standouts, largest-gradient reset / sparse fine-tune, edge and tail sparse
+  fine-tune): with `hide_rank=100, eps=1.0, max_params=300` the best key-free recovery is 0.424 / 0.814 /
+  0.914 with 1 / 10 / 25 % of the data against 0.404 / 0.848 / 0.942 from scratch (within +5 points: it
+  holds), where the greedy lock gives 0.853 / 0.950 / 0.961. Its cost: 300 weights (1.35 % of the model, not
+  the paper's 0.0002 % nor the 0.01 % goal), a locked accuracy of 0.274 (the 0.1 target is missed at that
+  budget: not near chance) and 368 s against 2.1 s for the greedy lock on a loaded machine. It is off by
+  default for those reasons.
 - The key stores the original values in the tensors' own dtype (exact bits, so unlock is a write-back,
   not `w + d - d`) and SHA-256 digests of the whole original and locked state dicts: unlock refuses a
   model that is not the one this key locked, and checks that the restored state is the original.
