@@ -278,31 +278,42 @@ def label_matches(opened: dict[str, torch.Tensor], answers: Any) -> tuple[float,
 REFERENCES_MEANING = "independent models, or a reference-pool folder, for a reference null (none: score only)"
 
 
-# ---------------------------------------------------------------------- AKH
-@register("akh", family="fingerprint", access="labels")
-@dataclass
-class AKH(Fingerprint):
-    """The owner's misclassified test inputs and its wrong labels; score = the suspect's agreement rate."""
+class PeerBaseline(Fingerprint):
+    """What the peer baselines share: the verifier's rule (reference models make the null; none: score only),
+    the capability that keeps them out of the demo, and what a check of their evidence cannot show."""
 
     peer_baseline: ClassVar[bool] = True
-
-    n: int = param(100, "most misclassified inputs kept in the key", lo=1, hi=validate.MAX_COUNT)
-    data: str | None = param(None, "data set of the owner's test inputs (a modelseal.data name; none: the input "
-                             "specification's data set)")
-    split: str = param("test", "split of the data set the inputs come from", choices=SPLITS)
-    data_seed: int = param(0, "seed of the data set's owner/attacker/test split", lo=0, hi=2**31 - 1)
-    seed: int = seed_param("random seed of the choice among misclassified inputs")
-
     verify_params = verifier(
         references=vparam(None, REFERENCES_MEANING, "list | str | None"),
         max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all of the key's)",
                            "int | None", lo=1, hi=validate.MAX_COUNT),
     )
     rule_skip = ("references",)
-    key_tensors = ("inputs", "labels")
-    recheck, reanswer = evidence_hooks("akh", label_matches, labels=True)
     evidence_not_proved = ("the reference models' answers: they are the verifier's, taken from the file as "
                            "recorded; judge the suspect again with your own references to check the null",)
+
+
+@dataclass
+class DataBaseline(PeerBaseline):
+    """A peer baseline whose key is made from the owner's own inputs (a named data set's split)."""
+
+    data: str | None = param(None, "data set of the owner's inputs (a modelseal.data name; none: the input "
+                             "specification's data set)")
+    split: str = param("test", "split of the data set the inputs come from", choices=SPLITS)
+    data_seed: int = param(0, "seed of the data set's owner/attacker/test split", lo=0, hi=2**31 - 1)
+
+
+# ---------------------------------------------------------------------- AKH
+@register("akh", family="fingerprint", access="labels")
+@dataclass
+class AKH(DataBaseline):
+    """The owner's misclassified test inputs and its wrong labels; score = the suspect's agreement rate."""
+
+    n: int = param(100, "most misclassified inputs kept in the key", lo=1, hi=validate.MAX_COUNT)
+    seed: int = seed_param("random seed of the choice among misclassified inputs")
+
+    key_tensors = ("inputs", "labels")
+    recheck, reanswer = evidence_hooks("akh", label_matches, labels=True)
 
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """The owner's misclassified inputs of the data set's split and the owner's (wrong) labels on them."""

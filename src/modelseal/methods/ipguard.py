@@ -23,7 +23,7 @@ Where modelseal deviates, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,21 +33,18 @@ from ..data import as_input_spec
 from ..errors import ModelError
 from ..keys import Key
 from ..runtime import model_device, track
-from ..schema import batch_param, param, seed_param, verifier, vparam
+from ..schema import batch_param, param, seed_param
 from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
 from . import register
-from .akh import AKH, REFERENCES_MEANING, decide_baseline, evidence_hooks, label_matches, model_signature
-from .base import Fingerprint
+from .akh import PeerBaseline, decide_baseline, evidence_hooks, label_matches, model_signature
 
 
 @register("ipguard", family="fingerprint", access="labels")
 @dataclass
-class IPGuard(Fingerprint):
+class IPGuard(PeerBaseline):
     """Points just across the owner's decision boundary and the owner's labels on them."""
-
-    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "boundary points in the key", lo=1, hi=validate.MAX_COUNT)
     k: float = param(0.5, "logit margin of the point's label over the runner-up class", lo=0, hi=1e6, lo_open=True)
@@ -57,15 +54,8 @@ class IPGuard(Fingerprint):
     seed: int = seed_param("random seed of the start points and the second classes")
     batch_size: int = batch_param(512)
 
-    verify_params = verifier(
-        references=vparam(None, REFERENCES_MEANING, "list | str | None"),
-        max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all of the key's)",
-                           "int | None", lo=1, hi=validate.MAX_COUNT),
-    )
-    rule_skip = ("references",)
     key_tensors = ("inputs", "labels")
     recheck, reanswer = evidence_hooks("ipguard", label_matches, labels=True)
-    evidence_not_proved = AKH.evidence_not_proved
 
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """Boundary points of `model` found from noise (no data) and the owner's labels on them."""

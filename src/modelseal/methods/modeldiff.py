@@ -24,7 +24,7 @@ Where modelseal deviates, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +34,13 @@ from .. import validate
 from ..data import as_input_spec
 from ..keys import Key
 from ..runtime import model_device
-from ..schema import param, seed_param, verifier, vparam
+from ..schema import param, seed_param
 from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
 from . import register
 from .akh import (
-    AKH,
-    REFERENCES_MEANING,
-    SPLITS,
+    DataBaseline,
     data_name,
     decide_baseline,
     evidence_hooks,
@@ -50,7 +48,6 @@ from .akh import (
     owner_data,
     probabilities,
 )
-from .base import Fingerprint
 
 
 def ddv(outputs: torch.Tensor) -> torch.Tensor:
@@ -78,10 +75,8 @@ def ddv_statistic(opened: dict[str, torch.Tensor], answers: Any) -> tuple[float,
 
 @register("modeldiff", family="fingerprint", access="outputs")
 @dataclass
-class ModelDiff(Fingerprint):
+class ModelDiff(DataBaseline):
     """Input pairs whose owner outputs differ; score = cosine similarity of owner and suspect DDVs."""
-
-    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "input pairs in the key (2n queries)", lo=2, hi=validate.MAX_COUNT)
     eps: float = param(0.1, "L-inf size of the perturbation making x' from x, as a fraction of the input box",
@@ -89,19 +84,10 @@ class ModelDiff(Fingerprint):
     steps: int = param(10, "sign-gradient steps making x' from x", lo=1, hi=validate.MAX_STEPS)
     data: str | None = param(None, "data set of the pairs' first inputs (a modelseal.data name; none: the input "
                              "specification's data set, or uniform noise without one)")
-    split: str = param("test", "split of the data set the inputs come from", choices=SPLITS)
-    data_seed: int = param(0, "seed of the data set's owner/attacker/test split", lo=0, hi=2**31 - 1)
     seed: int = seed_param("random seed of the choice of inputs")
 
-    verify_params = verifier(
-        references=vparam(None, REFERENCES_MEANING, "list | str | None"),
-        max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all 2n)", "int | None",
-                           lo=1, hi=validate.MAX_COUNT),
-    )
-    rule_skip = ("references",)
     key_tensors = ("inputs", "outputs")
     recheck, reanswer = evidence_hooks("modeldiff", ddv_statistic, labels=False)
-    evidence_not_proved = AKH.evidence_not_proved
 
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """n pairs (x, x') and the owner's outputs on all 2n inputs."""

@@ -26,25 +26,22 @@ Where modelseal deviates, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import validate
 from ..data import as_input_spec
 from ..errors import ModelError
 from ..keys import Key
-from ..schema import param, seed_param, verifier, vparam
+from ..schema import param, seed_param
 from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
 from . import register
 from .akh import (
-    AKH,
-    REFERENCES_MEANING,
-    SPLITS,
+    DataBaseline,
     data_name,
     decide_baseline,
     evidence_hooks,
@@ -52,7 +49,6 @@ from .akh import (
     owner_data,
     probabilities,
 )
-from .base import Fingerprint
 
 SAMPLES = ("cutmix", "misclassified")
 
@@ -100,29 +96,16 @@ def cutmix(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
 
 @register("sac", family="fingerprint", access="outputs")
 @dataclass
-class SAC(Fingerprint):
+class SAC(DataBaseline):
     """CutMix (SAC-m) or misclassified (SAC-w) samples and the owner's outputs; score = correlation closeness."""
-
-    peer_baseline: ClassVar[bool] = True
 
     n: int = param(100, "samples in the key (n queries; the matrix is n x n)", lo=2, hi=5000)
     samples: str = param("cutmix", "cutmix: SAC-m; misclassified: SAC-w (inputs the owner gets wrong)",
                          choices=SAMPLES)
-    data: str | None = param(None, "data set of the owner's inputs (a modelseal.data name; none: the input "
-                             "specification's data set)")
-    split: str = param("test", "split of the data set the inputs come from", choices=SPLITS)
-    data_seed: int = param(0, "seed of the data set's owner/attacker/test split", lo=0, hi=2**31 - 1)
     seed: int = seed_param("random seed of the CutMix boxes and the choice of inputs")
 
-    verify_params = verifier(
-        references=vparam(None, REFERENCES_MEANING, "list | str | None"),
-        max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all n)", "int | None",
-                           lo=1, hi=validate.MAX_COUNT),
-    )
-    rule_skip = ("references",)
     key_tensors = ("inputs", "outputs")
     recheck, reanswer = evidence_hooks("sac", sac_statistic, labels=False)
-    evidence_not_proved = AKH.evidence_not_proved
 
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:
         """The samples and the owner's outputs on them."""
