@@ -578,7 +578,8 @@ def watermark_embed(
 def fingerprint_extract(
     model_path: Annotated[Path, typer.Argument(help="owner model file")],
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
-    method: Annotated[str, typer.Option(help="tafa | c-examples")] = "tafa",
+    method: Annotated[str, typer.Option(help="tafa | c-examples, or a peer baseline: akh | ipguard | modeldiff | "
+                                              "sac")] = "tafa",
     variant: Annotated[Optional[str], typer.Option(help="c-examples variant: c | rc | ltrc")] = None,
     set_: SetOpt = None, arch: ArchOpt = None,
     data: Annotated[Optional[str], typer.Option(
