@@ -186,6 +186,29 @@ def test_extraction_uses_no_data_and_is_deterministic(reg_case, monkeypatch):
     assert k1.digest() == k2.digest() != k3.digest()
 
 
+def test_descent_runs_no_layer_past_the_chosen_relu():
+    """The boundary descent stops each forward at the chosen ReLU: the output layer only ever runs without
+    gradients (the owner's outputs on the finished key), so no graph past the target is kept."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 3))
+    with_grad = []
+    model[5].register_forward_hook(lambda _m, _i, _o: with_grad.append(torch.is_grad_enabled()))
+    TAFA(n=20, seed=0).extract(model, ms.data.InputSpec((10,), (0.0, 1.0)))
+    assert with_grad and not any(with_grad)
+
+
+def test_descent_batches_do_not_change_the_key():
+    """Descending in batches of 5 points (as a large network's memory cap would) finds the same key as one
+    batch of all points."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 3))
+    spec = ms.data.InputSpec((10,), (0.0, 1.0))
+    small, whole = TAFA(n=30, seed=1, batch_size=5).extract(model, spec), TAFA(n=30, seed=1).extract(model, spec)
+    assert torch.allclose(small.tensors["inputs"], whole.tensors["inputs"], atol=1e-5)
+    assert torch.equal(small.tensors["layers"], whole.tensors["layers"])
+
+
 def test_key_roundtrip(reg_case, tmp_path):
     _, owner, _ = reg_case
     key = TAFA(n=30).extract(owner, ms.data.InputSpec((10,), (0.0, 1.0)))

@@ -81,6 +81,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,7 @@ from torch import nn
 
 from .. import stats, validate
 from ..data import as_input_spec
-from ..errors import KeyFormatError, KeyMismatchError, ModelError, SuspectError, first_line
+from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
@@ -111,6 +112,20 @@ MIN_MARGIN = 0.05
 DEFAULT_MIN_POINTS = 20
 MIN_MIN_POINTS = 3
 
+# Memory of the boundary descent: about this many floats are kept for the backward pass per hidden unit
+# before the chosen ReLU (conv/linear output, batch-norm output, ReLU input), and a descent batch keeps
+# about _GRAPH_BYTES of them.
+_GRAPH_FLOATS_PER_UNIT = 4
+_GRAPH_BYTES = 128 * 2**20
+# A descending point stops once its distance to the boundary is below this fraction of the acceptance
+# tolerance (`tol` x box diagonal).
+_CONVERGED = 1e-4
+
+
+class _Reached(BaseException):
+    """Stops a forward pass once the deepest chosen ReLU has run (a BaseException so that a model's own
+    `except Exception` cannot swallow it)."""
+
 
 def _unpack(key: Key) -> tuple[torch.Tensor, torch.Tensor]:
     if key.method != "tafa":
@@ -130,8 +145,13 @@ def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public:
     owner outputs, under the recorded verifier values (rule=None; validated as `verify` does: ValueError on
     a value `verify` refuses) or a checker's `rule`, with the same output-scale transform `verify` applied."""
     v = transcript["verifier"]
-    r = TAFA.rule({k: v[k] for k in TAFA.verify_params if k in v}, error=ValueError) if rule is None \
-        else TAFA.rule(rule)
+    if rule is None:
+        try:
+            r = TAFA.rule({k: v[k] for k in TAFA.verify_params if k in v})
+        except ModelSealError as e:  # a recorded value verify refuses: the file, not the checker, is wrong
+            raise ValueError(str(e)) from None
+    else:
+        r = TAFA.rule(rule)
     owner = opened["outputs"].double()
     if owner.dim() != 2 or len(owner) % len(_STENCIL):
         raise ValueError("the opened owner outputs are not in groups of five")
@@ -308,7 +328,7 @@ class TAFA(Fingerprint):
             p.requires_grad_(False)
         stack = contextlib.ExitStack()
         try:
-            sizes = self._layer_sizes(model, relus, shape, dev)
+            sizes, calls = self._layer_sizes(model, relus, shape, dev)
             live = [i for i, s in enumerate(sizes) if s > 0]
             if not live:
                 raise ModelError("tafa found no hidden units before the model's ReLU modules")
@@ -317,7 +337,7 @@ class TAFA(Fingerprint):
             bar = stack.enter_context(track(progress, int(self.n), "tafa extract"))
             while need > 0 and rounds < 30:
                 m = max(need * 2, 8)
-                x0, g, lay, ok = self._descend(model, relus, sizes, live, m, shape, lo, hi, diag, gen, dev)
+                x0, g, lay, ok = self._descend(model, relus, sizes, calls, live, m, shape, lo, hi, diag, gen, dev)
                 x0, g = x0[ok][:need], g[ok][:need]
                 pts.append(x0)
                 dirs.append(g)
@@ -351,12 +371,16 @@ class TAFA(Fingerprint):
                    signature=sig)
 
     @staticmethod
-    def _layer_sizes(model: nn.Module, relus: list, shape: tuple[int, ...], dev: torch.device) -> list[int]:
+    def _layer_sizes(model: nn.Module, relus: list[tuple[str, nn.Module]], shape: tuple[int, ...],
+                     dev: torch.device) -> tuple[list[int], list[int]]:
+        """Hidden units per sample before each ReLU module, and how often each module runs per forward."""
         sizes: list[int] = [0] * len(relus)
+        calls: list[int] = [0] * len(relus)
 
-        def make(i: int):
-            def hook(_m, inp):
+        def make(i: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
                 sizes[i] = int(inp[0][0].numel())
+                calls[i] += 1
             return hook
 
         hs = [m.register_forward_pre_hook(make(i)) for i, (_, m) in enumerate(relus)]
@@ -370,48 +394,93 @@ class TAFA(Fingerprint):
         finally:
             for h in hs:
                 h.remove()
-        return sizes
+        return sizes, calls
 
-    def _descend(self, model, relus, sizes, live, m, shape, lo, hi, diag, gen, dev):
+    def _chunk(self, sizes: list[int], deepest: int) -> int:
+        """Points per descent batch: the autograd graph keeps a few tensors per hidden unit up to the
+        deepest chosen layer, so the batch is cut to keep it near `_GRAPH_BYTES` (a ResNet-18 on 3x32x32
+        keeps ~9 MB per point; a batch of all 2n points kept 2.8 GB resident)."""
+        per_point = _GRAPH_FLOATS_PER_UNIT * 4 * max(1, sum(sizes[: deepest + 1]))
+        return max(1, min(int(self.batch_size), _GRAPH_BYTES // per_point))
+
+    def _descend(self, model: nn.Module, relus: list[tuple[str, nn.Module]], sizes: list[int], calls: list[int],
+                 live: list[int], m: int, shape: tuple[int, ...], lo: float, hi: float, diag: float,
+                 gen: torch.Generator, dev: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         layer = torch.tensor(live)[torch.randint(len(live), (m,), generator=gen)]
         unit = (torch.rand(m, generator=gen) * torch.tensor(sizes, dtype=torch.float)[layer]).long()
-        x = (lo + (hi - lo) * torch.rand(m, *shape, generator=gen)).to(dev)
-        layer_d, unit_d = layer.to(dev), unit.to(dev)
-        pre = torch.zeros(m, device=dev)
+        x = lo + (hi - lo) * torch.rand(m, *shape, generator=gen)
+        # Points are descended in batches of one chosen layer, each forward stopped at that layer's ReLU:
+        # nothing after it is computed or kept for the backward pass.
+        xs, gs = torch.empty_like(x), torch.empty_like(x)
+        ok = torch.zeros(m, dtype=torch.bool)
+        for lay in sorted(set(layer.tolist())):
+            members = torch.nonzero(layer == lay)[:, 0]
+            size = self._chunk(sizes, lay)
+            for idx in members.split(size):
+                xb, gb, okb = self._descend_batch(model, relus, calls, layer[idx].to(dev), unit[idx].to(dev),
+                                                  x[idx].to(dev), shape, lo, hi, diag)
+                xs[idx], gs[idx], ok[idx] = xb.cpu(), gb.cpu(), okb.cpu()
+        return xs, gs, layer, ok
+
+    def _descend_batch(self, model: nn.Module, relus: list[tuple[str, nn.Module]], calls: list[int],
+                       layer: torch.Tensor, unit: torch.Tensor, x: torch.Tensor, shape: tuple[int, ...],
+                       lo: float, hi: float, diag: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pre = torch.zeros(len(x), device=x.device)
         g = torch.zeros_like(x)
+        x = x.clone()
+        active = torch.arange(len(x), device=x.device)
+        view = (-1, *([1] * len(shape)))
         for it in range(self.steps + 1):
-            x = x.detach().requires_grad_(True)
-            pre = self._target(model, relus, x, layer_d, unit_d, m)
-            g = torch.autograd.grad(pre.sum(), x)[0]
+            xa = x[active].requires_grad_(True)
+            pa = self._target(model, relus, calls, xa, layer[active], unit[active])
+            ga = torch.autograd.grad(pa.sum(), xa)[0]
+            pre[active], g[active] = pa.detach(), ga
             if it == self.steps:
                 break
-            gn2 = g.flatten(1).pow(2).sum(1).clamp_min(1e-20)
-            upd = (self.lr * pre.detach() / gn2).view(-1, *([1] * len(shape))) * g
-            x = (x.detach() - upd).clamp(lo, hi)
+            gn2 = ga.flatten(1).pow(2).sum(1).clamp_min(1e-20)
+            # a point this close to its boundary stops: further steps would move it by a tiny fraction of
+            # the probe step (step_across x diagonal)
+            moving = pa.detach().abs() / gn2.sqrt() > _CONVERGED * self.tol * diag
+            upd = (self.lr * pa.detach() / gn2).view(view) * ga
+            active = active[moving]
+            if not len(active):
+                break
+            x[active] = (xa.detach() - upd)[moving].clamp(lo, hi)
         gn = g.flatten(1).norm(dim=1)
         dist = pre.detach().abs() / gn.clamp_min(1e-20)
         u = _free_direction(x.detach(), g, lo, hi, 2 * self.step_across * diag)
         # the crossing direction must keep a fair part of the gradient once face coordinates are held
         cross = (u * g).flatten(1).sum(1) >= 0.25 * gn
         ok = (gn > 1e-8) & (dist <= self.tol * diag) & cross
-        return x.detach(), g.detach(), layer, ok.cpu()
+        return x.detach(), g.detach(), ok
 
     @staticmethod
-    def _target(model, relus, x, layer, unit, m):
-        out = torch.zeros(m, device=x.device, dtype=x.dtype)
-        slot: dict[str, torch.Tensor] = {}
+    def _target(model: nn.Module, relus: list[tuple[str, nn.Module]], calls: list[int], x: torch.Tensor,
+                layer: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """The chosen pre-activation of every point (the last call of its ReLU module, as the size probe
+        saw it); the forward stops once the deepest chosen module has run its last time."""
+        out = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+        slot: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        seen = [0] * len(relus)
+        last = int(layer.max())
 
-        def make(i: int):
-            def hook(_m, inp):
+        def make(i: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+                seen[i] += 1
                 sel = layer == i
-                if sel.any():
+                if bool(sel.any()):
                     flat = inp[0].flatten(1)
-                    slot[str(i)] = (sel, flat.gather(1, unit.clamp_max(flat.shape[1] - 1).view(-1, 1))[:, 0])
+                    slot[i] = (sel, flat.gather(1, unit.clamp_max(flat.shape[1] - 1).view(-1, 1))[:, 0])
+                if i == last and seen[i] >= calls[i]:
+                    raise _Reached
             return hook
 
-        hs = [mod.register_forward_pre_hook(make(i)) for i, (_, mod) in enumerate(relus)]
+        hs = [mod.register_forward_pre_hook(make(i)) for i, (_, mod) in enumerate(relus) if i <= last]
         try:
             model(x)
+        except _Reached:
+            pass
         finally:
             for h in hs:
                 h.remove()
