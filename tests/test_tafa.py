@@ -379,10 +379,12 @@ def test_same_init_is_lineage_and_train_draws_a_fresh_seed(tmp_path):
 # ---------------------------------------------------------------------- structured pruning (torch-pruning)
 @pytest.mark.slow
 def test_structured_pruning_measured_limit():
-    """torch-pruning removes 20 % / 50 % of the hidden neurons of a digits MLP (by L2 magnitude), then 3
-    epochs of FTAL on the attacker split. 20 %: still owned. 50 %: the measured limit, not owned (score
-    0.11, p 0.33; accuracy 0.942 vs the owner's 0.920): half the owner's boundaries are gone and the
-    rest moved; the test pins that the verdict is an honest non-detection, not an error."""
+    """The measured limit of issue 25 item 2 (the paper's "50 % pruned + fine-tuned is detected" is not
+    reached): torch-pruning removes 20 % / 50 % of the hidden neurons of a digits MLP (L2 magnitude), then 3
+    epochs of FTAL on the attacker split. Pruning alone keeps the fingerprint (50 %: score 0.39, p 9e-39);
+    20 % + FT is owned (p 1e-33); 50 % + FT is not (score 0.11, p 0.33, accuracy 0.942 vs the owner's
+    0.920), and scores no higher than models trained from the owner's initialisation on other data
+    (0.13-0.15), which is why no margin can own it without accusing them."""
     tp = pytest.importorskip("torch_pruning")
     d = ms.data.load("digits", seed=0)
     owner = _digits_model(d, "mlp", d.owner, 0, 0)
@@ -394,10 +396,11 @@ def test_structured_pruning_measured_limit():
         tp.pruner.MagnitudePruner(m, torch.rand(1, *d.meta.input_shape),
                                   importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
                                   ignored_layers=[last]).step()
-        return _ftal(m, d.attacker)
+        return m
 
-    p20, p50 = prune(0.2), prune(0.5)
+    p50 = prune(0.5)
     assert p50.net[1].out_features == 128  # 256 -> 128: structurally pruned
-    assert ms.verify(p20, key).owned
-    v = ms.verify(p50, key)
-    assert v.judged and not v.owned
+    assert ms.verify(p50, key).owned  # pruning alone does not remove it
+    assert ms.verify(_ftal(prune(0.2), d.attacker), key).owned
+    v = ms.verify(_ftal(p50, d.attacker), key)
+    assert v.judged and not v.owned and v.score < 0.2
