@@ -9,16 +9,31 @@ extraction seconds and verification queries.
 The API lines: owner, its FTAL copy (3 epochs, lr 1e-3) and independents (MLP and CNN, attacker split)
 behind logits, softmax, softmax T=3, probabilities rounded to 3 and 2 decimals, Gaussian logit noise
 (sigma 0.05 and 0.2, one query and 64 repeats averaged), one-hot labels; independents trained from the
-owner's initialisation (same build seed, attacker split); torch-pruning (if installed) of 20 % / 50 % of
+owner's initialisation (same build seed, attacker split); torch-pruning (if installed) of 20/30/40/50 % of
 the hidden neurons by L2 magnitude, before and after 3 epochs of FTAL.
 
+The ResNet line (`--resnet`, run alone): TAFA extraction (n = 100) on the zoo's ResNet-18 for 3x32x32 inputs
+against one training epoch of the same model on 2,048 images (random inputs and labels: the cost of an
+epoch does not depend on the data), each in its own subprocess with one thread: wall seconds and peak
+resident memory (ru_maxrss of that child, read with os.wait4: the per-child form of
+getrusage(RUSAGE_CHILDREN)), and the ratios extraction / epoch of wall seconds and of the child's CPU
+seconds (user + system; one thread each, so the CPU ratio holds on a machine shared with other work).
+Goals (issue 25): peak RSS <= 1.5 GB and time <= one epoch. A child that only imports torch and builds
+the model gives the floor both share.
+
     python benchmarks/tafa.py [--quick] [--api-only]
+    python benchmarks/tafa.py --resnet [--n 100] [--images 2048] [--width 64] [--before OLD/src]
+
+`--before OLD/src` also runs the extraction with the modelseal found in OLD/src (e.g. `git archive` of an
+earlier commit) in the same run, for a before/after comparison on the same machine.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -179,7 +194,7 @@ def api_and_pruning(arch: str) -> dict:
         out["pruning"] = "torch-pruning not installed"
         return out
     out["pruning"] = {}
-    for ratio in (0.2, 0.5):
+    for ratio in (0.2, 0.3, 0.4, 0.5):
         m = copy.deepcopy(owner).eval()
         last = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1]
         tp.pruner.MagnitudePruner(m, torch.rand(1, *d.meta.input_shape),
@@ -192,7 +207,76 @@ def api_and_pruning(arch: str) -> dict:
     return out
 
 
+def _arg(name: str, default: int) -> int:
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
+def resnet_child(job: str) -> dict:
+    """One measured job in this (child) process: 'extract', 'epoch' or 'idle' (imports and model only)."""
+    torch.set_num_threads(1)
+    n, images, width = _arg("--n", 100), _arg("--images", 2048), _arg("--width", 64)
+    model = ms.models.build("resnet18", input_shape=(3, 32, 32), num_classes=10, seed=0, width=width)
+    t0 = time.perf_counter()
+    if job == "extract":
+        key = ms.methods.get("tafa")(n=n, seed=0).extract(model, ms.data.InputSpec((3, 32, 32), (0.0, 1.0)),
+                                                     progress=False)
+        extra = {"digest": key.digest()}
+    elif job == "epoch":
+        gen = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(torch.rand(images, 3, 32, 32, generator=gen),
+                                              torch.randint(10, (images,), generator=gen))
+        ms.train.fit(model, data, epochs=1, seed=0, progress=False)
+        extra = {}
+    else:
+        extra = {}
+    return {"job": job, "seconds": time.perf_counter() - t0, **extra}
+
+
+def resnet() -> dict:
+    n, images, width = _arg("--n", 100), _arg("--images", 2048), _arg("--width", 64)
+    out: dict = {"task": "resnet18-3x32x32 extraction vs one epoch", "n": n, "epoch_images": images, "width": width,
+                 "threads": 1}
+    before = sys.argv[sys.argv.index("--before") + 1] if "--before" in sys.argv else None
+    for job in ("idle", "extract", "epoch") + (("extract_before",) if before else ()):
+        args = [sys.executable, __file__, "--resnet-child", job.split("_")[0], "--n", str(n), "--images",
+                str(images), "--width", str(width)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if job == "extract_before":
+            env["PYTHONPATH"] = before
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
+        assert proc.stdout is not None
+        text = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise SystemExit(f"resnet child {job} failed with exit code {proc.returncode}")
+        res = json.loads(text)
+        out[f"{job}_seconds"] = round(res["seconds"], 2)
+        out[f"{job}_cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
+        out[f"{job}_peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: kilobytes
+        if "digest" in res:
+            out[f"{job}_key_digest"] = res["digest"]
+    out["time_ratio_extract_over_epoch"] = round(out["extract_seconds"] / out["epoch_seconds"], 3)
+    # CPU seconds of the whole child (imports included, the same in both): with one thread each, the
+    # ratio that other work on a shared machine does not move
+    out["cpu_ratio_extract_over_epoch"] = round(out["extract_cpu_seconds"] / out["epoch_cpu_seconds"], 3)
+    out["goals"] = {"rss_le_1.5GB": out["extract_peak_rss_mb"] <= 1536,
+                    "time_le_one_epoch": out["extract_cpu_seconds"] <= out["epoch_cpu_seconds"]
+                    and out["extract_seconds"] <= out["epoch_seconds"]}
+    if before:
+        out["before_src"] = before
+        out["cpu_ratio_before_over_epoch"] = round(out["extract_before_cpu_seconds"] / out["epoch_cpu_seconds"], 3)
+    del out["idle_seconds"]
+    return out
+
+
 if __name__ == "__main__":
+    if "--resnet-child" in sys.argv:
+        print(json.dumps(resnet_child(sys.argv[sys.argv.index("--resnet-child") + 1])), flush=True)
+        sys.exit(0)
+    if "--resnet" in sys.argv:
+        print(json.dumps(resnet()), flush=True)
+        sys.exit(0)
     torch.set_num_threads(2)
     runs = [] if "--api-only" in sys.argv else [regression, generative, classification]
     for run in runs:
