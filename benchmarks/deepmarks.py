@@ -121,7 +121,7 @@ def _trace(model, key) -> dict:
 def power_suite(args) -> dict:
     data = ms.data.load("digits", seed=0)
     owners = {}
-    for arch in ("mlp", "cnn"):
+    for arch in args.arch:
         m = ms.models.build(arch, data.meta, seed=0)
         ms.train.fit(m, data.owner, epochs=10, seed=0, progress=False)
         owners[arch] = m
@@ -261,6 +261,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", choices=("power", "collusion"), default="power")
     ap.add_argument("--users", type=int, nargs="+", default=list(CLI_SIZES))
+    ap.add_argument("--arch", nargs="+", choices=("mlp", "cnn"), default=["mlp", "cnn"],
+                    help="owner architectures of the power suite")
     ap.add_argument("--coalitions", type=int, default=20)
     ap.add_argument("--finetune-coalitions", type=int, default=5)
     ap.add_argument("--device", default="cpu")

@@ -237,7 +237,8 @@ def decide_projection(y: np.ndarray, u: np.ndarray, codebook: np.ndarray, params
 
     # Every threshold between consecutive values of b~ gives a decoding; keep the best-fitting coalition.
     order = np.sort(b)
-    best_fit, cands, cut, bits = -2.0, [], float("nan"), np.ones(v, dtype=np.int64)
+    best_fit, cut, bits = -2.0, float("nan"), np.ones(v, dtype=np.int64)
+    cands: list[int] = []
     for i in range(v - 1):
         t = 0.5 * (order[i] + order[i + 1])
         dec = (b >= t).astype(np.int64)
@@ -263,7 +264,12 @@ def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public:
     under the recorded alpha (rule=None) or a checker's rule."""
     key = _opened_key(opened, public)
     given = rule if rule is not None else {"alpha": transcript["verifier"].get("alpha")}
-    alpha = DeepMarks.rule(given, error=ValueError if rule is None else ModelSealError)["alpha"]
+    try:
+        alpha = DeepMarks.rule(given)["alpha"]
+    except ModelSealError as e:
+        if rule is not None:
+            raise
+        raise ValueError(str(e)) from None  # the file's own alpha is malformed: the evidence is invalid
     res = decide(_project(key, torch.as_tensor(transcript["answers"]).double()), key, alpha)
     return {"score": _log_p(res["p_value"]), "p_value": res["p_value"], "owned": bool(res["accused"]),
             "accused": res["accused"]}

@@ -50,11 +50,11 @@ class BIBD:
 
 def _normalised_vectors(q: int) -> list[tuple[int, int, int]]:
     """One representative per 1-D subspace of GF(q)^3: the first nonzero coordinate is 1."""
-    out = []
-    for vec in itertools.product(range(q), repeat=3):
-        nz = [c for c in vec if c]
+    out: list[tuple[int, int, int]] = []
+    for a, b, c in itertools.product(range(q), repeat=3):
+        nz = [x for x in (a, b, c) if x]
         if nz and nz[0] == 1:
-            out.append(vec)
+            out.append((a, b, c))
     return out
 
 
