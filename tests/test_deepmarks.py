@@ -305,3 +305,43 @@ def test_two_colluders_of_the_7_user_code_are_both_accused(seven):
     copies, key = seven
     res = ms.trace(average([copies[1], copies[5]]), key)
     assert res.accused == [1, 5] and res.p_value <= 1e-6, (res.accused, res.p_value)
+
+
+class _Unread(torch.utils.data.Dataset):
+    """Training data that fail the test if read: a refusal must come before any training."""
+
+    def __len__(self):
+        raise AssertionError("the training data were read before the refusal")
+
+    def __getitem__(self, i):
+        raise AssertionError("the training data were read before the refusal")
+
+
+@pytest.fixture(scope="module")
+def small_mlp(digits):
+    m = ms.models.build("mlp", digits.meta, seed=0, hidden=(16, 16))
+    ms.train.fit(m, digits.owner, epochs=10, seed=0, progress=False)
+    return m
+
+
+def test_a_code_too_large_for_the_layer_is_refused_before_training_naming_the_largest_that_fits(small_mlp):
+    # 57 users need 57 projection rows; the only layer with >= 57 inputs is the 64-input first one, where the
+    # code would move every output channel by ~4.7 times its norm (see required_shift)
+    with pytest.raises(ModelSealError, match=r"^57 users do not fit layer 'net.1': .* about \d+\.\d+ times its norm.*"
+                                              r"the largest code this model takes is 31 users"):
+        DeepMarks(users=57).distribute(small_mlp, _Unread(), progress=False)
+
+
+def test_largest_users_is_computed_from_the_model(small_mlp, mlp_owner):
+    assert DeepMarks().largest_users(small_mlp) == 31
+    assert DeepMarks().largest_users(mlp_owner) == 183  # every size the CLI offers fits the README's MLP
+    assert DeepMarks(layer="net.1").largest_users(mlp_owner) == 31  # its 64-input first layer alone takes 31
+
+
+def test_required_shift_follows_the_inverse_wishart_mean(mlp_owner):
+    from modelseal.methods.deepmarks import required_shift
+
+    w = mlp_owner.net[1].weight
+    rms = float(w.detach().pow(2).sum(1).mean().sqrt())
+    assert required_shift(31, 64, 32, w) == pytest.approx((31 / 31) ** 0.5 / rms)
+    assert required_shift(57, 64, 63, w) == float("inf")

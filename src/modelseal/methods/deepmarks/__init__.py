@@ -80,6 +80,7 @@ PROBES = 128  # probe inputs for neuron alignment
 MAX_DEFAULT_ROWS = 64
 MAX_USERS = 183  # PG(2, 13), the largest built-in design
 EMBED_P = 1e-12  # a copy trains until its own p-value is this far under the default alpha (margin for attacks)
+MAX_SHIFT = 3.0  # required_shift a code may need; measured on digits, see the module docstring
 _SEED_MOD = 2**63  # torch seeds are signed 64-bit
 
 
@@ -89,6 +90,20 @@ def torch_seed(*parts: int) -> int:
     for p in parts:
         s = s * 100_003 + int(p)
     return s % _SEED_MOD
+
+
+def required_shift(v: int, n: int, m: int, weight: torch.Tensor) -> float:
+    """How far a copy must move the carrier layer to spell a v-bit code in m projection rows of its n inputs per
+    output channel, relative to the root-mean-square norm of one output channel's weights.
+
+    The smallest change of w-bar with `X w-bar = U b` has E||X^+ U b||^2 = ||U b||^2 / (n - m - 1) = v / (n - m - 1)
+    for X with i.i.d. N(0, 1) entries (the mean of an inverse Wishart matrix); w-bar is the mean over output
+    channels, so every channel moves by about that much. Infinite when m >= n - 1."""
+    if n - m - 1 <= 0:
+        return math.inf
+    rows = weight.detach().float().reshape(weight.shape[0], -1)
+    rms = float(rows.pow(2).sum(1).mean().sqrt())
+    return math.sqrt(v / (n - m - 1)) / max(rms, 1e-12)
 
 
 def default_rows(v: int, n: int) -> int:
@@ -308,7 +323,7 @@ class DeepMarks(PerUser):
                             hi=validate.MAX_EPOCHS)
     min_fit: float = param(0.99, "correlation the code read back from a copy must reach with its user's code",
                            lo=0, hi=1, lo_open=True)
-    lr: float = param(1e-3, "learning rate of each copy's fine-tuning", lo=0, hi=10, lo_open=True)
+    lr: float = param(5e-4, "learning rate of each copy's fine-tuning (Adam)", lo=0, hi=10, lo_open=True)
     batch_size: int = batch_param()
     seed: int = seed_param("random seed of the secrets, probes and per-user training (any size: torch seeds are "
                            "derived from it)", hi=2**256 - 1)
@@ -333,10 +348,12 @@ class DeepMarks(PerUser):
         gen = torch.Generator().manual_seed(torch_seed(self.seed, 7, 1))
         return (lo + (hi - lo) * torch.rand(PROBES, *shape, generator=gen)).float()
 
-    def distribute(self, model: nn.Module, data: Dataset, progress: Any = None,
-                   input_shape: tuple[int, ...] | None = None) -> tuple[list[nn.Module], Key]:
-        """One fingerprinted copy per user (fine-tuned from `model`, which is left untouched) and the key."""
-        design = design_for_users(self.users)
+    def plan(self, model: nn.Module, users: int) -> tuple[str, int, int]:
+        """Carrier layer, its inputs per output channel n and the projection rows M for a code of `users`
+        users on `model`, checked before any training; raises ModelSealError with the reason when the code
+        cannot work there (no layer with room for the rows, or a p-value that could not reach the default
+        alpha even at a code fit of `min_fit`)."""
+        design = design_for_users(users)
         v, k = design.v, design.k
         if self.rows is not None and int(self.rows) < v:
             raise ModelSealError(f"rows (projection rows M) must be at least the code length {v}, got {self.rows}")
@@ -354,15 +371,49 @@ class DeepMarks(PerUser):
         m = default_rows(v, n) if self.rows is None else int(self.rows)
         if n < m:
             raise ModelError(f"layer '{layer}' has {n} weights per output channel, fewer than the {m} "
-                             "projection rows; pick a larger layer")
-        reach = _p_value(self.min_fit, m, self.users, k)
-        if reach > DEFAULT_ALPHA:
-            coalitions = math.exp(stats.log_count_subsets(self.users, k - 1))
+                             f"projection rows the {users}-user code needs; pick a larger layer")
+        shift = required_shift(v, n, m, weight)
+        if shift > MAX_SHIFT:
             raise ModelSealError(
-                f"{self.users} users cannot be traced at alpha {DEFAULT_ALPHA:g} on layer '{layer}': with {m} "
+                f"{users} users do not fit layer '{layer}': a {v}-bit code in {m} projection rows of its {n} inputs "
+                f"would move each output channel by about {shift:.2f} times its norm (limit {MAX_SHIFT:g}); name a layer "
+                "with more inputs (layer=...) or use fewer users")
+        reach = _p_value(self.min_fit, m, users, k)
+        if reach > DEFAULT_ALPHA:
+            coalitions = math.exp(stats.log_count_subsets(users, k - 1))
+            raise ModelSealError(
+                f"{users} users cannot be traced at alpha {DEFAULT_ALPHA:g} on layer '{layer}': with {m} "
                 f"projection rows even a copy read back at correlation {self.min_fit} has p = {reach:.2g} "
-                f"(t test with {m - 2} degrees of freedom, times {coalitions:.0f} "
-                "possible coalitions); give more rows (rows=...) on a layer with that many inputs (layer=...)")
+                f"(t test with {m - 2} degrees of freedom, times {coalitions:.0f} possible coalitions); give "
+                "more rows (rows=...) on a layer with that many inputs (layer=...)")
+        return layer, n, m
+
+    def largest_users(self, model: nn.Module) -> int:
+        """The largest number of users (at most MAX_USERS) whose code `plan` accepts on `model`; 0 if none."""
+        for users in range(MAX_USERS, 0, -1):
+            try:
+                self.plan(model, users)
+            except ModelSealError:
+                continue
+            return users
+        return 0
+
+    def distribute(self, model: nn.Module, data: Dataset, progress: Any = None,
+                   input_shape: tuple[int, ...] | None = None) -> tuple[list[nn.Module], Key]:
+        """One fingerprinted copy per user (fine-tuned from `model`, which is left untouched) and the key."""
+        design = design_for_users(self.users)
+        v, k = design.v, design.k
+        try:
+            layer, n, m = self.plan(model, self.users)
+        except ModelSealError as e:
+            if self.layer is not None and self.layer not in dict(model.named_modules()):
+                raise
+            best = self.largest_users(model)
+            given = ", ".join(f"{n}={getattr(self, n)}" for n in ("layer", "rows") if getattr(self, n) is not None)
+            hint = (f"the largest code this model takes is {best} users" if best else "no code size fits this model")
+            hint += f" (with {given})" if given else ""
+            raise type(e)(f"{e}; {hint}") from None
+        weight = _layer_weight(model, layer, err=ModelError)
         x_proj, u = self._secrets(m, n, v)
         codebook = design.codebook(self.users)
         signature = signature_of(model, input_shape)
