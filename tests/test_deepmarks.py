@@ -324,24 +324,23 @@ def small_mlp(digits):
     return m
 
 
-def test_a_code_too_large_for_the_layer_is_refused_before_training_naming_the_largest_that_fits(small_mlp):
-    # 57 users need 57 projection rows; the only layer with >= 57 inputs is the 64-input first one, where the
-    # code would move every output channel by ~4.7 times its norm (see required_shift)
-    with pytest.raises(ModelSealError, match=r"^57 users do not fit layer 'net.1': .* about \d+\.\d+ times its norm.*"
-                                              r"the largest code this model takes is 31 users"):
-        DeepMarks(users=57).distribute(small_mlp, _Unread(), progress=False)
+def test_a_code_too_large_for_the_model_is_refused_before_training_naming_the_largest_that_fits(small_mlp):
+    # 133 users need 133 projection rows; the widest layer of this MLP takes 64 inputs (the 57-user code fits it)
+    with pytest.raises(ModelSealError, match=r"^no Linear or convolution layer has at least 133 input weights .*; "
+                                              r"the largest code this model takes is 57 users$"):
+        DeepMarks(users=133).distribute(small_mlp, _Unread(), progress=False)
 
 
 def test_largest_users_is_computed_from_the_model(small_mlp, mlp_owner):
-    assert DeepMarks().largest_users(small_mlp) == 31
+    assert DeepMarks().largest_users(small_mlp) == 57
     assert DeepMarks().largest_users(mlp_owner) == 183  # every size the CLI offers fits the README's MLP
-    assert DeepMarks(layer="net.1").largest_users(mlp_owner) == 31  # its 64-input first layer alone takes 31
+    assert DeepMarks(layer="net.1").largest_users(mlp_owner) == 57  # its 64-input first layer alone takes 57
+    assert DeepMarks(layer="net.3").largest_users(small_mlp) == 13  # 16 inputs hold the 13 rows of PG(2, 3)
 
 
-def test_required_shift_follows_the_inverse_wishart_mean(mlp_owner):
-    from modelseal.methods.deepmarks import required_shift
-
-    w = mlp_owner.net[1].weight
-    rms = float(w.detach().pow(2).sum(1).mean().sqrt())
-    assert required_shift(31, 64, 32, w) == pytest.approx((31 / 31) ** 0.5 / rms)
-    assert required_shift(57, 64, 63, w) == float("inf")
+def test_a_narrow_layer_gets_the_rows_the_p_value_needs(small_mlp):
+    # the default M = max(v, n // 2) = 8 rows on a 16-input layer gives p >= 3.5e-5 for 7 users even at fit 0.99
+    layer, n, m = DeepMarks(layer="net.3").plan(small_mlp, 7)
+    assert (layer, n) == ("net.3", 16) and m == 10
+    with pytest.raises(ModelSealError, match="cannot be traced at alpha 1e-06 on layer 'net.3'"):
+        DeepMarks(layer="net.3", rows=8).plan(small_mlp, 7)
