@@ -367,9 +367,9 @@ class DeepMarks(PerUser):
                              f"projection rows the {users}-user code needs; pick a larger layer")
         if self.rows is None:  # too few default rows for this code: the fewest the layer holds that reach alpha
             for target in (EMBED_P, DEFAULT_ALPHA):
-                enough = [r for r in range(m, n + 1) if _p_value(self.min_fit, r, users, k) <= target]
-                if enough:
-                    m = enough[0]
+                enough = next((r for r in range(m, n + 1) if _p_value(self.min_fit, r, users, k) <= target), None)
+                if enough is not None:
+                    m = enough
                     break
         reach = _p_value(self.min_fit, m, users, k)
         if reach > DEFAULT_ALPHA:
@@ -402,7 +402,8 @@ class DeepMarks(PerUser):
             if self.layer is not None and self.layer not in dict(model.named_modules()):
                 raise
             best = self.largest_users(model)
-            given = ", ".join(f"{n}={getattr(self, n)}" for n in ("layer", "rows") if getattr(self, n) is not None)
+            given = ", ".join(f"{name}={getattr(self, name)}" for name in ("layer", "rows")
+                              if getattr(self, name) is not None)
             hint = (f"the largest code this model takes is {best} users" if best else "no code size fits this model")
             hint += f" (with {given})" if given else ""
             raise type(e)(f"{e}; {hint}") from None
