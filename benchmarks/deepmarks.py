@@ -10,6 +10,9 @@ README's) and a CNN owner, each trained 10 epochs on the owner split:
   unchanged): the carrier's output neurons (MLP: the fingerprinted `net.1`; this leaves w-bar unchanged)
   and the carrier's input units (CNN: the channels of `features.3` and the matching column blocks of
   `classifier.1`), each traced;
+- the summary `table`: users -> traced/total at 1e-6, worst (largest) p-value, worst copy's accuracy change
+  vs the owner in points (negative = a drop), distribution wall time; and `largest_users` per owner (the
+  largest code `distribute` accepts on that model, computed before training);
 - independent models (trained on the attacker split: MLPs of two widths and CNNs, 3 seeds each) judged
   with every key: p-values and accusations at 1e-6, 1e-2 and 1e-1; a model without the carrier layer's
   shape counts as "not applicable" (KeyMismatchError), never as a pass.
@@ -121,7 +124,7 @@ def _trace(model, key) -> dict:
 def power_suite(args) -> dict:
     data = ms.data.load("digits", seed=0)
     owners = {}
-    for arch in ("mlp", "cnn"):
+    for arch in args.arch:
         m = ms.models.build(arch, data.meta, seed=0)
         ms.train.fit(m, data.owner, epochs=10, seed=0, progress=False)
         owners[arch] = m
@@ -132,9 +135,10 @@ def power_suite(args) -> dict:
             ms.train.fit(m, data.attacker, epochs=10, seed=700 + s, progress=False)
             independents.append((f"{arch}{'-narrow' if kw else ''}-seed{700 + s}", m))
     out: dict = {}
+    table: dict = {}
     for arch, owner in owners.items():
         owner_acc = ms.train.evaluate(owner, data.test)
-        rows = {}
+        rows: dict = {"largest_users": ms.methods.get("deepmarks")(seed=args.seed).largest_users(owner)}
         for users in args.users:
             t0 = time.perf_counter()
             try:
@@ -180,8 +184,13 @@ def power_suite(args) -> dict:
             print(json.dumps({arch: {str(users): {k: v for k, v in row.items() if k != "p_values"}}}),
                   file=__import__("sys").stderr, flush=True)
         out[arch] = rows
+        table[arch] = [
+            {"users": int(u), **({"refused": r["refused"]} if "refused" in r else {
+                "traced": f"{r['traced_at_1e-6']}/{r['copies']}", "worst_p": r["p_max"],
+                "worst_delta_points": r["worst_delta_points"], "seconds": r["seconds"]})}
+            for u, r in rows.items() if u != "largest_users"]
     return {"method": "deepmarks", "suite": "power", "dataset": "digits", "label": args.label,
-            "seed": args.seed, "owners": out}
+            "seed": args.seed, "table": table, "owners": out}
 
 
 def collusion_suite(args) -> dict:
@@ -261,6 +270,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", choices=("power", "collusion"), default="power")
     ap.add_argument("--users", type=int, nargs="+", default=list(CLI_SIZES))
+    ap.add_argument("--arch", nargs="+", choices=("mlp", "cnn"), default=["mlp", "cnn"],
+                    help="owner architectures of the power suite")
     ap.add_argument("--coalitions", type=int, default=20)
     ap.add_argument("--finetune-coalitions", type=int, default=5)
     ap.add_argument("--device", default="cpu")

@@ -305,3 +305,42 @@ def test_two_colluders_of_the_7_user_code_are_both_accused(seven):
     copies, key = seven
     res = ms.trace(average([copies[1], copies[5]]), key)
     assert res.accused == [1, 5] and res.p_value <= 1e-6, (res.accused, res.p_value)
+
+
+class _Unread(torch.utils.data.Dataset):
+    """Training data that fail the test if read: a refusal must come before any training."""
+
+    def __len__(self):
+        raise AssertionError("the training data were read before the refusal")
+
+    def __getitem__(self, i):
+        raise AssertionError("the training data were read before the refusal")
+
+
+@pytest.fixture(scope="module")
+def small_mlp(digits):
+    m = ms.models.build("mlp", digits.meta, seed=0, hidden=(16, 16))
+    ms.train.fit(m, digits.owner, epochs=10, seed=0, progress=False)
+    return m
+
+
+def test_a_code_too_large_for_the_model_is_refused_before_training_naming_the_largest_that_fits(small_mlp):
+    # 133 users need 133 projection rows; the widest layer of this MLP takes 64 inputs (the 57-user code fits it)
+    with pytest.raises(ModelSealError, match=r"^no Linear or convolution layer has at least 133 input weights .*; "
+                                              r"the largest code this model takes is 57 users$"):
+        DeepMarks(users=133).distribute(small_mlp, _Unread(), progress=False)
+
+
+def test_largest_users_is_computed_from_the_model(small_mlp, mlp_owner):
+    assert DeepMarks().largest_users(small_mlp) == 57
+    assert DeepMarks().largest_users(mlp_owner) == 183  # every size the CLI offers fits the README's MLP
+    assert DeepMarks(layer="net.1").largest_users(mlp_owner) == 57  # its 64-input first layer alone takes 57
+    assert DeepMarks(layer="net.3").largest_users(small_mlp) == 13  # 16 inputs hold the 13 rows of PG(2, 3)
+
+
+def test_a_narrow_layer_gets_the_rows_the_p_value_needs(small_mlp):
+    # the default M = max(v, n // 2) = 8 rows on a 16-input layer gives p >= 3.5e-5 for 7 users even at fit 0.99
+    layer, n, m = DeepMarks(layer="net.3").plan(small_mlp, 7)
+    assert (layer, n) == ("net.3", 16) and m == 10
+    with pytest.raises(ModelSealError, match="cannot be traced at alpha 1e-06 on layer 'net.3'"):
+        DeepMarks(layer="net.3", rows=8).plan(small_mlp, 7)

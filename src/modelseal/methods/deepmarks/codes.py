@@ -11,6 +11,7 @@ paper's default (q = 5: 31 users, 5 colluders) belongs to.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -50,20 +51,23 @@ class BIBD:
 
 def _normalised_vectors(q: int) -> list[tuple[int, int, int]]:
     """One representative per 1-D subspace of GF(q)^3: the first nonzero coordinate is 1."""
-    out = []
-    for vec in itertools.product(range(q), repeat=3):
-        nz = [c for c in vec if c]
+    out: list[tuple[int, int, int]] = []
+    for a, b, c in itertools.product(range(q), repeat=3):
+        nz = [x for x in (a, b, c) if x]
         if nz and nz[0] == 1:
-            out.append(vec)
+            out.append((a, b, c))
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def projective_plane(q: int) -> BIBD:
-    """PG(2, q) for prime q: points and lines are the 1-D subspaces of GF(q)^3, p on l iff p . l = 0."""
+    """PG(2, q) for prime q: points and lines are the 1-D subspaces of GF(q)^3, p on l iff p . l = 0.
+    Built once per q (the incidence matrix is read-only)."""
     if q not in PRIMES:
         raise ModelSealError(f"projective planes are built for prime orders {PRIMES}, not {q}")
     pts = np.array(_normalised_vectors(q), dtype=np.int64)
     incidence = ((pts @ pts.T) % q == 0).astype(np.uint8)
+    incidence.flags.writeable = False
     design = BIBD(q=q, incidence=incidence)
     check_design(design)
     return design
