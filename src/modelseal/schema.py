@@ -38,7 +38,9 @@ MAX_SEED = 2**63 - 1
 MAX_TEXT = 4096  # longest free-text parameter (a path, a beacon, a layer name)
 _KEY = "modelseal"
 _TYPES = {"int", "float", "str", "bool", "list"}
-_Error = type[ModelSealError]  # named here: inside Spec, `type` is the field of that name
+# the error a failed check raises: a ModelSealError, or ValueError where a caller turns it into its own. Named
+# here because inside Spec, `type` is the field of that name.
+_Error = type[Exception]
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ class Configurable:
         """Checks that relate several fields (default: none)."""
 
 
-def rule(cls: type, given: dict[str, Any] | None, error: type[ModelSealError] = ModelSealError,
+def rule(cls: type, given: dict[str, Any] | None, error: type[Exception] = ModelSealError,
          skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The verifier's rule for `cls`: its declared defaults overridden by `given`, every value checked; an
     unknown name is refused. Names in `skip` (values that are not numbers, such as reference models) pass

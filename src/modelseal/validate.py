@@ -22,7 +22,7 @@ MAX_STEPS = 1_000_000
 
 def number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
            lo_open: bool = False, hi_open: bool = False, integer: bool = False,
-           error: type[ModelSealError] = ModelSealError) -> int | float:
+           error: type[Exception] = ModelSealError) -> int | float:
     """Return `value` if it is a finite number (an integer if `integer`) in the range; raise `error`.
 
     The range is [lo, hi] with either end open (`lo_open`/`hi_open`) or unbounded (None).
@@ -45,11 +45,11 @@ def number(name: str, value: Any, lo: float | None = None, hi: float | None = No
 
 
 def count(name: str, value: Any, lo: int = 1, hi: int = MAX_COUNT, *,
-          error: type[ModelSealError] = ModelSealError) -> int:
+          error: type[Exception] = ModelSealError) -> int:
     """An integer count in [lo, hi] (default [1, 1,000,000])."""
     return int(number(name, value, lo, hi, integer=True, error=error))
 
 
-def alpha(value: Any, *, name: str = "alpha", error: type[ModelSealError] = ModelSealError) -> float:
+def alpha(value: Any, *, name: str = "alpha", error: type[Exception] = ModelSealError) -> float:
     """The false-accusation rate a verifier accepts: a finite number with 0 < alpha < 1."""
     return float(number(name, value, 0.0, 1.0, lo_open=True, hi_open=True, error=error))

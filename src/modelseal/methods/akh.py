@@ -221,7 +221,7 @@ def evidence_hooks(method: str, statistic: Statistic, labels: bool) -> tuple[Any
         cls = get(method)
         v = transcript["verifier"]
         if rule is None:  # the recorded values, validated as verify validates them
-            r = cls.rule({"alpha": v["alpha"]} if "alpha" in v else {}, error=ValueError)  # type: ignore[arg-type]
+            r = cls.rule({"alpha": v["alpha"]} if "alpha" in v else {}, error=ValueError)
         else:
             r = cls.rule(rule)
         refs = v.get("reference_answers", [])

@@ -53,7 +53,7 @@ class Method(schema.Configurable):
 
     # ------------------------------------------------------------------ the verifier's rule
     @classmethod
-    def rule(cls, given: dict[str, Any] | None = None, error: type[ModelSealError] = ModelSealError) -> dict[str, Any]:
+    def rule(cls, given: dict[str, Any] | None = None, error: type[Exception] = ModelSealError) -> dict[str, Any]:
         """The verifier's rule: the declared defaults overridden by `given`, each value checked, then the
         method's own relations between them (`check_rule`)."""
         return cls.check_rule(schema.rule(cls, given, error, skip=cls.rule_skip), error)
