@@ -13,7 +13,7 @@ from modelseal.errors import KeyMismatchError, ModelError, ModelSealError
 from modelseal.methods.characteristic import CharacteristicExamples, match_rate, uniqueness
 
 CE = ms.methods.get("c-examples")
-FAST = dict(n=100)  # the defaults (step_size 0.04, 100 steps at most, M = 4), as a user gets them
+FAST = dict(n=100, steps=100, step_size=0.005, M=4)
 
 
 def _prune(model: nn.Module, amount: float) -> nn.Module:

@@ -105,6 +105,15 @@ def content100(owner, digits):
                            progress=False)
 
 
+def test_content_triggers_owned_and_independents_not_accused(content100, independents, owner, digits):
+    done = content100
+    assert done.key.params["n"] == 100 and done.key.params["cluster_weight"] == 0.3
+    assert ms.verify(done.models[0], done.key).owned
+    assert ms.train.evaluate(done.models[0], digits.test) >= ms.train.evaluate(owner, digits.test) - 0.03
+    for m in [owner, *independents]:
+        assert not ms.verify(m, done.key).owned
+
+
 def _behind_filter(done, digits, name: str, fitted_on) -> tuple[float, float]:
     """p-value of the mark behind a query-rejection attacker whose detector flags 5 % of `fitted_on` (flagged
     queries answered with the second-best class), and the share of test answers it changes."""
