@@ -15,6 +15,15 @@ Where modelseal deviates from the paper, and why:
   Gaussian noise, or with a keyed patch: the noise and content schemes of Zhang et al., AsiaCCS 2018), which
   an out-of-distribution query filter cannot single out as easily as abstract images. They reveal some of
   the owner's inputs in an evidence file.
+- Near-data triggers and query rejection (issue 29): learned content triggers were still far from the data in
+  the penultimate feature space (a Mahalanobis filter rejecting 5 % of the attacker's inputs rejected 76 % of
+  100 learned content triggers; with 40 triggers p 3e-6, not owned at 1e-6), and at 10 epochs only 29 of 100
+  were learned. So noise/content embedding trains up to 20 epochs and adds a loss (`cluster_weight`, default
+  0.3; 0 for abstract images) pulling each appended trigger's penultimate features (the input of the last
+  Linear layer) to the running mean of its label's class on the batch's own inputs, in units of their
+  within-class variance. Measured (digits CNN, 100 content triggers, filters rejecting 5 % of test inputs,
+  benchmarks/trigger_set.py --only-rejection): Mahalanobis rejects 2 % of the triggers, max-softmax 4 %, both
+  owned at p 5.5e-8; clean accuracy 0.920 (owner 0.856; cluster_weight 1.0 pulled it down to 0.52).
 - The labels are not drawn by the owner. Every trigger is committed first, c_i = SHA-256(nonce_i ‖
   image_i), and each label (uniform, by rejection sampling) and the query order are derived from the root
   over every c_i, the class count and an optional public beacon. An owner cannot pick
@@ -84,6 +93,9 @@ LABEL_RULE = ("label_i = the first value v < floor(2^64 / C) * C of the 64-bit b
 NONCE_BYTES = 32
 MAX_BEACON = 1024
 MAX_TRIGGERS = 100_000
+# recheck reports a bad transcript as a plain ValueError (the evidence checker replays it as a problem);
+# validate's checks and Method.rule are annotated for ModelSealError classes but raise the class they are given
+_PLAIN: Any = ValueError
 VIEWS_PER_EPOCH = 4  # default k shows every trigger about this often per epoch
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -115,6 +127,52 @@ def key_tensors(key: Key) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, labels, nonces
 
 
+class _ClusterPull:
+    """Extra embedding loss that keeps triggers inside the data's feature distribution: the penultimate
+    features (the input of the last Linear layer) of the `k` triggers appended to a batch are pulled to the
+    running mean of their label's class on the batch's own inputs, in units of the clean features' variance.
+    A thief's feature-space detector (class means and a shared covariance of the penultimate features, e.g.
+    a Mahalanobis query filter) then sees a learned trigger as an ordinary input of its label's class."""
+
+    def __init__(self, model: nn.Module, classes: int, k: int, weight: float, momentum: float = 0.9):
+        from ..models import last_linear
+
+        self.k, self.weight, self.momentum = k, float(weight), momentum
+        self.means: torch.Tensor | None = None
+        self.seen = torch.zeros(classes, dtype=torch.bool)
+        self.feats: torch.Tensor | None = None
+        self.hook = last_linear(model)[1].register_forward_hook(self._grab)
+
+    def _grab(self, _m: nn.Module, inputs: tuple[torch.Tensor, ...], _o: torch.Tensor) -> None:
+        self.feats = inputs[0]
+
+    def close(self) -> None:
+        self.hook.remove()
+
+    def __call__(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        f = self.feats
+        if f is None or len(f) != len(xb) or len(xb) <= self.k or not model.training:
+            return torch.zeros((), device=xb.device)
+        f = f.reshape(len(f), -1).float()
+        clean, trig = f[:-self.k], f[-self.k:]
+        yc, yt = yb[:-self.k].long(), yb[-self.k:].long()
+        with torch.no_grad():
+            c = clean.detach()
+            if self.means is None:
+                self.means = torch.zeros(len(self.seen), c.shape[1], device=c.device)
+            for cls in yc.unique().tolist():
+                mu = c[yc == cls].mean(0)
+                first = not bool(self.seen[cls])
+                self.means[cls] = mu if first else self.momentum * self.means[cls] + (1 - self.momentum) * mu
+                self.seen[cls] = True
+            var = ((c - self.means[yc]) ** 2).sum(1).mean().clamp_min(1e-6)
+        have = self.seen.to(yt.device)[yt]
+        if not bool(have.any()):
+            return torch.zeros((), device=xb.device)
+        d = ((trig[have] - self.means[yt[have]]) ** 2).sum(1) / var
+        return self.weight * d.mean()
+
+
 # ---------------------------------------------------------------------------------------------- triggers
 def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) % 2**63, stream])
@@ -132,6 +190,7 @@ def _bounds_of(model: nn.Module, meta: Any) -> tuple[float, float]:
 def make_triggers(n: int, input_shape: Sequence[int], bounds: tuple[float, float], seed: int) -> torch.Tensor:
     """n abstract images of `input_shape` in `bounds`: smooth noise mixed with random sinusoids."""
     shape = tuple(int(s) for s in input_shape)
+    spatial: tuple[int, ...]
     if len(shape) == 1:
         chans, spatial = 1, shape
     elif len(shape) == 2:
@@ -216,8 +275,8 @@ def load_trigger_folder(folder: str | os.PathLike, n: int, input_shape: Sequence
     out = []
     for i in pick:
         try:
-            with Image.open(files[i]) as im:
-                im = im.convert("L" if chans == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            with Image.open(files[i]) as src:
+                im = src.convert("L" if chans == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"cannot read trigger image {files[i]}: {e}") from None
@@ -402,8 +461,8 @@ def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public:
     hits = [int(a) == int(b) for a, b in zip(answers, labels, strict=True)]
     if rule is None:
         v = transcript["verifier"]
-        r = TriggerSet.rule({k: v[k] for k in TriggerSet.verify_params if k in v}, error=ValueError)
-        budget = validate.count("budget", v.get("budget"), 1, n, error=ValueError)
+        r = TriggerSet.rule({k: v[k] for k in TriggerSet.verify_params if k in v}, error=_PLAIN)
+        budget = validate.count("budget", v.get("budget"), 1, n, error=_PLAIN)
         return stats.sequential_replay(hits, budget, 1.0 / classes, r["alpha"], r["batch"])
     r = TriggerSet.rule(rule)
     budget = min(n, r["max_queries"] or n)
@@ -427,7 +486,8 @@ class TriggerSet(Watermark):
                       choices=MODES)
     k_per_batch: int | None = param(None, "trigger images appended to every batch (none: each trigger about 4 "
                                     "times an epoch)", lo=1, hi=validate.MAX_BATCH)
-    epochs: int | None = param(None, "most training epochs (none: 10 when pretrained, 5 from scratch)", lo=1,
+    epochs: int | None = param(None, "most training epochs (none: pretrained 10, or 20 for noise/content "
+                               "triggers; 5 from scratch)", lo=1,
                                hi=validate.MAX_EPOCHS)
     extra_epochs: int = param(1, "epochs trained on after every trigger is learned (helps the mark survive "
                               "fine-tuning)", lo=0, hi=validate.MAX_EPOCHS)
@@ -441,6 +501,9 @@ class TriggerSet(Watermark):
                       "keyed)", choices=KINDS)
     strength: float = param(0.5, "noise triggers: sd of the keyed noise as a fraction of the input range", lo=0,
                             hi=1, lo_open=True)
+    cluster_weight: float | None = param(None, "weight of the loss that pulls each trigger's penultimate features "
+                                         "to its label's class mean (none: 0.3 for noise/content, 0 for abstract)",
+                                         lo=0, hi=1e6)
     beacon: str = param("", "public text bound into the labels' root (e.g. a randomness beacon's value)",
                         max_len=MAX_BEACON)
     device: str | None = device_param()
@@ -507,12 +570,19 @@ class TriggerSet(Watermark):
                 learned_at.append(epoch)
             return bool(learned_at) and epoch >= learned_at[0] + self.extra_epochs
 
-        epochs = self.epochs if self.epochs is not None else (10 if self.mode == "pretrained" else 5)
+        near = self.kind != "abstract" and not self.image_folder
+        epochs = self.epochs if self.epochs is not None else (5 if self.mode == "scratch" else 20 if near else 10)
         lr = self.lr if self.lr is not None else (3e-3 if self.mode == "pretrained" else 1e-3)
-        fit(marked, data, epochs=epochs, lr=lr, batch_size=self.batch_size, seed=self.seed,
-            device=self.device, extra_batch=extra_batch, stop=stop, progress=progress,
-            description="embed trigger-set")
-        params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed,
+        weight = self.cluster_weight if self.cluster_weight is not None else (0.3 if near else 0.0)
+        pull = _ClusterPull(marked, classes, k, weight) if weight > 0 else None
+        try:
+            fit(marked, data, epochs=epochs, lr=lr, batch_size=self.batch_size, seed=self.seed,
+                device=self.device, extra_batch=extra_batch, extra_loss=pull, stop=stop, progress=progress,
+                description="embed trigger-set")
+        finally:
+            if pull is not None:
+                pull.close()
+        params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed, "cluster_weight": weight,
                   "num_classes": classes, "source": "folder" if self.image_folder else self.kind,
                   "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
         key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
