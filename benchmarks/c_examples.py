@@ -3,8 +3,8 @@
 `timing`: extraction time of n = 100 examples per variant on the mnist5k CNN as a ratio to one training epoch
 of 2,048 images of the same model (measured inside this run), at the defaults (`variants`) and with
 step_size 0.04 (`variants_step_0.04`, the setting that meets the <= 2-epoch goal). `pool`: the conferrable
-selection on digits: an MLP owner, 20 extraction references, the verifier's R = 99 references, 50 held-out independents (all
-small MLPs on the attacker split), alpha 0.01: verdicts on the owner, FTAL and 50 %-pruned copies,
+selection on digits: an MLP owner, 20 extraction references, the verifier's R = 99 references, 50 held-out
+independents (all small MLPs on the attacker split), alpha 0.01: verdicts on the owner, FTAL and 50 %-pruned copies,
 accusations among the held-out, and the transfer rate to independents beside the Uniqueness Score.
 With --full, also the mnist5k robustness / transfer sweep below:
 
