@@ -45,7 +45,7 @@ from ..errors import KeyFormatError, ModelError, ModelSealError, SuspectError
 from ..keys import Key
 from ..models import signature_of
 from ..schema import param, seed_param, verifier, vparam
-from ..suspect import Suspect, as_suspect
+from ..suspect import Suspect, as_reference
 from ..train import predict
 from ..verdict import Verdict
 from . import register
@@ -108,15 +108,6 @@ def probabilities(out: torch.Tensor) -> torch.Tensor:
     return x.softmax(1)
 
 
-def quiet(model: Any) -> Suspect:
-    """A reference model as a Suspect without a query budget (a Suspect the caller built keeps its own)."""
-    if isinstance(model, Suspect):
-        return model
-    s = as_suspect(model)
-    s.max_queries = None
-    return s
-
-
 def references_of(rule: dict[str, Any], key: Key) -> list[Suspect]:
     """The verifier's reference models as Suspects, each checked against the key's signature."""
     from ..references import as_references
@@ -125,7 +116,7 @@ def references_of(rule: dict[str, Any], key: Key) -> list[Suspect]:
     if refs_given is not None and not isinstance(refs_given, (list, tuple, str, os.PathLike)):
         raise ModelSealError(f"references must be a list of reference models (or their files) or a pool folder, "
                              f"got {type(refs_given).__name__}")
-    refs = [quiet(r) for r in as_references(refs_given)]
+    refs = [as_reference(r) for r in as_references(refs_given)]
     if len(refs) > MAX_REFERENCES:
         raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")
     for r in refs:

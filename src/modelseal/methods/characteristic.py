@@ -102,7 +102,7 @@ from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealErro
 from ..keys import Key
 from ..runtime import model_device, track
 from ..schema import batch_param, param, seed_param, verifier, vparam
-from ..suspect import Suspect, as_suspect
+from ..suspect import Suspect, as_reference, as_suspect
 from ..train import predict
 from ..verdict import Verdict
 from . import register
@@ -143,15 +143,6 @@ def null_tail(matches: int, n: int, null: dict[str, Any]) -> float:
     r = int(null["references"])
     above = sum(1 for q in rates if q * n >= matches - 1e-9) if rates is not None else 0
     return max(tail, (1.0 + above) / (r + 1))
-
-
-def _quiet(model: Any) -> Suspect:
-    """A reference model as a Suspect without a query budget; a Suspect the caller built keeps its own."""
-    if isinstance(model, Suspect):
-        return model
-    s = as_suspect(model)
-    s.max_queries = None
-    return s
 
 
 def reference_null(counts: Sequence[int], n: int) -> dict[str, Any]:
@@ -430,7 +421,7 @@ class CharacteristicExamples(Fingerprint):
         owner = model_digest(model)
         out = []
         for i, r in enumerate(refs):
-            rs = _quiet(r)
+            rs = as_reference(r)
             digest = model_digest(rs)
             if digest is None:
                 raise ModelSealError(f"extraction reference {i + 1} is black-box; extraction references must be "
@@ -604,7 +595,7 @@ class CharacteristicExamples(Fingerprint):
         seen = set(key.params.get("extraction_reference_digests") or [])
         counts = []
         for i, r in enumerate(refs):
-            rs = _quiet(r)
+            rs = as_reference(r)
             if seen and model_digest(rs) in seen:
                 raise ModelSealError(f"verifier reference {i + 1} is one of the key's extraction references (its "
                                      "digest is in the key): the verifier's references must never have been "

@@ -356,6 +356,16 @@ def open_source(source: str | os.PathLike, options: RemoteOptions | None = None,
     return Suspect.load(s, **kw)
 
 
+def as_reference(x: Any) -> Suspect:
+    """A verifier's reference model as a Suspect without a query budget (a Suspect the caller built keeps its
+    own)."""
+    if isinstance(x, Suspect):
+        return x
+    s = as_suspect(x)
+    s.max_queries = None
+    return s
+
+
 def as_suspect(x: Any) -> Suspect:
     if isinstance(x, Suspect):
         return x
