@@ -86,6 +86,17 @@ def owner_data(method: str, data: str | None, data_seed: int, split: str, input_
     return x.float(), y.long()
 
 
+def misclassified(model: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The owner's labels on `x` and the indices of the inputs it gets wrong."""
+    pred = predict(model, x).reshape(len(x), -1).argmax(1)
+    return pred, (pred != y).nonzero().flatten()
+
+
+def seeded_subset(idx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """At most n of `idx`, drawn with `gen`, in ascending order."""
+    return idx[torch.randperm(len(idx), generator=gen)][:n].sort().values
+
+
 def model_signature(model: Any, method: str, shape: tuple[int, ...]) -> dict[str, Any]:
     """{input_shape, output_size} of the owner; a classifier with at least 2 outputs is required."""
     if not isinstance(model, nn.Module):
@@ -311,13 +322,11 @@ class AKH(DataBaseline):
         spec = as_input_spec(input_spec)
         sig = model_signature(model, "akh", spec.shape)
         x, y = owner_data("akh", self.data, self.data_seed, self.split, input_spec, model)
-        pred = predict(model, x).reshape(len(x), -1).argmax(1)
-        wrong = (pred != y).nonzero().flatten()
+        pred, wrong = misclassified(model, x, y)
         if len(wrong) == 0:
             raise ModelError(f"the owner misclassifies none of the {len(x)} inputs of the '{self.split}' split; "
                              "use a larger split or another data set (data=NAME)")
-        pick = wrong[torch.randperm(len(wrong), generator=torch.Generator().manual_seed(int(self.seed)))][: self.n]
-        pick = pick.sort().values
+        pick = seeded_subset(wrong, int(self.n), torch.Generator().manual_seed(int(self.seed)))
         params = {"n": len(pick), "n_requested": int(self.n), "data": data_name(self.data, input_spec, model),
                   "split": self.split,
                   "data_seed": int(self.data_seed), "seed": int(self.seed), "inputs_seen": len(x),

@@ -45,9 +45,11 @@ from .akh import (
     data_name,
     decide_baseline,
     evidence_hooks,
+    misclassified,
     model_signature,
     owner_data,
     probabilities,
+    seeded_subset,
 )
 
 SAMPLES = ("cutmix", "misclassified")
@@ -116,11 +118,11 @@ class SAC(DataBaseline):
         if self.samples == "cutmix":
             inputs = cutmix(x, int(self.n), gen)
         else:
-            wrong = (predict(model, x).reshape(len(x), -1).argmax(1) != y).nonzero().flatten()
+            _, wrong = misclassified(model, x, y)
             if len(wrong) < 2:
                 raise ModelError(f"the owner misclassifies {len(wrong)} of the {len(x)} inputs; SAC-w needs at "
                                  "least 2: use samples=cutmix or a larger split")
-            inputs = x[wrong[torch.randperm(len(wrong), generator=gen)][: self.n].sort().values]
+            inputs = x[seeded_subset(wrong, int(self.n), gen)]
         outputs = predict(model, inputs.float()).reshape(len(inputs), -1).float()
         params = {"n": len(inputs), "n_requested": int(self.n), "samples": self.samples,
                   "data": data_name(self.data, input_spec, model),
