@@ -86,7 +86,7 @@ def test_report_has_every_section_and_images_decode(resumed, tmp_path):
                 "innocents accused", "locked acc", "unlocked acc", "recovered acc", "mean queries", "fidelity"):
         assert col in text, col
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
-    assert len(images) == 3
+    assert len(images) == 4  # accuracy, p-value per attack, p-value scatter, arena ROC
     for b in images:
         raw = base64.b64decode(b)
         assert raw[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1088,7 +1088,7 @@ def serve(
     "modelseal bench run demo --out run --backend ray",
     "modelseal bench run demo --out run-ts --only trigger-set --seed 3"))
 def bench_run(
-    scenario: Annotated[str, typer.Argument(help="scenario TOML file, or a built-in name: demo, tiny")],
+    scenario: Annotated[str, typer.Argument(help="scenario TOML file, or a built-in name: demo, tiny, arena")],
     out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/)")],
     backend: Annotated[str, typer.Option(help="local | ray")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
@@ -1144,6 +1144,45 @@ def bench_report(
         out.print(f"report -> {path}")
 
     _emit(as_json, {"report": str(path), "survival": rows}, human)
+
+
+@bench_app.command("arena", epilog=_examples(
+    "modelseal bench arena --out arena-run                 # the built-in arena on digits (a few minutes)",
+    "modelseal bench arena my.toml --out arena-run --backend ray",
+    "modelseal bench arena --out arena-run --report arena.html --force --json"))
+def bench_arena(
+    scenario: Annotated[str, typer.Argument(help="scenario TOML file or built-in name (default: arena)")] = "arena",
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/)")] = Path("arena-run"),
+    report_html: Annotated[Optional[Path], typer.Option(
+        "--report", help="HTML report to write (default: OUT/report.html)")] = None,
+    backend: Annotated[str, typer.Option(help="local | ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", metavar="", help="start over: delete the run folder's results.sqlite and cache/ first")] = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Score every protection and peer baseline over populations of derived and independent models: ROC AUC,
+    TPR at 1 % and 0.1 % FPR, TPR at alpha with the realised FPR (runs or resumes the scenario, then reports)."""
+    from . import bench
+    from .bench.arena import arena_from_db
+    from .bench.report import arena_table, report
+    from .safeio import check_writable
+
+    html_path = report_html if report_html is not None else out_dir / "report.html"
+    check_distinct({"--out": out_dir, "--report": html_path})
+    check_writable(html_path, force)  # refused before hours of work, not after
+    sc = bench.load(scenario)
+    summary = bench.run(sc, out_dir, backend=backend, address=address, force=restart,
+                        progress=_progress(as_json), device=device)
+    path = report(summary["db"], html_path, force=force)
+    rows = [{k: v for k, v in r.items() if k not in ("fpr", "tpr")} for r in arena_from_db(summary["db"])]
+
+    def human() -> None:
+        out.print(arena_table(rows))
+        out.print(f"{summary['negatives']} negative verdicts, {summary['cells']} cells ({summary['seconds']:.1f} s); "
+                  f"report -> {path}", soft_wrap=True)
+
+    _emit(as_json, {"run": summary, "report": str(path), "arena": rows}, human)
 
 
 # --------------------------------------------------------------------------------------------- demo

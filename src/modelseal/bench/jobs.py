@@ -11,8 +11,11 @@ branches on a method's or an attack's name.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -127,6 +130,12 @@ def _job_env(seed: int, threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _job_env_seed(seed: int) -> None:
+    from ..runtime import seed_everything
+
+    seed_everything(seed)
+
+
 def _device(name: str) -> torch.device:
     from ..runtime import resolve_device
 
@@ -149,15 +158,22 @@ def _verifier(prot: Protection, alpha: float, references: list[bytes], dev: torc
 
 def job_train(job: TrainJob) -> dict[str, Any]:
     """Train a fresh `spec['arch']` on the `split` part of the data; returns its bytes and accuracy."""
-    from .. import models, train
+    from .. import attacks, models, train
 
     spec = job.spec
     t0 = time.perf_counter()
     with _job_env(spec["seed"], job.threads):
         splits = _splits(spec["data"], spec["data_seed"])
-        model = models.build(spec["arch"], splits.meta, seed=spec["seed"]).to(_device(job.device))
-        train.fit(model, getattr(splits, job.split), epochs=spec["epochs"], lr=spec["lr"],
-                  batch_size=spec["batch_size"], seed=spec["seed"])
+        if "teacher" in spec:  # a student extracted from an independent model (that model trained first)
+            teacher = job_train(TrainJob(spec["teacher"], job.split, job.device, job.threads))
+            _job_env_seed(spec["seed"])
+            make: Any = attacks.get(spec["extract"]["attack"])
+            model = make(**spec["extract"]["params"], seed=spec["seed"]).apply(
+                model_from_bytes(teacher["model"]).to(_device(job.device)), getattr(splits, job.split))
+        else:
+            model = models.build(spec["arch"], splits.meta, seed=spec["seed"]).to(_device(job.device))
+            train.fit(model, getattr(splits, job.split), epochs=spec["epochs"], lr=spec["lr"],
+                      batch_size=spec["batch_size"], seed=spec["seed"])
         acc = train.evaluate(model, splits.test)
     return {"model": model_to_bytes(model), "accuracy": float(acc), "wall_s": time.perf_counter() - t0}
 
@@ -272,6 +288,37 @@ def _judge_cell(job: CellJob, row: dict[str, Any], attack: Any, attacked: Any, u
                          "max_colluders": v.details["max_colluders"]}
 
 
+# Attacked models by (attacked model bytes, attack, parameters, seed, data, device): the fingerprints of one
+# owner (and the peer baselines) all judge the same unprotected model, so in one process each attack of a
+# scenario runs once for all of them. Attacks are deterministic given their seed and the job seeds itself, so
+# a hit gives the model (and the cost record) the attack would make again. Bounded: the oldest goes first.
+_ATTACKED: collections.OrderedDict[str, tuple[bytes, dict[str, Any]]] = collections.OrderedDict()
+_ATTACKED_MAX = 64
+
+
+def _apply(attack: Any, job: CellJob, models: list[Any], blobs: list[bytes], splits: Any, dev: torch.device) -> Any:
+    """`attack.apply_many(models, attacker data)`, from the in-process cache when the same attack already ran
+    on the same model bytes (query-side attacks change the answers, not the model: never cached)."""
+    if attack.acts_on == "queries":
+        return attack.apply_many(models, splits.attacker)
+    h = hashlib.sha256()
+    for b in blobs:
+        h.update(hashlib.sha256(b).digest())
+    h.update(json.dumps([job.attack.attack, job.attack.params, job.seed, job.data.data, job.data.data_seed,
+                         job.device, job.threads], sort_keys=True, default=str).encode())
+    key = h.hexdigest()
+    if key in _ATTACKED:
+        blob, cost = _ATTACKED[key]
+        _ATTACKED.move_to_end(key)
+        attack.cost = copy.deepcopy(cost)
+        return model_from_bytes(blob).to(dev)
+    out = attack.apply_many(models, splits.attacker)
+    _ATTACKED[key] = (model_to_bytes(out), copy.deepcopy(attack.cost))
+    while len(_ATTACKED) > _ATTACKED_MAX:
+        _ATTACKED.popitem(last=False)
+    return out
+
+
 def job_cell(job: CellJob) -> dict[str, Any]:
     """Attack the protected model(s) of one cell and judge the result; returns the cell's row."""
     from .. import attacks, methods
@@ -293,8 +340,9 @@ def job_cell(job: CellJob) -> dict[str, Any]:
             # which copies the attacker holds: one user's copy, or `need` colluders' (seeded)
             users = [0] if len(copies) == 1 else sorted(
                 int(u) for u in np.random.default_rng(job.seed).choice(len(copies), size=need, replace=False))
-            attacked = copies[users[0]] if attack is None else attack.apply_many(
-                [copies[u] for u in users], splits.attacker)
+            attacked = copies[users[0]] if attack is None else _apply(
+                attack, job, [copies[u] for u in users], [_value(job.models)[u] for u in users], splits, dev)
+            _job_env_seed(job.seed)  # the judge draws the same randomness whether the attack ran or was cached
             cost = {} if attack is None else _cost_of(attack)
             if attack is not None:
                 row["attack_wall_s"] = float(attack.cost.get("wall_s", 0.0))
@@ -302,7 +350,13 @@ def job_cell(job: CellJob) -> dict[str, Any]:
             if attack is not None:
                 row["cost"] = {**cost, "owner_acc": job.owner_acc, "attacked_acc": row["attacked_acc"],
                                "accuracy_delta": row["attacked_acc"] - (job.owner_acc or 0.0)}
-            _judge_cell(job, row, attack, attacked, users, splits, dev)
+            try:
+                _judge_cell(job, row, attack, attacked, users, splits, dev)
+            except KeyMismatchError as e:
+                # the key cannot be applied to what the attack made (e.g. a white-box key and a student of
+                # another architecture): the protection cannot judge this model, so it is not owned
+                row.update(owned=False, score=None, p_value=None, threshold=None, queries=0, alpha=job.alpha,
+                           detail={"not_applicable": str(e)})
             # the unattacked cell cannot remove anything: a protected model judged not owned is a missed
             # detection (owned = 0 in its row), not a removal
             row["removed"] = (attack is not None and not row["owned"]

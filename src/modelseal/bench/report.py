@@ -8,7 +8,9 @@ Sections (each an element with this id): `headline` (per protection in plain wor
 which attacks, with parameters / never detected, the cheapest attack that removed it with its cost, at what
 alpha, with the accuracy cost), `summary` (run and prepared models), `methods` (per protection: fidelity,
 detection rate, false-positive rate on negatives, ROC AUC, Uniqueness Score, colluders found / innocents
-accused, locked / unlocked / recovered accuracy, queries, removals, wall time), `cells` (every cell with its
+accused, locked / unlocked / recovered accuracy, queries, removals, wall time), `arena` (the field's view:
+per protection and peer baseline, ROC AUC, TPR at 1 % and 0.1 % FPR, TPR at alpha with the realised FPR, cost,
+and the ROC curves; `modelseal.bench.arena` decides what enters it), `cells` (every cell with its
 attack parameters, alpha and outcome), `negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection`
 (p-value vs attack, log axis, alpha line) and `plot-scores` (p-values of negatives, unattacked and attacked
 models, jittered, alpha line). Plots are 1200 px wide with their legends outside the axes.
@@ -46,9 +48,9 @@ from .outcomes import (
     survival,
 )
 
-__all__ = ["SECTIONS", "report", "survival_table", "method_summary", "cost_text", "LOCK_HELD_MARGIN"]
+__all__ = ["SECTIONS", "report", "survival_table", "arena_table", "method_summary", "cost_text", "LOCK_HELD_MARGIN"]
 
-SECTIONS = ["headline", "summary", "methods", "cells", "negatives", "plot-accuracy", "plot-detection",
+SECTIONS = ["headline", "summary", "methods", "arena", "cells", "negatives", "plot-accuracy", "plot-detection",
             "plot-scores"]
 P_FLOOR = 1e-30
 _COST_WORDS = {"data_fraction": "the fraction of the attacker's data it used", "queries": "the queries it sent",
@@ -79,6 +81,22 @@ def survival_table(rows: list[dict[str, Any]]) -> Any:
                   alpha_text(r["alpha"]), r["accuracy_cost_text"], r["false_positives"] or "–")
     return t
 
+
+def arena_table(rows: list[dict[str, Any]]) -> Any:
+    """The arena rows (`bench.arena.arena`) as a rich Table for the terminal (same numbers as the HTML)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="Arena: derived vs independent models (one row per protection)", title_justify="left")
+    for col in ("protection", "positives / negatives", "ROC AUC", "TPR at 1% FPR", "TPR at 0.1% FPR",
+                "TPR at alpha", "realised FPR", "protect s", "verify queries"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(escape(r["protection"] + (" (peer baseline)" if r["peer_baseline"] else "")),
+                  f"{r['positives']} / {r['negatives']}", fmt(r["auc"]), fmt(r["tpr_at_0.01"]),
+                  fmt(r["tpr_at_0.001"]), "no references" if r["score_only"] else fmt(r["tpr_at_alpha"]),
+                  fmt(r["realised_fpr"]), fmt(r["protect_s"], 2), fmt(_int(r["verify_queries"])))
+    return t
 
 
 # ============================================================================ formatting
@@ -353,6 +371,74 @@ def _plot_scores(cells: list[dict[str, Any]], negatives: list[dict[str, Any]]) -
     return _png(fig, "p-values of independent, protected and attacked models")
 
 
+def _plot_roc(rows: list[dict[str, Any]]) -> str:
+    """ROC curves of every protection with both populations: linear axes, and a log FPR axis (the low
+    false-positive end the field reports); peer baselines dashed."""
+    plt = _plt()
+    drawn = [r for r in rows if r["fpr"]]
+    if not drawn:
+        return "<p class='note'>no protection has both derived and independent models scored: no ROC</p>"
+    fig, axes = _grid(plt, 2, height=4.6)
+    colors = {r["protection"]: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(drawn)}
+    for ax, log in zip(axes, (False, True), strict=True):
+        for r in drawn:
+            fpr = r["fpr"]
+            floor = 0.5 * (r["fpr_resolution"] or 1.0)  # FPR 0 is drawn at half the resolution on the log axis
+            xs = [max(x, floor) for x in fpr] if log else fpr
+            label = f"{r['protection']}{' (peer baseline)' if r['peer_baseline'] else ''}: AUC {r['auc']:.3f}"
+            ax.step(xs, r["tpr"], where="post", color=colors[r["protection"]], lw=1.8, alpha=0.9,
+                    ls="--" if r["peer_baseline"] else "-", label=label)
+        chance = [10 ** (-4 + 4 * i / 100) for i in range(101)] if log else [0.0, 1.0]
+        ax.plot(chance, chance, color="grey", lw=0.8, ls=":", label="chance (TPR = FPR)")
+        if log:
+            ax.set_xscale("log")
+            ax.set_xlim(left=min(0.5 * (r["fpr_resolution"] or 1.0) for r in drawn) * 0.8, right=1.05)
+            ax.set_title("ROC, log false-positive axis (FPR 0 drawn at half the resolution 1/negatives)")
+        else:
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_title("ROC: derived (positives) vs independent models (negatives)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("false-positive rate (independent models scored at or above the threshold)")
+        ax.set_ylabel("true-positive rate (derived models)")
+        ax.grid(alpha=0.3)
+    _legend_outside(fig, axes[:1])
+    return _png(fig, "ROC curves of every protection and peer baseline")
+
+
+def _arena_section(cells: list[dict[str, Any]], negatives: list[dict[str, Any]], artifacts: list[dict[str, Any]],
+                   keys: dict[str, dict[str, Any]]) -> str:
+    from .arena import arena
+
+    rows = arena(cells, negatives, artifacts, keys)
+    parts = ["<section id='arena'><h2>Arena: ROC over derived and independent models</h2>",
+             "<p class='note'>The field's view (QuRD, AAAI 2025; WAVES, ICML 2024). <b>Positives</b>: the "
+             "protection's protected model unattacked and under every attack that kept its accuracy within "
+             f"{100 * REMOVAL_MARGIN:.0f} points of the owner's; <b>negatives</b>: the independent models (other "
+             "seeds, architectures, data splits, and students extracted from independent models). Models are "
+             "ranked by each verdict's own score; a model the key cannot judge ranks below all. <b>TPR at 1 % / "
+             "0.1 % FPR</b>: the share of positives found by a threshold that accuses at most that share of the "
+             "negatives — with N negatives the smallest non-zero FPR is 1/N, so with fewer than 100 (1,000) "
+             "negatives it is the TPR at zero false positives. <b>TPR at alpha</b>: positives the verdict owned "
+             "(p-value at most alpha), with the realised FPR on the negatives beside it; peer baselines without "
+             "reference models are score-only and never accuse.</p>"]
+    if not rows:
+        parts.append("<p class='note'>no protection with derived and independent models in this run</p></section>")
+        return "".join(parts)
+    parts.append(_table(
+        ["protection", "method", "peer baseline", "positives", "negatives", "ROC AUC", "TPR at 1% FPR",
+         "TPR at 0.1% FPR", "FPR resolution", "TPR at alpha", "realised FPR", "alpha", "protect s",
+         "verify queries", "cheapest attack that removed it", "left out (damaged)", "not judgeable"],
+        [[r["protection"], r["method"], "yes" if r["peer_baseline"] else "", r["positives"], r["negatives"],
+          r["auc"], r["tpr_at_0.01"], r["tpr_at_0.001"], r["fpr_resolution"],
+          "never accuses (no references)" if r["score_only"] else r["tpr_at_alpha"], r["realised_fpr"],
+          alpha_text(r["alpha"]),
+          r["protect_s"], _int(r["verify_queries"]), r["cheapest_removal"] or "none", r["damaged"],
+          r["not_applicable"]] for r in rows], left=3, wrap=(14,), table_id="arena-table"))
+    parts.append(_plot_roc(rows))
+    parts.append("</section>")
+    return "".join(parts)
+
+
 # ============================================================================ the HTML
 def _status_class(status: str) -> str:
     return {"survived": "good", "removed": "bad", "never": "warn"}.get(status, "")
@@ -432,6 +518,8 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
           r["innocents_accused"], r["locked_acc"], r["unlocked_acc"], r["recovered_acc"], r["queries"],
           r["removed"], _Raw(f"{r['wall_s']:.1f}")] for r in summ], left=2, wrap=(9,)))
     parts.append("</section>")
+
+    parts.append(_arena_section(cells, negatives, artifacts, keys))
 
     parts.append("<section id='cells'><h2>Cells</h2>")
     parts.append(_table(

@@ -32,6 +32,9 @@ models trained on the attacker split) and the seeds. Example::
     count = 2
     archs = ["mlp", "cnn"]   # cycled; seeds 1000, 1001, ...
     epochs = 5
+    data_seeds = [0, 1]      # optional, cycled: independent models on the attacker split of other data splits
+    students = 1             # optional: models extracted from the independent models (seeds 3000, ...)
+    student_attack = { attack = "knockoff", params = { queries = 1000, epochs = 5 } }   # the default
 
 Validation errors name the key and its line in the file (`ScenarioError`). Every number is bounded with
 `modelseal.validate` (epochs, batch sizes, seeds, counts, and method/attack parameters that size work such
@@ -59,7 +62,7 @@ from ..verdict import DEFAULT_ALPHA
 if TYPE_CHECKING:
     from ..methods.base import Method
 
-BUILTIN = ("demo", "tiny")
+BUILTIN = ("demo", "tiny", "arena")
 TOP_KEYS = {"name", "data", "data_seed", "seeds", "baseline", "device", "threads", "owner", "protections",
             "attacks", "negatives", "alpha"}
 
@@ -169,11 +172,27 @@ class Scenario:
         return {"data": self.data, "data_seed": self.data_seed, **self.owner}
 
     def negative_specs(self) -> list[dict[str, Any]]:
+        """The independent models: `count` models cycling `archs` and `data_seeds` (seeds 1000, 1001, ...),
+        then `students` models extracted (`student_attack`) from those independent models in turn (seeds
+        3000, 3001, ...): a student of an independent model is a derived model, but not of the owner's."""
         n = self.negatives
-        archs = n["archs"]
-        return [{"data": self.data, "data_seed": self.data_seed, "arch": archs[i % len(archs)],
-                 "epochs": n["epochs"], "lr": n["lr"], "batch_size": n["batch_size"], "seed": 1000 + i,
-                 "label": f"{archs[i % len(archs)]}#{i}"} for i in range(n["count"])]
+        archs, dseeds = n["archs"], n.get("data_seeds") or [self.data_seed]
+        out = [{"data": self.data, "data_seed": dseeds[i % len(dseeds)], "arch": archs[i % len(archs)],
+                "epochs": n["epochs"], "lr": n["lr"], "batch_size": n["batch_size"], "seed": 1000 + i,
+                "label": f"{archs[i % len(archs)]}#{i}" + (f"@split{dseeds[i % len(dseeds)]}" if len(dseeds) > 1
+                                                             else "")} for i in range(n["count"])]
+        students = []
+        for j in range(int(n.get("students", 0))):
+            teacher = {k: v for k, v in out[j % len(out)].items() if k != "label"}
+            extract = n["student_attack"]
+            student = str(extract["params"].get("student", "same"))
+            arch = teacher["arch"] if student == "same" else (student if student != "other" else
+                                                              f"other-than-{teacher['arch']}")
+            students.append({"data": teacher["data"], "data_seed": teacher["data_seed"], "arch": arch,
+                             "epochs": n["epochs"], "lr": n["lr"], "batch_size": n["batch_size"], "seed": 3000 + j,
+                             "teacher": teacher, "extract": extract,
+                             "label": f"student-of-{out[j % len(out)]['label']}#{j}"})
+        return out + students
 
     def reference_specs(self, count: int) -> list[dict[str, Any]]:
         """Independent models for calibrating c-examples: other seeds than the negatives; they cycle the
@@ -441,7 +460,8 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                                           swept[0] if swept else None, tuple(only) if only else None))
 
     neg_t = c.typed(raw, "negatives", "negatives", dict, {})
-    c.unknown(neg_t, {"count", "archs", "epochs", "lr", "batch_size"}, "negatives.")
+    c.unknown(neg_t, {"count", "archs", "epochs", "lr", "batch_size", "data_seeds", "students", "student_attack"},
+              "negatives.")
     negatives = {"count": c.bounded(neg_t, "count", "negatives.count", 0, 0, 1000),
                  "archs": c.typed(neg_t, "archs", "negatives.archs", list, [owner["arch"]]),
                  "epochs": c.bounded(neg_t, "epochs", "negatives.epochs", owner["epochs"], 1, validate.MAX_EPOCHS),
@@ -451,6 +471,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                                          validate.MAX_BATCH)}
     if not negatives["archs"]:
         raise c.fail("negatives.archs", "must name at least one architecture")
+    _negative_extras(c, neg_t, negatives, data_seed, known_attacks)
     for a in negatives["archs"]:
         if not isinstance(a, str) or a not in model_zoo.names():
             raise c.fail("negatives.archs", f"unknown architecture {a!r}; known: {', '.join(model_zoo.names())}")
@@ -466,6 +487,41 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                             "seeds, sweep values or protections")
     return _expand(Scenario(name, data, data_seed, list(seeds), owner, protections, variants, negatives, baseline,
                             device, threads, text, source, alpha=alpha))
+
+
+DEFAULT_STUDENT_ATTACK = {"attack": "knockoff", "params": {"queries": 1000, "epochs": 5}}
+
+
+def _negative_extras(c: _Checker, neg_t: dict[str, Any], negatives: dict[str, Any], data_seed: int,
+                     known_attacks: set[str]) -> None:
+    """`data_seeds` (independent models on other data splits) and `students` (models extracted from
+    independent models, by `student_attack`: an extraction attack with single-valued parameters)."""
+    from .. import attacks as attack_registry
+
+    dseeds = c.typed(neg_t, "data_seeds", "negatives.data_seeds", list, None)
+    if dseeds is not None:
+        if not dseeds or len(dseeds) > 1000 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in dseeds):
+            raise c.fail("negatives.data_seeds", f"must be 1 to 1000 integers in [0, {MAX_SEED}], got {dseeds!r}")
+        if dseeds != [data_seed]:  # the default adds nothing to the specs (their ids stay those of older runs)
+            negatives["data_seeds"] = list(dseeds)
+    students = c.bounded(neg_t, "students", "negatives.students", 0, 0, 1000)
+    if students:
+        if negatives["count"] == 0:
+            raise c.fail("negatives.students", "students are extracted from the independent models: set count >= 1")
+        st = c.typed(neg_t, "student_attack", "negatives.student_attack", dict, DEFAULT_STUDENT_ATTACK)
+        name, params = st.get("attack"), st.get("params", {})
+        if set(st) - {"attack", "params"} or not isinstance(name, str) or not isinstance(params, dict):
+            raise c.fail("negatives.student_attack", f"must be {{attack = NAME, params = {{...}}}}, got {st!r}")
+        if name not in known_attacks or getattr(attack_registry.get(name), "family", "") != "extraction":
+            raise c.fail("negatives.student_attack", f"'{name}' is not an extraction attack; use knockoff or distill")
+        if any(isinstance(v, list) for v in params.values()):
+            raise c.fail("negatives.student_attack", "its params are single values (not a sweep)")
+        _check_params(c, attack_registry.get(name), params, f"student attack {name}", 0, "negatives")
+        negatives["students"] = students
+        negatives["student_attack"] = {"attack": name, "params": dict(params)}
+    elif "student_attack" in neg_t:
+        raise c.fail("negatives.student_attack", "needs students = N (how many students to extract)")
 
 
 def _expand(sc: Scenario) -> Scenario:
