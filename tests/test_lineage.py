@@ -161,7 +161,7 @@ def _population(digits, n_per_arch: int, epochs: int, n_refs: int = 4):
 
 
 def test_no_independent_model_is_accused_fast(digits):
-    judged, worst = _population(digits, 5, epochs=3, n_refs=2)
+    judged, worst = _population(digits, 5, epochs=2, n_refs=2)
     assert judged == 10
     assert min(worst.values()) > 1e-6, worst
 
