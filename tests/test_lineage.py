@@ -197,9 +197,10 @@ def test_a_black_box_copy_is_found_against_references(digits):
     model = _trained(digits, "mlp", 0, digits.owner, epochs=4)
     refs = [_trained(digits, "mlp", 40 + i, digits.attacker, epochs=4) for i in range(3)]
     box = Suspect(lambda x: model(x).detach(), input_shape=tuple(digits.meta.input_shape))
-    v = lineage(model, box, refs, queries=500)
+    v = lineage(model, box, refs, queries=500, alpha=0.3)  # 3 references: the rank floor is 1/4
     out = _parts(v)["lineage-outputs"]
     assert v.owned and out["judged"] and out["score"] == 1.0 and box.queries == 500
+    assert out["p_value"] == pytest.approx(0.25) and out["details"]["p_sign_tests"] < 1e-6
     assert len(out["details"]["references"]) == 3
 
 
