@@ -26,7 +26,7 @@ LAYERS = [
     {"train", "references"},
     {"suspect"},
     {"attacks"},
-    {"methods"},
+    {"methods", "lineage"},
     {"api", "evidence"},
     {"bench", "demo"},
     {"cli", "__main__"},

@@ -185,6 +185,8 @@ HELP_NOT_RUN = {
     "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal": "trains 7 copies",
     "modelseal trace dm.seal copies/user-003.safetensors": "needs the DeepMarks copies",
     "modelseal trace dm.seal leaked.safetensors --json": "needs the DeepMarks copies",
+    "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits":
+        "needs the user's module and their state dict",
 }
 
 

@@ -871,6 +871,66 @@ def verify(
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
 
 
+@app.command(epilog=_examples(
+    "modelseal lineage owner.safetensors pruned.safetensors --permutations 9999",
+    "modelseal lineage owner.safetensors pruned.safetensors --references verifier-refs --json",
+    "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits"))
+def lineage(
+    owner: Annotated[Path, typer.Argument(help="the owner's model file (.safetensors; with --arch a state dict)")],
+    suspect: Annotated[str, typer.Argument(
+        help="suspect: model file (white-box and black-box parts), .onnx file or http(s):// endpoint "
+             "(black-box part only)")],
+    references: Annotated[Optional[Path], typer.Option(
+        "--references", help="the verifier's reference pool folder (`modelseal references make`): needed by the "
+                             "black-box part")] = None,
+    reference: Annotated[Optional[list[Path]], typer.Option(
+        "--reference", help="a reference model file (repeat), added to --references")] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="false-accusation rate the verifier accepts (default 1e-6)")] = None,
+    permutations: Annotated[int, typer.Option(
+        help="Monte Carlo permutations of the exact weight test (its p-value floor is 1/(T+1))")] = 1_000_000,
+    queries: Annotated[int, typer.Option(help="random inputs of the black-box part")] = 1000,
+    arch: ArchOpt = None, data: DataOpt = None,
+    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False,
+) -> None:
+    """Keyless lineage test: was SUSPECT derived from OWNER? An exact permutation test on the weights, a test on
+    aligned weights (robust to permuted and pruned units) and a black-box test against the verifier's reference
+    models, fused with Holm. No key needed; exit 0 with the verdict."""
+    from .lineage import lineage as lineage_fn
+    from .safeio import _regular_input, usable_path
+    from .sources import source_kind
+    from .suspect import open_source
+
+    _regular_input(usable_path(owner, what="OWNER"), ModelSealError, "OWNER")
+    if source_kind(suspect) != "url" and not usable_path(suspect, what="SUSPECT").exists():
+        raise ModelSealError(f"SUSPECT {suspect} does not exist")
+    spec: Any = None
+    if arch is not None:
+        from . import data as data_mod
+
+        if data is None:
+            raise ModelSealError("--arch needs --data (the input shape of your architecture)")
+        spec = data_mod.load(data, seed=0).meta
+    own = _open_model(owner, device, arch, spec)
+    signature = None
+    if arch is not None:
+        from .models import signature_of
+
+        signature = signature_of(own)  # the user architecture's spec, from --data
+    s = open_source(suspect, device=device, arch=arch, signature=signature)
+    refs: list[Any] = [_open_model(p, device, arch, spec) for p in reference or []]
+    if references is not None:
+        from .references import load_pool
+        from .runtime import resolve_device
+
+        refs += load_pool(references, device=resolve_device(device))
+    rule: dict[str, Any] = {"permutations": permutations, "queries": queries, "seed": seed}
+    if alpha is not None:
+        rule["alpha"] = alpha
+    verdict = lineage_fn(own, s, refs, **rule)
+    _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
+
+
 def _verdict_text(verdict) -> str:
     lines = [verdict.summary()]
     for v in verdict.details.get("verdicts", []):

@@ -1,9 +1,10 @@
 """Every statistic modelseal uses, in one place: binomial and beta-binomial tails, the Clopper-Pearson
 bound and the conservative beta-binomial null from reference models, the exact sequential binomial test
 (min-p adjustment over planned looks) and its replay from a transcript, correlation tails, the paired
-permutation test (exact for small n, else Hoeffding's normal tail floored at 1/n!), Holm-Bonferroni
-combination, thresholds from null scores, ROC AUC and the Uniqueness Score. Methods compute their
-features; the decisions are made here."""
+permutation test (exact for small n, else Hoeffding's normal tail floored at 1/n!), the sequential Monte Carlo
+permutation p-value (Besag-Clifford), the sign test, fixed points of random matchings, the KS uniformity
+check, Holm-Bonferroni and intersection-union combination, thresholds from null scores, ROC AUC and the
+Uniqueness Score. Methods compute their features; the decisions are made here."""
 
 from __future__ import annotations
 
@@ -43,6 +44,41 @@ def permutation_pvalue(statistic: float, null: np.ndarray | Sequence[float]) -> 
     if null.size == 0:
         raise ValueError("null distribution is empty")
     return float((1 + np.sum(null >= statistic)) / (1 + null.size))
+
+
+def randomized_permutation_pvalue(statistic: float, null: np.ndarray | Sequence[float], u: float) -> float:
+    """(#{null > stat} + u (1 + #{null == stat})) / (1 + n), u ~ U(0, 1): exactly uniform under exchangeability
+    (ties broken at random); for checking a permutation test's calibration, not for accusing anyone."""
+    null = np.asarray(null, dtype=float)
+    if null.size == 0:
+        raise ValueError("null distribution is empty")
+    if not 0.0 <= u <= 1.0:
+        raise ValueError(f"u must lie in [0, 1], got {u}")
+    return float((np.sum(null > statistic) + u * (1 + np.sum(null == statistic))) / (1 + null.size))
+
+
+def monte_carlo_pvalue(statistic: float, draw: Callable[[int], np.ndarray], total: int, stop_after: int = 10,
+                       chunk: int = 8192) -> dict[str, Any]:
+    """Exact Monte Carlo p-value of `statistic` against up to `total` null draws (`draw(k)` returns k of them),
+    with Besag and Clifford's sequential rule (Biometrika 78, 1991): stop at the `stop_after`-th draw that
+    reaches the statistic, after t draws, with p = stop_after / t; otherwise p = (1 + #reached) / (1 + total).
+    Valid (P[p <= a] <= a) at every level either way; the smallest p it can give is 1 / (total + 1)."""
+    if total < 1 or stop_after < 1:
+        raise ValueError("total and stop_after must be at least 1")
+    reached, done = 0, 0
+    while done < total:
+        k = min(chunk, total - done)
+        hits = np.asarray(draw(k), dtype=float) >= statistic
+        if hits.shape != (k,):
+            raise ValueError(f"draw({k}) returned shape {hits.shape}")
+        if reached + int(hits.sum()) >= stop_after:
+            t = done + int(np.flatnonzero(np.cumsum(hits) == stop_after - reached)[0]) + 1
+            return {"p_value": stop_after / t, "draws": t, "reached": stop_after, "stopped_early": True,
+                    "p_floor": 1.0 / (total + 1)}
+        reached += int(hits.sum())
+        done += k
+    return {"p_value": (1 + reached) / (1 + total), "draws": total, "reached": reached, "stopped_early": False,
+            "p_floor": 1.0 / (total + 1)}
 
 
 def threshold_from_null(null_scores: Sequence[float], alpha: float) -> float:
@@ -352,7 +388,44 @@ def paired_permutation_threshold(margin: float, sd: float, norm: float, alpha: f
     return float(margin + _st.norm.isf(alpha) * sd / norm)
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign (McNemar) test: P[Binom(wins + losses, 1/2) >= wins] (1 without discordant pairs)."""
+    if wins < 0 or losses < 0:
+        raise ValueError("wins and losses must be non-negative")
+    return binomial_tail(wins, wins + losses, 0.5)
+
+
+def matching_agreement_bound(k: int, m: int, n: int) -> float:
+    """P[K >= k] <= C(m, k) (n - k)! / n! for K = the units on which a fixed injection of m units into n agrees
+    with a uniformly random one (the union bound over k-sets; about 1/k! when m = n: the rencontres tail)."""
+    if not 0 <= m <= n:
+        raise ValueError("need 0 <= m <= n")
+    if k <= 0:
+        return 1.0
+    if k > m:
+        return 0.0
+    log = (math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
+           + math.lgamma(n - k + 1) - math.lgamma(n + 1))
+    return float(min(1.0, math.exp(log)))
+
+
+def ks_uniform(p_values: Sequence[float]) -> float:
+    """Kolmogorov-Smirnov p-value of the hypothesis that `p_values` are U(0, 1) draws."""
+    p = np.asarray(p_values, dtype=float)
+    if p.size == 0:
+        raise ValueError("need at least one p-value")
+    return float(_st.kstest(p, "uniform").pvalue)
+
+
 # ------------------------------------------------------------------------------------------- combining
+def intersection_union(p_values: Sequence[float]) -> float:
+    """p-value of the intersection-union test (reject only if every H0_r is rejected): max_r p_r, valid
+    without any correction (Berger 1982)."""
+    if not len(p_values):
+        raise ValueError("need at least one p-value")
+    return float(max(p_values))
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (valid under any dependence), in the input order."""
     p = np.asarray(p_values, dtype=float)

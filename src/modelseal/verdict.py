@@ -84,3 +84,27 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return str(x)
     return x
+
+
+def fuse(verdicts: list[Verdict], alpha: float, *, method: str = "fused",
+         rule: str = "Holm-Bonferroni (valid under any dependence between the tests)",
+         none_judged: str = "none of the tests could judge this suspect", **details: Any) -> Verdict:
+    """One verdict from several tests of one suspect: the Holm-Bonferroni minimum over the judged verdicts'
+    p-values (valid under any dependence); owned iff it is <= alpha. `details` gains `rule`, `judged`,
+    `verdicts` (each as a dict) and `adjusted_p_values` (in the order of the judged verdicts)."""
+    from . import stats
+
+    judged = [v for v in verdicts if v.judged]
+    adjusted = stats.holm([v.p_value for v in judged]) if judged else []
+    p = min(adjusted) if adjusted else 1.0
+    owned = bool(judged) and p <= alpha
+    out = {**details, "rule": rule, "judged": len(judged), "verdicts": [v.to_dict() for v in verdicts],
+           "adjusted_p_values": adjusted}
+    if not judged:
+        out["not_judged"] = none_judged
+    return Verdict(method, owned=owned, score=-_log10(p), threshold=-_log10(alpha), p_value=p, alpha=alpha,
+                   queries=sum(v.queries for v in verdicts), details=out, judged=bool(judged))
+
+
+def _log10(p: float) -> float:
+    return math.log10(max(p, 1e-300))
