@@ -40,7 +40,7 @@ def test_roc_numbers_equal_a_hand_computation_and_sklearn():
     assert row["tpr_at_0.01"] == pytest.approx(2 / 3) and row["tpr_at_0.001"] == pytest.approx(2 / 3)
     fpr, tpr, _ = roc_curve([1] * 3 + [0] * 4, pos + neg, drop_intermediate=False)
     assert row["fpr"] == pytest.approx(list(fpr)) and row["tpr"] == pytest.approx(list(tpr))
-    assert arena_mod.roc(pos, neg)["tpr_at_0.01"] == max(t for f, t in zip(fpr, tpr) if f <= 0.01)
+    assert arena_mod.roc(pos, neg)["tpr_at_0.01"] == max(t for f, t in zip(fpr, tpr, strict=True) if f <= 0.01)
     assert row["tpr_at_alpha"] == pytest.approx(1 / 3) and row["realised_fpr"] == 0.0
     assert row["fpr_resolution"] == 0.25 and row["positives"] == 3 and row["negatives"] == 4
 
@@ -75,6 +75,9 @@ method = "tafa"
 params = { n = 40, steps = 6, permutations = 200 }
 [[protections]]
 method = "akh"
+[[protections]]
+method = "lineage"
+params = { permutations = 2000 }
 [[attacks]]
 name = "finetune"
 params = { mode = "ftal", epochs = 1 }
@@ -142,7 +145,8 @@ def small_run(tmp_path_factory):
 def test_cli_arena_runs_and_its_numbers_are_those_of_the_database(small_run):
     out, payload, _ = small_run
     rows = {r["protection"]: r for r in payload["arena"]}
-    assert set(rows) == {"tafa", "akh"} and rows["akh"]["peer_baseline"] and not rows["tafa"]["peer_baseline"]
+    assert set(rows) == {"tafa", "akh", "lineage"} and rows["akh"]["peer_baseline"]
+    assert not rows["tafa"]["peer_baseline"]
     with Store(out / "results.sqlite") as s:
         cells, negs = s.cells(), s.negatives()
     assert {n["negative"] for n in negs} >= {"student-of-mlp#0@split0#0", "cnn#1@split1"}
@@ -151,6 +155,9 @@ def test_cli_arena_runs_and_its_numbers_are_those_of_the_database(small_run):
                and c["attacked_acc"] >= c["owner_acc"] - 0.05]
         neg = [n for n in negs if n["protection"] == prot and n["status"] == "ok"]
         assert r["positives"] == len(pos) and r["negatives"] == len(neg) == 4
+        if prot == "lineage":  # keyless: every weight-derived copy (the knockoff student is not) at 1e-6
+            assert {c["attack_name"] for c in pos if c["owned"]} == {"none", "finetune", "prune"}
+            assert not any(n["owned"] for n in neg)
         assert r["auc"] == pytest.approx(roc_auc_score([1] * len(pos) + [0] * len(neg),
                                                        [c["score"] for c in pos] + [n["score"] for n in neg]))
     assert rows["akh"]["score_only"] and rows["akh"]["tpr_at_alpha"] == 0.0

@@ -254,3 +254,35 @@ def test_monte_carlo_pvalue_stops_early_and_keeps_its_floor():
     assert stats.sign_test(10, 0) == pytest.approx(2**-10) and stats.sign_test(0, 0) == 1.0
     assert stats.intersection_union([1e-9, 0.2]) == 0.2
     assert stats.matching_agreement_bound(3, 10, 10) == pytest.approx(1 / 6)
+
+
+# ------------------------------------------------------------- the lineage test as a method (bench, arena)
+def test_lineage_method_owns_copies_and_no_independent_of_either_architecture(owner, digits):
+    from modelseal.attacks import get as attack
+
+    data, (arch, model) = digits, owner
+    key = ms.methods.get("lineage")().extract(model, data.meta)
+    key = ms.Key.from_bytes(key.to_bytes())  # what the bench stores and reads back
+    copies = {"ftal": attack("finetune")(mode="ftal", epochs=1, seed=0).apply(model, data.attacker),
+              "permuted": attack("permute")(seed=0).apply(model, data.attacker)}
+    for name, m in copies.items():
+        v = ms.verify(m, key, permutations=2000)
+        assert v.owned and v.p_value <= 1e-6, (arch, name, v.p_value)
+    for other_arch, seed in (("mlp", 71), ("cnn", 72)):
+        other = _trained(data, other_arch, seed, data.attacker, epochs=3)
+        v = ms.verify(other, key, permutations=2000)
+        assert not v.owned and v.p_value > 1e-3, (arch, other_arch, v.p_value)
+
+
+def test_lineage_method_refuses_a_bad_snapshot_and_a_black_box_suspect(owner, digits):
+    import torch
+
+    from modelseal.errors import KeyFormatError, WhiteBoxRequired
+
+    data, (_, model) = digits, owner
+    key = ms.methods.get("lineage")().extract(model, data.meta)
+    bad = ms.Key("lineage", params=key.params, tensors={"owner": torch.zeros(3)}, signature=key.signature)
+    with pytest.raises(KeyFormatError, match="owner snapshot"):
+        ms.verify(model, bad)
+    with pytest.raises(WhiteBoxRequired):
+        ms.verify(Suspect(lambda x: model(x).detach(), input_shape=tuple(data.meta.input_shape)), key)

@@ -54,6 +54,7 @@ _MODULES = {
     "ipguard": "modelseal.methods.ipguard",
     "modeldiff": "modelseal.methods.modeldiff",
     "sac": "modelseal.methods.sac",
+    "lineage": "modelseal.methods.lineage_ref",
 }
 _TABLE: Registry[type[Method]] = Registry(_MODULES)
 _REGISTRY, _BUILTIN = _TABLE.classes, _TABLE.builtin  # the registered classes; the names that ship with modelseal
