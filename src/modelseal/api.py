@@ -13,11 +13,11 @@ from typing import Any, NamedTuple, cast
 
 from torch import nn
 
-from . import methods, stats, validate
+from . import methods, validate
 from .errors import ModelSealError
 from .keys import Key
 from .suspect import Suspect, as_suspect
-from .verdict import DEFAULT_ALPHA, Verdict
+from .verdict import DEFAULT_ALPHA, Verdict, fuse
 
 FUSION_RULE = "Holm-Bonferroni (valid under any dependence between the tests)"
 
@@ -73,23 +73,8 @@ def _fused(suspect: Any, keys: list, commitments: Any, evidences: Any, force: bo
         # each key is judged at the fused alpha; its own method's other parameters pass through when it takes them
         params = {p: v for p, v in verifier.items() if p in cast(Any, methods.info(k.method).cls).verify_params}
         verdicts.append(verify(s, k, commitment=c, evidence=e, force=force, **params))
-    judged = [v for v in verdicts if v.judged]
-    adjusted = stats.holm([v.p_value for v in judged]) if judged else []
-    p = min(adjusted) if adjusted else 1.0
-    owned = bool(judged) and p <= alpha
-    details = {"rule": FUSION_RULE, "keys": n, "judged": len(judged),
-               "verdicts": [v.to_dict() for v in verdicts],
-               "adjusted_p_values": adjusted}
-    if not judged:
-        details["not_judged"] = "none of the keys could judge this suspect"
-    return Verdict("fused", owned=owned, score=-_log10(p), threshold=-_log10(alpha), p_value=p, alpha=alpha,
-                   queries=sum(v.queries for v in verdicts), details=details, judged=bool(judged))
-
-
-def _log10(p: float) -> float:
-    import math
-
-    return math.log10(max(p, 1e-300))
+    return fuse(verdicts, alpha, method="fused", rule=FUSION_RULE,
+                none_judged="none of the keys could judge this suspect", keys=n)
 
 
 def trace(suspect: Suspect | nn.Module | str, key: Key | str, **kw: Any) -> Verdict:
