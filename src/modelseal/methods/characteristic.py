@@ -239,6 +239,36 @@ def _grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
     return g, tgt - other
 
 
+def _fast_layout(model: nn.Module, spec: InputSpec) -> nn.Module:
+    """A frozen channels-last copy of `model` for the descent steps when it has 4-D (convolution) weights and
+    gives the same outputs as `model` on a probe batch; otherwise `model` itself.
+
+    Same function, other memory layout: on the CPU the channels-last max-pooling and first-convolution kernels
+    are several times faster (measured on the mnist5k CNN, one thread, batch 120: a forward/input-backward
+    step 50 -> 33 ms). A model whose forward depends on the layout (e.g. `.view` on a permuted tensor) raises
+    or answers differently on the probe and keeps its own layout."""
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return model
+    work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    for p in work.parameters():
+        p.requires_grad_(False)
+    lo, hi = spec.bounds
+    probe = lo + (hi - lo) * torch.rand((4, *spec.shape), generator=torch.Generator().manual_seed(0))
+    probe = probe.to(model_device(model))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want, got = model(probe).float(), work(probe).float()
+    except RuntimeError:
+        return model
+    finally:
+        model.train(was)
+    if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-4 * (1 + float(want.abs().max()))):
+        return model
+    return work
+
+
 def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return predict(model, x).reshape(len(x), -1).argmax(1)
 
@@ -353,7 +383,9 @@ class CharacteristicExamples(Fingerprint):
 
         refs = self._extraction_references(model, signature)
         gen = torch.Generator().manual_seed(int(self.seed))
-        copies = self._noisy_copies(model) if self.variant in ("rc", "ltrc") or refs else []
+        work = _fast_layout(model, spec)
+        copies = self._noisy_copies(work) if self.variant in ("rc", "ltrc") or refs else []
+        away = [_fast_layout(m.module, spec) for m, _ in refs if m.module is not None]
         xs: list[torch.Tensor] = []
         ts: list[torch.Tensor] = []
         kept, tried, rounds = 0, 0, 0
@@ -370,8 +402,8 @@ class CharacteristicExamples(Fingerprint):
                 want = min(int(math.ceil(1.2 * (self.n - kept) / rate)), 20 * int(self.n))
                 need = (quota - per_class).clamp_min(0).float() if refs else None
                 x, t, ok = self._generate(model, spec, classes, want, gen, copies, need,
-                                          [m.module for m, _ in refs if m.module is not None],
-                                          enough=None if refs else int(self.n) - kept)
+                                          away,
+                                          enough=None if refs else int(self.n) - kept, work=work)
                 if refs:
                     ok = ok & self._conferrable(x, t, copies, refs)
                     for i in ok.nonzero().flatten().tolist():
@@ -464,7 +496,7 @@ class CharacteristicExamples(Fingerprint):
 
     def _generate(self, model: nn.Module, spec: InputSpec, num_classes: int, count: int,
                   gen: torch.Generator, copies: list[nn.Module], need: torch.Tensor | None = None,
-                  away: Sequence[nn.Module] = (), enough: int | None = None
+                  away: Sequence[nn.Module] = (), enough: int | None = None, work: nn.Module | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`count` starts driven towards their targets in batches; returns (examples, targets, kept).
 
@@ -498,7 +530,7 @@ class CharacteristicExamples(Fingerprint):
         tol = max(float(self.margin) / 20, 1e-3)  # the least growth of the lead that counts as progress
         was = model.training
         model.eval()
-        nets = copies if robust else [model]
+        nets = copies if robust else [model if work is None else work]
         m_count = len(nets)
         try:
             for i in range(0, count, self.batch_size):
