@@ -249,7 +249,7 @@ def _fast_layout(model: nn.Module, spec: InputSpec) -> nn.Module:
     or answers differently on the probe and keeps its own layout."""
     if not any(p.dim() == 4 for p in model.parameters()):
         return model
-    work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs omit it
     for p in work.parameters():
         p.requires_grad_(False)
     lo, hi = spec.bounds
