@@ -86,6 +86,7 @@ model accused.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -119,19 +120,28 @@ def high_pass(d: torch.Tensor, radius: float) -> torch.Tensor:
     """Zero the frequencies of a batch of perturbations `d` closer than `radius` * Nyquist to DC: 2-D over
     the last two dims for images (N, [C,] H, W), 1-D over the features for tabular inputs (N, D).
 
+    The mask depends only on |frequency|, so it is symmetric and the real-input transforms (rfft) give the
+    same result as the full complex ones at half the work; the mask is made once per shape (cached).
     An empty batch is returned as is: the FFT libraries reject zero-sized transforms (MKL: "Inconsistent
     configuration parameters"), and an empty batch happens whenever every example of a step is done."""
     if d.numel() == 0:
         return d.clone()
     if d.dim() <= 2:  # tabular: (N, D); a 2-D transform would mix the examples of the batch
-        f = torch.fft.fftfreq(d.shape[-1], device=d.device).abs() / 0.5
-        return torch.fft.ifft(torch.fft.fft(d) * (f >= radius).to(d.dtype)).real.to(d.dtype)
+        n = d.shape[-1]
+        mask = _high_pass_mask(1, n, float(radius)).to(d.device, d.dtype)[0]
+        return torch.fft.irfft(torch.fft.rfft(d) * mask, n=n).to(d.dtype)
     h, w = d.shape[-2], d.shape[-1]
-    fy = torch.fft.fftfreq(h, device=d.device).abs() / 0.5
-    fx = torch.fft.fftfreq(w, device=d.device).abs() / 0.5
-    dist = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-    mask = (dist >= radius).to(d.dtype)
-    return torch.fft.ifft2(torch.fft.fft2(d.contiguous()) * mask).real.to(d.dtype)
+    mask = _high_pass_mask(h, w, float(radius)).to(d.device, d.dtype)
+    return torch.fft.irfft2(torch.fft.rfft2(d.contiguous()) * mask, s=(h, w)).to(d.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _high_pass_mask(h: int, w: int, radius: float) -> torch.Tensor:
+    """1 where a frequency of an h x w rfft2 spectrum (w // 2 + 1 columns) is at least `radius` * Nyquist
+    from DC (h = 1: a 1-D spectrum), else 0."""
+    fy = torch.fft.fftfreq(h).abs() / 0.5 if h > 1 else torch.zeros(1)
+    fx = torch.fft.rfftfreq(w) / 0.5
+    return (torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) >= radius).float()
 
 
 def null_tail(matches: int, n: int, null: dict[str, Any]) -> float:
