@@ -17,9 +17,18 @@ Where modelseal deviates from (or fixes what the paper leaves open), and why:
   gradient (cycling) and follows the sign of the sum of every copy's latest gradient, so a step costs one
   forward/backward instead of M (before this change the copies were re-drawn M times per step: RC and LTRC
   extraction took 16x and 42x one training epoch of 2,048 images on the mnist5k CNN).
-- Speed (issue 29; benchmarks/c_examples.py, n = 100 on the mnist5k CNN, as a ratio to one training epoch of
-  2,048 images in the same run, a shared machine under heavy load). Before: C 3.31, RC 3.65, LTRC 11.29. At
-  the defaults now: C 3.22, RC 3.20, LTRC 3.88 — the <= 2-epoch goal is NOT met at the defaults. With
+- Speed (issue 29; benchmarks/c_examples.py --timing, n = 100 on the mnist5k CNN, as a ratio to one training
+  epoch of 2,048 images in the same run, one thread). Earlier rounds: C 3.31, RC 3.65, LTRC 11.29, then C 3.22,
+  RC 3.20, LTRC 3.88 (cold: the first extraction also paid about 1 s of one-off imports). Both sides warm, one
+  session on a shared 2-core machine, before -> after the channels-last descent copy (`_fast_layout`) and the
+  rfft filter: C 3.56 -> 2.49, RC 4.42 -> 3.13, LTRC 7.63 -> 6.21 — the <= 2-epoch goal is NOT met at the
+  defaults. Why: a step is a forward and an input-gradient backward per example, including the gradient
+  through the first convolution (a quarter of the step; training never computes it), so an example-step costs
+  about one training example (0.24-0.30 ms vs 0.25 ms here, unloaded), and the defaults take 5.7 k (C), 7.2 k
+  (RC) and 10.9 k (LTRC, two rounds) example-steps. Fewer example-steps would change which examples are kept:
+  measured on the test owner (300 LTRC starts), examples first labelled as targeted only after 80-100 steps
+  transfer to 0.25-0.36 of 5 independents vs about 0.6 for the faster ones (RC: 0.60 vs 0.72-0.81; C: none), so the
+  round cut that drops the slowest starts raises LTRC's transfer rather than lowering it. With
   `step_size=0.04`: C 0.71 / 0.29, RC 0.93 / 0.50, LTRC 1.79 / 1.05 (two runs) — met, but larger steps make
   plain keys transfer more: on digits (CNN owner, C, n = 30, 30 steps) two independent models match
   0.3 / 0.5 of the examples at step 0.005, 0.57 / 0.7 at 0.01, 0.83 / 0.93 at 0.04, and the owner is no
@@ -259,7 +268,8 @@ def _fast_layout(model: nn.Module, spec: InputSpec) -> nn.Module:
     or answers differently on the probe and keeps its own layout."""
     if not any(p.dim() == 4 for p in model.parameters()):
         return model
-    work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs omit it
+    # the torch stubs omit Module.to(memory_format=...)
+    work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for p in work.parameters():
         p.requires_grad_(False)
     lo, hi = spec.bounds
