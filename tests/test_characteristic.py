@@ -280,3 +280,34 @@ def test_extraction_references_are_refused_as_verifier_references(digits_owner, 
         CE(variant="c", n=5, extraction_references=[owner]).extract(owner, d.meta)
     with pytest.raises(ModelSealError, match="max_transfer"):
         CE(variant="c", n=5, max_transfer=1.5).extract(owner, d.meta)
+
+
+def test_descent_runs_on_a_channels_last_copy_only_when_it_answers_the_same(owner, mnist):
+    from modelseal.methods.characteristic import _fast_layout
+
+    spec = ms.data.as_input_spec(mnist.meta)
+    work = _fast_layout(owner, spec)
+    assert work is not owner and next(owner.parameters()).requires_grad
+    conv = [p for p in work.parameters() if p.dim() == 4]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
+    assert all(p.is_contiguous() for p in owner.parameters())  # the owner's own layout is left alone
+    x = torch.rand(8, *spec.shape)
+    with torch.no_grad():
+        assert torch.allclose(work(x), owner(x), atol=1e-5)
+
+    class Viewing(nn.Module):  # .view after a convolution fails on channels-last activations
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 28 * 28, 10)
+
+        def forward(self, x):
+            h = self.conv(x.reshape(-1, 1, 28, 28))
+            return self.fc(h.view(len(h), -1))
+
+    viewing = Viewing()
+    assert _fast_layout(viewing, spec) is viewing
+    mlp = ms.models.build("mlp", mnist.meta, seed=0)
+    assert _fast_layout(mlp, spec) is mlp  # no convolution: nothing to gain
+    key = CE(variant="c", n=3, steps=60, step_size=0.02).extract(viewing, spec)
+    assert len(key.tensors["examples"]) >= 1
