@@ -76,6 +76,12 @@ params = { n = 40, steps = 6, permutations = 200 }
 [[protections]]
 method = "akh"
 [[protections]]
+method = "ipguard"
+[[protections]]
+method = "modeldiff"
+[[protections]]
+method = "sac"
+[[protections]]
 method = "lineage"
 params = { permutations = 2000 }
 [[attacks]]
@@ -145,7 +151,9 @@ def small_run(tmp_path_factory):
 def test_cli_arena_runs_and_its_numbers_are_those_of_the_database(small_run):
     out, payload, _ = small_run
     rows = {r["protection"]: r for r in payload["arena"]}
-    assert set(rows) == {"tafa", "akh", "lineage"} and rows["akh"]["peer_baseline"]
+    # every peer baseline runs through protect -> score -> arena and report like the protections
+    assert set(rows) == {"tafa", "akh", "ipguard", "modeldiff", "sac", "lineage"}
+    assert all(rows[b]["peer_baseline"] and rows[b]["score_only"] for b in ("akh", "ipguard", "modeldiff", "sac"))
     assert not rows["tafa"]["peer_baseline"]
     with Store(out / "results.sqlite") as s:
         cells, negs = s.cells(), s.negatives()
@@ -161,6 +169,7 @@ def test_cli_arena_runs_and_its_numbers_are_those_of_the_database(small_run):
         assert r["auc"] == pytest.approx(roc_auc_score([1] * len(pos) + [0] * len(neg),
                                                        [c["score"] for c in pos] + [n["score"] for n in neg]))
     assert rows["akh"]["score_only"] and rows["akh"]["tpr_at_alpha"] == 0.0
+    assert all(rows[b]["auc"] is not None for b in rows)
     html = (out / "report.html").read_text()
     assert "id='arena'" in html and "id='arena-table'" in html and "ROC curves" in html
 
