@@ -48,9 +48,10 @@ def test_report_renders_in_headless_chromium(browser, tmp_path):
     browser.get(page.as_uri())
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt]);")
-    assert len(images) == 3
+    assert len(images) == 4
     for complete, width, height, alt in images:
         assert complete and width >= 900 and height > 100, (alt, width, height)
+    assert any("ROC curves" in alt for *_, alt in images)
     headline = browser.find_element("id", "headline-table")
     assert headline.is_displayed()
     rect = browser.execute_script(
@@ -61,6 +62,12 @@ def test_report_renders_in_headless_chromium(browser, tmp_path):
     rows = headline.find_elements("tag name", "tr")
     assert len(rows) == 1 + 4  # header + one row per protection
     assert "removed by 1 of 3 attacks" in headline.text and "prune (amount=0.6)" in headline.text
+    # the arena section: its table renders with one row per judged protection (locks have no ROC)
+    arena = browser.find_element("id", "arena-table")
+    browser.execute_script("arguments[0].scrollIntoView();", arena)
+    assert arena.is_displayed() and "ROC AUC" in arena.text and "TPR at 1% FPR" in arena.text
+    assert len(arena.find_elements("tag name", "tr")) == 1 + 3
+    browser.execute_script("window.scrollTo(0, 0);")
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     # the whole page too, for a person to look at
