@@ -192,3 +192,13 @@ def test_attacks_shared_by_fingerprints_give_the_rows_they_give_without_the_cach
     driver.run(scenario.load(toml), tmp_path / "nocache")
     assert driver.rows_for_comparison(out / "results.sqlite") == \
         driver.rows_for_comparison(tmp_path / "nocache" / "results.sqlite")
+
+
+def test_a_method_that_judges_some_models_is_not_score_only():
+    judged = [_cell(0.9, owned=True), _cell(0.8, owned=True, attack="ftal")]
+    unjudged = {**_neg(0.0), "detail": {"not_judged": "another architecture"}}
+    (row,) = arena_mod.arena(judged, [_neg(0.1), unjudged])
+    assert not row["score_only"] and row["tpr_at_alpha"] == 1.0
+    nothing = [{**_cell(0.5), "detail": {"not_judged": "no references"}}]
+    (row,) = arena_mod.arena(nothing, [unjudged])
+    assert row["score_only"]

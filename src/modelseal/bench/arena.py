@@ -136,8 +136,9 @@ def arena(cells: list[Row], negatives: list[Row], artifacts: list[Row] | None = 
                     "protect_s": mean(protect_s.get(prot, [])),
                     "verify_queries": mean([r["queries"] for r in pos + neg if r.get("queries") is not None]),
                     "cheapest_removal": cheapest.get(prot),
-                    "score_only": any(bool((r.get("detail") or {}).get("score_only")
-                                           or (r.get("detail") or {}).get("not_judged")) for r in pos + neg),
+                    # never accuses: a score-only verdict, or a method that judged none of these models
+                    "score_only": (any(bool((r.get("detail") or {}).get("score_only")) for r in pos + neg)
+                                   or all(bool((r.get("detail") or {}).get("not_judged")) for r in pos + neg)),
                     "auc": None, "fpr": [], "tpr": [], **{f"tpr_at_{f:g}": None for f in FPR_POINTS}}
         if pos and neg:
             row.update(roc(*ranked_scores(pos, neg)))

@@ -130,6 +130,17 @@ def _job_env(seed: int, threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+ATTACK_SEED_OFFSET = 7_777_777
+
+
+def attack_seed(cell_seed: int) -> int:
+    """The seed an attack of a cell runs with: the cell's seed moved far from the seeds owners and negatives are
+    built with (0, 1000+, 2000+, 3000+), so that a student the attack trains (knockoff, distill) never starts
+    from the owner's initialisation: a shared initialisation is lineage (methods/tafa.py, modelseal.lineage),
+    and a thief does not know the owner's seed."""
+    return (int(cell_seed) + ATTACK_SEED_OFFSET) % (2**31 - 1)
+
+
 def _job_env_seed(seed: int) -> None:
     from ..runtime import seed_everything
 
@@ -332,7 +343,7 @@ def job_cell(job: CellJob) -> dict[str, Any]:
             mi = methods.info(job.protection.method)
             copies = [model_from_bytes(b).to(dev) for b in _value(job.models)]
             make: Any = None if job.attack.attack == "none" else attacks.get(job.attack.attack)
-            attack = None if make is None else make(**job.attack.params, seed=job.seed)
+            attack = None if make is None else make(**job.attack.params, seed=attack_seed(job.seed))
             reason = _skip_reason(attack, mi.access, mi.family, len(copies), job.protection.method)
             if reason is not None:
                 return {**row, "status": "skipped", "wall_s": time.perf_counter() - t0, "detail": {"reason": reason}}
