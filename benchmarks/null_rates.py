@@ -263,6 +263,7 @@ def main() -> None:
         judged_ids: set[str] = set()
         for alpha in alphas:
             judged, verdicts, accused, per_key, nj, pmin, floor = set(), 0, [], [0] * len(key_seeds), 0, 1.0, None
+            same_init_found: list[dict[str, Any]] = []
             for ki, done in enumerate(protected[name]):
                 for m in independent:
                     try:
@@ -281,7 +282,11 @@ def main() -> None:
                     verdicts += 1
                     pmin = min(pmin, v.p_value)
                     floor = v.details.get("p_floor", floor)
-                    if v.owned:
+                    if v.owned and cls.shared_init_is_derived and m["variant"].endswith("-same-init"):
+                        # under this method's null (independent initialisation) a model trained from the owner's
+                        # initial weights is derived: found, not falsely accused
+                        same_init_found.append({"model": m["id"], "key_seed": key_seeds[ki], "p_value": v.p_value})
+                    elif v.owned:
                         per_key[ki] += 1
                         accused.append({"model": m["id"], "variant": m["variant"], "seed": m["seed"],
                                         "key_seed": key_seeds[ki], "p_value": v.p_value,
@@ -294,6 +299,7 @@ def main() -> None:
                 "rate": (k / verdicts) if verdicts else None, "upper95": upper95(k, verdicts),
                 "accused_per_key": per_key, "models_accused": len({a["model"] for a in accused}),
                 "not_judged": nj, "min_p_value": pmin if verdicts else None, "accused_models": accused,
+                **({"same_init_found_as_derived": same_init_found} if cls.shared_init_is_derived else {}),
                 **({"p_floor": floor, "alpha_reachable": floor <= alpha} if floor is not None else {})}
             if alpha == DEFAULT_ALPHA:
                 total_false_default += k

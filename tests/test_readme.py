@@ -168,6 +168,8 @@ HELP_NOT_RUN = {
     "modelseal bench arena --out arena-run": "minutes (tests/test_arena.py runs `bench arena` on a small scenario)",
     "modelseal bench arena my.toml --out arena-run --backend ray": "needs the user's scenario file, and Ray",
     "modelseal bench arena --out arena-run --report arena.html --force --json": "minutes",
+    "modelseal lineage owner.safetensors pruned.safetensors --references verifier-refs --json":
+        "needs a reference pool (tests/test_references.py makes one; tests/test_lineage.py runs lineage)",
     "modelseal bench report run/results.sqlite --out report.html": "needs a bench run",
     "modelseal bench report run/results.sqlite --out report.html --force": "needs a bench run",
     "modelseal serve marked.safetensors --port 8080": "serves until stopped",

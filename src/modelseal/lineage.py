@@ -59,8 +59,9 @@ Three parts, each a `Verdict`, fused with Holm-Bonferroni (valid under any depen
 Deviations from Zhu et al.: their statistics are on LLM MLP blocks (gate/up projections; robust test from two
 matchings with Spearman's correlation and Fisher's combination); here the exact statistic uses the first and
 last hidden layers of a Conv/Linear chain, the robust one forward/backward matchings with an agreement count
-judged against a conservative Binomial(M, rho0) null (calibrated empirically, above). The Monte Carlo p-value can reach 1/(T + 1): T = 10^6 (default) lets the exact part alone
-reach the default alpha 1e-6 only with T >= 999,999.
+judged against a conservative Binomial(M, rho0) null (calibrated empirically, above). The Monte Carlo p-value
+can reach 1/(T + 1): the exact part alone reaches the default alpha 1e-6 only with T >= 999,999 (the default
+T = 10^6).
 """
 
 from __future__ import annotations

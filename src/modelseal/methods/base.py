@@ -19,6 +19,9 @@ Hooks with their defaults (a method overrides the ones it needs; consumers call 
   suspect; a method without them writes no evidence (`writes_evidence()` is False);
 - `evidence_not_proved`: what a check of this method's evidence cannot show;
 - `score_is_match_rate`: the Verdict score is a match rate (the bench report gives the Uniqueness Score);
+- `shared_init_is_derived`: the method's null is independent *initialisation* (the keyless lineage test), so a
+  model trained from the owner's initial weights is derived, not independent: a benchmark of false
+  accusations reports such models apart (`benchmarks/null_rates.py`);
 - `peer_baseline`: a peer fingerprint from the literature (AKH, IPGuard, ModelDiff, SAC-m) kept to compare the
   protections against (scored in the bench and the arena), not one of the protections `modelseal demo` shows.
 """
@@ -49,6 +52,7 @@ class Method(schema.Configurable):
     key_tensors: ClassVar[tuple[str, ...]] = ()
     score_is_match_rate: ClassVar[bool] = False
     peer_baseline: ClassVar[bool] = False
+    shared_init_is_derived: ClassVar[bool] = False
     evidence_not_proved: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ the verifier's rule

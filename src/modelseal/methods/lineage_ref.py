@@ -49,6 +49,7 @@ class LineageReference(Fingerprint):
                            "draws are the verifier's, seeded by the verifier)")
 
     peer_baseline: ClassVar[bool] = True
+    shared_init_is_derived: ClassVar[bool] = True
     key_tensors = ("owner",)
     verify_params = verifier(
         references=vparam(None, REFERENCES_MEANING + " (black-box part)", "list | str | None"),
