@@ -25,7 +25,10 @@ SMALL = {"akh": {}, "ipguard": {"n": 40, "steps": 150}, "modeldiff": {"n": 60}, 
 
 @pytest.fixture(scope="module")
 def zoo():
-    """A digits CNN owner, its copy fine-tuned on the attacker split, and four independents (2 CNN, 2 MLP)."""
+    """A digits CNN owner, its copy fine-tuned on the attacker split, and four independents (2 CNN, 2 MLP).
+    One torch thread while this module runs; the suite's setting comes back after it (a later test compares
+    a served model's outputs bit for bit with this process's, which needs the same thread count)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     d = ms.data.load("digits", seed=0)
     owner = ms.models.build("cnn", d.meta, seed=0)
@@ -37,7 +40,8 @@ def zoo():
         m = ms.models.build(arch, d.meta, seed=seed)
         ms.train.fit(m, d.attacker, epochs=10, seed=seed, progress=False)
         independents.append(m)
-    return {"data": d, "owner": owner, "tuned": tuned, "independents": independents, "keys": {}}
+    yield {"data": d, "owner": owner, "tuned": tuned, "independents": independents, "keys": {}}
+    torch.set_num_threads(before)
 
 
 def _key(zoo, name):

@@ -1044,8 +1044,10 @@ def test_sigint_or_sigterm_mid_write_leaves_no_partial_file(ws, tmp_path):
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(ms.__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
+    # a shell that starts a job in the background without job control (`cmd &`) starts it with SIGINT ignored,
+    # and children inherit that: give the interrupted processes the default disposition, as in a terminal
     r = subprocess.run([sys.executable, str(script), str(out), str(ws["m"])], capture_output=True, text=True,
-                       timeout=300, env=env)
+                       timeout=300, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.returncode == 0, r.stderr[-2000:]
     codes = json.loads(r.stdout.strip().splitlines()[-1])
     assert codes == {"int-write": 130, "term-write": 143, "int-rename": 130}
