@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import validate
 from ..data import as_input_spec
 from ..errors import KeyFormatError, ModelError
 from ..keys import Key
@@ -91,5 +90,5 @@ class LineageReference(Fingerprint):
         if suspect.module is not None:
             owner.to(next(iter(suspect.module.parameters()), torch.empty(0)).device)
         return lineage(owner, suspect, rule.get("references"), alpha=rule["alpha"],
-                       permutations=validate.count("permutations", rule["permutations"], 1, 10_000_000),
+                       permutations=rule["permutations"],
                        aligned_null_rate=rule["aligned_null_rate"], queries=rule["queries"])
