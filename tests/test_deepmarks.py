@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import modelseal as ms
-from modelseal.errors import KeyMismatchError, ModelError, ModelSealError, WhiteBoxRequired
+from modelseal.errors import KeyIntegrityError, KeyMismatchError, ModelError, ModelSealError, WhiteBoxRequired
 from modelseal.keys import Key
 
 DeepMarks = ms.methods.get("deepmarks")
@@ -92,9 +92,16 @@ def test_key_for_another_architecture_is_refused(distributed, independent_models
 
 
 def test_key_naming_a_missing_layer_is_refused(distributed):
+    from modelseal import commitment
+    from modelseal.methods.deepmarks import derive_secrets, secrets_spec
+
     copies, key = distributed
-    bad = Key("deepmarks", params={**key.params, "layer": "nope"}, tensors=key.tensors,
-              signature=key.signature)
+    params = {**key.params, "layer": "nope"}
+    edited = Key("deepmarks", params=params, tensors=key.tensors, signature=key.signature)
+    with pytest.raises(KeyIntegrityError, match="secret X is not the one its committed nonce"):
+        ms.trace(copies[0], edited)  # the projection derives from the layer too
+    x, u = derive_secrets(commitment.nonce_of(key), secrets_spec(params, key.signature))
+    bad = Key("deepmarks", params=params, tensors={**key.tensors, "X": x, "U": u}, signature=key.signature)
     with pytest.raises(KeyMismatchError, match="no layer 'nope'"):
         ms.trace(copies[0], bad)
 

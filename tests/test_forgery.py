@@ -128,7 +128,9 @@ def test_the_committed_order_prefix_with_fabricated_answers_needs_the_suspect(wm
     commitment.save(wm.commitment, tmp_path / "pub.json")
     ms.models.save_model(innocents[0], model)
     r = CliRunner().invoke(app, ["check", str(path), "--commitment", str(tmp_path / "pub.json")])
-    assert r.exit_code == 0 and "not proved: which model gave these answers" in r.output, r.output
+    # the answers hold but no trusted time: exit 3, never 0
+    assert r.exit_code == 3 and "not proved: which model gave these answers" in r.output, r.output
+    assert "time not proven: 'created' is the owner's own statement" in r.output
     r = CliRunner().invoke(app, ["check", str(path), "--commitment", str(tmp_path / "pub.json"),
                                  "--suspect", str(model)])
     assert r.exit_code == 1 and "did not come from this suspect" in r.output, r.output
@@ -228,7 +230,7 @@ def test_c_examples_owned_at_the_verifiers_loose_alpha_is_not_owned_at_the_check
     r = CliRunner().invoke(app, ["check", str(path), "--commitment", str(tmp_path / "pub.json")])
     assert r.exit_code == 1 and "does NOT hold" in r.output, r.output
     r = CliRunner().invoke(app, ["check", str(path), "--commitment", str(tmp_path / "pub.json"), "--alpha", "0.5"])
-    assert r.exit_code == 0 and "holds" in r.output, r.output
+    assert r.exit_code == 3 and "holds" in r.output and "time not proven" in r.output, r.output
 
 
 def test_invented_references_beyond_verifys_bound_are_refused(cex):

@@ -65,8 +65,10 @@ def test_construction_checks_every_declared_number(kind, name):
 def test_choices_text_and_booleans_are_checked():
     with pytest.raises(ModelSealError, match="unknown mode 'sideways'; use one of pretrained, scratch"):
         methods.get("trigger-set")(mode="sideways")
-    with pytest.raises(ModelSealError, match="beacon must be text of at most 1024"):
-        methods.get("trigger-set")(beacon="x" * 2000)
+    with pytest.raises(ModelSealError, match="layer must be text of at most 256"):
+        methods.get("deepmarks")(layer="x" * 2000)
+    with pytest.raises(TypeError, match="beacon"):  # removed: a free-text beacon let labels be ground
+        methods.get("trigger-set")(beacon="x")
     with pytest.raises(AttackError, match="relative must be true or false"):
         attacks.get("noise")(relative="yes")
     with pytest.raises(AttackError, match="seed must be an integer"):

@@ -208,7 +208,7 @@ def test_check_cli_agrees_and_reports_tampering(keys8, tmp_path):
                                  str(tmp_path / "wm.public.json")])
     assert r.exit_code == 0 and "OWNED" in r.output, r.output
     r = CliRunner().invoke(app, ["check", str(tmp_path / "ev.json"), "--commitment", str(tmp_path / "wm.public.json")])
-    assert r.exit_code == 0 and "the evidence holds" in r.output, r.output
+    assert r.exit_code == 3 and "the evidence holds" in r.output and "time not proven" in r.output, r.output
     ev = json.loads((tmp_path / "ev.json").read_text())
     ev["result"]["p_value"] = 1e-30
     (tmp_path / "ev2.json").write_text(json.dumps(ev))

@@ -31,23 +31,25 @@ KeyLike = Key | str | os.PathLike
 
 def verify(suspect: Suspect | nn.Module | str, key: KeyLike | Sequence[KeyLike], *,
            commitment: Any = None, evidence: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-           force: bool = False, **verifier: Any) -> Verdict:
+           force: bool = False, timestamp: Any = None, tsa_certs: Any = None, **verifier: Any) -> Verdict:
     """Judge `suspect` with `key` through the judge verb of its method's family. Returns a Verdict.
 
     `verifier` holds the verifier's rule: `alpha` (default 1e-6) and the method's own test parameters
     (`modelseal methods NAME` lists them); a key never sets them. `commitment` (dict or path) must be
     opened by the key first. `evidence` writes the transcript a third party re-checks with
-    `modelseal check` (refuses to overwrite without `force`).
+    `modelseal check` (refuses to overwrite without `force`). `timestamp` (an RFC 3161 token over the
+    commitment; default PUBLIC.tsr beside a commitment path) and `tsa_certs` (the TSA certificates the
+    verifier trusts) give the verdict its time line (`details["time"]`, `Verdict.notes()`).
 
     Given a list of keys, every key judges the suspect and the result is one fused Verdict (method
     "fused") whose p-value is the Holm-Bonferroni minimum over the keys' p-values; `details["verdicts"]`
     holds each key's verdict. `commitment` and `evidence` are then lists, one entry per key (or None).
     """
     if isinstance(key, (list, tuple)):
-        return _fused(suspect, list(key), commitment, evidence, force, verifier)
+        return _fused(suspect, list(key), commitment, evidence, force, verifier, timestamp, tsa_certs)
     s = as_suspect(suspect)
     k = _key(cast("Key | str | os.PathLike", key))  # a list or tuple of keys went to _fused above
-    v = methods.judge(s, k, commitment=commitment, **verifier)
+    v = methods.judge(s, k, commitment=commitment, timestamp=timestamp, tsa_certs=tsa_certs, **verifier)
     if evidence is not None:
         from . import evidence as _evidence
 
@@ -57,22 +59,24 @@ def verify(suspect: Suspect | nn.Module | str, key: KeyLike | Sequence[KeyLike],
 
 
 def _fused(suspect: Any, keys: list, commitments: Any, evidences: Any, force: bool,
-           verifier: dict[str, Any]) -> Verdict:
+           verifier: dict[str, Any], timestamps: Any = None, tsa_certs: Any = None) -> Verdict:
     if not keys:
         raise ModelSealError("verify needs at least one key")
     n = len(keys)
     commitments = list(commitments) if isinstance(commitments, (list, tuple)) else [commitments] * n
     evidences = list(evidences) if isinstance(evidences, (list, tuple)) else [None] * n
-    if len(commitments) != n or len(evidences) != n:
+    timestamps = list(timestamps) if isinstance(timestamps, (list, tuple)) else [None] * n
+    if len(commitments) != n or len(evidences) != n or len(timestamps) != n:
         raise ModelSealError("give one commitment and one evidence path per key (or none)")
     alpha = validate.alpha(verifier.get("alpha", DEFAULT_ALPHA))
     s = as_suspect(suspect)
     loaded = [_key(k) for k in keys]
     verdicts = []
-    for k, c, e in zip(loaded, commitments, evidences, strict=True):
+    for k, c, e, t in zip(loaded, commitments, evidences, timestamps, strict=True):
         # each key is judged at the fused alpha; its own method's other parameters pass through when it takes them
         params = {p: v for p, v in verifier.items() if p in cast(Any, methods.info(k.method).cls).verify_params}
-        verdicts.append(verify(s, k, commitment=c, evidence=e, force=force, **params))
+        verdicts.append(verify(s, k, commitment=c, evidence=e, force=force, timestamp=t, tsa_certs=tsa_certs,
+                               **params))
     return fuse(verdicts, alpha, method="fused", rule=FUSION_RULE,
                 none_judged="none of the keys could judge this suspect", keys=n)
 

@@ -100,6 +100,10 @@ def _only(only: str | None) -> list[str] | None:
     if not names:
         raise ModelSealError("--only needs at least one method name, e.g. --only trigger-set,tafa")
     return names
+TsaCertOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--tsa-cert", help="a TSA certificate (PEM/DER) the checker trusts for RFC 3161 tokens; repeatable")]
+TimestampOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--timestamp", help="RFC 3161 token over the commitment (default: PUBLIC.tsr beside each --commitment)")]
 SecretSeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help="seed of the secret (default: a fresh random seed; the key records it)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON", metavar="")]
@@ -195,9 +199,15 @@ def _params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
+SEEDED_WARNING = ("--seed makes this secret reproducible: anyone who knows the seed can re-make the key (and its "
+                  "nonces); leave --seed out for a real key")
+
+
 def _secret_seed(seed: int | None) -> int:
-    """Keys are secrets derived from their seed: without --seed, draw a fresh one from the OS."""
+    """Keys are secrets derived from their seed: without --seed, draw a fresh one from the OS (`secrets`); with
+    it, say in one line that the key is only as secret as the seed."""
     if seed is not None:
+        err.print(f"[yellow]warning:[/] {SEEDED_WARNING}", soft_wrap=True, highlight=False)
         return seed
     import secrets
 
@@ -820,10 +830,12 @@ def verify(
     retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, input_name: InputNameOpt = None,
     output_name: OutputNameOpt = None,
     label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
-    arch: ArchOpt = None,
+    arch: ArchOpt = None, tsa_cert: TsaCertOpt = None, timestamp: TimestampOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0)."""
+    """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0). Each verdict
+    ends with its time line: proven only by an RFC 3161 token over its --commitment that verifies against a
+    --tsa-cert, else 'time not proven' ('created' is the owner's own statement)."""
     from .errors import KeyMismatchError
 
     s = None
@@ -836,6 +848,8 @@ def verify(
             raise ModelSealError(f"give one --commitment per key ({len(keys)}), got {len(commitment)}")
         if evidence and len(evidence) != len(keys):
             raise ModelSealError(f"give one --evidence per key ({len(keys)}), got {len(evidence)}")
+        if timestamp and (not commitment or len(timestamp) != len(keys)):
+            raise ModelSealError(f"give one --timestamp per key ({len(keys)}), each with its --commitment")
         check_outputs([(f"--evidence {i + 1}", e) for i, e in enumerate(evidence or [])], force,
                       inputs={**{f"KEY {i + 1}": k for i, k in enumerate(keys)}, "SUSPECT": Path(suspect),
                               **{f"--commitment {i + 1}": c for i, c in enumerate(commitment or [])}})
@@ -863,9 +877,11 @@ def verify(
         s = open_source(suspect, options, device=device, arch=arch, signature=sig)
         if len(keys) == 1:
             verdict = verify_fn(s, judges[0], commitment=commitment[0] if commitment else None,
-                                evidence=evidence[0] if evidence else None, force=force, **kw)
+                                evidence=evidence[0] if evidence else None, force=force,
+                                timestamp=timestamp[0] if timestamp else None, tsa_certs=tsa_cert, **kw)
         else:
-            verdict = verify_fn(s, judges, commitment=commitment, evidence=evidence, force=force, **kw)
+            verdict = verify_fn(s, judges, commitment=commitment, evidence=evidence, force=force,
+                                timestamp=timestamp, tsa_certs=tsa_cert, **kw)
     except KeyMismatchError as e:
         raise KeyMismatchError(f"{e}{_shape_hint(s, keys)}") from None
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
@@ -938,11 +954,14 @@ def _verdict_text(verdict) -> str:
                                                                  f" (not judged: {v['details'].get('not_judged')})"))
     if "verdicts" in verdict.details:
         lines.append(f"  combined by {verdict.details['rule']}")
+    lines += [f"  {line}" for line in verdict.notes()]
     return "\n".join(lines)
 
 
 @app.command(epilog=_examples("modelseal check ev.json --commitment wm.public.json",
                               "modelseal check ev.json --commitment wm.public.json --suspect marked.safetensors",
+                              "modelseal check ev.json --commitment wm.public.json --tsa-cert tsa-ca.pem "
+                              "--suspect-since 2026-06-01",
                               "modelseal check ev.json --commitment wm.public.json --alpha 1e-9 --json"))
 def check(
     evidence_path: Annotated[Path, typer.Argument(help="evidence file written by `verify --evidence`")],
@@ -954,6 +973,12 @@ def check(
     suspect: Annotated[Optional[str], typer.Option(
         help="the suspect (model file, .onnx file or http(s):// endpoint): re-ask it every recorded query and "
              "fail if any answer differs")] = None,
+    tsa_cert: TsaCertOpt = None,
+    timestamp: Annotated[Optional[Path], typer.Option(
+        help="RFC 3161 token over the commitment (default: PUBLIC.tsr beside --commitment)")] = None,
+    suspect_since: Annotated[Optional[str], typer.Option(
+        "--suspect-since", help="when the suspect was first seen (ISO 8601 date or date-time, UTC unless a zone "
+                                "is given): the commitment's trusted time must be earlier")] = None,
     token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
     device: DeviceOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
@@ -961,36 +986,47 @@ def check(
     check the transcript is the committed one (no query skipped, repeated or reordered), recompute the
     statistic and p-value, and judge the answers with the checker's alpha and test parameters (never the
     file's). Without --suspect this proves the arithmetic, not which model answered; with --suspect the
-    suspect is asked again. Exit 0 if the evidence's claim holds, 1 if not."""
+    suspect is asked again. Time: only an RFC 3161 token over the commitment, verified offline against a
+    --tsa-cert the checker trusts, proves the key existed before the suspect (--suspect-since); 'created' is
+    the owner's own statement. Exit 0 only if the whole claim holds, time included; 1 if the answers do not
+    hold; 3 if they hold but the time is not proven (a key ground after seeing the suspect looks the same);
+    4 if the time is proven but not before --suspect-since (or --suspect-since is missing); 2 on an error
+    (a bad, tampered, foreign or untrusted token included)."""
     from . import evidence as evidence_mod
+    from .timestamp import parse_since
 
     rule = _params(set_)
     if alpha is not None:
         rule["alpha"] = alpha
+    since = parse_since(suspect_since) if suspect_since is not None else None
     s = None
     if suspect is not None:
         from .sources import RemoteOptions
         from .suspect import open_source
 
         s = open_source(suspect, RemoteOptions(token_env=token_env, timeout=timeout), device=device)
-    report = evidence_mod.check(evidence_path, commitment, rule=rule, suspect=s)
+    report = evidence_mod.check(evidence_path, commitment, rule=rule, suspect=s, timestamp=timestamp,
+                                tsa_certs=tsa_cert, suspect_since=since)
 
     def human() -> None:
         c = report["checker"] or {}
         verdict = (f"owned = {c.get('owned')} (p = {c['p_value']:.3g})" if "p_value" in c else "no verdict")
         if report["agrees"]:
             out.print(f"{report['method']}: the evidence holds: {verdict} under the checker's rule "
-                      f"({evidence_mod._rule_text(report['rule'])})")
+                      f"({evidence_mod.rule_text(report['rule'])})")
         else:
             out.print(f"{report['method']}: the evidence does NOT hold:")
             for p in report["problems"]:
                 out.print(f"  - {p}")
+        out.print(f"  {report['time']['line']}")
+        out.print(f"  {report['order']['line']}")
         for line in report["not_proved"]:
             out.print(f"  not proved: {line}")
 
     _emit(as_json, report, human)
-    if not report["agrees"]:
-        raise typer.Exit(1)
+    code = evidence_mod.OUTCOMES[report["outcome"]]
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(epilog=_examples("modelseal commit wm.seal --out wm.public.json"))
@@ -1009,6 +1045,42 @@ def commit(
     key = Key.load(key_path)
     commitment_mod.save(method_registry.commit(key), out_path, force=force)
     _emit(as_json, {"commitment": str(out_path)}, lambda: out.print(f"commitment -> {out_path}"))
+
+
+@app.command("timestamp", epilog=_examples(
+    "modelseal timestamp wm.public.json --tsa http://127.0.0.1:3161/tsa",
+    "modelseal timestamp wm.public.json --tsa http://127.0.0.1:3161/tsa --tsa-cert tsa-ca.pem --json"))
+def timestamp_cmd(
+    commitment: Annotated[Path, typer.Argument(help="public commitment (JSON) to have stamped")],
+    tsa: Annotated[str, typer.Option("--tsa", help="URL of an RFC 3161 time-stamping authority (HTTP POST)")],
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="token file to write (default: PUBLIC.tsr beside the commitment)")] = None,
+    tsa_cert: TsaCertOpt = None, timeout: Annotated[float, typer.Option(help="seconds to wait for the TSA")] = 30.0,
+    as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Have a TSA stamp a commitment (RFC 3161): the token proves the commitment existed by the TSA's time, so
+    a key made after a suspect cannot claim to be older. Only the commitment's SHA-256 is sent. With
+    --tsa-cert the token is verified before it is written."""
+    from . import commitment as commitment_mod
+    from . import timestamp as ts_mod
+
+    if not tsa.startswith(("http://", "https://")):
+        raise ModelSealError(f"--tsa takes an http(s):// URL of an RFC 3161 time-stamping authority, not {tsa!r}")
+    target = out_path if out_path is not None else ts_mod.token_path(commitment)
+    check_writable(target, force)
+    check_distinct({"COMMITMENT": commitment, "--out": target})
+    if not 0 < timeout <= 3600:
+        raise ModelSealError(f"--timeout must be in (0, 3600] seconds, got {timeout}")
+    public = commitment_mod.load(commitment)
+    token = ts_mod.fetch(tsa, public, timeout=timeout)
+    proof = ts_mod.verify_token(token, public, ts_mod.as_certs(tsa_cert)) if tsa_cert else None
+    from .safeio import write_atomic
+
+    write_atomic(target, token, force)
+    payload: dict[str, Any] = {"token": str(target), "digest": ts_mod.commitment_digest(public).hex(),
+                               "verified": proof is not None, **({"time": proof.to_dict()} if proof else {})}
+    _emit(as_json, payload, lambda: out.print(
+        f"token -> {target}\n  " + (proof.line() if proof else "not verified here: check it with --tsa-cert")))
 
 
 # ---------------------------------------------------------------------------------------- lock/unlock

@@ -42,11 +42,16 @@ SECRET_PARAMS = ("seed",)
 MAX_BYTES = 64 * 1024 * 1024
 
 
+def nonce_for(method: str, seed: Any) -> bytes:
+    """The 32-byte commitment nonce of a `method` key made with `seed` (also the root secret that methods
+    derive their secret projections from, e.g. DeepMarks' X and U)."""
+    return hashlib.sha256(b"modelseal-commitment-nonce\0" + method.encode() + b"\0"
+                          + json.dumps(seed).encode()).digest()
+
+
 def nonce_of(key: Key) -> bytes:
     """The 32-byte commitment nonce of a key, derived from its seed and method."""
-    seed = key.params.get("seed", 0)
-    return hashlib.sha256(b"modelseal-commitment-nonce\0" + key.method.encode() + b"\0"
-                          + json.dumps(seed).encode()).digest()
+    return nonce_for(key.method, key.params.get("seed", 0))
 
 
 def tensor_digest(nonce: bytes, name: str, t: torch.Tensor, created: str) -> str:
@@ -87,7 +92,7 @@ def differences(key: Key, public: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if public["method"] != key.method:
         return [f"method: committed '{public['method']}', the key is '{key.method}'"]
-    for field in ("input_shape", "output_size"):
+    for field in ("input_shape", "output_size", "model_sha256"):
         if public["signature"].get(field) != key.signature.get(field):
             out.append(f"signature.{field}: committed {public['signature'].get(field)!r}, "
                        f"the key has {key.signature.get(field)!r}")

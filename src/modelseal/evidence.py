@@ -132,8 +132,12 @@ def _validate(ev: Any, source: str) -> None:
     _commitment.validate(ev["commitment"], f"{source} (its commitment)")
 
 
+OUTCOMES = {"proven": 0, "does-not-hold": 1, "time-not-proven": 3, "order-not-proven": 4}
+
+
 def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLike | dict[str, Any],
-          rule: dict[str, Any] | None = None, suspect: Any = None) -> dict[str, Any]:
+          rule: dict[str, Any] | None = None, suspect: Any = None, *, timestamp: Any = None,
+          tsa_certs: Any = None, suspect_since: Any = None) -> dict[str, Any]:
     """Re-check an evidence file against the owner's public commitment, under the checker's own rule.
 
     `rule` holds the checker's verifier parameters (alpha and the method's test parameters; every one not
@@ -144,9 +148,20 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
     rule. With `suspect` (a Suspect, module, path or URL) the suspect is asked the opened inputs again and
     every answer must equal the recorded one; without it, nothing shows which model gave the answers.
 
-    Returns a report: `agrees` (everything above holds), `problems`, `recorded`, `recomputed` (under the
-    recorded parameters), `checker` (the verdict under the checker's rule), `rule`, and `not_proved`
-    (what this check cannot show)."""
+    Time: `timestamp` (an RFC 3161 token over the commitment; default PUBLIC.tsr beside a commitment path),
+    verified offline against `tsa_certs` (the checker's trusted TSA certificates), proves when the commitment
+    existed; `suspect_since` (a date or datetime: when the suspect was first seen) must come after it. The
+    claim holds (`outcome` "proven") only when the answers hold, the time is proven and precedes
+    `suspect_since`; otherwise `outcome` is "does-not-hold", "time-not-proven" (the answers hold, but nothing
+    shows the key existed before the suspect: a key ground after seeing it would look the same) or
+    "order-not-proven" (stamped, but not before `suspect_since`, or no `suspect_since` given). `OUTCOMES` maps
+    each to `modelseal check`'s exit code.
+
+    Returns a report: `agrees` (the answers, openings and arithmetic hold), `outcome`, `time`, `problems`,
+    `recorded`, `recomputed` (under the recorded parameters), `checker` (the verdict under the checker's rule),
+    `rule`, and `not_proved` (what this check cannot show)."""
+    from . import timestamp as _timestamp
+
     ev = evidence if isinstance(evidence, dict) else load(evidence)
     if isinstance(evidence, dict):
         _validate(ev, "evidence")
@@ -175,6 +190,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
             missing = sorted(set(pub.get("tensors", {})) - set(opened))
             if missing:
                 raise KeyIntegrityError(f"the evidence does not open the committed tensor(s) {', '.join(missing)}")
+            problems += cls.check_opened(opened, nonce, pub)
     except KeyIntegrityError as e:
         problems.append(str(e))
     tr = dict(ev["transcript"])
@@ -210,7 +226,7 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
     if mine:
         if bool(result.get("owned")) and not bool(mine.get("owned")):
             problems.append(f"the evidence claims OWNED (alpha {result.get('alpha')!r}), but under the checker's "
-                            f"rule ({_rule_text(checker_rule)}) it is not owned: p = {mine.get('p_value'):.3g}")
+                            f"rule ({rule_text(checker_rule)}) it is not owned: p = {mine.get('p_value'):.3g}")
         if "accused" in mine and sorted(result.get("accused", [])) != sorted(mine["accused"]):
             problems.append(f"the evidence accuses {result.get('accused')}, the checker's rule "
                             f"{mine['accused']}")
@@ -220,11 +236,45 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
                              "the commitment; pass the suspect (check --suspect) to re-query it")
     else:
         problems += _requery(cls, suspect, opened, tr, pub, ev["suspect"])
-    return {"agrees": not problems, "method": method, "problems": problems,
+    if timestamp is None and not isinstance(public, dict):
+        beside = _timestamp.token_path(public)
+        timestamp = beside if beside.is_file() else None
+    time = _timestamp.status(pub, timestamp, _timestamp.as_certs(tsa_certs))
+    since = _timestamp.parse_since(suspect_since) if isinstance(suspect_since, str) else suspect_since
+    order = _order(time, since)
+    outcome = ("does-not-hold" if problems else "time-not-proven" if not time["proven"]
+               else "proven" if order["before"] else "order-not-proven")
+    return {"agrees": not problems, "outcome": outcome, "time": time, "order": order,
+            "method": method, "problems": problems,
             "recorded": result, "recomputed": jsonable(recomputed), "checker": jsonable(mine),
             "rule": jsonable(checker_rule), "not_proved": not_proved, "suspect": ev["suspect"],
             "verifier": verifier, "modelseal_version": ev.get("modelseal_version"),
             "suspect_requeried": suspect is not None}
+
+
+def _order(time: dict[str, Any], since: Any) -> dict[str, Any]:
+    """Whether the proven time precedes the time the suspect was first seen, with its one line."""
+    import datetime as _dt
+
+    if since is not None and not isinstance(since, _dt.datetime):
+        raise ModelSealError(f"suspect_since must be a datetime or an ISO 8601 text, not {type(since).__name__}")
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=_dt.timezone.utc)
+    shown = since.isoformat() if since is not None else None
+    if not time.get("proven"):
+        return {"before": False, "suspect_since": shown,
+                "line": "order not proven: no trusted time shows the key existed before the suspect"}
+    stamped = _dt.datetime.fromisoformat(time["time"])
+    if since is None:
+        return {"before": False, "suspect_since": None,
+                "line": "order not proven: give the time the suspect was first seen (--suspect-since) to compare"}
+    if stamped < since:
+        return {"before": True, "suspect_since": shown,
+                "line": f"order: the commitment existed by {stamped.isoformat()}, before the suspect was first "
+                        f"seen ({shown})"}
+    return {"before": False, "suspect_since": shown,
+            "line": f"order not proven: the commitment was stamped at {stamped.isoformat()}, not before the "
+                    f"suspect was first seen ({shown}); the key could have been made for the suspect"}
 
 
 def _checker_rule(cls: Any, rule: dict[str, Any] | None) -> dict[str, Any]:
@@ -239,7 +289,7 @@ def _checker_rule(cls: Any, rule: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in merged.items() if k in allowed}
 
 
-def _rule_text(rule: dict[str, Any]) -> str:
+def rule_text(rule: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v!r}" if not isinstance(v, float) else f"{k} {v:g}" for k, v in sorted(rule.items())
                      if v is not None)
 

@@ -400,7 +400,16 @@ def lineage(owner: nn.Module, suspect: Any, references: Any = None, *, inputs: t
         test = Lineage(**rule)
     except TypeError as e:
         raise LineageError(f"bad lineage parameter: {e}") from None
-    return test.judge(owner, suspect, references, inputs)
+    from .timestamp import not_proven
+    from .verdict import RELATED
+
+    v = test.judge(owner, suspect, references, inputs)
+    # two model files carry no trusted time: which came first needs timestamped commitments of them (a lineage
+    # snapshot key: `fingerprint extract --method lineage`, `commit`, `timestamp`, then `verify --commitment`)
+    v.details["time"] = not_proven("the keyless test compares two model files; neither carries a trusted time")
+    if v.owned:
+        v.details["relatedness"] = RELATED
+    return v
 
 
 def _owner_input(owner: nn.Module, inputs: torch.Tensor | None) -> tuple[tuple[int, ...], tuple[float, float]]:

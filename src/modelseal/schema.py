@@ -58,6 +58,7 @@ class Spec:
     choices: tuple[str, ...] | None = None
     max_len: int = MAX_TEXT
     name: str = ""
+    fresh: bool = False  # None means: draw a fresh value from the OS at construction (secret seeds)
 
     @property
     def base(self) -> str:
@@ -156,6 +157,15 @@ def seed_param(meaning: str = "random seed (deterministic given it)", role: str 
     return param(0, meaning, lo=0, hi=hi, role=role)
 
 
+def secret_seed_param(meaning: str, hi: int = MAX_SEED) -> Any:
+    """The seed a key's secrets derive from. Its default, none, draws a fresh 62-bit seed from the OS
+    (`secrets`) when the method is made, and the key records it: two keys made without a seed differ, and
+    nobody can re-make one from a published seed. Give a seed only for reproducible experiments."""
+    spec = Spec(type="", default=None, meaning=meaning + " (none: a fresh one from the OS, recorded in the key)",
+                lo=0, hi=hi, fresh=True)
+    return dataclasses.field(default=None, metadata={_KEY: spec})
+
+
 def device_param() -> Any:
     return param(None, "torch device (auto | cpu | cuda | cuda:N; none: where the model is)", max_len=64,
                  role="runtime")
@@ -237,6 +247,10 @@ class Configurable:
 
     def __post_init__(self) -> None:
         for s in fields_of(type(self)):
+            if s.fresh and getattr(self, s.name) is None:
+                import secrets
+
+                setattr(self, s.name, secrets.randbits(62))
             if s.meaning:
                 s.check(getattr(self, s.name), self.param_error)
         self.check()
@@ -269,7 +283,7 @@ def declared_defaults(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ source
 _FACTORIES: dict[str, Callable[..., Any]] = {
-    "param": param, "seed_param": seed_param, "device_param": device_param, "batch_param": batch_param,
+    "param": param, "seed_param": seed_param, "secret_seed_param": secret_seed_param, "device_param": device_param, "batch_param": batch_param,
     "progress_field": progress_field, "vparam": vparam, "verifier": verifier,
 }
 _SAFE_MODULES = {"validate": validate, "schema": __import__(__name__, fromlist=["x"])}

@@ -32,6 +32,18 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 # ----------------------------------------------------------------------------------------- headers
 
 
+def state_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 over a state dict's tensors in name order (name, dtype, shape, little-endian bytes): what
+    identifies a model's weights whatever file or device holds them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, t in sorted(state.items()):
+        h.update(k.encode() + b"\0" + str(t.dtype).encode() + str(list(t.shape)).encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
 def read_header(data: bytes, source: str, err: type[Exception]) -> dict[str, Any]:
     """Parse a safetensors header (bounded length and depth) without decoding tensors; return it whole."""
     if len(data) < 8:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 DEFAULT_ALPHA = 1e-6
+RELATED = ("related, not proven stolen: a match shows the two models are related (a shared ancestor, or one "
+           "derived from the other), not theft and not which came first, unless trusted timestamps order them")
 
 
 @dataclass
@@ -60,6 +62,17 @@ class Verdict:
         return (f"{self.method}: {word} (score {self.score:.4g}, p = {self.p_value:.3g}, "
                 f"alpha = {self.alpha:.3g}, queries = {self.queries})")
 
+    def notes(self) -> list[str]:
+        """What the verdict does not prove, one line each: the time line (`details["time"]`: proven by an RFC
+        3161 token, or not) and, for a fingerprint match, that it shows relatedness, not direction."""
+        out = []
+        time = self.details.get("time")
+        if isinstance(time, dict) and isinstance(time.get("line"), str):
+            out.append(time["line"])
+        if isinstance(self.details.get("relatedness"), str):
+            out.append(self.details["relatedness"])
+        return out
+
     def _best_candidate(self) -> str:
         """The closest the per-user decoder came: its decoded coalition with the coalition p-value, else the
         best single user with that user's p-value."""
@@ -100,6 +113,16 @@ def fuse(verdicts: list[Verdict], alpha: float, *, method: str = "fused",
     owned = bool(judged) and p <= alpha
     out = {**details, "rule": rule, "judged": len(judged), "verdicts": [v.to_dict() for v in verdicts],
            "adjusted_p_values": adjusted}
+    times = [v.details.get("time") for v in verdicts]
+    if times and all(isinstance(t, dict) for t in times):
+        proven = all(t.get("proven") for t in times)  # type: ignore[union-attr]
+        out["time"] = ({"proven": True, "line": "time: " + "; ".join(
+            str(t["line"]).removeprefix("time: ") for t in times)} if proven  # type: ignore[index]
+            else {"proven": False, "line": next(str(t["line"]) for t in times  # type: ignore[index]
+                                                 if not t.get("proven"))})  # type: ignore[union-attr]
+    related = next((v.details["relatedness"] for v in verdicts if "relatedness" in v.details), None)
+    if related is not None and owned:
+        out["relatedness"] = related
     if not judged:
         out["not_judged"] = none_judged
     return Verdict(method, owned=owned, score=-_log10(p), threshold=-_log10(alpha), p_value=p, alpha=alpha,

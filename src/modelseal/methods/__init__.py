@@ -182,16 +182,32 @@ def protect(method: Any, model: Any, data: Any = None, input_spec: Any = None, p
         if spec is None:
             raise ModelSealError(f"{type(method).name} needs an input specification (shape, bounds) to extract")
         key = method.extract(model, spec, progress=progress)
-        return Protected([model], key, commit(key))
+        return Protected([model], bind_model(key, model), commit(key))
     if data is None:
         raise ModelSealError(f"{type(method).name} ({family}) needs the owner's training data")
     out, key = getattr(method, FAMILIES[family][0])(model, data, progress=progress)
-    return Protected(list(out) if isinstance(out, (list, tuple)) else [out], key, commit(key))
+    models = list(out) if isinstance(out, (list, tuple)) else [out]
+    # the model a key was made for: the one it protects (watermark, lock), else the owner's (per-user)
+    bind_model(key, models[0] if family in ("watermark", "lock") else model)
+    return Protected(models, key, commit(key))
 
 
-def _require(key: Any, cls: type[Method]) -> None:
-    """KeyFormatError unless `key` holds what its method declares (`key_params`, `key_tensors`)."""
+def bind_model(key: Any, model: Any) -> Any:
+    """Record the SHA-256 of the model a key was made for in its signature (so in its digest and its public
+    commitment), unless the method already did; returns the key."""
+    if "model_sha256" not in key.signature and hasattr(model, "state_dict"):
+        from ..tensorfile import state_sha256
+
+        key.signature["model_sha256"] = state_sha256(model.state_dict())
+    return key
+
+
+def _require(key: Any, cls: type[Method], secrets: bool = True) -> None:
+    """KeyFormatError unless `key` holds what its method declares (`key_params`, `key_tensors`); with `secrets`,
+    KeyIntegrityError unless its derivable secrets are the ones its commitment derives (`check_secrets`)."""
     key.require(params=cls.key_params, tensors=cls.key_tensors)
+    if secrets:
+        cls.check_secrets(key)
 
 
 def restore(locked: Any, key: Any, **kw: Any) -> Any:
@@ -237,27 +253,44 @@ def open_commitment(key: Any, public: dict[str, Any]) -> None:
         raise KeyIntegrityError("the key does not open its commitment: " + "; ".join(diff))
 
 
-def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> Any:
+def judge(suspect: Any, key: Any, commitment: Any = None, *, timestamp: Any = None, tsa_certs: Any = None,
+          **verifier: Any) -> Any:
     """Judge `suspect` with `key` through the judge verb of the key's method family; returns a Verdict.
 
     `verifier` holds the verifier's parameters (alpha and the method's `verify_params`); unknown ones are
-    refused. With `commitment` (a dict or a path) the key must first open it.
+    refused. With `commitment` (a dict or a path) the key must first open it. `timestamp` (an RFC 3161 token:
+    bytes or a path; default: PUBLIC.tsr beside a commitment path) and `tsa_certs` (the verifier's trusted
+    TSA certificates: paths or cryptography certificates) decide the verdict's time line
+    (`details["time"]`): proven only by a token over the commitment that verifies against them. An OWNED
+    fingerprint verdict also carries `details["relatedness"]` (`RELATED`): a fingerprint match shows
+    relatedness, not direction.
     """
     from .. import commitment as _commitment
+    from .. import timestamp as _timestamp
+    from ..verdict import RELATED
 
     mi = info(key.method)
     if not mi.judges:
         raise ModelSealError(f"'{key.method}' keys do not judge suspects ({mi.family}); "
                              f"use `modelseal unlock` to restore a locked model")
-    _require(key, mi.cls)
+    _require(key, mi.cls, secrets=False)
     allowed = mi.cls.verify_params
     mi.cls.rule(verifier)  # refuses unknown or out-of-range parameters before the commitment is opened
     public = None
     if commitment is not None:
         public = commitment if isinstance(commitment, dict) else _commitment.load(commitment)
-        open_commitment(key, public)
+        open_commitment(key, public)  # names what differs from the commitment first, then the derivation
+    mi.cls.check_secrets(key)
+    if timestamp is None and commitment is not None and not isinstance(commitment, dict):
+        beside = _timestamp.token_path(commitment)
+        timestamp = beside if beside.is_file() else None
+    # a bad token fails here, before the suspect is asked
+    time = _timestamp.status(public, timestamp, _timestamp.as_certs(tsa_certs))
     v = cast(Judging, mi.cls()).judge(suspect, key, **verifier)
     v.details["commitment_checked"] = public is not None
+    v.details["time"] = time
+    if v.owned and mi.family == "fingerprint":
+        v.details["relatedness"] = RELATED
     if public is not None:
         used = {k: verifier.get(k, allowed[k].default) for k in public.get("declared", {}) if k in allowed}
         differ = {k: {"declared": public["declared"][k], "used": used[k]} for k in used
@@ -269,4 +302,5 @@ def judge(suspect: Any, key: Any, commitment: Any = None, **verifier: Any) -> An
 
 __all__ = ["Method", "Watermark", "Fingerprint", "PerUser", "Lock",
            "FAMILIES", "ACCESS", "MethodInfo", "Protected", "register", "get", "info", "names", "protect", "judge",
-           "unregister", "restore", "commit", "open_commitment", "commitment_differences", "declared", "require_family"]
+           "unregister", "restore", "commit", "open_commitment", "commitment_differences", "declared", "require_family",
+           "bind_model"]

@@ -72,7 +72,7 @@ from ..errors import (
 from ..keys import Key
 from ..models import signature_of
 from ..runtime import model_device, track
-from ..schema import param, seed_param
+from ..schema import param, secret_seed_param
 from ..train import CLASSIFICATION, task_of
 from . import register
 from .base import Lock
@@ -114,7 +114,7 @@ class AdvParams(Lock):
                             "with the largest first-order loss increase", lo=1, hi=1024)
     layers: list[str] | None = param(None, "module or parameter names that may be perturbed (none: every "
                                      "Conv/Linear weight)")
-    seed: int = seed_param("random seed of the gradient and check batches")
+    seed: int = secret_seed_param("random seed of the gradient and check batches")
 
     def check(self) -> None:
         if isinstance(self.layers, str):

@@ -44,7 +44,7 @@ from ..data import Meta, as_input_spec, as_tensors
 from ..errors import KeyFormatError, ModelError, ModelSealError, SuspectError
 from ..keys import Key
 from ..models import signature_of
-from ..schema import param, seed_param, verifier, vparam
+from ..schema import param, secret_seed_param, verifier, vparam
 from ..suspect import Suspect, as_reference
 from ..train import predict
 from ..verdict import Verdict
@@ -312,7 +312,7 @@ class AKH(DataBaseline):
     """The owner's misclassified test inputs and its wrong labels; score = the suspect's agreement rate."""
 
     n: int = param(100, "most misclassified inputs kept in the key", lo=1, hi=validate.MAX_COUNT)
-    seed: int = seed_param("random seed of the choice among misclassified inputs")
+    seed: int = secret_seed_param("random seed of the choice among misclassified inputs")
 
     key_tensors = ("inputs", "labels")
     recheck, reanswer = evidence_hooks("akh", label_matches, labels=True)

@@ -9,6 +9,10 @@ the key's signature and the method's access (`check_suspect`), then calls `decid
 
 Hooks with their defaults (a method overrides the ones it needs; consumers call them without probing):
 
+- `check_secrets(key)`: raise KeyIntegrityError unless every secret the method can derive from the commitment's
+  nonce or root (trigger labels and order, DeepMarks' X and U) is the derived one; called before a key commits
+  or judges (default: nothing to derive). `check_opened(opened, nonce, public) -> [problems]`: the same for
+  the secrets an evidence file opens (default: none);
 - `commitment_extra(key) -> dict | None` and `check_commitment_extra(key, public) -> [differences]`:
   method-specific commitment fields (default: none);
 - `evidence_open(key, transcript) -> dict | None`: the key tensors an evidence file reveals (default None:
@@ -68,6 +72,14 @@ class Method(schema.Configurable):
         return rule
 
     # ------------------------------------------------------------------ commitments and evidence
+    @staticmethod
+    def check_secrets(key: Key) -> None:
+        return None
+
+    @staticmethod
+    def check_opened(opened: dict[str, Any], nonce: bytes, public: dict[str, Any]) -> list[str]:
+        return []
+
     @staticmethod
     def commitment_extra(key: Key) -> dict[str, Any] | None:
         return None

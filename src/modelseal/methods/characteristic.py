@@ -111,7 +111,7 @@ from ..data import InputSpec, as_input_spec
 from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealError, SuspectError, first_line
 from ..keys import Key
 from ..runtime import model_device, track
-from ..schema import batch_param, param, seed_param, verifier, vparam
+from ..schema import batch_param, param, secret_seed_param, verifier, vparam
 from ..suspect import Suspect, as_reference, as_suspect
 from ..train import predict
 from ..verdict import Verdict
@@ -337,7 +337,7 @@ class CharacteristicExamples(Fingerprint):
     delta: float = param(0.3, "parameter noise std relative to each layer's std (rc, ltrc)", lo=0, hi=100)
     radius: float = param(0.15, "high-pass radius in units of Nyquist (ltrc)", lo=0, hi=math.sqrt(2), lo_open=True,
                           hi_open=True)
-    seed: int = seed_param("random seed of the starting noise and the targets")
+    seed: int = secret_seed_param("random seed of the starting noise and the targets")
     patience: int = param(10, "every this many steps (at least 2 M for rc/ltrc) an example gives up unless its "
                           "target's lead grew by half of what it still lacked", lo=1, hi=validate.MAX_STEPS)
     max_rounds: int = param(5, "most rounds of new starts when fewer than n examples come out targeted", lo=1,

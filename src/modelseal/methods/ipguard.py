@@ -33,7 +33,7 @@ from ..data import as_input_spec
 from ..errors import ModelError
 from ..keys import Key
 from ..runtime import model_device, track
-from ..schema import batch_param, param, seed_param
+from ..schema import batch_param, param, secret_seed_param
 from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
@@ -51,7 +51,7 @@ class IPGuard(PeerBaseline):
     steps: int = param(300, "Adam steps per batch of points", lo=1, hi=validate.MAX_STEPS)
     lr: float = param(0.01, "Adam learning rate on the input", lo=0, hi=10, lo_open=True)
     max_rounds: int = param(5, "most rounds of new starts when fewer than n points qualify", lo=1, hi=1000)
-    seed: int = seed_param("random seed of the start points and the second classes")
+    seed: int = secret_seed_param("random seed of the start points and the second classes")
     batch_size: int = batch_param(512)
 
     key_tensors = ("inputs", "labels")

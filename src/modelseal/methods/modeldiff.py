@@ -34,7 +34,7 @@ from .. import validate
 from ..data import as_input_spec
 from ..keys import Key
 from ..runtime import model_device
-from ..schema import param, seed_param
+from ..schema import param, secret_seed_param
 from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
@@ -84,7 +84,7 @@ class ModelDiff(DataBaseline):
     steps: int = param(10, "sign-gradient steps making x' from x", lo=1, hi=validate.MAX_STEPS)
     data: str | None = param(None, "data set of the pairs' first inputs (a modelseal.data name; none: the input "
                              "specification's data set, or uniform noise without one)")
-    seed: int = seed_param("random seed of the choice of inputs")
+    seed: int = secret_seed_param("random seed of the choice of inputs")
 
     key_tensors = ("inputs", "outputs")
     recheck, reanswer = evidence_hooks("modeldiff", ddv_statistic, labels=False)

@@ -35,7 +35,7 @@ from torch import nn
 from ..data import as_input_spec
 from ..errors import ModelError
 from ..keys import Key
-from ..schema import param, seed_param
+from ..schema import param, secret_seed_param
 from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
@@ -104,7 +104,7 @@ class SAC(DataBaseline):
     n: int = param(100, "samples in the key (n queries; the matrix is n x n)", lo=2, hi=5000)
     samples: str = param("cutmix", "cutmix: SAC-m; misclassified: SAC-w (inputs the owner gets wrong)",
                          choices=SAMPLES)
-    seed: int = seed_param("random seed of the CutMix boxes and the choice of inputs")
+    seed: int = secret_seed_param("random seed of the CutMix boxes and the choice of inputs")
 
     key_tensors = ("inputs", "outputs")
     recheck, reanswer = evidence_hooks("sac", sac_statistic, labels=False)

@@ -120,7 +120,7 @@ from ..errors import KeyFormatError, KeyMismatchError, ModelError, ModelSealErro
 from ..keys import Key
 from ..models import relu_modules, signature_of
 from ..runtime import model_device, track
-from ..schema import batch_param, param, seed_param, verifier, vparam
+from ..schema import batch_param, param, secret_seed_param, verifier, vparam
 from ..suspect import Suspect
 from ..verdict import Verdict
 from . import register
@@ -313,7 +313,7 @@ class TAFA(Fingerprint):
                                hi=1, lo_open=True)
     tol: float = param(1e-3, "largest |pre-activation| (relative to its gradient norm times the box diagonal) "
                        "accepted as on the boundary", lo=0, hi=1, lo_open=True)
-    seed: int = seed_param("random seed of the starting inputs")
+    seed: int = secret_seed_param("random seed of the starting inputs")
     batch_size: int = batch_param(256)
 
     # what the verifier sets (never read from a key)

@@ -26,10 +26,14 @@ Where modelseal deviates from the paper, and why:
   owned at p 5.5e-8; clean accuracy 0.920 (owner 0.856; cluster_weight 1.0 pulled it down to 0.52).
 - The labels are not drawn by the owner. Every trigger is committed first, c_i = SHA-256(nonce_i ‖
   image_i), and each label (uniform, by rejection sampling) and the query order are derived from the root
-  over every c_i, the class count and an optional public beacon. An owner cannot pick
-  labels an innocent model happens to give; the checker recomputes them from the public commitment, and a
-  key whose labels are not the derived ones is refused. To frame a given model an owner must regenerate
-  whole trigger sets, each accusing it with probability at most alpha (about 1/alpha tries).
+  over every c_i and the class count. An owner cannot pick labels an innocent model happens to give; the
+  checker recomputes them from the public commitment, and a key whose labels are not the derived ones is
+  refused. The root once also took a free-text `beacon`: re-deriving labels for the same triggers then cost
+  one hash (1,075,528 tries in 56 s framed an innocent digits CNN at 7.3e-7), so any non-empty beacon is now
+  refused. Nonces stay free, so an owner who sees an innocent model can still grind fresh nonces (each try
+  about n hashes, benchmarks/grinding.py measures it) until the labels fit: only a trusted timestamp over the
+  commitment, older than the suspect, shows the key was not made that way (`modelseal timestamp`, `check
+  --suspect-since`).
 - The nonces are drawn from the seed as well, so the same seed gives the same key and the same digest.
   They hide the images inside the public commitments only as long as the seed stays secret: use a large
   random seed for a real key (the default seed 0 is for reproducible experiments).
@@ -73,7 +77,7 @@ from ..data import as_tensors, meta_of
 from ..errors import DataError, KeyFormatError, KeyIntegrityError, ModelError
 from ..keys import Key
 from ..models import reinit, signature_of, spec_of
-from ..schema import batch_param, device_param, param, seed_param, verifier, vparam
+from ..schema import batch_param, device_param, param, secret_seed_param, verifier, vparam
 from ..suspect import Suspect
 from ..train import fit, predict
 from ..verdict import Verdict
@@ -84,7 +88,7 @@ METHOD = "trigger-set"
 MODES = ("pretrained", "scratch")
 KINDS = ("abstract", "noise", "content")  # generated images; owner inputs + keyed noise; + a keyed patch
 TRIGGER_HASH = "c_i = sha256('modelseal-trigger-v2' 0 || nonce_i[32] || image_i float32 little-endian C-order)"
-ROOT_HASH = ("root = sha256('modelseal-trigger-root-v2' 0 || JSON [beacon, classes, n] 0 || "
+ROOT_HASH = ("root = sha256('modelseal-trigger-root-v2' 0 || JSON [beacon (always empty), classes, n] 0 || "
              "c_1 || ... || c_n as raw 32-byte digests)")
 LABEL_RULE_ID = "sha256-root-v2"
 LABEL_RULE = ("label_i = the first value v < floor(2^64 / C) * C of the 64-bit big-endian words of "
@@ -288,7 +292,7 @@ def load_trigger_folder(folder: str | os.PathLike, n: int, input_shape: Sequence
 
 # ---------------------------------------------------------------------------------------------- commitments
 # Each trigger is committed without its label: c_i = H(nonce_i, image_i). The root binds every c_i (in
-# order), the model's class count, the key's creation time and an optional public beacon. Labels and the
+# order) and the model's class count (the beacon slot stays empty: see _no_beacon). Labels and the
 # query order are then *derived* from the root, so they exist only after every image is fixed: the owner
 # cannot pick labels that an innocent model happens to give, and the checker recomputes them from the
 # public commitment alone. An owner who wants other labels must regenerate the whole set (new nonces or
@@ -343,12 +347,22 @@ def committed_order(root: str, n: int) -> np.ndarray:
     return order
 
 
+def _no_beacon(beacon: Any) -> None:
+    """The root's beacon slot must stay empty: a free text there let an owner re-derive the labels of the same
+    triggers as often as it liked (1,075,528 tries a minute on one core) until they fit an innocent model."""
+    if beacon != "":
+        raise KeyIntegrityError("this trigger-set key binds a free-text beacon into its labels' root; a beacon the "
+                                "owner can choose lets the labels be re-derived until they fit any model, so such "
+                                "keys are refused: embed the watermark again")
+
+
 def key_root(key: Key) -> str:
     """The root of a key's committed triggers; KeyIntegrityError unless its labels are the derived ones
     (a key whose labels were chosen or edited, or one made before labels were derived, proves nothing)."""
     images, labels, nonces = key_tensors(key)
     beacon = key.params.get("beacon", "")
-    if key.params.get("label_rule") != LABEL_RULE_ID or not isinstance(beacon, str):
+    _no_beacon(beacon)
+    if key.params.get("label_rule") != LABEL_RULE_ID:
         raise KeyIntegrityError("this trigger-set key's labels were not derived from its committed triggers "
                                 "(it was made by an older modelseal, or edited), so no p-value can rest on them; "
                                 "embed the watermark again")
@@ -380,6 +394,7 @@ def _public_root(public: dict[str, Any]) -> str:
     if not isinstance(com, list) or not isinstance(beacon, str) or not isinstance(public.get("root"), str):
         raise KeyIntegrityError("the commitment has no trigger commitments, root and beacon; it is not a "
                                 "trigger-set commitment of this modelseal")
+    _no_beacon(beacon)
     root = trigger_root(com, int(public["signature"]["output_size"]), beacon)
     if root != public["root"]:
         raise KeyIntegrityError("the commitment's root is not the one its trigger commitments, beacon and class "
@@ -494,7 +509,7 @@ class TriggerSet(Watermark):
     lr: float | None = param(None, "learning rate of the embedding (none: 3e-3 pretrained, 1e-3 scratch; Adam)",
                              lo=0, hi=10, lo_open=True)
     batch_size: int = batch_param()
-    seed: int = seed_param("random seed of the secret (images, nonces); use a large random one for a real key")
+    seed: int = secret_seed_param("random seed of the secret (images, nonces); leave it out for a real key")
     image_folder: str | None = param(None, "folder of your own trigger images (none: images generated from the "
                                      "seed)")
     kind: str = param("abstract", "trigger kind: abstract (generated), noise or content (the owner's inputs, "
@@ -504,8 +519,6 @@ class TriggerSet(Watermark):
     cluster_weight: float | None = param(None, "weight of the loss that pulls each trigger's penultimate features "
                                          "to its label's class mean (none: 0.3 for noise/content, 0 for abstract)",
                                          lo=0, hi=1e6)
-    beacon: str = param("", "public text bound into the labels' root (e.g. a randomness beacon's value)",
-                        max_len=MAX_BEACON)
     device: str | None = device_param()
 
     key_tensors = ("images", "labels", "nonces")
@@ -516,6 +529,7 @@ class TriggerSet(Watermark):
                            hi=validate.MAX_COUNT),
     )
     commitment_extra = staticmethod(commitment_extra)
+    check_secrets = staticmethod(key_root)
     check_commitment_extra = staticmethod(check_commitment_extra)
     evidence_open = staticmethod(evidence_open)
     evidence_check = staticmethod(evidence_check)
@@ -547,7 +561,7 @@ class TriggerSet(Watermark):
         nonces = _rng(self.seed, 3).integers(0, 256, size=(self.n, NONCE_BYTES), dtype=np.uint8)
         # The labels exist only after the images and nonces are fixed: each is a hash of the root of every
         # trigger's commitment (see `derive_labels`), so the owner cannot choose them.
-        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, self.beacon)
+        root = trigger_root(trigger_commitments(images.numpy(), nonces), classes, "")
         labels_t = torch.from_numpy(derive_labels(root, self.n, classes))
 
         marked = copy.deepcopy(model)
@@ -584,7 +598,7 @@ class TriggerSet(Watermark):
                 pull.close()
         params = {"n": self.n, "mode": self.mode, "k_per_batch": k, "seed": self.seed, "cluster_weight": weight,
                   "num_classes": classes, "source": "folder" if self.image_folder else self.kind,
-                  "beacon": self.beacon, "label_rule": LABEL_RULE_ID}
+                  "beacon": "", "label_rule": LABEL_RULE_ID}
         key = Key(METHOD, params=params, signature={"input_shape": list(input_shape), "output_size": classes},
                   tensors={"images": images, "labels": labels_t, "nonces": torch.from_numpy(nonces)})
         return marked, key

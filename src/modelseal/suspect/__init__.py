@@ -312,13 +312,9 @@ class Suspect:
                     h.update(chunk)
             return {"kind": "file", "name": Path(self.source_path).name, "sha256": h.hexdigest()}
         if self.module is not None:
-            from ..tensorfile import tensor_bytes
+            from ..tensorfile import state_sha256
 
-            h = hashlib.sha256()
-            for k, t in sorted(self.module.state_dict().items()):
-                h.update(k.encode() + b"\0" + str(t.dtype).encode() + str(list(t.shape)).encode())
-                h.update(tensor_bytes(t))
-            return {"kind": "module", "name": self.name, "sha256_tensors": h.hexdigest()}
+            return {"kind": "module", "name": self.name, "sha256_tensors": state_sha256(self.module.state_dict())}
         meta = _backend_attr(self._backend, "metadata")
         return {"kind": "remote" if source_kind(self.name) == "url" else "callable",
                 "name": self.name, "metadata": meta if isinstance(meta, dict) else None}

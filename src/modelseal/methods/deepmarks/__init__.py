@@ -69,13 +69,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ... import commitment as _commitment
 from ... import stats, validate
 from ...data import as_tensors
-from ...errors import KeyMismatchError, ModelError, ModelSealError
+from ...errors import KeyIntegrityError, KeyMismatchError, ModelError, ModelSealError
 from ...keys import Key
 from ...methods import register
 from ...models import signature_of
-from ...schema import batch_param, param, seed_param
+from ...schema import batch_param, param, secret_seed_param
+from ...tensorfile import state_sha256
 from ...suspect import Suspect, as_suspect
 from ...train import fit
 from ...verdict import DEFAULT_ALPHA, Verdict
@@ -96,6 +98,78 @@ def torch_seed(*parts: int) -> int:
     for p in parts:
         s = s * 100_003 + int(p)
     return s % _SEED_MOD
+
+
+SECRETS_RULE_ID = "shake256-root-v1"
+SECRETS_RULE = ("root = sha256('modelseal-deepmarks-secrets-v1' 0 || nonce[32] || JSON [users, v, k, rows, n, layer, "
+                "architecture, model_sha256]); X (rows x n) = standard normals and U = Q of the QR decomposition "
+                "(signs making diag R > 0) of a rows x v matrix of standard normals, the normals by Box-Muller "
+                "from shake256(root || 'X' or 'U') read as 64-bit little-endian words (top 53 bits)")
+_SECRETS_ATOL = 1e-5
+
+
+def _normals(root: bytes, tag: bytes, count: int) -> np.ndarray:
+    """`count` standard normals from the hash stream shake256(root || tag) (Box-Muller on 53-bit uniforms)."""
+    pairs = (count + 1) // 2
+    words = np.frombuffer(hashlib.shake_256(root + tag).digest(16 * pairs), dtype="<u8")
+    u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    u1, u2 = 1.0 - u[0::2], u[1::2]
+    r = np.sqrt(-2.0 * np.log(u1))
+    z = np.empty(2 * pairs)
+    z[0::2], z[1::2] = r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)
+    return z[:count]
+
+
+def secrets_spec(params: dict[str, Any], signature: dict[str, Any]) -> list[Any]:
+    """What the projection is derived from besides the nonce: the code, the carrier layer and the model."""
+    w = params["weight_shape"]
+    return [int(params["users"]), int(params["v"]), int(params["k"]), int(params["rows"]), int(math.prod(w[1:])),
+            str(params["layer"]), str(params.get("architecture", "")), str(signature.get("model_sha256", ""))]
+
+
+def derive_secrets(nonce: bytes, spec: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The secret projection X (rows x n) and orthonormal U (rows x v) that a key's nonce and public
+    parameters derive (SECRETS_RULE). Nothing about them is left to choose once the key is committed: an owner
+    cannot solve X from an innocent model's weights, only draw new nonces (each a new commitment)."""
+    _, v, _, m, n = (int(x) for x in spec[:5])
+    root = hashlib.sha256(b"modelseal-deepmarks-secrets-v1\0" + nonce + json.dumps(spec).encode()).digest()
+    x = _normals(root, b"X", m * n).reshape(m, n)
+    q, r = np.linalg.qr(_normals(root, b"U", m * v).reshape(m, v))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    return torch.from_numpy(x).float(), torch.from_numpy(np.ascontiguousarray(q)).float()
+
+
+def _secrets_differ(x: torch.Tensor, u: torch.Tensor, params: dict[str, Any], signature: dict[str, Any],
+                    nonce: bytes) -> str | None:
+    if params.get("secrets_rule") != SECRETS_RULE_ID:
+        return ("this deepmarks key's projection was not derived from its commitment (it was made by an older "
+                "modelseal, or by hand), so an owner could have solved it from the suspect's weights; distribute "
+                "the copies again")
+    try:
+        want_x, want_u = derive_secrets(nonce, secrets_spec(params, signature))
+    except (KeyError, TypeError, ValueError) as e:
+        return f"this deepmarks key's parameters do not derive a projection ({e})"
+    for name, got, want in (("X", x, want_x), ("U", u, want_u)):
+        if tuple(got.shape) != tuple(want.shape) or not torch.allclose(got.float(), want, atol=_SECRETS_ATOL):
+            return (f"this deepmarks key's secret {name} is not the one its committed nonce and parameters derive: "
+                    "a projection chosen after the fact (e.g. solved from a suspect's weights) proves nothing")
+    return None
+
+
+def check_secrets(key: Key) -> None:
+    """KeyIntegrityError unless the key's X and U are the ones its seed's nonce and parameters derive."""
+    bad = _secrets_differ(key.tensors["X"], key.tensors["U"], key.params, key.signature,
+                          _commitment.nonce_of(key))
+    if bad:
+        raise KeyIntegrityError(bad)
+
+
+def check_opened(opened: dict[str, torch.Tensor], nonce: bytes, public: dict[str, Any]) -> list[str]:
+    """For `check`: the opened X and U must be the ones the opened nonce and the public parameters derive."""
+    if "X" not in opened or "U" not in opened:
+        return ["the evidence does not open the projection X and U"]
+    bad = _secrets_differ(opened["X"], opened["U"], public["params"], public["signature"], nonce)
+    return [bad] if bad else []
 
 
 def default_rows(v: int, n: int) -> int:
@@ -318,19 +392,15 @@ class DeepMarks(PerUser):
                            lo=0, hi=1, lo_open=True)
     lr: float = param(5e-4, "learning rate of each copy's fine-tuning (Adam)", lo=0, hi=10, lo_open=True)
     batch_size: int = batch_param()
-    seed: int = seed_param("random seed of the secrets, probes and per-user training (any size: torch seeds are "
+    seed: int = secret_seed_param("random seed of the secrets, probes and per-user training (any size: torch seeds are "
                            "derived from it)", hi=2**256 - 1)
 
     key_params = ("layer", "weight_shape", "v", "k")
     key_tensors = ("X", "U", "codebook")
     recheck = staticmethod(recheck)
     reanswer = staticmethod(reanswer)
-
-    def _secrets(self, m: int, n: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(torch_seed(self.seed))
-        x = torch.randn(m, n, generator=gen)
-        u, _ = torch.linalg.qr(torch.randn(m, v, generator=gen))
-        return x, u.contiguous()
+    check_secrets = staticmethod(check_secrets)
+    check_opened = staticmethod(check_opened)
 
     def _probes(self, data: Dataset, shape: tuple[int, ...]) -> torch.Tensor:
         """Uniform noise in the owner data's value range (two numbers of it; no data point is stored)."""
@@ -408,9 +478,13 @@ class DeepMarks(PerUser):
             hint += f" (with {given})" if given else ""
             raise type(e)(f"{e}; {hint}") from None
         weight = _layer_weight(model, layer, err=ModelError)
-        x_proj, u = self._secrets(m, n, v)
         codebook = design.codebook(self.users)
-        signature = signature_of(model, input_shape)
+        signature = {**signature_of(model, input_shape), "model_sha256": state_sha256(model.state_dict())}
+        architecture = architecture_digest(model)
+        x_proj, u = derive_secrets(
+            _commitment.nonce_for("deepmarks", int(self.seed)),
+            secrets_spec({"users": self.users, "v": v, "k": k, "rows": m, "weight_shape": list(weight.shape),
+                          "layer": layer, "architecture": architecture}, signature))
         probes = self._probes(data, tuple(signature["input_shape"]))
         probe_acts = _unit_activations(model, layer, probes).float()
         meta = {"layer": layer, "v": v, "k": k}
@@ -445,7 +519,7 @@ class DeepMarks(PerUser):
                   "weight_shape": list(weight.shape), "gamma": float(self.gamma), "epochs": int(self.epochs),
                   "max_epochs": int(self.max_epochs), "min_fit": float(self.min_fit),
                   "lr": float(self.lr), "seed": int(self.seed),
-                  "architecture": architecture_digest(model)}
+                  "architecture": architecture, "secrets_rule": SECRETS_RULE_ID}
         key = Key("deepmarks", params=params, signature=signature,
                   tensors={"X": x_proj, "U": u, "codebook": torch.from_numpy(codebook),
                            "probes": probes, "probe_acts": probe_acts})
