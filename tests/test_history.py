@@ -23,7 +23,6 @@ from modelseal.keys import Key
 from modelseal.methods import trigger_set as ts
 from modelseal.methods.deepmarks import DeepMarks, decide_projection
 from modelseal.tensorfile import state_sha256
-
 from tsa import TSA
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
@@ -119,7 +118,6 @@ def test_a_deepmarks_key_with_a_solved_projection_is_refused(dm, innocents, tmp_
                             str(tmp_path / "forged.public.json")])
     assert r.exit_code == 1 and "secret X is not the one" in r.output, r.output
     # the honest key still traces its users and commits
-    assert methods.commit(dm.key)["signature"]["model_sha256"] == state_sha256(dm.models[0].state_dict()) or True
     assert ms.trace(dm.models[4], dm.key).accused == [4]
 
 
@@ -199,7 +197,8 @@ def test_a_ground_backdated_key_gets_time_not_proven_and_a_nonzero_exit(ground):
         r = runner.invoke(app, ["check", str(folder / "ev.json"), "--commitment", str(folder / "pub.json"),
                                 "--alpha", "1e-3", *extra])
         assert r.exit_code == 3, r.output
-        assert "the evidence holds" in r.output and "time not proven: 'created' is the owner's own statement" in r.output
+        assert "the evidence holds" in r.output
+        assert "time not proven: 'created' is the owner's own statement" in r.output
     report = evidence.check(folder / "ev.json", folder / "pub.json", rule={"alpha": 1e-3})
     assert report["agrees"] and report["outcome"] == "time-not-proven"
 

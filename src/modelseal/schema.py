@@ -283,7 +283,8 @@ def declared_defaults(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ source
 _FACTORIES: dict[str, Callable[..., Any]] = {
-    "param": param, "seed_param": seed_param, "secret_seed_param": secret_seed_param, "device_param": device_param, "batch_param": batch_param,
+    "param": param, "seed_param": seed_param, "secret_seed_param": secret_seed_param, "device_param": device_param,
+    "batch_param": batch_param,
     "progress_field": progress_field, "vparam": vparam, "verifier": verifier,
 }
 _SAFE_MODULES = {"validate": validate, "schema": __import__(__name__, fromlist=["x"])}

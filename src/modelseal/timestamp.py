@@ -189,7 +189,8 @@ def load_certs(paths: list[str | os.PathLike]) -> list[Any]:
             raise TimestampError(f"--tsa-cert {path}: larger than {MAX_CERT_BYTES} bytes; not a certificate")
         raw = path.read_bytes()
         try:
-            certs = x509.load_pem_x509_certificates(raw) if b"-----BEGIN" in raw else [x509.load_der_x509_certificate(raw)]
+            certs = (x509.load_pem_x509_certificates(raw) if b"-----BEGIN" in raw
+                     else [x509.load_der_x509_certificate(raw)])
         except ValueError as e:
             raise TimestampError(f"--tsa-cert {path}: not a PEM or DER X.509 certificate ({first(e)})") from None
         out.extend(certs)
@@ -211,11 +212,11 @@ def as_certs(items: Any) -> list[Any]:
 def _hash(name: str) -> Any:
     from cryptography.hazmat.primitives import hashes
 
-    table = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha224": hashes.SHA224,
-             "sha1": hashes.SHA1}
+    table: dict[str, Any] = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512(),
+                             "sha224": hashes.SHA224(), "sha1": hashes.SHA1()}
     if name not in table:
         raise TimestampError(f"the token uses the digest algorithm {name!r}, which this checker does not accept")
-    return table[name]()
+    return table[name]
 
 
 def _verify_signature(cert: Any, signature: bytes, data: bytes, algo: str, digest: str) -> None:

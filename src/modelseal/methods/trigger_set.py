@@ -377,6 +377,11 @@ def key_root(key: Key) -> str:
     return root
 
 
+def check_secrets(key: Key) -> None:
+    """KeyIntegrityError unless the key's labels are the ones its committed triggers derive (`key_root`)."""
+    key_root(key)
+
+
 def commitment_extra(key: Key) -> dict[str, Any]:
     """Trigger-set's addition to the generic commitment: one commitment per trigger image (so a verifier
     can be shown only the triggers that were asked), the root, the beacon and the rule that derives every
@@ -529,7 +534,7 @@ class TriggerSet(Watermark):
                            hi=validate.MAX_COUNT),
     )
     commitment_extra = staticmethod(commitment_extra)
-    check_secrets = staticmethod(key_root)
+    check_secrets = staticmethod(check_secrets)
     check_commitment_extra = staticmethod(check_commitment_extra)
     evidence_open = staticmethod(evidence_open)
     evidence_check = staticmethod(evidence_check)

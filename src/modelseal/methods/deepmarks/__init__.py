@@ -77,8 +77,8 @@ from ...keys import Key
 from ...methods import register
 from ...models import signature_of
 from ...schema import batch_param, param, secret_seed_param
-from ...tensorfile import state_sha256
 from ...suspect import Suspect, as_suspect
+from ...tensorfile import state_sha256
 from ...train import fit
 from ...verdict import DEFAULT_ALPHA, Verdict
 from ..base import PerUser
