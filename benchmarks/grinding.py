@@ -27,7 +27,6 @@ import contextlib
 import copy
 import datetime as dt
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -135,9 +134,8 @@ def ground_key_checks(innocent, wm_key: Key, found, alpha: float, folder: Path) 
         out["tokens"] = "skipped: openssl not found"
         return out
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tsa import TSA  # the test suite's real TSA: openssl ts -reply behind HTTP on 127.0.0.1
-
     from modelseal import timestamp as tsmod
+    from tsa import TSA  # the test suite's real TSA: openssl ts -reply behind HTTP on 127.0.0.1
 
     tsa = TSA(folder / "tsa")
     honest_pub = methods.commit(wm_key)
