@@ -130,10 +130,16 @@ def test_bad_parameters_are_refused(owner_cnn, mnist, kw):
 
 
 def test_same_seed_gives_the_same_secrets():
+    from modelseal import commitment
+    from modelseal.methods.deepmarks import derive_secrets
+
     a, b = DeepMarks(seed=3), dataclasses.replace(DeepMarks(), seed=3)
-    xa, ua = a._secrets(7, 20, 7)
-    xb, ub = b._secrets(7, 20, 7)
+    spec = [7, 7, 3, 7, 20, "fc1", "arch", "model"]
+    xa, ua = derive_secrets(commitment.nonce_for("deepmarks", a.seed), spec)
+    xb, ub = derive_secrets(commitment.nonce_for("deepmarks", b.seed), spec)
     assert torch.equal(xa, xb) and torch.equal(ua, ub)
+    xc, _ = derive_secrets(commitment.nonce_for("deepmarks", 4), spec)
+    assert not torch.equal(xa, xc)
 
 
 # ---------------------------------------------------------------- digits MLP (the README's owner): what a thief makes
@@ -258,7 +264,11 @@ def test_independent_models_are_not_accused_and_other_architectures_are_not_appl
 def test_a_huge_seed_distributes(mlp_owner, digits):
     copies, key = DeepMarks(users=7, seed=2**62 + 12345).distribute(mlp_owner, digits.owner, progress=False)
     assert ms.trace(copies[1], key).accused == [1]
-    assert DeepMarks(seed=2**80)._secrets(7, 20, 7)[0].shape == (7, 20)
+    from modelseal import commitment
+    from modelseal.methods.deepmarks import derive_secrets
+
+    nonce = commitment.nonce_for("deepmarks", DeepMarks(seed=2**80).seed)
+    assert derive_secrets(nonce, [7, 7, 3, 7, 20, "fc1", "a", "m"])[0].shape == (7, 20)
 
 
 def test_a_code_size_that_cannot_reach_alpha_is_refused_with_the_reason(mlp_owner, digits):
