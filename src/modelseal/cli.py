@@ -779,7 +779,7 @@ def trace(
         key = Key.load(key_path)  # loaded once: its signature shapes the suspect, then it judges
     s = open_source(suspect, device=device, arch=arch, signature=key.signature if arch is not None else None)
     result = trace_fn(s, key, evidence=evidence, force=force, **kw)
-    _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
+    _emit(as_json, result.to_dict(), lambda: out.print(_verdict_text(result)))
 
 
 # -------------------------------------------------------------------------------------- verify/commit

@@ -50,6 +50,13 @@ Where modelseal deviates, and why:
 - Copies fine-tune at lr 5e-4 (Adam), not 1e-3: on the digits CNN owner (0.911 test accuracy, 361 test
   images) seven plain 1-epoch fine-tunes at 1e-3 with no fingerprint already ranged 0.895-0.920, and the
   7-user copies' worst was -1.11 points; at 5e-4 the worst 7-user copy was 0.00 points (two runs).
+- The secret projection X and the orthonormal U are not drawn freely: both derive (`derive_secrets`,
+  SECRETS_RULE) from the key's commitment nonce, the code, the carrier layer and the SHA-256 of the owner
+  model, and `trace`, `commit` and `check` recompute them and refuse a key whose X or U differs. Drawn freely,
+  X could be *solved* after the fact: X plus a rank-1 correction makes any innocent model's w-bar decode to any
+  coalition at p ~ 0 (the entries still look Gaussian). Now an owner can only draw new nonces, each a new
+  key whose innocent p-value is uniform (benchmarks/grinding.py: about 470 draws a second on digits), and only a
+  trusted timestamp older than the suspect shows a key was not drawn that way.
 - Seeds of any size work: torch seeds are the given seed reduced mod 2**63 (the CLI draws 62-bit seeds;
   the per-user training seeds derived from them would overflow torch's 64-bit signed seed otherwise).
 """
