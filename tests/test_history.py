@@ -339,11 +339,15 @@ def test_the_commitment_binds_the_model_the_key_was_made_for(wm, owner):
 
 
 # ------------------------------------------------------------------------------------------ what verdicts prove
-def test_fingerprint_and_lineage_matches_say_relatedness_not_direction(owner, digits, innocents, wm):
+def test_fingerprint_and_lineage_matches_say_relatedness_not_direction(owner, digits, innocents, wm, tmp_path):
     done = methods.protect(methods.get("tafa")(n=30, seed=2), owner, input_spec=digits.meta, progress=False)
-    v = ms.verify(owner, done.key)
+    v = ms.verify(owner, done.key, evidence=tmp_path / "ev.json")
     assert v.owned and "not which came first" in v.details["relatedness"]
     assert any("related, not proven stolen" in line for line in v.notes())
+    assert "not which came first" in v.to_dict()["details"]["relatedness"]  # --json carries it
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert "not which came first" in ev["result"]["relatedness"]  # so does the evidence
+    assert any("not which came first" in line for line in evidence.check(ev, done.commitment)["not_proved"])
     assert "relatedness" not in ms.verify(innocents[1], done.key).details  # not owned: no line
     assert "relatedness" not in ms.verify(wm.models[0], wm.key).details  # a watermark keeps its wording
     from modelseal.lineage import lineage

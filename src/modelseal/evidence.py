@@ -94,6 +94,8 @@ def make(verdict: Verdict, key: Key, suspect: Any) -> dict[str, Any]:
               "alpha": verdict.alpha, "judged": verdict.judged, "queries": verdict.queries}
     if verdict.accused is not None:
         result["accused"] = list(verdict.accused)
+    if isinstance(verdict.details.get("relatedness"), str):
+        result["relatedness"] = verdict.details["relatedness"]
     return {"type": TYPE, "format": FORMAT, "modelseal_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "method": key.method,
             "suspect": suspect.identity(), "commitment": methods.commit(key),
@@ -231,6 +233,10 @@ def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLik
             problems.append(f"the evidence accuses {result.get('accused')}, the checker's rule "
                             f"{mine['accused']}")
     not_proved = list(cls.evidence_not_proved)
+    if methods.info(method).family == "fingerprint" and (mine or recomputed).get("owned"):
+        from .verdict import RELATED
+
+        not_proved.append(RELATED)
     if suspect is None:
         not_proved.insert(0, "which model gave these answers: this checked the arithmetic from the transcript and "
                              "the commitment; pass the suspect (check --suspect) to re-query it")
