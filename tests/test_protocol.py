@@ -26,7 +26,7 @@ LAYERS = [
     {"train", "references"},
     {"suspect"},
     {"attacks"},
-    {"methods", "lineage"},
+    {"methods", "lineage", "guard"},
     {"api", "evidence"},
     {"bench", "demo"},
     {"cli", "__main__"},

@@ -1184,10 +1184,21 @@ def serve(
         = False,
     token_env: Annotated[Optional[str], typer.Option(help="env var with a bearer token to require")] = None,
     max_batch: Annotated[int, typer.Option(help="largest batch a request may carry")] = 4096,
+    guard: Annotated[Optional[Path], typer.Option(
+        help="API watermark key (`modelseal guard key`): change a keyed fraction of answers, logged per client")]
+        = None,
+    guard_log: Annotated[Optional[Path], typer.Option(help="folder of the guard's per-client logs")] = None,
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu", as_json: JsonOpt = False,
 ) -> None:
     """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
+    hook = None
+    if guard is not None or guard_log is not None:
+        if guard is None or guard_log is None:
+            raise ModelSealError("--guard and --guard-log go together: the key and the folder of client logs")
+        from .guard import Guard, GuardKey
+
+        hook = Guard(GuardKey.load(guard), guard_log).serve_hook
     try:
         from .suspect.serve import run
     except ImportError as e:
@@ -1207,7 +1218,7 @@ def serve(
         sys.stdout.flush()
 
     run(model, host=host, port=port, name=name, label_only=label_only, token=token, max_batch=max_batch,
-        on_ready=ready)
+        answer_hook=hook, on_ready=ready)
     if not as_json:
         err.print("stopped")
 
@@ -1412,6 +1423,62 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - typer without click
         pass
     return tuple(kinds)
+
+
+# ----------------------------------------------------------------------------------- API watermark
+guard_app = typer.Typer(**_TYPER, help="API watermark (DAWN): keyed changed answers, logged per client.",
+                        epilog=_examples("modelseal guard key --classes 10 --out guard.seal",
+                                         "modelseal serve owner.safetensors --label-only --guard guard.seal "
+                                         "--guard-log guard-logs"))
+app.add_typer(guard_app, name="guard")
+
+
+@guard_app.command("key", epilog=_examples("modelseal guard key --classes 10 --out guard.seal",
+                                           "modelseal guard key --classes 10 --rate 0.01 --out guard.seal --json"))
+def guard_key(
+    classes: Annotated[int, typer.Option(help="classes the served model answers")],
+    out_path: Annotated[Path, typer.Option("--out", help="secret guard key to write (.seal, mode 0600)")],
+    rate: Annotated[float, typer.Option(help="fraction of distinct inputs whose answer is changed")] = 0.005,
+    levels: Annotated[int, typer.Option(help="canonical input: rounding steps per unit of the input range")] = 64,
+    bounds: Annotated[str, typer.Option(help="input range LO,HI the canonical form clips to")] = "0,1",
+    as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Make a guard key (secret from the OS) and its public commitment beside it (KEY.public.json)."""
+    from . import guard as guard_mod
+    from .safeio import commitment_path, write_files
+
+    try:
+        lo, hi = (float(v) for v in bounds.split(","))
+    except ValueError:
+        raise ModelSealError(f"--bounds takes LO,HI (e.g. 0,1), not {bounds!r}") from None
+    gk = guard_mod.GuardKey.new(classes, rate=rate, levels=levels, bounds=(lo, hi))
+    pub = commitment_path(out_path)
+    write_files([(out_path, gk.to_key().to_bytes()), (pub, json.dumps(gk.commitment(), indent=1) + "\n")], force,
+                private=[out_path], names=["--out", "commitment"])
+    _emit(as_json, {"key": str(out_path), "commitment": str(pub), **gk.params()},
+          lambda: out.print(f"guard key -> {out_path} (commitment {pub}); serve with --guard {out_path}"))
+
+
+@guard_app.command("verify", epilog=_examples(
+    "modelseal guard verify guard.seal student.safetensors --log guard-logs/0123456789abcdef.log.jsonl"))
+def guard_verify(
+    key_path: Annotated[Path, typer.Argument(help="the guard key")],
+    suspect: Annotated[str, typer.Argument(help="suspect: model file, .onnx file or http(s):// endpoint")],
+    log: Annotated[Path, typer.Option(help="one client's log (CLIENT.log.jsonl in the --guard-log folder)")],
+    head: Annotated[Optional[Path], typer.Option(help="the client's committed head (CLIENT.head.json)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="false-accusation rate the verifier accepts (1e-6)")] = None,
+    arch: ArchOpt = None, device: DeviceOpt = "auto", as_json: JsonOpt = False,
+) -> None:
+    """Was SUSPECT trained on this client's answers? Exact binomial test of its matches with the keyed labels
+    on the logged inputs (null match rate at most 1/(C-1)); names the client. Exit 0 with the verdict."""
+    from . import guard as guard_mod
+    from .suspect import open_source
+
+    s = open_source(suspect, device=device, arch=arch)
+    v = guard_mod.verify(s, key_path, log, head=head, alpha=alpha if alpha is not None else 1e-6)
+    _emit(as_json, v.to_dict(), lambda: out.print(
+        f"{_verdict_text(v)}\n  client {v.details['client']}: {v.details['matches']} of {v.details['entries']} "
+        "keyed answers reproduced"))
 
 
 # -------------------------------------------------------------------------------------- references

@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -85,9 +85,12 @@ def model_url(host: str, port: int, name: str = "model") -> str:
 
 
 def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model", *, label_only: bool = False,
-             token: str | None = None, max_batch: int = 4096):
+             token: str | None = None, max_batch: int = 4096,
+             answer_hook: Callable[[np.ndarray, np.ndarray, str | None], np.ndarray] | None = None):
     """A Starlette app serving `model` (module, Suspect, modelseal model file or ONNX file) as `name`.
 
+    `answer_hook(inputs, outputs, bearer_token)`, when given, returns the outputs actually served (an API
+    watermark: `modelseal.guard.Guard.serve_hook`); it sees the raw outputs before label-only conversion.
     `app.state.stats` counts requests and inputs answered (`{"requests": n, "inputs": m}`).
     """
     _need_stack()
@@ -209,9 +212,14 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
         rid = req.get("id")
         return x, {"id": rid if isinstance(rid, str) else None, "binary": want[output_name]}
 
-    def answer(x: np.ndarray) -> np.ndarray:
+    def answer(x: np.ndarray, bearer: str | None = None) -> np.ndarray:
         with lock:
-            return suspect.predict(torch.from_numpy(x)).numpy()
+            out = suspect.predict(torch.from_numpy(x)).numpy()
+            return out if answer_hook is None else answer_hook(x, out, bearer)
+
+    def bearer_of(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        return auth[7:] if auth[:7].lower() == "bearer " and auth[7:] else None
 
     async def read_body(request: Request) -> bytes | JSONResponse:
         length = request.headers.get("content-length")
@@ -249,7 +257,7 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
             return parsed
         x, opts = parsed
         try:
-            out = await run_in_threadpool(answer, x)
+            out = await run_in_threadpool(answer, x, bearer_of(request))
         except ModelSealError as e:
             return error(400, first_line(e, limit=10_000))
         except Exception as e:  # the model itself failed; say so without leaking a traceback
@@ -320,6 +328,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def run(model: nn.Module | Suspect | str | os.PathLike, *, host: str = DEFAULT_HOST, port: int = 8000,
         name: str = "model", label_only: bool = False, token: str | None = None, max_batch: int = 4096,
+        answer_hook: Callable[[np.ndarray, np.ndarray, str | None], np.ndarray] | None = None,
         log_level: str = "warning", on_ready: Any = None) -> None:
     """Serve `model` with uvicorn until Ctrl-C or SIGTERM, which stop it cleanly (`run` returns).
 
@@ -332,7 +341,7 @@ def run(model: nn.Module | Suspect | str | os.PathLike, *, host: str = DEFAULT_H
 
     import uvicorn
 
-    app = make_app(model, name, label_only=label_only, token=token, max_batch=max_batch)
+    app = make_app(model, name, label_only=label_only, token=token, max_batch=max_batch, answer_hook=answer_hook)
     sock = _bind(host, port)
     url = model_url(host, sock.getsockname()[1], name)
 
