@@ -110,9 +110,10 @@ def main() -> None:
             row = {"protection": method, "attack": name, "family": atk.family, "owner_acc": owner_acc,
                    "protected_acc": protected_acc}
             try:
-                attacked = atk.apply_many(copies[:atk.copies], data.attacker) if atk.copies > 1 else \
-                    atk.apply(copies[0], data.attacker)
-                cost = {k: v for k, v in atk.cost.items() if k != "steps"}
+                done = atk.run_many(copies[:atk.copies], data.attacker) if atk.copies > 1 else \
+                    atk.run(copies[0], data.attacker)
+                attacked = done.model
+                cost = {k: v for k, v in done.cost.items() if k != "steps"}
                 if atk.acts_on == "queries":
                     wrapped = atk.wrap(Suspect(attacked), data.meta)
                     acc = float((wrapped.labels(data.test.x) == data.test.y).float().mean())

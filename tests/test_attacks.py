@@ -333,3 +333,54 @@ def test_the_attack_command_shows_progress_lines_when_stderr_is_not_a_terminal(t
     lines = [ln for ln in r.stderr.splitlines() if "attack ftal:" in ln]
     assert lines and lines[-1].split("attack ftal: ")[1].split()[0].split("/")[0] == \
         lines[-1].split("attack ftal: ")[1].split()[0].split("/")[1], r.stderr
+
+
+def test_run_returns_a_fresh_typed_result_and_apply_the_model(owner_cnn, small):
+    atk = attacks.get("finetune")(epochs=1, fraction=0.5, progress=False)
+    first = atk.run(owner_cnn, small)
+    assert isinstance(first, attacks.Attacked) and isinstance(first.model, nn.Module)
+    assert first.cost["examples"] == 150 and first.cost["data_fraction"] == 0.5 and first.cost["wall_s"] >= 0
+    with pytest.raises(AttributeError):
+        first.cost = {}  # type: ignore[misc]  # frozen
+    second = atk.run(owner_cnn, small.subset(100, seed=2))
+    assert first.cost["examples"] == 150 and second.cost["examples"] == 50  # one record per run
+    assert atk.cost == second.cost and atk.cost is not second.cost  # apply's callers read a copy of the last
+    assert isinstance(vars(attacks.Attack).get("cost"), property)  # no mutable class-level record
+    assert _same(_state(atk.apply(owner_cnn, small)), _state(first.model))  # deterministic given the seed
+
+
+def test_apply_is_final_and_refuses_non_finite_weights(owner_cnn):
+    from dataclasses import dataclass
+
+    with pytest.raises(TypeError, match="write _apply"):
+        @dataclass
+        class Bad(attacks.Attack):
+            def apply(self, model, data=None):
+                return model
+
+    broken = copy.deepcopy(owner_cnn)
+    with torch.no_grad():
+        next(broken.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(AttackError, match="not finite|NaN|inf"):
+        attacks.get("prune")(amount=0.1).run(broken)
+
+
+def test_family_is_declared_once_and_plugins_give_theirs():
+    from dataclasses import dataclass
+
+    assert {n: attacks.get(n).family for n in attacks.names()} == attacks.FAMILIES
+
+    @dataclass
+    class Passthrough(attacks.Attack):
+        def _apply(self, model, data=None):
+            return model
+
+    attacks.register("test-passthrough", family="output")(Passthrough)
+    try:
+        assert attacks.get("test-passthrough").family == "output"
+        assert "test-passthrough" in attacks.by_family()["output"]
+    finally:
+        attacks.unregister("test-passthrough")
+    assert "test-passthrough" not in attacks.names() and "test-passthrough" not in attacks.FAMILIES
+    with pytest.raises(ModelSealError, match="family 'modification', not 'input'"):
+        attacks.register("prune", family="input")(Passthrough)

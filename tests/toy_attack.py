@@ -23,7 +23,7 @@ class ScaleHead(attacks.Attack):
                           lo_open=True)
     seed: int = seed_param()
 
-    def apply(self, model, data=None):
+    def _apply(self, model, data=None):
         out = self.copy_model(model)
         _, head = last_linear(out)
         with torch.no_grad():

@@ -35,7 +35,6 @@ class Chain(Attack):
     steps: list = param([], "the attacks to run in order: a list of {'attack': NAME, 'params': {...}}")
     seed: int = seed_param()
     progress: Any = progress_field()
-    family = "chain"
 
     def check(self) -> None:
         if not isinstance(self.steps, (list, tuple)) or not self.steps:
@@ -66,14 +65,14 @@ class Chain(Attack):
     def acts_on(self) -> str:  # type: ignore[override]
         return "queries" if any(a.acts_on == "queries" for a in self._attacks) else "weights"
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         meta = meta_of(data) if data is not None else None
         current, pending = model, []
         self.step_costs: list[dict[str, Any]] = []
         for i, atk in enumerate(self._attacks):
             atk.progress = self.progress
             if atk.acts_on == "queries":
-                atk.apply(current, data)
+                done = atk.run(current, data)
                 pending.append(atk)
             elif pending:
                 if not atk.takes_suspect:
@@ -84,12 +83,14 @@ class Chain(Attack):
                 for q in pending:
                     suspect = q.wrap(suspect, meta)
                 # an extraction step (takes_suspect) steals through the wrapped suspect instead of a module
-                current, pending = atk.apply(cast(nn.Module, suspect), data), []
+                done, pending = atk.run(cast(nn.Module, suspect), data), []
+                current = done.model
             else:
-                current = atk.apply(current, data)
-            self.step_costs.append({"attack": atk.name, **atk.cost, **({"query_stats": dict(atk.query_stats)}
-                                                                       if atk.query_stats else {})})
-            self.used(queries=int(atk.cost.get("queries", 0)))
+                done = atk.run(current, data)
+                current = done.model
+            self.step_costs.append({"attack": atk.name, **done.cost, **({"query_stats": atk.query_stats}
+                                                                        if atk.query_stats else {})})
+            self.used(queries=int(done.cost.get("queries", 0)))
         self._pending = pending
         # the steps train on the same attacker data: the chain used as much of it as its hungriest step
         self.used(examples=max((int(c.get("examples", 0)) for c in self.step_costs), default=0),
@@ -110,7 +111,3 @@ class Chain(Attack):
             return {}
         return {"answered": int(pending[-1].query_stats.get("answered", 0)),
                 "rejected": int(sum(q.query_stats.get("rejected", 0) for q in pending))}
-
-    @query_stats.setter
-    def query_stats(self, _value: dict[str, int]) -> None:
-        pass

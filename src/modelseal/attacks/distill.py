@@ -43,7 +43,6 @@ class Distill(TrainingAttack):
     temperature: float = param(4.0, "softmax temperature of soft labels", lo=0, hi=1e6, lo_open=True)
     lr: float = param(0.001, "learning rate (Adam)", lo=0, hi=10, lo_open=True)
     labels: str = param('soft', "soft: the teacher's probabilities; hard: its top class only", choices=LABELS)
-    family = "extraction"
 
     def check(self) -> None:
         if self.student != "same" and self.student not in models.names():
@@ -71,7 +70,7 @@ class Distill(TrainingAttack):
             raise AttackError(f"cannot build a '{name}' student for inputs of shape {list(input_shape)} and "
                               f"{output_size} outputs ({e}); choose another student architecture") from None
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data)
         x, y = as_tensors(data)
         self.used(queries=len(x))

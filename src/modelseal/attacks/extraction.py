@@ -85,7 +85,6 @@ class _Extraction(TrainingAttack):
     student: str = param('same', "student architecture: same | other | a zoo name")
     epochs: int = param(10, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
     temperature: float = param(1.0, "softmax temperature", lo=0, hi=1000000.0, lo_open=True)
-    family = "extraction"
     takes_suspect = True
 
     def check(self) -> None:
@@ -140,7 +139,7 @@ class _Extraction(TrainingAttack):
 
             fit(student, TensorData(x, soft.argmax(1)), **self.fit_kwargs(description, extra_loss=extra))
 
-    def apply(self, model: Any, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: Any, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)
         suspect = as_suspect(model)
         pool, _ = as_tensors(data)
@@ -226,9 +225,8 @@ class Transfer(TrainingAttack):
     hidden: int = param(64, "units of the new head's hidden layer", lo=1, hi=100000)
     finetune_epochs: int = param(1, "epochs of fine-tuning every layer after the head", lo=0, hi=validate.MAX_EPOCHS)
     fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
-    family = "extraction"
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data, self.fraction)
         out = self.copy_model(model)
         name, head = models.last_linear(out)

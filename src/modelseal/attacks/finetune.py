@@ -43,7 +43,7 @@ class FineTune(TrainingAttack):
     lr: float = param(0.001, "learning rate (Adam)", lo=0, hi=10, lo_open=True)
     fraction: float = param(1.0, "share of the attacker's data used (seeded)", lo=0, hi=1, lo_open=True)
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data, self.fraction)
         out = self.copy_model(model)
         _, head = last_linear(out)

@@ -49,7 +49,7 @@ def wrapped_suspect(attack: Attack, inner: Suspect, fn: Callable[[torch.Tensor],
                     label_only: bool = False, name: str | None = None) -> Suspect:
     """A black-box Suspect answering `fn(x)` (which queries `inner`); counts answers in `attack.query_stats`.
     It is called `name(inner's name)`, `name` defaulting to the attack's."""
-    attack.reset_query_stats()
+    attack.start_query_stats()
 
     def answer(x: torch.Tensor) -> torch.Tensor:
         attack.count_query(answered=len(x))
@@ -75,12 +75,11 @@ class InputTransform(Attack):
 
     seed: int = seed_param("seed of the transform's randomness (deterministic given it)")
     acts_on = "queries"
-    family = "input"
 
     def transform(self, x: torch.Tensor, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - interface
 
-    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Any = None) -> nn.Module:
         """The model is not changed (the queries are): returns it as it is."""
         return model
 

@@ -67,7 +67,7 @@ class StructuredPrune(TrainingAttack):
                             "attacker's data", choices=IMPORTANCE)
     epochs: int = param(3, "training epochs", lo=0, hi=validate.MAX_EPOCHS)
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         try:
             import torch_pruning as tp
         except ImportError:  # pragma: no cover - a declared dependency
@@ -124,7 +124,7 @@ class Permute(Attack):
     seed: int = seed_param()
 
     @torch.no_grad()
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
         layers = _chain(out)
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -189,7 +189,7 @@ class FineTuneRegularised(TrainingAttack):
     weight_decay: float = param(0.0005, "L2 weight decay", lo=0, hi=10)
     fraction: float = param(1.0, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data, self.fraction)
         out = self.copy_model(model)
         eps = float(self.smoothing)
@@ -246,7 +246,7 @@ class Refit(TrainingAttack):
     fraction: float = param(0.2, "fraction of the attacker's labelled data used", lo=0, hi=1, lo_open=True)
     unlabeled: bool = param(True, "add the attacker's other inputs, labelled by the model itself")
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = require_data(data, self.name)
         x_all, y_all = as_tensors(data)
         n = len(x_all)

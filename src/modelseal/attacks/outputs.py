@@ -38,13 +38,12 @@ class OutputTransform(Attack):
     """Base of the output transforms: `transform(logits, gen)` is what the API answers."""
 
     acts_on = "queries"
-    family = "output"
     keeps_argmax = True
 
     def transform(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - interface
 
-    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Any = None) -> nn.Module:
         """The model is not changed (its answers are): returns it as it is."""
         return model
 

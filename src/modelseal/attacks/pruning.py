@@ -70,7 +70,7 @@ class Prune(Attack):
                        "layer", choices=SCOPES)
     seed: int = seed_param()
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
         weights = [m.weight for _, m in prunable(out)]
         if not weights:
@@ -159,7 +159,7 @@ class FinePrune(TrainingAttack):
         order = torch.argsort(act, stable=True)
         return name, sorted(int(c) for c in order[:k])
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data)
         out = self.copy_model(model)
         try:

@@ -48,7 +48,6 @@ class _Rejection(Attack):
                         choices=ANSWERS)
     seed: int = seed_param()
     acts_on = "queries"
-    family = "rejection"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,7 +61,7 @@ class _Rejection(Attack):
     def fit_detector(self, model: nn.Module, x: torch.Tensor) -> None:
         raise NotImplementedError  # pragma: no cover - interface
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         """Fit the detector on the attacker's inputs; the model itself is returned unchanged."""
         x, _ = as_tensors(require_data(data, self.name))
         self.used(examples=len(x))

@@ -102,7 +102,7 @@ class NeuralCleanse(TrainingAttack):
             _thaw(state)
         return triggers, torch.tensor(norms)
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data, self.fraction)
         x, y = as_tensors(data)
         meta = meta_of(data)
@@ -170,7 +170,7 @@ class Dehydrate(TrainingAttack):
             _thaw(state)
         return (lo + (hi - lo) * torch.sigmoid(z)).detach()
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         data = self.attacker_data(data, self.fraction)
         x, _ = as_tensors(data)
         bounds = bounds_of(meta_of(data))

@@ -33,7 +33,7 @@ class Quantize(Attack):
     bits: int = param(8, "bits per weight after quantization", lo=1, hi=32)
     seed: int = seed_param()
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
         levels = 2 ** int(self.bits) - 1
         with torch.no_grad():
@@ -64,7 +64,7 @@ class Noise(Attack):
     relative: bool = param(True, "std relative to each layer's weight std (else absolute)")
     seed: int = seed_param()
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
         gen = torch.Generator().manual_seed(int(self.seed))
         with torch.no_grad():
@@ -102,7 +102,7 @@ class Average(Attack):
             if sum(ws) <= 0:
                 raise AttackError("averaging weights must not all be zero")
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         for i, other in enumerate(self.others, 1):
             require_finite(other, f"model {i} to average")
         out = self.copy_model(model)
@@ -142,7 +142,7 @@ class ResetOutliers(Attack):
                      lo_open=True)
     seed: int = seed_param()
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
         with torch.no_grad():
             for _, p in out.named_parameters():
@@ -171,10 +171,10 @@ class Collude(Attack):
     def copies(self) -> int:  # type: ignore[override]
         return self.k
 
-    def apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         raise AttackError(f"collude averages {self.k} distributed copies: call apply_many([copy, ...])")
 
-    def apply_many(self, models: list[nn.Module], data: Dataset | None = None) -> nn.Module:
+    def _apply_many(self, models: list[nn.Module], data: Dataset | None = None) -> nn.Module:
         if len(models) != self.k:
             raise AttackError(f"collude k={self.k} needs {self.k} copies, got {len(models)}")
         return Average(others=list(models[1:])).apply(models[0])

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ..attacks import Attacked
 from ..errors import KeyMismatchError, ModelSealError
 from ..models.io import model_from_bytes, model_to_bytes
 from .backends import Shared
@@ -224,8 +225,8 @@ def _row_of(v: Any) -> dict[str, Any]:
     return row
 
 
-def _cost_of(attack: Any) -> dict[str, Any]:
-    """The attack's cost record for the row, JSON-able, without wall times (they differ between runs of one
+def _cost_of(cost: dict[str, Any]) -> dict[str, Any]:
+    """An attack run's cost record for the row, JSON-able, without wall times (they differ between runs of one
     scenario; the attack's own goes to the volatile `attack_wall_s` column)."""
     def strip(v: Any) -> Any:
         if isinstance(v, dict):
@@ -234,7 +235,7 @@ def _cost_of(attack: Any) -> dict[str, Any]:
             return [strip(x) for x in v]
         return v
 
-    out: dict[str, Any] = strip(json.loads(json.dumps(attack.cost, default=str)))
+    out: dict[str, Any] = strip(json.loads(json.dumps(cost, default=str)))
     return out
 
 
@@ -307,11 +308,12 @@ _ATTACKED: collections.OrderedDict[str, tuple[bytes, dict[str, Any]]] = collecti
 _ATTACKED_MAX = 64
 
 
-def _apply(attack: Any, job: CellJob, models: list[Any], blobs: list[bytes], splits: Any, dev: torch.device) -> Any:
-    """`attack.apply_many(models, attacker data)`, from the in-process cache when the same attack already ran
+def _apply(attack: Any, job: CellJob, models: list[Any], blobs: list[bytes], splits: Any,
+           dev: torch.device) -> Attacked:
+    """`attack.run_many(models, attacker data)`, from the in-process cache when the same attack already ran
     on the same model bytes (query-side attacks change the answers, not the model: never cached)."""
     if attack.acts_on == "queries":
-        return attack.apply_many(models, splits.attacker)
+        return attack.run_many(models, splits.attacker)
     h = hashlib.sha256()
     for b in blobs:
         h.update(hashlib.sha256(b).digest())
@@ -321,13 +323,12 @@ def _apply(attack: Any, job: CellJob, models: list[Any], blobs: list[bytes], spl
     if key in _ATTACKED:
         blob, cost = _ATTACKED[key]
         _ATTACKED.move_to_end(key)
-        attack.cost = copy.deepcopy(cost)
-        return model_from_bytes(blob).to(dev)
-    out = attack.apply_many(models, splits.attacker)
-    _ATTACKED[key] = (model_to_bytes(out), copy.deepcopy(attack.cost))
+        return Attacked(model_from_bytes(blob).to(dev), copy.deepcopy(cost))
+    done: Attacked = attack.run_many(models, splits.attacker)
+    _ATTACKED[key] = (model_to_bytes(done.model), copy.deepcopy(done.cost))
     while len(_ATTACKED) > _ATTACKED_MAX:
         _ATTACKED.popitem(last=False)
-    return out
+    return done
 
 
 def job_cell(job: CellJob) -> dict[str, Any]:
@@ -351,12 +352,13 @@ def job_cell(job: CellJob) -> dict[str, Any]:
             # which copies the attacker holds: one user's copy, or `need` colluders' (seeded)
             users = [0] if len(copies) == 1 else sorted(
                 int(u) for u in np.random.default_rng(job.seed).choice(len(copies), size=need, replace=False))
-            attacked = copies[users[0]] if attack is None else _apply(
+            done = None if attack is None else _apply(
                 attack, job, [copies[u] for u in users], [_value(job.models)[u] for u in users], splits, dev)
+            attacked = copies[users[0]] if done is None else done.model
             _job_env_seed(job.seed)  # the judge draws the same randomness whether the attack ran or was cached
-            cost = {} if attack is None else _cost_of(attack)
-            if attack is not None:
-                row["attack_wall_s"] = float(attack.cost.get("wall_s", 0.0))
+            cost = {} if done is None else _cost_of(done.cost)
+            if done is not None:
+                row["attack_wall_s"] = float(done.cost.get("wall_s", 0.0))
             row["attacked_acc"] = _attacked_accuracy(attack, attacked, splits, cost)
             if attack is not None:
                 row["cost"] = {**cost, "owner_acc": job.owner_acc, "attacked_acc": row["attacked_acc"],

@@ -22,7 +22,7 @@ class Overwrite(Attack):
     extra_epochs: int = param(1, "epochs trained on after the attacker's triggers are learned", lo=0, hi=1000)
     seed: int = seed_param()
 
-    def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
+    def _apply(self, model: nn.Module, data: Any = None) -> nn.Module:
         from .. import methods
 
         if data is None:
