@@ -56,7 +56,7 @@ _MODULES = {
     "sac": "modelseal.methods.sac",
     "lineage": "modelseal.methods.lineage_ref",
 }
-_TABLE: Registry[type[Method]] = Registry(_MODULES)
+_TABLE: Registry[type[Method]] = Registry(_MODULES, kind="method", package="modelseal.methods")
 _REGISTRY, _BUILTIN = _TABLE.classes, _TABLE.builtin  # the registered classes; the names that ship with modelseal
 
 
@@ -115,21 +115,12 @@ def unregister(name: str) -> None:
 
 
 def _available() -> dict[str, str]:
-    return {name: mod for name, mod in _MODULES.items() if importlib.util.find_spec(mod) is not None}
+    return _TABLE.available()
 
 
 def get(name: str) -> type[Method]:
-    """The method class registered as `name`."""
-    if not isinstance(name, str):
-        raise RegistryError(f"a method name is a string, got {type(name).__name__}")
-    if name not in _REGISTRY:
-        mod = _available().get(name)
-        if mod is None:
-            raise RegistryError(f"unknown method '{name}'; known: {', '.join(names()) or 'none'}")
-        importlib.import_module(mod)
-    if name not in _REGISTRY:
-        raise RegistryError(f"module for method '{name}' did not register it")
-    return _REGISTRY[name]
+    """The method class registered as `name` (its module imported on first use)."""
+    return _TABLE.get(name)
 
 
 def info(name: str) -> MethodInfo:
@@ -140,10 +131,7 @@ def info(name: str) -> MethodInfo:
 
 def names(family: str | None = None) -> list[str]:
     """Registered method names, optionally only those of one family."""
-    every = sorted(set(_available()) | set(_REGISTRY))
-    if family is None:
-        return every
-    return [n for n in every if info(n).family == family]
+    return _TABLE.names(family)
 
 
 def require_family(name: str, family: str, verb: str) -> MethodInfo:
