@@ -21,7 +21,6 @@ so a key of another method relabelled as this one ends in one clear error.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from typing import Any, cast
 
