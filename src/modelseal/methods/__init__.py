@@ -20,7 +20,6 @@ so a key of another method relabelled as this one ends in one clear error.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, cast
 
