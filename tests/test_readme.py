@@ -151,6 +151,10 @@ def test_every_help_example_parses_with_its_command():
 
 # Examples not run by the test below, each with why; everything else runs as written.
 HELP_NOT_RUN = {
+    "modelseal serve owner.safetensors --label-only --guard guard.seal --guard-log guard-logs":
+        "serves until Ctrl-C (tests/test_guard.py serves a guarded model)",
+    "modelseal guard verify guard.seal student.safetensors --log guard-logs/0123456789abcdef.log.jsonl":
+        "needs a student and a client's log (tests/test_guard.py)",
     "modelseal timestamp wm.public.json --tsa http://127.0.0.1:3161/tsa": "needs a running RFC 3161 TSA "
                                                                           "(tests/test_history.py starts one)",
     "modelseal timestamp wm.public.json --tsa http://127.0.0.1:3161/tsa --tsa-cert tsa-ca.pem --json":
