@@ -190,3 +190,19 @@ def test_fit_refuses_an_empty_dataloader_in_one_line():
     m = torch.nn.Linear(2, 2)
     with pytest.raises(DataError, match="empty"):
         fit(m, DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))), progress=False)
+
+
+def test_a_dataloader_is_iterated_as_given_and_its_labels_set_the_task(digits):
+    """Two loaders with the same seeded shuffling train the same weights (fit draws nothing from a loader
+    before training); float labels without a declared task train a regression."""
+    runs = []
+    for _ in range(2):
+        m = _model(digits.meta)
+        fit(m, DataLoader(TensorDataset(digits.owner.x, digits.owner.y), batch_size=50, shuffle=True,
+                          generator=torch.Generator().manual_seed(9)), epochs=1, seed=2, progress=False)
+        runs.append(m)
+    assert _same(*runs)
+    x = torch.rand(64, 3)
+    reg = torch.nn.Linear(3, 1)
+    hist = fit(reg, DataLoader(TensorDataset(x, x.sum(1)), batch_size=16), epochs=2, progress=False)
+    assert hist["task"] == "regression" and hist["loss"][-1] < hist["loss"][0]

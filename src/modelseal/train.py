@@ -95,6 +95,8 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 5, lr: fl
             total: torch.Tensor | float = 0.0
             count = 0
             for xb, yb in batches(gen):
+                if task is None:  # a DataLoader without a task in its dataset's meta: the labels' dtype decides
+                    task = history["task"] = CLASSIFICATION if not torch.is_floating_point(yb) else REGRESSION
                 if extra_batch is not None:
                     extra = extra_batch(step)
                     if extra is not None:
@@ -132,8 +134,9 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 5, lr: fl
 Batches = Callable[[torch.Generator], Iterator["tuple[torch.Tensor, torch.Tensor]"]]
 
 
-def _batches(data: Dataset | DataLoader, batch_size: int, dev: torch.device) -> tuple[Batches, int, str]:
-    """(one epoch's batches on `dev` given the shuffling generator, batches per epoch, task) for `data`."""
+def _batches(data: Dataset | DataLoader, batch_size: int, dev: torch.device) -> tuple[Batches, int, str | None]:
+    """(one epoch's batches on `dev` given the shuffling generator, batches per epoch, task) for `data`; the
+    task is None for a DataLoader whose dataset does not declare one (the first batch's labels decide)."""
     if isinstance(data, DataLoader):
         return _loader_batches(data, dev)
     x_all, y_all = as_tensors(data)
@@ -155,7 +158,7 @@ def _batches(data: Dataset | DataLoader, batch_size: int, dev: torch.device) -> 
     return epoch, (n + batch_size - 1) // batch_size, task
 
 
-def _loader_batches(loader: DataLoader, dev: torch.device) -> tuple[Batches, int, str]:
+def _loader_batches(loader: DataLoader, dev: torch.device) -> tuple[Batches, int, str | None]:
     try:
         steps = len(loader)
     except TypeError:
@@ -165,9 +168,6 @@ def _loader_batches(loader: DataLoader, dev: torch.device) -> tuple[Batches, int
         raise DataError("cannot train on an empty data set")
     meta = meta_of(loader.dataset)
     task = meta.task if meta is not None and meta.task in (CLASSIFICATION, REGRESSION) else None
-    if task is None:  # as for a dataset: the labels' dtype decides (the loader's first batch)
-        first = next(iter(loader))
-        task = task_of(loader.dataset, _pair(first)[1])
 
     def epoch(_gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for b in loader:
