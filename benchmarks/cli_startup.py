@@ -6,7 +6,7 @@ command's ratio to it (the target: `--help` and `methods` well under 1 s, i.e. f
 The early-refusal cases run torch commands whose output already exists (or whose key is missing): they must
 say so before importing torch, so they too stay far below one torch import. They run in a temporary folder
 holding an empty `exists.safetensors` and `exists.seal`; their exit code 2 is expected.
-Usage: python benchmarks/cli_startup.py [--runs 7]
+Usage: python benchmarks/cli_startup.py [--runs 7] [--quick]   (--quick: one timed run each)
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ def _time(argv: list[str], runs: int, env: dict[str, str], cwd: str | None = Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="one timed run per command (what the test runs)")
     args = ap.parse_args()
+    if args.quick:
+        args.runs = 1
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     torch_s = _time([sys.executable, "-c", "import torch"], args.runs, env)

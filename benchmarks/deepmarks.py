@@ -21,7 +21,10 @@ Suite `collusion` (mnist5k CNN, 31 users): K = 1..6 colluders averaging their co
 design's bound of k - 1 = 5): colluders found and innocents accused, with no further attack, after 50 %
 global magnitude pruning, and after 2 epochs of fine-tuning on the attacker split.
 
-    python benchmarks/deepmarks.py [--suite power|collusion] [--users 7 13 31] [--label after]
+    python benchmarks/deepmarks.py [--suite power|collusion] [--users 7 13 31] [--label after] [--quick]
+
+`--quick` (what the test runs): the power suite on the MLP owner with 7 users, and one independent model of
+each kind (3 in all).
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ def power_suite(args) -> dict:
         owners[arch] = m
     independents = []
     for arch, kw in (("mlp", {}), ("mlp", {"hidden": (128, 64)}), ("cnn", {})):
-        for s in range(3):
+        for s in range(1 if args.quick else 3):
             m = ms.models.build(arch, data.meta, seed=700 + s, **kw)
             ms.train.fit(m, data.attacker, epochs=10, seed=700 + s, progress=False)
             independents.append((f"{arch}{'-narrow' if kw else ''}-seed{700 + s}", m))
@@ -190,7 +193,7 @@ def power_suite(args) -> dict:
                 "worst_delta_points": r["worst_delta_points"], "seconds": r["seconds"]})}
             for u, r in rows.items() if u != "largest_users"]
     return {"method": "deepmarks", "suite": "power", "dataset": "digits", "label": args.label,
-            "seed": args.seed, "table": table, "owners": out}
+            "seed": args.seed, "quick": args.quick, "table": table, "owners": out}
 
 
 def collusion_suite(args) -> dict:
@@ -277,7 +280,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", default="")
+    ap.add_argument("--quick", action="store_true", help="power suite, MLP owner, 7 users, 3 independents")
     args = ap.parse_args()
+    if args.quick:
+        args.suite, args.users, args.arch = "power", [7], ["mlp"]
     torch.set_num_threads(1)
     doc = power_suite(args) if args.suite == "power" else collusion_suite(args)
     print(json.dumps(doc, indent=1))

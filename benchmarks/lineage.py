@@ -12,7 +12,8 @@ Prints JSON: per part (exact `lineage-weights`, `lineage-aligned`, `lineage-outp
 number of independents judged, accused at alpha, the smallest p-value, the fractions below 0.01 and 0.05;
 the KS p-value of the exact part's p-values on the independents (uniform under its null); the p-values the
 aligned part would give under a random-matching null (the union bound, not used: shows why); and per attack
-and architecture which part finds the copy. Run: `python benchmarks/lineage.py --models 50`.
+and architecture which part finds the copy. Run: `python benchmarks/lineage.py --models 50`; `--quick` (what the
+test runs): 3 independents and 2 references per architecture, 5 epochs, 999 permutations.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--permutations", type=int, default=9999)
     ap.add_argument("--alpha", type=float, default=1e-6)
+    ap.add_argument("--quick", action="store_true", help="3 independents, 2 references, 5 epochs, 999 permutations")
     args = ap.parse_args()
+    if args.quick:
+        args.models, args.references, args.epochs, args.permutations = 3, 2, 5, 999
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     d = ms.data.load("digits", seed=0)
@@ -95,7 +99,8 @@ def main() -> None:
                                   for r in positives.values()]))
              for part in ("lineage-weights", "lineage-aligned", "lineage-outputs", "lineage")}
     print(json.dumps({
-        "data": "digits", "alpha": args.alpha, "permutations": args.permutations, "epochs": args.epochs,
+        "data": "digits", "quick": args.quick, "alpha": args.alpha, "permutations": args.permutations,
+        "epochs": args.epochs,
         "references": len(refs), "independents": 2 * args.models, "negatives": negatives,
         "aligned_agreement_fraction_independents": {a: {"max": max(v), "mean": float(np.mean(v))}
                                                     for a, v in agree_frac.items()},

@@ -5,6 +5,7 @@ MNIST CNN, then verify the same model in-process and through a `modelseal.suspec
 127.0.0.1, once with JSON tensors and once with binary tensors (the binary tensor data extension that
 tritonclient uses by default). Ratios are measured inside this run; bytes are counted by an ASGI wrapper
 around the server. Prints one JSON document. Usage: python benchmarks/remote_verify.py [--epochs 2] [--n 50]
+[--quick]  (--quick, what the test runs: a digits CNN, 1 epoch, keys of 20, one repeat)
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50, help="key size (triggers / examples / boundary points)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="digits, 1 epoch, keys of 20, one repeat")
     args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.n, args.repeats = 1, 20, 1
 
-    data = ms.data.load("mnist5k", seed=0)
+    data_name = "digits" if args.quick else "mnist5k"
+    data = ms.data.load(data_name, seed=0)
     owner = ms.models.build("cnn", data.meta, seed=0)
     ms.train.fit(owner, data.owner, epochs=args.epochs, seed=0, progress=False)
     rows = []
@@ -100,7 +105,8 @@ def main() -> None:
         row["json_vs_binary_seconds"] = round(js["seconds"] / max(bn["seconds"], 1e-9), 2)
         row["json_vs_binary_request_bytes"] = round(js["request_bytes"] / max(bn["request_bytes"], 1), 2)
         rows.append(row)
-    print(json.dumps({"benchmark": "remote_verify", "model": "cnn/mnist5k", "epochs": args.epochs,
+    print(json.dumps({"benchmark": "remote_verify", "model": f"cnn/{data_name}", "quick": args.quick,
+                      "epochs": args.epochs,
                       "key_size": args.n, "batch_size": args.batch_size, "repeats": args.repeats,
                       "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                       "transport": "HTTP/1.1 over 127.0.0.1 (uvicorn + starlette); JSON vs binary tensor data "

@@ -129,6 +129,20 @@ def test_missing_scenario_and_unknown_backend(tmp_path):
         backends.make_backend("spark")
 
 
+@pytest.mark.parametrize("device,cluster_gpus,gpus", [
+    ("cuda", 0.0, 1.0), ("cuda:0", 0.0, 1.0), ("CUDA", 4.0, 1.0),  # cuda asks for a GPU whatever Ray reports
+    ("auto", 2.0, 1.0), ("auto", 0.0, None), ("cpu", 8.0, None), (None, 8.0, None),
+])
+def test_ray_cells_ask_for_a_gpu_when_the_device_is_cuda(device, cluster_gpus, gpus):
+    # Ray hides the GPUs from a task that asks for none, so a CUDA bench cell must ask
+    opts = backends.ray_task_options(device, cluster_gpus)
+    assert opts["num_cpus"] == 1 and opts["max_retries"] == 0
+    assert opts.get("num_gpus") == gpus
+    assert backends.ray_task_options("cuda", gpus_per_task=0.25)["num_gpus"] == 0.25
+    with pytest.raises(ModelSealError, match="GPUs per bench job"):
+        backends.ray_task_options("cuda", gpus_per_task=0)
+
+
 def test_model_bytes_round_trip():
     from modelseal import models
 

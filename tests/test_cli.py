@@ -63,3 +63,35 @@ def test_methods_and_attack_list():
     r = runner.invoke(app, ["methods", "--json"])
     assert r.exit_code == 0
     assert "prune" in json.loads(r.stdout)["attacks"]
+
+
+def _spy_fit(monkeypatch):
+    """Record the keyword arguments every `modelseal.train.fit` call gets, and still train."""
+    calls = []
+    real = ms.train.fit
+
+    def spy(*a, **k):
+        calls.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ms.train, "fit", spy)
+    return calls
+
+
+def test_batch_size_reaches_fit_from_train_and_training_attacks(trained, monkeypatch):
+    d, _ = trained
+    calls = _spy_fit(monkeypatch)
+    r = runner.invoke(app, ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "--batch-size", "16",
+                            "--device", "cpu", "--out", str(d / "b16.safetensors"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert [c["batch_size"] for c in calls] == [16]
+    r = runner.invoke(app, ["attack", "finetune", str(d / "owner.safetensors"), "--data", "digits", "--set", "epochs=1",
+                            "--batch-size", "8", "--out", str(d / "ft8.safetensors"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["params"]["batch_size"] == 8 and calls[-1]["batch_size"] == 8
+    r = runner.invoke(app, ["attack", "prune", str(d / "owner.safetensors"), "--data", "digits",
+                            "--batch-size", "8", "--out", str(d / "p8.safetensors")])
+    assert r.exit_code == 2 and "does not train" in r.output and not (d / "p8.safetensors").exists()
+    r = runner.invoke(app, ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "--batch-size", "0",
+                            "--out", str(d / "b0.safetensors")])
+    assert r.exit_code == 2 and "batch_size" in r.output

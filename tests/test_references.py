@@ -92,3 +92,24 @@ def test_cli_references_make_and_verify_with_pool(tmp_path):
     r = runner.invoke(app, ["verify", str(tmp_path / "ce.seal"), str(tmp_path / "owner.safetensors"),
                             "--references", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "not a folder" in r.output
+
+
+def test_cli_references_make_takes_device_and_batch_size(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from modelseal.cli import app
+
+    calls = []
+    real = ms.train.fit
+    monkeypatch.setattr(ms.train, "fit", lambda *a, **k: calls.append(k) or real(*a, **k))
+    folder = tmp_path / "refs"
+    r = CliRunner().invoke(app, ["references", "make", "--data", "digits", "--n", "2", "--arch", "mlp", "--epochs",
+                                 "1", "--out", str(folder), "--device", "cpu", "--batch-size", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [(c["device"], c["batch_size"]) for c in calls] == [("cpu", 32)] * 2
+    # the batch size changes the models, so it is a pool setting (recorded only when not the default 64)
+    assert json.loads(r.output)["settings"]["batch_size"] == 32
+    with pytest.raises(ModelSealError, match="other settings"):
+        R.make_pool("digits", 2, folder, archs="mlp", epochs=1, seed=1000, progress=False)
+    assert "batch_size" not in R.make_pool("digits", 1, tmp_path / "d", archs="mlp", epochs=1,
+                                            progress=False)["settings"]

@@ -1,9 +1,12 @@
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import modelseal as ms
 from modelseal.errors import DataError, ModelSealError
+from modelseal.runtime import seed_everything
+from modelseal.train import fit
 
 
 def _weights(m):
@@ -96,3 +99,110 @@ def test_progress_bar_can_be_handed_in(mnist):
     with Progress(console=Console(file=buf, force_terminal=True)) as p:
         ms.train.fit(ms.models.build("mlp", mnist.meta), mnist.owner.subset(64), epochs=1, progress=p)
     assert "train" in buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ms.data.load("digits", seed=0)
+
+
+def _model(meta):
+    return ms.models.build("mlp", meta, seed=5)
+
+
+def _reference_loop(model, x, y, epochs, batch_size, seed, order=None):
+    """The loop fit has always run on the CPU: Adam, one seeded permutation per epoch (or a fixed order)."""
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen) if order is None else order
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
+            loss = F.cross_entropy(model(x[idx]).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_fit_keeps_the_seeded_batch_order_bit_for_bit(digits):
+    """Streaming batches to the device must not change what a seed trains on the CPU."""
+    a, b = _model(digits.meta), _model(digits.meta)
+    fit(a, digits.owner, epochs=2, batch_size=32, seed=7, progress=False)
+    _reference_loop(b, digits.owner.x, digits.owner.y, 2, 32, 7)
+    assert _same(a, b)
+
+
+class _PlainDataset(Dataset):
+    """A user's own map-style dataset (no tensors attribute, no meta)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_any_map_style_dataset_trains_like_the_tensors(digits):
+    x, y = digits.owner.x, digits.owner.y
+    a, b = _model(digits.meta), _model(digits.meta)
+    fit(a, _PlainDataset(x, y), epochs=1, batch_size=50, seed=1, progress=False)
+    fit(b, TensorDataset(x, y), epochs=1, batch_size=50, seed=1, progress=False)
+    assert _same(a, b)
+
+
+def test_fit_takes_a_dataloader_with_its_own_batches(digits):
+    x, y = digits.owner.x, digits.owner.y
+    a, b = _model(digits.meta), _model(digits.meta)
+    hist = fit(a, DataLoader(TensorDataset(x, y), batch_size=40, shuffle=False), epochs=2, seed=3,
+               batch_size=999, progress=False)  # the loader's batch size wins
+    assert hist["steps"] == 2 * ((len(x) + 39) // 40) and hist["samples"] == 2 * len(x)
+    assert hist["task"] == "classification"
+    _reference_loop(b, x, y, 2, 40, 3, order=torch.arange(len(x)))
+    assert _same(a, b)
+
+
+def test_fit_takes_a_shuffling_dataloader_with_the_splits_meta(digits):
+    m = _model(digits.meta)
+    loader = DataLoader(digits.owner, batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    fit(m, loader, epochs=3, seed=0, progress=False)
+    assert ms.train.evaluate(m, digits.test) > 0.5
+
+
+def test_fit_batch_size_sets_the_steps(digits):
+    m = _model(digits.meta)
+    n = len(digits.owner)
+    assert fit(m, digits.owner, epochs=1, batch_size=100, progress=False)["steps"] == (n + 99) // 100
+
+
+def test_fit_refuses_an_empty_dataloader_in_one_line():
+    m = torch.nn.Linear(2, 2)
+    with pytest.raises(DataError, match="empty"):
+        fit(m, DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))), progress=False)
+
+
+def test_a_dataloader_is_iterated_as_given_and_its_labels_set_the_task(digits):
+    """Two loaders with the same seeded shuffling train the same weights (fit draws nothing from a loader
+    before training); float labels without a declared task train a regression."""
+    runs = []
+    for _ in range(2):
+        m = _model(digits.meta)
+        fit(m, DataLoader(TensorDataset(digits.owner.x, digits.owner.y), batch_size=50, shuffle=True,
+                          generator=torch.Generator().manual_seed(9)), epochs=1, seed=2, progress=False)
+        runs.append(m)
+    assert _same(*runs)
+    x = torch.rand(64, 3)
+    reg = torch.nn.Linear(3, 1)
+    hist = fit(reg, DataLoader(TensorDataset(x, x.sum(1)), batch_size=16), epochs=2, progress=False)
+    assert hist["task"] == "regression" and hist["loss"][-1] < hist["loss"][0]

@@ -87,6 +87,7 @@ out = _console()
 err = _console(stderr=True)
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="training batch size")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
 OnlyOpt = Annotated[Optional[str], typer.Option(
     "--only", metavar="METHOD,...", help="run only the protections of these methods (comma-separated)")]
@@ -392,7 +393,7 @@ def train(
     epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     split: Annotated[str, typer.Option(help="which split to train on: owner | attacker")] = "owner",
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = "auto", batch_size: BatchOpt = 64,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", help="seed of the initial weights and batch order (default: a fresh random seed, recorded in "
                        "the model file; with --seed the data split uses it too, else split seed 0)")] = None,
@@ -414,7 +415,7 @@ def train(
     splits = data_mod.load(data or "mnist5k", seed=split_seed)
     model = files.build_model(arch, splits.meta, seed=seed, device=device)
     t0 = time.perf_counter()
-    hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed,
+    hist = train_mod.fit(model, _split(splits, split), epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
                          progress=_progress(as_json), description=f"train {arch}")
     seconds = time.perf_counter() - t0
     acc = train_mod.evaluate(model, splits.test)
@@ -484,6 +485,8 @@ def attack(
                                                              metavar="")] = False,
     arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="training batch size of an attack that trains (default: the attack's)")] = None,
 ) -> None:
     """Apply a removal attack to a model file and write the attacked model (model modification and extraction
     attacks; query-side attacks apply in `modelseal bench`)."""
@@ -512,9 +515,13 @@ def attack(
 
     cls = attack_registry.get(name)
     params = {"seed": seed, **_params(set_)}
+    fields: set[str] = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if batch_size is not None:
+        if "batch_size" not in fields:
+            raise ModelSealError(f"{name} does not train; --batch-size applies to attacks that train")
+        params["batch_size"] = batch_size
     data = _data_for(model_path, data)
     splits = data_mod.load(data, seed=0)
-    fields: set[str] = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     others = [_open_model(p, device, arch, splits.meta) for p in other or []]
     if others and "others" in fields:
         params["others"] = others
@@ -1502,13 +1509,13 @@ def references_make(
         = "attacker",
     seed: Annotated[int, typer.Option("--seed", help="seed of model 0 (model i gets seed + i); use different "
                                       "seeds for extraction and verifier pools")] = 1000,
-    as_json: JsonOpt = False,
+    as_json: JsonOpt = False, device: DeviceOpt = "auto", batch_size: BatchOpt = 64,
 ) -> None:
     """Train (or reuse) R independent reference models, cached in a folder. Models already there are kept."""
     from .references import make_pool
 
-    doc = make_pool(data, n, out_dir, archs=arch, epochs=epochs, seed=seed, split=split,
-                    progress=_progress(as_json))
+    doc = make_pool(data, n, out_dir, archs=arch, epochs=epochs, seed=seed, split=split, batch_size=batch_size,
+                    device=device, progress=_progress(as_json))
     accs = [m["test_accuracy"] for m in doc["models"]]
     payload = {"folder": str(out_dir), "models": len(doc["models"]), "settings": doc["settings"],
                "test_accuracy_min": min(accs), "test_accuracy_mean": sum(accs) / len(accs)}

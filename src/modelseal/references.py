@@ -95,12 +95,16 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
 
 def make_pool(data: str | Any, n: int, out: str | os.PathLike, *, archs: str | list[str] = "mlp,cnn",
               epochs: int = 3, seed: int = 1000, split: str = "attacker", lr: float = 3e-3,
-              progress: Any = None) -> dict[str, Any]:
+              batch_size: int = 64, device: str | torch.device | None = "cpu", progress: Any = None
+              ) -> dict[str, Any]:
     """Train (or reuse from `out`) `n` independent reference models; returns the manifest.
 
-    Model i has architecture plan[i % len(plan)] and seed `seed + i`, trained `epochs` epochs on the
-    `split` of `data` (a data set name or `Splits`). Models already in the folder with the same settings are
-    kept; a folder made with other settings is refused (use another folder)."""
+    Model i has architecture plan[i % len(plan)] and seed `seed + i`, trained `epochs` epochs in batches of
+    `batch_size` on the `split` of `data` (a data set name or `Splits`), on `device` (auto | cpu | cuda).
+    Models already in the folder with the same settings are kept; a folder made with other settings is
+    refused (use another folder). The batch size is a setting (it changes the models; recorded only when it
+    is not the default 64, so pools made before it was one stay valid); the device is not (it changes the
+    models' bits, not their recipe)."""
     from . import data as data_mod
     from . import models
     from .models.io import load_model, save_model
@@ -120,6 +124,8 @@ def make_pool(data: str | Any, n: int, out: str | os.PathLike, *, archs: str | l
     folder = Path(out)
     settings = {"data": name, "split": split, "epochs": int(epochs), "seed": int(seed), "lr": float(lr),
                 "archs": [[a, kw] for a, kw in plan]}
+    if int(batch_size) != 64:
+        settings["batch_size"] = int(batch_size)
     doc = _read_manifest(folder)
     if doc is not None and doc.get("settings") != settings:
         raise ModelSealError(f"{folder} holds a reference pool made with other settings "
@@ -131,7 +137,8 @@ def make_pool(data: str | Any, n: int, out: str | os.PathLike, *, archs: str | l
         for i in range(len(entries), n):
             arch, kw = plan[i % len(plan)]
             model = models.build(arch, splits.meta, seed=int(seed) + i, **kw)
-            fit(model, train_set, epochs=int(epochs), lr=float(lr), seed=int(seed) + i, progress=False)
+            fit(model, train_set, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size), seed=int(seed) + i,
+                device=device, progress=False)
             path = folder / _entry_name(i)
             save_model(model, path, force=True)
             digest = model_digest(load_model(path))

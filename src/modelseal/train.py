@@ -1,7 +1,9 @@
 """The one training loop: `fit` and `evaluate`, for classification and regression.
 
-Tensors stay on the device, data is materialised once, batches are drawn with a seeded generator, and
-the loop fits on one screen. Methods never copy it; they use its hooks:
+The data set is materialised once on the CPU and every batch is streamed to the model's device as it is
+drawn (with a seeded generator, so the batch order on the CPU does not depend on the device), so a data set
+needs no more device memory than one batch; a `torch.utils.data.DataLoader` is taken as it is and brings its
+own batches, order and workers. The loop fits on one screen. Methods never copy it; they use its hooks:
 
 - `extra_loss(model, x, y) -> Tensor`: a term added to every step's loss (DeepMarks' embedding loss);
 - `extra_batch(step) -> (x, y) | None`: examples appended to every batch (trigger-set images);
@@ -14,13 +16,13 @@ Deterministic on the CPU for a given seed; mixed precision (bf16 autocast) on CU
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .data import CLASSIFICATION, REGRESSION, Meta, TensorData, as_tensors, meta_of
 from .errors import DataError, ModelSealError
@@ -48,14 +50,17 @@ def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return F.mse_loss(out.float().reshape(y.shape), y.float())
 
 
-def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64,
+def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64,
         optimizer: str = "adam", weight_decay: float = 0.0, seed: int = 0,
         device: str | torch.device | None = None, params: Iterable[nn.Parameter] | None = None,
         extra_loss: ExtraLoss | None = None, extra_batch: ExtraBatch | None = None,
         stop: Callable[[nn.Module, int], bool] | None = None, max_steps: int | None = None,
         progress: Any = None, description: str = "train") -> dict[str, Any]:
-    """Train `model` in place on `data` (any map-style dataset of (x, y)); returns a history dict.
+    """Train `model` in place on `data`; returns a history dict.
 
+    `data` is any map-style dataset of (x, y), drawn in shuffled batches of `batch_size` (a seeded
+    permutation per epoch), or a `DataLoader` of (x, y) batches, used as it is (its batch size, order and
+    workers; `batch_size` does not apply). Batches move to the device one at a time.
     `device=None` keeps the model where it is (moving it to CUDA when 'auto' is asked for and present).
     """
     from . import validate
@@ -66,13 +71,9 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
     weight_decay = float(validate.number("weight_decay", weight_decay, 0.0, 10.0))
     if max_steps is not None:
         max_steps = validate.count("max_steps", max_steps, 1, validate.MAX_STEPS)
-    x_all, y_all = as_tensors(data)
-    if len(x_all) == 0:
-        raise DataError("cannot train on an empty data set")
-    task = task_of(data, y_all)
     dev = model_device(model) if device is None else resolve_device(device)
+    batches, steps_per_epoch, task = _batches(data, batch_size, dev)
     model.to(dev)
-    x_all, y_all = x_all.to(dev), y_all.to(dev)
     seed_everything(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -86,19 +87,16 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
     else:
         raise ModelSealError(f"unknown optimizer '{optimizer}'; use 'adam' or 'sgd'")
     amp = dev.type == "cuda"
-    n = len(x_all)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
     history: dict[str, Any] = {"loss": [], "epochs": 0, "steps": 0, "samples": 0, "task": task}
     step = 0
     with track(progress, epochs * steps_per_epoch, description) as bar:
         for epoch in range(epochs):
             model.train()
-            perm = torch.randperm(n, generator=gen).to(dev)
             total: torch.Tensor | float = 0.0
             count = 0
-            for i in range(0, n, batch_size):
-                idx = perm[i : i + batch_size]
-                xb, yb = x_all[idx], y_all[idx]
+            for xb, yb in batches(gen):
+                if task is None:  # a DataLoader without a task in its dataset's meta: the labels' dtype decides
+                    task = history["task"] = CLASSIFICATION if not torch.is_floating_point(yb) else REGRESSION
                 if extra_batch is not None:
                     extra = extra_batch(step)
                     if extra is not None:
@@ -131,6 +129,58 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 5, lr: float = 1e-3, b
     history["steps"] = step
     model.eval()
     return history
+
+
+Batches = Callable[[torch.Generator], Iterator["tuple[torch.Tensor, torch.Tensor]"]]
+
+
+def _batches(data: Dataset | DataLoader, batch_size: int, dev: torch.device) -> tuple[Batches, int, str | None]:
+    """(one epoch's batches on `dev` given the shuffling generator, batches per epoch, task) for `data`; the
+    task is None for a DataLoader whose dataset does not declare one (the first batch's labels decide)."""
+    if isinstance(data, DataLoader):
+        return _loader_batches(data, dev)
+    x_all, y_all = as_tensors(data)
+    if len(x_all) == 0:
+        raise DataError("cannot train on an empty data set")
+    task = task_of(data, y_all)
+    n = len(x_all)
+    pin = dev.type == "cuda" and x_all.device.type == "cpu"
+
+    def epoch(gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(n, generator=gen).to(x_all.device)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            xb, yb = x_all[idx], y_all[idx]
+            if pin:  # page-locked, so the copy to the GPU overlaps the previous step
+                xb, yb = xb.pin_memory(), yb.pin_memory()
+            yield xb.to(dev, non_blocking=pin), yb.to(dev, non_blocking=pin)
+
+    return epoch, (n + batch_size - 1) // batch_size, task
+
+
+def _loader_batches(loader: DataLoader, dev: torch.device) -> tuple[Batches, int, str | None]:
+    try:
+        steps = len(loader)
+    except TypeError:
+        raise DataError("a DataLoader given to fit needs a length (a map-style dataset or an iterable "
+                        "dataset with __len__)") from None
+    if steps == 0:
+        raise DataError("cannot train on an empty data set")
+    meta = meta_of(loader.dataset)
+    task = meta.task if meta is not None and meta.task in (CLASSIFICATION, REGRESSION) else None
+
+    def epoch(_gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b in loader:
+            xb, yb = _pair(b)
+            yield xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+
+    return epoch, steps, task
+
+
+def _pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise DataError(f"a DataLoader given to fit must yield (x, y) batches, got {type(batch).__name__}")
+    return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
 
 
 @torch.no_grad()

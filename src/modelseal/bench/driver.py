@@ -128,8 +128,9 @@ def run(scenario: str | Path | Scenario, out_dir: str | Path, backend: str = "lo
     try:
         record_meta(store, sc)
         todo = plan(sc, store)
-        be = make_backend(backend, address, num_cpus)
-        ctx = Context(sc, store, cache, be, device or sc.device)
+        dev = device or sc.device
+        be = make_backend(backend, address, num_cpus, dev)
+        ctx = Context(sc, store, cache, be, dev)
         items = train_items(sc, todo)
         trained = train_models(ctx, items)
         prots = protect(ctx, todo, trained)
