@@ -126,3 +126,27 @@ def test_bench_run_force_is_not_restart(tmp_path):
     assert not (tmp_path / "run").exists()
     r = runner.invoke(app, ["bench", "run", "--help"])
     assert "--restart" in r.output and "--force" not in r.output
+
+
+def test_version_short_help_and_usage_metavars():
+    """`--version`, `-h` everywhere, and usage lines that name arguments as a user does (issue 40)."""
+    from typer.testing import CliRunner
+
+    from modelseal import __version__
+    from modelseal.cli import app
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"modelseal {__version__}"
+    for args in (["-h"], ["verify", "-h"], ["guard", "key", "-h"], ["watermark", "embed", "-h"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0 and "Usage:" in r.output, (args, r.output)
+    usage = CliRunner().invoke(app, ["unlock", "-h"]).output.splitlines()[0]
+    assert "{MODEL} {KEY}" in usage and "model_path" not in usage, usage
+
+
+def test_dir_lists_only_public_names():
+    import modelseal as ms
+
+    names = [n for n in dir(ms) if not n.startswith("__")]
+    assert "verify" in names and "Key" in names and "timestamp" in names
+    assert not {"Any", "TYPE_CHECKING", "importlib"} & set(dir(ms))

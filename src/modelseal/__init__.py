@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 
-_SUBMODULES = {"attacks", "commitment", "data", "evidence", "lineage", "methods", "models", "runtime", "schema",
-               "stats", "train"}
+_SUBMODULES = {"attacks", "commitment", "data", "evidence", "guard", "lineage", "methods", "models", "runtime",
+               "schema", "stats", "timestamp", "train"}
 # public name -> the submodule that defines it
 _NAMES = {
     "verify": "api", "trace": "api", "unlock": "api",
@@ -26,7 +26,21 @@ _NAMES = {
 __all__ = sorted(_SUBMODULES | set(_NAMES) | {"__version__"})
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
-    from . import attacks, commitment, data, evidence, lineage, methods, models, runtime, schema, stats, train  # noqa: F401
+    from . import (  # noqa: F401
+        attacks,
+        commitment,
+        data,
+        evidence,
+        guard,
+        lineage,
+        methods,
+        models,
+        runtime,
+        schema,
+        stats,
+        timestamp,
+        train,
+    )
     from .api import trace, unlock, verify  # noqa: F401
     from .errors import ModelSealError  # noqa: F401
     from .keys import Key  # noqa: F401
@@ -45,4 +59,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # the public names only: not the helpers this module imports (importlib, Any, TYPE_CHECKING)
+    return sorted(set(__all__) | {n for n in globals() if n.startswith("__") and n.endswith("__")})

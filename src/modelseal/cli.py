@@ -55,7 +55,8 @@ class _Commands(typer.core.TyperGroup):
 
 
 # Plain click help (rich_markup_mode=None): flags show as `--json`, not `--json <bool>`, and examples keep their lines.
-_TYPER: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
+_TYPER: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None,
+                          "context_settings": {"help_option_names": ["-h", "--help"]}}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, cls=_Commands, **_TYPER,
                   help="modelseal: watermark, fingerprint, lock and judge neural networks.",
                   epilog=_examples("modelseal train --data digits --arch mlp --epochs 3 --out owner.safetensors",
@@ -161,9 +162,19 @@ def _debug_from_env() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        out.print(f"modelseal {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option(
-        "--debug", help=f"on an error, also show the Python traceback (or set {DEBUG_ENV}=1)")] = False) -> None:
+        "--debug", help=f"on an error, also show the Python traceback (or set {DEBUG_ENV}=1)")] = False,
+          version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True,
+                                                callback=_show_version)] = False) -> None:
     global _debug
     _debug = _debug_flag or debug or _debug_from_env()
 
@@ -473,8 +484,8 @@ def _save_attacked(model, path: Path, force: bool, arch: str | None) -> None:
     "modelseal attack knockoff model.onnx --data digits --set queries=500 --out stolen.safetensors",
     "modelseal attack --list"))
 def attack(
-    name: Annotated[str, typer.Argument(help="attack name (see --list)")] = "",
-    model_path: Annotated[Optional[Path], typer.Argument(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="attack name (see --list)")] = "",
+    model_path: Annotated[Optional[Path], typer.Argument(metavar="MODEL",
         help="model file to attack (extraction attacks also take an .onnx file or an http(s) URL)")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="attacked model file to write")] = None,
     data: DataOpt = None,
@@ -567,7 +578,7 @@ def attack(
     "modelseal watermark embed mine.safetensors --arch mymodels:make_net --data digits --out m.safetensors "
     "--key wm.seal"))
 def watermark_embed(
-    model_path: Annotated[Path, typer.Argument(help="owner model file")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     out_path: Annotated[Path, typer.Option("--out", help="watermarked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
@@ -593,7 +604,7 @@ def watermark_embed(
     "modelseal fingerprint extract owner.safetensors --method c-examples --variant rc --key ce.seal",
     "modelseal verify ce.seal marked.safetensors --reference ref.safetensors   # c-examples judges with references"))
 def fingerprint_extract(
-    model_path: Annotated[Path, typer.Argument(help="owner model file")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="tafa | c-examples, or a peer baseline: akh | ipguard | modeldiff | "
                                               "sac")] = "tafa",
@@ -640,7 +651,7 @@ def fingerprint_extract(
 @deepmarks_app.command("distribute", epilog=_examples(
     "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal"))
 def deepmarks_distribute(
-    model_path: Annotated[Path, typer.Argument(help="owner model file")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for one model file per user")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
     users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
@@ -757,8 +768,8 @@ def _shape_hint(suspect: Any, key_paths: list[Path]) -> str:
 @app.command(epilog=_examples("modelseal trace dm.seal copies/user-003.safetensors",
                               "modelseal trace dm.seal leaked.safetensors --json"))
 def trace(
-    key_path: Annotated[Path, typer.Argument(help="deepmarks key")],
-    suspect: Annotated[str, typer.Argument(
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="deepmarks key")],
+    suspect: Annotated[str, typer.Argument(metavar="SUSPECT",
         help="suspect model file (.safetensors): DeepMarks reads the weights, so no URL or .onnx file")],
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
@@ -817,7 +828,7 @@ def _verifier_kw(alpha: float | None, max_queries: int | None, set_: list[str] |
     "modelseal verify fp.seal http://127.0.0.1:8080/v2/models/model --max-queries 2000",
     "modelseal verify wm.seal theirs.safetensors --arch mymodels:make_net   # a state dict of your own nn.Module"))
 def verify(
-    paths: Annotated[list[str], typer.Argument(
+    paths: Annotated[list[str], typer.Argument(metavar="KEY [KEY ...] SUSPECT",
         help="KEY [KEY ...] SUSPECT: secret key(s) (.seal), then the suspect (model file, .onnx file, or "
              "http(s):// endpoint); several keys give one fused verdict (Holm-Bonferroni)")],
     commitment: Annotated[Optional[list[Path]], typer.Option(
@@ -899,8 +910,9 @@ def verify(
     "modelseal lineage owner.safetensors pruned.safetensors --references verifier-refs --json",
     "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits"))
 def lineage(
-    owner: Annotated[Path, typer.Argument(help="the owner's model file (.safetensors; with --arch a state dict)")],
-    suspect: Annotated[str, typer.Argument(
+    owner: Annotated[Path, typer.Argument(metavar="OWNER",
+        help="the owner's model file (.safetensors; with --arch a state dict)")],
+    suspect: Annotated[str, typer.Argument(metavar="SUSPECT",
         help="suspect: model file (white-box and black-box parts), .onnx file or http(s):// endpoint "
              "(black-box part only)")],
     references: Annotated[Optional[Path], typer.Option(
@@ -971,7 +983,8 @@ def _verdict_text(verdict) -> str:
                               "--suspect-since 2026-06-01",
                               "modelseal check ev.json --commitment wm.public.json --alpha 1e-9 --json"))
 def check(
-    evidence_path: Annotated[Path, typer.Argument(help="evidence file written by `verify --evidence`")],
+    evidence_path: Annotated[Path, typer.Argument(metavar="EVIDENCE",
+        help="evidence file written by `verify --evidence`")],
     commitment: Annotated[Path, typer.Option(help="the owner's public commitment (JSON)")],
     alpha: Annotated[Optional[float], typer.Option(
         help="false-accusation rate the checker accepts (default 1e-6, as verify); never read from the file")] = None,
@@ -1038,7 +1051,7 @@ def check(
 
 @app.command(epilog=_examples("modelseal commit wm.seal --out wm.public.json"))
 def commit(
-    key_path: Annotated[Path, typer.Argument(help="secret key of any method")],
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="secret key of any method")],
     out_path: Annotated[Path, typer.Option("--out", help="public commitment file to write (JSON)")],
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -1058,7 +1071,7 @@ def commit(
     "modelseal timestamp wm.public.json --tsa http://127.0.0.1:3161/tsa",
     "modelseal timestamp wm.public.json --tsa http://127.0.0.1:3161/tsa --tsa-cert tsa-ca.pem --json"))
 def timestamp_cmd(
-    commitment: Annotated[Path, typer.Argument(help="public commitment (JSON) to have stamped")],
+    commitment: Annotated[Path, typer.Argument(metavar="COMMITMENT", help="public commitment (JSON) to have stamped")],
     tsa: Annotated[str, typer.Option("--tsa", help="URL of an RFC 3161 time-stamping authority (HTTP POST)")],
     out_path: Annotated[Optional[Path], typer.Option(
         "--out", help="token file to write (default: PUBLIC.tsr beside the commitment)")] = None,
@@ -1095,7 +1108,7 @@ def timestamp_cmd(
     "modelseal lock owner.safetensors --out locked.safetensors --key lock.seal",
     "modelseal lock owner.safetensors --set target_accuracy=0.2 --out locked.safetensors --key lock.seal --force"))
 def lock(
-    model_path: Annotated[Path, typer.Argument(help="model file to lock")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="model file to lock")],
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
@@ -1159,8 +1172,8 @@ def _lock_warnings_handled():
 
 @app.command(epilog=_examples("modelseal unlock locked.safetensors lock.seal --out restored.safetensors"))
 def unlock(
-    model_path: Annotated[Path, typer.Argument(help="locked model file")],
-    key_path: Annotated[Path, typer.Argument(help="unlock key")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="locked model file")],
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="unlock key")],
     out_path: Annotated[Path, typer.Option("--out", help="restored model file to write")],
     arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
@@ -1183,7 +1196,7 @@ def unlock(
 @app.command(epilog=_examples("modelseal serve marked.safetensors --port 8080",
                               "modelseal serve marked.onnx --port 8081 --label-only --token-env MY_TOKEN"))
 def serve(
-    model_path: Annotated[Path, typer.Argument(help="modelseal model file or .onnx file")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="modelseal model file or .onnx file")],
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
     host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
     name: Annotated[str, typer.Option(help="model name in the URL /v2/models/NAME")] = "model",
@@ -1238,7 +1251,8 @@ def serve(
     "modelseal bench run demo --out run --backend ray",
     "modelseal bench run demo --out run-ts --only trigger-set --seed 3"))
 def bench_run(
-    scenario: Annotated[str, typer.Argument(help="scenario TOML file, or a built-in name: demo, tiny, arena")],
+    scenario: Annotated[str, typer.Argument(metavar="SCENARIO",
+        help="scenario TOML file, or a built-in name: demo, tiny, arena")],
     out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/)")],
     backend: Annotated[str, typer.Option(help="local | ray")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
@@ -1277,7 +1291,7 @@ def bench_run(
                                                      "modelseal bench report run/results.sqlite --out report.html "
                                                      "--force"))
 def bench_report(
-    db: Annotated[Path, typer.Argument(help="results.sqlite of a run")],
+    db: Annotated[Path, typer.Argument(metavar="DB", help="results.sqlite of a run")],
     out_html: Annotated[Path, typer.Option("--out", help="HTML file to write")] = Path("report.html"),
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -1301,7 +1315,8 @@ def bench_report(
     "modelseal bench arena my.toml --out arena-run --backend ray",
     "modelseal bench arena --out arena-run --report arena.html --force --json"))
 def bench_arena(
-    scenario: Annotated[str, typer.Argument(help="scenario TOML file or built-in name (default: arena)")] = "arena",
+    scenario: Annotated[str, typer.Argument(metavar="SCENARIO",
+        help="scenario TOML file or built-in name (default: arena)")] = "arena",
     out_dir: Annotated[Path, typer.Option("--out", help="run folder (results.sqlite, cache/)")] = Path("arena-run"),
     report_html: Annotated[Optional[Path], typer.Option(
         "--report", help="HTML report to write (default: OUT/report.html)")] = None,
@@ -1370,7 +1385,8 @@ def demo(
 @app.command("methods", epilog=_examples("modelseal methods", "modelseal methods trigger-set",
                                          "modelseal methods prune --json"))
 def list_methods(
-    name: Annotated[Optional[str], typer.Argument(help="a method or attack: list its parameters")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME",
+        help="a method or attack: list its parameters")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the protection methods and attacks, or one's parameters (type, default, range, meaning)."""
@@ -1469,8 +1485,9 @@ def guard_key(
 @guard_app.command("verify", epilog=_examples(
     "modelseal guard verify guard.seal student.safetensors --log guard-logs/0123456789abcdef.log.jsonl"))
 def guard_verify(
-    key_path: Annotated[Path, typer.Argument(help="the guard key")],
-    suspect: Annotated[str, typer.Argument(help="suspect: model file, .onnx file or http(s):// endpoint")],
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="the guard key")],
+    suspect: Annotated[str, typer.Argument(metavar="SUSPECT",
+        help="suspect: model file, .onnx file or http(s):// endpoint")],
     log: Annotated[Path, typer.Option(help="one client's log (CLIENT.log.jsonl in the --guard-log folder)")],
     head: Annotated[Optional[Path], typer.Option(help="the client's committed head (CLIENT.head.json)")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="false-accusation rate the verifier accepts (1e-6)")] = None,
