@@ -54,3 +54,58 @@ def test_files_are_validated(tmp_path, owner_cnn):
     ms.models.save_model(owner_cnn, tmp_path / "m.safetensors")
     s = ms.Suspect.load(tmp_path / "m.safetensors")
     assert s.white_box and s.output_size() == 10
+
+
+def test_suspect_takes_label_only_dict_outputs_and_float64_models():
+    """Issue 40: `Suspect(module, label_only=...)`, models returning a dict / ModelOutput / tuple, and a float64
+    model all work; a model returning something else is one clear SuspectError."""
+    import modelseal as ms
+    from modelseal.errors import SuspectError
+
+    d = ms.data.load("digits", seed=0)
+    m = ms.models.build("mlp", d.meta, seed=0)
+    x = d.test.x[:4]
+    scores = ms.Suspect(m).predict(x)
+    assert ms.Suspect(m, label_only=False).predict(x).shape == scores.shape
+    labels = ms.Suspect(m, label_only=True)
+    assert labels.label_only and torch.equal(labels.predict(x), scores.argmax(1))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.m, self.kind = m, kind
+
+        def forward(self, x):
+            y = self.m(x)
+            return {"logits": y, "hidden": x} if self.kind == "dict" else (y, x) if self.kind == "tuple" else "no"
+
+    for kind in ("dict", "tuple"):
+        assert torch.allclose(ms.Suspect(Wrapped(kind), input_shape=(1, 8, 8)).predict(x), scores)
+    with pytest.raises(SuspectError, match="not a tensor"):
+        ms.Suspect(Wrapped("str"), input_shape=(1, 8, 8)).predict(x)
+    import copy
+
+    double = copy.deepcopy(m).double()
+    assert torch.allclose(ms.Suspect(double).predict(x), scores, atol=1e-5)
+    with pytest.raises(SuspectError, match="label_only"):
+        ms.Suspect(m, label_only="yes")
+
+
+def test_export_onnx_refuses_a_graph_with_a_fixed_batch(tmp_path):
+    import modelseal as ms
+    from modelseal.errors import ModelError
+
+    class FixedBatch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x.reshape(2, 64))  # traced at batch 2: fixed
+
+    with pytest.raises(ModelError, match="another batch size|differently"):
+        ms.models.export_onnx(FixedBatch(), tmp_path / "f.onnx", input_shape=(1, 8, 8))
+    assert not (tmp_path / "f.onnx").exists() and not list(tmp_path.glob(".*tmp*"))
+    d = ms.data.load("digits", seed=0)
+    ms.models.export_onnx(ms.models.build("mlp", d.meta, seed=0), tmp_path / "ok.onnx")
+    assert (tmp_path / "ok.onnx").exists()

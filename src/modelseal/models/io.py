@@ -285,9 +285,38 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     return model_from_bytes(read_file(path, ModelError, "model file"), str(path), device)
 
 
+def _check_onnx(model: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], p: torch.Tensor) -> None:
+    """ONNX Runtime must answer like the model at batch sizes other than the traced one (1 and 5): a model whose
+    graph fixed the batch size (a reshape to a constant) is refused here, not when a verifier loads it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        for batch in (1, 5):
+            x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
+            with torch.no_grad():
+                want = model(x.to(device=p.device, dtype=p.dtype)).float().cpu().numpy()
+            feed = x.to(dtype=p.dtype).numpy() if p.dtype in (torch.float32, torch.float64) else x.numpy()
+            got = session.run(None, {"input": feed})[0]
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4):
+                raise ModelError(f"the exported ONNX model answers a batch of {batch} differently from the model "
+                                 f"(shape {list(got.shape)} vs {list(want.shape)}); not written. A forward that "
+                                 "fixes the batch size (e.g. x.view(2, -1)) cannot be exported with a dynamic batch")
+    except ModelError:
+        raise
+    except Exception as e:  # onnxruntime's own errors: the graph does not run at another batch size
+        raise ModelError(f"the exported ONNX model fails in ONNX Runtime at another batch size ({first_line(e)}); "
+                         "not written. A forward that fixes the batch size cannot be exported with a dynamic "
+                         "batch") from None
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None,
                 force: bool = False, opset: int = 17) -> Path:
-    """Export to ONNX with a dynamic batch dimension; input named 'input', output 'output'."""
+    """Export to ONNX with a dynamic batch dimension; input named 'input', output 'output'. The file is
+    written only after ONNX Runtime answered like the model at batch sizes 1 and 5."""
     from . import spec_of
 
     path = Path(path)
@@ -315,6 +344,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
         raise ModelError(f"ONNX export failed: {first_line(e)}") from None
     finally:
         model.train(was)
+    try:
+        _check_onnx(model, tmp, input_shape, p)
+    except ModelError:
+        tmp.unlink(missing_ok=True)
+        raise
     try:
         write_target(target)  # still a regular file (or absent) at the moment of the rename
         os.replace(tmp, target)

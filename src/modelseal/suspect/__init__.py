@@ -59,10 +59,26 @@ def _backend_attr(backend: Any, name: str) -> Any:
     return getattr(backend, name, BACKEND_DEFAULTS[name])
 
 
-class _TorchBackend:
-    label_only = False
+def output_tensor(out: Any) -> torch.Tensor:
+    """The prediction tensor of a module's output: a tensor; a mapping's `logits` (a Hugging Face
+    `ModelOutput` or a dict), else its first tensor; a tuple's or list's first tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or (hasattr(out, "keys") and hasattr(out, "__getitem__")):
+        if "logits" in out.keys():
+            return output_tensor(out["logits"])
+        for k in out.keys():
+            if isinstance(out[k], torch.Tensor):
+                return out[k]
+    if isinstance(out, (tuple, list)) and out:
+        return output_tensor(out[0])
+    raise SuspectError(f"the model returned {type(out).__name__}, not a tensor (nor a dict, ModelOutput or tuple "
+                       "holding one); wrap it so that forward returns the logits")
 
-    def __init__(self, module: nn.Module, input_shape: tuple[int, ...] | None, device: Any = None):
+
+class _TorchBackend:
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...] | None, device: Any = None,
+                 label_only: bool = False):
         from ..models import spec_of
         from ..runtime import model_device, resolve_device
 
@@ -72,15 +88,19 @@ class _TorchBackend:
         self.device = model_device(module)
         spec = spec_of(module)
         self.input_shape = tuple(input_shape or (spec["input_shape"] if spec else ())) or None
+        self.label_only = bool(label_only)
+        floats = [p.dtype for p in module.parameters() if p.is_floating_point()]
+        self.dtype = floats[0] if floats else torch.float32  # a float64 (or half) model gets inputs of its dtype
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         was = self.module.training
         self.module.eval()
         try:
-            return self.module(x.to(self.device)).float().cpu()
+            out = output_tensor(self.module(x.to(self.device, dtype=self.dtype))).float().cpu()
         finally:
             self.module.train(was)
+        return out.reshape(len(out), -1).argmax(1) if self.label_only and out.dim() > 1 else out
 
 
 class _OnnxBackend:
@@ -136,18 +156,37 @@ class _OnnxBackend:
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
+class _Labelled:
+    """A callable backend whose answers are said to be labels (or not), every other member passed through."""
+
+    def __init__(self, inner: Any, label_only: bool) -> None:
+        self._inner, self.label_only = inner, label_only
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._inner(x)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class Suspect:
     """A model under judgement, white-box (`module` set) or black-box (`module` is None)."""
 
     def __init__(self, source: nn.Module | Backend, *, input_shape: tuple[int, ...] | None = None,
                  batch_size: int = 256, max_queries: int | None = None, device: Any = None,
-                 name: str | None = None, reshape: bool = False):
+                 name: str | None = None, reshape: bool = False, label_only: bool | None = None):
+        """`label_only=True` makes a module answer its top class only (as a label-only API would); for a
+        callable it says that the callable's answers are labels."""
+        if label_only is not None and not isinstance(label_only, bool):
+            raise SuspectError(f"label_only must be true, false or none, got {label_only!r}")
         if isinstance(source, nn.Module):
-            self._backend: Any = _TorchBackend(source, input_shape, device)
+            self._backend: Any = _TorchBackend(source, input_shape, device, label_only=bool(label_only))
             self.module: nn.Module | None = source
         elif callable(source):
             self._backend = source
             self.module = None
+            if label_only is not None:
+                self._backend = _Labelled(source, label_only)
         else:
             raise SuspectError(f"a Suspect wraps an nn.Module, a file or a URL, not {type(source).__name__}")
         self._input_shape = tuple(input_shape) if input_shape is not None else None
