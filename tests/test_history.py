@@ -354,3 +354,9 @@ def test_fingerprint_and_lineage_matches_say_relatedness_not_direction(owner, di
 
     lv = lineage(owner, copy.deepcopy(owner), permutations=999)
     assert lv.owned and "relatedness" in lv.details and not lv.details["time"]["proven"]
+
+
+def test_check_takes_the_suspect_options_verify_takes(honest, tsa):
+    r = _check(honest, "--suspect", str(honest / "marked.safetensors"), "--max-queries", "1000")
+    assert r.exit_code == 3 and "the evidence holds" in r.output, r.output  # no --tsa-cert: time not proven
+    _one_line_refusal(_check(honest, "--reshape"), "--suspect")

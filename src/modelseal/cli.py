@@ -1000,6 +1000,9 @@ def check(
         "--suspect-since", help="when the suspect was first seen (ISO 8601 date or date-time, UTC unless a zone "
                                 "is given): the commitment's trusted time must be earlier")] = None,
     token_env: TokenEnvOpt = "MODELSEAL_TOKEN", timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None, rate_limit: RateLimitOpt = None, input_name: InputNameOpt = None,
+    output_name: OutputNameOpt = None, label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None,
+    reshape: ReshapeOpt = False, max_queries: MaxQueriesOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
     """Re-check an evidence file under the checker's own rule: open the secrets against the public commitment,
@@ -1024,7 +1027,17 @@ def check(
         from .sources import RemoteOptions
         from .suspect import open_source
 
-        s = open_source(suspect, RemoteOptions(token_env=token_env, timeout=timeout), device=device)
+        signature = None
+        if arch is not None:  # a state dict of the user's architecture: shaped by the committed signature
+            from . import commitment as commitment_mod
+
+            signature = commitment_mod.load(commitment)["signature"]
+        options = RemoteOptions(max_queries=max_queries, reshape=reshape, token_env=token_env, timeout=timeout,
+                                retries=retries, rate_limit=rate_limit, input_name=input_name,
+                                output_name=output_name, max_batch=max_batch, label_only=label_only)
+        s = open_source(suspect, options, device=device, arch=arch, signature=signature)
+    elif arch is not None or reshape or label_only or max_queries is not None:
+        raise ModelSealError("--arch, --reshape, --label-only and --max-queries describe the --suspect; give it")
     report = evidence_mod.check(evidence_path, commitment, rule=rule, suspect=s, timestamp=timestamp,
                                 tsa_certs=tsa_cert, suspect_since=since)
 
