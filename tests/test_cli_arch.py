@@ -114,3 +114,24 @@ def test_bad_arch_and_pt2_end_in_one_line_errors(owner_file, tmp_path):
         torch.load = real_load
     assert r.exit_code == 2 and ".pt2" in _text(r) and "unpickles" in _text(r)
     assert not called and not (tmp_path / "k.seal").exists()
+
+
+def test_a_dataparallel_state_dict_loads_and_a_misfit_names_its_keys(owner_file, tmp_path):
+    """Issue 40: `module.`-prefixed keys (DataParallel/DDP) load; a state dict that does not fit names the
+    missing and unexpected tensors in its one-line error."""
+    from safetensors.torch import load_file
+
+    d, _ = owner_file
+    state = load_file(str(d / "mine.safetensors"))
+    save_file({f"module.{k}": v for k, v in state.items()}, str(tmp_path / "dp.safetensors"))
+    r = runner.invoke(app, ["unlock", str(tmp_path / "dp.safetensors"), "k.seal", "--arch", ARCH, "--out",
+                            str(tmp_path / "o.safetensors")])
+    assert "do not fit" not in _text(r), r.output  # the weights loaded (the key is what fails here)
+    from modelseal.models.custom import load_custom
+
+    assert isinstance(load_custom(tmp_path / "dp.safetensors", ARCH, (1, 8, 8)), TinyNet)
+    bad = {k: v for k, v in state.items() if not k.startswith("head.")}
+    bad["extra.weight"] = torch.zeros(2)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ms.ModelSealError, match=r"missing head\.bias, head\.weight; unexpected extra\.weight"):
+        load_custom(tmp_path / "bad.safetensors", ARCH, (1, 8, 8))

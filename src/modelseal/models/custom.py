@@ -152,10 +152,26 @@ def load_custom(path: str | os.PathLike, arch: str, input_shape: tuple[int, ...]
         state = load(read_file(p, ModelError, "model file"))
     except Exception as e:
         raise ModelError(f"{p}: not a safetensors state dict ({e.__class__.__name__})") from None
+    want = set(model.state_dict())
+    if set(state) != want:
+        for prefix in ("module.", "_orig_mod.", "model."):  # DataParallel/DDP, torch.compile, a wrapper
+            if state and all(k.startswith(prefix) for k in state) and {k[len(prefix):] for k in state} == want:
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                break
+    missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
+    if missing or unexpected:
+        def names(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        raise ModelError(f"{p}: weights do not fit --arch {arch!r}: "
+                         + "; ".join(part for part in (f"missing {names(missing)}" if missing else "",
+                                                       f"unexpected {names(unexpected)}" if unexpected else "")
+                                     if part))
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"{p}: weights do not fit --arch {arch!r}: {first_line(e)}") from None
+    except RuntimeError as e:  # the names fit; a shape does not: torch names it after the first line
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3] if line.strip())
+        raise ModelError(f"{p}: weights do not fit --arch {arch!r}: {detail or first_line(e)}") from None
     check_finite(model, str(p))
     return model.to(device).eval()
 
