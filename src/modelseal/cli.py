@@ -1350,8 +1350,10 @@ app.add_typer(references_app, name="references")
 
 @references_app.command("make", epilog=_examples(
     "modelseal references make --data digits --n 99 --out verifier-refs --seed 5000",
-    "modelseal references make --data digits --n 99 --arch mlp --epochs 20 --out extraction-refs --seed 1000",
-    "modelseal verify ce.seal owner.safetensors --references verifier-refs --alpha 0.01"))
+    "modelseal references make --data digits --n 99 --arch mlp --epochs 3 --out extraction-refs --seed 1000",
+    "modelseal train --data digits --arch mlp --epochs 30 --lr 0.003 --split attacker --out independent.safetensors",
+    "modelseal verify ce.seal independent.safetensors --references verifier-refs --alpha 0.01   # a converged "
+    "suspect: the pool covers it"))
 def references_make(
     out_dir: Annotated[Path, typer.Option("--out", help="pool folder (models + pool.json); reused and grown")],
     data: DataOpt = "digits",
