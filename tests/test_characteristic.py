@@ -199,16 +199,18 @@ def test_bad_inputs(owner, mnist, keys):
 
 
 # ---------------------------------------------------------------------- conferrable selection (digits)
-# Pools are made once per session: extraction references (seeds 1000+), the verifier's references (5000+) and
-# held-out independents (9000+), all small MLPs trained 3 epochs on the attacker split the owner never saw.
+# Pools are made once per session: extraction references (seeds 1000+; small MLPs trained 3 epochs), the
+# verifier's references (5000+) and held-out independents (9000+), both converged MLPs (the default pool: a
+# verifier pool must cover the suspect's accuracy, issue 37), all on the attacker split the owner never saw.
 @pytest.fixture(scope="session")
 def digits_pools(tmp_path_factory):
     from modelseal import references as R
 
     root = tmp_path_factory.mktemp("cex-pools")
     d = ms.data.load("digits", seed=0)
-    make = {name: R.make_pool(d, r, root / name, archs="mlp", epochs=3, seed=seed, progress=False)
-            for name, r, seed in [("extraction", 20, 1000), ("verifier", 99, 5000), ("held", 50, 9000)]}
+    make = {name: R.make_pool(d, r, root / name, archs="mlp", epochs=epochs, seed=seed, progress=False)
+            for name, r, seed, epochs in [("extraction", 20, 1000, 3), ("verifier", 99, 5000, None),
+                                          ("held", 50, 9000, None)]}
     return {name: (root / name, R.load_pool(root / name)) for name in make}
 
 

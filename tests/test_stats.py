@@ -27,6 +27,25 @@ def test_permutation_pvalue_has_plus_one_correction():
         stats.permutation_pvalue(1.0, [])
 
 
+def test_normal_reference_pvalue_is_never_below_the_rank_pvalue_and_needs_a_margin():
+    rng = np.random.default_rng(0)
+    refs = rng.normal(0.9, 0.01, 99)
+    top = float(refs.max())
+    # just above every reference: the rank p-value is its floor 0.01, the normal tail keeps it above alpha
+    p = stats.normal_reference_pvalue(top + 1e-6, refs)
+    assert p > 0.01 and p >= stats.permutation_pvalue(top + 1e-6, refs)
+    # far beyond the references' spread: the rank floor
+    assert stats.normal_reference_pvalue(1.0, refs) == pytest.approx(0.01)
+    thr = stats.normal_reference_threshold(refs, 0.01)
+    assert top < thr < 1.0
+    assert stats.normal_reference_pvalue(thr + 1e-9, refs) <= 0.01 < stats.normal_reference_pvalue(thr - 1e-3, refs)
+    # under the null (a score drawn like the references) it accuses at most at rate alpha
+    draws = [stats.normal_reference_pvalue(float(x), rng.normal(0.9, 0.01, 99)) for x in rng.normal(0.9, 0.01, 2000)]
+    assert np.mean(np.array(draws) <= 0.01) <= 0.01
+    # fewer than 3 references: the rank p-value alone
+    assert stats.normal_reference_pvalue(2.0, [0.1, 0.2]) == pytest.approx(1 / 3)
+
+
 def test_threshold_and_auc_and_uniqueness():
     null = np.arange(100.0)
     assert stats.threshold_from_null(null, 0.05) >= 94

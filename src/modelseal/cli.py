@@ -885,7 +885,7 @@ def verify(
             from .references import load_pool
             from .runtime import resolve_device
 
-            kw["references"] = [*kw.get("references", []), *load_pool(references, device=resolve_device(device))]
+            kw["references"] = load_pool(references, device=resolve_device(device)).plus(kw.get("references", []))
         from .sources import RemoteOptions
         from .suspect import open_source
 
@@ -958,7 +958,7 @@ def lineage(
         from .references import load_pool
         from .runtime import resolve_device
 
-        refs += load_pool(references, device=resolve_device(device))
+        refs = load_pool(references, device=resolve_device(device)).plus(refs)  # keeps the manifest
     rule: dict[str, Any] = {"permutations": permutations, "queries": queries, "seed": seed}
     if alpha is not None:
         rule["alpha"] = alpha
@@ -1527,30 +1527,37 @@ app.add_typer(references_app, name="references")
 @references_app.command("make", epilog=_examples(
     "modelseal references make --data digits --n 99 --out verifier-refs --seed 5000",
     "modelseal references make --data digits --n 99 --arch mlp --epochs 3 --out extraction-refs --seed 1000",
-    "modelseal verify ce.seal owner.safetensors --references verifier-refs --alpha 0.01"))
+    "modelseal train --data digits --arch mlp --epochs 30 --lr 0.003 --split attacker --out independent.safetensors",
+    "modelseal verify ce.seal independent.safetensors --references verifier-refs --alpha 0.01   # a converged "
+    "suspect: the pool covers it"))
 def references_make(
     out_dir: Annotated[Path, typer.Option("--out", help="pool folder (models + pool.json); reused and grown")],
     data: DataOpt = "digits",
     n: Annotated[int, typer.Option("--n", help="number of reference models")] = 99,
     arch: Annotated[str, typer.Option(
         "--arch", help="comma-separated families (mlp, cnn) or zoo architectures, cycled")] = "mlp,cnn",
-    epochs: Annotated[int, typer.Option(help="training epochs per model")] = 3,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="training epochs per model (default: until the test accuracy plateaus, so that the references "
+             "look like a properly trained independent suspect)")] = None,
     split: Annotated[str, typer.Option(help="split to train on: the attacker split the owner did not use")]
         = "attacker",
     seed: Annotated[int, typer.Option("--seed", help="seed of model 0 (model i gets seed + i); use different "
                                       "seeds for extraction and verifier pools")] = 1000,
     as_json: JsonOpt = False, device: DeviceOpt = "auto", batch_size: BatchOpt = 64,
 ) -> None:
-    """Train (or reuse) R independent reference models, cached in a folder. Models already there are kept."""
+    """Train (or reuse) R independent reference models, cached in a folder with a manifest (pool.json: how each
+    model was made, its accuracy and file SHA-256). Models already there are kept."""
     from .references import make_pool
 
     doc = make_pool(data, n, out_dir, archs=arch, epochs=epochs, seed=seed, split=split, batch_size=batch_size,
                     device=device, progress=_progress(as_json))
     accs = [m["test_accuracy"] for m in doc["models"]]
     payload = {"folder": str(out_dir), "models": len(doc["models"]), "settings": doc["settings"],
-               "test_accuracy_min": min(accs), "test_accuracy_mean": sum(accs) / len(accs)}
+               "manifest": str(out_dir / "pool.json"), "test_accuracy_min": min(accs),
+               "test_accuracy_max": max(accs), "test_accuracy_mean": sum(accs) / len(accs)}
     _emit(as_json, payload, lambda: out.print(
-        f"{len(accs)} reference models in {out_dir} (test accuracy {min(accs):.3f} to {max(accs):.3f})"))
+        f"{len(accs)} reference models in {out_dir} (test accuracy {min(accs):.3f} to {max(accs):.3f}; "
+        f"manifest {out_dir / 'pool.json'})"))
 
 
 def _aborts() -> tuple[type[BaseException], ...]:

@@ -57,3 +57,8 @@ class BudgetExceeded(SuspectError):
 
 class WriteError(ModelSealError):
     """An output file could not be written (its folder is missing or a file, no permission, disk full)."""
+
+
+class ReferencePoolError(DataError):
+    """A reference pool that cannot give a valid null for this suspect: its manifest is missing, malformed or
+    edited, or its models do not cover the suspect (accuracy range)."""

@@ -351,15 +351,17 @@ class Lineage:
                      bounds: tuple[float, float], inputs: torch.Tensor | None = None) -> Verdict:
         """The black-box verdict (`lineage-outputs`): the suspect against every reference (intersection-union
         of one-sided sign tests); not judged without references."""
-        from .references import as_references
+        from .references import as_references, coverage
         from .suspect import as_reference
         from .train import predict
 
         name = "lineage-outputs"
-        refs = [as_reference(r) for r in as_references(references)]
+        raw = as_references(references)
+        refs = [as_reference(r) for r in raw]
         if not refs:
             return self._not_judged(name, "no reference models (give the verifier's references, e.g. a pool "
                                           "from `modelseal references make`)")
+        pool = coverage(raw, suspect)  # refuses a pool that does not cover the suspect (ReferencePoolError)
         x = _inputs(shape, bounds, self.queries, self.seed) if inputs is None else inputs
         before = suspect.queries
         o = predict(owner, x)
@@ -382,7 +384,7 @@ class Lineage:
         details = {"compared": "labels" if labels else "output distance", "inputs": len(x),
                    "inputs_from": "verifier's inputs" if inputs is not None else "uniform in the input box",
                    "references": rows, "reference_closeness": ref_scores, "best_reference": best,
-                   "p_sign_tests": p_sign, "p_rank": p_rank, "p_floor": 1.0 / (len(refs) + 1),
+                   "p_sign_tests": p_sign, "p_rank": p_rank, "p_floor": 1.0 / (len(refs) + 1), "reference_pool": pool,
                    "null": "the suspect is exchangeable with the references (rank p-value), and no closer to the "
                            "owner than some reference (sign tests); the larger p-value is reported"}
         return Verdict(name, owned=p <= self.alpha, score=score, threshold=best, p_value=p, alpha=self.alpha,

@@ -149,6 +149,41 @@ def beta_binomial_null(counts: Sequence[int], n: int, rho_floor: float = 0.1, fl
             "null_a": mu * scale, "null_b": (1 - mu) * scale}
 
 
+def normal_reference_null(scores: Sequence[float], confidence: float = 1.0 - 1e-3) -> dict[str, float]:
+    """Conservative normal null of a similarity score from R >= 3 reference models' scores: mean = the
+    one-sided upper confidence bound (Student t, at `confidence`) of the references' mean, sd = the upper
+    confidence bound (chi-square) of their standard deviation. The score counterpart of `beta_binomial_null`."""
+    x = np.asarray(scores, dtype=float)
+    r = x.size
+    if r < 3:
+        raise ValueError("a normal reference null needs at least 3 reference scores")
+    m, sd = float(x.mean()), float(x.std(ddof=1))
+    sd_up = max(sd, 1e-12) * math.sqrt((r - 1) / float(_st.chi2.ppf(1.0 - confidence, r - 1)))
+    m_up = m + float(_st.t.ppf(confidence, r - 1)) * max(sd, 1e-12) / math.sqrt(r)
+    return {"null_mean": m_up, "null_sd": sd_up, "null_mean_estimate": m, "null_sd_estimate": sd}
+
+
+def normal_reference_pvalue(score: float, scores: Sequence[float], confidence: float = 1.0 - 1e-3) -> float:
+    """P-value of `score` against R reference scores: the larger of the rank p-value (1 + #{>= score}) / (R + 1)
+    (valid by exchangeability alone) and the upper tail of `normal_reference_null` (needs R >= 3; below that
+    the rank p-value alone). The rank p-value is exact, so exchangeable independents reach alpha = 1/(R + 1)
+    at rate alpha; the normal tail demands that an accused suspect lie beyond the references' spread, not
+    merely above their maximum."""
+    p = permutation_pvalue(score, scores)
+    if len(scores) >= 3:
+        null = normal_reference_null(scores, confidence)
+        p = max(p, float(_st.norm.sf((score - null["null_mean"]) / null["null_sd"])))
+    return p
+
+
+def normal_reference_threshold(scores: Sequence[float], alpha: float, confidence: float = 1.0 - 1e-3) -> float:
+    """The smallest score the normal part of `normal_reference_pvalue` accuses at `alpha` (inf for R < 3)."""
+    if len(scores) < 3:
+        return -math.inf
+    null = normal_reference_null(scores, confidence)
+    return null["null_mean"] + float(_st.norm.isf(alpha)) * null["null_sd"]
+
+
 def smallest_significant(n: int, tail, alpha: float) -> int | None:
     """Smallest count m in 0..n with tail(m) <= alpha, or None when no count reaches alpha."""
     for m in range(n + 1):

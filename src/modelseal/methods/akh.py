@@ -24,6 +24,10 @@ Where modelseal deviates, and why:
   never accuses. With references the agreement count is judged as c-examples judges match counts (a
   beta-binomial fitted conservatively to the references' counts, never below the rank p-value
   (1 + #{references agreeing at least as often}) / (R + 1)), so reaching alpha needs R >= 1/alpha - 1.
+  The score baselines (modeldiff, sac) take the larger of the rank p-value and a conservative normal null's
+  tail (`stats.normal_reference_pvalue`). Every baseline checks that a reference pool covers the suspect
+  (`references.coverage`: refused when the suspect's accuracy is outside the pool's, flagged otherwise) and
+  records the pool's manifest digest and coverage in the verdict's details and the evidence transcript.
 - The key keeps at most `n` misclassified inputs (a seeded random choice among all of them).
 """
 
@@ -119,20 +123,25 @@ def probabilities(out: torch.Tensor) -> torch.Tensor:
     return x.softmax(1)
 
 
-def references_of(rule: dict[str, Any], key: Key) -> list[Suspect]:
-    """The verifier's reference models as Suspects, each checked against the key's signature."""
-    from ..references import as_references
+def references_of(rule: dict[str, Any], key: Key, suspect: Suspect | None = None
+                  ) -> tuple[list[Suspect], dict[str, Any] | None]:
+    """The verifier's reference models as Suspects, each checked against the key's signature, and (with a
+    `suspect`) whether they cover it (`references.coverage`: refused with ReferencePoolError, or the details
+    a verdict records under "reference_pool"); no references: ([], None)."""
+    from ..references import as_references, coverage
 
     refs_given = rule.get("references")
     if refs_given is not None and not isinstance(refs_given, (list, tuple, str, os.PathLike)):
         raise ModelSealError(f"references must be a list of reference models (or their files) or a pool folder, "
                              f"got {type(refs_given).__name__}")
-    refs = [as_reference(r) for r in as_references(refs_given)]
+    raw = as_references(refs_given)
+    refs = [as_reference(r) for r in raw]
     if len(refs) > MAX_REFERENCES:
         raise ModelSealError(f"at most {MAX_REFERENCES} reference models, got {len(refs)}")
     for r in refs:
         key.check_signature(r.input_shape, r.output_size(probe_shape=tuple(key.signature["input_shape"])))
-    return refs
+    pool = coverage(raw, suspect) if refs and suspect is not None else None
+    return refs, pool
 
 
 def budget(s: Suspect, need: int, rule: dict[str, Any], method: str) -> None:
@@ -167,10 +176,15 @@ def baseline_verdict(method: str, score: float, alpha: float, queries: int, deta
         details.update({k: v for k, v in res["null"].items() if k != "reference_rates"})
         p, threshold = float(res["p_value"]), float(res["threshold"])
     else:
-        p = stats.permutation_pvalue(score, ref_scores)
+        p = stats.normal_reference_pvalue(score, ref_scores)
         k = int(math.floor(alpha * (len(ref_scores) + 1) + 1e-12)) - 1  # most references allowed at or above
         desc = sorted(ref_scores, reverse=True)
         threshold = math.inf if k < 0 else (float(np.nextafter(desc[k], math.inf)) if k < len(desc) else -math.inf)
+        threshold = max(threshold, stats.normal_reference_threshold(ref_scores, alpha))
+        if len(ref_scores) >= 3:
+            details.update(null_kind="normal (conservative) and rank", **stats.normal_reference_null(ref_scores))
+        else:
+            details["null_kind"] = "rank"
     details["p_floor"] = 1.0 / (len(ref_scores) + 1)
     return Verdict(method, owned=bool(p <= alpha), score=score, threshold=threshold, p_value=p, alpha=alpha,
                    queries=queries, details=details)
@@ -218,6 +232,7 @@ def evidence_hooks(method: str, statistic: Statistic, labels: bool) -> tuple[Any
 
     def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public: dict[str, Any],
                 rule: dict[str, Any] | None = None) -> dict[str, Any]:
+        from ..references import check_recorded_pool
         from . import get
 
         cls = get(method)
@@ -229,6 +244,7 @@ def evidence_hooks(method: str, statistic: Statistic, labels: bool) -> tuple[Any
         refs = v.get("reference_answers", [])
         if not isinstance(refs, list) or len(refs) > MAX_REFERENCES:
             raise ValueError(f"the reference answers must be a list of at most {MAX_REFERENCES} (verify's bound)")
+        check_recorded_pool(v.get("reference_pool"), len(refs))
 
         def as_answers(a: Any) -> Any:
             return [int(x) for x in a] if labels else torch.as_tensor(a, dtype=torch.float32)
@@ -251,19 +267,22 @@ def decide_baseline(method: str, statistic: Statistic, labels: bool, suspect: Su
     unpack(key, method, tensors)
     inputs = key.tensors["inputs"]
     outputs = int(key.tensors["outputs"].shape[1]) if "outputs" in key.tensors else 0
-    refs = references_of(rule, key)
+    refs, pool = references_of(rule, key, suspect)
     budget(suspect, len(inputs), rule, method)
     before = suspect.queries
     answers = ask(suspect, inputs, labels, outputs)
     queries = suspect.queries - before
     ref_answers = [ask(r, inputs, labels, outputs) for r in refs]
-    v = judge_answers(method, statistic, dict(key.tensors), answers, ref_answers, rule["alpha"], queries, {})
+    v = judge_answers(method, statistic, dict(key.tensors), answers, ref_answers, rule["alpha"], queries,
+                      {} if pool is None else {"reference_pool": pool})
 
     def enc(a: Any) -> Any:
         return a if labels else a.tolist()
 
-    v.transcript = {"verifier": {"alpha": rule["alpha"], "reference_answers": [enc(a) for a in ref_answers]},
-                    "answers": answers}
+    verifier_part: dict[str, Any] = {"alpha": rule["alpha"], "reference_answers": [enc(a) for a in ref_answers]}
+    if pool is not None:  # what the references were (the manifest's digest and coverage): `check` reports it
+        verifier_part["reference_pool"] = pool
+    v.transcript = {"verifier": verifier_part, "answers": answers}
     return v
 
 
@@ -292,7 +311,8 @@ class PeerBaseline(Fingerprint):
     )
     rule_skip = ("references",)
     evidence_not_proved = ("the reference models' answers: they are the verifier's, taken from the file as "
-                           "recorded; judge the suspect again with your own references to check the null",)
+                           "recorded (verifier.reference_pool names the pool's manifest by SHA-256 and its coverage "
+                           "of the suspect); judge the suspect again with your own references to check the null",)
 
 
 @dataclass

@@ -192,12 +192,15 @@ def recheck(opened: dict[str, torch.Tensor], transcript: dict[str, Any], public:
     reference counts are the verifier's and are bounded as verify bounds them (at most MAX_REFERENCES,
     each between 0 and n). A checker's `rule` sets alpha and how many examples must have been asked
     (default: every committed one)."""
+    from ..references import check_recorded_pool
+
     v = transcript["verifier"]
     n = validate.count("n", v.get("n"), 1, len(opened["targets"]), error=_PLAIN)
     counts = v.get("reference_counts")
     if not isinstance(counts, list) or len(counts) > MAX_REFERENCES:
         raise ValueError(f"the reference counts must be a list of at most {MAX_REFERENCES} (verify's bound)")
     counts = [validate.count("a reference count", c, 0, n, error=_PLAIN) for c in counts]
+    check_recorded_pool(v.get("reference_pool"), len(counts))
     t = opened["targets"][:n].long()
     answers = torch.tensor(transcript["answers"], dtype=torch.int64)
     if len(answers) != n:
@@ -628,7 +631,7 @@ class CharacteristicExamples(Fingerprint):
         the verifier's `references` (independent models) give; without references: not judged."""
         x, t, _ = _unpack(key)
         alpha, max_queries, references = rule["alpha"], rule["max_queries"], rule["references"]
-        from ..references import as_references, model_digest
+        from ..references import as_references, coverage, model_digest
 
         if references is not None and not isinstance(references, (list, tuple, str, os.PathLike)):
             raise ModelSealError(f"references must be a list of reference models (or their files) or a pool "
@@ -655,14 +658,18 @@ class CharacteristicExamples(Fingerprint):
                                      "--seed ...`)")
             _check_suspect_signature(rs, key.signature, "reference model")
             counts.append(int((rs.labels(x[:k]) == t[:k]).sum()))
+        pool = coverage(refs, s) if refs else None  # refuses a pool that does not cover the suspect
         before = s.queries
         answers = s.labels(x[:k]).reshape(-1).long()
         matches = int((answers == t[:k]).sum())
         rate = matches / k
-        transcript = {"verifier": {"alpha": alpha, "n": k, "reference_counts": counts},
-                      "answers": answers.tolist()}
+        verifier_part: dict[str, Any] = {"alpha": alpha, "n": k, "reference_counts": counts}
+        transcript = {"verifier": verifier_part, "answers": answers.tolist()}
         details: dict[str, Any] = {"variant": key.params.get("variant"), "match_rate": rate, "matches": matches,
                                    "n": k, "references": len(refs)}
+        if pool is not None:  # the manifest's digest and coverage; `check` reports the transcript's verifier part
+            verifier_part["reference_pool"] = pool
+            details["reference_pool"] = pool
         if not refs:
             details["not_judged"] = (f"no reference models (match rate {rate:.3g}); give independent "
                                      "reference models (CLI: verify --reference MODEL, repeatable; API: "
