@@ -1051,6 +1051,15 @@ def check(
             out.print(f"{report['method']}: the evidence does NOT hold:")
             for p in report["problems"]:
                 out.print(f"  - {p}")
+        pool = (report.get("verifier") or {}).get("reference_pool")
+        if isinstance(pool, dict):
+            rng = pool.get("accuracy_range")
+            out.print(f"  references: {pool.get('references')} model(s)"
+                      + (f", manifest sha256 {str(pool['manifest_sha256'])[:16]}..." if pool.get("manifest_sha256")
+                         else ", no manifest")
+                      + (f", accuracy {rng[0]:.3f} to {rng[1]:.3f}" if isinstance(rng, list) and len(rng) == 2
+                         else "")
+                      + "".join(f"; flag: {f}" for f in pool.get("flags", [])), soft_wrap=True, highlight=False)
         out.print(f"  {report['time']['line']}")
         out.print(f"  {report['order']['line']}")
         for line in report["not_proved"]:
