@@ -151,6 +151,8 @@ def test_every_help_example_parses_with_its_command():
 
 # Examples not run by the test below, each with why; everything else runs as written.
 HELP_NOT_RUN = {
+    "modelseal references make --data digits --n 99 --out refs": "trains 99 converged MLPs and CNNs (minutes); "
+                                                                 "`references make --help`'s examples run",
     "modelseal serve owner.safetensors --label-only --guard guard.seal --guard-log guard-logs":
         "serves until Ctrl-C (tests/test_guard.py serves a guarded model)",
     "modelseal guard verify guard.seal student.safetensors --log guard-logs/0123456789abcdef.log.jsonl":

@@ -1534,10 +1534,10 @@ app.add_typer(references_app, name="references")
 
 
 @references_app.command("make", epilog=_examples(
-    "modelseal references make --data digits --n 99 --out verifier-refs --seed 5000",
+    "modelseal references make --data digits --n 19 --arch mlp --out verifier-refs --seed 5000",
     "modelseal references make --data digits --n 99 --arch mlp --epochs 3 --out extraction-refs --seed 1000",
     "modelseal train --data digits --arch mlp --epochs 30 --lr 0.003 --split attacker --out independent.safetensors",
-    "modelseal verify ce.seal independent.safetensors --references verifier-refs --alpha 0.01   # a converged "
+    "modelseal verify ce.seal independent.safetensors --references verifier-refs --alpha 0.05   # a converged "
     "suspect: the pool covers it"))
 def references_make(
     out_dir: Annotated[Path, typer.Option("--out", help="pool folder (models + pool.json); reused and grown")],
