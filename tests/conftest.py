@@ -30,6 +30,12 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits, split with seed 0 (a module may define its own `digits`, which wins)."""
+    return ms.data.load("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
 def _owner_cnn(mnist):
     model = ms.models.build("cnn", mnist.meta, seed=0)
     ms.train.fit(model, mnist.owner, epochs=5, seed=0, progress=False)

@@ -20,11 +20,6 @@ RATE = 0.03
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return ms.data.load("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
 def owner(digits):
     m = ms.models.build("cnn", digits.meta, seed=0)
     ms.train.fit(m, digits.owner, epochs=8, seed=0, progress=False)

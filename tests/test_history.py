@@ -30,11 +30,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return ms.data.load("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
 def owner(digits):
     m = ms.models.build("mlp", digits.meta, seed=0)
     ms.train.fit(m, digits.owner, epochs=5, seed=0, progress=False)
