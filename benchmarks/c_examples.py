@@ -78,8 +78,12 @@ def pool(variant: str = "ltrc") -> dict:
     root = tempfile.mkdtemp(prefix="cex-pools-")
     t0 = time.perf_counter()
     pools = {}
-    for name, r, seed in [("extraction", 20, 1000), ("verifier", 99, 5000), ("held", 50, 9000)]:
-        R.make_pool(d, r, f"{root}/{name}", archs="mlp", epochs=3, seed=seed, progress=False)
+    sizes = ([("extraction", 10, 1000), ("verifier", 19, 5000), ("held", 10, 9000)] if QUICK else
+             [("extraction", 20, 1000), ("verifier", 99, 5000), ("held", 50, 9000)])
+    for name, r, seed in sizes:
+        # converged references (the pool default): a pool of under-trained models does not cover a converged
+        # suspect and is refused (`references.coverage`)
+        R.make_pool(d, r, f"{root}/{name}", archs="mlp", seed=seed, progress=False)
         pools[name] = R.load_pool(f"{root}/{name}")
     pool_s = time.perf_counter() - t0
     owner = ms.models.build("mlp", d.meta, seed=0)
@@ -88,7 +92,7 @@ def pool(variant: str = "ltrc") -> dict:
                  "prune50": attack("prune")(amount=0.5).apply(owner),
                  "prune50-layer": attack("prune")(amount=0.5, scope="layer").apply(owner)}
     out: dict = {"dataset": "digits", "owner": "mlp", "variant": variant, "alpha": 0.01,
-                 "references": 99, "extraction_references": 20, "held_out": 50,
+                 "references": sizes[1][1], "extraction_references": sizes[0][1], "held_out": sizes[2][1],
                  "pools_seconds": round(pool_s, 1), "keys": {}}
     for label, refs in [("plain", None), ("selected", f"{root}/extraction")]:
         t0 = time.perf_counter()
