@@ -170,10 +170,13 @@ ATTACKS: dict[str, dict[str, Any]] = {
 
 
 def benchmark(data: Any, owner: nn.Module, other: nn.Module, *, rate: float, queries: int, alpha: float,
-              epochs: int, archs: tuple[str, ...] = ("mlp", "cnn"), seed: int = 0) -> dict[str, Any]:
+              epochs: int, archs: tuple[str, ...] = ("mlp", "cnn"), seed: int = 0, lr: float = 2e-3,
+              label_only: bool = True) -> dict[str, Any]:
     """Each attack of ATTACKS run by its own client of a guarded `owner` (ensemble-distill: the guarded owner
     and the unguarded `other`), on `queries` inputs: the attacker and test splits topped up with small-noise
-    variants. A student escapes when `guard.verify` does not find it at `alpha` on its client's log."""
+    variants; the guarded API answers labels (`label_only`, DAWN's setting) or scores. The baseline `knockoff`
+    says whether students trained this long fit their answers well enough to be found at all. A student
+    escapes when `guard.verify` does not find it at `alpha` on its client's log."""
     from .. import guard as g
     from ..train import evaluate
     from . import get
@@ -191,9 +194,10 @@ def benchmark(data: Any, owner: nn.Module, other: nn.Module, *, rate: float, que
         for name, kw in ATTACKS.items():
             for arch in archs:
                 client = f"{name}-{arch}"
-                api = Suspect(GuardedAPI(owner, guard, client), input_shape=tuple(data.meta.input_shape))
+                api = Suspect(GuardedAPI(owner, guard, client), input_shape=tuple(data.meta.input_shape),
+                              label_only=label_only)
                 cls: Any = get(name)
-                attack: Any = cls(queries=queries, student=arch, epochs=epochs, seed=seed, **kw)
+                attack: Any = cls(queries=queries, student=arch, epochs=epochs, lr=lr, seed=seed, **kw)
                 if name == "ensemble-distill":
                     run = attack.run_many([api, Suspect(other, input_shape=tuple(data.meta.input_shape))],
                                           attacker)
@@ -214,7 +218,7 @@ def benchmark(data: Any, owner: nn.Module, other: nn.Module, *, rate: float, que
                 row["escapes"] = not row["found"]
                 rows.append(row)
     beats = sorted({r["attack"] for r in rows if r["escapes"] and r["attack"] != "knockoff"})
-    return {"rate": rate, "queries": queries, "epochs": epochs, "alpha": alpha,
+    return {"rate": rate, "queries": queries, "epochs": epochs, "lr": lr, "label_only": label_only, "alpha": alpha,
             "owner_test_acc": evaluate(owner, data.test), "rows": rows, "beat_the_guard": beats,
             "baseline_knockoff_found": all(r["found"] for r in rows if r["attack"] == "knockoff"),
             "note": "escapes = the student was not found on its client's log at alpha; compare test_acc with the "
