@@ -7,9 +7,10 @@ client per (rate, query budget) buys answers to `budget` distinct inputs: the at
 (in-distribution), topped up to the budget with small-noise variants of them (x + N(0, 0.1^2), clipped to
 [0, 1]: each variant differs by more than one quantisation step, so it is a new canonical input). Students
 (MLP and CNN) are trained on the thief's soft answers (the served scores, cross-entropy) or hard answers
-(the served top-1 label), until they fit their answers (train fit >= 0.99) or `--max-epochs`; epochs and the
+(the served top-1 label), until they fit their answers (train fit >= 0.999) or `--max-epochs`; epochs and the
 train fit are reported. Each student is judged with `guard.verify` at alpha 1e-6 against the thief's log,
-and against another client's log (a client that asked the owner split: distinct inputs) for naming.
+and against another client's log (a client that asked the owner split and two small-noise variants of each
+of its inputs: distinct inputs) for naming.
 
 Negatives, judged against every thief log: independent models of two architectures trained on the attacker
 split's labels, students of the unguarded API (the same queries, unchanged answers) and students of an
@@ -68,6 +69,15 @@ def queries(data: ms.data.Splits, n: int, seed: int) -> torch.Tensor:
     return torch.cat([pool, noisy])
 
 
+def other_queries(data: ms.data.Splits, variants: int = 2) -> torch.Tensor:
+    """The other client's queries (for naming): the owner split and `variants` small-noise variants of each
+    input (distinct from the thief's: two clients asking the same input get the same keyed answer)."""
+    gen = torch.Generator().manual_seed(12345)
+    x = data.owner.x
+    noisy = [(x + NOISE_SIGMA * torch.randn(x.shape, generator=gen)).clamp(0, 1) for _ in range(variants)]
+    return torch.cat([x, *noisy])
+
+
 def scores(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return torch.softmax(predict(model, x), 1).numpy()
 
@@ -79,7 +89,7 @@ def serve(guard: g.Guard | None, model: torch.nn.Module, x: torch.Tensor, client
 
 
 def train_student(arch: str, data: ms.data.Splits, x: torch.Tensor, answers: np.ndarray, soft: bool, seed: int,
-                  max_epochs: int, target_fit: float = 0.99) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  max_epochs: int, target_fit: float = 0.999) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A student of `arch` trained on the answers (soft: cross-entropy on the scores; hard: on the top-1
     labels) until its top-1 agrees with the answers' on `target_fit` of its training inputs."""
     torch.manual_seed(seed)
@@ -197,8 +207,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rr["honest"] = {"unguarded_acc": float((plain == y_test).mean()),
                         "guarded_acc": float((served == y_test).mean())}
         rr["honest"]["drop_points"] = 100 * (rr["honest"]["unguarded_acc"] - rr["honest"]["guarded_acc"])
-        serve(guard, owner, data.owner.x, "other")
+        serve(guard, owner, other_queries(data), "other")
         other_log = guard.log_path("other")
+        rr["other_client_entries"] = len(g.read_log(other_log)) if other_log.exists() else 0
         for budget in args.budgets:
             client = f"thief-{budget}"
             x = queries(data, budget, seed=budget)
@@ -212,16 +223,16 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for soft in (True, False):
                 for arch in args.archs:
                     seed = 1000 + budget + 7 * soft + (arch == "cnn")
-                    st, info = train_student(arch, data, x, answers, soft, seed, args.max_epochs)
+                    st, info = train_student(arch, data, x, answers, soft, seed, args.max_epochs, args.target_fit)
                     row = {"arch": arch, "answers": "soft" if soft else "hard", **info,
                            "test_acc": ms.train.evaluate(st, data.test)}
                     if entries:
                         row["thief_log"] = judged(st, key, thief_log)
-                        row["other_log"] = judged(st, key, other_log)
+                        row["other_log"] = judged(st, key, other_log) if other_log.exists() else None
                     else:
                         row["thief_log"] = None
                     row["found"] = bool(row["thief_log"] and row["thief_log"]["owned"])
-                    row["named"] = bool(row["found"] and not row["other_log"]["owned"])
+                    row["named"] = bool(row["found"] and not (row.get("other_log") or {}).get("owned"))
                     b["students"].append(row)
                     students.append({"rate": rate, "budget": budget, **row})
                     log(f"{name} r={rate} b={budget} {arch} {'soft' if soft else 'hard'}: {info} "
@@ -230,7 +241,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     if budget in args.negative_budgets:
                         for answers_neg, what in ((plain_answers, "unguarded-api-student"),
                                                   (other_api, "independent-api-student")):
-                            ns, _ = train_student(arch, data, x, answers_neg, soft, seed + 1, args.max_epochs)
+                            ns, _ = train_student(arch, data, x, answers_neg, soft, seed + 1, args.max_epochs,
+                                                  args.target_fit)
                             negatives.append(ns)
                             neg_names.append(f"{what}-{arch}-{'soft' if soft else 'hard'}-{budget}")
             rr["budgets"][str(budget)] = b
@@ -299,7 +311,7 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="digits, rate 0.03, budgets 500 and 2000, MLP students")
+    ap.add_argument("--quick", action="store_true", help="digits, rate 0.03, budget 2000, MLP students")
     ap.add_argument("--datasets", default="digits,mnist5k")
     ap.add_argument("--rates", default="0.005,0.03")
     ap.add_argument("--budgets", default="500,2000,5000")
@@ -307,6 +319,10 @@ def main() -> None:
     ap.add_argument("--independents", type=int, default=4, help="independent models per architecture")
     ap.add_argument("--owner-epochs", type=int, default=15)
     ap.add_argument("--max-epochs", type=int, default=150)
+    ap.add_argument("--target-fit", type=float, default=0.999,
+                    help="students train until their top-1 agrees with this share of their answers (measured: "
+                         "at 0.99 hard-label students at rate 0.005 stopped after 30-40 epochs with 0-3 of 12 keyed "
+                         "answers learnt: 0.99 is reachable without them)")
     ap.add_argument("--latency-requests", type=int, default=200)
     ap.add_argument("--negative-budgets", default="", help="budgets whose queries also train negative students "
                     "(default: all; --quick: the largest)")
@@ -316,8 +332,8 @@ def main() -> None:
     ap.add_argument("--attack-epochs", type=int, default=100)
     args = ap.parse_args()
     if args.quick:
-        args.datasets, args.rates, args.budgets, args.archs = "digits", "0.03", "500,2000", "mlp"
-        args.independents, args.owner_epochs, args.max_epochs, args.latency_requests = 1, 8, 60, 20
+        args.datasets, args.rates, args.budgets, args.archs = "digits", "0.03", "2000", "mlp"
+        args.independents, args.owner_epochs, args.max_epochs, args.latency_requests = 1, 8, 60, 10
         args.attack_queries, args.attack_epochs = 1000, 40
     args.rates = [float(r) for r in str(args.rates).split(",")]
     args.budgets = [int(b) for b in str(args.budgets).split(",")]
