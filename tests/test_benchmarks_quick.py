@@ -24,7 +24,7 @@ COVERED = {"null_rates.py": "test_benchmarks_null_rates.py"}
 # quick paths measured at over 20 s on two shared CPU cores (advparams 51 s, arena 72 s, attacks 23 s,
 # bench_backends 22 s with Ray's start, tafa 73 s, trigger_set 22 s); the others took 7 to 18 s
 # grinding.py (main, after this list was measured): several 3-second budgets plus training, so slow unmeasured
-# guard.py: 227 s with its attack section (students trained until they fit their answers)
+# guard.py: 33 s (one 2,000-query thief, MLP students trained to fit, the attack section)
 SLOW = {"advparams.py", "arena.py", "attacks.py", "bench_backends.py", "grinding.py", "guard.py", "tafa.py",
         "trigger_set.py"}
 
