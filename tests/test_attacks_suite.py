@@ -29,6 +29,9 @@ QUICK = {
     "neural-cleanse": {"steps": 10, "epochs": 1}, "dehydrate": {"steps": 10, "epochs": 1},
     "knockoff": {"queries": 200, "epochs": 1}, "knockoff-adaptive": {"queries": 200, "epochs": 1, "rounds": 2},
     "retrain-xarch": {"queries": 200, "epochs": 1}, "transfer": {"epochs": 1, "finetune_epochs": 0},
+    # aimed at the API guard: 200 queries each (vote: 40 inputs x 5 copies; ensemble: 100 inputs x 2 APIs)
+    "vote": {"queries": 40, "copies_per_input": 5, "epochs": 1}, "smooth-labels": {"queries": 200, "epochs": 1},
+    "ensemble-distill": {"queries": 100, "epochs": 1}, "adv-student": {"queries": 200, "epochs": 1},
     "chain": {"steps": [{"attack": "structured-prune", "params": {"amount": 0.3, "epochs": 1}},
                         {"attack": "knockoff", "params": {"queries": 200, "epochs": 1}}]},
 }

@@ -98,6 +98,11 @@ _BUILTIN_TABLE = {
     "knockoff-adaptive": ("extraction", "extraction"),
     "retrain-xarch": ("extraction", "extraction"),
     "transfer": ("extraction", "extraction"),
+    # extraction aimed at an API watermark (modelseal.guard)
+    "vote": ("api", "extraction"),
+    "smooth-labels": ("api", "extraction"),
+    "ensemble-distill": ("api", "extraction"),
+    "adv-student": ("api", "extraction"),
     # combined
     "chain": ("chain", "chain"),
 }
