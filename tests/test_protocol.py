@@ -26,7 +26,7 @@ LAYERS = [
     {"train", "references"},
     {"suspect"},
     {"attacks"},
-    {"methods", "lineage", "guard"},
+    {"methods", "lineage", "guard", "guard_mlserver"},
     {"api", "evidence"},
     {"bench", "demo"},
     {"cli", "__main__"},
