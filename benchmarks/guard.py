@@ -18,7 +18,8 @@ independent model's API. Honest accuracy: the guarded vs the unguarded answers' 
 (an honest client asking it). Latency: median seconds per request of `make_app` served over HTTP on
 127.0.0.1 with and without `answer_hook=Guard.serve_hook`, at batch 1 and 64 (alternating requests, a
 bounded number each). `--attacks` (on by default, one rate and budget) runs the attacks aimed at the guard
-(`modelseal.attacks.api`) through a label-only guarded API and reports which of them escape it.
+(`modelseal.attacks.api`, run by `modelseal.guard.attack_benchmark`) through a label-only guarded API and
+reports which of them escape it.
 
 Prints one JSON document. Usage: python benchmarks/guard.py [--quick] [--datasets digits,mnist5k]
 [--rates 0.005,0.03] [--budgets 500,2000,5000]
@@ -273,11 +274,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def attack_section(data: ms.data.Splits, owner: torch.nn.Module, other_owner: torch.nn.Module,
                    args: argparse.Namespace) -> dict[str, Any]:
     """Each attack aimed at the guard, run through a guarded Suspect (one client); judged on its log."""
-    try:
-        from modelseal.attacks import api
-    except ImportError:  # pragma: no cover - the attacks module is optional for this benchmark
-        return {"skipped": "modelseal.attacks.api is not installed"}
-    return api.benchmark(data, owner, other_owner, rate=args.attack_rate, queries=args.attack_queries,
+    from modelseal.guard import attack_benchmark
+
+    return attack_benchmark(data, owner, other_owner, rate=args.attack_rate, queries=args.attack_queries,
                          alpha=ALPHA, epochs=args.attack_epochs, archs=tuple(args.archs), lr=2e-3, label_only=True)
 
 

@@ -9,7 +9,7 @@ import torch
 import modelseal as ms
 from modelseal import attacks
 from modelseal import guard as g
-from modelseal.attacks.api import GuardedAPI
+from modelseal.guard import GuardedAPI
 from modelseal.suspect import Suspect
 
 NEW = ("vote", "smooth-labels", "ensemble-distill", "adv-student")

@@ -23,8 +23,9 @@ LAYERS = [
     {"runtime"},
     {"data"},
     {"models"},
-    {"train", "references"},
+    {"train"},
     {"suspect"},
+    {"references"},  # measures a suspect's accuracy against the pool it is judged with (coverage)
     {"attacks"},
     {"methods", "lineage", "guard", "guard_mlserver"},
     {"api", "evidence"},

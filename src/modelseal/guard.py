@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from . import stats, validate
 from .errors import KeyFormatError, KeyIntegrityError, ModelSealError
@@ -316,4 +318,89 @@ def verify(suspect: Any, key: GuardKey | Key | str | os.PathLike, log: str | os.
                                      "client's log head (modelseal timestamp) to show when it was logged"}})
 
 
-__all__ = ["GuardKey", "Guard", "verify", "read_log", "check_chain", "client_id", "METHOD"]
+# ------------------------------------------------------------------------------ attacks aimed at the guard
+class GuardedAPI(nn.Module):
+    """A guarded prediction API as a module: softmax scores of `model`, changed and logged by `guard` for
+    `client` (`modelseal.guard.Guard.answer`). For benchmarks and tests: a real server does the same
+    through `make_app(answer_hook=guard.serve_hook)`."""
+
+    def __init__(self, model: nn.Module, guard: Any, client: str) -> None:
+        super().__init__()
+        self.model, self.guard, self.client = model, guard, client
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            p = torch.softmax(self.model(x).float(), 1)
+        return torch.from_numpy(self.guard.answer(x.detach().cpu().numpy(), p.cpu().numpy(), self.client))
+
+
+ATTACKS: dict[str, dict[str, Any]] = {
+    "knockoff": {},  # the baseline the guard is built to find
+    "vote": {"copies_per_input": 5, "sigma": 0.05},
+    "smooth-labels": {"smoothing": 0.3},
+    "ensemble-distill": {},
+    "adv-student": {"eps": 0.05, "steps": 1},
+}
+
+
+def attack_benchmark(data: Any, owner: nn.Module, other: nn.Module, *, rate: float, queries: int, alpha: float,
+              epochs: int, archs: tuple[str, ...] = ("mlp", "cnn"), seed: int = 0, lr: float = 2e-3,
+              label_only: bool = True) -> dict[str, Any]:
+    """Each attack of ATTACKS run by its own client of a guarded `owner` (ensemble-distill: the guarded owner
+    and the unguarded `other`), on `queries` inputs: the attacker and test splits topped up with small-noise
+    variants; the guarded API answers labels (`label_only`, DAWN's setting) or scores. The baseline `knockoff`
+    says whether students trained this long fit their answers well enough to be found at all. A student
+    escapes when `guard.verify` does not find it at `alpha` on its client's log."""
+    import tempfile
+
+    from .attacks import get
+    from .data import TensorData
+    from .suspect import Suspect
+    from .train import evaluate
+
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.cat([data.attacker.x, data.test.x])
+    if queries > len(pool):
+        base = pool[torch.randint(0, len(pool), (queries - len(pool),), generator=gen)]
+        pool = torch.cat([pool, (base + 0.1 * torch.randn(base.shape, generator=gen)).clamp(0, 1)])
+    attacker = TensorData(pool, torch.zeros(len(pool), dtype=torch.long), data.meta)
+    key = GuardKey.new(data.meta.num_classes, rate=rate)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        guard = Guard(key, tmp)
+        for name, kw in ATTACKS.items():
+            for arch in archs:
+                client = f"{name}-{arch}"
+                api = Suspect(GuardedAPI(owner, guard, client), input_shape=tuple(data.meta.input_shape),
+                              label_only=label_only)
+                cls: Any = get(name)
+                attack: Any = cls(queries=queries, student=arch, epochs=epochs, lr=lr, seed=seed, **kw)
+                if name == "ensemble-distill":
+                    run = attack.run_many([api, Suspect(other, input_shape=tuple(data.meta.input_shape))],
+                                          attacker)
+                else:
+                    run = attack.run(api, attacker)
+                student = run.model.eval()
+                path = guard.log_path(client)
+                row: dict[str, Any] = {"attack": name, "arch": arch, "params": kw,
+                                       "cost": {k: (round(v, 2) if isinstance(v, float) else v)
+                                                for k, v in run.cost.items()},
+                                       "test_acc": evaluate(student, data.test)}
+                if path.exists():
+                    v = verify(student, key, path, alpha=alpha)
+                    row.update(entries=v.details["entries"], matches=v.details["matches"], p=float(v.p_value),
+                               found=bool(v.owned))
+                else:
+                    row.update(entries=0, matches=0, p=1.0, found=False)
+                row["escapes"] = not row["found"]
+                rows.append(row)
+    beats = sorted({r["attack"] for r in rows if r["escapes"] and r["attack"] != "knockoff"})
+    return {"rate": rate, "queries": queries, "epochs": epochs, "lr": lr, "label_only": label_only, "alpha": alpha,
+            "owner_test_acc": evaluate(owner, data.test), "rows": rows, "beat_the_guard": beats,
+            "baseline_knockoff_found": all(r["found"] for r in rows if r["attack"] == "knockoff"),
+            "note": "escapes = the student was not found on its client's log at alpha; compare test_acc with the "
+                    "owner's: an escape that costs the student its accuracy is a weaker one"}
+
+
+__all__ = ["GuardKey", "Guard", "verify", "read_log", "check_chain", "client_id", "METHOD", "GuardedAPI",
+           "attack_benchmark"]
