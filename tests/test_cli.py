@@ -75,6 +75,9 @@ def _spy_fit(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(ms.train, "fit", spy)
+    import modelseal.attacks.training as training  # binds `fit` at import: patched there too, whatever the order
+
+    monkeypatch.setattr(training, "fit", spy)
     return calls
 
 

@@ -1479,7 +1479,7 @@ app.add_typer(guard_app, name="guard")
 
 
 @guard_app.command("key", epilog=_examples("modelseal guard key --classes 10 --out guard.seal",
-                                           "modelseal guard key --classes 10 --rate 0.01 --out guard.seal --json"))
+                                           "modelseal guard key --classes 10 --rate 0.01 --out guard-1pct.seal --json"))
 def guard_key(
     classes: Annotated[int, typer.Option(help="classes the served model answers")],
     out_path: Annotated[Path, typer.Option("--out", help="secret guard key to write (.seal, mode 0600)")],
