@@ -74,10 +74,14 @@ def _spy_fit(monkeypatch):
         calls.append(k)
         return real(*a, **k)
 
-    monkeypatch.setattr(ms.train, "fit", spy)
-    import modelseal.attacks.training as training  # binds `fit` at import: patched there too, whatever the order
+    import importlib
+    import sys
 
-    monkeypatch.setattr(training, "fit", spy)
+    importlib.import_module("modelseal.attacks.finetune")  # loaded now, so the loop below sees its `fit`
+    # modules that bound `fit` at import (`from ..train import fit`) are patched too, whatever the test order
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("modelseal") and getattr(mod, "fit", None) is real:
+            monkeypatch.setattr(mod, "fit", spy)
     return calls
 
 
