@@ -309,7 +309,7 @@ def test_verify_says_time_not_proven_without_a_token(wm):
 
 
 # ------------------------------------------------------------------------------------------ secrets and seeds
-def test_seeds_are_fresh_unless_given_and_a_seeded_secret_warns(owner, tmp_path):
+def test_seeds_are_fresh_unless_given_and_a_seeded_secret_warns(owner, tmp_path, fresh_seeds):
     assert methods.get("trigger-set")().seed != methods.get("trigger-set")().seed
     assert methods.get("tafa")(seed=4).seed == 4
     model = tmp_path / "owner.safetensors"

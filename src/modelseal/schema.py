@@ -238,6 +238,13 @@ def incomplete(specs: list[Spec]) -> list[str]:
     return out
 
 
+def fresh_seed() -> int:
+    """A secret seed from the OS (62 bits): what a `secret_seed_param` left at none becomes."""
+    import secrets
+
+    return secrets.randbits(62)
+
+
 class Configurable:
     """Base of every method and attack: construction checks every declared field against its schema, then
     the class's own `check()` (relations between fields). `param_error` is the error raised."""
@@ -248,9 +255,7 @@ class Configurable:
     def __post_init__(self) -> None:
         for s in fields_of(type(self)):
             if s.fresh and getattr(self, s.name) is None:
-                import secrets
-
-                setattr(self, s.name, secrets.randbits(62))
+                setattr(self, s.name, fresh_seed())
             if s.meaning:
                 s.check(getattr(self, s.name), self.param_error)
         self.check()
