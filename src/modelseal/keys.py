@@ -122,12 +122,12 @@ class Key:
             raise KeyIntegrityError(f"{source} has been altered: its content does not match its SHA-256 digest")
         return key
 
-    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+    def save(self, path: str | os.PathLike[str], force: bool = False) -> Path:
         """Write the key atomically, readable by its owner only (mode 0600): it is a secret."""
         return write_atomic(path, self.to_bytes(), force, private=True)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, method: str | None = None) -> Key:
+    def load(cls, path: str | os.PathLike[str], method: str | None = None) -> Key:
         path = Path(path)
         return cls.from_bytes(read_file(path, KeyFormatError, "key file"), method=method, source=str(path))
 

@@ -210,7 +210,7 @@ def fields_of(cls: type) -> list[Spec]:
     return out
 
 
-def _default(f: dataclasses.Field) -> Any:
+def _default(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -459,7 +459,8 @@ def _class_verifier(tree: ast.Module, module: str, cls: ast.ClassDef, depth: int
         if isinstance(n, (ast.Assign, ast.AnnAssign)):
             target = n.targets[0] if isinstance(n, ast.Assign) else n.target
             if getattr(target, "id", "") == "verify_params" and n.value is not None:
-                return _evaluator(module).eval(n.value)
+                specs: dict[str, Spec] = _evaluator(module).eval(n.value)
+                return specs
     if depth < 8:
         for btree, bmod, bnode in _bases(tree, module, cls):
             found = _class_verifier(btree, bmod, bnode, depth + 1)

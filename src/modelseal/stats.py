@@ -184,7 +184,7 @@ def normal_reference_threshold(scores: Sequence[float], alpha: float, confidence
     return null["null_mean"] + float(_st.norm.isf(alpha)) * null["null_sd"]
 
 
-def smallest_significant(n: int, tail, alpha: float) -> int | None:
+def smallest_significant(n: int, tail: Callable[[int], float], alpha: float) -> int | None:
     """Smallest count m in 0..n with tail(m) <= alpha, or None when no count reaches alpha."""
     for m in range(n + 1):
         if tail(m) <= alpha:

@@ -178,12 +178,14 @@ class Attack(Configurable):
     @final
     def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
         """The attacked model (`run(model, data).model`)."""
-        return self.run(model, data).model
+        attacked: nn.Module = self.run(model, data).model
+        return attacked
 
     @final
     def apply_many(self, models: list[nn.Module], data: Any = None) -> nn.Module:
         """The attacked model from `self.copies` distributed copies (`run_many(models, data).model`)."""
-        return self.run_many(models, data).model
+        attacked: nn.Module = self.run_many(models, data).model
+        return attacked
 
     def _refuse_nonfinite(self, models: list[Any]) -> None:
         from torch import nn as _nn
@@ -211,7 +213,7 @@ class Attack(Configurable):
         """A copy of the last run's cost ({} before the first): for callers of `apply`; `run` returns it."""
         return copy.deepcopy(self.__dict__.get("_last_cost", {}))
 
-    def wrap(self, suspect, meta=None):
+    def wrap(self, suspect: Any, meta: Any = None) -> Any:
         """The suspect the verifier queries after this attack (default: unchanged)."""
         return suspect
 
