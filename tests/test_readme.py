@@ -197,6 +197,8 @@ HELP_NOT_RUN = {
     # distributing trains one copy per user (minutes); the README's DeepMarks block runs the same path, and
     # tests/test_deepmarks.py runs this exact command without --seed (issue 26 item 1)
     "modelseal deepmarks distribute owner.safetensors --users 7 --out-dir copies --key dm.seal": "trains 7 copies",
+    "modelseal protect owner.safetensors --method deepmarks --set users=7 --out copies --key dm.seal":
+        "trains 7 copies (the deepmarks distribute example above is the same command)",
     "modelseal trace dm.seal copies/user-003.safetensors": "needs the DeepMarks copies",
     "modelseal trace dm.seal leaked.safetensors --json": "needs the DeepMarks copies",
     "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits":
@@ -218,8 +220,8 @@ def test_help_examples_run_as_written(tmp_path):
     work.mkdir()
     seen, ran = set(), []
     # files first, then what reads them: a user reads `verify --help` after making a key
-    order = ["", "train", "methods", "watermark", "watermark embed", "fingerprint", "fingerprint extract", "attack",
-             "lock", "unlock", "commit", "verify", "check"]
+    order = ["", "train", "methods", "watermark", "watermark embed", "fingerprint", "fingerprint extract", "protect",
+             "attack", "lock", "unlock", "commit", "verify", "check"]
     examples = sorted(help_examples(), key=lambda e: order.index(e[0]) if e[0] in order else len(order))
     for where, line in examples:
         if line in HELP_NOT_RUN or line in seen:

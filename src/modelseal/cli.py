@@ -581,7 +581,7 @@ def watermark_embed(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     out_path: Annotated[Path, typer.Option("--out", help="watermarked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
-    method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
+    method: Annotated[str, typer.Option(help="watermark method")] = method_registry.default("watermark"),
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -607,7 +607,7 @@ def fingerprint_extract(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="tafa | c-examples, or a peer baseline: akh | ipguard | modeldiff | "
-                                              "sac")] = "tafa",
+                                              "sac")] = method_registry.default("fingerprint"),
     variant: Annotated[Optional[str], typer.Option(help="c-examples variant: c | rc | ltrc")] = None,
     set_: SetOpt = None, arch: ArchOpt = None,
     data: Annotated[Optional[str], typer.Option(
@@ -654,11 +654,13 @@ def deepmarks_distribute(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for one model file per user")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
-    users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
+    users: Annotated[Optional[int], typer.Option(help="number of users (copies); default: the method's")] = None,
+    method: Annotated[str, typer.Option(help="per-user method")] = method_registry.default("per-user"),
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
+    mi = method_registry.require_family(method, "per-user", "modelseal deepmarks distribute")
     seed = _secret_seed(seed)
     from .safeio import commitment_path, usable_path
 
@@ -676,7 +678,7 @@ def deepmarks_distribute(
     from .api import save_protection
     from .models.files import model_bytes
 
-    dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
+    dm = _construct(mi.cls, {"seed": seed, **({} if users is None else {"users": users}), **_params(set_)})
     splits = data_mod.load(data, seed=0)
     model = _open_model(model_path, device, arch, splits.meta)
     done = method_registry.protect(dm, model, splits.owner, progress=_progress(as_json))
@@ -688,12 +690,47 @@ def deepmarks_distribute(
         files.append((p, model_bytes(m, arch), f"copy {p.name}"))
         rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
     metrics = [float(r["test_metric"]) for r in rows]
-    manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
+    manifest = {"method": method, "key_digest": key.digest(), "users": rows}
     files.append((manifest_path, json.dumps(manifest, indent=2) + "\n", "manifest"))
     save_protection(done, key_path, files=files, force=force, inputs=_inputs(model_path, data))
     _emit(as_json, manifest, lambda: out.print(
-        f"deepmarks: {len(rows)} copies -> {out_dir} (test metric {min(metrics):.4f}..{max(metrics):.4f}); "
+        f"{method}: {len(rows)} copies -> {out_dir} (test metric {min(metrics):.4f}..{max(metrics):.4f}); "
         f"key -> {key_path}"))
+
+
+# ------------------------------------------------------------------------------------ any family: protect
+@app.command(epilog=_examples(
+    "modelseal protect owner.safetensors --method tafa --key fp.seal",
+    "modelseal protect owner.safetensors --method deepmarks --set users=7 --out copies --key dm.seal"))
+def protect(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
+    method: Annotated[str, typer.Option(help="any registered method (`modelseal methods` lists them)")],
+    key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="the protected model file (watermark, lock) or the folder for the users' copies "
+                      "(per-user); a fingerprint changes no model and takes none")] = None,
+    data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
+    device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Protect a model with any method: its family decides what is written (`watermark embed`, `fingerprint
+    extract`, `deepmarks distribute` and `lock` are this command for one family)."""
+    mi = method_registry.info(method)
+    if mi.family == "fingerprint":
+        if out_path is not None:
+            raise ModelSealError(f"'{method}' is a fingerprint: the model is not changed, so there is no --out "
+                                 "to write; drop --out")
+        fingerprint_extract(model_path, key_path, method, None, set_, arch, data, device, seed, as_json, force)
+        return
+    if out_path is None:
+        what = "a folder for the users' copies" if mi.family == "per-user" else "the protected model file"
+        raise ModelSealError(f"'{method}' ({mi.family}) writes {what}: give it with --out")
+    if mi.family == "watermark":
+        watermark_embed(model_path, out_path, key_path, method, data, set_, arch, device, seed, as_json, force)
+    elif mi.family == "per-user":
+        deepmarks_distribute(model_path, out_path, key_path, None, method, data, set_, arch, device, seed, as_json,
+                             force)
+    else:
+        lock(model_path, out_path, key_path, method, data, set_, arch, device, seed, as_json, force)
 
 
 # --------------------------------------------------------------------------- suspects (trace, verify)
@@ -1133,6 +1170,7 @@ def lock(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="model file to lock")],
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
+    method: Annotated[str, typer.Option(help="lock method")] = method_registry.default("lock"),
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -1140,7 +1178,7 @@ def lock(
 
     seed, data = _before_protect(model_path, data, out_path, key_path, force, seed)
     params = _params(set_)
-    locker = _construct(method_registry.get("advparams"), {"seed": seed, **params})
+    locker = _construct(method_registry.require_family(method, "lock", "modelseal lock").cls, {"seed": seed, **params})
     with _lock_warnings_handled():
         before, after, key = _protect_file(locker, model_path, data, device, out_path, key_path, force,
                                            as_json, arch, again=_lock_again("max_params" not in params))

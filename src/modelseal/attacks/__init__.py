@@ -108,6 +108,11 @@ _BUILTIN_TABLE = {
 }
 _TABLE: Registry[type[Attack]] = Registry.of(_BUILTIN_TABLE, kind="attack", package=__name__)
 FAMILY_ORDER = ("input", "output", "rejection", "modification", "extraction", "chain")
+# The attack that composes others (its `steps` parameter lists them; a scenario's `chain = [...]` names it), and
+# the extraction a bench's student negatives use unless the scenario names another: consumers use these names
+# instead of spelling an attack's.
+CHAIN = "chain"
+STUDENT = "knockoff"
 # Read-only views of the table, for consumers that list without importing (the CLI): name -> module,
 # name -> family (plugins that register join both), the registered classes, the built-in names.
 _MODULES, FAMILIES, _REGISTRY, _BUILTIN = _TABLE.modules, _TABLE.families, _TABLE.classes, _TABLE.builtin

@@ -12,7 +12,7 @@ Per cell (`cell_outcome`):
   was not judged owned (nothing was there to remove);
 - per-user fingerprints (DeepMarks): `traced` when someone was accused and nobody innocent; `FRAMED` when
   an innocent user was accused; collusion cells past the code's bound (more colluders than the code
-  guarantees to trace: the `max_colluders` of the verdict, else the key's `k - 1` from the key parameters
+  guarantees to trace: the `max_colluders` of the verdict, else the method's `collusion_bound` of its key
   the store recorded) are labelled so;
 - locks: `held` while the attacked model's accuracy stays at least `LOCK_HELD_MARGIN` (50 points) below
   the owner's, else `RECOVERED` (a lock that leaves a thief a usable model has failed even if accuracy
@@ -44,6 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..attacks import CHAIN
 from ..errors import ModelSealError
 from ..verdict import DEFAULT_ALPHA
 from .store import REMOVAL_MARGIN, Store
@@ -73,7 +74,7 @@ def attack_text(c: dict[str, Any]) -> str:
         return "no attack"
     base = str(c["attack"]).split(" ")[0]
     params = c.get("attack_params") or {}
-    steps = params.get("steps") if c.get("attack_name") == "chain" else None
+    steps = params.get("steps") if c.get("attack_name") == CHAIN else None
     if isinstance(steps, list):  # a chained attack: its steps in order, each with its parameters
         inner = " -> ".join(attack_text({"attack": s.get("attack"), "attack_name": s.get("attack"),
                                          "attack_params": s.get("params")}) for s in steps if isinstance(s, dict))
@@ -129,6 +130,19 @@ def ordered(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                         str(c.get("attack")), c.get("seed") or 0))
 
 
+def _collusion_bound(method: str, key_params: dict[str, Any]) -> int | None:
+    """The per-user method's own collusion bound for a key (None when the method is not installed here)."""
+    from .. import methods
+    from ..errors import RegistryError
+    from ..methods.base import PerUser
+
+    try:
+        cls = methods.get(method)
+    except RegistryError:
+        return None
+    return cls.collusion_bound(key_params) if issubclass(cls, PerUser) else None
+
+
 def _bounds(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> dict[str, int | None]:
     """The collusion bound per per-user protection: from a verdict's `max_colluders`, else its key's k - 1."""
     out: dict[str, int | None] = {}
@@ -136,9 +150,8 @@ def _bounds(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> dic
         if c.get("family") != "per-user":
             continue
         b = (c.get("detail") or {}).get("max_colluders")
-        if b is None:
-            params = keys.get(c["protection"], {})
-            b = params.get("max_colluders", params["k"] - 1 if isinstance(params.get("k"), int) else None)
+        if b is None and c.get("method") is not None:  # not judged: the method's bound from its key
+            b = _collusion_bound(str(c["method"]), keys.get(c["protection"], {}))
         if b is not None:
             out[c["protection"]] = int(b)
         else:

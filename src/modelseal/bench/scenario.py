@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import validate
+from ..attacks import CHAIN, STUDENT
 from ..errors import ModelSealError
 from ..schema import MAX_SEED, Spec
 from ..verdict import DEFAULT_ALPHA
@@ -320,18 +321,18 @@ def _chain_steps(c: _Checker, steps: Any, known: set[str], occ: int) -> list[dic
     from .. import attacks as attack_registry
 
     if not isinstance(steps, list) or not steps:
-        raise c.fail("chain", "must be a non-empty list of {attack = NAME, params = {...}} tables", occ, "attacks")
+        raise c.fail(CHAIN, "must be a non-empty list of {attack = NAME, params = {...}} tables", occ, "attacks")
     out = []
     for j, st in enumerate(steps):
         if not isinstance(st, dict) or "attack" not in st or set(st) - {"attack", "params"}:
-            raise c.fail("chain", f"step {j + 1} must be {{attack = NAME, params = {{...}}}}, got {st!r}", occ,
+            raise c.fail(CHAIN, f"step {j + 1} must be {{attack = NAME, params = {{...}}}}, got {st!r}", occ,
                          "attacks")
         name, params = st["attack"], st.get("params", {})
-        if not isinstance(name, str) or name not in known or name == "chain":
-            raise c.fail("chain", f"step {j + 1}: unknown attack {name!r}; known: {', '.join(sorted(known))}", occ,
+        if not isinstance(name, str) or name not in known or name == CHAIN:
+            raise c.fail(CHAIN, f"step {j + 1}: unknown attack {name!r}; known: {', '.join(sorted(known))}", occ,
                          "attacks")
         if not isinstance(params, dict) or any(isinstance(v, list) for v in params.values()):
-            raise c.fail("chain", f"step {j + 1}: params must be a table of single values (a chain step is not "
+            raise c.fail(CHAIN, f"step {j + 1}: params must be a table of single values (a chain step is not "
                          "swept)", occ, "attacks")
         _check_params(c, attack_registry.get(name), params, f"chain step {j + 1} ({name})", occ, "attacks")
         out.append({"attack": name, "params": dict(params)})
@@ -413,30 +414,30 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     for i, a in enumerate(c.typed(raw, "attacks", "attacks", list, [])):
         if not isinstance(a, dict):
             raise c.fail("attacks", "must be an array of tables ([[attacks]])", i)
-        c.unknown(a, {"name", "attack", "params", "only", "chain"}, "attacks.", i, table="attacks")
+        c.unknown(a, {"name", "attack", "params", "only", CHAIN}, "attacks.", i, table="attacks")
         only = c.typed(a, "only", "only", list, None, occ=i, table="attacks")
         for o in only or []:
             if o not in labels:
                 raise c.fail("only", f"'{o}' is not a protection label of this scenario; labels: "
                              f"{', '.join(labels)}", i, "attacks")
         label = c.typed(a, "name", "name", str, occ=i, table="attacks")
-        attack = c.typed(a, "attack", "attack", str, "chain" if "chain" in a else label, occ=i, table="attacks")
+        attack = c.typed(a, "attack", "attack", str, CHAIN if CHAIN in a else label, occ=i, table="attacks")
         if attack not in known_attacks:
             raise c.fail("name" if "attack" not in a else "attack",
                          f"unknown attack '{attack}'; known: {', '.join(sorted(known_attacks))}", i, "attacks")
         params = c.typed(a, "params", "params", dict, {}, occ=i, table="attacks")
-        chain = c.typed(a, "chain", "chain", list, None, occ=i, table="attacks")
+        chain = c.typed(a, CHAIN, CHAIN, list, None, occ=i, table="attacks")
         if chain is not None:  # a combined attack: one cell (one row) with every step's parameters
             if "attack" in a or "params" in a:
-                raise c.fail("chain", "an entry with chain = [...] names its steps only (no attack or params)",
+                raise c.fail(CHAIN, "an entry with chain = [...] names its steps only (no attack or params)",
                              i, "attacks")
-            attack, params = "chain", {"steps": _chain_steps(c, chain, known_attacks, i)}
-        elif attack == "chain":
+            attack, params = CHAIN, {"steps": _chain_steps(c, chain, known_attacks, i)}
+        elif attack == CHAIN:
             params = {**params, "steps": _chain_steps(c, params.get("steps"), known_attacks, i)}
         _check_params(c, attack_registry.get(attack), {k: v for k, v in params.items() if k != "steps"},
                       f"attack {attack}", i, "attacks")
         # a chain's list of steps is its value, not a sweep
-        swept = [k for k, v in params.items() if isinstance(v, list) and not (attack == "chain" and k == "steps")]
+        swept = [k for k, v in params.items() if isinstance(v, list) and not (attack == CHAIN and k == "steps")]
         size = 1
         for k in swept:
             if not params[k]:
@@ -489,7 +490,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                             device, threads, text, source, alpha=alpha))
 
 
-DEFAULT_STUDENT_ATTACK = {"attack": "knockoff", "params": {"queries": 1000, "epochs": 5}}
+DEFAULT_STUDENT_ATTACK = {"attack": STUDENT, "params": {"queries": 1000, "epochs": 5}}
 
 
 def _negative_extras(c: _Checker, neg_t: dict[str, Any], negatives: dict[str, Any], data_seed: int,

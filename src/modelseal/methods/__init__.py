@@ -35,8 +35,12 @@ FAMILIES: dict[str, tuple[str, str | None]] = {
 }
 ACCESS = ("labels", "outputs", "white-box")
 # the CLI command that runs each family's protect verb, for error messages that name the right command
+# (`modelseal protect MODEL --method NAME` runs any of them)
 COMMANDS = {"watermark": "modelseal watermark embed", "fingerprint": "modelseal fingerprint extract",
             "per-user": "modelseal deepmarks distribute", "lock": "modelseal lock"}
+# the method each family's protect command uses when none is named: consumers ask `default(family)`, so no
+# consumer spells a method's name
+DEFAULTS = {"watermark": "trigger-set", "fingerprint": "tafa", "per-user": "deepmarks", "lock": "advparams"}
 # the CLI command that uses each family's key, for errors about a key handed to the wrong command
 KEY_COMMANDS = {"watermark": "modelseal verify KEY SUSPECT", "fingerprint": "modelseal verify KEY SUSPECT",
                 "per-user": "modelseal trace KEY SUSPECT", "lock": "modelseal unlock LOCKED KEY --out RESTORED"}
@@ -125,6 +129,13 @@ def info(name: str) -> MethodInfo:
     """Family, access and class of the method registered as `name`."""
     cls = get(name)
     return MethodInfo(name, cls.family, cls.access, cls)
+
+
+def default(family: str) -> str:
+    """The method a family's protect command uses when the user names none."""
+    if family not in DEFAULTS:
+        raise RegistryError(f"unknown family '{family}'; use one of {', '.join(FAMILIES)}")
+    return DEFAULTS[family]
 
 
 def names(family: str | None = None) -> list[str]:

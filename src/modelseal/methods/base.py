@@ -170,6 +170,13 @@ class PerUser(Judging):
     def trace(self, suspect: Any, key: Key, **rule: Any) -> Verdict:
         return self.judge(suspect, key, **rule)
 
+    @classmethod
+    def collusion_bound(cls, key_params: dict[str, Any]) -> int | None:
+        """The most colluders whose average the method guarantees to trace, from a key's parameters (None:
+        no guarantee stated). Consumers (the bench's outcomes) ask this instead of reading a method's keys."""
+        bound = key_params.get("max_colluders")
+        return int(bound) if isinstance(bound, int) else None
+
 
 class Lock(Method):
     """`lock(model, data, progress) -> (locked, Key)`; `unlock(locked, key) -> model`; no judge verb."""
