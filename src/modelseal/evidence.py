@@ -286,7 +286,7 @@ def _order(time: dict[str, Any], since: Any) -> dict[str, Any]:
 def _checker_rule(cls: Any, rule: dict[str, Any] | None) -> dict[str, Any]:
     """The checker's rule: verify's defaults, overridden by what the checker gave; validated."""
     given = dict(rule or {})
-    allowed = {k for k in cls.verify_params if k not in cls.rule_skip}
+    allowed = {k for k, s in cls.verify_params.items() if s.kind != "models"}
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ModelSealError(f"{cls.name} checks take the parameter(s) {', '.join(sorted(allowed))}, not "

@@ -28,7 +28,7 @@ from ..safeio import write_atomic
 from . import scenario as scenario_mod
 from .backends import Backend, Shared, make_backend
 from .jobs import CellJob, DataSpec, NegativeJob, ProtectJob, TrainJob, job_cell, job_negative, job_protect, job_train
-from .scenario import Cell, Protection, Scenario, spec_digest
+from .scenario import Cell, Protection, Scenario, reference_count, spec_digest
 from .store import VOLATILE, Store
 
 DB_NAME = "results.sqlite"
@@ -193,7 +193,7 @@ def train_items(sc: Scenario, todo: Plan) -> list[TrainItem]:
     want = {n.model_id for n in todo.pending_negatives}
     items += [TrainItem(n["id"], "negative", n, "attacker") for n in todo.negatives if n["id"] in want]
     labels = {label for label, _ in needed}
-    count = max([int(p.params.get("references", 0)) for p in sc.protections if p.label in labels] or [0])
+    count = max([reference_count(p) for p in sc.protections if p.label in labels] or [0])
     items += [TrainItem("ref-" + spec_digest(r), "reference", r, "attacker") for r in sc.reference_specs(count)]
     return items
 

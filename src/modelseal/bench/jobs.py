@@ -28,6 +28,7 @@ import torch
 from ..attacks import Attacked
 from ..errors import KeyMismatchError, ModelSealError
 from ..models.io import model_from_bytes, model_to_bytes
+from ..schema import of_kind
 from .backends import Shared
 from .scenario import AttackVariant, Protection
 from .store import REMOVAL_MARGIN
@@ -162,9 +163,9 @@ def _verifier(prot: Protection, alpha: float, references: list[bytes], dev: torc
 
     cls = methods.get(prot.method)
     out = {"alpha": alpha, **verifier_params(cls, prot.params)}
-    if "references" in out:
-        n = int(out["references"])
-        out["references"] = [model_from_bytes(b).to(dev) for b in references[:n]]
+    for name in of_kind(cls, "models"):  # the scenario gives a count; the method takes the models
+        if name in out:
+            out[name] = [model_from_bytes(b).to(dev) for b in references[:int(out[name])]]
     return out
 
 

@@ -78,9 +78,17 @@ def protect_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
 
 
 def verifier_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
-    """The protection's parameters that belong to the verifier (the method's `verify_params`); for
-    `references` the value is the number of independent reference models the bench trains."""
+    """The protection's parameters that belong to the verifier (the method's `verify_params`); for a
+    parameter of kind "models" the value is the number of independent reference models the bench trains."""
     return {k: v for k, v in params.items() if k in cls.verify_params}
+
+
+def reference_count(prot: Protection) -> int:
+    """How many reference models a protection of the scenario asks the bench to train (its "models" kind)."""
+    from .. import methods
+    from ..schema import of_kind
+
+    return max([int(prot.params.get(k, 0)) for k in of_kind(methods.get(prot.method), "models")] or [0])
 
 
 def spec_digest(obj: Any) -> str:
@@ -307,8 +315,8 @@ def _check_params(c: _Checker, cls: type, params: dict[str, Any], what: str, occ
         spec = specs.get(k)
         if spec is None:
             raise c.fail("params", f"{what} has no parameter '{k}'; its parameters: {', '.join(specs)}", occ, table)
-        if k == "references":  # in a scenario: how many independent reference models the bench trains
-            spec = Spec("int", 0, "reference models to train", lo=0, hi=1000, name="references")
+        if spec.kind == "models":  # in a scenario: how many independent reference models the bench trains
+            spec = Spec("int", 0, "reference models to train", lo=0, hi=1000, name=k)
         for item in (v if isinstance(v, list) and not spec.base.startswith("list") else [v]):
             try:
                 spec.check(item)

@@ -218,7 +218,7 @@ def declared(name: str) -> dict[str, Any]:
     """A method's default verifier parameters (recorded in commitments as the owner's declared ones)."""
     from .. import schema
 
-    return schema.declared_defaults(info(name).cls, skip=("references", "max_queries"))
+    return schema.declared_defaults(info(name).cls, skip_kinds=("models", "budget"))
 
 
 def commit(key: Any) -> dict[str, Any]:

@@ -305,11 +305,10 @@ class PeerBaseline(Fingerprint):
 
     peer_baseline: ClassVar[bool] = True
     verify_params = verifier(
-        references=vparam(None, REFERENCES_MEANING, "list | str | None"),
+        references=vparam(None, REFERENCES_MEANING, "list | str | None", kind="models"),
         max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all of the key's)",
-                           "int | None", lo=1, hi=validate.MAX_COUNT),
+                           "int | None", lo=1, hi=validate.MAX_COUNT, kind="budget"),
     )
-    rule_skip = ("references",)
     evidence_not_proved = ("the reference models' answers: they are the verifier's, taken from the file as "
                            "recorded (verifier.reference_pool names the pool's manifest by SHA-256 and its coverage "
                            "of the suspect); judge the suspect again with your own references to check the null",)
