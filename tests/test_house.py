@@ -151,12 +151,10 @@ def test_the_name_scan_sees_a_name_written_into_logic():
     assert _logic_strings(tree) == [(3, "trigger-set"), (4, "x")]
 
 
-def test_protect_runs_every_family_by_method(tmp_path):
+def test_protect_runs_every_family_by_method(tmp_path, monkeypatch):
     """`modelseal protect --method NAME` runs the protect verb of the method's family; each family's own
     command is the same thing for that family."""
-    import os
-
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "--seed", "0",
                             "--out", "owner.safetensors"])
     assert r.exit_code == 0, r.output
