@@ -294,18 +294,9 @@ def register(name: str, family: str | None = None) -> Callable[[type[_A]], type[
     return deco
 
 
-def unregister(name: str) -> None:
-    """Forget an attack registered from outside modelseal (tests, plugins); the built-in ones stay."""
-    _TABLE.remove(name)
-
-
-def _available() -> dict[str, str]:
-    """Attack name -> module, for the modules that are installed (without importing them)."""
-    return _TABLE.available()
-
-
-def get(name: str) -> type[Attack]:
-    return _TABLE.get(name)
+# the registry's own lookups: unregister (forget a plugin's attack; the built-in ones stay), _available (name ->
+# module, without importing), get (the class, its module imported on first use)
+unregister, _available, get = _TABLE.remove, _TABLE.available, _TABLE.get
 
 
 def names() -> list[str]:

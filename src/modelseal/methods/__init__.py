@@ -111,18 +111,9 @@ def register(name: str, *, family: str, access: str):
     return deco
 
 
-def unregister(name: str) -> None:
-    """Forget a method registered from outside modelseal (tests, plugins); the built-in ones stay."""
-    _TABLE.remove(name)
-
-
-def _available() -> dict[str, str]:
-    return _TABLE.available()
-
-
-def get(name: str) -> type[Method]:
-    """The method class registered as `name` (its module imported on first use)."""
-    return _TABLE.get(name)
+# the registry's own lookups: unregister (forget a plugin's method; the built-in ones stay), _available (name ->
+# module, without importing), get (the class, its module imported on first use)
+unregister, _available, get = _TABLE.remove, _TABLE.available, _TABLE.get
 
 
 def info(name: str) -> MethodInfo:
