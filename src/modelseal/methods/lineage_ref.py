@@ -33,8 +33,8 @@ from ..schema import seed_param, verifier, vparam
 from ..suspect import Suspect
 from ..verdict import Verdict
 from . import register
-from .akh import REFERENCES_MEANING, model_signature
 from .base import Fingerprint
+from .peer import REFERENCES_MEANING, model_signature
 
 MAX_OWNER_BYTES = 256 << 20  # an owner snapshot larger than this is refused (keys are read into memory)
 
