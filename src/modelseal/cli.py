@@ -260,15 +260,15 @@ def _header_spec(path: Path) -> dict[str, Any]:
     and the `data` set it was trained on (when recorded); {} when the header does not say (loading the file
     later says what is wrong with it)."""
     from .safeio import loads_json
-    from .tensorfile import read_head, read_header_metadata
+    from .tensorfile import MODEL_META, USER_ARCH_META, read_head, read_header_metadata
 
     try:
         meta = read_header_metadata(read_head(path, ModelSealError, "model file"), str(path), ModelSealError)
-        if "modelseal_model" in meta:
-            info = loads_json(meta["modelseal_model"], str(path), ModelSealError)
+        if MODEL_META in meta:
+            info = loads_json(meta[MODEL_META], str(path), ModelSealError)
             spec, extra = info.get("spec", {}), info.get("extra", {})
         else:
-            spec = loads_json(meta.get("modelseal_user_arch", "{}"), str(path), ModelSealError)
+            spec = loads_json(meta.get(USER_ARCH_META, "{}"), str(path), ModelSealError)
             extra = {}
         shape, data = spec.get("input_shape"), extra.get("data") if isinstance(extra, dict) else None
     except (ModelSealError, AttributeError, TypeError):
@@ -660,7 +660,6 @@ def deepmarks_distribute(
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Make one fingerprinted copy per user (DeepMarks); writes the copies, a manifest and the key."""
-    mi = method_registry.require_family(method, "per-user", "modelseal deepmarks distribute")
     seed = _secret_seed(seed)
     from .safeio import commitment_path, usable_path
 
@@ -678,6 +677,7 @@ def deepmarks_distribute(
     from .api import save_protection
     from .models.files import model_bytes
 
+    mi = method_registry.require_family(method, "per-user", "modelseal deepmarks distribute")
     dm = _construct(mi.cls, {"seed": seed, **({} if users is None else {"users": users}), **_params(set_)})
     splits = data_mod.load(data, seed=0)
     model = _open_model(model_path, device, arch, splits.meta)
@@ -754,15 +754,15 @@ ReshapeOpt = Annotated[bool, typer.Option(
 def _is_key_file(path: Path) -> bool | None:
     """True for a modelseal key, False for a model file, None when the header says neither (read without
     torch: the key's metadata entry is 'modelseal', a model's 'modelseal_model' or 'modelseal_user_arch')."""
-    from .tensorfile import read_head, read_header_metadata
+    from .tensorfile import KEY_META, MODEL_META, USER_ARCH_META, read_head, read_header_metadata
 
     try:
         meta = read_header_metadata(read_head(path, ModelSealError), str(path), ModelSealError)
     except ModelSealError:
         return None
-    if "modelseal" in meta:
+    if KEY_META in meta:
         return True
-    return False if {"modelseal_model", "modelseal_user_arch"} & set(meta) else None
+    return False if {MODEL_META, USER_ARCH_META} & set(meta) else None
 
 
 def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:

@@ -13,6 +13,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import ModelSealError
 from .safeio import _regular_input, loads_json
 
+# The header metadata entry that says what a safetensors file is (read without torch): a modelseal key, a model of
+# the zoo (its architecture spec), or a state dict of the user's own architecture (`--arch`).
+KEY_META = "modelseal"
+MODEL_META = "modelseal_model"
+USER_ARCH_META = "modelseal_user_arch"
+
 MAX_HEADER = 100 * 1024 * 1024
 
 
