@@ -20,6 +20,15 @@ T_FAST = 9999  # the exact part's floor 1e-4; the fused verdict reaches 1e-6 thr
 ARCHS = {"resnet18": {"width": 8}, "transformer": {}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models train several times faster on one thread than on two when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return ms.data.load("digits", seed=0)
@@ -77,6 +86,11 @@ def test_permute_keeps_the_function_of_residual_and_transformer_blocks(owner, di
     assert changed and all(("conv1" in n or "bn" in n or "conv2" in n or "fc" in n) for n in changed), changed
 
 
+@pytest.fixture(scope="module")
+def independents(digits):
+    return _independents(digits, 3)
+
+
 def _independents(digits, n: int):
     out = []
     for arch in ("resnet18", "transformer", "mlp", "cnn"):
@@ -86,11 +100,11 @@ def _independents(digits, n: int):
     return out
 
 
-def test_no_independent_model_of_either_architecture_is_accused(owner, digits):
+def test_no_independent_model_of_either_architecture_is_accused(owner, independents):
     """Independents of four architectures (two of them the owner's kind): none owned at 1e-6 nor at 0.01."""
     arch, model = owner
     judged = 0
-    for other_arch, m in _independents(digits, 3):
+    for other_arch, m in independents:
         for alpha in (1e-6, 0.01):
             v = lineage(model, m, permutations=999, alpha=alpha)
             assert not v.owned, (arch, other_arch, alpha, v.summary())

@@ -1,8 +1,33 @@
 """Keyless lineage test: was SUSPECT derived from OWNER? No key, no mark: the owner's weights are the evidence.
 
 Paper: Zhu, Kuditipudi, Fang, Hashimoto, Liang, "Independence Tests for Language Models", ICML 2025
-(arXiv 2502.12292), adapted from transformer MLP blocks to chains of Conv/Linear layers (the zoo's mlp and cnn,
-any `nn.Sequential`-like ReLU chain).
+(arXiv 2502.12292), on transformer MLP blocks; here also on chains of Conv/Linear layers (the zoo's mlp and cnn,
+any `nn.Sequential`-like ReLU chain) and residual networks.
+
+Which units are permuted (the group the exact test's null is invariant under):
+- Conv/Linear chains: every hidden layer's units (below).
+- Residual networks (the zoo's resnet18 BasicBlocks and wrn WideBlocks): each block's *inner* channels (conv1's
+  outputs, read by conv2 only). The residual stream ties channels across blocks (the stem, every block's conv2,
+  the shortcuts and the head index it), so its channels are not permuted units; the inner channels' incoming
+  weights (conv1's rows, columns = stream channels) and outgoing weights (conv2's columns, rows = stream
+  channels) are indexed only by the stream, which no inner permutation touches. The BatchNorm after conv1
+  (BasicBlock: bn1; WideBlock: bn2) is folded into conv1's rows and bias (scale gamma/sqrt(var+eps), shift
+  beta - mean * scale), the one after conv2 into conv2's rows, so a thief's rescaling of a channel that BN
+  undoes changes nothing. Like Zhu et al.'s MLP hidden units in language models.
+- Transformers (the zoo's `transformer`, and Hugging Face GPT-2 / Llama checkpoint folders read as tensors by
+  `modelseal.checkpoints`): each block's MLP hidden units (fc1 / c_fc / gate_proj and up_proj rows in, fc2 /
+  c_proj / down_proj columns out, both indexed by the residual stream), the pre-MLP norm's gain (and bias)
+  folded into the incoming weights. Attention heads are not used (deviation: Zhu et al. also align heads).
+For blocks, the exact statistic sums the same-index cosines of incoming and outgoing weights over every block
+with as many units in both, and each Monte Carlo draw permutes every block's owner units independently: the
+null distribution is the owner's invariance under that product of permutation groups, so the p-value is exact
+under the same assumption as below (i.i.d. initialisation per unit: torch's conv/linear init, BN's constant
+gamma = 1 and beta = 0, transformers' normal init; permutation-equivariant training). The aligned part matches
+each block's units from incoming and from outgoing weights; before that, when the networks name a residual
+stream with an embedding indexed by something nobody permutes (token embedding columns; for the zoo
+transformer its patch-embedding rows and position columns), the suspect's stream coordinates are re-aligned to
+the owner's by a Hungarian matching of those rows, so a thief who also permuted the stream is followed
+(residual networks' streams are not re-aligned: deviation, a stream permutation of a ResNet defeats both parts).
 
 Null hypothesis (white-box parts): the owner's and the suspect's weights come from *independent*
 initialisations (and any training after that). A model trained from the owner's initial weights is *derived*:
@@ -58,7 +83,8 @@ Three parts, each a `Verdict`, fused with Holm-Bonferroni (valid under any depen
 
 Deviations from Zhu et al.: their statistics are on LLM MLP blocks (gate/up projections; robust test from two
 matchings with Spearman's correlation and Fisher's combination); here the exact statistic uses the first and
-last hidden layers of a Conv/Linear chain, the robust one forward/backward matchings with an agreement count
+last hidden layers of a Conv/Linear chain (every block's inner units for residual nets and transformers, gate
+and up rows together as the incoming side for Llama), the robust one forward/backward matchings with an agreement count
 judged against a conservative Binomial(M, rho0) null (calibrated empirically, above). The Monte Carlo p-value
 can reach 1/(T + 1): the exact part alone reaches the default alpha 1e-6 only with T >= 999,999 (the default
 T = 10^6).

@@ -120,6 +120,9 @@ def _permute_blocks(model: nn.Module, gen: torch.Generator) -> bool:
     from ..models.zoo import BasicBlock, TransformerBlock, WideBlock
 
     found = False
+    a: nn.Module
+    b: nn.Module
+    bn: nn.Module | None
     for m in model.modules():
         if isinstance(m, (BasicBlock, WideBlock)):
             a, bn, b = m.conv1, (m.bn1 if isinstance(m, BasicBlock) else m.bn2), m.conv2
