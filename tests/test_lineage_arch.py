@@ -276,3 +276,36 @@ def test_a_shifted_byte_range_is_refused(checkpoints, tmp_path):
         open_checkpoint(folder)
     with pytest.raises(LineageError, match="layouts"):
         lineage_checkpoints(checkpoints["llama"]["owner"], checkpoints["gpt2"]["owner"])
+
+
+def test_a_permuted_residual_stream_is_followed_by_the_aligned_part(digits):
+    """A thief permutes the transformer's residual stream too (every d-indexed weight): the aligned part re-aligns
+    the stream by the patch-embedding rows and position columns, then finds the permuted MLP units."""
+    import copy
+
+    model = _trained(digits, "transformer", 0, digits.owner, epochs=4)
+    thief = ms.attacks.get("permute")(seed=3).apply(model, digits.attacker)
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(9))
+    t = copy.deepcopy(thief)
+    with torch.no_grad():
+        t.embed.weight.copy_(t.embed.weight[perm])
+        t.embed.bias.copy_(t.embed.bias[perm])
+        t.pos.copy_(t.pos[:, :, perm])
+        for blk in t.blocks:
+            for ln in (blk.ln1, blk.ln2):
+                ln.weight.copy_(ln.weight[perm])
+                ln.bias.copy_(ln.bias[perm])
+            blk.attn.in_proj_weight.copy_(blk.attn.in_proj_weight[:, perm])
+            blk.attn.out_proj.weight.copy_(blk.attn.out_proj.weight[perm])
+            blk.attn.out_proj.bias.copy_(blk.attn.out_proj.bias[perm])
+            blk.fc1.weight.copy_(blk.fc1.weight[:, perm])
+            blk.fc2.weight.copy_(blk.fc2.weight[perm])
+            blk.fc2.bias.copy_(blk.fc2.bias[perm])
+        t.norm.weight.copy_(t.norm.weight[perm])
+        t.norm.bias.copy_(t.norm.bias[perm])
+        t.head.weight.copy_(t.head.weight[:, perm])
+        x = torch.rand(16, *digits.meta.input_shape, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(thief(x), t(x), atol=1e-4)
+    v = lineage(model, t, permutations=999)
+    aligned = _parts(v)["lineage-aligned"]
+    assert v.owned and aligned["p_value"] <= 1e-6 and aligned["score"] > 0.9, v.summary()
