@@ -18,8 +18,8 @@ SRC = Path(ms.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    {"errors", "_version", "validate", "verdict", "safeio", "tensorfile", "keys", "stats", "commitment", "timestamp",
-     "schema", "sources", "registry"},
+    {"errors", "_version", "validate", "verdict", "safeio", "tensorfile", "checkpoints", "keys", "stats", "commitment",
+     "timestamp", "schema", "sources", "registry"},
     {"runtime"},
     {"data"},
     {"models"},

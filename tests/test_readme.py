@@ -182,6 +182,8 @@ HELP_NOT_RUN = {
     "modelseal bench arena --out arena-run --report arena.html --force --json": "minutes",
     "modelseal lineage owner.safetensors pruned.safetensors --references verifier-refs --json":
         "needs a reference pool (tests/test_references.py makes one; tests/test_lineage.py runs lineage)",
+    "modelseal lineage my-gpt2-folder their-gpt2-folder --permutations 99999":
+        "needs two checkpoint folders (tests/test_lineage_arch.py builds GPT-2 and Llama ones and runs this path)",
     "modelseal bench report run/results.sqlite --out report.html": "needs a bench run",
     "modelseal bench report run/results.sqlite --out report.html --force": "needs a bench run",
     "modelseal serve marked.safetensors --port 8080": "serves until stopped",

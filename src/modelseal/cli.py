@@ -945,13 +945,15 @@ def verify(
 @app.command(epilog=_examples(
     "modelseal lineage owner.safetensors pruned.safetensors --permutations 9999",
     "modelseal lineage owner.safetensors pruned.safetensors --references verifier-refs --json",
-    "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits"))
+    "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits",
+    "modelseal lineage my-gpt2-folder their-gpt2-folder --permutations 99999"))
 def lineage(
     owner: Annotated[Path, typer.Argument(metavar="OWNER",
-        help="the owner's model file (.safetensors; with --arch a state dict)")],
+        help="the owner's model file (.safetensors; with --arch a state dict), or a Hugging Face decoder "
+             "checkpoint folder (config.json + *.safetensors, GPT-2 or Llama layout)")],
     suspect: Annotated[str, typer.Argument(metavar="SUSPECT",
         help="suspect: model file (white-box and black-box parts), .onnx file or http(s):// endpoint "
-             "(black-box part only)")],
+             "(black-box part only), or a checkpoint folder when OWNER is one")],
     references: Annotated[Optional[Path], typer.Option(
         "--references", help="the verifier's reference pool folder (`modelseal references make`): needed by the "
                              "black-box part")] = None,
@@ -973,6 +975,24 @@ def lineage(
     from .sources import source_kind
     from .suspect import open_source
 
+    rule: dict[str, Any] = {"permutations": permutations, "queries": queries, "seed": seed}
+    if alpha is not None:
+        rule["alpha"] = alpha
+    folders = [usable_path(owner, what="OWNER").is_dir(),
+               source_kind(suspect) != "url" and usable_path(suspect, what="SUSPECT").is_dir()]
+    if any(folders):
+        from .lineage import LineageError, lineage_checkpoints
+
+        if not all(folders):
+            which = "OWNER" if folders[0] else "SUSPECT"
+            raise LineageError(f"{which} is a checkpoint folder and the other a model file: give two Hugging Face "
+                               "checkpoint folders (config.json + *.safetensors) or two model files")
+        if references is not None or reference or arch is not None:
+            raise LineageError("checkpoint folders are compared by their weights only: --references, --reference "
+                               "and --arch do not apply")
+        verdict = lineage_checkpoints(owner, suspect, **rule)
+        _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
+        return
     _regular_input(usable_path(owner, what="OWNER"), ModelSealError, "OWNER")
     if source_kind(suspect) != "url" and not usable_path(suspect, what="SUSPECT").exists():
         raise ModelSealError(f"SUSPECT {suspect} does not exist")
@@ -996,9 +1016,6 @@ def lineage(
         from .runtime import resolve_device
 
         refs = load_pool(references, device=resolve_device(device)).plus(refs)  # keeps the manifest
-    rule: dict[str, Any] = {"permutations": permutations, "queries": queries, "seed": seed}
-    if alpha is not None:
-        rule["alpha"] = alpha
     verdict = lineage_fn(own, s, refs, **rule)
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
 
