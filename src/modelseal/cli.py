@@ -615,7 +615,8 @@ def fingerprint_extract(
         = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Extract a fingerprint from a model without changing it, and without any data."""
+    """Extract a fingerprint from a model without changing it. TAFA needs no data; c-examples and the peer
+    baselines that start from the owner's inputs read the data set the model file names (or `--set data=NAME`)."""
     seed = _secret_seed(seed)
     _check_pair(model_path, None, None, key_path, force)
     from .data import InputSpec
@@ -812,7 +813,7 @@ def trace(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
     arch: ArchOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from (white-box: reads the suspect's weights)."""
     kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
@@ -886,7 +887,7 @@ def verify(
     output_name: OutputNameOpt = None,
     label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     arch: ArchOpt = None, tsa_cert: TsaCertOpt = None, timestamp: TimestampOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0). Each verdict
     ends with its time line: proven only by an RFC 3161 token over its --commitment that verifies against a
@@ -1009,7 +1010,9 @@ def lineage(
         from .models import signature_of
 
         signature = signature_of(own)  # the user architecture's spec, from --data
-    s = open_source(suspect, device=device, arch=arch, signature=signature)
+    # --arch builds the owner (and a state-dict suspect); an ONNX file or an endpoint brings its own graph
+    s = open_source(suspect, device=device, arch=arch if source_kind(suspect) == "file" else None,
+                    signature=signature)
     refs: list[Any] = [_open_model(p, device, arch, spec) for p in reference or []]
     if references is not None:
         from .references import load_pool
@@ -1253,7 +1256,7 @@ def unlock(
     key_path: Annotated[Path, typer.Argument(metavar="KEY", help="unlock key")],
     out_path: Annotated[Path, typer.Option("--out", help="restored model file to write")],
     arch: ArchOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Restore a locked model bit-exactly."""
     check_writable(out_path, force)
@@ -1264,7 +1267,7 @@ def unlock(
     sig = Key.load(key_path).signature if arch is not None else None
     from .models.files import write_model
 
-    restored = unlock_fn(_open_model(model_path, "cpu", arch, sig), key_path)
+    restored = unlock_fn(_open_model(model_path, device, arch, sig), key_path)
     write_model(restored, out_path, force, arch)
     _emit(as_json, {"model": str(out_path)}, lambda: out.print(f"unlocked -> {out_path}"))
 
@@ -1286,7 +1289,7 @@ def serve(
         = None,
     guard_log: Annotated[Optional[Path], typer.Option(help="folder of the guard's per-client logs")] = None,
     arch: ArchOpt = None,
-    device: DeviceOpt = "cpu", as_json: JsonOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
     """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
     hook = None
@@ -1651,6 +1654,19 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
     err.print(f"[yellow]warning:[/] {escape(_one_line(message))}", soft_wrap=True, highlight=False)
 
 
+def _usage_message(e: Exception) -> str:
+    """click's message, except for a mistyped option: the closest option first (click lists its guesses in
+    alphabetical order, so `--epoch` was answered with `--arch, --epochs`)."""
+    import difflib
+
+    name, guesses = getattr(e, "option_name", None), getattr(e, "possibilities", None)
+    if type(e).__name__ == "NoSuchOption" and isinstance(name, str) and guesses:
+        best = sorted(guesses, key=lambda g: -difflib.SequenceMatcher(None, name, g).ratio())
+        more = f" (or {', '.join(best[1:3])})" if len(best) > 1 else ""
+        return f"no such option: {name}; did you mean {best[0]}?{more}"
+    return _one_line(e.format_message())  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `modelseal` program: runs the command line and turns every failure into one line on stderr.
 
@@ -1685,7 +1701,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(e)
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _error_line(_one_line(e.format_message()) + hint)  # type: ignore[attr-defined]
+        _error_line(_usage_message(e) + hint)
         return 2
     except _aborts():
         _error_line("aborted")
