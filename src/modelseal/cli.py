@@ -1654,7 +1654,7 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
     err.print(f"[yellow]warning:[/] {escape(_one_line(message))}", soft_wrap=True, highlight=False)
 
 
-def _usage_message(e: Exception) -> str:
+def _usage_message(e: BaseException) -> str:
     """click's message, except for a mistyped option: the closest option first (click lists its guesses in
     alphabetical order, so `--epoch` was answered with `--arch, --epochs`)."""
     import difflib
