@@ -106,7 +106,8 @@ _BUILTIN_TABLE = {
     # combined
     "chain": ("chain", "chain"),
 }
-_TABLE: Registry[type[Attack]] = Registry.of(_BUILTIN_TABLE, kind="attack", package=__name__)
+_TABLE: Registry[type[Attack]] = Registry.of(_BUILTIN_TABLE, kind="attack", package=__name__,
+                                                   group="modelseal.attacks")
 FAMILY_ORDER = ("input", "output", "rejection", "modification", "extraction", "chain")
 # The attack that composes others (its `steps` parameter lists them; a scenario's `chain = [...]` names it), and
 # the extraction a bench's student negatives use unless the scenario names another: consumers use these names

@@ -58,7 +58,8 @@ _MODULES = {
     "sac": "modelseal.methods.sac",
     "lineage": "modelseal.methods.lineage_ref",
 }
-_TABLE: Registry[type[Method]] = Registry(_MODULES, kind="method", package="modelseal.methods")
+_TABLE: Registry[type[Method]] = Registry(_MODULES, kind="method", package="modelseal.methods",
+                                                 group="modelseal.methods")
 _REGISTRY, _BUILTIN = _TABLE.classes, _TABLE.builtin  # the registered classes; the names that ship with modelseal
 
 
