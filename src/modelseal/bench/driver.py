@@ -318,9 +318,10 @@ def run_cells(ctx: Context, todo: Plan, prots: dict[tuple[str, int], Protected],
 
 def run_negatives(ctx: Context, todo: Plan, trained: Trained, shared: dict[str, Any], bar: Any) -> None:
     """Judge every pending negative with its protection's key."""
-    jobs = [NegativeJob(n.neg_id, n.spec["label"], n.spec["arch"], negative_kind(n.spec), trained.accuracy[n.model_id],
+    jobs = [NegativeJob(n.neg_id, n.spec["label"], n.spec["arch"], trained.accuracy[n.model_id],
                         trained.blobs[n.model_id], n.protection, n.seed, Shared(f"k:{n.protection.label}:{n.seed}"),
-                        Shared("refs"), ctx.sc.alpha, ctx.device, ctx.sc.threads) for n in todo.pending_negatives]
+                        Shared("refs"), ctx.sc.alpha, ctx.device, ctx.sc.threads, kind=negative_kind(n.spec))
+            for n in todo.pending_negatives]
     for _i, row in ctx.backend.map(job_negative, jobs, shared):
         ctx.store.put_negative(row)
         bar.advance()

@@ -96,7 +96,6 @@ class NegativeJob:
     neg_id: str
     label: str
     arch: str
-    kind: str  # independent | student | sibling | base (`negative_kind`)
     accuracy: float
     model: Blob
     protection: Protection
@@ -106,6 +105,7 @@ class NegativeJob:
     alpha: float
     device: str
     threads: int
+    kind: str = "independent"  # independent | student | sibling | base (`negative_kind`)
 
 
 def _value(v: T | Shared) -> T:

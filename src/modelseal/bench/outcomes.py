@@ -332,8 +332,9 @@ def threats(cells: list[Row], negatives: list[Row]) -> list[Row]:
 
     - "stolen through the API": per protection, how many of the run's extraction students (`is_extraction`
       cells: knockoff, distill, a chain with an extraction step, ...) its verdict still owned at alpha, with each
-      student's p-value and accuracy (a student more than 5 points below the owner is a damaged one); "no extraction attack in this run" when there is none. Protections of the lock family
-      are left out (no verdict).
+      student's p-value and accuracy (a student more than 5 points below the owner is a damaged one); "no
+      extraction attack in this run" when there is none. Protections of the lock family are left out (no
+      verdict).
     - "innocent relative: siblings of the public base" (runs with siblings only): per protection, how many
       siblings its verdict accused and whether it owned the base itself. An accusation here is a false one."""
     prots = sorted({c["protection"] for c in cells if c.get("family") != "lock"}
