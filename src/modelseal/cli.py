@@ -1373,18 +1373,21 @@ def bench_report(
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Write one self-contained HTML report from a results database: what survived, then tables and plots."""
-    from .bench.outcomes import survival_from_db
-    from .bench.report import report, survival_table
+    from .bench.outcomes import read_rows, survival_from_db, threats
+    from .bench.report import report, survival_table, threat_table
 
     check_distinct({"DB": db, "--out": out_html})
     path = report(db, out_html, force=force)
     rows = survival_from_db(db)
+    _meta, cells, negatives, _arts, _keys = read_rows(db)
+    threat_rows = threats(cells, negatives)
 
     def human() -> None:
         out.print(survival_table(rows))
+        out.print(threat_table(threat_rows))
         out.print(f"report -> {path}")
 
-    _emit(as_json, {"report": str(path), "survival": rows}, human)
+    _emit(as_json, {"report": str(path), "survival": rows, "threats": threat_rows}, human)
 
 
 @bench_app.command("arena", epilog=_examples(

@@ -315,8 +315,11 @@ def is_extraction(c: Row) -> bool:
 
 
 def _p_text(r: Row) -> str:
-    if (r.get("detail") or {}).get("not_applicable"):
+    d = r.get("detail") or {}
+    if d.get("not_applicable"):
         return "key does not apply"
+    if d.get("score_only") or d.get("not_judged"):
+        return "score-only: never accuses"
     return "no p-value" if r.get("p_value") is None else f"p {float(r['p_value']):.2g}"
 
 
