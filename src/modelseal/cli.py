@@ -1376,18 +1376,21 @@ def bench_report(
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Write one self-contained HTML report from a results database: what survived, then tables and plots."""
-    from .bench.outcomes import survival_from_db
-    from .bench.report import report, survival_table
+    from .bench.outcomes import read_rows, survival_from_db, threats
+    from .bench.report import report, survival_table, threat_table
 
     check_distinct({"DB": db, "--out": out_html})
     path = report(db, out_html, force=force)
     rows = survival_from_db(db)
+    _meta, cells, negatives, _arts, _keys = read_rows(db)
+    threat_rows = threats(cells, negatives)
 
     def human() -> None:
         out.print(survival_table(rows))
+        out.print(threat_table(threat_rows))
         out.print(f"report -> {path}")
 
-    _emit(as_json, {"report": str(path), "survival": rows}, human)
+    _emit(as_json, {"report": str(path), "survival": rows, "threats": threat_rows}, human)
 
 
 @bench_app.command("arena", epilog=_examples(
@@ -1410,7 +1413,8 @@ def bench_arena(
     TPR at 1 % and 0.1 % FPR, TPR at alpha with the realised FPR (runs or resumes the scenario, then reports)."""
     from . import bench
     from .bench.arena import arena_from_db
-    from .bench.report import arena_table, report
+    from .bench.outcomes import read_rows, threats
+    from .bench.report import arena_table, report, threat_table
     from .safeio import check_writable
 
     html_path = report_html if report_html is not None else out_dir / "report.html"
@@ -1421,13 +1425,16 @@ def bench_arena(
                         progress=_progress(as_json), device=device)
     path = report(summary["db"], html_path, force=force)
     rows = [{k: v for k, v in r.items() if k not in ("fpr", "tpr")} for r in arena_from_db(summary["db"])]
+    _meta, cells, negatives, _arts, _keys = read_rows(summary["db"])
+    threat_rows = threats(cells, negatives)
 
     def human() -> None:
         out.print(arena_table(rows))
+        out.print(threat_table(threat_rows))
         out.print(f"{summary['negatives']} negative verdicts, {summary['cells']} cells ({summary['seconds']:.1f} s); "
                   f"report -> {path}", soft_wrap=True)
 
-    _emit(as_json, {"run": summary, "report": str(path), "arena": rows}, human)
+    _emit(as_json, {"run": summary, "report": str(path), "arena": rows, "threats": threat_rows}, human)
 
 
 # --------------------------------------------------------------------------------------------- demo

@@ -213,8 +213,8 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
     for c, o in outcomes(cells, keys, lock_margin):
         by_prot[c["protection"]].append((c, o))
     negs = defaultdict(list)
-    for n in negatives:
-        if n.get("status") == "ok":
+    for n in negatives:  # independent models only: relatives of the owner are `threats`' own row
+        if n.get("status") == "ok" and not is_relative(n):
             negs[n["protection"]].append(n)
     rows = []
     for prot, items in by_prot.items():
@@ -283,6 +283,97 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
             "owner_acc": owner, "protected_acc": prot_acc,
             "false_positives": None if fam == "lock" else f"{len(neg_acc)} of {len(negs.get(prot, []))}",
         })
+    return rows
+
+
+RELATIVE_KINDS = ("sibling", "base")  # negatives related to the owner through a public base (bench.scenario)
+API_THREAT = "stolen through the API"
+RELATIVE_THREAT = "innocent relative: siblings of the public base"
+
+
+def is_relative(n: Row) -> bool:
+    """Whether a negative row is a relative of the owner (a sibling fine-tuned from the owner's public base, or
+    the base itself) rather than an independent model (rows of older databases have no kind: independent)."""
+    return n.get("kind") in RELATIVE_KINDS
+
+
+def _attack_family(name: Any) -> str | None:
+    from .. import attacks
+
+    return attacks.FAMILIES.get(str(name)) if name is not None else None
+
+
+def is_extraction(c: Row) -> bool:
+    """Whether a cell's model was stolen through the API: its attack (or a step of its chain) is of the
+    extraction family, so the thief trained a student on the protected model's answers."""
+    if c.get("attack_name") in (None, "none"):
+        return False
+    if c.get("attack_name") == CHAIN:
+        steps = (c.get("attack_params") or {}).get("steps") or []
+        return any(isinstance(st, dict) and _attack_family(st.get("attack")) == "extraction" for st in steps)
+    return _attack_family(c.get("attack_name")) == "extraction"
+
+
+def _p_text(r: Row) -> str:
+    d = r.get("detail") or {}
+    if d.get("not_applicable"):
+        return "key does not apply"
+    if d.get("score_only") or d.get("not_judged"):
+        return "score-only: never accuses"
+    return "no p-value" if r.get("p_value") is None else f"p {float(r['p_value']):.2g}"
+
+
+def _acc_text(c: Row) -> str:
+    if c.get("attacked_acc") is None or c.get("owner_acc") is None:
+        return ""
+    return f"; accuracy {float(c['attacked_acc']):.3f}, owner {float(c['owner_acc']):.3f}"
+
+
+def threats(cells: list[Row], negatives: list[Row]) -> list[Row]:
+    """The headline's threat rows (DESIGN.md section 7), each {threat, note, by_protection: {label: {found,
+    total, text}}}:
+
+    - "stolen through the API": per protection, how many of the run's extraction students (`is_extraction`
+      cells: knockoff, distill, a chain with an extraction step, ...) its verdict still owned at alpha, with each
+      student's p-value and accuracy (a student more than 5 points below the owner is a damaged one); "no
+      extraction attack in this run" when there is none. Protections of the lock family are left out (no
+      verdict).
+    - "innocent relative: siblings of the public base" (runs with siblings only): per protection, how many
+      siblings its verdict accused and whether it owned the base itself. An accusation here is a false one."""
+    prots = sorted({c["protection"] for c in cells if c.get("family") != "lock"}
+                   | {n["protection"] for n in negatives if n.get("family") != "lock"})
+    api: dict[str, Row] = {}
+    for prot in prots:
+        studs = [c for c in cells if c["protection"] == prot and c.get("status") == "ok" and is_extraction(c)]
+        found = [c for c in studs if _owned(c)]
+        if not studs:
+            text = "no extraction attack in this run"
+        else:
+            text = (f"found {len(found)} of {len(studs)}: " + "; ".join(
+                f"{attack_text(c)}: {'found' if _owned(c) else 'missed'} ({_p_text(c)}{_acc_text(c)})"
+                for c in ordered(studs)))
+        api[prot] = {"found": len(found), "total": len(studs), "text": text}
+    rows: list[Row] = [{"threat": API_THREAT, "by_protection": api,
+                        "note": "a student trained on the protected model's answers; the API watermark "
+                                "(modelseal.guard) is not a bench protection yet, so its row is measured by "
+                                "benchmarks/guard.py, not here"}]
+    rel = [n for n in negatives if n.get("status") == "ok" and is_relative(n)]
+    if rel:
+        by: dict[str, Row] = {}
+        for prot in prots:
+            sibs = [n for n in rel if n["protection"] == prot and n.get("kind") == "sibling"]
+            base = [n for n in rel if n["protection"] == prot and n.get("kind") == "base"]
+            acc = [n for n in sibs if _owned(n)]
+            text = f"accused {len(acc)} of {len(sibs)} siblings"
+            if acc:
+                text += " (" + ", ".join(_p_text(n) for n in acc[:5]) + (", ..." if len(acc) > 5 else "") + ")"
+            if base:
+                text += f"; the public base {'OWNED' if _owned(base[0]) else 'not owned'} ({_p_text(base[0])})"
+            by[prot] = {"found": len(acc), "total": len(sibs), "text": text,
+                        "base_owned": bool(base and _owned(base[0])) if base else None}
+        rows.append({"threat": RELATIVE_THREAT, "by_protection": by,
+                     "note": "innocent parties that fine-tuned the owner's public base on their own data: every "
+                             "accusation is a false one (relatedness is not theft)"})
     return rows
 
 
