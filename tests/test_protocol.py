@@ -39,7 +39,7 @@ def _layer(component: str) -> int:
         if component in names:
             return i
     raise AssertionError(f"module modelseal.{component} is in no declared layer; add it to LAYERS (and the "
-                         "README's architecture section)")
+                         "architecture page, docs/architecture.md)")
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:

@@ -127,6 +127,7 @@ class Key:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], method: str | None = None) -> Key:
+        """Read a key file: its format version, `method` (when given) and digest are checked; nothing is unpickled."""
         path = Path(path)
         return cls.from_bytes(read_file(path, KeyFormatError, "key file"), method=method, source=str(path))
 

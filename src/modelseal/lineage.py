@@ -65,7 +65,7 @@ Three parts, each a `Verdict`, fused with Holm-Bonferroni (valid under any depen
    units' agreements K (summed over hidden layers, M suspect units) are taken as Binom(M, rho0) with a
    verifier-set rate rho0 (default 0.5, `aligned_null_rate`), i.e. "an independent model's matchings agree on
    at most half its units"; derived copies agree on (almost) all. This null is *calibrated empirically*, not
-   exact: its false-accusation rate and p-value distribution are measured on independent digits models (README,
+   exact: its false-accusation rate and p-value distribution are measured on independent digits models (docs/lineage.md,
    `benchmarks/lineage.py`). It finds permuted and structurally pruned copies as well.
 3. `lineage-outputs` (black-box, any suspect). Agreement of the suspect's labels with the owner's on
    verifier-chosen inputs (the verifier's own inputs, else `queries` uniform random inputs in the input box)
