@@ -1407,6 +1407,11 @@ def bench_arena(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
     restart: Annotated[bool, typer.Option(
         "--restart", metavar="", help="start over: delete the run folder's results.sqlite and cache/ first")] = False,
+    max_cells: Annotated[Optional[int], typer.Option(
+        help="stop after this many cells (resume later; the report then covers what finished)")] = None,
+    only: OnlyOpt = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="run with this one seed (owner and cells) instead of the scenario's seeds")] = None,
     device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Score every protection and peer baseline over populations of derived and independent models: ROC AUC,
@@ -1421,8 +1426,10 @@ def bench_arena(
     check_distinct({"--out": out_dir, "--report": html_path})
     check_writable(html_path, force)  # refused before hours of work, not after
     sc = bench.load(scenario)
+    if only is not None or seed is not None:
+        sc = sc.select(methods=_only(only), seed=seed)
     summary = bench.run(sc, out_dir, backend=backend, address=address, force=restart,
-                        progress=_progress(as_json), device=device)
+                        progress=_progress(as_json), max_cells=max_cells, device=device)
     path = report(summary["db"], html_path, force=force)
     rows = [{k: v for k, v in r.items() if k not in ("fpr", "tpr")} for r in arena_from_db(summary["db"])]
     _meta, cells, negatives, _arts, _keys = read_rows(summary["db"])
