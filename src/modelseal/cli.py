@@ -255,13 +255,25 @@ def _shape_text(shape: Any) -> str:
     return "x".join(str(s) for s in shape)
 
 
+def _starts_pickled(path: Path) -> bool:
+    from .tensorfile import pickled
+
+    try:
+        with open(path, "rb") as f:
+            return pickled(f.read(4))
+    except OSError:
+        return False
+
+
 def _header_spec(path: Path) -> dict[str, Any]:
     """What a model file's header records, read without torch and without trusting the file: `input_shape`
     and the `data` set it was trained on (when recorded); {} when the header does not say (loading the file
     later says what is wrong with it)."""
     from .safeio import loads_json
-    from .tensorfile import MODEL_META, USER_ARCH_META, read_head, read_header_metadata
+    from .tensorfile import MODEL_META, USER_ARCH_META, pickle_hint, read_head, read_header_metadata
 
+    if _starts_pickled(path):  # a torch.save file: say so and how to convert it, not "pass --data"
+        raise ModelSealError(pickle_hint(str(path)))
     try:
         meta = read_header_metadata(read_head(path, ModelSealError, "model file"), str(path), ModelSealError)
         if MODEL_META in meta:
