@@ -181,3 +181,29 @@ def test_serve_and_unlock_take_the_device_like_every_command():
     for name in ("serve", "unlock"):
         device = next(p for p in cmds[name].params if "--device" in p.opts)
         assert device.default == "auto", name
+
+
+def test_a_log_progress_line_says_the_end_once_with_its_last_word():
+    """Off a terminal, progress is log lines; the end used to be printed twice (once per update at 100 %)."""
+    import logging
+
+    from modelseal import runtime
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    h, level = Keep(), runtime.log.level
+    runtime.log.addHandler(h)
+    runtime.log.setLevel(logging.INFO)
+    try:
+        with runtime.track("log", 3, "work") as t:
+            t.update(1, "started")
+            t.update(3, "")
+            t.update(3, "loss 0.5")
+    finally:
+        runtime.log.removeHandler(h)
+        runtime.log.setLevel(level)
+    assert [r for r in records if r.startswith("work: 3/3")] == ["work: 3/3 loss 0.5"]

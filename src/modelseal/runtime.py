@@ -97,16 +97,23 @@ def track(progress: Any, total: int, description: str) -> Iterator[Tracker]:
         yield Tracker(lambda _d, _i: None, total)
         return
     if progress == "log":
-        state = {"last": time.monotonic()}
+        state: dict[str, Any] = {"last": time.monotonic(), "final": None}
 
         def log_line(done: int, info: str) -> None:
+            if done >= total:  # the end is said once, with the last word of it, when the work is over
+                state["final"] = (done, info)
+                return
             now = time.monotonic()
-            if now - state["last"] >= LOG_EVERY_S or done >= total:
+            if now - state["last"] >= LOG_EVERY_S:
                 state["last"] = now
                 log.info("%s: %d/%d %s", description, done, total, info)
 
         _ensure_log_handler()
-        yield Tracker(log_line, total)
+        try:
+            yield Tracker(log_line, total)
+        finally:
+            if state["final"] is not None:
+                log.info("%s: %d/%d %s", description, *state["final"][:1], total, state["final"][1])
         return
     if hasattr(progress, "add_task"):
         started = False
