@@ -207,3 +207,26 @@ def test_a_log_progress_line_says_the_end_once_with_its_last_word():
         runtime.log.removeHandler(h)
         runtime.log.setLevel(level)
     assert [r for r in records if r.startswith("work: 3/3")] == ["work: 3/3 loss 0.5"]
+
+
+def test_into_a_pipe_tables_keep_a_readable_width_and_text_lines_are_not_cut(monkeypatch):
+    """The demo's table printed rows of 1,785 characters into a pipe; a table now fits TABLE_WIDTH columns, while
+    a plain line (a path, a verdict) still comes out whole."""
+    import io
+
+    from rich.table import Table
+
+    from modelseal import cli
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = cli._console()
+    console.file = io.StringIO()
+    assert not console.is_terminal
+    table = Table()
+    table.add_column("protection")
+    table.add_column("p-value / detail")
+    table.add_row("trigger-set", "a long detail " * 200)
+    console.print(table)
+    console.print("results -> " + "x" * 300)
+    lines = console.file.getvalue().splitlines()
+    assert max(len(line) for line in lines[:-1]) <= cli.TABLE_WIDTH and len(lines[-1]) == len("results -> ") + 300

@@ -75,12 +75,25 @@ bench_app = typer.Typer(**_TYPER, help="Robustness benchmark: run scenarios, wri
     "modelseal bench run tiny --out run", "modelseal bench report run/results.sqlite --out report.html"))
 app.add_typer(bench_app, name="bench")
 
+TABLE_WIDTH = 160  # columns a table is laid out in when printed into a pipe or file
+
+
+class _PipeConsole(Console):
+    """Into a pipe or file: a line of text is never wrapped (rich would cut at 80 columns and split paths), and a
+    table is laid out at TABLE_WIDTH columns (unbounded, one row became a line of 1,785 characters)."""
+
+    def print(self, *objects: Any, **kw: Any) -> None:
+        if kw.get("width") is None and any(isinstance(o, Table) for o in objects):
+            kw["width"], kw["soft_wrap"] = TABLE_WIDTH, False
+        super().print(*objects, **kw)
+
+
 def _console(stderr: bool = False) -> Console:
-    """A console that wraps at the terminal's width on a terminal, and never wraps into a pipe or file (rich
-    would cut at 80 columns there and split paths; COLUMNS, when set, still wins)."""
+    """A console that wraps at the terminal's width on a terminal; into a pipe or file see `_PipeConsole`
+    (COLUMNS, when set, still wins)."""
     c = Console(stderr=stderr)
     if not c.is_terminal and not os.environ.get("COLUMNS"):
-        c = Console(stderr=stderr, width=100_000, soft_wrap=True)
+        c = _PipeConsole(stderr=stderr, width=100_000, soft_wrap=True)
     return c
 
 
