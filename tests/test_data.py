@@ -460,3 +460,43 @@ def test_mnist5k_truncated_cache_is_rebuilt(tmp_path, monkeypatch):
     assert torch.equal(x1, x2)
     with np.load(cache, allow_pickle=False) as z:
         assert z["x"].shape == (5000, 28, 28)
+
+
+def test_csv_table_classification_regression_and_a_path_without_its_kind(tmp_path):
+    """csv:PATH reads a numeric table with a header (the label column by name, else the last); an existing
+    .csv, .npz or folder path works without its kind (issue 40: `--data` needed `folder:` and read no CSV)."""
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    lines = [",".join([*wine.feature_names, "label"])]
+    lines += [",".join([*(f"{v:g}" for v in row), str(int(t))]) for row, t in zip(wine.data, wine.target, strict=True)]
+    (tmp_path / "wine.csv").write_text("\n".join(lines) + "\n")
+    s = ms.data.load(f"csv:{tmp_path / 'wine.csv'}", seed=0)
+    assert s.meta.input_shape == (13,) and s.meta.num_classes == 3 and s.meta.task == "classification"
+    assert len(s.owner) + len(s.attacker) + len(s.test) == 178
+    plain = ms.data.load(str(tmp_path / "wine.csv"), seed=0)
+    assert torch.equal(plain.owner.x, s.owner.x)
+    m = ms.models.build("mlp", s.meta, seed=0)
+    ms.train.fit(m, s.owner, epochs=30, seed=0, progress=False)
+    assert ms.train.evaluate(m, s.test) > 0.5
+
+    (tmp_path / "reg.csv").write_text("y,a,b\n0.5,1,2\n1.5,3,4\n2.25,5,6\n")  # label by name, first column
+    r = ms.data.load(f"csv:{tmp_path / 'reg.csv'}", seed=0, fractions=(0.34, 0.33, 0.33))
+    assert r.meta.task == "regression" and r.meta.input_shape == (2,)
+
+    np.savez(tmp_path / "t.npz", x=np.random.rand(20, 4).astype(np.float32), y=np.arange(20) % 2)
+    assert ms.data.load(str(tmp_path / "t.npz"), seed=0).meta.num_classes == 2
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a,b\n1,2\n3\n", "line 3 has 1 fields"),
+    ("a,b\n1,x\n", "'x' is not a number"),
+    ("a\n1\n", "at least two distinct columns"),
+    ("a,b\n", "header row and at least one row"),
+    ("a,b\n1,nan\n", "NaN"),
+])
+def test_bad_csv_is_one_line(tmp_path, text, says):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(ms.errors.DataError) as e:
+        ms.data.load(f"csv:{tmp_path / 'bad.csv'}")
+    assert says in str(e.value) and "\n" not in str(e.value)

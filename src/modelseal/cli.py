@@ -131,7 +131,8 @@ ArchOpt = Annotated[Optional[str], typer.Option(
                    "files are then plain safetensors state dicts (.pt2 files are refused: torch unpickles them)")]
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="data set: mnist5k, digits, diabetes, sample-images, idx:DIR, cifar10:DIR, cifar100:DIR, "
-                   "npz:PATH, folder:DIR (default for a command on a model: the data set the model file names, "
+                   "npz:PATH, csv:PATH, folder:DIR (a folder, .npz or .csv path alone works too; default for a "
+                   "command on a model: the data set the model file names, "
                    "else the embedded one its input shape fits)")]
 
 
@@ -326,7 +327,7 @@ def _data_for(model_path: Path | None, data: str | None, flag: str = "--data") -
         what = f"its input shape {_shape_text(shape)} fits no embedded data set" if shape else \
             "its header records no input shape"
         raise ModelSealError(f"{model_path} does not name its data set and {what}; pass {flag} NAME "
-                             "(mnist5k, digits, diabetes, sample-images, idx:DIR, npz:PATH, ...)")
+                             "(mnist5k, digits, diabetes, sample-images, idx:DIR, npz:PATH, csv:PATH, ...)")
     want = _EMBEDDED_SHAPES.get(data)
     if shape is not None and want is not None and tuple(want) != tuple(shape):
         raise ModelSealError(_misfit_text(model_path, shape, data, want, flag))

@@ -2,7 +2,8 @@
 
 `load(name)` understands the embedded sets that ship inside installed packages (`mnist5k`, `digits`,
 `diabetes`, `sample-images`) and users' own files (`idx:DIR`, `cifar10:DIR`, `cifar100:DIR`,
-`npz:PATH`, `folder:DIR`). Nothing is downloaded. Every split is a map-style `torch.utils.data.Dataset`
+`npz:PATH`, `csv:PATH`, `folder:DIR`; an existing folder, .npz or .csv path also works alone). Nothing is
+downloaded. Every split is a map-style `torch.utils.data.Dataset`
 of `(x, y)` pairs (a `TensorData`), so anything that takes data also takes a user's own `TensorDataset`.
 """
 
@@ -160,7 +161,7 @@ def load(name: str, seed: int = 0, fractions: tuple[float, float, float] = (0.4,
     """Load a data set by name and split it into disjoint owner / attacker / test parts.
 
     Names: mnist5k, digits, diabetes, sample-images, idx:DIR, cifar10:DIR, cifar100:DIR, npz:PATH,
-    folder:DIR.
+    csv:PATH, folder:DIR; an existing folder, .npz or .csv path works without its kind.
     """
     from . import embedded, files
 
@@ -177,6 +178,8 @@ def load(name: str, seed: int = 0, fractions: tuple[float, float, float] = (0.4,
             if not arg:
                 raise DataError(f"'{kind}' needs a path: use '{kind}:PATH'")
             x, y, meta = files.LOADERS[kind](arg, **kw)
+        elif (guessed := _by_path(name)) is not None:  # a path without its kind: a folder, .npz or .csv
+            x, y, meta = files.LOADERS[guessed](name, **kw)
         else:
             raise DataError(f"unknown data set '{name}'; known: {', '.join(names())}")
     except OSError as e:  # the loaders name what they expect; this catches what slips past them
@@ -185,6 +188,18 @@ def load(name: str, seed: int = 0, fractions: tuple[float, float, float] = (0.4,
     except MemoryError:
         raise DataError(f"{name}: the data set does not fit in memory; use a smaller one") from None
     return split(x, y, meta, seed=seed, fractions=fractions)
+
+
+def _by_path(name: str) -> str | None:
+    """The file loader for an existing path given without a kind: a folder of images, an .npz or a .csv file."""
+    from pathlib import Path
+
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return "folder"
+    if p.is_file():
+        return {".npz": "npz", ".csv": "csv"}.get(p.suffix.lower())
+    return None
 
 
 def names() -> list[str]:

@@ -276,19 +276,24 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
             except Exception as e:  # zipfile and numpy raise many types on a corrupt member
                 raise DataError(f"npz: array {k} in {p} is corrupt ({type(e).__name__}: "
                                 f"{first_line(e, 120, empty='unreadable')})") from None
-    x, y = arrays["x"], arrays["y"]
+    return _tensors("npz", p, arrays["x"], arrays["y"], num_classes)
+
+
+def _tensors(kind: str, p: Path, x: np.ndarray, y: np.ndarray, num_classes: int | None) -> Loaded:
+    """Inputs `x` and labels or targets `y` read from file `p` (an npz archive, a CSV table) as tensors and
+    their Meta: integer labels are a classification, float targets a regression; checked as they convert."""
     for k, a in (("x", x), ("y", y)):
         if a.dtype.kind not in "biuf":
-            raise DataError(f"npz: array {k} in {p} has dtype {a.dtype}; expected a real numeric array")
+            raise DataError(f"{kind}: array {k} in {p} has dtype {a.dtype}; expected a real numeric array")
     if x.ndim == 0 or y.ndim == 0 or len(x) == 0:
-        raise DataError(f"npz: {p} must hold at least one item, with x of shape (N, ...) and y of shape (N,)")
+        raise DataError(f"{kind}: {p} must hold at least one item, with x of shape (N, ...) and y of shape (N,)")
     if len(x) != len(y):
-        raise DataError(f"npz: x in {p} has {len(x)} items but y has {len(y)}; they must match")
+        raise DataError(f"{kind}: x in {p} has {len(x)} items but y has {len(y)}; they must match")
     if x.ndim > 4 or 0 in x.shape:
-        raise DataError(f"npz: x in {p} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W) with "
+        raise DataError(f"{kind}: x in {p} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W) with "
                         "no empty axis")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"npz: x in {p} contains NaN or infinite values")
+        raise DataError(f"{kind}: x in {p} contains NaN or infinite values")
     x = _channels_first(x)
     if x.dtype == np.uint8:
         xt, bounds = torch.from_numpy(x.astype(np.float32) / 255.0), (0.0, 1.0)
@@ -296,39 +301,105 @@ def load_npz(arg: str | Path, num_classes: int | None = None, **kw: Any) -> Load
         with np.errstate(over="ignore"):
             x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise DataError(f"npz: x in {p} holds values beyond the float32 range")
+            raise DataError(f"{kind}: x in {p} holds values beyond the float32 range")
         lo, hi = float(x.min()), float(x.max())
         bounds = (lo, hi) if lo < hi else (lo, lo + 1.0)
         xt = torch.from_numpy(x)
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
-            raise DataError(f"npz: y in {p} contains NaN or infinite values")
+            raise DataError(f"{kind}: y in {p} contains NaN or infinite values")
         if y.ndim > 2:
-            raise DataError(f"npz: regression targets y in {p} have shape {y.shape}; expected (N,) or (N, k)")
+            raise DataError(f"{kind}: regression targets y in {p} have shape {y.shape}; expected (N,) or (N, k)")
         yt = torch.from_numpy(y.astype(np.float32).reshape(len(y), -1))
         task, out = REGRESSION, int(yt.shape[1])
         if num_classes is not None:
-            raise DataError("npz: num_classes is for integer labels; this y is float (regression)")
+            raise DataError(f"{kind}: num_classes is for integer labels; this y is float (regression)")
     else:
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
-            raise DataError(f"npz: integer labels y in {p} have shape {y.shape}; expected (N,)")
+            raise DataError(f"{kind}: integer labels y in {p} have shape {y.shape}; expected (N,)")
         if y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) >= 2**63:
-            raise DataError(f"npz: y in {p} holds the label {int(y.max())}; labels must be 0..C-1")
+            raise DataError(f"{kind}: y in {p} holds the label {int(y.max())}; labels must be 0..C-1")
         y = y.astype(np.int64)
         if int(y.min()) < 0:
-            raise DataError(f"npz: y in {p} holds the negative label {int(y.min())}; labels must be 0..C-1")
+            raise DataError(f"{kind}: y in {p} holds the negative label {int(y.min())}; labels must be 0..C-1")
         if int(y.max()) >= MAX_CLASSES:
-            raise DataError(f"npz: y in {p} holds the label {int(y.max())}; at most {MAX_CLASSES} classes are "
+            raise DataError(f"{kind}: y in {p} holds the label {int(y.max())}; at most {MAX_CLASSES} classes are "
                             "supported (labels must be 0..C-1)")
         out = int(y.max()) + 1
         if num_classes is not None:
             if int(num_classes) < out:
-                raise DataError(f"npz: num_classes={num_classes} but y in {p} holds label {out - 1}")
+                raise DataError(f"{kind}: num_classes={num_classes} but y in {p} holds label {out - 1}")
             out = int(num_classes)
         yt, task = torch.from_numpy(y), CLASSIFICATION
-    return xt, yt, Meta(f"npz:{p}", tuple(xt.shape[1:]), bounds, out, task)
+    return xt, yt, Meta(f"{kind}:{p}", tuple(xt.shape[1:]), bounds, out, task)
+
+
+
+
+MAX_CSV_BYTES = 1 << 30  # 1 GiB of text
+LABEL_COLUMNS = ("label", "y", "target", "class")
+
+
+def load_csv(arg: str | Path, label: str | None = None, num_classes: int | None = None, **kw: Any) -> Loaded:
+    """A CSV table with a header row: numeric columns, one of them the label (`label`, else a column named
+    label / y / target / class, else the last). Whole-number labels are classes 0..C-1; others are a regression
+    target. Every other column is an input feature."""
+    _no_extra("csv", kw, "label, num_classes")
+    import csv
+
+    p = Path(arg).expanduser()
+    if not p.is_file():
+        raise DataError(f"csv: no such file {p}; expected a CSV table with a header row")
+    if p.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(f"csv: {p} is larger than {MAX_CSV_BYTES} bytes; save it as an .npz archive instead")
+    if num_classes is not None:
+        num_classes = validate.count("csv: num_classes", num_classes, 1, MAX_CLASSES, error=DataError)
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise DataError(f"csv: {p} is not UTF-8 text") from None
+    except csv.Error as e:
+        raise DataError(f"csv: {p} is not a valid CSV table ({e})") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise DataError(f"csv: {p} needs a header row and at least one row of numbers")
+    header = [c.strip() for c in rows[0]]
+    if len(header) < 2 or len(set(header)) != len(header):
+        raise DataError(f"csv: {p}'s header must name at least two distinct columns (features and a label), "
+                        f"got {header[:10]}")
+    lower = [h.lower() for h in header]
+    if label is not None:
+        if label not in header:
+            raise DataError(f"csv: {p} has no column '{label}'; its columns: {', '.join(header[:20])}")
+        at = header.index(label)
+    else:
+        at = next((lower.index(n) for n in LABEL_COLUMNS if n in lower), len(header) - 1)
+    table = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
+    for i, r in enumerate(rows[1:], start=2):
+        if len(r) != len(header):
+            raise DataError(f"csv: {p} line {i} has {len(r)} fields, the header {len(header)}")
+        try:
+            table[i - 2] = [float(c) for c in r]
+        except ValueError:
+            bad = next(c for c in r if not _is_number(c))
+            raise DataError(f"csv: {p} line {i}: {bad[:40]!r} is not a number (every column must be numeric)") \
+                from None
+    x = np.delete(table, at, axis=1)
+    y = table[:, at]
+    if np.isfinite(y).all() and np.all(y == np.round(y)) and (y >= 0).all():
+        y = y.astype(np.int64)
+    return _tensors("csv", p, x, y, num_classes)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _npz_precheck(p: Path) -> None:
@@ -463,5 +534,6 @@ LOADERS: dict[str, Callable[..., Loaded]] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "npz": load_npz,
+    "csv": load_csv,
     "folder": load_folder,
 }
