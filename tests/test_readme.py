@@ -311,8 +311,11 @@ def test_help_examples_run_as_written(tmp_path):
         for flag in ("--out", "--key", "--evidence"):
             if flag in args and "--force" not in args:
                 target = work / args[args.index(flag) + 1]
-                if target.exists():
-                    target.rename(target.with_name(target.name + ".earlier"))
+                # a key comes with its public commitment (KEY.public.json): both are the example's outputs
+                for made in (target, target.with_name(target.name.rsplit(".", 1)[0] + ".public.json")) \
+                        if flag == "--key" else (target,):
+                    if made.exists():
+                        made.rename(made.with_name(made.name + ".earlier"))
         t0 = time.perf_counter()
         r = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=900)
         ran.append((line, round(time.perf_counter() - t0, 1)))

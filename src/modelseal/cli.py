@@ -727,7 +727,7 @@ def deepmarks_distribute(
 
 # ------------------------------------------------------------------------------------ any family: protect
 @app.command(epilog=_examples(
-    "modelseal protect owner.safetensors --method tafa --key fp.seal",
+    "modelseal protect owner.safetensors --method tafa --key owner-tafa.seal",
     "modelseal protect owner.safetensors --method deepmarks --set users=7 --out copies --key dm.seal"))
 def protect(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
