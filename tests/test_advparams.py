@@ -44,7 +44,10 @@ def test_lock_breaks_accuracy_with_few_params(locked_pair, mnist):
     assert ms.train.evaluate(owner, mnist.test) > 0.85
     changed = sum(int((a != b).sum()) for a, b in zip(owner.state_dict().values(),
                                                       locked.state_dict().values(), strict=True))
-    assert 1 <= changed <= 50
+    # Batched passes move weights chosen from one gradient each (the old one-weight-a-pass greedy changed <= 50
+    # here at 5-50x the cost): the pass that reaches the target is trimmed, so the change stays under 0.1 %.
+    assert 1 <= changed <= 0.001 * key.params["total_params"]
+    assert key.params["passes"] <= 3
     assert changed == key.params["changed"]
     assert key.params["target_reached"] is True
     assert ms.train.evaluate(locked, mnist.test) <= 0.20
