@@ -7,15 +7,19 @@ keeps their positions and original values as the key; with the key the model is 
 
 Where modelseal deviates from the paper, and why:
 
-- Greedy single-parameter steps: each step recomputes the loss gradient and moves the one not-yet-chosen
-  weight with the largest |gradient| by `eps` x (its layer's max - min) towards higher loss. The paper
-  perturbs a few parameters per iteration with an FGSM-like step; one at a time spends the budget where
-  the current (already perturbed) model is weakest and makes the choice deterministic for a seed.
+- Batched greedy passes: each pass computes one loss gradient and moves the free weights whose move (`eps` x
+  their layer's max - min, towards higher loss, clipped) raises the loss most to first order, taken from every
+  layer's own top-k and merged: pass p moves up to 64 x 4^p weights, and the pass that reaches the target is
+  bisected (at most 4 forward checks) to a short prefix that still does. The paper also perturbs several
+  parameters per iteration (FGSM-like); the former one-weight-a-pass greedy step cost one backward pass per
+  weight (ResNet-18 on 3x32x32: 9.2 epochs of training for 50 weights, not locked), the batched one 0.68 epoch
+  (0.917 -> 0.495, chance 0.5, 128 weights; `benchmarks/scale.py`). `max_params="auto"` (the default) bounds
+  the lock by `max_passes` instead of a count; the choice is deterministic for a seed.
 - Every move is clipped inside the layer's ORIGINAL [min, max], so no locked value is an outlier of its
   layer (the paper's stealthiness constraint); a weight already at that edge in the wanted direction
   cannot move and is skipped, and every weight is chosen at most once.
 - The gradient is taken on one seeded batch of `batch_size` examples of the given data, and accuracy is
-  checked after every step on a second, disjoint seeded batch of the same size (the same batch when the
+  checked after every pass on a second, disjoint seeded batch of the same size (the same batch when the
   data are too small for two), so the stop criterion is not measured on the examples the gradient
   overfits. The paper uses a small clean set too; its sizes and split are not fixed here.
 - A classifier that answers one class for the whole check batch counts as locked whatever its accuracy:
