@@ -110,17 +110,18 @@ class AdvParams(Lock):
     """Lock a model by adversarially perturbing at most `max_params` weights; unlock it with the key."""
 
     max_params: int | str = param("auto", "most weights perturbed (auto: no fixed count; every pass moves 4x as many "
-                                  "as the last until the target is reached or max_passes are spent)")
+                                  "as the last until the target is reached or max_passes are spent; 300 for the "
+                                  "hidden lock, which moves one weight a pass)")
     max_passes: int = param(8, "most gradient passes (each one forward and backward pass on batch_size examples, the "
                             "lock's cost): pass p moves up to 64 x 4^p weights, the one that reaches the target is "
-                            "trimmed to the fewest that do", lo=1, hi=64)
+                            "bisected to a short prefix that still does", lo=1, hi=64)
     eps: float = param(0.5, "step as a fraction of the layer's value range", lo=0, hi=1e3, lo_open=True)
     target_accuracy: float = param(0.1, "stop once accuracy on the check batch is at or below this", lo=0, hi=1)
     batch_size: int = param(256, "examples in the gradient batch and in the separate check batch", lo=1,
                             hi=validate.MAX_BATCH)
     hide_rank: int = param(0, "keep every perturbed weight out of the top hide_rank of the locked model's "
                            "|loss gradient| on the check batch, where a key-free attacker looks (0: off, the "
-                           "paper's greedy step)", lo=0, hi=validate.MAX_COUNT)
+                           "batched greedy passes)", lo=0, hi=validate.MAX_COUNT)
     candidates: int = param(16, "with hide_rank: moves tried per step, a seeded sample of the 32 x as many "
                             "with the largest first-order loss increase", lo=1, hi=1024)
     layers: list[str] | None = param(None, "module or parameter names that may be perturbed (none: every "
