@@ -236,7 +236,8 @@ def test_strongest_key_free_attacker_against_scratch_on_digits():
     """benchmarks/advparams.py's quick attacker grid on the digits CNN (owner 0.939), 1 % and 10 % of the data,
     against the best from-scratch model on the same images (1 %: 0.404, 10 %: 0.848).
 
-    Measured, the paper's greedy lock (18 of 22,154 weights, 0.081 %; locked 0.108) does NOT hold: fine-tuning
+    Measured (before issue 39's batched passes), the one-weight-a-pass greedy lock (18 of 22,154 weights, 0.081 %;
+    locked 0.108) does NOT hold: fine-tuning
     only the weights within 2 % of their layer's range from its edges recovers 0.853 with 7 images (+44.9
     points) and 0.950 with 72 (+10.2); resetting the 50 largest-gradient weights alone gives 0.823. The hidden
     lock (hide_rank=100, eps=1.0, 300 weights = 1.35 %) holds, but only reaches 0.274 locked (its 0.1 target
@@ -255,7 +256,9 @@ def test_strongest_key_free_attacker_against_scratch_on_digits():
         assert lock["unlock_bit_exact"] and lock["unlocked_accuracy"] == res["owner_accuracy"]
     assert greedy["locked_accuracy"] < 0.15 and hidden["locked_accuracy"] < 0.3
     one, ten = greedy["recovery"]
-    assert not one["lock_holds"] and one["gap_points"] > 20, one
+    # The batched lock (40 weights, 0.18 %) is recovered less than the former one-weight-a-pass lock (+44.9 points
+    # with 7 images) but still recovered: +16.6 with 7 images, +6.1 with 72 (reset the largest-gradient weights).
+    assert not one["lock_holds"] and one["gap_points"] > 10, one
     assert not ten["lock_holds"], ten
     assert hidden["params_changed_percent"] < 1.5
     assert all(row["lock_holds"] for row in hidden["recovery"]), hidden["recovery"]
