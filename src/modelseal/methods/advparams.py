@@ -194,7 +194,10 @@ class AdvParams(Lock):
         run = _Run(self, locked, x_all, y_all, task_of(data, y_all))
         budget = self.budget()
         with track(progress, budget if self.hide_rank else int(self.max_passes), "advparams lock") as bar:
-            run.hidden(budget, bar) if self.hide_rank else run.batched(budget, bar)
+            if self.hide_rank:
+                run.hidden(budget, bar)
+            else:
+                run.batched(budget, bar)
         reached = run.reached()
         if not reached:
             warnings.warn(WeakProtection(

@@ -77,6 +77,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -605,7 +606,7 @@ def _train_copies(model: nn.Module, data: Dataset, layer: str, x_proj: torch.Ten
     from torch.func import functional_call, vmap
 
     from ...runtime import model_device, track
-    from ...train import _loss, task_of
+    from ...train import CLASSIFICATION, task_of
 
     x_all, y_all = as_tensors(data)
     if len(x_all) == 0:
@@ -642,7 +643,9 @@ def _train_copies(model: nn.Module, data: Dataset, layer: str, x_proj: torch.Ten
                 idx = perm[i : i + batch_size]
                 xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
                 out = batched(stacked, xb)  # users x batch x outputs
-                loss = _loss(out.flatten(0, 1), yb.repeat(users), task) * users  # the sum of the users' losses
+                flat, ys = out.flatten(0, 1).float(), yb.repeat(users)
+                loss = users * (F.cross_entropy(flat, ys) if task == CLASSIFICATION  # the sum of the users' losses
+                                else F.mse_loss(flat.reshape(ys.shape), ys.float()))
                 wbar = stacked[carrier].float().mean(1).reshape(users, -1)
                 r = wbar @ x_proj_d.T - targets_d
                 loss = loss + gamma * (r * r).sum()
