@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MLS_VENV := .venv-mlserver
 MLS_VERSION := 1.7.1
 
-.PHONY: install test test-fast typecheck demo bench lint clean
+.PHONY: install test test-fast typecheck demo bench lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,7 +44,12 @@ bench: $(STAMP)
 		$(BIN)/python $$f | tee bench-out/$$n.json || exit 1; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+
+# the docs site into site/ (tests/test_docs.py builds it the same way; `$(BIN)/mkdocs serve` to read it locally)
+docs: $(STAMP)
+	$(BIN)/python docs/gen_cli.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(MLS_VENV) build dist *.egg-info src/*.egg-info

@@ -202,3 +202,19 @@ def test_a_method_that_judges_some_models_is_not_score_only():
     nothing = [{**_cell(0.5), "detail": {"not_judged": "no references"}}]
     (row,) = arena_mod.arena(nothing, [unjudged])
     assert row["score_only"]
+
+
+def test_cli_arena_takes_only_seed_and_max_cells_like_bench_run(small_run, tmp_path):
+    """`bench arena --only tafa --seed 1 --max-cells 1`: one protection, one seed, and a partial run whose
+    report covers what finished (issue 40: the arena lacked the options `bench run` has)."""
+    _, _, toml = small_run
+    res = CliRunner().invoke(app, ["bench", "arena", str(toml), "--out", str(tmp_path / "run"), "--only", "tafa",
+                                   "--seed", "1", "--max-cells", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout[res.stdout.index("{"):])
+    assert payload["run"]["ran"] == 1 and payload["run"]["partial"]
+    with Store(tmp_path / "run" / "results.sqlite") as s:
+        cells = s.cells()
+    assert {c["protection"] for c in cells} == {"tafa"} and {c["seed"] for c in cells} == {1}
+    bad = CliRunner().invoke(app, ["bench", "arena", str(toml), "--out", str(tmp_path / "run2"), "--only", "nope"])
+    assert bad.exit_code == 2 and "no protection uses nope" in bad.output

@@ -135,3 +135,21 @@ def test_a_dataparallel_state_dict_loads_and_a_misfit_names_its_keys(owner_file,
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ms.ModelSealError, match=r"missing head\.bias, head\.weight; unexpected extra\.weight"):
         load_custom(tmp_path / "bad.safetensors", ARCH, (1, 8, 8))
+
+
+def test_lineage_of_your_own_architecture_against_an_onnx_suspect(owner_file):
+    """`lineage MINE SUSPECT --arch ...` builds the owner with --arch; an ONNX (or URL) suspect brings its own
+    graph, so --arch no longer refuses it (it did: '--arch is for state-dict suspects'), and without --arch the
+    owner file cannot be read (one line)."""
+    from safetensors.torch import load_file
+
+    d, _ = owner_file
+    model = make_net()
+    model.load_state_dict(load_file(str(d / "mine.safetensors")))
+    ms.models.export_onnx(model, d / "mine.onnx", input_shape=(1, 8, 8), force=True)
+    v = _ok(["lineage", str(d / "mine.safetensors"), str(d / "mine.onnx"), "--arch", ARCH, "--data", "digits",
+             "--permutations", "99"])
+    parts = {p["method"]: p for p in v["details"]["verdicts"]}
+    assert parts and all(not p.get("judged", True) for p in parts.values())  # no weights, no references
+    r = runner.invoke(app, ["lineage", str(d / "mine.safetensors"), str(d / "mine.onnx")])
+    assert r.exit_code == 2 and "--arch" in _text(r)

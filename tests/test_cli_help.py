@@ -150,3 +150,34 @@ def test_dir_lists_only_public_names():
     names = [n for n in dir(ms) if not n.startswith("__")]
     assert "verify" in names and "Key" in names and "timestamp" in names
     assert not {"Any", "TYPE_CHECKING", "importlib"} & set(dir(ms))
+
+
+def test_a_mistyped_option_is_answered_with_the_closest_option_first(capsys):
+    from modelseal.cli import main
+
+    assert main(["train", "--epoch", "3"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "did you mean --epochs?" in line and line.index("--epochs") < line.index("--arch")
+    assert main(["verify", "k.seal", "m.safetensors", "--refrence", "r"]) == 2
+    assert "did you mean --reference?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [("verify",), ("trace",), ("unlock",)])
+def test_commands_whose_work_has_no_randomness_take_no_seed(command):
+    """`--seed` used to be accepted and ignored by verify, trace and unlock: they are deterministic, so the
+    option is gone (a user who passes it learns so) rather than silently doing nothing."""
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    for part in command:
+        cmd = cmd.commands[part]  # type: ignore[attr-defined]
+    assert "--seed" not in {o for p in cmd.params for o in p.opts}
+
+
+def test_serve_and_unlock_take_the_device_like_every_command():
+    import typer.main
+
+    cmds = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for name in ("serve", "unlock"):
+        device = next(p for p in cmds[name].params if "--device" in p.opts)
+        assert device.default == "auto", name

@@ -173,3 +173,30 @@ def test_an_error_in_any_command_ends_in_one_line_and_exit_2(tmp_path):
     # `check` had no handler of its own: under the typer app it now ends the same way
     r = runner.invoke(app, ["check", str(tmp_path / "nosuch.json"), "--commitment", str(tmp_path / "c.json")])
     assert r.exit_code == 2 and r.output.startswith("error:")
+
+
+def test_a_torch_save_file_is_never_unpickled_and_the_error_says_how_to_convert_it(tmp_path):
+    """A `.pt` from torch.save (a zip archive) and a bare pickle are refused in one line that says how to make a
+    safetensors state dict of it; the pickle's payload never runs (it would create a file)."""
+    import pickle
+
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
+    canary = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(canary), "w"))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Payload()))
+    for name in ("model.pt", "evil.pkl"):
+        for args in (["verify", str(tmp_path / "k.seal"), str(tmp_path / name)],
+                     ["attack", "prune", str(tmp_path / name), "--out", str(tmp_path / "o.safetensors")],
+                     ["watermark", "embed", str(tmp_path / name), "--out", str(tmp_path / "o.safetensors"),
+                      "--key", str(tmp_path / "o.seal")]):
+            (tmp_path / "k.seal").write_bytes(b"placeholder")
+            r = runner.invoke(app, args)
+            text = " ".join(r.output.split())
+            assert r.exit_code == 2 and "PyTorch pickle" in text and "weights_only=True" in text, (args, r.output)
+    assert not canary.exists()

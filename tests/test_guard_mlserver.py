@@ -9,62 +9,29 @@ by the request's bearer token (forwarded headers) and with a per-model client fr
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import mlserver_proc
 import modelseal as ms
 from modelseal import guard as g
 from modelseal.suspect import open_source
 
 pytestmark = pytest.mark.slow  # MLServer start-up: the module took 20 s on two shared cores
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _mlserver_exe() -> Path | None:
-    env = os.environ.get("MODELSEAL_MLSERVER")
-    exe = Path(env) if env else ROOT / ".venv-mlserver" / "bin" / "mlserver"
-    return exe if exe.is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    exe = _mlserver_exe()
-    if exe is None:
-        pytest.skip("MLServer is not installed: `make install` creates .venv-mlserver (or set MODELSEAL_MLSERVER)")
+    mlserver_proc.require()
     data = ms.data.load("digits", seed=0)
     owner = ms.models.build("cnn", data.meta, seed=0)
     ms.train.fit(owner, data.owner, epochs=3, seed=0, progress=False)
     owner.eval()
     key = g.GuardKey.new(10, rate=0.1)
     repo = tmp_path_factory.mktemp("mlserver")
-    http_port, grpc_port = _free_port(), _free_port()
-    (repo / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_endpoint": None,
-        "parallel_workers": 0, "debug": False, "load_models_at_startup": True}))
     for name, client in (("guarded", None), ("per-model", "customer-7")):
         folder = repo / name
         (folder / "logs").mkdir(parents=True)
@@ -76,30 +43,8 @@ def setup(tmp_path_factory):
             "parameters": {"uri": "./model.safetensors", "extra": extra},
             "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
             "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSERVER_")}
-    env["PYTHONPATH"] = str(ROOT / "src")
-    log = open(repo / "mlserver.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([str(exe), "start", str(repo)], cwd=repo, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not all(_ready(f"{base}/v2/models/{n}/ready") for n in ("guarded", "per-model")):
-            if proc.poll() is not None:
-                raise AssertionError(f"MLServer exited with {proc.returncode}: "
-                                     f"{(repo / 'mlserver.log').read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"MLServer not ready in 120 s: {(repo / 'mlserver.log').read_text()[-3000:]}")
-            time.sleep(0.25)
+    with mlserver_proc.running(repo, ["guarded", "per-model"]) as base:
         yield base, repo, owner, key, data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 def _asked(url: str, x: torch.Tensor, token: str | None) -> np.ndarray:

@@ -20,13 +20,7 @@ Set MODELSEAL_MLSERVER to an `mlserver` executable to use another install.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -34,32 +28,15 @@ import numpy as np
 import pytest
 import torch
 
+import mlserver_proc
 import modelseal as ms
 from modelseal.suspect import Suspect
 
 pytestmark = pytest.mark.slow  # MLServer start-up (seconds) and key extraction
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def _mlserver_exe() -> Path | None:
-    env = os.environ.get("MODELSEAL_MLSERVER")
-    exe = Path(env) if env else ROOT / ".venv-mlserver" / "bin" / "mlserver"
-    return exe if exe.is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+_get = mlserver_proc.get
 
 
 def _sk_mirror(clf) -> torch.nn.Module:
@@ -104,17 +81,10 @@ def torch_models(_owner_cnn, _independent, mnist):
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory, digits_models, torch_models):
     """Base URL of a running MLServer with the four models; stopped (by its PID) at teardown."""
-    exe = _mlserver_exe()
-    if exe is None:
-        pytest.skip("MLServer is not installed: `make install` creates .venv-mlserver with mlserver 1.7.1 "
-                    "and mlserver-sklearn (or set MODELSEAL_MLSERVER)")
+    mlserver_proc.require()
     import joblib
 
     repo = tmp_path_factory.mktemp("mlserver")
-    http_port, grpc_port = _free_port(), _free_port()
-    (repo / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_endpoint": None,
-        "parallel_workers": 0, "debug": False, "load_models_at_startup": True}))
     sk_models, _ = digits_models
     for name, clf in (("digits-owner", sk_models[0]), ("digits-other", sk_models[1])):
         folder = repo / name
@@ -137,37 +107,8 @@ def mlserver(tmp_path_factory, digits_models, torch_models):
             "parameters": {"uri": "./model.safetensors"},
             "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSERVER_")}
-    env["PYTHONPATH"] = str(ROOT / "src")
-    log = open(repo / "mlserver.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([str(exe), "start", str(repo)], cwd=repo, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 120
-        names = ["digits-owner", "digits-other", "torch-owner", "torch-other"]
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"MLServer exited with {proc.returncode}: "
-                                     f"{(repo / 'mlserver.log').read_text()[-3000:]}")
-            try:
-                if all(_get(f"{base}/v2/models/{n}/ready", 2)[0] == 200 for n in names):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("MLServer did not get ready within 120 s: "
-                                     f"{(repo / 'mlserver.log').read_text()[-3000:]}")
-            time.sleep(0.25)
+    with mlserver_proc.running(repo, ["digits-owner", "digits-other", "torch-owner", "torch-other"]) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 def _same(a: ms.Verdict, b: ms.Verdict) -> None:

@@ -254,20 +254,32 @@ def _shape_text(shape: Any) -> str:
     return "x".join(str(s) for s in shape)
 
 
+def _starts_pickled(path: Path) -> bool:
+    from .tensorfile import pickled
+
+    try:
+        with open(path, "rb") as f:
+            return pickled(f.read(4))
+    except OSError:
+        return False
+
+
 def _header_spec(path: Path) -> dict[str, Any]:
     """What a model file's header records, read without torch and without trusting the file: `input_shape`
     and the `data` set it was trained on (when recorded); {} when the header does not say (loading the file
     later says what is wrong with it)."""
     from .safeio import loads_json
-    from .tensorfile import read_head, read_header_metadata
+    from .tensorfile import MODEL_META, USER_ARCH_META, pickle_hint, read_head, read_header_metadata
 
+    if _starts_pickled(path):  # a torch.save file: say so and how to convert it, not "pass --data"
+        raise ModelSealError(pickle_hint(str(path)))
     try:
         meta = read_header_metadata(read_head(path, ModelSealError, "model file"), str(path), ModelSealError)
-        if "modelseal_model" in meta:
-            info = loads_json(meta["modelseal_model"], str(path), ModelSealError)
+        if MODEL_META in meta:
+            info = loads_json(meta[MODEL_META], str(path), ModelSealError)
             spec, extra = info.get("spec", {}), info.get("extra", {})
         else:
-            spec = loads_json(meta.get("modelseal_user_arch", "{}"), str(path), ModelSealError)
+            spec = loads_json(meta.get(USER_ARCH_META, "{}"), str(path), ModelSealError)
             extra = {}
         shape, data = spec.get("input_shape"), extra.get("data") if isinstance(extra, dict) else None
     except (ModelSealError, AttributeError, TypeError):
@@ -587,7 +599,7 @@ def watermark_embed(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     out_path: Annotated[Path, typer.Option("--out", help="watermarked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
-    method: Annotated[str, typer.Option(help="watermark method")] = "trigger-set",
+    method: Annotated[str, typer.Option(help="watermark method")] = method_registry.default("watermark"),
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -613,7 +625,7 @@ def fingerprint_extract(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     key_path: Annotated[Path, typer.Option("--key", help="fingerprint key file to write (.seal)")],
     method: Annotated[str, typer.Option(help="tafa | c-examples, or a peer baseline: akh | ipguard | modeldiff | "
-                                              "sac")] = "tafa",
+                                              "sac")] = method_registry.default("fingerprint"),
     variant: Annotated[Optional[str], typer.Option(help="c-examples variant: c | rc | ltrc")] = None,
     set_: SetOpt = None, arch: ArchOpt = None,
     data: Annotated[Optional[str], typer.Option(
@@ -621,7 +633,8 @@ def fingerprint_extract(
         = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
-    """Extract a fingerprint from a model without changing it, and without any data."""
+    """Extract a fingerprint from a model without changing it. TAFA needs no data; c-examples and the peer
+    baselines that start from the owner's inputs read the data set the model file names (or `--set data=NAME`)."""
     seed = _secret_seed(seed)
     _check_pair(model_path, None, None, key_path, force)
     from .data import InputSpec
@@ -660,7 +673,8 @@ def deepmarks_distribute(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="folder for one model file per user")],
     key_path: Annotated[Path, typer.Option("--key", help="secret key file to write")],
-    users: Annotated[int, typer.Option(help="number of users (copies)")] = 31,
+    users: Annotated[Optional[int], typer.Option(help="number of users (copies); default: the method's")] = None,
+    method: Annotated[str, typer.Option(help="per-user method")] = method_registry.default("per-user"),
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
@@ -682,7 +696,8 @@ def deepmarks_distribute(
     from .api import save_protection
     from .models.files import model_bytes
 
-    dm = _construct(method_registry.get("deepmarks"), {"seed": seed, "users": users, **_params(set_)})
+    mi = method_registry.require_family(method, "per-user", "modelseal deepmarks distribute")
+    dm = _construct(mi.cls, {"seed": seed, **({} if users is None else {"users": users}), **_params(set_)})
     splits = data_mod.load(data, seed=0)
     model = _open_model(model_path, device, arch, splits.meta)
     done = method_registry.protect(dm, model, splits.owner, progress=_progress(as_json))
@@ -694,12 +709,47 @@ def deepmarks_distribute(
         files.append((p, model_bytes(m, arch), f"copy {p.name}"))
         rows.append({"user": j, "file": p.name, "test_metric": train_mod.evaluate(m, splits.test)})
     metrics = [float(r["test_metric"]) for r in rows]
-    manifest = {"method": "deepmarks", "key_digest": key.digest(), "users": rows}
+    manifest = {"method": method, "key_digest": key.digest(), "users": rows}
     files.append((manifest_path, json.dumps(manifest, indent=2) + "\n", "manifest"))
     save_protection(done, key_path, files=files, force=force, inputs=_inputs(model_path, data))
     _emit(as_json, manifest, lambda: out.print(
-        f"deepmarks: {len(rows)} copies -> {out_dir} (test metric {min(metrics):.4f}..{max(metrics):.4f}); "
+        f"{method}: {len(rows)} copies -> {out_dir} (test metric {min(metrics):.4f}..{max(metrics):.4f}); "
         f"key -> {key_path}"))
+
+
+# ------------------------------------------------------------------------------------ any family: protect
+@app.command(epilog=_examples(
+    "modelseal protect owner.safetensors --method tafa --key fp.seal",
+    "modelseal protect owner.safetensors --method deepmarks --set users=7 --out copies --key dm.seal"))
+def protect(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="owner model file")],
+    method: Annotated[str, typer.Option(help="any registered method (`modelseal methods` lists them)")],
+    key_path: Annotated[Path, typer.Option("--key", help="secret key file to write (.seal)")],
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="the protected model file (watermark, lock) or the folder for the users' copies "
+                      "(per-user); a fingerprint changes no model and takes none")] = None,
+    data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
+    device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
+) -> None:
+    """Protect a model with any method: its family decides what is written (`watermark embed`, `fingerprint
+    extract`, `deepmarks distribute` and `lock` are this command for one family)."""
+    mi = method_registry.info(method)
+    if mi.family == "fingerprint":
+        if out_path is not None:
+            raise ModelSealError(f"'{method}' is a fingerprint: the model is not changed, so there is no --out "
+                                 "to write; drop --out")
+        fingerprint_extract(model_path, key_path, method, None, set_, arch, data, device, seed, as_json, force)
+        return
+    if out_path is None:
+        what = "a folder for the users' copies" if mi.family == "per-user" else "the protected model file"
+        raise ModelSealError(f"'{method}' ({mi.family}) writes {what}: give it with --out")
+    if mi.family == "watermark":
+        watermark_embed(model_path, out_path, key_path, method, data, set_, arch, device, seed, as_json, force)
+    elif mi.family == "per-user":
+        deepmarks_distribute(model_path, out_path, key_path, None, method, data, set_, arch, device, seed, as_json,
+                             force)
+    else:
+        lock(model_path, out_path, key_path, method, data, set_, arch, device, seed, as_json, force)
 
 
 # --------------------------------------------------------------------------- suspects (trace, verify)
@@ -723,15 +773,15 @@ ReshapeOpt = Annotated[bool, typer.Option(
 def _is_key_file(path: Path) -> bool | None:
     """True for a modelseal key, False for a model file, None when the header says neither (read without
     torch: the key's metadata entry is 'modelseal', a model's 'modelseal_model' or 'modelseal_user_arch')."""
-    from .tensorfile import read_head, read_header_metadata
+    from .tensorfile import KEY_META, MODEL_META, USER_ARCH_META, read_head, read_header_metadata
 
     try:
         meta = read_header_metadata(read_head(path, ModelSealError), str(path), ModelSealError)
     except ModelSealError:
         return None
-    if "modelseal" in meta:
+    if KEY_META in meta:
         return True
-    return False if {"modelseal_model", "modelseal_user_arch"} & set(meta) else None
+    return False if {MODEL_META, USER_ARCH_META} & set(meta) else None
 
 
 def _check_inputs_exist(keys: dict[str, Path], suspect: str) -> None:
@@ -781,7 +831,7 @@ def trace(
         help="false-accusation rate the verifier accepts (default 1e-6); never read from the key")] = None,
     evidence: Annotated[Optional[Path], typer.Option(help="evidence file to write for `modelseal check`")] = None,
     arch: ArchOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Name the users whose copies a suspect model was made from (white-box: reads the suspect's weights)."""
     kw: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
@@ -855,7 +905,7 @@ def verify(
     output_name: OutputNameOpt = None,
     label_only: LabelOnlyOpt = False, max_batch: MaxBatchOpt = None, reshape: ReshapeOpt = False,
     arch: ArchOpt = None, tsa_cert: TsaCertOpt = None, timestamp: TimestampOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Judge a suspect model with one or more keys. The verdict is data, not an exit code (exit 0). Each verdict
     ends with its time line: proven only by an RFC 3161 token over its --commitment that verifies against a
@@ -914,13 +964,15 @@ def verify(
 @app.command(epilog=_examples(
     "modelseal lineage owner.safetensors pruned.safetensors --permutations 9999",
     "modelseal lineage owner.safetensors pruned.safetensors --references verifier-refs --json",
-    "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits"))
+    "modelseal lineage mine.safetensors theirs.safetensors --arch mynet:make_net --data digits",
+    "modelseal lineage my-gpt2-folder their-gpt2-folder --permutations 99999"))
 def lineage(
     owner: Annotated[Path, typer.Argument(metavar="OWNER",
-        help="the owner's model file (.safetensors; with --arch a state dict)")],
+        help="the owner's model file (.safetensors; with --arch a state dict), or a Hugging Face decoder "
+             "checkpoint folder (config.json + *.safetensors, GPT-2 or Llama layout)")],
     suspect: Annotated[str, typer.Argument(metavar="SUSPECT",
         help="suspect: model file (white-box and black-box parts), .onnx file or http(s):// endpoint "
-             "(black-box part only)")],
+             "(black-box part only), or a checkpoint folder when OWNER is one")],
     references: Annotated[Optional[Path], typer.Option(
         "--references", help="the verifier's reference pool folder (`modelseal references make`): needed by the "
                              "black-box part")] = None,
@@ -942,6 +994,24 @@ def lineage(
     from .sources import source_kind
     from .suspect import open_source
 
+    rule: dict[str, Any] = {"permutations": permutations, "queries": queries, "seed": seed}
+    if alpha is not None:
+        rule["alpha"] = alpha
+    folders = [usable_path(owner, what="OWNER").is_dir(),
+               source_kind(suspect) != "url" and usable_path(suspect, what="SUSPECT").is_dir()]
+    if any(folders):
+        from .lineage import LineageError, lineage_checkpoints
+
+        if not all(folders):
+            which = "OWNER" if folders[0] else "SUSPECT"
+            raise LineageError(f"{which} is a checkpoint folder and the other a model file: give two Hugging Face "
+                               "checkpoint folders (config.json + *.safetensors) or two model files")
+        if references is not None or reference or arch is not None:
+            raise LineageError("checkpoint folders are compared by their weights only: --references, --reference "
+                               "and --arch do not apply")
+        verdict = lineage_checkpoints(owner, suspect, **rule)
+        _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
+        return
     _regular_input(usable_path(owner, what="OWNER"), ModelSealError, "OWNER")
     if source_kind(suspect) != "url" and not usable_path(suspect, what="SUSPECT").exists():
         raise ModelSealError(f"SUSPECT {suspect} does not exist")
@@ -958,16 +1028,15 @@ def lineage(
         from .models import signature_of
 
         signature = signature_of(own)  # the user architecture's spec, from --data
-    s = open_source(suspect, device=device, arch=arch, signature=signature)
+    # --arch builds the owner (and a state-dict suspect); an ONNX file or an endpoint brings its own graph
+    s = open_source(suspect, device=device, arch=arch if source_kind(suspect) == "file" else None,
+                    signature=signature)
     refs: list[Any] = [_open_model(p, device, arch, spec) for p in reference or []]
     if references is not None:
         from .references import load_pool
         from .runtime import resolve_device
 
         refs = load_pool(references, device=resolve_device(device)).plus(refs)  # keeps the manifest
-    rule: dict[str, Any] = {"permutations": permutations, "queries": queries, "seed": seed}
-    if alpha is not None:
-        rule["alpha"] = alpha
     verdict = lineage_fn(own, s, refs, **rule)
     _emit(as_json, verdict.to_dict(), lambda: out.print(_verdict_text(verdict)))
 
@@ -1139,13 +1208,15 @@ def lock(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="model file to lock")],
     out_path: Annotated[Path, typer.Option("--out", help="locked model file to write")],
     key_path: Annotated[Path, typer.Option("--key", help="unlock key file to write")],
+    method: Annotated[str, typer.Option(help="lock method")] = method_registry.default("lock"),
     data: DataOpt = None, set_: SetOpt = None, arch: ArchOpt = None,
     device: DeviceOpt = "auto", seed: SecretSeedOpt = None, as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
 
     seed, data = _before_protect(model_path, data, out_path, key_path, force, seed)
-    locker = _construct(method_registry.get("advparams"), {"seed": seed, **_params(set_)})
+    locker = _construct(method_registry.require_family(method, "lock", "modelseal lock").cls,
+                        {"seed": seed, **_params(set_)})
     before, after, key = _protect_file(locker, model_path, data, device, out_path, key_path, force, as_json, arch)
     changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
     payload = {"test_metric_before": before, "test_metric_locked": after, "changed_params": changed,
@@ -1161,7 +1232,7 @@ def unlock(
     key_path: Annotated[Path, typer.Argument(metavar="KEY", help="unlock key")],
     out_path: Annotated[Path, typer.Option("--out", help="restored model file to write")],
     arch: ArchOpt = None,
-    device: DeviceOpt = "auto", seed: SeedOpt = 0, as_json: JsonOpt = False, force: ForceOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Restore a locked model bit-exactly."""
     check_writable(out_path, force)
@@ -1172,7 +1243,7 @@ def unlock(
     sig = Key.load(key_path).signature if arch is not None else None
     from .models.files import write_model
 
-    restored = unlock_fn(_open_model(model_path, "cpu", arch, sig), key_path)
+    restored = unlock_fn(_open_model(model_path, device, arch, sig), key_path)
     write_model(restored, out_path, force, arch)
     _emit(as_json, {"model": str(out_path)}, lambda: out.print(f"unlocked -> {out_path}"))
 
@@ -1194,7 +1265,7 @@ def serve(
         = None,
     guard_log: Annotated[Optional[Path], typer.Option(help="folder of the guard's per-client logs")] = None,
     arch: ArchOpt = None,
-    device: DeviceOpt = "cpu", as_json: JsonOpt = False,
+    device: DeviceOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
     """Serve a model over the Open Inference Protocol (KServe v2, JSON and binary tensors), until Ctrl-C."""
     hook = None
@@ -1281,18 +1352,21 @@ def bench_report(
     as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Write one self-contained HTML report from a results database: what survived, then tables and plots."""
-    from .bench.outcomes import survival_from_db
-    from .bench.report import report, survival_table
+    from .bench.outcomes import read_rows, survival_from_db, threats
+    from .bench.report import report, survival_table, threat_table
 
     check_distinct({"DB": db, "--out": out_html})
     path = report(db, out_html, force=force)
     rows = survival_from_db(db)
+    _meta, cells, negatives, _arts, _keys = read_rows(db)
+    threat_rows = threats(cells, negatives)
 
     def human() -> None:
         out.print(survival_table(rows))
+        out.print(threat_table(threat_rows))
         out.print(f"report -> {path}")
 
-    _emit(as_json, {"report": str(path), "survival": rows}, human)
+    _emit(as_json, {"report": str(path), "survival": rows, "threats": threat_rows}, human)
 
 
 @bench_app.command("arena", epilog=_examples(
@@ -1309,30 +1383,41 @@ def bench_arena(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
     restart: Annotated[bool, typer.Option(
         "--restart", metavar="", help="start over: delete the run folder's results.sqlite and cache/ first")] = False,
+    max_cells: Annotated[Optional[int], typer.Option(
+        help="stop after this many cells (resume later; the report then covers what finished)")] = None,
+    only: OnlyOpt = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="run with this one seed (owner and cells) instead of the scenario's seeds")] = None,
     device: DeviceOpt = "auto", as_json: JsonOpt = False, force: ForceOpt = False,
 ) -> None:
     """Score every protection and peer baseline over populations of derived and independent models: ROC AUC,
     TPR at 1 % and 0.1 % FPR, TPR at alpha with the realised FPR (runs or resumes the scenario, then reports)."""
     from . import bench
     from .bench.arena import arena_from_db
-    from .bench.report import arena_table, report
+    from .bench.outcomes import read_rows, threats
+    from .bench.report import arena_table, report, threat_table
     from .safeio import check_writable
 
     html_path = report_html if report_html is not None else out_dir / "report.html"
     check_distinct({"--out": out_dir, "--report": html_path})
     check_writable(html_path, force)  # refused before hours of work, not after
     sc = bench.load(scenario)
+    if only is not None or seed is not None:
+        sc = sc.select(methods=_only(only), seed=seed)
     summary = bench.run(sc, out_dir, backend=backend, address=address, force=restart,
-                        progress=_progress(as_json), device=device)
+                        progress=_progress(as_json), max_cells=max_cells, device=device)
     path = report(summary["db"], html_path, force=force)
     rows = [{k: v for k, v in r.items() if k not in ("fpr", "tpr")} for r in arena_from_db(summary["db"])]
+    _meta, cells, negatives, _arts, _keys = read_rows(summary["db"])
+    threat_rows = threats(cells, negatives)
 
     def human() -> None:
         out.print(arena_table(rows))
+        out.print(threat_table(threat_rows))
         out.print(f"{summary['negatives']} negative verdicts, {summary['cells']} cells ({summary['seconds']:.1f} s); "
                   f"report -> {path}", soft_wrap=True)
 
-    _emit(as_json, {"run": summary, "report": str(path), "arena": rows}, human)
+    _emit(as_json, {"run": summary, "report": str(path), "arena": rows, "threats": threat_rows}, human)
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -1559,6 +1644,19 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
     err.print(f"[yellow]warning:[/] {escape(_one_line(message))}", soft_wrap=True, highlight=False)
 
 
+def _usage_message(e: BaseException) -> str:
+    """click's message, except for a mistyped option: the closest option first (click lists its guesses in
+    alphabetical order, so `--epoch` was answered with `--arch, --epochs`)."""
+    import difflib
+
+    name, guesses = getattr(e, "option_name", None), getattr(e, "possibilities", None)
+    if type(e).__name__ == "NoSuchOption" and isinstance(name, str) and guesses:
+        best = sorted(guesses, key=lambda g: -difflib.SequenceMatcher(None, name, g).ratio())
+        more = f" (or {', '.join(best[1:3])})" if len(best) > 1 else ""
+        return f"no such option: {name}; did you mean {best[0]}?{more}"
+    return _one_line(e.format_message())  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `modelseal` program: runs the command line and turns every failure into one line on stderr.
 
@@ -1593,7 +1691,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(e)
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _error_line(_one_line(e.format_message()) + hint)  # type: ignore[attr-defined]
+        _error_line(_usage_message(e) + hint)
         return 2
     except _aborts():
         _error_line("aborted")

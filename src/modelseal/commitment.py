@@ -83,7 +83,8 @@ def make(key: Key, declared: dict[str, Any] | None = None, extra: dict[str, Any]
            "tensors": {name: tensor_digest(nonce, name, t, key.created) for name, t in sorted(key.tensors.items())},
            "declared": dict(declared or {})}
     out.update(extra or {})
-    return json.loads(json.dumps(out, default=str))
+    normal: dict[str, Any] = json.loads(json.dumps(out, default=str))
+    return normal
 
 
 def differences(key: Key, public: dict[str, Any]) -> list[str]:
@@ -179,11 +180,11 @@ def dumps(public: dict[str, Any]) -> str:
     return json.dumps(public, indent=1, sort_keys=True) + "\n"
 
 
-def save(public: dict[str, Any], path: str | os.PathLike, force: bool = False) -> Path:
+def save(public: dict[str, Any], path: str | os.PathLike[str], force: bool = False) -> Path:
     return write_atomic(path, dumps(public), force)
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    public = read_json(path, KeyFormatError, "commitment", MAX_BYTES)
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    public: dict[str, Any] = read_json(path, KeyFormatError, "commitment", MAX_BYTES)
     validate(public, str(path))
     return public

@@ -105,13 +105,13 @@ def make(verdict: Verdict, key: Key, suspect: Any) -> dict[str, Any]:
             "result": jsonable(result)}
 
 
-def write(path: str | os.PathLike, verdict: Verdict, key: Key, suspect: Any, force: bool = False) -> Path:
+def write(path: str | os.PathLike[str], verdict: Verdict, key: Key, suspect: Any, force: bool = False) -> Path:
     """Write the evidence file of a verdict (refuses to overwrite without force)."""
     return write_atomic(path, json.dumps(make(verdict, key, suspect), separators=(",", ":")) + "\n", force)
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    ev = read_json(path, KeyFormatError, "evidence file", MAX_BYTES)
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    ev: dict[str, Any] = read_json(path, KeyFormatError, "evidence file", MAX_BYTES)
     _validate(ev, str(path))
     return ev
 
@@ -137,7 +137,7 @@ def _validate(ev: Any, source: str) -> None:
 OUTCOMES = {"proven": 0, "does-not-hold": 1, "time-not-proven": 3, "order-not-proven": 4}
 
 
-def check(evidence: str | os.PathLike | dict[str, Any], public: str | os.PathLike | dict[str, Any],
+def check(evidence: str | os.PathLike[str] | dict[str, Any], public: str | os.PathLike[str] | dict[str, Any],
           rule: dict[str, Any] | None = None, suspect: Any = None, *, timestamp: Any = None,
           tsa_certs: Any = None, suspect_since: Any = None) -> dict[str, Any]:
     """Re-check an evidence file against the owner's public commitment, under the checker's own rule.
@@ -286,7 +286,7 @@ def _order(time: dict[str, Any], since: Any) -> dict[str, Any]:
 def _checker_rule(cls: Any, rule: dict[str, Any] | None) -> dict[str, Any]:
     """The checker's rule: verify's defaults, overridden by what the checker gave; validated."""
     given = dict(rule or {})
-    allowed = {k for k in cls.verify_params if k not in cls.rule_skip}
+    allowed = {k for k, s in cls.verify_params.items() if s.kind != "models"}
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ModelSealError(f"{cls.name} checks take the parameter(s) {', '.join(sorted(allowed))}, not "

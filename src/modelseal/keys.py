@@ -25,10 +25,9 @@ import torch
 
 from .errors import KeyFormatError, KeyIntegrityError, KeyMismatchError, first_line
 from .safeio import loads_json, read_file, write_atomic
-from .tensorfile import read_header_metadata, tensor_bytes
+from .tensorfile import KEY_META, read_header_metadata, tensor_bytes
 
 FORMAT_VERSION = 1
-_META_KEY = "modelseal"
 
 
 def now() -> str:
@@ -89,13 +88,13 @@ class Key:
         meta = {"format": self.format, "method": self.method, "params": self.params,
                 "signature": self.signature, "created": self.created, "digest": self.digest()}
         return save(dict(sorted(self.tensors.items())),
-                    metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+                    metadata={KEY_META: json.dumps(meta, sort_keys=True)})
 
     @classmethod
     def from_bytes(cls, data: bytes, method: str | None = None, source: str = "key") -> Key:
-        meta = read_header_metadata(data, source, KeyFormatError).get(_META_KEY)
+        meta = read_header_metadata(data, source, KeyFormatError).get(KEY_META)
         if meta is None:
-            raise KeyFormatError(f"{source} is a safetensors file but not a modelseal key (no '{_META_KEY}' metadata)")
+            raise KeyFormatError(f"{source} is a safetensors file but not a modelseal key (no '{KEY_META}' metadata)")
         info = loads_json(meta, f"{source}: modelseal metadata", KeyFormatError)
         try:
             fmt = info["format"]
@@ -122,12 +121,13 @@ class Key:
             raise KeyIntegrityError(f"{source} has been altered: its content does not match its SHA-256 digest")
         return key
 
-    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+    def save(self, path: str | os.PathLike[str], force: bool = False) -> Path:
         """Write the key atomically, readable by its owner only (mode 0600): it is a secret."""
         return write_atomic(path, self.to_bytes(), force, private=True)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, method: str | None = None) -> Key:
+    def load(cls, path: str | os.PathLike[str], method: str | None = None) -> Key:
+        """Read a key file: its format version, `method` (when given) and digest are checked; nothing is unpickled."""
         path = Path(path)
         return cls.from_bytes(read_file(path, KeyFormatError, "key file"), method=method, source=str(path))
 

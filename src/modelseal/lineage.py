@@ -1,8 +1,33 @@
 """Keyless lineage test: was SUSPECT derived from OWNER? No key, no mark: the owner's weights are the evidence.
 
 Paper: Zhu, Kuditipudi, Fang, Hashimoto, Liang, "Independence Tests for Language Models", ICML 2025
-(arXiv 2502.12292), adapted from transformer MLP blocks to chains of Conv/Linear layers (the zoo's mlp and cnn,
-any `nn.Sequential`-like ReLU chain).
+(arXiv 2502.12292), on transformer MLP blocks; here also on chains of Conv/Linear layers (the zoo's mlp and cnn,
+any `nn.Sequential`-like ReLU chain) and residual networks.
+
+Which units are permuted (the group the exact test's null is invariant under):
+- Conv/Linear chains: every hidden layer's units (below).
+- Residual networks (the zoo's resnet18 BasicBlocks and wrn WideBlocks): each block's *inner* channels (conv1's
+  outputs, read by conv2 only). The residual stream ties channels across blocks (the stem, every block's conv2,
+  the shortcuts and the head index it), so its channels are not permuted units; the inner channels' incoming
+  weights (conv1's rows, columns = stream channels) and outgoing weights (conv2's columns, rows = stream
+  channels) are indexed only by the stream, which no inner permutation touches. The BatchNorm after conv1
+  (BasicBlock: bn1; WideBlock: bn2) is folded into conv1's rows and bias (scale gamma/sqrt(var+eps), shift
+  beta - mean * scale), the one after conv2 into conv2's rows, so a thief's rescaling of a channel that BN
+  undoes changes nothing. Like Zhu et al.'s MLP hidden units in language models.
+- Transformers (the zoo's `transformer`, and Hugging Face GPT-2 / Llama checkpoint folders read as tensors by
+  `modelseal.checkpoints`): each block's MLP hidden units (fc1 / c_fc / gate_proj and up_proj rows in, fc2 /
+  c_proj / down_proj columns out, both indexed by the residual stream), the pre-MLP norm's gain (and bias)
+  folded into the incoming weights. Attention heads are not used (deviation: Zhu et al. also align heads).
+For blocks, the exact statistic sums the same-index cosines of incoming and outgoing weights over every block
+with as many units in both, and each Monte Carlo draw permutes every block's owner units independently: the
+null distribution is the owner's invariance under that product of permutation groups, so the p-value is exact
+under the same assumption as below (i.i.d. initialisation per unit: torch's conv/linear init, BN's constant
+gamma = 1 and beta = 0, transformers' normal init; permutation-equivariant training). The aligned part matches
+each block's units from incoming and from outgoing weights; before that, when the networks name a residual
+stream with an embedding indexed by something nobody permutes (token embedding columns; for the zoo
+transformer its patch-embedding rows and position columns), the suspect's stream coordinates are re-aligned to
+the owner's by a Hungarian matching of those rows, so a thief who also permuted the stream is followed
+(residual networks' streams are not re-aligned: deviation, a stream permutation of a ResNet defeats both parts).
 
 Null hypothesis (white-box parts): the owner's and the suspect's weights come from *independent*
 initialisations (and any training after that). A model trained from the owner's initial weights is *derived*:
@@ -40,7 +65,7 @@ Three parts, each a `Verdict`, fused with Holm-Bonferroni (valid under any depen
    units' agreements K (summed over hidden layers, M suspect units) are taken as Binom(M, rho0) with a
    verifier-set rate rho0 (default 0.5, `aligned_null_rate`), i.e. "an independent model's matchings agree on
    at most half its units"; derived copies agree on (almost) all. This null is *calibrated empirically*, not
-   exact: its false-accusation rate and p-value distribution are measured on independent digits models (README,
+   exact: its false-accusation rate and p-value distribution are measured on independent digits models (docs/lineage.md,
    `benchmarks/lineage.py`). It finds permuted and structurally pruned copies as well.
 3. `lineage-outputs` (black-box, any suspect). Agreement of the suspect's labels with the owner's on
    verifier-chosen inputs (the verifier's own inputs, else `queries` uniform random inputs in the input box)
@@ -58,7 +83,8 @@ Three parts, each a `Verdict`, fused with Holm-Bonferroni (valid under any depen
 
 Deviations from Zhu et al.: their statistics are on LLM MLP blocks (gate/up projections; robust test from two
 matchings with Spearman's correlation and Fisher's combination); here the exact statistic uses the first and
-last hidden layers of a Conv/Linear chain, the robust one forward/backward matchings with an agreement count
+last hidden layers of a Conv/Linear chain (every block's inner units for residual nets and transformers, gate
+and up rows together as the incoming side for Llama), the robust one forward/backward matchings with an agreement count
 judged against a conservative Binomial(M, rho0) null (calibrated empirically, above). The Monte Carlo p-value
 can reach 1/(T + 1): the exact part alone reaches the default alpha 1e-6 only with T >= 999,999 (the default
 T = 10^6).
@@ -113,6 +139,8 @@ def chain(module: nn.Module) -> list[Layer] | str:
     mods = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     if len(mods) < 2:
         return "the model has fewer than two Conv/Linear layers (no hidden layer)"
+    if any(isinstance(m, (nn.MultiheadAttention, nn.LayerNorm)) for m in module.modules()):
+        return "the model has attention or LayerNorm (not a Conv/Linear chain)"
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         return "the model has normalisation layers (only plain Conv/Linear chains are compared)"
     layers: list[Layer] = []
@@ -175,6 +203,189 @@ def compare(owner: list[Layer], suspect: list[Layer]) -> str | None:
     if owner[0].in_units != suspect[0].in_units or owner[-1].units != suspect[-1].units:
         return "the first layer's inputs or the last layer's outputs differ"
     return None
+
+
+# ------------------------------------------------------------------------- blocks: residual nets, transformers
+@dataclass
+class UnitGroup:
+    """The hidden units of one block, whose weights on both sides are indexed by a stream no unit permutation
+    of another block touches: a BasicBlock's conv1 channels (read from and written to the residual stream), a
+    transformer MLP's hidden units. `incoming`: (units, stream, r) weights into each unit (normalisation
+    folded in), `bias` its bias; `outgoing`: (units, stream, r) weights from each unit to the stream; `stream`:
+    the name of the stream both index (a key of `Blocks.streams`, for re-aligning a permuted stream) or None."""
+
+    name: str
+    incoming: np.ndarray
+    bias: np.ndarray | None
+    outgoing: np.ndarray
+    stream: str | None = None
+
+    @property
+    def units(self) -> int:
+        return int(self.incoming.shape[0])
+
+    def rows_in(self, cols: np.ndarray | None = None) -> np.ndarray:
+        w = self.incoming if cols is None else self.incoming[:, cols]
+        flat = w.reshape(len(w), -1)
+        return flat if self.bias is None else np.concatenate([flat, self.bias[:, None]], axis=1)
+
+    def rows_out(self, cols: np.ndarray | None = None) -> np.ndarray:
+        w = self.outgoing if cols is None else self.outgoing[:, cols]
+        return w.reshape(len(w), -1)
+
+
+@dataclass
+class Blocks:
+    """A network as its blocks' unit groups. `kind`: "resnet", "transformer", "gpt2", "llama"; `streams`: for
+    each named stream, one row per stream coordinate of weights indexed by an axis nobody permutes (the token
+    or patch embedding), from which a permuted stream is re-aligned."""
+
+    kind: str
+    groups: list[UnitGroup]
+    streams: dict[str, np.ndarray]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().cpu().numpy()
+
+
+def _bn_fold(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of an eval-mode BatchNorm: y = scale * x + shift."""
+    var = _np(bn.running_var) if bn.running_var is not None else np.ones(bn.num_features)
+    mean = _np(bn.running_mean) if bn.running_mean is not None else np.zeros(bn.num_features)
+    gamma = _np(bn.weight) if bn.weight is not None else np.ones(bn.num_features)
+    beta = _np(bn.bias) if bn.bias is not None else np.zeros(bn.num_features)
+    scale = gamma / np.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _conv_units(w: np.ndarray) -> np.ndarray:
+    """(out, in, kh, kw) -> (out, in, kh*kw)."""
+    return w.reshape(w.shape[0], w.shape[1], -1)
+
+
+def blocks(module: nn.Module) -> Blocks | str:
+    """The zoo's residual networks (ResNet-18's BasicBlocks, WRN's WideBlocks: units = the block's inner
+    channels, BatchNorm folded into the convolution that precedes it) and transformer (units = each MLP's hidden
+    units, the pre-MLP LayerNorm folded into fc1) as unit groups, or why not."""
+    from .models.zoo import BasicBlock, Transformer, TransformerBlock, WideBlock
+
+    groups: list[UnitGroup] = []
+    kinds = set()
+    for name, m in module.named_modules():
+        if isinstance(m, BasicBlock):
+            kinds.add("resnet")
+            s1, t1 = _bn_fold(m.bn1)
+            s2, _ = _bn_fold(m.bn2)
+            w1 = _conv_units(_np(m.conv1.weight)) * s1[:, None, None]
+            w2 = _conv_units(_np(m.conv2.weight)) * s2[:, None, None]
+            groups.append(UnitGroup(name, w1, t1, np.transpose(w2, (1, 0, 2))))
+        elif isinstance(m, WideBlock):
+            kinds.add("resnet")
+            s2, t2 = _bn_fold(m.bn2)
+            w1 = _conv_units(_np(m.conv1.weight)) * s2[:, None, None]
+            groups.append(UnitGroup(name, w1, t2, np.transpose(_conv_units(_np(m.conv2.weight)), (1, 0, 2))))
+        elif isinstance(m, TransformerBlock):
+            kinds.add("transformer")
+            g, b = _np(m.ln2.weight), _np(m.ln2.bias)
+            w1 = _np(m.fc1.weight)
+            groups.append(UnitGroup(name, (w1 * g[None, :])[:, :, None], _np(m.fc1.bias) + w1 @ b,
+                                    _np(m.fc2.weight).T[:, :, None], stream="residual"))
+    if not groups:
+        return "the model is neither a Conv/Linear chain nor built of the zoo's residual or transformer blocks"
+    if len(kinds) > 1:
+        return "the model mixes residual and transformer blocks"
+    streams: dict[str, np.ndarray] = {}
+    if isinstance(module, Transformer):  # each residual coordinate: its patch-embedding row and position column
+        streams["residual"] = np.concatenate([_np(module.embed.weight), _np(module.pos[0]).T], axis=1)
+    return Blocks(kinds.pop(), groups, streams)
+
+
+def checkpoint_blocks(ck: Any) -> Blocks:
+    """A Hugging Face decoder checkpoint (`checkpoints.Checkpoint`) as unit groups: each block's MLP hidden units,
+    the pre-MLP norm's gain folded into their incoming weights; the stream is aligned by the token embedding."""
+    from .checkpoints import CheckpointError
+
+    d = ck.width
+    groups: list[UnitGroup] = []
+    for i in range(ck.layers):
+        if ck.layout == "gpt2":
+            pre = f"h.{i}."
+            fc = ck.tensor(pre + "mlp.c_fc.weight")  # Conv1D: (d, hidden)
+            proj = ck.tensor(pre + "mlp.c_proj.weight")  # (hidden, d)
+            if fc.ndim != 2 or fc.shape[0] != d or proj.shape != (fc.shape[1], d):
+                raise CheckpointError(f"{ck.folder}: block {i}'s MLP tensors have shapes {list(fc.shape)} and "
+                                      f"{list(proj.shape)}, not ({d}, h) and (h, {d})")
+            g = ck.tensor(pre + "ln_2.weight", (d,)) if ck.has(pre + "ln_2.weight") else np.ones(d)
+            b = ck.tensor(pre + "ln_2.bias", (d,)) if ck.has(pre + "ln_2.bias") else np.zeros(d)
+            bias = ck.tensor(pre + "mlp.c_fc.bias", (fc.shape[1],)) if ck.has(pre + "mlp.c_fc.bias") else 0.0
+            w_in = fc.T * g[None, :]
+            groups.append(UnitGroup(f"h.{i}.mlp", w_in[:, :, None], fc.T @ b + bias, proj[:, :, None],
+                                    stream="residual"))
+        else:
+            pre = f"model.layers.{i}."
+            gate, up = ck.tensor(pre + "mlp.gate_proj.weight"), ck.tensor(pre + "mlp.up_proj.weight")
+            down = ck.tensor(pre + "mlp.down_proj.weight")
+            h = gate.shape[0] if gate.ndim == 2 else -1
+            if gate.shape != (h, d) or up.shape != (h, d) or down.shape != (d, h):
+                raise CheckpointError(f"{ck.folder}: block {i}'s MLP tensors have shapes {list(gate.shape)}, "
+                                      f"{list(up.shape)}, {list(down.shape)}, not (h, {d}) twice and ({d}, h)")
+            name = pre + "post_attention_layernorm.weight"
+            g = ck.tensor(name, (d,)) if ck.has(name) else np.ones(d)
+            w_in = np.stack([gate * g[None, :], up * g[None, :]], axis=2)  # (h, d, 2): gate and up per coordinate
+            groups.append(UnitGroup(f"layers.{i}.mlp", w_in, None, down.T[:, :, None], stream="residual"))
+    emb_name = "wte.weight" if ck.layout == "gpt2" else "model.embed_tokens.weight"
+    emb = ck.tensor(emb_name)
+    if emb.ndim != 2 or emb.shape[1] != d:
+        raise CheckpointError(f"{ck.folder}: the token embedding '{emb_name}' has shape {list(emb.shape)}, not "
+                              f"(vocab, {d})")
+    return Blocks(ck.layout, groups, {"residual": emb.T})
+
+
+def compare_blocks(owner: Blocks, suspect: Blocks) -> str | None:
+    """None when the suspect's blocks correspond to the owner's group by group, else why not."""
+    if owner.kind != suspect.kind:
+        return f"the owner is a {owner.kind} network, the suspect a {suspect.kind} network"
+    if len(owner.groups) != len(suspect.groups):
+        return f"the owner has {len(owner.groups)} blocks, the suspect {len(suspect.groups)}"
+    for a, b in zip(owner.groups, suspect.groups, strict=True):
+        if a.incoming.shape[1:] != b.incoming.shape[1:] or a.outgoing.shape[1:] != b.outgoing.shape[1:]:
+            return (f"block {a.name}'s stream sides differ ({list(a.incoming.shape[1:])} vs "
+                    f"{list(b.incoming.shape[1:])}): another width")
+    return None
+
+
+def stream_alignment(owner: Blocks, suspect: Blocks) -> dict[str, np.ndarray]:
+    """For each stream both have (same size): for every owner coordinate, the suspect coordinate matched to it
+    (Hungarian on the cosines of their embedding rows) — undoes a thief's permutation of the residual stream."""
+    out = {}
+    for name, a in owner.streams.items():
+        b = suspect.streams.get(name)
+        if b is not None and a.shape == b.shape:
+            match = _match(cosine(a, b))  # suspect coordinate -> owner coordinate
+            inv = np.empty_like(match)
+            inv[match] = np.arange(len(match))
+            out[name] = inv
+    return out
+
+
+def block_exact_parts(owner: Blocks, suspect: Blocks) -> list[np.ndarray]:
+    """One cosine matrix per block with as many units in both (incoming plus outgoing, same-index stream)."""
+    return [cosine(a.rows_in(), b.rows_in()) + cosine(a.rows_out(), b.rows_out())
+            for a, b in zip(owner.groups, suspect.groups, strict=True) if a.units == b.units]
+
+
+def block_agreements(owner: Blocks, suspect: Blocks) -> list[dict[str, Any]]:
+    """Per block: k (suspect units that the incoming and the outgoing matchings send to the same owner unit),
+    m (suspect units), n (owner units), after re-aligning the suspect's streams."""
+    align = stream_alignment(owner, suspect)
+    out = []
+    for a, b in zip(owner.groups, suspect.groups, strict=True):
+        cols = align.get(b.stream) if b.stream is not None else None
+        f = _match(cosine(a.rows_in(), b.rows_in(cols)))
+        g = _match(cosine(a.rows_out(), b.rows_out(cols)))
+        out.append({"block": a.name, "k": int(np.sum((f == g) & (f >= 0))), "m": b.units, "n": a.units})
+    return out
 
 
 # ------------------------------------------------------------------------------------------- part 1: exact
@@ -302,50 +513,81 @@ class Lineage:
         return fuse(parts, self.alpha, method="lineage", rule=FUSION_RULE, null=RULE_NULL)
 
     def weight_parts(self, owner: nn.Module, suspect: Any) -> list[Verdict]:
-        """The exact (`lineage-weights`) and aligned (`lineage-aligned`) white-box verdicts."""
+        """The exact (`lineage-weights`) and aligned (`lineage-aligned`) white-box verdicts: on Conv/Linear
+        chains (`chain`), else on residual or transformer blocks (`blocks`)."""
         module = getattr(suspect, "module", suspect)
         if not isinstance(module, nn.Module):
-            box = "the suspect is black-box (no weights)"
-            return [self._not_judged("lineage-weights", box), self._not_judged("lineage-aligned", box)]
+            return self._both_not_judged("the suspect is black-box (no weights)")
         a, b = chain(owner), chain(module)
-        why: str | None = a if isinstance(a, str) else b if isinstance(b, str) else compare(a, b)
+        if not isinstance(a, str) and not isinstance(b, str):
+            why = compare(a, b)
+            if why is not None:
+                return self._both_not_judged(f"white-box parts do not apply: {why}")
+            return [self.exact(a, b), self.aligned(a, b)]
+        ba, bb = blocks(owner), blocks(module)
+        if not isinstance(ba, str) and not isinstance(bb, str):
+            return self.block_parts(ba, bb)
+        if isinstance(a, str) != isinstance(b, str):
+            why = "the owner and the suspect are different kinds of network (a Conv/Linear chain and another)"
+        else:
+            why = ba if isinstance(ba, str) else bb if isinstance(bb, str) else a if isinstance(a, str) else str(b)
+        return self._both_not_judged(f"white-box parts do not apply: {why}")
+
+    def block_parts(self, owner: Blocks, suspect: Blocks) -> list[Verdict]:
+        """The exact and aligned verdicts on unit groups (residual blocks, transformer MLPs, checkpoints)."""
+        why = compare_blocks(owner, suspect)
         if why is not None:
-            text = f"white-box parts do not apply: {why}"
-            return [self._not_judged("lineage-weights", text), self._not_judged("lineage-aligned", text)]
-        assert not isinstance(a, str) and not isinstance(b, str)
-        return [self.exact(a, b), self.aligned(a, b)]
+            return self._both_not_judged(f"white-box parts do not apply: {why}")
+        parts = block_exact_parts(owner, suspect)
+        if not parts:
+            exact = self._not_judged("lineage-weights", "no block has as many hidden units in both (structurally "
+                                                        "pruned or another width); the aligned part covers it")
+        else:
+            exact = self._exact_verdict(parts, 2 * sum(len(c) for c in parts),
+                                        f"{owner.kind}: hidden units of {len(parts)} of {len(owner.groups)} "
+                                        "blocks (incoming and outgoing weights, same-index stream)")
+        return [exact, self._aligned_verdict(block_agreements(owner, suspect))]
 
     def exact(self, owner: list[Layer], suspect: list[Layer]) -> Verdict:
-        name = "lineage-weights"
         if owner[0].units != suspect[0].units or owner[-2].units != suspect[-2].units:
-            return self._not_judged(name, "the first or last hidden layer has another number of units "
-                                          "(structurally pruned or another width); the aligned part covers it")
+            return self._not_judged("lineage-weights", "the first or last hidden layer has another number of units "
+                                                       "(structurally pruned or another width); the aligned part "
+                                                       "covers it")
         parts = exact_parts(owner, suspect)
-        stat = exact_statistic(parts)
         units = sum(len(c) for c in parts) * (2 if len(parts) == 1 else 1)
+        return self._exact_verdict(parts, units, "first hidden (incoming), last hidden (outgoing)")
+
+    def _exact_verdict(self, parts: list[np.ndarray], units: int, layers: str) -> Verdict:
+        name = "lineage-weights"
+        stat = exact_statistic(parts)
         draw = exact_null_draws(parts, np.random.default_rng([self.seed, 1]))
         res = stats.monte_carlo_pvalue(stat, draw, self.permutations, self.stop_after)
         p = float(res["p_value"])
         details = {"statistic": stat, "units_compared": units, "permutations": self.permutations,
                    "draws": res["draws"], "reached": res["reached"], "stopped_early": res["stopped_early"],
-                   "p_floor": res["p_floor"], "layers": "first hidden (incoming), last hidden (outgoing)",
+                   "p_floor": res["p_floor"], "layers": layers,
                    "null": "independent initialisations; owner's units exchangeable (exact permutation test)"}
         return Verdict(name, owned=p <= self.alpha, score=stat / units, threshold=0.0, p_value=p,
                        alpha=self.alpha, details=details)
 
     def aligned(self, owner: list[Layer], suspect: list[Layer]) -> Verdict:
+        return self._aligned_verdict(agreements(owner, suspect))
+
+    def _aligned_verdict(self, per: list[dict[str, Any]]) -> Verdict:
         name = "lineage-aligned"
-        per = agreements(owner, suspect)
         k, m = sum(d["k"] for d in per), sum(min(d["m"], d["n"]) for d in per)
         rho = self.aligned_null_rate
         p = stats.binomial_tail(k, m, rho)
         need = stats.smallest_significant(m, lambda c: stats.binomial_tail(c, m, rho), self.alpha)
         details = {"layers": per, "agreements": k, "units": m, "null_rate": rho,
                    "null": f"calibrated empirically: agreements ~ Binom(units, {rho:g}) for independent models",
-                   "matching": "forward (incoming weights) vs backward (outgoing weights) Hungarian chains"}
+                   "matching": "forward (incoming weights) vs backward (outgoing weights) Hungarian matchings"}
         return Verdict(name, owned=p <= self.alpha, score=k / m if m else 0.0,
                        threshold=need / m if (need is not None and m) else float("inf"), p_value=p,
                        alpha=self.alpha, details=details)
+
+    def _both_not_judged(self, why: str) -> list[Verdict]:
+        return [self._not_judged("lineage-weights", why), self._not_judged("lineage-aligned", why)]
 
     def outputs_part(self, owner: nn.Module, suspect: Any, references: Any, shape: tuple[int, ...],
                      bounds: tuple[float, float], inputs: torch.Tensor | None = None) -> Verdict:
@@ -409,6 +651,33 @@ def lineage(owner: nn.Module, suspect: Any, references: Any = None, *, inputs: t
     # two model files carry no trusted time: which came first needs timestamped commitments of them (a lineage
     # snapshot key: `fingerprint extract --method lineage`, `commit`, `timestamp`, then `verify --commitment`)
     v.details["time"] = not_proven("the keyless test compares two model files; neither carries a trusted time")
+    if v.owned:
+        v.details["relatedness"] = RELATED
+    return v
+
+
+def lineage_checkpoints(owner: Any, suspect: Any, **rule: Any) -> Verdict:
+    """The keyless lineage verdict of two Hugging Face-format decoder checkpoint folders (config.json +
+    safetensors, GPT-2 or Llama layout), read as tensors (`modelseal.checkpoints`): the exact and aligned parts on
+    every block's MLP hidden units; the black-box part is not judged (no model code runs)."""
+    from .checkpoints import open_checkpoint
+    from .timestamp import not_proven
+    from .verdict import RELATED
+
+    try:
+        test = Lineage(**rule)
+    except TypeError as e:
+        raise LineageError(f"bad lineage parameter: {e}") from None
+    a, b = open_checkpoint(owner), open_checkpoint(suspect)
+    if a.layout != b.layout:
+        raise LineageError(f"the owner is a {a.layout} checkpoint, the suspect a {b.layout} checkpoint: the layouts "
+                           "do not match, so their MLP units do not correspond")
+    parts = test.block_parts(checkpoint_blocks(a), checkpoint_blocks(b))
+    parts.append(test._not_judged("lineage-outputs", "checkpoint folders: no model code is run, so no outputs"))
+    v = fuse(parts, test.alpha, method="lineage", rule=FUSION_RULE, null=RULE_NULL)
+    v.details["checkpoints"] = {"layout": a.layout, "owner_layers": a.layers, "suspect_layers": b.layers,
+                                "width": a.width}
+    v.details["time"] = not_proven("the keyless test compares two checkpoints; neither carries a trusted time")
     if v.owned:
         v.details["relatedness"] = RELATED
     return v

@@ -24,22 +24,41 @@ class Registry(Generic[T]):
 
     `kind` names an entry in error messages ("attack", "method"); `package`, when given, is the package whose
     built-in modules `available()` asks `find_spec` about (a built-in module elsewhere is listed as it is:
-    asking for `modelseal.bench.overwrite` would import `modelseal.bench`, and with it torch, to list names)."""
+    asking for `modelseal.bench.overwrite` would import `modelseal.bench`, and with it torch, to list names).
+
+    `group` is an entry-point group (`modelseal.methods`, `modelseal.attacks`): an installed package that
+    declares `NAME = package.module` there joins the table as NAME, and its module (which registers NAME when
+    imported, as the built-in ones do) is imported on first use, like theirs. A plugin cannot replace a
+    built-in name."""
 
     def __init__(self, modules: dict[str, str], families: dict[str, str] | None = None, *, kind: str = "entry",
-                 package: str | None = None) -> None:
+                 package: str | None = None, group: str | None = None) -> None:
         self.modules = modules
         self.families: dict[str, str] = dict(families or {})
         self.builtin = frozenset(modules)
         self.classes: dict[str, T] = {}
         self.kind = kind
         self.package = package
+        self.group = group
+        self._plugins_read = group is None
+
+    def _read_plugins(self) -> None:
+        """Add the modules installed packages declare in the entry-point group (once; nothing is imported)."""
+        if self._plugins_read:
+            return
+        self._plugins_read = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=str(self.group)):
+            if ep.name not in self.builtin and ep.module:
+                self.modules.setdefault(ep.name, ep.module)
 
     @classmethod
-    def of(cls, table: dict[str, tuple[str, str]], *, kind: str, package: str) -> Registry[T]:
+    def of(cls, table: dict[str, tuple[str, str]], *, kind: str, package: str,
+           group: str | None = None) -> Registry[T]:
         """A registry from one table `name -> (module, family)`; a module without a dot is in `package`."""
         modules = {n: m if "." in m else f"{package}.{m}" for n, (m, _) in table.items()}
-        return cls(modules, {n: f for n, (_, f) in table.items()}, kind=kind, package=package)
+        return cls(modules, {n: f for n, (_, f) in table.items()}, kind=kind, package=package, group=group)
 
     def add(self, name: str, cls: T, family: str | None = None) -> None:
         """Record `cls` under `name` (with its `family`, if given); a class from another package is listed
@@ -57,7 +76,9 @@ class Registry(Generic[T]):
             self.families.pop(name, None)
 
     def available(self) -> dict[str, str]:
-        """Name -> module, for the modules that are installed (found without importing them)."""
+        """Name -> module, for the modules that are installed (found without importing them), plugins included."""
+        self._read_plugins()
+
         def probed(name: str, mod: str) -> bool:
             if name not in self.builtin or (self.package is not None and not mod.startswith(self.package + ".")):
                 return True
@@ -73,7 +94,10 @@ class Registry(Generic[T]):
             mod = self.available().get(name)
             if mod is None:
                 raise RegistryError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names()) or 'none'}")
-            importlib.import_module(mod)
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                raise RegistryError(f"{self.kind} '{name}' lives in {mod}, which cannot be imported: {e}") from None
         if name not in self.classes:
             raise RegistryError(f"module for {self.kind} '{name}' did not register it")
         return self.classes[name]

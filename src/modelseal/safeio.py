@@ -117,12 +117,12 @@ def loads_json(text: str | bytes, source: str, err: type[Exception] = ModelSealE
 # ----------------------------------------------------------------------------------------- reading
 
 
-def _short(p: str | os.PathLike) -> str:
+def _short(p: str | os.PathLike[str]) -> str:
     s = str(p)
     return s if len(s) <= 120 else f"{s[:60]}...{s[-30:]} ({len(s)} characters)"
 
 
-def usable_path(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "path") -> Path:
+def usable_path(path: str | os.PathLike[str], err: type[Exception] = ModelSealError, what: str = "path") -> Path:
     """`path` as a Path, once the system accepts its name: a name past the file system's limit, a folder
     without permission or a NUL byte ends in one `err` naming it (pathlib's exists() and is_file() raise
     OSError or ValueError on these instead of answering). A path that does not exist is fine here."""
@@ -152,7 +152,7 @@ def _regular_input(p: Path, err: type[Exception], what: str) -> os.stat_result:
     return st
 
 
-def read_file(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file",
+def read_file(path: str | os.PathLike[str], err: type[Exception] = ModelSealError, what: str = "file",
               max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of the regular file `path`, at most `max_bytes` of them. A missing file, a directory, a FIFO
     or device, a file larger than `max_bytes` (also one that grows while read) or any OSError ends in one
@@ -177,7 +177,7 @@ def read_file(path: str | os.PathLike, err: type[Exception] = ModelSealError, wh
     return data
 
 
-def read_json(path: str | os.PathLike, err: type[Exception] = ModelSealError, what: str = "file",
+def read_json(path: str | os.PathLike[str], err: type[Exception] = ModelSealError, what: str = "file",
               max_bytes: int = MAX_JSON_BYTES) -> Any:
     """`loads_json` of `read_file(path, err, what, max_bytes)`; every error names the path."""
     return loads_json(read_file(path, err, what, max_bytes), str(path), err, max_bytes=max_bytes)
@@ -198,7 +198,7 @@ def _oserror(p: Path, e: BaseException) -> WriteError:
     return WriteError(f"cannot write {_short(p)}: {getattr(e, 'strerror', None) or e}")
 
 
-def write_target(path: str | os.PathLike) -> Path:
+def write_target(path: str | os.PathLike[str]) -> Path:
     """The file a write to `path` creates or replaces: `path` itself, or for a symbolic link to a regular
     file that file (written through; the link stays). Refuses (WriteError) a target that is not a regular
     file (directory, FIFO, socket, device), a link to one, or a dangling link; never touches it."""
@@ -232,7 +232,7 @@ def write_target(path: str | os.PathLike) -> Path:
     return p
 
 
-def check_writable(path, force: bool) -> None:
+def check_writable(path: str | os.PathLike[str], force: bool) -> None:
     """Raise OutputExistsError if `path` exists and `force` is false; WriteError if it cannot be a regular
     file (see `write_target`) or its name cannot be used.
 
@@ -261,7 +261,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_distinct(paths: dict[str, str | os.PathLike | None] | Sequence[tuple[str, Any]]) -> None:
+def check_distinct(paths: dict[str, str | os.PathLike[str] | None] | Sequence[tuple[str, Any]]) -> None:
     """Refuse (ModelSealError) when two of the named paths are the same file, e.g.
     `{"MODEL": m, "--out": out, "--key": key}`; None entries are skipped."""
     pairs = paths.items() if isinstance(paths, dict) else paths
@@ -272,8 +272,8 @@ def check_distinct(paths: dict[str, str | os.PathLike | None] | Sequence[tuple[s
                 raise ModelSealError(f"{ka} and {kb} name the same file ({b}); give each a different path")
 
 
-def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], force: bool = False, *,
-                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
+def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike[str]]], force: bool = False, *,
+                  inputs: Mapping[str, str | os.PathLike[str] | None] | None = None) -> None:
     """Everything `write_files` refuses, checked before any work is done: `outputs` (label, path) are
     distinct files, none is one of `inputs`, and each can be written (see `check_writable`)."""
     paths = [Path(p) for _, p in outputs]
@@ -354,9 +354,9 @@ class _SignalsHeld:
                 os.kill(os.getpid(), sig)
 
 
-def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: bool = False, *,
-                private: Iterable[str | os.PathLike] = (),
-                inputs: Mapping[str, str | os.PathLike | None] | None = None,
+def write_files(items: Sequence[tuple[str | os.PathLike[str], bytes | str]], force: bool = False, *,
+                private: Iterable[str | os.PathLike[str]] = (),
+                inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
                 names: Sequence[str] | None = None) -> list[Path]:
     """Write several files as one unit: all of them, or none (the old files stay as they were).
 
@@ -411,14 +411,15 @@ def write_files(items: Sequence[tuple[str | os.PathLike, bytes | str]], force: b
     return given
 
 
-def write_atomic(path, data: bytes | str, force: bool = False, *, private: bool = False):
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, force: bool = False, *,
+                 private: bool = False) -> Path:
     """Write `data` to `path` through a temporary file and a rename, so a failure never leaves a
     half-written file; refuses to overwrite an existing file unless `force`. `private` creates the file
     with mode 0600 (keys). Returns the Path."""
     return write_files([(path, data)], force, private=[path] if private else ())[0]
 
 
-def commitment_path(key_path: str | os.PathLike) -> Path:
+def commitment_path(key_path: str | os.PathLike[str]) -> Path:
     """Where a key's public commitment is written, beside it: KEY.seal -> KEY.public.json."""
     key_path = Path(key_path)
     return key_path.with_name(key_path.stem + ".public.json")

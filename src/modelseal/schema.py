@@ -59,6 +59,10 @@ class Spec:
     max_len: int = MAX_TEXT
     name: str = ""
     fresh: bool = False  # None means: draw a fresh value from the OS at construction (secret seeds)
+    # what the value is to a consumer that knows kinds, not names: "value" (a plain setting), "models" (models
+    # that estimate a null: objects in the API, files on the command line, a count of models the bench trains in
+    # a scenario) or "budget" (the most queries the suspect may be asked)
+    kind: str = "value"
 
     @property
     def base(self) -> str:
@@ -210,7 +214,7 @@ def fields_of(cls: type) -> list[Spec]:
     return out
 
 
-def _default(f: dataclasses.Field) -> Any:
+def _default(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -282,8 +286,19 @@ def rule(cls: type, given: dict[str, Any] | None, error: type[Exception] = Model
     return out
 
 
-def declared_defaults(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {k: s.default for k, s in getattr(cls, "verify_params", {}).items() if k not in skip}
+KINDS = ("value", "models", "budget")
+
+
+def declared_defaults(cls: type, skip_kinds: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The default of each verifier parameter of `cls`, leaving out those of the kinds `skip_kinds`."""
+    return {k: s.default for k, s in getattr(cls, "verify_params", {}).items() if s.kind not in skip_kinds}
+
+
+def of_kind(cls: type, kind: str) -> list[str]:
+    """The names of `cls`'s verifier parameters of one kind (e.g. "models": the reference models it takes)."""
+    if kind not in KINDS:
+        raise ModelSealError(f"unknown parameter kind '{kind}'; use one of {', '.join(KINDS)}")
+    return [k for k, s in getattr(cls, "verify_params", {}).items() if s.kind == kind]
 
 
 # ------------------------------------------------------------------------------------------ source
@@ -459,7 +474,8 @@ def _class_verifier(tree: ast.Module, module: str, cls: ast.ClassDef, depth: int
         if isinstance(n, (ast.Assign, ast.AnnAssign)):
             target = n.targets[0] if isinstance(n, ast.Assign) else n.target
             if getattr(target, "id", "") == "verify_params" and n.value is not None:
-                return _evaluator(module).eval(n.value)
+                specs: dict[str, Spec] = _evaluator(module).eval(n.value)
+                return specs
     if depth < 8:
         for btree, bmod, bnode in _bases(tree, module, cls):
             found = _class_verifier(btree, bmod, bnode, depth + 1)
@@ -494,4 +510,5 @@ def read(module: str, name: str, role: str = "protection") -> dict[str, list[Spe
 
 
 __all__ = ["Spec", "param", "seed_param", "device_param", "batch_param", "progress_field", "vparam", "verifier",
-           "ALPHA", "Configurable", "fields_of", "of", "read", "rule", "incomplete", "declared_defaults"]
+           "ALPHA", "Configurable", "fields_of", "of", "read", "rule", "incomplete", "declared_defaults",
+           "of_kind", "KINDS"]

@@ -46,17 +46,6 @@ def permutation_pvalue(statistic: float, null: np.ndarray | Sequence[float]) -> 
     return float((1 + np.sum(null >= statistic)) / (1 + null.size))
 
 
-def randomized_permutation_pvalue(statistic: float, null: np.ndarray | Sequence[float], u: float) -> float:
-    """(#{null > stat} + u (1 + #{null == stat})) / (1 + n), u ~ U(0, 1): exactly uniform under exchangeability
-    (ties broken at random); for checking a permutation test's calibration, not for accusing anyone."""
-    null = np.asarray(null, dtype=float)
-    if null.size == 0:
-        raise ValueError("null distribution is empty")
-    if not 0.0 <= u <= 1.0:
-        raise ValueError(f"u must lie in [0, 1], got {u}")
-    return float((np.sum(null > statistic) + u * (1 + np.sum(null == statistic))) / (1 + null.size))
-
-
 def monte_carlo_pvalue(statistic: float, draw: Callable[[int], np.ndarray], total: int, stop_after: int = 10,
                        chunk: int = 8192) -> dict[str, Any]:
     """Exact Monte Carlo p-value of `statistic` against up to `total` null draws (`draw(k)` returns k of them),
@@ -79,14 +68,6 @@ def monte_carlo_pvalue(statistic: float, draw: Callable[[int], np.ndarray], tota
         done += k
     return {"p_value": (1 + reached) / (1 + total), "draws": total, "reached": reached, "stopped_early": False,
             "p_floor": 1.0 / (total + 1)}
-
-
-def threshold_from_null(null_scores: Sequence[float], alpha: float) -> float:
-    """Score above which at most a fraction alpha of the null scores lie (empirical 1-alpha quantile)."""
-    null = np.asarray(null_scores, dtype=float)
-    if null.size == 0:
-        raise ValueError("need at least one null score")
-    return float(np.quantile(null, 1.0 - alpha, method="higher"))
 
 
 def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:
@@ -184,7 +165,7 @@ def normal_reference_threshold(scores: Sequence[float], alpha: float, confidence
     return null["null_mean"] + float(_st.norm.isf(alpha)) * null["null_sd"]
 
 
-def smallest_significant(n: int, tail, alpha: float) -> int | None:
+def smallest_significant(n: int, tail: Callable[[int], float], alpha: float) -> int | None:
     """Smallest count m in 0..n with tail(m) <= alpha, or None when no count reaches alpha."""
     for m in range(n + 1):
         if tail(m) <= alpha:

@@ -13,6 +13,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import ModelSealError
 from .safeio import _regular_input, loads_json
 
+# The header metadata entry that says what a safetensors file is (read without torch): a modelseal key, a model of
+# the zoo (its architecture spec), or a state dict of the user's own architecture (`--arch`).
+KEY_META = "modelseal"
+MODEL_META = "modelseal_model"
+USER_ARCH_META = "modelseal_user_arch"
+
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -44,12 +50,28 @@ def state_sha256(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def pickled(head: bytes) -> bool:
+    """Whether a file starting with `head` is what torch.save writes: a zip archive, or a bare pickle."""
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+def pickle_hint(source: str) -> str:
+    """What to do with a PyTorch pickle (`torch.save`): modelseal never unpickles, so convert it once, where
+    the file is trusted, to a safetensors state dict."""
+    return (f"{source} is a PyTorch pickle (torch.save), which modelseal never opens: unpickling can run code. "
+            "Convert it once where you trust it: python -c \"import torch, safetensors.torch as st; "
+            f"st.save_file(torch.load('{source}', weights_only=True), 'model.safetensors')\" and pass the "
+            "new file with --arch package.module:factory")
+
+
 def read_header(data: bytes, source: str, err: type[Exception]) -> dict[str, Any]:
     """Parse a safetensors header (bounded length and depth) without decoding tensors; return it whole."""
     if len(data) < 8:
         raise err(f"{source} is truncated or empty: not a safetensors file")
     (n,) = struct.unpack("<Q", data[:8])
     if n == 0 or n > MAX_HEADER or 8 + n > len(data):
+        if pickled(data):
+            raise err(pickle_hint(source))
         raise err(f"{source} is truncated or not a safetensors file (header length {n}, file {len(data)} bytes)")
     header = loads_json(data[8 : 8 + n], f"{source}: safetensors header", err)
     if not isinstance(header, dict):

@@ -48,7 +48,8 @@ class Verdict:
         d["owned"] = bool(d["owned"])
         if d["accused"] is None:
             d.pop("accused")
-        return jsonable(d)
+        out: dict[str, Any] = jsonable(d)
+        return out
 
     def summary(self) -> str:
         if not self.judged:

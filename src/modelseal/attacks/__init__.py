@@ -106,8 +106,14 @@ _BUILTIN_TABLE = {
     # combined
     "chain": ("chain", "chain"),
 }
-_TABLE: Registry[type[Attack]] = Registry.of(_BUILTIN_TABLE, kind="attack", package=__name__)
+_TABLE: Registry[type[Attack]] = Registry.of(_BUILTIN_TABLE, kind="attack", package=__name__,
+                                                   group="modelseal.attacks")
 FAMILY_ORDER = ("input", "output", "rejection", "modification", "extraction", "chain")
+# The attack that composes others (its `steps` parameter lists them; a scenario's `chain = [...]` names it), and
+# the extraction a bench's student negatives use unless the scenario names another: consumers use these names
+# instead of spelling an attack's.
+CHAIN = "chain"
+STUDENT = "knockoff"
 # Read-only views of the table, for consumers that list without importing (the CLI): name -> module,
 # name -> family (plugins that register join both), the registered classes, the built-in names.
 _MODULES, FAMILIES, _REGISTRY, _BUILTIN = _TABLE.modules, _TABLE.families, _TABLE.classes, _TABLE.builtin
@@ -178,12 +184,14 @@ class Attack(Configurable):
     @final
     def apply(self, model: nn.Module, data: Any = None) -> nn.Module:
         """The attacked model (`run(model, data).model`)."""
-        return self.run(model, data).model
+        attacked: nn.Module = self.run(model, data).model
+        return attacked
 
     @final
     def apply_many(self, models: list[nn.Module], data: Any = None) -> nn.Module:
         """The attacked model from `self.copies` distributed copies (`run_many(models, data).model`)."""
-        return self.run_many(models, data).model
+        attacked: nn.Module = self.run_many(models, data).model
+        return attacked
 
     def _refuse_nonfinite(self, models: list[Any]) -> None:
         from torch import nn as _nn
@@ -211,7 +219,7 @@ class Attack(Configurable):
         """A copy of the last run's cost ({} before the first): for callers of `apply`; `run` returns it."""
         return copy.deepcopy(self.__dict__.get("_last_cost", {}))
 
-    def wrap(self, suspect, meta=None):
+    def wrap(self, suspect: Any, meta: Any = None) -> Any:
         """The suspect the verifier queries after this attack (default: unchanged)."""
         return suspect
 
@@ -287,18 +295,9 @@ def register(name: str, family: str | None = None) -> Callable[[type[_A]], type[
     return deco
 
 
-def unregister(name: str) -> None:
-    """Forget an attack registered from outside modelseal (tests, plugins); the built-in ones stay."""
-    _TABLE.remove(name)
-
-
-def _available() -> dict[str, str]:
-    """Attack name -> module, for the modules that are installed (without importing them)."""
-    return _TABLE.available()
-
-
-def get(name: str) -> type[Attack]:
-    return _TABLE.get(name)
+# the registry's own lookups: unregister (forget a plugin's attack; the built-in ones stay), _available (name ->
+# module, without importing), get (the class, its module imported on first use)
+unregister, _available, get = _TABLE.remove, _TABLE.available, _TABLE.get
 
 
 def names() -> list[str]:

@@ -101,11 +101,7 @@ class EnsembleDistill(_Extraction):
         w = max(soft_a.shape[1], soft_b.shape[1], int(getattr(meta, "num_classes", 0) or 0))
         soft = (F.pad(soft_a, (0, w - soft_a.shape[1])) + F.pad(soft_b, (0, w - soft_b.shape[1]))) / 2
         self.used(examples=len(x))
-        student = self.build_student(a, tuple(pool.shape[1:]), w, meta)
-        if self.device is None and a.module is not None:
-            student.to(next(a.module.parameters()).device)
-        self.train_student(student, x, soft, f"attack {self.name}")
-        return student
+        return self.fit_student(a, x, soft, w, meta)
 
 
 @register("adv-student")

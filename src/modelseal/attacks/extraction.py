@@ -153,7 +153,13 @@ class _Extraction(TrainingAttack):
         classes = int(suspect.output_size() or 0) or int(getattr(meta, "num_classes", 0) or soft.shape[1])
         if soft.shape[1] < classes:
             soft = F.pad(soft, (0, classes - soft.shape[1]))
-        student = self.build_student(suspect, tuple(pool.shape[1:]), classes, meta)
+        return self.fit_student(suspect, x, soft, classes, meta)
+
+    def fit_student(self, suspect: Suspect, x: torch.Tensor, soft: torch.Tensor, classes: int,
+                    meta: Any) -> nn.Module:
+        """A fresh student for `classes` outputs, on the suspect's device unless `device` says otherwise,
+        trained on the answers `soft` to `x`."""
+        student = self.build_student(suspect, tuple(x.shape[1:]), classes, meta)
         if self.device is None and suspect.module is not None:
             student.to(next(suspect.module.parameters()).device)
         self.train_student(student, x, soft, f"attack {self.name}")

@@ -12,8 +12,9 @@ weight consolidation (Kirkpatrick et al., PNAS 2017) and augmentation with unlab
 Deviations: structured pruning removes the `amount` fraction of the output channels/neurons of every Conv
 and Linear layer except the classifier head (torch-pruning's MetaPruner, one step), so the result is a
 smaller model of another architecture; it then fine-tunes for `epochs`. Permutation handles networks whose
-Conv/Linear layers form one chain (the zoo's mlp and cnn; BatchNorm between them is permuted too) and
-checks that the outputs are unchanged (within float rounding) before returning; other networks are
+Conv/Linear layers form one chain (the zoo's mlp and cnn; BatchNorm between them is permuted too), and the
+inner units of the zoo's residual and transformer blocks (ResNet-18, WRN, transformer: the residual stream is
+left as it is), and checks that the outputs are unchanged (within float rounding) before returning; other networks are
 refused. REFIT's schedule here is SGD (momentum 0.9) with the learning rate halved each epoch from `lr`;
 its EWC Fisher is the empirical diagonal from the model's own predicted labels on the attacker's data, and
 its unlabeled data are the attacker's inputs beyond the labelled `fraction`, labelled by the model itself.
@@ -112,6 +113,32 @@ def _norms_between(model: nn.Module, a: nn.Module, b: nn.Module) -> list[nn.modu
     return [m for m in mods[i + 1:j] if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def _permute_blocks(model: nn.Module, gen: torch.Generator) -> bool:
+    """Permute the inner units of the zoo's residual and transformer blocks (a BasicBlock's conv1 channels with
+    bn1 and conv2's inputs; a WideBlock's conv1 channels with bn2 and conv2's inputs; a transformer MLP's hidden
+    units: fc1's rows and bias, fc2's columns). False when the model has no such block."""
+    from ..models.zoo import BasicBlock, TransformerBlock, WideBlock
+
+    found = False
+    a: nn.Module
+    b: nn.Module
+    bn: nn.Module | None
+    for m in model.modules():
+        if isinstance(m, (BasicBlock, WideBlock)):
+            a, bn, b = m.conv1, (m.bn1 if isinstance(m, BasicBlock) else m.bn2), m.conv2
+        elif isinstance(m, TransformerBlock):
+            a, bn, b = m.fc1, None, m.fc2
+        else:
+            continue
+        found = True
+        perm = torch.randperm(int(a.weight.shape[0]), generator=gen).to(a.weight.device)
+        for t in (a.weight, a.bias, *((bn.weight, bn.bias, bn.running_mean, bn.running_var) if bn else ())):
+            if t is not None:
+                t.copy_(t[perm])
+        b.weight.copy_(b.weight[:, perm])
+    return found
+
+
 @register("permute")
 @dataclass
 class Permute(Attack):
@@ -126,6 +153,9 @@ class Permute(Attack):
     @torch.no_grad()
     def _apply(self, model: nn.Module, data: Dataset | None = None) -> nn.Module:
         out = self.copy_model(model)
+        if _permute_blocks(out, torch.Generator().manual_seed(int(self.seed))):
+            self._check_same(model, out, data)
+            return out
         layers = _chain(out)
         gen = torch.Generator().manual_seed(int(self.seed))
         for a, b in zip(layers, layers[1:], strict=False):

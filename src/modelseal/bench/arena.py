@@ -11,6 +11,12 @@ The populations come from a bench run (`modelseal bench run` or `modelseal bench
   more than that is left out of the ROC (a thief gains nothing from it) and counted (`damaged`).
 - **negatives**: the scenario's independent models (several architectures, seeds, data splits, and students
   extracted from an *independent* model — `[negatives]` `data_seeds`, `students`).
+- **relatives** (a scenario with `[negatives] siblings = N`): the owner's public base and its siblings, fine-tuned
+  from that base by innocent parties. They are negatives too (a sibling took nothing from the owner), but a
+  relative a method accuses shows relatedness, which fingerprints and the lineage test measure by design. So the
+  row's metrics are computed twice: on the independent models alone (the columns every scenario has, unchanged
+  by siblings) and with the relatives added to the negatives (`*_with_siblings`, plus how many siblings were
+  accused at alpha and whether the base was owned). Neither is hidden behind the other.
 
 A key that cannot apply to a model (a white-box key and another architecture: a negative, or a positive the
 thief distilled into another architecture) gives no score: such a model is ranked below every scored model
@@ -35,7 +41,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from .outcomes import Row, alpha_of, attack_text, mean, survival
+from .outcomes import Row, alpha_of, attack_text, is_relative, mean, survival
 from .store import REMOVAL_MARGIN
 
 FPR_POINTS = (0.01, 0.001)  # TPR is reported at these false-positive rates
@@ -51,7 +57,7 @@ def populations(cells: list[Row], negatives: list[Row]) -> dict[str, dict[str, A
     """Per protection (locks have no verdict score and are left out): the scored positive and negative rows
     and what was left out, as the module docstring defines them."""
     out: dict[str, dict[str, Any]] = defaultdict(lambda: {"positives": [], "negatives": [], "damaged": [],
-                                                          "not_applicable": 0})
+                                                          "relatives": [], "not_applicable": 0})
     for c in cells:
         if c["status"] != "ok" or c["family"] == "lock":
             continue
@@ -62,6 +68,9 @@ def populations(cells: list[Row], negatives: list[Row]) -> dict[str, dict[str, A
         if n["status"] != "ok" or n["protection"] not in out:
             continue
         pop = out[n["protection"]]
+        if is_relative(n):
+            pop["relatives"].append(n)
+            continue
         pop["not_applicable"] += _score(n) is None
         pop["negatives"].append(n)
     return dict(out)
@@ -142,9 +151,27 @@ def arena(cells: list[Row], negatives: list[Row], artifacts: list[Row] | None = 
                     "auc": None, "fpr": [], "tpr": [], **{f"tpr_at_{f:g}": None for f in FPR_POINTS}}
         if pos and neg:
             row.update(roc(*ranked_scores(pos, neg)))
+        row.update(_with_relatives(pos, neg, pop["relatives"]))
         row["missed"] = sorted({attack_text(c) for c in pos if not c["owned"]})
         rows.append(row)
     return rows
+
+
+def _with_relatives(pos: list[Row], neg: list[Row], rel: list[Row]) -> Row:
+    """The row's numbers with the owner's relatives added to the negatives (module docstring); None without
+    relatives."""
+    sibs = [n for n in rel if n.get("kind") == "sibling"]
+    base = [n for n in rel if n.get("kind") == "base"]
+    out: Row = {"siblings": len(sibs), "siblings_accused": sum(bool(n["owned"]) for n in sibs),
+                "base_owned": bool(base[0]["owned"]) if base else None,
+                "negatives_with_siblings": len(neg) + len(rel) if rel else None,
+                "realised_fpr_with_siblings": mean([float(bool(n["owned"])) for n in neg + rel]) if rel else None,
+                "auc_with_siblings": None, **{f"tpr_at_{f:g}_with_siblings": None for f in FPR_POINTS}}
+    if rel and pos:
+        r = roc(*ranked_scores(pos, neg + rel))
+        out["auc_with_siblings"] = r["auc"]
+        out.update({f"tpr_at_{f:g}_with_siblings": r[f"tpr_at_{f:g}"] for f in FPR_POINTS})
+    return out
 
 
 def arena_from_db(db_path: Any) -> list[Row]:

@@ -27,8 +27,19 @@ from ..runtime import track
 from ..safeio import write_atomic
 from . import scenario as scenario_mod
 from .backends import Backend, Shared, make_backend
-from .jobs import CellJob, DataSpec, NegativeJob, ProtectJob, TrainJob, job_cell, job_negative, job_protect, job_train
-from .scenario import Cell, Protection, Scenario, spec_digest
+from .jobs import (
+    CellJob,
+    DataSpec,
+    NegativeJob,
+    ProtectJob,
+    TrainJob,
+    job_cell,
+    job_negative,
+    job_protect,
+    job_train,
+    negative_kind,
+)
+from .scenario import Cell, Protection, Scenario, reference_count, spec_digest
 from .store import VOLATILE, Store
 
 DB_NAME = "results.sqlite"
@@ -78,7 +89,7 @@ class Plan:
 @dataclass(frozen=True)
 class TrainItem:
     artifact_id: str
-    kind: str  # owner | negative | reference
+    kind: str  # owner | negative | reference | base
     spec: dict[str, Any]
     split: str
 
@@ -170,7 +181,10 @@ def record_meta(store: Store, sc: Scenario) -> None:
 
 def plan(sc: Scenario, store: Store) -> Plan:
     """Every cell and negative verdict of the scenario, what is still pending, and the `planned` record."""
-    negatives = [{**n, "id": "neg-" + spec_digest(n)} for n in sc.negative_specs()]
+    base_id = base_artifact(sc)
+    # the public base judged as a negative is the very model the owner and the siblings were fine-tuned from
+    negatives = [{**n, "id": base_id if n.get("kind") == "base" else "neg-" + spec_digest(n)}
+                 for n in sc.negative_specs()]
     all_negs = [PendingNegative(p, s, spec_digest({"owner": sc.owner_spec(), "protection": p.label,
                                                    "method": p.method, "params": p.params, "seed": s,
                                                    "negative": n["id"]}), n["id"], n)
@@ -185,37 +199,55 @@ def plan(sc: Scenario, store: Store) -> Plan:
                 [n for n in all_negs if n.neg_id not in done_negs], planned)
 
 
+def base_artifact(sc: Scenario) -> str | None:
+    """The artifact id of the scenario's public base (None without siblings)."""
+    return "base-" + spec_digest(sc.base_spec()) if sc.negatives.get("siblings") else None
+
+
 def train_items(sc: Scenario, todo: Plan) -> list[TrainItem]:
-    """The models to have before protecting: the owner (when a protection is needed), the negatives still
-    to judge, and as many reference models as the needed protections ask for."""
+    """The models to have before protecting: the public base (when the owner or a relative needs it), the owner
+    (when a protection is needed), the negatives still to judge, and as many reference models as the needed
+    protections ask for."""
     needed = todo.needed
     items = [TrainItem(todo.owner_id, "owner", {**sc.owner_spec(), "label": "owner"}, "owner")] if needed else []
     want = {n.model_id for n in todo.pending_negatives}
-    items += [TrainItem(n["id"], "negative", n, "attacker") for n in todo.negatives if n["id"] in want]
+    base_id = base_artifact(sc)
+    if base_id is not None and (needed or any(n.get("kind") in ("base", "sibling") and n["id"] in want
+                                              for n in todo.negatives)):
+        items.insert(0, TrainItem(base_id, "base", {**sc.base_spec(), "label": "public-base"}, "attacker"))
+    items += [TrainItem(n["id"], "negative", n, "attacker") for n in todo.negatives
+              if n["id"] in want and n["id"] != base_id]
     labels = {label for label, _ in needed}
-    count = max([int(p.params.get("references", 0)) for p in sc.protections if p.label in labels] or [0])
+    count = max([reference_count(p) for p in sc.protections if p.label in labels] or [0])
     items += [TrainItem("ref-" + spec_digest(r), "reference", r, "attacker") for r in sc.reference_specs(count)]
     return items
 
 
 def train_models(ctx: Context, items: list[TrainItem]) -> Trained:
-    """Train what the cache lacks (in one backend map) and read back what it holds."""
+    """Train what the cache lacks and read back what it holds: first every model trained from scratch (the
+    public base among them), then the fine-tunes of the base (the owner and the siblings of a scenario with
+    siblings), each handed the base's bytes; one backend map per stage."""
     out = Trained()
-    todo = []
-    for it in items:
-        path = ctx.cache / f"{it.artifact_id}.safetensors"
-        art = ctx.store.artifact(it.artifact_id)
-        if art is not None and path.is_file():
-            out.blobs[it.artifact_id], out.accuracy[it.artifact_id] = path.read_bytes(), art["info"]["accuracy"]
-        else:
-            todo.append(it)
-    jobs = [TrainJob(it.spec, it.split, ctx.device, ctx.sc.threads) for it in todo]
-    for i, res in ctx.backend.map(job_train, jobs):
-        it = todo[i]
-        (ctx.cache / f"{it.artifact_id}.safetensors").write_bytes(res["model"])
-        ctx.store.put_artifact(it.artifact_id, it.kind, it.spec.get("label", it.kind),
-                               {"spec": it.spec, "accuracy": res["accuracy"]}, res["wall_s"])
-        out.blobs[it.artifact_id], out.accuracy[it.artifact_id] = res["model"], res["accuracy"]
+    base_id = base_artifact(ctx.sc)
+    for stage in (False, True):
+        todo = []
+        for it in items:
+            if ("base" in it.spec) != stage:
+                continue
+            path = ctx.cache / f"{it.artifact_id}.safetensors"
+            art = ctx.store.artifact(it.artifact_id)
+            if art is not None and path.is_file():
+                out.blobs[it.artifact_id], out.accuracy[it.artifact_id] = path.read_bytes(), art["info"]["accuracy"]
+            else:
+                todo.append(it)
+        init = out.blobs.get(base_id) if stage and base_id is not None else None
+        jobs = [TrainJob(it.spec, it.split, ctx.device, ctx.sc.threads, init) for it in todo]
+        for i, res in ctx.backend.map(job_train, jobs):
+            it = todo[i]
+            (ctx.cache / f"{it.artifact_id}.safetensors").write_bytes(res["model"])
+            ctx.store.put_artifact(it.artifact_id, it.kind, it.spec.get("label", it.kind),
+                                   {"spec": it.spec, "accuracy": res["accuracy"]}, res["wall_s"])
+            out.blobs[it.artifact_id], out.accuracy[it.artifact_id] = res["model"], res["accuracy"]
     return out
 
 
@@ -288,7 +320,8 @@ def run_negatives(ctx: Context, todo: Plan, trained: Trained, shared: dict[str, 
     """Judge every pending negative with its protection's key."""
     jobs = [NegativeJob(n.neg_id, n.spec["label"], n.spec["arch"], trained.accuracy[n.model_id],
                         trained.blobs[n.model_id], n.protection, n.seed, Shared(f"k:{n.protection.label}:{n.seed}"),
-                        Shared("refs"), ctx.sc.alpha, ctx.device, ctx.sc.threads) for n in todo.pending_negatives]
+                        Shared("refs"), ctx.sc.alpha, ctx.device, ctx.sc.threads, kind=negative_kind(n.spec))
+            for n in todo.pending_negatives]
     for _i, row in ctx.backend.map(job_negative, jobs, shared):
         ctx.store.put_negative(row)
         bar.advance()

@@ -28,6 +28,7 @@ import torch
 from ..attacks import Attacked
 from ..errors import KeyMismatchError, ModelSealError
 from ..models.io import model_from_bytes, model_to_bytes
+from ..schema import of_kind
 from .backends import Shared
 from .scenario import AttackVariant, Protection
 from .store import REMOVAL_MARGIN
@@ -53,6 +54,7 @@ class TrainJob:
     split: str  # "owner" or "attacker"
     device: str
     threads: int
+    init: Blob | None = None  # a spec with a "base": that base's trained bytes (else it is trained here first)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class NegativeJob:
     alpha: float
     device: str
     threads: int
+    kind: str = "independent"  # independent | student | sibling | base (`negative_kind`)
 
 
 def _value(v: T | Shared) -> T:
@@ -162,14 +165,21 @@ def _verifier(prot: Protection, alpha: float, references: list[bytes], dev: torc
 
     cls = methods.get(prot.method)
     out = {"alpha": alpha, **verifier_params(cls, prot.params)}
-    if "references" in out:
-        n = int(out["references"])
-        out["references"] = [model_from_bytes(b).to(dev) for b in references[:n]]
+    for name in of_kind(cls, "models"):  # the scenario gives a count; the method takes the models
+        if name in out:
+            out[name] = [model_from_bytes(b).to(dev) for b in references[:int(out[name])]]
     return out
 
 
+def negative_kind(spec: dict[str, Any]) -> str:
+    """What a negative model is: `independent` (trained from scratch), `student` (extracted from an independent
+    model), or, in a scenario with siblings, `sibling` / `base` (a relative of the owner: bench.scenario)."""
+    return str(spec.get("kind") or ("student" if "teacher" in spec else "independent"))
+
+
 def job_train(job: TrainJob) -> dict[str, Any]:
-    """Train a fresh `spec['arch']` on the `split` part of the data; returns its bytes and accuracy."""
+    """Train a fresh `spec['arch']` on the `split` part of the data, or with a `base` in the spec fine-tune
+    that base (on a seeded `fraction` of the split when given); returns its bytes and accuracy."""
     from .. import attacks, models, train
 
     spec = job.spec
@@ -182,6 +192,16 @@ def job_train(job: TrainJob) -> dict[str, Any]:
             make: Any = attacks.get(spec["extract"]["attack"])
             model = make(**spec["extract"]["params"], seed=spec["seed"]).apply(
                 model_from_bytes(teacher["model"]).to(_device(job.device)), getattr(splits, job.split))
+        elif "base" in spec:  # a fine-tune of the public base: the owner, or a sibling
+            base = _value(job.init) if job.init is not None else \
+                job_train(TrainJob(spec["base"], "attacker", job.device, job.threads))["model"]
+            _job_env_seed(spec["seed"])
+            model = model_from_bytes(base).to(_device(job.device))
+            data = getattr(splits, job.split)
+            if spec.get("fraction") is not None:
+                data = data.subset(float(spec["fraction"]), seed=spec["seed"])
+            train.fit(model, data, epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
+                      seed=spec["seed"])
         else:
             model = models.build(spec["arch"], splits.meta, seed=spec["seed"]).to(_device(job.device))
             train.fit(model, getattr(splits, job.split), epochs=spec["epochs"], lr=spec["lr"],
@@ -390,7 +410,7 @@ def job_negative(job: NegativeJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     row: dict[str, Any] = {"neg_id": job.neg_id, "protection": prot.label, "method": prot.method,
                            "family": prot.family, "seed": job.seed, "negative": job.label, "arch": job.arch,
-                           "accuracy": job.accuracy, "status": "ok"}
+                           "kind": job.kind, "accuracy": job.accuracy, "status": "ok"}
     per_user = methods.info(prot.method).family == "per-user"
     try:
         with _job_env(job.seed, job.threads):

@@ -12,7 +12,7 @@ Per cell (`cell_outcome`):
   was not judged owned (nothing was there to remove);
 - per-user fingerprints (DeepMarks): `traced` when someone was accused and nobody innocent; `FRAMED` when
   an innocent user was accused; collusion cells past the code's bound (more colluders than the code
-  guarantees to trace: the `max_colluders` of the verdict, else the key's `k - 1` from the key parameters
+  guarantees to trace: the `max_colluders` of the verdict, else the method's `collusion_bound` of its key
   the store recorded) are labelled so;
 - locks: `held` while the attacked model's accuracy stays at least `LOCK_HELD_MARGIN` (50 points) below
   the owner's, else `RECOVERED` (a lock that leaves a thief a usable model has failed even if accuracy
@@ -44,6 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..attacks import CHAIN
 from ..errors import ModelSealError
 from ..verdict import DEFAULT_ALPHA
 from .store import REMOVAL_MARGIN, Store
@@ -73,7 +74,7 @@ def attack_text(c: dict[str, Any]) -> str:
         return "no attack"
     base = str(c["attack"]).split(" ")[0]
     params = c.get("attack_params") or {}
-    steps = params.get("steps") if c.get("attack_name") == "chain" else None
+    steps = params.get("steps") if c.get("attack_name") == CHAIN else None
     if isinstance(steps, list):  # a chained attack: its steps in order, each with its parameters
         inner = " -> ".join(attack_text({"attack": s.get("attack"), "attack_name": s.get("attack"),
                                          "attack_params": s.get("params")}) for s in steps if isinstance(s, dict))
@@ -129,6 +130,19 @@ def ordered(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                         str(c.get("attack")), c.get("seed") or 0))
 
 
+def _collusion_bound(method: str, key_params: dict[str, Any]) -> int | None:
+    """The per-user method's own collusion bound for a key (None when the method is not installed here)."""
+    from .. import methods
+    from ..errors import RegistryError
+    from ..methods.base import PerUser
+
+    try:
+        cls = methods.get(method)
+    except RegistryError:
+        return None
+    return cls.collusion_bound(key_params) if issubclass(cls, PerUser) else None
+
+
 def _bounds(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> dict[str, int | None]:
     """The collusion bound per per-user protection: from a verdict's `max_colluders`, else its key's k - 1."""
     out: dict[str, int | None] = {}
@@ -136,9 +150,8 @@ def _bounds(cells: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> dic
         if c.get("family") != "per-user":
             continue
         b = (c.get("detail") or {}).get("max_colluders")
-        if b is None:
-            params = keys.get(c["protection"], {})
-            b = params.get("max_colluders", params["k"] - 1 if isinstance(params.get("k"), int) else None)
+        if b is None and c.get("method") is not None:  # not judged: the method's bound from its key
+            b = _collusion_bound(str(c["method"]), keys.get(c["protection"], {}))
         if b is not None:
             out[c["protection"]] = int(b)
         else:
@@ -200,8 +213,8 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
     for c, o in outcomes(cells, keys, lock_margin):
         by_prot[c["protection"]].append((c, o))
     negs = defaultdict(list)
-    for n in negatives:
-        if n.get("status") == "ok":
+    for n in negatives:  # independent models only: relatives of the owner are `threats`' own row
+        if n.get("status") == "ok" and not is_relative(n):
             negs[n["protection"]].append(n)
     rows = []
     for prot, items in by_prot.items():
@@ -270,6 +283,97 @@ def survival(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
             "owner_acc": owner, "protected_acc": prot_acc,
             "false_positives": None if fam == "lock" else f"{len(neg_acc)} of {len(negs.get(prot, []))}",
         })
+    return rows
+
+
+RELATIVE_KINDS = ("sibling", "base")  # negatives related to the owner through a public base (bench.scenario)
+API_THREAT = "stolen through the API"
+RELATIVE_THREAT = "innocent relative: siblings of the public base"
+
+
+def is_relative(n: Row) -> bool:
+    """Whether a negative row is a relative of the owner (a sibling fine-tuned from the owner's public base, or
+    the base itself) rather than an independent model (rows of older databases have no kind: independent)."""
+    return n.get("kind") in RELATIVE_KINDS
+
+
+def _attack_family(name: Any) -> str | None:
+    from .. import attacks
+
+    return attacks.FAMILIES.get(str(name)) if name is not None else None
+
+
+def is_extraction(c: Row) -> bool:
+    """Whether a cell's model was stolen through the API: its attack (or a step of its chain) is of the
+    extraction family, so the thief trained a student on the protected model's answers."""
+    if c.get("attack_name") in (None, "none"):
+        return False
+    if c.get("attack_name") == CHAIN:
+        steps = (c.get("attack_params") or {}).get("steps") or []
+        return any(isinstance(st, dict) and _attack_family(st.get("attack")) == "extraction" for st in steps)
+    return _attack_family(c.get("attack_name")) == "extraction"
+
+
+def _p_text(r: Row) -> str:
+    d = r.get("detail") or {}
+    if d.get("not_applicable"):
+        return "key does not apply"
+    if d.get("score_only") or d.get("not_judged"):
+        return "score-only: never accuses"
+    return "no p-value" if r.get("p_value") is None else f"p {float(r['p_value']):.2g}"
+
+
+def _acc_text(c: Row) -> str:
+    if c.get("attacked_acc") is None or c.get("owner_acc") is None:
+        return ""
+    return f"; accuracy {float(c['attacked_acc']):.3f}, owner {float(c['owner_acc']):.3f}"
+
+
+def threats(cells: list[Row], negatives: list[Row]) -> list[Row]:
+    """The headline's threat rows (DESIGN.md section 7), each {threat, note, by_protection: {label: {found,
+    total, text}}}:
+
+    - "stolen through the API": per protection, how many of the run's extraction students (`is_extraction`
+      cells: knockoff, distill, a chain with an extraction step, ...) its verdict still owned at alpha, with each
+      student's p-value and accuracy (a student more than 5 points below the owner is a damaged one); "no
+      extraction attack in this run" when there is none. Protections of the lock family are left out (no
+      verdict).
+    - "innocent relative: siblings of the public base" (runs with siblings only): per protection, how many
+      siblings its verdict accused and whether it owned the base itself. An accusation here is a false one."""
+    prots = sorted({c["protection"] for c in cells if c.get("family") != "lock"}
+                   | {n["protection"] for n in negatives if n.get("family") != "lock"})
+    api: dict[str, Row] = {}
+    for prot in prots:
+        studs = [c for c in cells if c["protection"] == prot and c.get("status") == "ok" and is_extraction(c)]
+        found = [c for c in studs if _owned(c)]
+        if not studs:
+            text = "no extraction attack in this run"
+        else:
+            text = (f"found {len(found)} of {len(studs)}: " + "; ".join(
+                f"{attack_text(c)}: {'found' if _owned(c) else 'missed'} ({_p_text(c)}{_acc_text(c)})"
+                for c in ordered(studs)))
+        api[prot] = {"found": len(found), "total": len(studs), "text": text}
+    rows: list[Row] = [{"threat": API_THREAT, "by_protection": api,
+                        "note": "a student trained on the protected model's answers; the API watermark "
+                                "(modelseal.guard) is not a bench protection yet, so its row is measured by "
+                                "benchmarks/guard.py, not here"}]
+    rel = [n for n in negatives if n.get("status") == "ok" and is_relative(n)]
+    if rel:
+        by: dict[str, Row] = {}
+        for prot in prots:
+            sibs = [n for n in rel if n["protection"] == prot and n.get("kind") == "sibling"]
+            base = [n for n in rel if n["protection"] == prot and n.get("kind") == "base"]
+            acc = [n for n in sibs if _owned(n)]
+            text = f"accused {len(acc)} of {len(sibs)} siblings"
+            if acc:
+                text += " (" + ", ".join(_p_text(n) for n in acc[:5]) + (", ..." if len(acc) > 5 else "") + ")"
+            if base:
+                text += f"; the public base {'OWNED' if _owned(base[0]) else 'not owned'} ({_p_text(base[0])})"
+            by[prot] = {"found": len(acc), "total": len(sibs), "text": text,
+                        "base_owned": bool(base and _owned(base[0])) if base else None}
+        rows.append({"threat": RELATIVE_THREAT, "by_protection": by,
+                     "note": "innocent parties that fine-tuned the owner's public base on their own data: every "
+                             "accusation is a false one (relatedness is not theft)"})
     return rows
 
 

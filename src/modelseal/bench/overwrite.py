@@ -29,7 +29,8 @@ class Overwrite(Attack):
             raise AttackError("overwrite needs the attacker's data")
         self.used(examples=len(data))
         # The attacker's seed must differ from any owner seed: offset it far away.
-        trigger_set: Any = methods.get("trigger-set")  # type[Method]: its own schema declares these parameters
-        marker = trigger_set(n=int(self.n), extra_epochs=int(self.extra_epochs), seed=self.seed + 7919)
+        # the default watermark (the paper's attacker embeds a trigger set); its own schema declares these parameters
+        watermark: Any = methods.get(methods.default("watermark"))
+        marker = watermark(n=int(self.n), extra_epochs=int(self.extra_epochs), seed=self.seed + 7919)
         marked, _ = marker.embed(model, data, progress=self.progress)
         return marked

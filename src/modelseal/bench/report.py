@@ -6,12 +6,15 @@ same headline for the terminal.
 
 Sections (each an element with this id): `headline` (per protection in plain words: survived / removed by
 which attacks, with parameters / never detected, the cheapest attack that removed it with its cost, at what
-alpha, with the accuracy cost), `summary` (run and prepared models), `methods` (per protection: fidelity,
+alpha, with the accuracy cost; under it the `threat-table`: per threat of DESIGN.md section 7 the run measured —
+"stolen through the API" from the extraction cells, and with siblings the innocent relatives — what each
+protection found), `summary` (run and prepared models), `methods` (per protection: fidelity,
 detection rate, false-positive rate on negatives, ROC AUC, Uniqueness Score, colluders found / innocents
 accused, locked / unlocked / recovered accuracy, queries, removals, wall time), `arena` (the field's view:
 per protection and peer baseline, ROC AUC, TPR at 1 % and 0.1 % FPR, TPR at alpha with the realised FPR, cost,
-and the ROC curves; `modelseal.bench.arena` decides what enters it), `cells` (every cell with its
-attack parameters, alpha and outcome), `negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection`
+and the ROC curves; with siblings first a `siblings-table`: each method's FPR, AUC and TPR at 1 % FPR without and
+with the owner's relatives among the negatives; `modelseal.bench.arena` decides what enters it), `cells` (every
+cell with its attack parameters, alpha and outcome), `negatives`, `plot-accuracy` (accuracy vs attack), `plot-detection`
 (p-value vs attack, log axis, alpha line) and `plot-scores` (p-values of negatives, unattacked and attacked
 models, jittered, alpha line). Plots are 1200 px wide with their legends outside the axes.
 
@@ -40,15 +43,18 @@ from .outcomes import (
     completeness,
     cost_text,
     fmt,
+    is_relative,
     mean,
     negative_outcome,
     outcomes,
     partial_rows,
     read_rows,
     survival,
+    threats,
 )
 
-__all__ = ["SECTIONS", "report", "survival_table", "arena_table", "method_summary", "cost_text", "LOCK_HELD_MARGIN"]
+__all__ = ["SECTIONS", "report", "survival_table", "arena_table", "threat_table", "method_summary", "cost_text",
+           "LOCK_HELD_MARGIN"]
 
 SECTIONS = ["headline", "summary", "methods", "arena", "cells", "negatives", "plot-accuracy", "plot-detection",
             "plot-scores"]
@@ -88,14 +94,38 @@ def arena_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     t = Table(title="Arena: derived vs independent models (one row per protection)", title_justify="left")
-    for col in ("protection", "positives / negatives", "ROC AUC", "TPR at 1% FPR", "TPR at 0.1% FPR",
-                "TPR at alpha", "realised FPR", "protect s", "verify queries"):
+    sibs = any(r.get("negatives_with_siblings") for r in rows)
+    cols = ["protection", "positives / negatives", "ROC AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "TPR at alpha",
+            "realised FPR"]
+    if sibs:
+        cols += ["with siblings: ROC AUC", "TPR at 1% FPR", "realised FPR", "siblings accused", "base owned"]
+    for col in (*cols, "protect s", "verify queries"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(escape(r["protection"] + (" (peer baseline)" if r["peer_baseline"] else "")),
-                  f"{r['positives']} / {r['negatives']}", fmt(r["auc"]), fmt(r["tpr_at_0.01"]),
-                  fmt(r["tpr_at_0.001"]), "no references" if r["score_only"] else fmt(r["tpr_at_alpha"]),
-                  fmt(r["realised_fpr"]), fmt(r["protect_s"], 2), fmt(_int(r["verify_queries"])))
+        cells = [escape(r["protection"] + (" (peer baseline)" if r["peer_baseline"] else "")),
+                 f"{r['positives']} / {r['negatives']}", fmt(r["auc"]), fmt(r["tpr_at_0.01"]),
+                 fmt(r["tpr_at_0.001"]), "no references" if r["score_only"] else fmt(r["tpr_at_alpha"]),
+                 fmt(r["realised_fpr"])]
+        if sibs:
+            cells += [fmt(r["auc_with_siblings"]), fmt(r["tpr_at_0.01_with_siblings"]),
+                      fmt(r["realised_fpr_with_siblings"]), f"{r['siblings_accused']} of {r['siblings']}",
+                      fmt(r["base_owned"])]
+        t.add_row(*cells, fmt(r["protect_s"], 2), fmt(_int(r["verify_queries"])))
+    return t
+
+
+def threat_table(rows: list[dict[str, Any]]) -> Any:
+    """The threat rows (`outcomes.threats`) as a rich Table for the terminal (same words as the HTML)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="Threats (one row per threat, one column per protection)", title_justify="left",
+              show_lines=True)
+    prots = sorted({p for r in rows for p in r["by_protection"]})
+    for col in ("threat", *prots):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(escape(r["threat"]), *[escape(r["by_protection"].get(p, {}).get("text", "–")) for p in prots])
     return t
 
 
@@ -154,8 +184,8 @@ def method_summary(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
     for c, o in outcomes(cells, keys, lock_margin):
         by_prot[c["protection"]].append((c, o))
     negs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for n in negatives:
-        if n["status"] == "ok":
+    for n in negatives:  # independent models: the owner's relatives have their own columns (arena, threats)
+        if n["status"] == "ok" and not is_relative(n):
             negs[n["protection"]].append(n)
     out = []
     for prot, items in sorted(by_prot.items()):
@@ -353,7 +383,8 @@ def _plot_scores(cells: list[dict[str, Any]], negatives: list[dict[str, Any]]) -
     for k, (ax, p) in enumerate(zip(axes, prots, strict=False)):
         ok = [c for c in cells if c["protection"] == p and c["status"] == "ok"]
         values = [
-            [v for n in negatives if n["protection"] == p and n["status"] == "ok" and (v := _p(n)) is not None],
+            [v for n in negatives if n["protection"] == p and n["status"] == "ok" and not is_relative(n)
+             and (v := _p(n)) is not None],
             [v for c in ok if c["attack_name"] == "none" and (v := _p(c)) is not None],
             [v for c in ok if c["attack_name"] != "none" and (v := _p(c)) is not None]]
         for x, ((label, color), vs) in enumerate(zip(groups, values, strict=False)):
@@ -405,6 +436,25 @@ def _plot_roc(rows: list[dict[str, Any]]) -> str:
     return _png(fig, "ROC curves of every protection and peer baseline")
 
 
+def _siblings_table(rows: list[dict[str, Any]]) -> str:
+    """The arena with and without the owner's relatives (siblings of the public base and the base itself)."""
+    note = ("<p class='note'><b>With and without siblings.</b> This run's owner is a fine-tune of a public base, and "
+            "innocent parties fine-tuned the same base on their own data (<b>siblings</b>). They took nothing from "
+            "the owner, so accusing one is a false accusation, but they share the owner's ancestor: a fingerprint "
+            "or the lineage test that measures relatedness finds it. The columns <i>without siblings</i> are the "
+            "independent models alone (the table below); <i>with siblings</i> adds the siblings and the base to "
+            "the negatives.</p>")
+    return note + _table(
+        ["protection", "method", "negatives without / with siblings", "realised FPR without siblings",
+         "realised FPR with siblings", "siblings accused at alpha", "public base owned", "ROC AUC without siblings",
+         "ROC AUC with siblings", "TPR at 1% FPR without siblings", "TPR at 1% FPR with siblings"],
+        [[r["protection"], r["method"], f"{r['negatives']} / {r['negatives_with_siblings']}",
+          "never accuses (no references)" if r["score_only"] else r["realised_fpr"],
+          "never accuses (no references)" if r["score_only"] else r["realised_fpr_with_siblings"],
+          f"{r['siblings_accused']} of {r['siblings']}", r["base_owned"], r["auc"], r["auc_with_siblings"],
+          r["tpr_at_0.01"], r["tpr_at_0.01_with_siblings"]] for r in rows], left=2, table_id="siblings-table")
+
+
 def _arena_section(cells: list[dict[str, Any]], negatives: list[dict[str, Any]], artifacts: list[dict[str, Any]],
                    keys: dict[str, dict[str, Any]]) -> str:
     from .arena import arena
@@ -424,6 +474,8 @@ def _arena_section(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
     if not rows:
         parts.append("<p class='note'>no protection with derived and independent models in this run</p></section>")
         return "".join(parts)
+    if any(r.get("negatives_with_siblings") for r in rows):
+        parts.append(_siblings_table(rows))
     parts.append(_table(
         ["protection", "method", "peer baseline", "positives", "negatives", "ROC AUC", "TPR at 1% FPR",
          "TPR at 0.1% FPR", "FPR resolution", "TPR at alpha", "realised FPR", "alpha", "protect s",
@@ -437,6 +489,19 @@ def _arena_section(cells: list[dict[str, Any]], negatives: list[dict[str, Any]],
     parts.append(_plot_roc(rows))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _threat_html(rows: list[dict[str, Any]]) -> str:
+    """The threat table under the headline: one row per threat of DESIGN.md section 7 the run measured, one
+    column per protection (`outcomes.threats` decides every word)."""
+    prots = sorted({p for r in rows for p in r["by_protection"]})
+    if not prots:
+        return ""
+    body = _table(["threat", *prots],
+                  [[r["threat"], *[r["by_protection"].get(p, {}).get("text", "–") for p in prots]] for r in rows],
+                  left=1, wrap=tuple(range(1, len(prots) + 1)), table_id="threat-table")
+    notes = "".join(f"<li><b>{html.escape(r['threat'])}</b>: {html.escape(r['note'])}</li>" for r in rows)
+    return f"<h3>Threats</h3>{body}<ul class='note'>{notes}</ul>"
 
 
 # ============================================================================ the HTML
@@ -481,7 +546,9 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
         "the protected accuracy shown is the mean over this protection's cells, the same number everywhere. "
         "<b>Cheapest attack that removed it</b> (locks: that recovered it): the removal that cost the thief least, "
         f"ordered by {', then '.join(_COST_WORDS[k] for k in COST_ORDER)} (collusion past the code's bound is "
-        "not counted).</p></section>")
+        "not counted).</p>")
+    parts.append(_threat_html(threats(cells, negatives)))
+    parts.append("</section>")
 
     parts.append("<section id='summary'><h2>Run</h2>")
     parts.append(_table(["item", "value"], [
@@ -531,13 +598,15 @@ def report(db_path: str | Path, out_html: str | Path, force: bool = False,
          for c, o in outcomes(cells, keys, lock_margin)], left=2, wrap=(1, 3, 10)))
     parts.append("</section>")
 
-    parts.append("<section id='negatives'><h2>Negatives (independent models)</h2>")
+    parts.append("<section id='negatives'><h2>Negatives (independent models, and the owner's relatives where the "
+                 "scenario has siblings)</h2>")
     parts.append(_table(
-        ["protection", "negative", "seed", "status", "accuracy", "outcome", "p-value", "alpha", "queries",
+        ["protection", "negative", "kind", "seed", "status", "accuracy", "outcome", "p-value", "alpha", "queries",
          "innocents accused", "note"],
-        [[n["protection"], n["negative"], n["seed"], n["status"], n["accuracy"], negative_outcome(n)["word"],
+        [[n["protection"], n["negative"], n.get("kind") or "independent", n["seed"], n["status"], n["accuracy"],
+          negative_outcome(n)["word"],
           n["p_value"], alpha_of(n), n["queries"], n["innocents_accused"],
-          (n["detail"] or {}).get("not_applicable", "")] for n in negatives], left=2, wrap=(10,)))
+          (n["detail"] or {}).get("not_applicable", "")] for n in negatives], left=3, wrap=(11,)))
     parts.append("</section>")
 
     parts.append("<section id='plot-accuracy'><h2>Accuracy after each attack</h2>"

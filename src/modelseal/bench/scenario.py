@@ -35,6 +35,21 @@ models trained on the attacker split) and the seeds. Example::
     data_seeds = [0, 1]      # optional, cycled: independent models on the attacker split of other data splits
     students = 1             # optional: models extracted from the independent models (seeds 3000, ...)
     student_attack = { attack = "knockoff", params = { queries = 1000, epochs = 5 } }   # the default
+    siblings = 3             # optional: innocent siblings of a public base model (below)
+    base_epochs = 10         # the public base's training (default: the negatives' epochs)
+    sibling_epochs = 3       # each sibling's fine-tune from the base (default: the owner's epochs)
+
+Siblings (`[negatives] siblings = N`): most deployed models are fine-tunes of a public base, and an innocent
+party that fine-tuned the same base is related to the owner without having taken anything from it. With
+siblings, the bench trains one **public base** of the owner's architecture on the *attacker split* (seed 5000,
+`base_epochs`); the **owner is fine-tuned from that base** on the owner split (`[owner] epochs` are then its
+fine-tune epochs); and N **siblings** are fine-tuned from the same base, each on its own seeded half of the
+attacker split with its own seed (4000, 4001, ...; `sibling_epochs`). The base itself is judged too. The
+attacker split and not the test split: every accuracy in the report (and the 5-point removal margin) is
+measured on the test split, which must stay unseen by every model; the attacker split is disjoint from the
+owner's data, which is all a public base needs. Siblings and the base are negatives of their own kind
+(`sibling`, `base` in the store), reported beside the independent models, never mixed into them. A scenario
+without `siblings` keeps its owner, negatives, cell ids and rows.
 
 Validation errors name the key and its line in the file (`ScenarioError`). Every number is bounded with
 `modelseal.validate` (epochs, batch sizes, seeds, counts, and method/attack parameters that size work such
@@ -55,6 +70,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import validate
+from ..attacks import CHAIN, STUDENT
 from ..errors import ModelSealError
 from ..schema import MAX_SEED, Spec
 from ..verdict import DEFAULT_ALPHA
@@ -65,6 +81,9 @@ if TYPE_CHECKING:
 BUILTIN = ("demo", "tiny", "arena")
 TOP_KEYS = {"name", "data", "data_seed", "seeds", "baseline", "device", "threads", "owner", "protections",
             "attacks", "negatives", "alpha"}
+BASE_SEED = 5000  # the public base of a scenario with siblings
+SIBLING_SEED = 4000  # sibling i is fine-tuned with seed 4000 + i (other negatives: 1000+, 2000+, 3000+)
+SIBLING_FRACTION = 0.5  # each sibling fine-tunes on its own seeded half of the attacker split
 
 
 class ScenarioError(ModelSealError):
@@ -77,9 +96,17 @@ def protect_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
 
 
 def verifier_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
-    """The protection's parameters that belong to the verifier (the method's `verify_params`); for
-    `references` the value is the number of independent reference models the bench trains."""
+    """The protection's parameters that belong to the verifier (the method's `verify_params`); for a
+    parameter of kind "models" the value is the number of independent reference models the bench trains."""
     return {k: v for k, v in params.items() if k in cls.verify_params}
+
+
+def reference_count(prot: Protection) -> int:
+    """How many reference models a protection of the scenario asks the bench to train (its "models" kind)."""
+    from .. import methods
+    from ..schema import of_kind
+
+    return max([int(prot.params.get(k, 0)) for k in of_kind(methods.get(prot.method), "models")] or [0])
 
 
 def spec_digest(obj: Any) -> str:
@@ -169,7 +196,31 @@ class Scenario:
                                selection=selection, cells=[]))
 
     def owner_spec(self) -> dict[str, Any]:
-        return {"data": self.data, "data_seed": self.data_seed, **self.owner}
+        """The owner's training: from scratch, or (a scenario with siblings) a fine-tune of the public base."""
+        spec = {"data": self.data, "data_seed": self.data_seed, **self.owner}
+        if self.negatives.get("siblings"):
+            spec["base"] = self.base_spec()
+        return spec
+
+    def base_spec(self) -> dict[str, Any]:
+        """The public base of a scenario with siblings: the owner's architecture trained on the attacker split
+        (module docstring: why that split)."""
+        n = self.negatives
+        return {"data": self.data, "data_seed": self.data_seed, "arch": self.owner["arch"],
+                "epochs": n["base_epochs"], "lr": n["lr"], "batch_size": n["batch_size"], "seed": BASE_SEED}
+
+    def relative_specs(self) -> list[dict[str, Any]]:
+        """The public base (kind `base`) and its `siblings` (kind `sibling`): fine-tunes of the base on seeded
+        halves of the attacker split, seeds 4000, 4001, ...; none without `siblings`."""
+        n = self.negatives
+        if not n.get("siblings"):
+            return []
+        base = self.base_spec()
+        sibs = [{"data": self.data, "data_seed": self.data_seed, "arch": self.owner["arch"],
+                 "epochs": n["sibling_epochs"], "lr": self.owner["lr"], "batch_size": self.owner["batch_size"],
+                 "seed": SIBLING_SEED + i, "base": base, "fraction": SIBLING_FRACTION, "kind": "sibling",
+                 "label": f"sibling#{i}"} for i in range(n["siblings"])]
+        return [{**base, "kind": "base", "label": "public-base"}, *sibs]
 
     def negative_specs(self) -> list[dict[str, Any]]:
         """The independent models: `count` models cycling `archs` and `data_seeds` (seeds 1000, 1001, ...),
@@ -192,7 +243,7 @@ class Scenario:
                              "epochs": n["epochs"], "lr": n["lr"], "batch_size": n["batch_size"], "seed": 3000 + j,
                              "teacher": teacher, "extract": extract,
                              "label": f"student-of-{out[j % len(out)]['label']}#{j}"})
-        return out + students
+        return out + students + self.relative_specs()
 
     def reference_specs(self, count: int) -> list[dict[str, Any]]:
         """Independent models for calibrating c-examples: other seeds than the negatives; they cycle the
@@ -306,8 +357,8 @@ def _check_params(c: _Checker, cls: type, params: dict[str, Any], what: str, occ
         spec = specs.get(k)
         if spec is None:
             raise c.fail("params", f"{what} has no parameter '{k}'; its parameters: {', '.join(specs)}", occ, table)
-        if k == "references":  # in a scenario: how many independent reference models the bench trains
-            spec = Spec("int", 0, "reference models to train", lo=0, hi=1000, name="references")
+        if spec.kind == "models":  # in a scenario: how many independent reference models the bench trains
+            spec = Spec("int", 0, "reference models to train", lo=0, hi=1000, name=k)
         for item in (v if isinstance(v, list) and not spec.base.startswith("list") else [v]):
             try:
                 spec.check(item)
@@ -320,18 +371,18 @@ def _chain_steps(c: _Checker, steps: Any, known: set[str], occ: int) -> list[dic
     from .. import attacks as attack_registry
 
     if not isinstance(steps, list) or not steps:
-        raise c.fail("chain", "must be a non-empty list of {attack = NAME, params = {...}} tables", occ, "attacks")
+        raise c.fail(CHAIN, "must be a non-empty list of {attack = NAME, params = {...}} tables", occ, "attacks")
     out = []
     for j, st in enumerate(steps):
         if not isinstance(st, dict) or "attack" not in st or set(st) - {"attack", "params"}:
-            raise c.fail("chain", f"step {j + 1} must be {{attack = NAME, params = {{...}}}}, got {st!r}", occ,
+            raise c.fail(CHAIN, f"step {j + 1} must be {{attack = NAME, params = {{...}}}}, got {st!r}", occ,
                          "attacks")
         name, params = st["attack"], st.get("params", {})
-        if not isinstance(name, str) or name not in known or name == "chain":
-            raise c.fail("chain", f"step {j + 1}: unknown attack {name!r}; known: {', '.join(sorted(known))}", occ,
+        if not isinstance(name, str) or name not in known or name == CHAIN:
+            raise c.fail(CHAIN, f"step {j + 1}: unknown attack {name!r}; known: {', '.join(sorted(known))}", occ,
                          "attacks")
         if not isinstance(params, dict) or any(isinstance(v, list) for v in params.values()):
-            raise c.fail("chain", f"step {j + 1}: params must be a table of single values (a chain step is not "
+            raise c.fail(CHAIN, f"step {j + 1}: params must be a table of single values (a chain step is not "
                          "swept)", occ, "attacks")
         _check_params(c, attack_registry.get(name), params, f"chain step {j + 1} ({name})", occ, "attacks")
         out.append({"attack": name, "params": dict(params)})
@@ -413,30 +464,30 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     for i, a in enumerate(c.typed(raw, "attacks", "attacks", list, [])):
         if not isinstance(a, dict):
             raise c.fail("attacks", "must be an array of tables ([[attacks]])", i)
-        c.unknown(a, {"name", "attack", "params", "only", "chain"}, "attacks.", i, table="attacks")
+        c.unknown(a, {"name", "attack", "params", "only", CHAIN}, "attacks.", i, table="attacks")
         only = c.typed(a, "only", "only", list, None, occ=i, table="attacks")
         for o in only or []:
             if o not in labels:
                 raise c.fail("only", f"'{o}' is not a protection label of this scenario; labels: "
                              f"{', '.join(labels)}", i, "attacks")
         label = c.typed(a, "name", "name", str, occ=i, table="attacks")
-        attack = c.typed(a, "attack", "attack", str, "chain" if "chain" in a else label, occ=i, table="attacks")
+        attack = c.typed(a, "attack", "attack", str, CHAIN if CHAIN in a else label, occ=i, table="attacks")
         if attack not in known_attacks:
             raise c.fail("name" if "attack" not in a else "attack",
                          f"unknown attack '{attack}'; known: {', '.join(sorted(known_attacks))}", i, "attacks")
         params = c.typed(a, "params", "params", dict, {}, occ=i, table="attacks")
-        chain = c.typed(a, "chain", "chain", list, None, occ=i, table="attacks")
+        chain = c.typed(a, CHAIN, CHAIN, list, None, occ=i, table="attacks")
         if chain is not None:  # a combined attack: one cell (one row) with every step's parameters
             if "attack" in a or "params" in a:
-                raise c.fail("chain", "an entry with chain = [...] names its steps only (no attack or params)",
+                raise c.fail(CHAIN, "an entry with chain = [...] names its steps only (no attack or params)",
                              i, "attacks")
-            attack, params = "chain", {"steps": _chain_steps(c, chain, known_attacks, i)}
-        elif attack == "chain":
+            attack, params = CHAIN, {"steps": _chain_steps(c, chain, known_attacks, i)}
+        elif attack == CHAIN:
             params = {**params, "steps": _chain_steps(c, params.get("steps"), known_attacks, i)}
         _check_params(c, attack_registry.get(attack), {k: v for k, v in params.items() if k != "steps"},
                       f"attack {attack}", i, "attacks")
         # a chain's list of steps is its value, not a sweep
-        swept = [k for k, v in params.items() if isinstance(v, list) and not (attack == "chain" and k == "steps")]
+        swept = [k for k, v in params.items() if isinstance(v, list) and not (attack == CHAIN and k == "steps")]
         size = 1
         for k in swept:
             if not params[k]:
@@ -460,8 +511,8 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                                           swept[0] if swept else None, tuple(only) if only else None))
 
     neg_t = c.typed(raw, "negatives", "negatives", dict, {})
-    c.unknown(neg_t, {"count", "archs", "epochs", "lr", "batch_size", "data_seeds", "students", "student_attack"},
-              "negatives.")
+    c.unknown(neg_t, {"count", "archs", "epochs", "lr", "batch_size", "data_seeds", "students", "student_attack",
+                      "siblings", "base_epochs", "sibling_epochs"}, "negatives.")
     negatives = {"count": c.bounded(neg_t, "count", "negatives.count", 0, 0, 1000),
                  "archs": c.typed(neg_t, "archs", "negatives.archs", list, [owner["arch"]]),
                  "epochs": c.bounded(neg_t, "epochs", "negatives.epochs", owner["epochs"], 1, validate.MAX_EPOCHS),
@@ -472,6 +523,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
     if not negatives["archs"]:
         raise c.fail("negatives.archs", "must name at least one architecture")
     _negative_extras(c, neg_t, negatives, data_seed, known_attacks)
+    _siblings(c, neg_t, negatives, owner)
     for a in negatives["archs"]:
         if not isinstance(a, str) or a not in model_zoo.names():
             raise c.fail("negatives.archs", f"unknown architecture {a!r}; known: {', '.join(model_zoo.names())}")
@@ -489,7 +541,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
                             device, threads, text, source, alpha=alpha))
 
 
-DEFAULT_STUDENT_ATTACK = {"attack": "knockoff", "params": {"queries": 1000, "epochs": 5}}
+DEFAULT_STUDENT_ATTACK = {"attack": STUDENT, "params": {"queries": 1000, "epochs": 5}}
 
 
 def _negative_extras(c: _Checker, neg_t: dict[str, Any], negatives: dict[str, Any], data_seed: int,
@@ -522,6 +574,22 @@ def _negative_extras(c: _Checker, neg_t: dict[str, Any], negatives: dict[str, An
         negatives["student_attack"] = {"attack": name, "params": dict(params)}
     elif "student_attack" in neg_t:
         raise c.fail("negatives.student_attack", "needs students = N (how many students to extract)")
+
+
+def _siblings(c: _Checker, neg_t: dict[str, Any], negatives: dict[str, Any], owner: dict[str, Any]) -> None:
+    """`siblings` (fine-tunes of a public base by innocent parties), `base_epochs` and `sibling_epochs`; the
+    defaults add nothing to `negatives` (a scenario without siblings keeps its specs and ids)."""
+    siblings = c.bounded(neg_t, "siblings", "negatives.siblings", 0, 0, 1000)
+    if not siblings:
+        for k in ("base_epochs", "sibling_epochs"):
+            if k in neg_t:
+                raise c.fail(f"negatives.{k}", "needs siblings = N (how many siblings of the public base)")
+        return
+    negatives["siblings"] = siblings
+    negatives["base_epochs"] = c.bounded(neg_t, "base_epochs", "negatives.base_epochs", negatives["epochs"], 1,
+                                         validate.MAX_EPOCHS)
+    negatives["sibling_epochs"] = c.bounded(neg_t, "sibling_epochs", "negatives.sibling_epochs", owner["epochs"],
+                                            1, validate.MAX_EPOCHS)
 
 
 def _expand(sc: Scenario) -> Scenario:

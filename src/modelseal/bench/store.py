@@ -6,7 +6,8 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
 - `meta(key TEXT PRIMARY KEY, value TEXT)`: `scenario` (the TOML text), `scenario_name`, `data`,
   `created`, `modelseal_version`, `schema_version`.
 - `artifacts(artifact_id TEXT PRIMARY KEY, kind TEXT, label TEXT, info TEXT JSON, wall_s REAL)`: prepared
-  models and keys: kind `owner`, `negative`, `reference` (info: spec, accuracy) and `protection`
+  models and keys: kind `owner`, `negative`, `reference`, `base` (the public base of a scenario with
+  siblings) (info: spec, accuracy) and `protection`
   (info: protection label, method, family, seed, protected accuracy, unlocked accuracy for locks,
   number of copies for per-user methods, `key_params`: the JSON parameters of the protection's key, which
   the report reads here, never from the key files). Their weights and keys are cached next to the database in
@@ -29,7 +30,9 @@ Schema (all JSON columns hold JSON text; accuracies are fractions in [0, 1], or 
   attack's own wall time).
 - `negatives(neg_id TEXT PRIMARY KEY, ...)`: one row per protection x seed x negative model: protection,
   method, family, seed, negative (label like `mlp#1`), arch, accuracy, status, owned, score, p_value,
-  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at, alpha. A key that cannot apply
+  queries, accused JSON, innocents_accused, detail JSON, wall_s, finished_at, alpha, kind (`independent`,
+  `student` of an independent model, or a relative of the owner: `sibling` of the public base, the `base`
+  itself; NULL in older databases: independent). A key that cannot apply
   to the negative (another architecture) gives status `ok`, owned 0, no score or p-value and
   `detail.not_applicable` with the reason: no accusation is made.
 """
@@ -54,11 +57,11 @@ CELL_COLUMNS = ["cell_id", "protection", "method", "family", "attack", "attack_n
                 "attack_wall_s"]
 NEG_COLUMNS = ["neg_id", "protection", "method", "family", "seed", "negative", "arch", "accuracy", "status",
                "owned", "score", "p_value", "queries", "accused", "innocents_accused", "detail", "wall_s",
-               "finished_at", "alpha"]
+               "finished_at", "alpha", "kind"]
 # Columns added after schema version 1 was first written: (table, column, SQL type). Opening an older
 # database adds them (NULL in old rows), so old run folders still resume and report.
 ADDED_COLUMNS = [("cells", "alpha", "REAL"), ("negatives", "alpha", "REAL"), ("cells", "cost", "TEXT"),
-                 ("cells", "attack_wall_s", "REAL")]
+                 ("cells", "attack_wall_s", "REAL"), ("negatives", "kind", "TEXT")]
 JSON_COLUMNS = {"attack_params", "colluders", "accused", "detail", "info", "cost"}
 # Columns that legitimately differ between two runs of the same scenario.
 VOLATILE = {"wall_s", "finished_at", "attack_wall_s"}

@@ -35,8 +35,12 @@ FAMILIES: dict[str, tuple[str, str | None]] = {
 }
 ACCESS = ("labels", "outputs", "white-box")
 # the CLI command that runs each family's protect verb, for error messages that name the right command
+# (`modelseal protect MODEL --method NAME` runs any of them)
 COMMANDS = {"watermark": "modelseal watermark embed", "fingerprint": "modelseal fingerprint extract",
             "per-user": "modelseal deepmarks distribute", "lock": "modelseal lock"}
+# the method each family's protect command uses when none is named: consumers ask `default(family)`, so no
+# consumer spells a method's name
+DEFAULTS = {"watermark": "trigger-set", "fingerprint": "tafa", "per-user": "deepmarks", "lock": "advparams"}
 # the CLI command that uses each family's key, for errors about a key handed to the wrong command
 KEY_COMMANDS = {"watermark": "modelseal verify KEY SUSPECT", "fingerprint": "modelseal verify KEY SUSPECT",
                 "per-user": "modelseal trace KEY SUSPECT", "lock": "modelseal unlock LOCKED KEY --out RESTORED"}
@@ -54,7 +58,8 @@ _MODULES = {
     "sac": "modelseal.methods.sac",
     "lineage": "modelseal.methods.lineage_ref",
 }
-_TABLE: Registry[type[Method]] = Registry(_MODULES, kind="method", package="modelseal.methods")
+_TABLE: Registry[type[Method]] = Registry(_MODULES, kind="method", package="modelseal.methods",
+                                                 group="modelseal.methods")
 _REGISTRY, _BUILTIN = _TABLE.classes, _TABLE.builtin  # the registered classes; the names that ship with modelseal
 
 
@@ -107,24 +112,22 @@ def register(name: str, *, family: str, access: str):
     return deco
 
 
-def unregister(name: str) -> None:
-    """Forget a method registered from outside modelseal (tests, plugins); the built-in ones stay."""
-    _TABLE.remove(name)
-
-
-def _available() -> dict[str, str]:
-    return _TABLE.available()
-
-
-def get(name: str) -> type[Method]:
-    """The method class registered as `name` (its module imported on first use)."""
-    return _TABLE.get(name)
+# the registry's own lookups: unregister (forget a plugin's method; the built-in ones stay), _available (name ->
+# module, without importing), get (the class, its module imported on first use)
+unregister, _available, get = _TABLE.remove, _TABLE.available, _TABLE.get
 
 
 def info(name: str) -> MethodInfo:
     """Family, access and class of the method registered as `name`."""
     cls = get(name)
     return MethodInfo(name, cls.family, cls.access, cls)
+
+
+def default(family: str) -> str:
+    """The method a family's protect command uses when the user names none."""
+    if family not in DEFAULTS:
+        raise RegistryError(f"unknown family '{family}'; use one of {', '.join(FAMILIES)}")
+    return DEFAULTS[family]
 
 
 def names(family: str | None = None) -> list[str]:
@@ -207,7 +210,7 @@ def declared(name: str) -> dict[str, Any]:
     """A method's default verifier parameters (recorded in commitments as the owner's declared ones)."""
     from .. import schema
 
-    return schema.declared_defaults(info(name).cls, skip=("references", "max_queries"))
+    return schema.declared_defaults(info(name).cls, skip_kinds=("models", "budget"))
 
 
 def commit(key: Any) -> dict[str, Any]:

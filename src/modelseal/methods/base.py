@@ -51,7 +51,6 @@ class Method(schema.Configurable):
     family: ClassVar[str] = ""
     access: ClassVar[str] = ""
     verify_params: ClassVar[dict[str, Spec]] = schema.verifier()
-    rule_skip: ClassVar[tuple[str, ...]] = ()  # verifier values that are not numbers (reference models)
     key_params: ClassVar[tuple[str, ...]] = ()
     key_tensors: ClassVar[tuple[str, ...]] = ()
     score_is_match_rate: ClassVar[bool] = False
@@ -64,7 +63,7 @@ class Method(schema.Configurable):
     def rule(cls, given: dict[str, Any] | None = None, error: type[Exception] = ModelSealError) -> dict[str, Any]:
         """The verifier's rule: the declared defaults overridden by `given`, each value checked, then the
         method's own relations between them (`check_rule`)."""
-        return cls.check_rule(schema.rule(cls, given, error, skip=cls.rule_skip), error)
+        return cls.check_rule(schema.rule(cls, given, error, skip=tuple(schema.of_kind(cls, "models"))), error)
 
     @staticmethod
     def check_rule(rule: dict[str, Any], error: type[Exception] = ModelSealError) -> dict[str, Any]:
@@ -169,6 +168,13 @@ class PerUser(Judging):
 
     def trace(self, suspect: Any, key: Key, **rule: Any) -> Verdict:
         return self.judge(suspect, key, **rule)
+
+    @classmethod
+    def collusion_bound(cls, key_params: dict[str, Any]) -> int | None:
+        """The most colluders whose average the method guarantees to trace, from a key's parameters (None:
+        no guarantee stated). Consumers (the bench's outcomes) ask this instead of reading a method's keys."""
+        bound = key_params.get("max_colluders")
+        return int(bound) if isinstance(bound, int) else None
 
 
 class Lock(Method):

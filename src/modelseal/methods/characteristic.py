@@ -358,11 +358,10 @@ class CharacteristicExamples(Fingerprint):
     # what the verifier sets (never read from a key)
     verify_params = verifier(
         references=vparam(None, "independent models, or a reference-pool folder, that estimate the null "
-                          "(none: not judged)", "list | str | None"),
+                          "(none: not judged)", "list | str | None", kind="models"),
         max_queries=vparam(None, "most examples to ask (none: all of them)", "int | None", lo=1,
-                           hi=validate.MAX_COUNT),
+                           hi=validate.MAX_COUNT, kind="budget"),
     )
-    rule_skip = ("references",)
     recheck = staticmethod(recheck)
     reanswer = staticmethod(reanswer)
     evidence_not_proved = (

@@ -38,7 +38,7 @@ from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
 from . import register
-from .akh import PeerBaseline, decide_baseline, evidence_hooks, label_matches, model_signature
+from .peer import PeerBaseline, decide_baseline, evidence_hooks, label_matches, model_signature
 
 
 @register("ipguard", family="fingerprint", access="labels")

@@ -33,8 +33,8 @@ from ..schema import seed_param, verifier, vparam
 from ..suspect import Suspect
 from ..verdict import Verdict
 from . import register
-from .akh import REFERENCES_MEANING, model_signature
 from .base import Fingerprint
+from .peer import REFERENCES_MEANING, model_signature
 
 MAX_OWNER_BYTES = 256 << 20  # an owner snapshot larger than this is refused (keys are read into memory)
 
@@ -51,7 +51,7 @@ class LineageReference(Fingerprint):
     shared_init_is_derived: ClassVar[bool] = True
     key_tensors = ("owner",)
     verify_params = verifier(
-        references=vparam(None, REFERENCES_MEANING + " (black-box part)", "list | str | None"),
+        references=vparam(None, REFERENCES_MEANING + " (black-box part)", "list | str | None", kind="models"),
         permutations=vparam(1_000_000, "Monte Carlo permutations of the exact weight test (p floor 1/(T+1))", "int",
                             lo=1, hi=10_000_000),
         aligned_null_rate=vparam(0.5, "agreement rate of an independent model's two unit matchings under H0 "
@@ -59,7 +59,6 @@ class LineageReference(Fingerprint):
                                  hi_open=True),
         queries=vparam(1000, "random inputs of the black-box part", "int", lo=1, hi=100_000),
     )
-    rule_skip = ("references",)
     evidence_not_proved = ("no evidence file: the lineage test's evidence is the two models' weights",)
 
     def extract(self, model: nn.Module, input_spec: Any, progress: Any = None) -> Key:

@@ -43,7 +43,7 @@ from ..suspect import Suspect
 from ..train import predict
 from ..verdict import Verdict
 from . import register
-from .akh import (
+from .peer import (
     DataBaseline,
     data_name,
     decide_baseline,

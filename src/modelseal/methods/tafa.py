@@ -327,7 +327,7 @@ class TAFA(Fingerprint):
         permutations=vparam(2000, "Monte Carlo permutations reported as a check (0 to skip)", "int", lo=0,
                             hi=validate.MAX_PERMUTATIONS),
         max_queries=vparam(None, "most inputs the suspect may be asked (the test needs all 5n)", "int | None", lo=1,
-                           hi=validate.MAX_COUNT),
+                           hi=validate.MAX_COUNT, kind="budget"),
     )
     recheck = staticmethod(recheck)
     reanswer = staticmethod(reanswer)

@@ -531,7 +531,7 @@ class TriggerSet(Watermark):
     verify_params = verifier(
         batch=vparam(5, "triggers asked per look of the sequential test", "int", lo=1, hi=validate.MAX_COUNT),
         max_queries=vparam(None, "most triggers to ask (none: all of them)", "int | None", lo=1,
-                           hi=validate.MAX_COUNT),
+                           hi=validate.MAX_COUNT, kind="budget"),
     )
     commitment_extra = staticmethod(commitment_extra)
     check_secrets = staticmethod(check_secrets)

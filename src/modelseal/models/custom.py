@@ -29,11 +29,8 @@ from torch import nn
 
 from ..errors import ModelError, first_line
 from ..safeio import check_writable, loads_json, read_file, write_atomic
-from ..tensorfile import read_head, read_header_metadata
+from ..tensorfile import USER_ARCH_META, read_head, read_header_metadata
 from .io import check_finite
-
-USER_META_KEY = "modelseal_user_arch"
-ZOO_META_KEY = "modelseal_model"
 
 
 def import_factory(spec: str) -> Any:
@@ -84,10 +81,10 @@ def user_arch_of(path: str | os.PathLike) -> dict[str, Any] | None:
     p = Path(path)
     if p.suffix.lower() != ".safetensors" or not p.is_file():
         return None
-    raw = _read_meta(p).get(USER_META_KEY)
+    raw = _read_meta(p).get(USER_ARCH_META)
     if raw is None:
         return None
-    info = loads_json(raw, f"{p}: {USER_META_KEY} metadata", ModelError)
+    info = loads_json(raw, f"{p}: {USER_ARCH_META} metadata", ModelError)
     return info if isinstance(info, dict) else None
 
 
@@ -184,7 +181,7 @@ def custom_to_bytes(model: nn.Module, arch: str) -> bytes:
     info = {"arch": arch, "input_shape": spec.get("input_shape"), "output_size": spec.get("output_size"),
             "bounds": spec.get("bounds")}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save(state, metadata={USER_META_KEY: json.dumps(info, sort_keys=True)})
+    return save(state, metadata={USER_ARCH_META: json.dumps(info, sort_keys=True)})
 
 
 def save_custom(model: nn.Module, path: str | os.PathLike, arch: str, force: bool = False) -> Path:

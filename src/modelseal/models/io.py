@@ -24,9 +24,8 @@ from torch import nn
 
 from ..errors import ModelError, first_line
 from ..safeio import check_writable, loads_json, read_file, write_atomic, write_target
-from ..tensorfile import read_head, read_header, read_header_metadata
+from ..tensorfile import KEY_META, MODEL_META, read_header, read_header_metadata
 
-_META_KEY = "modelseal_model"
 MODEL_FORMAT = 1
 
 
@@ -48,7 +47,7 @@ def model_to_bytes(model: nn.Module, extra: dict[str, Any] | None = None) -> byt
     kwargs = rebuild_kwargs(model, spec, state)
     meta = {"format": MODEL_FORMAT, "spec": {**spec, "kwargs": _jsonable_kwargs(kwargs)},
             "extra": extra or {}}
-    return save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    return save(state, metadata={MODEL_META: json.dumps(meta, sort_keys=True)})
 
 
 def _tree(m: nn.Module) -> list[tuple[str, str]]:
@@ -159,9 +158,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, force: bool = False,
 
 def _model_meta(head: bytes, source: str) -> dict[str, Any]:
     meta = read_header_metadata(head, source, ModelError)
-    raw = meta.get(_META_KEY)
+    raw = meta.get(MODEL_META)
     if raw is None:
-        if "modelseal" in meta:  # the metadata name of a key file
+        if KEY_META in meta:  # a key file
             raise ModelError(f"{source} is a modelseal key, not a model (a file without modelseal architecture "
                              "metadata); give the model file here, and to `verify` the key(s) first: "
                              "KEY [KEY ...] SUSPECT")
@@ -180,14 +179,6 @@ def _model_meta(head: bytes, source: str) -> dict[str, Any]:
     if fmt > MODEL_FORMAT:
         raise ModelError(f"{source} has model format {info['format']}, newer than this modelseal reads")
     return info
-
-
-def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The modelseal metadata of a model file, read from the header without decoding tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
-    return _model_meta(read_head(path, ModelError, "model file"), str(path))
 
 
 def check_finite(model: nn.Module, source: str = "model", error: type[Exception] = ModelError) -> None:

@@ -1,4 +1,5 @@
-"""Architectures: mlp, cnn (LeNet-style), resnet18 (CIFAR-style, width), wrn (WRN-16-k), vae-decoder.
+"""Architectures: mlp, cnn (LeNet-style), resnet18 (CIFAR-style, width), wrn (WRN-16-k), transformer (ViT-style
+classifier), vae-decoder.
 
 A class that takes only some input ranks says so in `input_ranks` (the image networks: (H, W) or (C, H, W));
 `models.build` refuses other inputs with a clear error.
@@ -150,6 +151,55 @@ class WRN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(ln1(x)), then x + fc2(relu(fc1(ln2(x)))); fc1's outputs are the MLP's hidden
+    units (the units `lineage` permutes and compares, as Zhu et al. do in language models)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(self.relu(self.fc1(self.ln2(x))))
+
+
+class Transformer(nn.Module):
+    """ViT-style classifier: non-overlapping `patch` x `patch` patches (default 2 up to 16 pixels a side, else 4)
+    embedded to `dim`, a learned position embedding, `depth` pre-norm blocks (`heads` attention heads, MLP of
+    `hidden` ReLU units), mean pooling, LayerNorm, linear head. Trains on digits in seconds."""
+
+    input_ranks = (2, 3)  # images: (H, W) or (C, H, W)
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, dim: int = 32, depth: int = 2,
+                 heads: int = 4, hidden: int = 64, patch: int | None = None):
+        super().__init__()
+        c, h, w = input_shape if len(input_shape) == 3 else (1, *input_shape[-2:])
+        p = int(patch) if patch else (2 if max(h, w) <= 16 else 4)
+        if h % p or w % p:
+            raise ValueError(f"patch {p} does not divide the image size {h}x{w}")
+        self._shape, self.patch = (c, h, w), p
+        tokens = (h // p) * (w // p)
+        self.embed = nn.Linear(c * p * p, dim)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = self._shape
+        p = self.patch
+        x = x.reshape(-1, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, (h // p) * (w // p), c * p * p)
+        x = self.blocks(self.embed(x) + self.pos)
+        return self.head(self.norm(x.mean(1)))
+
+
 class VAEDecoder(nn.Module):
     """ReLU decoder of a small VAE: latent vector (input_shape = (latent,)) -> image of `image_shape`.
 
@@ -172,4 +222,5 @@ class VAEDecoder(nn.Module):
         return self.net(z.flatten(1)).reshape(-1, *self.image_shape)
 
 
-ARCHITECTURES = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet18, "wrn": WRN, "vae-decoder": VAEDecoder}
+ARCHITECTURES = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet18, "wrn": WRN, "transformer": Transformer,
+                 "vae-decoder": VAEDecoder}

@@ -84,6 +84,172 @@ def model_url(host: str, port: int, name: str = "model") -> str:
     return f"http://{h}:{port}/v2/models/{name}"
 
 
+class _Refusal(Exception):
+    """A request refused before (or instead of) an answer: its HTTP status, message and headers."""
+
+    def __init__(self, status: int, message: str, **headers: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+class _Endpoint:
+    """One served model: the Open Inference Protocol's checks, parsing, answer and encoding as named steps
+    (`make_app` routes requests to them). Every step raises `_Refusal` for what it refuses."""
+
+    def __init__(self, suspect: Suspect, name: str, label_only: bool, token: str | None, max_batch: int,
+                 answer_hook: Callable[[np.ndarray, np.ndarray, str | None], np.ndarray] | None) -> None:
+        from .._version import __version__
+
+        self.suspect, self.name, self.label_only, self.token = suspect, name, label_only, token
+        self.max_batch, self.answer_hook = max_batch, answer_hook
+        self.lock = threading.Lock()
+        self.stats = {"requests": 0, "inputs": 0}
+        self.input_shape = tuple(suspect.input_shape) if suspect.input_shape is not None else None
+        output_size: int | None = suspect.output_size()
+        if output_size is None and self.input_shape is not None:
+            with self.lock:
+                output_size = int(suspect.predict(torch.zeros(1, *self.input_shape)).reshape(1, -1).shape[1])
+            suspect.queries = 0
+        self.input_name = "input"
+        out_meta = ({"name": "label", "datatype": "INT64", "shape": [-1]} if label_only else
+                    {"name": "output", "datatype": "FP32", "shape": [-1, output_size if output_size else -1]})
+        self.output_name = out_meta["name"]
+        self.metadata = {"name": name, "versions": [VERSION], "platform": "modelseal",
+                         "inputs": [{"name": self.input_name, "datatype": "FP32",
+                                     "shape": [-1, *(self.input_shape if self.input_shape is not None else [-1])]}],
+                         "outputs": [out_meta], "parameters": {"label_only": bool(label_only)}}
+        self.server_meta = {"name": "modelseal", "version": __version__, "extensions": [oip.BINARY_EXTENSION]}
+
+    # ---------------------------------------------------------------- checks
+    def check(self, model: str, version: str | None, authorization: str) -> None:
+        """The model and version asked for are this one's, and the bearer token (when one is set) matches."""
+        if model != self.name:
+            raise _Refusal(404, f"unknown model '{model}'; this server serves '{self.name}'")
+        if version is not None and version != VERSION:
+            raise _Refusal(404, f"unknown version '{version}' of model '{self.name}'; this server serves version "
+                                f"'{VERSION}'")
+        if self.token is not None:
+            given = authorization[7:] if authorization[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                raise _Refusal(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+
+    # ---------------------------------------------------------------- request -> inputs
+    def parse(self, body: bytes, header_length: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The request's input tensor (validated: name, shape, batch, datatype, finite) and how to answer."""
+        try:
+            req, tail = oip.split_body(body, header_length)
+        except oip.TensorError as e:
+            raise _Refusal(400, f"request {e}; send {{\"inputs\": [{{name, shape, datatype, data}}]}}") from None
+        inputs = req.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise _Refusal(400, f"request needs an 'inputs' list with exactly one tensor ('{self.input_name}')")
+        x = self._input(inputs, tail)
+        rid = req.get("id")
+        return x, {"id": rid if isinstance(rid, str) else None, "binary": self._binary_output(req)}
+
+    def _input(self, inputs: list[dict[str, Any]], tail: memoryview) -> np.ndarray:
+        inp = inputs[0]
+        if inp.get("name") != self.input_name:
+            raise _Refusal(400, f"unknown input {inp.get('name')!r}; model '{self.name}' takes one input "
+                                f"'{self.input_name}'")
+        shape = inp.get("shape")
+        if (not isinstance(shape, list) or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise _Refusal(400, f"input shape must be a list of positive integers, got {shape!r}")
+        if self.input_shape is not None and tuple(shape[1:]) != self.input_shape:
+            dims = ", ".join(map(str, self.input_shape))
+            raise _Refusal(400, f"model '{self.name}' takes inputs of shape [batch, {dims}], got {shape}")
+        if shape[0] > self.max_batch:
+            raise _Refusal(400, f"batch of {shape[0]} inputs is larger than this server's limit of "
+                                f"{self.max_batch}")
+        try:
+            (binary,) = oip.binary_slices(inputs, tail)
+            dt, arr = oip.read_tensor(inp, binary, allow_zero=False)
+            x = oip.to_float32(arr, dt, what="input")
+        except oip.TensorError as e:
+            raise _Refusal(400, f"input '{self.input_name}': {e}") from None
+        if not np.isfinite(x).all():
+            raise _Refusal(400, "input data contains NaN or infinite values")
+        return x
+
+    def _binary_output(self, req: dict[str, Any]) -> bool:
+        """Whether the output goes back as binary data: the request's default, else the output's own choice."""
+        params = given if isinstance(given := req.get("parameters"), dict) else {}
+        default_binary = params.get("binary_data_output") is True
+        outs = req.get("outputs")
+        if outs is None or outs == []:
+            return default_binary
+        if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
+            raise _Refusal(400, "'outputs' must be a list of {name, parameters}")
+        binary = default_binary
+        for o in outs:
+            if o.get("name") != self.output_name:
+                raise _Refusal(400, f"unknown output {o.get('name')!r}; model '{self.name}' has one output "
+                                    f"'{self.output_name}'")
+            op = o.get("parameters") if isinstance(o.get("parameters"), dict) else {}
+            if op.get("class_count"):
+                raise _Refusal(400, "the classification extension (class_count) is not supported; ask for the "
+                                    f"raw output '{self.output_name}'")
+            b = op.get("binary_data")
+            binary = default_binary if b is None else b is True
+        return binary
+
+    # ---------------------------------------------------------------- inputs -> answer -> response
+    def answer(self, x: np.ndarray, bearer: str | None = None) -> np.ndarray:
+        """The model's outputs for `x` (one batch at a time), as the answer hook serves them."""
+        with self.lock:
+            out = self.suspect.predict(torch.from_numpy(x)).numpy()
+            return out if self.answer_hook is None else self.answer_hook(x, out, bearer)
+
+    def encode(self, out: np.ndarray, opts: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """The response header and, for a binary answer, the raw tensor bytes that follow it."""
+        if self.label_only:
+            values = (out.reshape(len(out), -1).argmax(1) if out.ndim > 1 else out).astype(np.int64)
+            dt = "INT64"
+        else:
+            values, dt = out.astype(np.float32, copy=False), "FP32"
+        output: dict[str, Any] = {"name": self.output_name, "datatype": dt, "shape": list(values.shape)}
+        resp: dict[str, Any] = {"model_name": self.name, "model_version": VERSION, "outputs": [output]}
+        if opts["id"] is not None:
+            resp["id"] = opts["id"]
+        if not opts["binary"]:
+            output["data"] = oip.to_json_data(values, dt)
+            return resp, None
+        raw = oip.to_binary(values, dt)
+        output["parameters"] = {"binary_data_size": len(raw)}
+        return resp, raw
+
+
+async def _read_body(request: Any) -> bytes:
+    """The request body, bounded by MAX_BODY before and after inflating gzip/deflate."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise _Refusal(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Refusal(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("gzip", "deflate"):
+        inflate = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            body = inflate.decompress(body, MAX_BODY + 1)
+        except zlib.error:
+            raise _Refusal(400, f"request body is not valid {encoding} data") from None
+        if len(body) > MAX_BODY or inflate.unconsumed_tail:
+            raise _Refusal(413, f"request body inflates past {MAX_BODY // 2**20} MiB; send smaller batches")
+    elif encoding != "identity":
+        raise _Refusal(415, f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate")
+    return body
+
+
+def _bearer(authorization: str) -> str | None:
+    return authorization[7:] if authorization[:7].lower() == "bearer " and authorization[7:] else None
+
+
 def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model", *, label_only: bool = False,
              token: str | None = None, max_batch: int = 4096,
              answer_hook: Callable[[np.ndarray, np.ndarray, str | None], np.ndarray] | None = None):
@@ -101,186 +267,55 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from .._version import __version__
-
     if not isinstance(name, str) or not name or "/" in name:
         raise ModelSealError(f"model name must be a non-empty string without '/', got {name!r}")
     if token is not None and not token.strip():
         raise ModelSealError("the bearer token is empty; set a non-empty token or none")
-    max_batch = count("max_batch", max_batch, 1, MAX_BATCH)
     suspect = _as_suspect(model)
     suspect.max_queries = None
-    input_shape = tuple(suspect.input_shape) if suspect.input_shape is not None else None
-    lock = threading.Lock()
-    stats = {"requests": 0, "inputs": 0}
-
-    output_size: int | None = suspect.output_size()
-    if output_size is None and input_shape is not None:
-        with lock:
-            output_size = int(suspect.predict(torch.zeros(1, *input_shape)).reshape(1, -1).shape[1])
-        suspect.queries = 0
-    input_name = "input"
-    out_meta = ({"name": "label", "datatype": "INT64", "shape": [-1]} if label_only else
-                {"name": "output", "datatype": "FP32", "shape": [-1, output_size if output_size else -1]})
-    output_name = out_meta["name"]
-    metadata = {"name": name, "versions": [VERSION], "platform": "modelseal",
-                "inputs": [{"name": input_name, "datatype": "FP32",
-                            "shape": [-1, *(input_shape if input_shape is not None else [-1])]}],
-                "outputs": [out_meta], "parameters": {"label_only": bool(label_only)}}
-    server_meta = {"name": "modelseal", "version": __version__, "extensions": [oip.BINARY_EXTENSION]}
+    ep = _Endpoint(suspect, name, label_only, token, count("max_batch", max_batch, 1, MAX_BATCH), answer_hook)
 
     def error(status: int, msg: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status, headers=headers or None)
 
-    def check(request: Request) -> JSONResponse | None:
-        if request.path_params["name"] != name:
-            return error(404, f"unknown model '{request.path_params['name']}'; this server serves '{name}'")
-        version = request.path_params.get("version")
-        if version is not None and version != VERSION:
-            return error(404, f"unknown version '{version}' of model '{name}'; this server serves version "
-                              f"'{VERSION}'")
-        if token is not None:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
-        return None
-
-    async def server_metadata(request: Request) -> Response:
-        return JSONResponse(server_meta)
-
-    async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": True})
-
-    async def model_meta(request: Request) -> Response:
-        return check(request) or JSONResponse(metadata)
-
-    async def model_ready(request: Request) -> Response:
-        return check(request) or JSONResponse({"name": name, "ready": True})
-
-    def parse(body: bytes, header_length: str | None) -> tuple[np.ndarray, dict] | JSONResponse:
-        try:
-            req, tail = oip.split_body(body, header_length)
-        except oip.TensorError as e:
-            return error(400, f"request {e}; send {{\"inputs\": [{{name, shape, datatype, data}}]}}")
-        inputs = req.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            return error(400, f"request needs an 'inputs' list with exactly one tensor ('{input_name}')")
-        inp = inputs[0]
-        if inp.get("name") != input_name:
-            return error(400, f"unknown input {inp.get('name')!r}; model '{name}' takes one input "
-                              f"'{input_name}'")
-        shape = inp.get("shape")
-        if (not isinstance(shape, list) or not shape
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-            return error(400, f"input shape must be a list of positive integers, got {shape!r}")
-        if input_shape is not None and tuple(shape[1:]) != input_shape:
-            dims = ", ".join(map(str, input_shape))
-            return error(400, f"model '{name}' takes inputs of shape [batch, {dims}], got {shape}")
-        if shape[0] > max_batch:
-            return error(400, f"batch of {shape[0]} inputs is larger than this server's limit of {max_batch}")
-        try:
-            (binary,) = oip.binary_slices(inputs, tail)
-            dt, arr = oip.read_tensor(inp, binary, allow_zero=False)
-            x = oip.to_float32(arr, dt, what="input")
-        except oip.TensorError as e:
-            return error(400, f"input '{input_name}': {e}")
-        if not np.isfinite(x).all():
-            return error(400, "input data contains NaN or infinite values")
-        outs = req.get("outputs")
-        params = given if isinstance(given := req.get("parameters"), dict) else {}
-        default_binary = params.get("binary_data_output") is True
-        if outs is None or outs == []:
-            want = {output_name: default_binary}
-        else:
-            if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
-                return error(400, "'outputs' must be a list of {name, parameters}")
-            want = {}
-            for o in outs:
-                if o.get("name") != output_name:
-                    return error(400, f"unknown output {o.get('name')!r}; model '{name}' has one output "
-                                      f"'{output_name}'")
-                op = o.get("parameters") if isinstance(o.get("parameters"), dict) else {}
-                if op.get("class_count"):
-                    return error(400, "the classification extension (class_count) is not supported; ask "
-                                      f"for the raw output '{output_name}'")
-                b = op.get("binary_data")
-                want[output_name] = default_binary if b is None else b is True
-        rid = req.get("id")
-        return x, {"id": rid if isinstance(rid, str) else None, "binary": want[output_name]}
-
-    def answer(x: np.ndarray, bearer: str | None = None) -> np.ndarray:
-        with lock:
-            out = suspect.predict(torch.from_numpy(x)).numpy()
-            return out if answer_hook is None else answer_hook(x, out, bearer)
-
-    def bearer_of(request: Request) -> str | None:
-        auth = request.headers.get("authorization", "")
-        return auth[7:] if auth[:7].lower() == "bearer " and auth[7:] else None
-
-    async def read_body(request: Request) -> bytes | JSONResponse:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            return error(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                return error(413, f"request body is larger than {MAX_BODY // 2**20} MiB; send smaller batches")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "deflate"):
-            inflate = zlib.decompressobj(31 if encoding == "gzip" else 15)
-            try:
-                body = inflate.decompress(body, MAX_BODY + 1)
-            except zlib.error:
-                return error(400, f"request body is not valid {encoding} data")
-            if len(body) > MAX_BODY or inflate.unconsumed_tail:
-                return error(413, f"request body inflates past {MAX_BODY // 2**20} MiB; send smaller batches")
-        elif encoding != "identity":
-            return error(415, f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate")
-        return body
+    def checked(request: Request) -> None:
+        ep.check(request.path_params["name"], request.path_params.get("version"),
+                 request.headers.get("authorization", ""))
 
     async def infer(request: Request) -> Response:
-        denied = check(request)
-        if denied is not None:
-            return denied
-        body = await read_body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        parsed = parse(body, request.headers.get(oip.HEADER_LENGTH))
-        if isinstance(parsed, JSONResponse):
-            return parsed
-        x, opts = parsed
         try:
-            out = await run_in_threadpool(answer, x, bearer_of(request))
+            checked(request)
+            x, opts = ep.parse(await _read_body(request), request.headers.get(oip.HEADER_LENGTH))
+        except _Refusal as r:
+            return error(r.status, r.message, **r.headers)
+        try:
+            out = await run_in_threadpool(ep.answer, x, _bearer(request.headers.get("authorization", "")))
         except ModelSealError as e:
             return error(400, first_line(e, limit=10_000))
         except Exception as e:  # the model itself failed; say so without leaking a traceback
             return error(500, f"model failed on a batch of shape {list(x.shape)}: {type(e).__name__}")
-        stats["requests"] += 1
-        stats["inputs"] += len(x)
-        if label_only:
-            values = (out.reshape(len(out), -1).argmax(1) if out.ndim > 1 else out).astype(np.int64)
-            dt = "INT64"
-        else:
-            values, dt = out.astype(np.float32, copy=False), "FP32"
-        output: dict[str, Any] = {"name": output_name, "datatype": dt, "shape": list(values.shape)}
-        resp: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
-        if opts["id"] is not None:
-            resp["id"] = opts["id"]
-        if not opts["binary"]:
-            output["data"] = oip.to_json_data(values, dt)
+        ep.stats["requests"] += 1
+        ep.stats["inputs"] += len(x)
+        resp, raw = ep.encode(out, opts)
+        if raw is None:
             return JSONResponse(resp)
-        raw = oip.to_binary(values, dt)
-        output["parameters"] = {"binary_data_size": len(raw)}
         head = json.dumps(resp, separators=(",", ":")).encode()
         return Response(head + raw, media_type="application/octet-stream",
                         headers={oip.HEADER_LENGTH: str(len(head))})
+
+    def model_route(body: Callable[[], dict[str, Any]]) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            try:
+                checked(request)
+            except _Refusal as r:
+                return error(r.status, r.message, **r.headers)
+            return JSONResponse(body())
+        return handler
+
+    def fixed(body: dict[str, Any]) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            return JSONResponse(body)
+        return handler
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -292,17 +327,15 @@ def make_app(model: nn.Module | Suspect | str | os.PathLike, name: str = "model"
     async def server_error(request: Request, exc: Exception) -> Response:
         return error(500, f"internal server error ({type(exc).__name__})")
 
-    routes = [
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-    ]
+    routes = [Route("/v2", fixed(ep.server_meta), methods=["GET"]),
+              Route("/v2/health/live", fixed({"live": True}), methods=["GET"]),
+              Route("/v2/health/ready", fixed({"ready": True}), methods=["GET"])]
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [Route(base, model_meta, methods=["GET"]),
-                   Route(base + "/ready", model_ready, methods=["GET"]),
+        routes += [Route(base, model_route(lambda: ep.metadata), methods=["GET"]),
+                   Route(base + "/ready", model_route(lambda: {"name": name, "ready": True}), methods=["GET"]),
                    Route(base + "/infer", infer, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
-    app.state.stats = stats
+    app.state.stats = ep.stats
     app.state.model_name = name
     return app
 

@@ -413,6 +413,12 @@ class DeepMarks(PerUser):
     check_secrets = staticmethod(check_secrets)
     check_opened = staticmethod(check_opened)
 
+    @classmethod
+    def collusion_bound(cls, key_params: dict[str, Any]) -> int | None:
+        """AND-ACC codes of a (v, k, 1)-BIBD trace any coalition of at most k - 1 users."""
+        k = key_params.get("k")
+        return int(k) - 1 if isinstance(k, int) else None
+
     def _probes(self, data: Dataset, shape: tuple[int, ...]) -> torch.Tensor:
         """Uniform noise in the owner data's value range (two numbers of it; no data point is stored)."""
         x, _ = as_tensors(data)
