@@ -259,7 +259,7 @@ def _starts_pickled(path: Path) -> bool:
 
     try:
         with open(path, "rb") as f:
-            return pickled(f.read(4))
+            return pickled(f.read(9))
     except OSError:
         return False
 

@@ -611,8 +611,8 @@ def _train_copies(model: nn.Module, data: Dataset, layer: str, x_proj: torch.Ten
     it passes `embedded`; ModelError names the first user still failing after `max_epochs`."""
     from torch.func import functional_call, vmap
 
-    from ...runtime import model_device, track
-    from ...train import CLASSIFICATION, task_of
+    from ...runtime import model_device
+    from ...train import task_of
 
     x_all, y_all = as_tensors(data)
     if len(x_all) == 0:
@@ -637,6 +637,30 @@ def _train_copies(model: nn.Module, data: Dataset, layer: str, x_proj: torch.Ten
         return functional_call(base, {**shared, **buffers, **user_params}, (xb,))
 
     batched = vmap(forward, in_dims=(0, None), randomness="different")
+    # nn.MultiheadAttention's fused inference path has no derivative, and under vmap it cannot tell that the
+    # stacked weights need one: the plain path for these passes.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return _shared_passes(model, base, batched, stacked, carrier, x_all, y_all, task, users, x_proj_d, targets_d,
+                              embedded, opt, gamma=gamma, epochs=epochs, max_epochs=max_epochs, batch_size=batch_size,
+                              seed=seed, progress=progress)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _shared_passes(model: nn.Module, base: nn.Module, batched: Callable[..., torch.Tensor],
+                   stacked: dict[str, torch.Tensor], carrier: str, x_all: torch.Tensor, y_all: torch.Tensor, task: str,
+                   users: int, x_proj_d: torch.Tensor, targets_d: torch.Tensor,
+                   embedded: Callable[[int, torch.Tensor], dict[str, Any] | None], opt: torch.optim.Optimizer, *,
+                   gamma: float, epochs: int, max_epochs: int, batch_size: int, seed: int,
+                   progress: Any) -> list[nn.Module]:
+    """The epochs of `_train_copies`: shared passes, each user's reading after every epoch from `epochs` on, and
+    the copies built from each user's weights at its first passing epoch."""
+    from ...runtime import model_device, track
+    from ...train import CLASSIFICATION
+
+    dev = model_device(base)
     gen = torch.Generator().manual_seed(seed)
     n = len(x_all)
     steps = (n + batch_size - 1) // batch_size
