@@ -6,7 +6,7 @@ CNN, the zoo ResNet-18 (width 64 = the standard 11.2 M parameters; `--width` sca
 ViT-style transformer, on 3x32x32 colour patches of scikit-learn's sample images (`sample-images`: 2 classes,
 chance 0.5). Verbs: trigger-set embed/verify, tafa
 extract/verify (n = 100), c-examples extract/verify (variant c, n = 100), deepmarks distribute (31 users on the
-CNN, `--resnet-users` on ResNet-18)/trace (one copy), advparams lock/unlock, lineage (owner vs a fine-tuned
+CNN, `--resnet-users` on the others)/trace (one copy), advparams lock/unlock, lineage (owner vs a fine-tuned
 copy). For each: seconds, seconds / E, and the peak resident memory above the start of the verb (MB, sampled
 from /proc/self/statm every 5 ms; torch's own allocations are not seen by tracemalloc), and what the verb
 achieved (locked accuracy, users traced, ...). A verb that fails records its one-line error.
@@ -17,7 +17,7 @@ docstrings.
 
     python benchmarks/scale.py [--quick] [--models cnn resnet18] [--verbs advparams deepmarks ...] [--label L]
 
-`--quick` (what the test runs): the three models, ResNet-18 at width 8, 2 owner epochs, 7 DeepMarks users, n = 20.
+`--quick` (what the test runs): the CNN and ResNet-18 at width 8, 2 owner epochs, 7 DeepMarks users, n = 20.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def run_model(arch: str, args: argparse.Namespace, d: Any) -> dict[str, Any]:
             v, row = measure(lambda: ms.verify(owner, key), epoch)
             verbs["c-examples verify"] = {**row, **({"match_rate": v.score} if v is not None else {})}
     if "deepmarks" in args.verbs:
-        users = args.users if arch != "resnet18" else args.resnet_users
+        users = args.users if arch == "cnn" else args.resnet_users
         out, row = measure(lambda: ms.methods.get("deepmarks")(users=users, seed=0).distribute(owner, d.owner,
                                                                                               progress=False), epoch)
         verbs["deepmarks distribute"] = {**row, "users": users}
@@ -171,13 +171,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64, help="ResNet-18 width (64: the standard)")
     ap.add_argument("--owner-epochs", type=int, default=2)
     ap.add_argument("--users", type=int, default=31, help="DeepMarks users on the CNN")
-    ap.add_argument("--resnet-users", type=int, default=7, help="DeepMarks users on ResNet-18")
+    ap.add_argument("--resnet-users", type=int, default=7, help="DeepMarks users on ResNet-18 and the transformer")
     ap.add_argument("--n", type=int, default=100, help="keys' size (triggers, boundary points, examples)")
     ap.add_argument("--label", default="")
     ap.add_argument("--quick", action="store_true", help="CNN + width-8 ResNet-18, 2 owner epochs, 7 users, n = 20")
     args = ap.parse_args()
     if args.quick:
         args.width, args.owner_epochs, args.users, args.resnet_users, args.n = 8, 2, 7, 7, 20
+        args.models = [m for m in args.models if m != "transformer"]
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     d = ms.data.load("sample-images", seed=0)
