@@ -18,6 +18,7 @@ from modelseal.errors import (
     KeyMismatchError,
     ModelError,
     ModelSealError,
+    WeakProtection,
 )
 from modelseal.keys import Key
 from modelseal.methods.advparams import AdvParams, state_digest
@@ -44,7 +45,10 @@ def test_lock_breaks_accuracy_with_few_params(locked_pair, mnist):
     assert ms.train.evaluate(owner, mnist.test) > 0.85
     changed = sum(int((a != b).sum()) for a, b in zip(owner.state_dict().values(),
                                                       locked.state_dict().values(), strict=True))
-    assert 1 <= changed <= 50
+    # Batched passes move weights chosen from one gradient each (the old one-weight-a-pass greedy changed <= 50
+    # here at 5-50x the cost): the pass that reaches the target is trimmed, so the change stays under 0.1 %.
+    assert 1 <= changed <= 0.001 * key.params["total_params"]
+    assert key.params["passes"] <= 3
     assert changed == key.params["changed"]
     assert key.params["target_reached"] is True
     assert ms.train.evaluate(locked, mnist.test) <= 0.20
@@ -159,14 +163,45 @@ def test_layers_restricts_perturbation(_owner_cnn, mnist):
 
 
 def test_budget_not_reached_warns(_owner_cnn, mnist):
-    with pytest.warns(UserWarning, match="above the target"):
+    with pytest.warns(WeakProtection, match="above the target"):
         _, key = AdvParams(max_params=1, target_accuracy=0.0, batch_size=32).lock(_owner_cnn, mnist.owner)
     assert key.params["target_reached"] is False and key.params["changed"] == 1
+    # A caller that must not keep a lock that still works turns the warning into the error it also is.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakProtection)
+        with pytest.raises(ModelSealError, match="missed its target.*max_params"):
+            AdvParams(max_params=1, target_accuracy=0.0, batch_size=32).lock(_owner_cnn, mnist.owner)
+
+
+def test_auto_budget_moves_many_weights_per_pass_and_reports_each_pass(_owner_cnn, mnist):
+    """max_params='auto': pass p moves up to 64 x 4^p weights chosen from one gradient; the pass that reaches the
+    target is trimmed; progress is one unit per gradient pass, out of max_passes."""
+    calls = []
+    locked, key = AdvParams(seed=0).lock(_owner_cnn, mnist.owner,
+                                         progress=lambda done, total, desc, info: calls.append((done, total, info)))
+    p = key.params
+    assert p["max_params"] == "auto" and p["target_reached"] and 1 <= p["passes"] <= 3
+    assert p["changed"] > p["passes"]  # more than one weight a pass
+    assert calls and all(total == p["max_passes"] for _, total, _ in calls)
+    assert [d for d, _, _ in calls] == list(range(1, p["passes"] + 1)) and "weights" in calls[-1][2]
+    assert _equal(_state(ms.unlock(locked, key)), _state(_owner_cnn))
+    # A fixed budget is a ceiling on the moved weights, whatever the passes would move.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeakProtection)
+        _, small = AdvParams(seed=0, max_params=70, target_accuracy=0.0).lock(_owner_cnn, mnist.owner)
+    assert small.params["changed"] == 70 and small.params["passes"] == 2
+
+
+def test_max_passes_bounds_the_auto_lock(_owner_cnn, mnist):
+    with pytest.warns(WeakProtection, match=r"\(1 gradient passes\)"):
+        _, key = AdvParams(seed=0, max_passes=1, target_accuracy=0.0).lock(_owner_cnn, mnist.owner)
+    assert key.params["passes"] == 1 and key.params["changed"] == 64
 
 
 @pytest.mark.parametrize("kw", [{"max_params": 0}, {"max_params": 2.5}, {"eps": 0}, {"eps": -1.0},
                                 {"eps": float("nan")}, {"target_accuracy": 1.5}, {"batch_size": 0},
-                                {"seed": -1}, {"layers": []}, {"max_params": True}])
+                                {"seed": -1}, {"layers": []}, {"max_params": True}, {"max_params": "lots"},
+                                {"max_params": None}, {"max_passes": 0}, {"max_passes": 65}])
 def test_bad_parameters(kw):
     with pytest.raises(ModelSealError):
         AdvParams(**kw)
@@ -201,7 +236,8 @@ def test_strongest_key_free_attacker_against_scratch_on_digits():
     """benchmarks/advparams.py's quick attacker grid on the digits CNN (owner 0.939), 1 % and 10 % of the data,
     against the best from-scratch model on the same images (1 %: 0.404, 10 %: 0.848).
 
-    Measured, the paper's greedy lock (18 of 22,154 weights, 0.081 %; locked 0.108) does NOT hold: fine-tuning
+    Measured (before issue 39's batched passes), the one-weight-a-pass greedy lock (18 of 22,154 weights, 0.081 %;
+    locked 0.108) does NOT hold: fine-tuning
     only the weights within 2 % of their layer's range from its edges recovers 0.853 with 7 images (+44.9
     points) and 0.950 with 72 (+10.2); resetting the 50 largest-gradient weights alone gives 0.823. The hidden
     lock (hide_rank=100, eps=1.0, 300 weights = 1.35 %) holds, but only reaches 0.274 locked (its 0.1 target
@@ -220,7 +256,9 @@ def test_strongest_key_free_attacker_against_scratch_on_digits():
         assert lock["unlock_bit_exact"] and lock["unlocked_accuracy"] == res["owner_accuracy"]
     assert greedy["locked_accuracy"] < 0.15 and hidden["locked_accuracy"] < 0.3
     one, ten = greedy["recovery"]
-    assert not one["lock_holds"] and one["gap_points"] > 20, one
+    # The batched lock (40 weights, 0.18 %) is recovered less than the former one-weight-a-pass lock (+44.9 points
+    # with 7 images) but still recovered: +16.6 with 7 images, +6.1 with 72 (reset the largest-gradient weights).
+    assert not one["lock_holds"] and one["gap_points"] > 10, one
     assert not ten["lock_holds"], ten
     assert hidden["params_changed_percent"] < 1.5
     assert all(row["lock_holds"] for row in hidden["recovery"]), hidden["recovery"]
@@ -287,4 +325,29 @@ def test_hidden_lock_unlocks_bit_exact_and_records_what_it_hid():
     assert key.params["changed"] == 5 and key.params["hide_rank"] == 20 and key.params["candidates"] == 4
     assert 0 <= key.params["unhidden_steps"] <= 5 and isinstance(key.params["visible_rank_after"], int)
     assert not _equal(_state(locked), _state(owner))
+    assert _equal(_state(ms.unlock(locked, key)), _state(owner))
+
+
+@pytest.mark.slow
+def test_locks_a_resnet18_near_chance_within_one_epoch():
+    """Issue 39: a BatchNorm ResNet-18 (width 16 here for the suite's time; the full width-64 one is measured in
+    benchmarks/scale.py: 0.917 -> 0.495 in 0.68 E) locked to within 10 points of chance in at most one epoch
+    (2,048 images) of its own training, measured in this run; unlock stays bit-exact."""
+    import time
+
+    torch.set_num_threads(1)
+    d = ms.data.load("sample-images", seed=0)  # 3x32x32 patches, 2 classes: chance 0.5
+    owner = ms.models.build("resnet18", d.meta, seed=0, width=16)
+    ms.train.fit(owner, d.owner, epochs=3, seed=0, progress=False)
+    assert ms.train.evaluate(owner, d.test) > 0.9
+    x, y = ms.data.as_tensors(d.owner)
+    epoch = TensorData(torch.cat([x, x])[:2048], torch.cat([y, y])[:2048], d.meta)
+    t = time.perf_counter()
+    ms.train.fit(copy.deepcopy(owner), epoch, epochs=1, seed=0, progress=False)
+    one_epoch = time.perf_counter() - t
+    t = time.perf_counter()
+    locked, key = AdvParams(seed=0).lock(owner, d.owner, progress=False)
+    seconds = time.perf_counter() - t
+    assert ms.train.evaluate(locked, d.test) <= 0.5 + 0.1
+    assert seconds <= 1.5 * one_epoch, (seconds, one_epoch)  # measured 0.5-0.9 E on a shared machine
     assert _equal(_state(ms.unlock(locked, key)), _state(owner))

@@ -25,9 +25,9 @@ COVERED = {"null_rates.py": "test_benchmarks_null_rates.py"}
 # bench_backends 22 s with Ray's start, tafa 73 s, trigger_set 22 s); the others took 7 to 18 s
 # grinding.py (several 3-second budgets plus training) and siblings.py (a base, an owner, 3 siblings, two
 # lineage tests per model) joined after this list was measured: slow, unmeasured; guard.py: 33 s (one
-# 2,000-query thief, MLP students trained to fit, the attack section)
-SLOW = {"advparams.py", "arena.py", "attacks.py", "bench_backends.py", "grinding.py", "guard.py", "siblings.py",
-        "tafa.py",
+# 2,000-query thief, MLP students trained to fit, the attack section); scale.py: 80-130 s (every verb on two models)
+SLOW = {"advparams.py", "arena.py", "attacks.py", "bench_backends.py", "grinding.py", "guard.py", "scale.py",
+        "siblings.py", "tafa.py",
         "trigger_set.py"}
 
 

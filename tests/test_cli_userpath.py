@@ -87,7 +87,21 @@ def test_the_lock_help_example_reaches_its_target(work):
     assert r.returncode == 0, r.stderr
     assert "UserWarning" not in r.stderr and "methods/__init__.py" not in r.stderr
     got = json.loads(r.stdout)
-    assert got["test_metric_locked"] < 0.25 and got["changed_params"] > 50  # grown past the default budget
+    assert got["test_metric_locked"] < 0.25 and got["changed_params"] >= 1
+
+
+def test_the_lock_command_just_calls_the_method():
+    """Issue 36/39: the budget growth lives in the method (max_params='auto', bounded by max_passes); the CLI has
+    no retry loop of its own and silences no warning by its text (a missed target is a WeakProtection, which
+    every protect command escalates to its error by category)."""
+    import inspect
+
+    from modelseal import cli as cli_mod
+
+    src = inspect.getsource(cli_mod)
+    assert "_LOCK_BUDGET_CAP" not in src and "_lock_again" not in src
+    assert "filterwarnings(\"ignore\", message" not in src and 'simplefilter("error", WeakProtection)' in src
+    assert "again=" not in inspect.getsource(cli_mod.lock)
 
 
 def test_a_python_warning_prints_as_one_plain_line():

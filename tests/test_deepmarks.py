@@ -361,3 +361,66 @@ def test_a_narrow_layer_gets_the_rows_the_p_value_needs(small_mlp):
     assert (layer, n) == ("net.3", 16) and m == 10
     with pytest.raises(ModelSealError, match="cannot be traced at alpha 1e-06 on layer 'net.3'"):
         DeepMarks(layer="net.3", rows=8).plan(small_mlp, 7)
+
+
+def test_shared_passes_equal_one_fine_tune_per_user():
+    """`_train_copies` trains every user in one vmapped pass; each user's copy equals the owner fine-tuned alone
+    (same batch order, Adam, the layers before the carrier frozen) with its own embedding loss."""
+    from modelseal.methods.deepmarks import _train_copies
+
+    data = ms.data.load("digits", seed=0)
+    owner = ms.models.build("mlp", data.meta, seed=0, hidden=(32, 16))
+    ms.train.fit(owner, data.owner, epochs=2, seed=0, progress=False)
+    layer, gamma, lr, bs, seed = "net.3", 0.5, 5e-4, 64, 11  # the second hidden Linear: net.1 stays frozen
+    gen = torch.Generator().manual_seed(0)
+    x_proj = torch.randn(8, 32, generator=gen)
+    targets = torch.randn(3, 8, generator=gen)
+    copies = _train_copies(owner, data.owner, layer, x_proj, targets, lambda j, w: {}, gamma=gamma, epochs=1,
+                           max_epochs=1, lr=lr, batch_size=bs, seed=seed, progress=False)
+    assert len(copies) == 3
+    for j, got in enumerate(copies):
+        ref = copy.deepcopy(owner)
+        tail = [p for n, p in ref.named_parameters() if not n.startswith("net.1.")]
+
+        def emb(m, _x, _y, j=j):
+            r = x_proj @ m.net[3].weight.float().mean(0) - targets[j]
+            return gamma * (r * r).sum()
+
+        ms.train.fit(ref, data.owner, epochs=1, lr=lr, batch_size=bs, seed=seed, params=tail, extra_loss=emb,
+                     progress=False)
+        for (name, a), b in zip(got.state_dict().items(), ref.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, atol=1e-5), (j, name, float((a - b).abs().max()))
+        assert torch.equal(got.net[1].weight, owner.net[1].weight)
+    assert not torch.equal(copies[0].net[3].weight, copies[1].net[3].weight)
+
+
+def test_a_user_never_fingerprinted_is_refused_with_its_numbers():
+    from modelseal.methods.deepmarks import _train_copies
+
+    data = ms.data.load("digits", seed=0)
+    owner = ms.models.build("mlp", data.meta, seed=0, hidden=(32, 16))
+    failing = lambda j, w: {"failed": True, "p_value": 0.5, "accused": [], "code_fit": 0.1}  # noqa: E731
+    with pytest.raises(ModelError, match=r"user 0's copy was not fingerprinted within max_epochs=2.*p = 0.5"):
+        _train_copies(owner, data.owner, "net.3", torch.randn(8, 32), torch.randn(2, 8), failing, gamma=1.0,
+                      epochs=1, max_epochs=2, lr=1e-3, batch_size=64, seed=0, progress=False)
+
+
+@pytest.mark.slow
+def test_31_users_cost_at_most_8_epochs_on_the_zoo_cnn(_owner_cnn, mnist):
+    """Issue 39: the 31 copies are trained in shared passes, not one fine-tune each (which cost >= 31 epochs).
+    Measured in this run against one epoch of plain training on 2,048 images: 3.5 E (bound 8 E)."""
+    import time
+
+    from modelseal.data import TensorData
+
+    torch.set_num_threads(1)
+    x, y = ms.data.as_tensors(mnist.owner)
+    epoch = TensorData(torch.cat([x, x])[:2048], torch.cat([y, y])[:2048], mnist.meta)
+    t = time.perf_counter()
+    ms.train.fit(copy.deepcopy(_owner_cnn), epoch, epochs=1, seed=0, progress=False)
+    one_epoch = time.perf_counter() - t
+    t = time.perf_counter()
+    copies, key = DeepMarks(users=31, seed=0).distribute(_owner_cnn, mnist.owner, progress=False)
+    seconds = time.perf_counter() - t
+    assert seconds <= 8 * one_epoch, (seconds, one_epoch)
+    assert all(ms.trace(c, key).accused == [j] for j, c in enumerate(copies))

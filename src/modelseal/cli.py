@@ -17,7 +17,6 @@ when it runs, so `modelseal --help` and `modelseal methods` answer in a fraction
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -274,7 +273,7 @@ def _starts_pickled(path: Path) -> bool:
 
     try:
         with open(path, "rb") as f:
-            return pickled(f.read(4))
+            return pickled(f.read(9))
     except OSError:
         return False
 
@@ -366,14 +365,21 @@ def _open_model(path: Path, device: str, arch: str | None = None, spec: Any = No
 def _protect_file(method: Any, model_path: Path, data: str, device: str, out_path: Path, key_path: Path,
                   force: bool, as_json: bool, arch: str | None = None, again: Any = None):
     """`watermark embed` and `lock` (which check their outputs first, `_check_pair`): load --data and MODEL,
-    then `api.protect_and_save` writes the protected model, the key and its commitment (all or none)."""
+    then `api.protect_and_save` writes the protected model, the key and its commitment (all or none). A
+    protection that missed its own goal (the method warns `WeakProtection`: a lock that still works) is refused
+    with the method's numbers, before anything is written."""
+    import warnings
+
     from . import data as data_mod
     from .api import protect_and_save
+    from .errors import WeakProtection
 
     splits = data_mod.load(data, seed=0)
     model = _open_model(model_path, device, arch, splits.meta)
-    return protect_and_save(method, model, splits, out_path, key_path, arch=arch, force=force, again=again,
-                            progress=_progress(as_json), inputs=_inputs(model_path, data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakProtection)
+        return protect_and_save(method, model, splits, out_path, key_path, arch=arch, force=force, again=again,
+                                progress=_progress(as_json), inputs=_inputs(model_path, data))
 
 
 def _inputs(model_path: Path | None, data: str | None = None) -> dict[str, Path | None]:
@@ -1223,57 +1229,15 @@ def lock(
     """Lock a model with adversarially perturbed parameters (AdvParams)."""
 
     seed, data = _before_protect(model_path, data, out_path, key_path, force, seed)
-    params = _params(set_)
-    locker = _construct(method_registry.require_family(method, "lock", "modelseal lock").cls, {"seed": seed, **params})
-    with _lock_warnings_handled():
-        before, after, key = _protect_file(locker, model_path, data, device, out_path, key_path, force,
-                                           as_json, arch, again=_lock_again("max_params" not in params))
+    locker = _construct(method_registry.require_family(method, "lock", "modelseal lock").cls,
+                        {"seed": seed, **_params(set_)})
+    before, after, key = _protect_file(locker, model_path, data, device, out_path, key_path, force, as_json, arch)
     changed = int(key.params.get("changed", len(next(iter(key.tensors.values()), []))))
     payload = {"test_metric_before": before, "test_metric_locked": after, "changed_params": changed,
                "model": str(out_path), "key": str(key_path)}
     _emit(as_json, payload, lambda: out.print(
         f"locked: test metric {before:.4f} -> {after:.4f} ({changed} parameters changed); "
         f"model -> {out_path}, key -> {key_path}"))
-
-
-_LOCK_BUDGET_CAP = 3200  # most parameters `lock` grows its budget to when --set max_params is not given
-
-
-def _lock_again(grow: bool):
-    """`lock`'s judge of a lock before it is written: a lock whose check-batch accuracy stayed above its
-    target is useless, so it is never written as if it worked. Without --set max_params the budget grows
-    4x per try (the greedy choice is deterministic, so each try extends the last) up to _LOCK_BUDGET_CAP
-    parameters while accuracy still falls; past that, or with the user's own budget, the lock is refused
-    with its numbers."""
-    import dataclasses
-
-    last: list[float] = []
-
-    def again(locker: Any, key: Any) -> Any:
-        p = key.params
-        if p.get("target_reached", True):
-            return None
-        acc, target = float(p.get("check_accuracy_after", float("nan"))), float(p.get("target_accuracy", 0))
-        falling = not last or acc < last[-1]
-        last.append(acc)
-        if grow and falling and locker.max_params < _LOCK_BUDGET_CAP:
-            return dataclasses.replace(locker, max_params=min(locker.max_params * 4, _LOCK_BUDGET_CAP))
-        raise ModelSealError(
-            f"lock missed its target: accuracy {acc:.3f} on the check batch after {p.get('changed')} parameters "
-            f"changed, above the target {target:g}, so the locked model would still work; nothing was written. "
-            f"Raise --set max_params (now {locker.max_params}) or --set eps (now {locker.eps:g}), or accept a "
-            f"weaker lock with --set target_accuracy={min(1.0, round(acc + 0.005, 2)):g}")
-    return again
-
-
-@contextlib.contextmanager
-def _lock_warnings_handled():
-    """`lock` judges a missed target itself (`_lock_again`): the method's warning about it is not shown."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="advparams stopped at accuracy")
-        yield
 
 
 @app.command(epilog=_examples("modelseal unlock locked.safetensors lock.seal --out restored.safetensors"))

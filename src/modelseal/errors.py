@@ -62,3 +62,9 @@ class WriteError(ModelSealError):
 class ReferencePoolError(DataError):
     """A reference pool that cannot give a valid null for this suspect: its manifest is missing, malformed or
     edited, or its models do not cover the suspect (accuracy range)."""
+
+
+class WeakProtection(ModelSealError, UserWarning):
+    """Warned when a protect verb returns a protection that missed its own goal (a lock whose accuracy stayed
+    above its target). A library caller gets the result and the warning; a caller that must not keep it (the CLI,
+    which would write it) turns the warning into this error with `warnings.simplefilter("error", WeakProtection)`."""

@@ -51,7 +51,11 @@ def state_sha256(state: dict[str, Any]) -> str:
 
 
 def pickled(head: bytes) -> bool:
-    """Whether a file starting with `head` is what torch.save writes: a zip archive, or a bare pickle."""
+    """Whether a file starting with `head` is what torch.save writes: a zip archive, or a bare pickle. A
+    safetensors file whose header length's low byte is 0x80 (a 384-byte header) starts like a bare pickle; its
+    ninth byte opens the JSON header, so with 9 bytes or more of `head` such a file is not taken for one."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        return False
     return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
