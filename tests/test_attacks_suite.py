@@ -192,10 +192,16 @@ def test_permutation_preserves_the_function_and_changes_the_weights(owners, digi
             assert not torch.equal(first.weight, orig.weight)
 
 
-def test_permutation_refuses_a_residual_network(digits):
-    m = ms.models.build("resnet18", digits.meta, seed=0)
-    with pytest.raises(AttackError, match="chains of Conv/Linear"):
-        attacks.get("permute")().apply(m)
+def test_permutation_of_a_residual_network_keeps_its_function(digits):
+    """The permutation attack permutes each residual block's inner channels (BatchNorm with them), so a
+    ResNet's answers are unchanged while its weights move (it used to refuse any non-chain network)."""
+    m = ms.models.build("resnet18", digits.meta, seed=0).eval()
+    permuted = attacks.get("permute")(seed=1).apply(m).eval()
+    x = digits.test.x[:16]
+    with torch.no_grad():
+        assert torch.allclose(m(x), permuted(x), atol=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(m.state_dict().values(), permuted.state_dict().values(),
+                                                     strict=True))
 
 
 @pytest.mark.parametrize("name,params", [

@@ -62,7 +62,8 @@ def pickled(head: bytes) -> bool:
 def pickle_hint(source: str) -> str:
     """What to do with a PyTorch pickle (`torch.save`): modelseal never unpickles, so convert it once, where
     the file is trusted, to a safetensors state dict."""
-    return (f"{source} is a PyTorch pickle (torch.save), which modelseal never opens: unpickling can run code. "
+    return (f"{source} is a PyTorch pickle (torch.save / torch.export), which modelseal never opens: torch "
+            "unpickles such files, and unpickling can run code. "
             "Convert it once where you trust it: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{source}', weights_only=True), 'model.safetensors')\" and pass the "
             "new file with --arch package.module:factory")
