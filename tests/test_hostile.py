@@ -34,6 +34,7 @@ import modelseal as ms
 from modelseal.cli import main
 from modelseal.errors import ModelSealError
 from modelseal.keys import Key
+from modelseal.tensorfile import USER_ARCH_META
 
 CASE_SECONDS = 120  # generous: the CI box may be shared; a hang is anything longer
 
@@ -356,7 +357,7 @@ def ws(tmp_path_factory):
     with torch.no_grad():
         net[1].weight[0, 0] = float("nan")
     f["arch_nan"] = custom.save_custom(net, root / "arch_nan.safetensors", "hostile_arch:net")
-    put("arch_deep.safetensors", with_meta(custom.custom_to_bytes(net, "hostile_arch:net"), custom.USER_META_KEY,
+    put("arch_deep.safetensors", with_meta(custom.custom_to_bytes(net, "hostile_arch:net"), USER_ARCH_META,
                                            lambda s: deep(100_000)))
 
     # scenarios and databases

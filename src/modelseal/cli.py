@@ -1667,7 +1667,7 @@ def _usage_message(e: BaseException) -> str:
     if type(e).__name__ == "NoSuchOption" and isinstance(name, str) and guesses:
         best = sorted(guesses, key=lambda g: -difflib.SequenceMatcher(None, name, g).ratio())
         more = f" (or {', '.join(best[1:3])})" if len(best) > 1 else ""
-        return f"no such option: {name}; did you mean {best[0]}?{more}"
+        return f"No such option: {name}; did you mean {best[0]}?{more}"
     return _one_line(e.format_message())  # type: ignore[attr-defined]
 
 
