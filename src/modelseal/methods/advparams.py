@@ -400,12 +400,7 @@ class _Run:
                 t, pos = self.tensors[i], positions[at].to(self.tensors[i].device)
                 keep = first[at].to(t.device)
                 value = torch.where(keep, values[at].to(t.device, t.dtype), self.originals[i].reshape(-1)[pos])
-                if t.is_contiguous():
-                    t.view(-1)[pos] = value
-                else:
-                    tmp = t.detach().reshape(-1).clone()
-                    tmp[pos] = value
-                    t.copy_(tmp.view_as(t))
+                self.write(i, pos, value)
                 self.chosen[i].view(-1)[pos] = keep
 
     def trim(self, moves: Moves) -> None:
@@ -443,7 +438,7 @@ class _Run:
         if self.changed:
             self.rank_after = self.visible_rank()
 
-    def write(self, i: int, j: int, value: torch.Tensor) -> None:
+    def write(self, i: int, j: int | torch.Tensor, value: torch.Tensor) -> None:
         t = self.tensors[i]
         with torch.no_grad():
             if t.is_contiguous():
